@@ -1,0 +1,179 @@
+//! The per-stream hash chain and its MAC (ledger-format.md §1–2).
+
+use chrono::{DateTime, Datelike, SecondsFormat, SubsecRound, Utc};
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::error::{StoreError, StoreResult};
+use crate::keys::MacKeys;
+
+pub type Hash = [u8; 32];
+pub const ZERO_HASH: Hash = [0u8; 32];
+const EVENT_DOMAIN: &[u8] = b"queue.event.v1\x00";
+/// Largest magnitude a payload integer may have (2^53 − 1): beyond it JSON
+/// numbers do not survive canonicalisation unchanged.
+const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+/// The hashed fields of one event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRecord<'a> {
+    pub aggregate_type: &'a str,
+    pub aggregate_id: &'a str,
+    pub sequence: i64,
+    pub event_type: &'a str,
+    pub event_version: &'a str,
+    pub recorded_at: DateTime<Utc>,
+    pub payload: &'a Value,
+}
+
+/// Truncates a clock reading to whole microseconds, as stored and hashed.
+pub fn truncate_time(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.trunc_subsecs(6)
+}
+
+/// `recorded_at` as hashed: RFC 3339 UTC with exactly six fractional digits.
+pub fn format_time(at: &DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Checks that a time can be hashed as specified (years 0001–9999).
+pub fn check_time(at: &DateTime<Utc>) -> StoreResult<()> {
+    if (1..=9999).contains(&at.year()) {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidEvent(format!(
+            "recorded_at {at} is outside years 0001-9999"
+        )))
+    }
+}
+
+/// Refuses payloads that cannot be stored and canonicalised faithfully:
+/// floats, integers of magnitude ≥ 2^53, and NUL characters (jsonb rejects them).
+pub fn check_payload(value: &Value) -> StoreResult<()> {
+    match value {
+        Value::Number(n) => {
+            let ok = n.as_u64().is_some_and(|v| v <= MAX_SAFE_INTEGER)
+                || n.as_i64()
+                    .is_some_and(|v| v.unsigned_abs() <= MAX_SAFE_INTEGER);
+            if ok {
+                Ok(())
+            } else {
+                Err(StoreError::InvalidEvent(format!(
+                    "payload number {n} is not an integer below 2^53"
+                )))
+            }
+        }
+        Value::String(s) => check_text(s),
+        Value::Array(items) => items.iter().try_for_each(check_payload),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            check_text(k)?;
+            check_payload(v)
+        }),
+        Value::Null | Value::Bool(_) => Ok(()),
+    }
+}
+
+fn check_text(s: &str) -> StoreResult<()> {
+    if s.contains('\0') {
+        Err(StoreError::InvalidEvent(
+            "payload text contains a NUL character".into(),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The RFC 8785 canonical bytes of an event's record.
+pub fn canonical_record(record: &EventRecord<'_>) -> StoreResult<Vec<u8>> {
+    let object = serde_json::json!({
+        "v": 1,
+        "aggregate_type": record.aggregate_type,
+        "aggregate_id": record.aggregate_id,
+        "sequence": record.sequence,
+        "event_type": record.event_type,
+        "event_version": record.event_version,
+        "recorded_at": format_time(&record.recorded_at),
+        "payload": record.payload,
+    });
+    serde_jcs::to_vec(&object).map_err(|e| StoreError::InvalidEvent(format!("canonical JSON: {e}")))
+}
+
+/// `SHA-256("queue.event.v1" || 0x00 || prev_hash || JCS(record))`.
+pub fn event_hash(prev_hash: &Hash, canonical: &[u8]) -> Hash {
+    let mut hasher = Sha256::new();
+    hasher.update(EVENT_DOMAIN);
+    hasher.update(prev_hash);
+    hasher.update(canonical);
+    hasher.finalize().into()
+}
+
+/// `HMAC-SHA-256(key, hash)`.
+pub fn event_mac(key: &[u8], hash: &Hash) -> Hash {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = match Hmac::<Sha256>::new_from_slice(key) {
+        Ok(mac) => mac,
+        Err(_) => return ZERO_HASH,
+    };
+    mac.update(hash);
+    mac.finalize().into_bytes().into()
+}
+
+/// Checks a stored MAC in constant time.
+pub fn mac_matches(keys: &MacKeys, key_id: &str, hash: &Hash, mac: &[u8]) -> Option<bool> {
+    let key = keys.get(key_id)?;
+    let mut verifier = Hmac::<Sha256>::new_from_slice(key).ok()?;
+    verifier.update(hash);
+    Some(verifier.verify_slice(mac).is_ok())
+}
+
+/// Converts a stored bytea into a 32-byte hash.
+pub fn to_hash(bytes: &[u8]) -> Option<Hash> {
+    bytes.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn time_is_formatted_with_six_digits() {
+        let t = Utc.with_ymd_and_hms(2026, 11, 25, 16, 22, 14).unwrap();
+        assert_eq!(format_time(&t), "2026-11-25T16:22:14.000000Z");
+        let t = t + chrono::Duration::nanoseconds(123_456_789);
+        assert_eq!(
+            format_time(&truncate_time(t)),
+            "2026-11-25T16:22:14.123456Z"
+        );
+    }
+
+    #[test]
+    fn payload_rules() {
+        assert!(check_payload(&serde_json::json!({"a": [1, -2, 9007199254740991i64]})).is_ok());
+        assert!(check_payload(&serde_json::json!({"a": 9007199254740992u64})).is_err());
+        assert!(check_payload(&serde_json::json!({"a": -9007199254740992i64})).is_err());
+        assert!(check_payload(&serde_json::json!({"a": 1.5})).is_err());
+        assert!(check_payload(&serde_json::json!({"a": "x\u{0}"})).is_err());
+    }
+
+    #[test]
+    fn canonical_record_sorts_keys() {
+        let payload = serde_json::json!({"b": 1, "a": "é"});
+        let t = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let rec = EventRecord {
+            aggregate_type: "T",
+            aggregate_id: "1",
+            sequence: 1,
+            event_type: "E",
+            event_version: "1.0",
+            recorded_at: t,
+            payload: &payload,
+        };
+        let bytes = canonical_record(&rec).unwrap();
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            r#"{"aggregate_id":"1","aggregate_type":"T","event_type":"E","event_version":"1.0","payload":{"a":"é","b":1},"recorded_at":"2026-01-02T03:04:05.000000Z","sequence":1,"v":1}"#
+        );
+    }
+}

@@ -1,0 +1,71 @@
+//! The one error type of the event store.
+
+use cqrs_es::persist::PersistenceError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another writer appended to the stream first (postgres-es's 23505 mapping).
+    #[error("optimistic lock: the stream changed under the writer")]
+    OptimisticLock,
+    /// A unique index other than the stream key refused the events.
+    #[error("unique constraint {constraint} refused the events")]
+    UniqueViolation { constraint: String },
+    /// The event cannot be stored faithfully (see ledger-format.md §1).
+    #[error("invalid event: {0}")]
+    InvalidEvent(String),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database: {0}")]
+    Database(String),
+    #[error("ledger: {0}")]
+    Ledger(String),
+}
+
+impl StoreError {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
+                match db.constraint() {
+                    Some("events_pkey") | None => Self::OptimisticLock,
+                    Some(other) => Self::UniqueViolation {
+                        constraint: other.to_string(),
+                    },
+                }
+            }
+            // Connection-class SQLSTATEs (08xxx), shutdown (57P0x) and too many connections.
+            sqlx::Error::Database(db)
+                if db.code().is_some_and(|c| {
+                    c.starts_with("08") || c.starts_with("57P") || c == "53300"
+                }) =>
+            {
+                Self::Unavailable(err.to_string())
+            }
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(err.to_string()),
+            _ => Self::Database(err.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for PersistenceError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::OptimisticLock => Self::OptimisticLockError,
+            StoreError::Unavailable(_) => Self::ConnectionError(Box::new(err)),
+            other => Self::UnknownError(Box::new(other)),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;

@@ -1,0 +1,305 @@
+//! MAC keys and the checkpoint signing key, in the forms outside tools use
+//! (`QUEUE_MAC_KEYS=id=<hex>,…` and signed-note `PRIVATE+KEY+…`). Keys never
+//! live in the database, and `Debug` never prints them.
+
+use std::fmt;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use sha2::{Digest, Sha256};
+
+use crate::error::{StoreError, StoreResult};
+
+/// Minimum MAC key length in bytes.
+pub const MIN_MAC_KEY_LEN: usize = 32;
+
+/// MAC keys by id; the first is current, the rest verify older events.
+#[derive(Clone)]
+pub struct MacKeys {
+    keys: Vec<(String, Vec<u8>)>,
+}
+
+impl fmt::Debug for MacKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ids: Vec<&str> = self.keys.iter().map(|(id, _)| id.as_str()).collect();
+        f.debug_struct("MacKeys")
+            .field("ids", &ids)
+            .field("keys", &"<redacted>")
+            .finish()
+    }
+}
+
+impl MacKeys {
+    /// Parses `id1=<hex>,id2=<hex>`. Errors never contain key material.
+    pub fn parse(spec: &str) -> StoreResult<Self> {
+        let mut keys: Vec<(String, Vec<u8>)> = Vec::new();
+        for (index, part) in spec.split(',').map(str::trim).enumerate() {
+            if part.is_empty() {
+                continue;
+            }
+            let Some((id, hex_key)) = part.split_once('=') else {
+                return Err(StoreError::Config(format!(
+                    "MAC key #{} is not of the form id=<hex>",
+                    index + 1
+                )));
+            };
+            let id = id.trim();
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(StoreError::Config(format!(
+                    "MAC key #{} has an invalid id (use letters, digits, - _ .)",
+                    index + 1
+                )));
+            }
+            let key = hex::decode(hex_key.trim())
+                .map_err(|_| StoreError::Config(format!("MAC key {id:?} is not valid hex")))?;
+            if key.len() < MIN_MAC_KEY_LEN {
+                return Err(StoreError::Config(format!(
+                    "MAC key {id:?} is {} bytes; at least {MIN_MAC_KEY_LEN} are required",
+                    key.len()
+                )));
+            }
+            if keys.iter().any(|(existing, _)| existing == id) {
+                return Err(StoreError::Config(format!(
+                    "MAC key id {id:?} appears twice"
+                )));
+            }
+            keys.push((id.to_string(), key));
+        }
+        if keys.is_empty() {
+            return Err(StoreError::Config("no MAC key given".into()));
+        }
+        Ok(Self { keys })
+    }
+
+    /// A single key (tests, dev mode).
+    pub fn single(id: &str, key: Vec<u8>) -> StoreResult<Self> {
+        Self::parse(&format!("{id}={}", hex::encode(key)))
+    }
+
+    pub fn current_id(&self) -> &str {
+        self.keys.first().map(|(id, _)| id.as_str()).unwrap_or("")
+    }
+
+    pub fn current_key(&self) -> &[u8] {
+        self.keys.first().map(|(_, k)| k.as_slice()).unwrap_or(&[])
+    }
+
+    pub fn get(&self, id: &str) -> Option<&[u8]> {
+        self.keys
+            .iter()
+            .find(|(k, _)| k == id)
+            .map(|(_, key)| key.as_slice())
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|(id, _)| id.as_str())
+    }
+
+    /// The `id=<hex>,…` form (for writing a dev key file).
+    pub fn to_spec(&self) -> String {
+        self.keys
+            .iter()
+            .map(|(id, key)| format!("{id}={}", hex::encode(key)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// The signed-note key id: first 4 bytes of SHA-256(name || 0x0A || 0x01 || public key).
+pub fn note_key_id(name: &str, public_key: &[u8; 32]) -> u32 {
+    let mut hasher = Sha256::new();
+    hasher.update(name.as_bytes());
+    hasher.update([0x0a, 0x01]);
+    hasher.update(public_key);
+    let digest = hasher.finalize();
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+}
+
+fn check_key_name(name: &str) -> StoreResult<()> {
+    if name.is_empty() || name.contains('+') || name.chars().any(|c| c.is_whitespace()) {
+        return Err(StoreError::Config(
+            "checkpoint key name must be non-empty, without '+' or white space".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The Ed25519 checkpoint signer; its name is the log origin.
+#[derive(Clone)]
+pub struct CheckpointSigner {
+    name: String,
+    key: SigningKey,
+}
+
+impl fmt::Debug for CheckpointSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CheckpointSigner")
+            .field("name", &self.name)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl CheckpointSigner {
+    pub fn from_seed(name: &str, seed: [u8; 32]) -> StoreResult<Self> {
+        check_key_name(name)?;
+        Ok(Self {
+            name: name.to_string(),
+            key: SigningKey::from_bytes(&seed),
+        })
+    }
+
+    /// Parses `PRIVATE+KEY+<name>+<8 hex id>+<base64(0x01 || seed)>`.
+    pub fn parse(spec: &str) -> StoreResult<Self> {
+        let bad = |why: &str| StoreError::Config(format!("checkpoint key: {why}"));
+        let rest = spec
+            .trim()
+            .strip_prefix("PRIVATE+KEY+")
+            .ok_or_else(|| bad("must start with PRIVATE+KEY+"))?;
+        // Split from the left: names hold no '+', but base64 keys may.
+        let mut parts = rest.splitn(3, '+');
+        let (Some(name), Some(id_hex), Some(key_b64)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad("expected PRIVATE+KEY+<name>+<id>+<key>"));
+        };
+        let raw = B64.decode(key_b64).map_err(|_| bad("key is not base64"))?;
+        let seed: [u8; 32] = match raw.split_first() {
+            Some((1, seed)) => seed.try_into().map_err(|_| bad("key must be 32 bytes"))?,
+            _ => return Err(bad("only Ed25519 (algorithm 1) keys are supported")),
+        };
+        let signer = Self::from_seed(name, seed)?;
+        let id = u32::from_str_radix(id_hex, 16).map_err(|_| bad("key id is not hex"))?;
+        if id_hex.len() != 8 || id != signer.key_id() {
+            return Err(bad("key id does not match the key"));
+        }
+        Ok(signer)
+    }
+
+    pub fn generate(name: &str) -> StoreResult<Self> {
+        let mut seed = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+        Self::from_seed(name, seed)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn key_id(&self) -> u32 {
+        note_key_id(&self.name, self.key.verifying_key().as_bytes())
+    }
+
+    pub fn verifier(&self) -> NoteVerifier {
+        NoteVerifier {
+            name: self.name.clone(),
+            key: self.key.verifying_key(),
+        }
+    }
+
+    pub(crate) fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    /// The private key in signed-note form (only for writing a key file).
+    pub fn to_private_spec(&self) -> String {
+        let mut raw = vec![1u8];
+        raw.extend_from_slice(self.key.as_bytes());
+        format!(
+            "PRIVATE+KEY+{}+{:08x}+{}",
+            self.name,
+            self.key_id(),
+            B64.encode(raw)
+        )
+    }
+}
+
+/// A signed-note verifier key: `<name>+<8 hex id>+<base64(0x01 || public key)>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoteVerifier {
+    name: String,
+    key: VerifyingKey,
+}
+
+impl NoteVerifier {
+    pub fn parse(spec: &str) -> StoreResult<Self> {
+        let bad = |why: &str| StoreError::Config(format!("verifier key: {why}"));
+        let mut parts = spec.trim().splitn(3, '+');
+        let (Some(name), Some(id_hex), Some(key_b64)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad("expected <name>+<id>+<key>"));
+        };
+        check_key_name(name)?;
+        let raw = B64.decode(key_b64).map_err(|_| bad("key is not base64"))?;
+        let public: [u8; 32] = match raw.split_first() {
+            Some((1, key)) => key.try_into().map_err(|_| bad("key must be 32 bytes"))?,
+            _ => return Err(bad("only Ed25519 (algorithm 1) keys are supported")),
+        };
+        let key = VerifyingKey::from_bytes(&public).map_err(|_| bad("not an Ed25519 point"))?;
+        let id = u32::from_str_radix(id_hex, 16).map_err(|_| bad("key id is not hex"))?;
+        if id_hex.len() != 8 || id != note_key_id(name, &public) {
+            return Err(bad("key id does not match the key"));
+        }
+        Ok(Self {
+            name: name.to_string(),
+            key,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn key_id(&self) -> u32 {
+        note_key_id(&self.name, self.key.as_bytes())
+    }
+
+    pub(crate) fn verifying_key(&self) -> &VerifyingKey {
+        &self.key
+    }
+}
+
+impl fmt::Display for NoteVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut raw = vec![1u8];
+        raw.extend_from_slice(self.key.as_bytes());
+        write!(f, "{}+{:08x}+{}", self.name, self.key_id(), B64.encode(raw))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_keys_parse_and_reject() {
+        let k = MacKeys::parse(&format!("a={},b={}", "11".repeat(32), "22".repeat(40))).unwrap();
+        assert_eq!(k.current_id(), "a");
+        assert_eq!(k.get("b").unwrap().len(), 40);
+        let short = MacKeys::parse(&format!("a={}", "11".repeat(16))).unwrap_err();
+        assert!(short.to_string().contains("at least 32"));
+        assert!(!short.to_string().contains("1111"));
+        assert!(MacKeys::parse("").is_err());
+        assert!(MacKeys::parse("nokey").is_err());
+        assert!(MacKeys::parse("a=zz").is_err());
+        assert!(format!("{k:?}").contains("redacted"));
+    }
+
+    #[test]
+    fn checkpoint_key_round_trips() {
+        let signer = CheckpointSigner::from_seed("queue.test/ledger", [7u8; 32]).unwrap();
+        let spec = signer.to_private_spec();
+        let again = CheckpointSigner::parse(&spec).unwrap();
+        assert_eq!(again.key_id(), signer.key_id());
+        let verifier = NoteVerifier::parse(&signer.verifier().to_string()).unwrap();
+        assert_eq!(verifier, signer.verifier());
+        assert!(CheckpointSigner::parse(&spec.replace("+KEY+", "+KEYS+")).is_err());
+        let mut wrong_id = spec.clone();
+        wrong_id.replace_range(30..31, if &spec[30..31] == "0" { "1" } else { "0" });
+        assert!(CheckpointSigner::parse(&wrong_id).is_err());
+    }
+}

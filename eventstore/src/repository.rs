@@ -1,0 +1,399 @@
+//! The chained event repository: postgres-es's table layout and optimistic
+//! locking, plus the per-stream hash chain, the MAC and the commit order.
+
+use std::sync::{Arc, RwLock};
+
+use chrono::{DateTime, Utc};
+use cqrs_es::persist::{
+    PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
+};
+use cqrs_es::Aggregate;
+use serde_json::Value;
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, PgPool, Row};
+
+use crate::chain::{self, EventRecord, Hash, ZERO_HASH};
+use crate::clock::Clock;
+use crate::error::{StoreError, StoreResult};
+use crate::keys::MacKeys;
+
+/// MAC keys that can be swapped at run time (rotation) while readers keep
+/// the set they started with.
+#[derive(Clone, Debug)]
+pub struct SharedMacKeys(Arc<RwLock<Arc<MacKeys>>>);
+
+impl SharedMacKeys {
+    pub fn new(keys: MacKeys) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(keys))))
+    }
+
+    pub fn current(&self) -> Arc<MacKeys> {
+        match self.0.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    pub fn replace(&self, keys: MacKeys) {
+        match self.0.write() {
+            Ok(mut guard) => *guard = Arc::new(keys),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(keys),
+        }
+    }
+}
+
+/// What the store computed for one appended event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendedEvent {
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub recorded_at: DateTime<Utc>,
+    pub prev_hash: Hash,
+    pub hash: Hash,
+    pub mac_key_id: String,
+}
+
+/// The chained, MAC-sealed event store.
+#[derive(Clone)]
+pub struct ChainedEventRepository {
+    pool: PgPool,
+    keys: SharedMacKeys,
+    clock: Arc<dyn Clock>,
+}
+
+const SELECT_STREAM: &str =
+    "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, \
+     payload, metadata FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 \
+     AND sequence > $3 ORDER BY sequence";
+
+const INSERT_EVENTS: &str = "INSERT INTO events (aggregate_type, aggregate_id, sequence, \
+     event_type, event_version, payload, metadata, recorded_at, prev_hash, hash, mac, mac_key_id) \
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
+     $6::jsonb[], $7::jsonb[], $8::timestamptz[], $9::bytea[], $10::bytea[], $11::bytea[], $12::text[])";
+
+impl ChainedEventRepository {
+    pub fn new(pool: PgPool, keys: SharedMacKeys, clock: Arc<dyn Clock>) -> Self {
+        Self { pool, keys, clock }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn keys(&self) -> &SharedMacKeys {
+        &self.keys
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Appends events in their own short transaction.
+    pub async fn append(&self, events: &[SerializedEvent]) -> StoreResult<Vec<AppendedEvent>> {
+        let mut tx = self.pool.begin().await?;
+        let appended = self.append_in(&mut tx, events).await?;
+        tx.commit().await?;
+        Ok(appended)
+    }
+
+    /// Appends events inside the caller's transaction, so other rows (a
+    /// uniqueness claim, a legacy flag) commit atomically with them. Events of
+    /// one stream must be consecutive and in sequence order.
+    pub async fn append_in(
+        &self,
+        conn: &mut PgConnection,
+        events: &[SerializedEvent],
+    ) -> StoreResult<Vec<AppendedEvent>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = self.keys.current();
+        let recorded_at = chain::truncate_time(self.clock.now());
+        chain::check_time(&recorded_at)?;
+        let mut previous = self.previous_hashes(conn, events).await?;
+
+        let n = events.len();
+        let mut cols = InsertColumns::with_capacity(n);
+        let mut appended = Vec::with_capacity(n);
+        for event in events {
+            chain::check_payload(&event.payload)?;
+            let sequence = i64::try_from(event.sequence)
+                .map_err(|_| StoreError::InvalidEvent("sequence out of range".into()))?;
+            let key = (event.aggregate_type.clone(), event.aggregate_id.clone());
+            let prev_hash = match previous.iter().find(|(k, _, _)| *k == key) {
+                Some((_, seq, hash)) if *seq + 1 == sequence => *hash,
+                Some(_) => {
+                    return Err(StoreError::InvalidEvent(format!(
+                        "stream {}/{}: sequence {sequence} does not follow the stream",
+                        event.aggregate_type, event.aggregate_id
+                    )))
+                }
+                None if sequence == 1 => ZERO_HASH,
+                None => return Err(StoreError::OptimisticLock),
+            };
+            let canonical = chain::canonical_record(&EventRecord {
+                aggregate_type: &event.aggregate_type,
+                aggregate_id: &event.aggregate_id,
+                sequence,
+                event_type: &event.event_type,
+                event_version: &event.event_version,
+                recorded_at,
+                payload: &event.payload,
+            })?;
+            let hash = chain::event_hash(&prev_hash, &canonical);
+            let mac = chain::event_mac(keys.current_key(), &hash);
+            match previous.iter_mut().find(|(k, _, _)| *k == key) {
+                Some(entry) => *entry = (key, sequence, hash),
+                None => previous.push((key, sequence, hash)),
+            }
+            cols.push(
+                event,
+                sequence,
+                recorded_at,
+                &prev_hash,
+                &hash,
+                &mac,
+                keys.current_id(),
+            );
+            appended.push(AppendedEvent {
+                aggregate_type: event.aggregate_type.clone(),
+                aggregate_id: event.aggregate_id.clone(),
+                sequence,
+                recorded_at,
+                prev_hash,
+                hash,
+                mac_key_id: keys.current_id().to_string(),
+            });
+        }
+        cols.insert(conn).await?;
+        Ok(appended)
+    }
+
+    /// The last stored (sequence, hash) of each stream the batch continues.
+    async fn previous_hashes(
+        &self,
+        conn: &mut PgConnection,
+        events: &[SerializedEvent],
+    ) -> StoreResult<Vec<((String, String), i64, Hash)>> {
+        let mut types = Vec::new();
+        let mut ids = Vec::new();
+        let mut seqs = Vec::new();
+        for event in events {
+            let already = types
+                .iter()
+                .zip(ids.iter())
+                .any(|(t, i): (&String, &String)| {
+                    *t == event.aggregate_type && *i == event.aggregate_id
+                });
+            if event.sequence > 1 && !already {
+                types.push(event.aggregate_type.clone());
+                ids.push(event.aggregate_id.clone());
+                seqs.push(event.sequence as i64 - 1);
+            }
+        }
+        if types.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.hash FROM events e \
+             JOIN UNNEST($1::text[], $2::text[], $3::bigint[]) AS k(t, i, s) \
+             ON e.aggregate_type = k.t AND e.aggregate_id = k.i AND e.sequence = k.s",
+        )
+        .bind(&types)
+        .bind(&ids)
+        .bind(&seqs)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let hash: Vec<u8> = row.try_get("hash")?;
+                let hash = chain::to_hash(&hash)
+                    .ok_or_else(|| StoreError::Ledger("stored hash is not 32 bytes".into()))?;
+                Ok((
+                    (row.try_get("aggregate_type")?, row.try_get("aggregate_id")?),
+                    row.try_get("sequence")?,
+                    hash,
+                ))
+            })
+            .collect()
+    }
+
+    async fn select_stream(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        after: i64,
+    ) -> StoreResult<Vec<SerializedEvent>> {
+        let rows = sqlx::query(SELECT_STREAM)
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(serialized_event).collect()
+    }
+}
+
+/// Column arrays for one multi-row insert.
+struct InsertColumns {
+    aggregate_type: Vec<String>,
+    aggregate_id: Vec<String>,
+    sequence: Vec<i64>,
+    event_type: Vec<String>,
+    event_version: Vec<String>,
+    payload: Vec<Value>,
+    metadata: Vec<Value>,
+    recorded_at: Vec<DateTime<Utc>>,
+    prev_hash: Vec<Vec<u8>>,
+    hash: Vec<Vec<u8>>,
+    mac: Vec<Vec<u8>>,
+    mac_key_id: Vec<String>,
+}
+
+impl InsertColumns {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            aggregate_type: Vec::with_capacity(n),
+            aggregate_id: Vec::with_capacity(n),
+            sequence: Vec::with_capacity(n),
+            event_type: Vec::with_capacity(n),
+            event_version: Vec::with_capacity(n),
+            payload: Vec::with_capacity(n),
+            metadata: Vec::with_capacity(n),
+            recorded_at: Vec::with_capacity(n),
+            prev_hash: Vec::with_capacity(n),
+            hash: Vec::with_capacity(n),
+            mac: Vec::with_capacity(n),
+            mac_key_id: Vec::with_capacity(n),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        event: &SerializedEvent,
+        sequence: i64,
+        recorded_at: DateTime<Utc>,
+        prev_hash: &Hash,
+        hash: &Hash,
+        mac: &Hash,
+        key_id: &str,
+    ) {
+        self.aggregate_type.push(event.aggregate_type.clone());
+        self.aggregate_id.push(event.aggregate_id.clone());
+        self.sequence.push(sequence);
+        self.event_type.push(event.event_type.clone());
+        self.event_version.push(event.event_version.clone());
+        self.payload.push(event.payload.clone());
+        self.metadata.push(event.metadata.clone());
+        self.recorded_at.push(recorded_at);
+        self.prev_hash.push(prev_hash.to_vec());
+        self.hash.push(hash.to_vec());
+        self.mac.push(mac.to_vec());
+        self.mac_key_id.push(key_id.to_string());
+    }
+
+    async fn insert(self, conn: &mut PgConnection) -> StoreResult<()> {
+        sqlx::query(INSERT_EVENTS)
+            .bind(self.aggregate_type)
+            .bind(self.aggregate_id)
+            .bind(self.sequence)
+            .bind(self.event_type)
+            .bind(self.event_version)
+            .bind(self.payload)
+            .bind(self.metadata)
+            .bind(self.recorded_at)
+            .bind(self.prev_hash)
+            .bind(self.hash)
+            .bind(self.mac)
+            .bind(self.mac_key_id)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+fn serialized_event(row: &PgRow) -> StoreResult<SerializedEvent> {
+    let sequence: i64 = row.try_get("sequence")?;
+    Ok(SerializedEvent {
+        aggregate_type: row.try_get("aggregate_type")?,
+        aggregate_id: row.try_get("aggregate_id")?,
+        sequence: usize::try_from(sequence)
+            .map_err(|_| StoreError::Ledger("negative sequence".into()))?,
+        event_type: row.try_get("event_type")?,
+        event_version: row.try_get("event_version")?,
+        payload: row.try_get("payload")?,
+        metadata: row.try_get("metadata")?,
+    })
+}
+
+fn replay(events: Vec<SerializedEvent>) -> ReplayStream {
+    let (mut feed, stream) = ReplayStream::new(events.len().max(1));
+    tokio::spawn(async move {
+        for event in events {
+            if feed.push(Ok(event)).await.is_err() {
+                return;
+            }
+        }
+    });
+    stream
+}
+
+impl PersistedEventRepository for ChainedEventRepository {
+    async fn get_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        Ok(self.select_stream(A::TYPE, aggregate_id, 0).await?)
+    }
+
+    async fn get_last_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        last_sequence: usize,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        let after = i64::try_from(last_sequence).unwrap_or(i64::MAX);
+        Ok(self.select_stream(A::TYPE, aggregate_id, after).await?)
+    }
+
+    /// Snapshots are not used: streams are short and every load is a fold.
+    async fn get_snapshot<A: Aggregate>(
+        &self,
+        _aggregate_id: &str,
+    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
+        Ok(None)
+    }
+
+    async fn persist<A: Aggregate>(
+        &self,
+        events: &[SerializedEvent],
+        _snapshot_update: Option<(String, Value, usize)>,
+    ) -> Result<(), PersistenceError> {
+        self.append(events).await?;
+        Ok(())
+    }
+
+    async fn stream_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<ReplayStream, PersistenceError> {
+        Ok(replay(self.select_stream(A::TYPE, aggregate_id, 0).await?))
+    }
+
+    async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
+        let rows = sqlx::query(
+            "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, \
+             metadata FROM events WHERE aggregate_type = $1 ORDER BY commit_xid, insert_id",
+        )
+        .bind(A::TYPE)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from)?;
+        let events = rows
+            .iter()
+            .map(serialized_event)
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(replay(events))
+    }
+}
