@@ -66,7 +66,8 @@ pub fn check_ledger_json(value: &serde_json::Value) -> Result<(), &'static str> 
             }
             serde_json::Value::Array(items) => pending.extend(items),
             serde_json::Value::Object(map) => pending.extend(map.values()),
-            serde_json::Value::Null | serde_json::Value::Bool(_) | serde_json::Value::String(_) => {}
+            serde_json::Value::Null | serde_json::Value::Bool(_) | serde_json::Value::String(_) => {
+            }
         }
     }
     Ok(())
@@ -395,10 +396,7 @@ fn parse_email(raw: &str) -> Result<String, ParseError> {
     if trimmed.is_empty() {
         return Err(ParseError::Empty { field: FIELD });
     }
-    if trimmed
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control())
-    {
+    if trimmed.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(invalid(
             FIELD,
             "must not contain whitespace or control characters",

@@ -27,14 +27,35 @@ fn email_rejects_bad_addresses() {
         ("", ParseError::Empty { field: "email" }),
         ("   ", ParseError::Empty { field: "email" }),
         ("no-at.example.com", invalid("email", "must contain an @")),
-        ("a@b@example.com", invalid("email", "must contain exactly one @")),
-        ("@example.com", invalid("email", "the part before the @ is empty")),
-        ("a@localhost", invalid("email", "the domain must contain a dot")),
+        (
+            "a@b@example.com",
+            invalid("email", "must contain exactly one @"),
+        ),
+        (
+            "@example.com",
+            invalid("email", "the part before the @ is empty"),
+        ),
+        (
+            "a@localhost",
+            invalid("email", "the domain must contain a dot"),
+        ),
         ("a@", invalid("email", "the domain must contain a dot")),
-        ("a@example..com", invalid("email", "the domain has an empty label")),
-        ("a@.example.com", invalid("email", "the domain has an empty label")),
-        ("a@example.com.", invalid("email", "the domain has an empty label")),
-        ("a@-example.com", invalid("email", "a domain label starts or ends with -")),
+        (
+            "a@example..com",
+            invalid("email", "the domain has an empty label"),
+        ),
+        (
+            "a@.example.com",
+            invalid("email", "the domain has an empty label"),
+        ),
+        (
+            "a@example.com.",
+            invalid("email", "the domain has an empty label"),
+        ),
+        (
+            "a@-example.com",
+            invalid("email", "a domain label starts or ends with -"),
+        ),
         (
             "a b@example.com",
             invalid("email", "must not contain whitespace or control characters"),
@@ -43,10 +64,25 @@ fn email_rejects_bad_addresses() {
             "a\u{7}@example.com",
             invalid("email", "must not contain whitespace or control characters"),
         ),
-        ("\"a\"@example.com", invalid("email", "contains a character not allowed here")),
-        ("a<b>@example.com", invalid("email", "contains a character not allowed here")),
-        (&long_local, invalid("email", "the part before the @ is too long")),
-        (&long_total, ParseError::TooLong { field: "email", max: 254 }),
+        (
+            "\"a\"@example.com",
+            invalid("email", "contains a character not allowed here"),
+        ),
+        (
+            "a<b>@example.com",
+            invalid("email", "contains a character not allowed here"),
+        ),
+        (
+            &long_local,
+            invalid("email", "the part before the @ is too long"),
+        ),
+        (
+            &long_total,
+            ParseError::TooLong {
+                field: "email",
+                max: 254,
+            },
+        ),
     ];
     for (raw, expected) in cases {
         assert_eq!(Email::parse(raw), Err(expected), "{raw:?}");
@@ -68,12 +104,23 @@ fn display_name_is_trimmed_and_bounded() {
     assert!(DisplayName::parse(&"é".repeat(128)).is_ok());
     assert_eq!(
         DisplayName::parse(&"é".repeat(129)),
-        Err(ParseError::TooLong { field: "display_name", max: 128 })
+        Err(ParseError::TooLong {
+            field: "display_name",
+            max: 128
+        })
     );
-    assert_eq!(DisplayName::parse(" "), Err(ParseError::Empty { field: "display_name" }));
+    assert_eq!(
+        DisplayName::parse(" "),
+        Err(ParseError::Empty {
+            field: "display_name"
+        })
+    );
     assert_eq!(
         DisplayName::parse("Ada\u{0}"),
-        Err(invalid("display_name", "must not contain control characters"))
+        Err(invalid(
+            "display_name",
+            "must not contain control characters"
+        ))
     );
 }
 
@@ -87,14 +134,26 @@ fn role_names() {
     assert_eq!(Role::parse(""), Err(ParseError::Empty { field: "role" }));
     assert_eq!(
         Role::parse(&"a".repeat(65)),
-        Err(ParseError::TooLong { field: "role", max: 64 })
+        Err(ParseError::TooLong {
+            field: "role",
+            max: 64
+        })
     );
-    assert_eq!(Role::parse("1admin"), Err(invalid("role", "must start with a letter")));
-    assert_eq!(Role::parse(".admin"), Err(invalid("role", "must start with a letter")));
+    assert_eq!(
+        Role::parse("1admin"),
+        Err(invalid("role", "must start with a letter"))
+    );
+    assert_eq!(
+        Role::parse(".admin"),
+        Err(invalid("role", "must start with a letter"))
+    );
     for bad in ["Admin", "ad min", "admin!", " admin"] {
         assert_eq!(
             Role::parse(bad),
-            Err(invalid("role", "may only contain a-z, 0-9 and the characters . _ : -")),
+            Err(invalid(
+                "role",
+                "may only contain a-z, 0-9 and the characters . _ : -"
+            )),
             "{bad:?}"
         );
     }
@@ -105,50 +164,82 @@ fn ticket_ids_reasons_and_actors() {
     assert!(TicketId::parse("SUP-1234").is_ok());
     assert_eq!(
         TicketId::parse("SUP 1234"),
-        Err(invalid("ticket_id", "must not contain whitespace or control characters"))
+        Err(invalid(
+            "ticket_id",
+            "must not contain whitespace or control characters"
+        ))
     );
     assert_eq!(
         TicketId::parse(&"x".repeat(129)),
-        Err(ParseError::TooLong { field: "ticket_id", max: 128 })
+        Err(ParseError::TooLong {
+            field: "ticket_id",
+            max: 128
+        })
     );
 
-    assert_eq!(Reason::parse("  fraud\nreport ").unwrap().as_str(), "fraud\nreport");
-    assert_eq!(Reason::parse("\n "), Err(ParseError::Empty { field: "reason" }));
+    assert_eq!(
+        Reason::parse("  fraud\nreport ").unwrap().as_str(),
+        "fraud\nreport"
+    );
+    assert_eq!(
+        Reason::parse("\n "),
+        Err(ParseError::Empty { field: "reason" })
+    );
     assert_eq!(
         Reason::parse(&"r".repeat(1025)),
-        Err(ParseError::TooLong { field: "reason", max: 1024 })
+        Err(ParseError::TooLong {
+            field: "reason",
+            max: 1024
+        })
     );
     assert_eq!(
         Reason::parse("bell\u{7}"),
         Err(invalid("reason", "must not contain control characters"))
     );
 
-    assert_eq!(Actor::parse(" ops@example.com ").unwrap().as_str(), "ops@example.com");
+    assert_eq!(
+        Actor::parse(" ops@example.com ").unwrap().as_str(),
+        "ops@example.com"
+    );
     assert_eq!(Actor::parse(""), Err(ParseError::Empty { field: "actor" }));
     assert_eq!(
         Actor::parse(&"a".repeat(129)),
-        Err(ParseError::TooLong { field: "actor", max: 128 })
+        Err(ParseError::TooLong {
+            field: "actor",
+            max: 128
+        })
     );
 }
 
 #[test]
 fn credential_names_audit_actions_targets_services_and_keys() {
-    assert_eq!(CredentialName::parse(" YubiKey ").unwrap().as_str(), "YubiKey");
+    assert_eq!(
+        CredentialName::parse(" YubiKey ").unwrap().as_str(),
+        "YubiKey"
+    );
     assert_eq!(
         CredentialName::parse(&"n".repeat(65)),
-        Err(ParseError::TooLong { field: "name", max: 64 })
+        Err(ParseError::TooLong {
+            field: "name",
+            max: 64
+        })
     );
     assert!(AuditAction::parse("founders.gate.check_failed").is_ok());
     assert!(AuditAction::parse("2fa.reset").is_ok());
     assert!(AuditAction::parse("Founders.Gate").is_err());
     assert!(AuditTarget::parse("customer:42").is_ok());
-    assert_eq!(AuditTarget::parse(" "), Err(ParseError::Empty { field: "target" }));
+    assert_eq!(
+        AuditTarget::parse(" "),
+        Err(ParseError::Empty { field: "target" })
+    );
     assert!(ServiceName::parse("billing").is_ok());
     assert!(ServiceName::parse("bill ing").is_err());
     assert!(IdempotencyKey::parse("4c1f-retry").is_ok());
     assert_eq!(
         IdempotencyKey::parse(""),
-        Err(ParseError::Empty { field: "idempotency_key" })
+        Err(ParseError::Empty {
+            field: "idempotency_key"
+        })
     );
 }
 
@@ -171,15 +262,30 @@ fn namespaces_are_documented_uuid_v5_values() {
     let ns = |name: &str| Uuid::new_v5(&Uuid::NAMESPACE_URL, name.as_bytes());
     assert_eq!(CredentialId::NAMESPACE, ns("urn:queue:ns:credential-id"));
     assert_eq!(AuditEventId::NAMESPACE, ns("urn:queue:ns:audit-event-id"));
-    assert_eq!(CustomerId::LEGACY_NAMESPACE, ns("urn:queue:ns:customer-legacy-id"));
-    assert_eq!(SessionId::LEGACY_NAMESPACE, ns("urn:queue:ns:session-legacy-id"));
-    assert_eq!(GrantId::LEGACY_NAMESPACE, ns("urn:queue:ns:grant-legacy-id"));
+    assert_eq!(
+        CustomerId::LEGACY_NAMESPACE,
+        ns("urn:queue:ns:customer-legacy-id")
+    );
+    assert_eq!(
+        SessionId::LEGACY_NAMESPACE,
+        ns("urn:queue:ns:session-legacy-id")
+    );
+    assert_eq!(
+        GrantId::LEGACY_NAMESPACE,
+        ns("urn:queue:ns:grant-legacy-id")
+    );
 }
 
 #[test]
 fn derived_ids_are_deterministic_and_distinct() {
-    assert_eq!(CredentialId::for_raw_id(b"abc"), CredentialId::for_raw_id(b"abc"));
-    assert_ne!(CredentialId::for_raw_id(b"abc"), CredentialId::for_raw_id(b"abd"));
+    assert_eq!(
+        CredentialId::for_raw_id(b"abc"),
+        CredentialId::for_raw_id(b"abc")
+    );
+    assert_ne!(
+        CredentialId::for_raw_id(b"abc"),
+        CredentialId::for_raw_id(b"abd")
+    );
     assert_eq!(
         AuditEventId::for_idempotency_key("billing", "k1"),
         AuditEventId::for_idempotency_key("billing", "k1")
@@ -193,12 +299,20 @@ fn derived_ids_are_deterministic_and_distinct() {
         AuditEventId::for_idempotency_key("founders", "k1")
     );
     let legacy = LegacyId::try_from(42).unwrap();
-    assert_eq!(CustomerId::for_legacy_id(legacy), CustomerId::for_legacy_id(legacy));
+    assert_eq!(
+        CustomerId::for_legacy_id(legacy),
+        CustomerId::for_legacy_id(legacy)
+    );
     assert_ne!(
         *CustomerId::for_legacy_id(legacy).as_uuid(),
         *SessionId::for_legacy_id(legacy).as_uuid()
     );
-    assert_eq!(CustomerId::for_legacy_id(legacy).as_uuid().get_version_num(), 5);
+    assert_eq!(
+        CustomerId::for_legacy_id(legacy)
+            .as_uuid()
+            .get_version_num(),
+        5
+    );
 }
 
 #[test]
@@ -211,7 +325,10 @@ fn legacy_ids_stay_below_two_to_the_53() {
     assert_eq!("17".parse::<LegacyId>().unwrap().get(), 17);
     assert!("x".parse::<LegacyId>().is_err());
     assert!(serde_json::from_value::<LegacyId>(json!(9_007_199_254_740_992_i64)).is_err());
-    assert_eq!(serde_json::to_value(LegacyId::try_from(7).unwrap()).unwrap(), json!(7));
+    assert_eq!(
+        serde_json::to_value(LegacyId::try_from(7).unwrap()).unwrap(),
+        json!(7)
+    );
 }
 
 #[test]
@@ -251,15 +368,23 @@ fn raw_credential_id_is_base64url_without_padding() {
     assert!("+/8B".parse::<RawCredentialId>().is_err());
     assert_eq!(
         "".parse::<RawCredentialId>(),
-        Err(ParseError::Empty { field: "raw_credential_id" })
+        Err(ParseError::Empty {
+            field: "raw_credential_id"
+        })
     );
     assert!(RawCredentialId::from_bytes(vec![0; 1024]).is_err());
-    assert_eq!(raw.credential_id(), CredentialId::for_raw_id(&[0xfb, 0xff, 0x01]));
+    assert_eq!(
+        raw.credential_id(),
+        CredentialId::for_raw_id(&[0xfb, 0xff, 0x01])
+    );
 }
 
 #[test]
 fn ledger_json_refuses_floats_and_big_integers() {
-    assert_eq!(check_ledger_json(&json!({"a": [1, -2, {"b": "c"}], "n": null})), Ok(()));
+    assert_eq!(
+        check_ledger_json(&json!({"a": [1, -2, {"b": "c"}], "n": null})),
+        Ok(())
+    );
     assert_eq!(check_ledger_json(&json!(MAX_LEDGER_INTEGER)), Ok(()));
     assert_eq!(check_ledger_json(&json!(-MAX_LEDGER_INTEGER)), Ok(()));
     assert!(check_ledger_json(&json!({"a": [1.5]})).is_err());
@@ -273,5 +398,8 @@ fn ledger_json_refuses_floats_and_big_integers() {
 fn parse_error_names_its_field() {
     assert_eq!(Email::parse("x").unwrap_err().field(), "email");
     assert_eq!(Role::parse("").unwrap_err().field(), "role");
-    assert_eq!(Reason::parse(&"r".repeat(2000)).unwrap_err().field(), "reason");
+    assert_eq!(
+        Reason::parse(&"r".repeat(2000)).unwrap_err().field(),
+        "reason"
+    );
 }

@@ -1,0 +1,103 @@
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+
+use crate::types::{
+    Actor, CustomerId, DisplayName, Email, GrantId, LegacyId, Reason, Role, SecretHash, TicketId,
+};
+
+/// What happened to a customer. Serialised externally tagged under the event
+/// type name (`{"CustomerRegistered": {...}}`); secrets appear only as hashes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CustomerEvent {
+    #[serde(rename = "CustomerRegistered")]
+    Registered {
+        customer_id: CustomerId,
+        email: Email,
+        display_name: DisplayName,
+        /// Recorded so replay does not depend on today's default.
+        default_role: Role,
+        at: DateTime<Utc>,
+    },
+    #[serde(rename = "CustomerImported")]
+    Imported {
+        customer_id: CustomerId,
+        legacy_id: LegacyId,
+        email: Email,
+        display_name: Option<DisplayName>,
+        default_role: Role,
+        email_verified_at: Option<DateTime<Utc>>,
+        suspended: bool,
+        created_at: DateTime<Utc>,
+    },
+    EmailVerificationRequested {
+        token_hash: SecretHash,
+        expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    EmailVerified {
+        at: DateTime<Utc>,
+    },
+    RoleGranted {
+        grant_id: GrantId,
+        role: Role,
+        ticket_id: Option<TicketId>,
+        reason: Reason,
+        actor: Actor,
+        expires_at: Option<DateTime<Utc>>,
+        at: DateTime<Utc>,
+    },
+    RoleRevoked {
+        grant_id: GrantId,
+        reason: Reason,
+        actor: Actor,
+        at: DateTime<Utc>,
+    },
+    /// A new set of backup codes; every earlier generation is void.
+    BackupCodesGenerated {
+        /// 1 for the first set, then one more per regeneration.
+        generation: u32,
+        code_hashes: Vec<SecretHash>,
+        at: DateTime<Utc>,
+    },
+    BackupCodeRedeemed {
+        generation: u32,
+        /// Position of the code in its generation's `code_hashes`.
+        index: u32,
+        at: DateTime<Utc>,
+    },
+    #[serde(rename = "CustomerSuspended")]
+    Suspended {
+        reason: Reason,
+        actor: Actor,
+        at: DateTime<Utc>,
+    },
+    #[serde(rename = "CustomerReinstated")]
+    Reinstated {
+        reason: Reason,
+        actor: Actor,
+        at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for CustomerEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::Registered { .. } => "CustomerRegistered",
+            Self::Imported { .. } => "CustomerImported",
+            Self::EmailVerificationRequested { .. } => "EmailVerificationRequested",
+            Self::EmailVerified { .. } => "EmailVerified",
+            Self::RoleGranted { .. } => "RoleGranted",
+            Self::RoleRevoked { .. } => "RoleRevoked",
+            Self::BackupCodesGenerated { .. } => "BackupCodesGenerated",
+            Self::BackupCodeRedeemed { .. } => "BackupCodeRedeemed",
+            Self::Suspended { .. } => "CustomerSuspended",
+            Self::Reinstated { .. } => "CustomerReinstated",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".to_owned()
+    }
+}
