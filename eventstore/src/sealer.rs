@@ -23,6 +23,9 @@ use crate::merkle::{self, Frontier};
 /// Advisory lock key held by the one active sealer ("queue.sealer").
 pub const SEALER_LOCK_KEY: i64 = 0x7175_6575_7365_616c;
 
+/// How long `seal_pending` waits for older transactions to finish.
+const PENDING_WAIT: Duration = Duration::from_secs(60);
+
 #[derive(Clone, Debug)]
 pub struct SealerConfig {
     /// Events sealed per transaction.
@@ -54,6 +57,8 @@ pub struct SealOutcome {
     pub sealed: u64,
     pub tree_size: u64,
     pub checkpoint: Option<u64>,
+    /// Every transaction id below this had finished when the batch was read.
+    pub watermark: i64,
 }
 
 #[derive(Clone)]
@@ -87,15 +92,20 @@ impl Sealer {
         force_checkpoint: bool,
     ) -> StoreResult<SealOutcome> {
         let mut tx = conn.begin().await?;
+        // Read the watermark before this transaction takes an id of its own.
+        let watermark: i64 =
+            sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+                .fetch_one(&mut *tx)
+                .await?;
         let state = load_state(&mut tx).await?;
         let rows = sqlx::query(
             "SELECT aggregate_type, aggregate_id, sequence, hash, commit_xid, insert_id FROM events \
              WHERE (commit_xid, insert_id) > ($1, $2) \
-             AND commit_xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
-             ORDER BY commit_xid, insert_id LIMIT $3",
+             AND commit_xid < $3 ORDER BY commit_xid, insert_id LIMIT $4",
         )
         .bind(state.last_xid)
         .bind(state.last_insert_id)
+        .bind(watermark)
         .bind(self.config.batch_size)
         .fetch_all(&mut *tx)
         .await?;
@@ -173,22 +183,42 @@ impl Sealer {
             sealed: rows.len() as u64,
             tree_size,
             checkpoint,
+            watermark,
         })
     }
 
-    /// Seals everything committed so far and writes a checkpoint over it
-    /// (used at clean shutdown, by export, and by tests).
+    /// Seals every event committed before the call and writes a checkpoint
+    /// over it (clean shutdown, export, tests). Waits while older write
+    /// transactions anywhere in the cluster hold the watermark back, up to
+    /// `PENDING_WAIT`.
     pub async fn seal_pending(&self, pool: &PgPool) -> StoreResult<SealOutcome> {
         let mut conn = pool.acquire().await?;
+        let target: i64 =
+            sqlx::query_scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+                .fetch_one(&mut *conn)
+                .await?;
+        let deadline = Instant::now() + PENDING_WAIT;
         let mut total = SealOutcome::default();
         loop {
             let outcome = self.seal_batch(&mut conn, false).await?;
             total.sealed += outcome.sealed;
             total.tree_size = outcome.tree_size;
             total.checkpoint = outcome.checkpoint.or(total.checkpoint);
-            if outcome.sealed == 0 {
+            total.watermark = outcome.watermark;
+            if outcome.sealed > 0 {
+                continue;
+            }
+            if outcome.watermark >= target {
                 break;
             }
+            if Instant::now() >= deadline {
+                return Err(StoreError::Ledger(format!(
+                    "a write transaction older than xid {target} is still open after {}s; \
+                     the ledger cannot pass it (see pg_stat_activity)",
+                    PENDING_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let last = self.seal_batch(&mut conn, true).await?;
         total.tree_size = last.tree_size;

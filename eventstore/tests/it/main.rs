@@ -1,0 +1,7 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Event store integration tests: real Postgres, a fresh database per test.
+
+mod append;
+mod concurrency;
+mod helpers;
+mod tamper;
