@@ -4,11 +4,19 @@
 //! Pure business rules: no IO, no clock, no randomness. Time, ids and secret
 //! hashes arrive as command fields, so replaying the same events and commands
 //! always gives the same result. Every aggregate's `Services` is `()`.
+//!
+//! Events are stored externally tagged under their event type name, e.g.
+//! `{"CredentialUsed": {"sign_count": 4, "backup_state": true, "at": "..."}}`;
+//! payloads hold no floats, no integers of 2^53 or more, and no secret in clear.
 
+pub mod credential;
 pub mod customer;
 pub mod types;
+pub mod upcast;
 
 #[cfg(test)]
 mod test_support;
 
+pub use credential::{Credential, CredentialCommand, CredentialError, CredentialEvent};
 pub use customer::{Customer, CustomerCommand, CustomerError, CustomerEvent};
+pub use upcast::upcasters;
