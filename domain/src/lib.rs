@@ -11,6 +11,7 @@
 
 pub mod credential;
 pub mod customer;
+pub mod session;
 pub mod types;
 pub mod upcast;
 
@@ -19,4 +20,5 @@ mod test_support;
 
 pub use credential::{Credential, CredentialCommand, CredentialError, CredentialEvent};
 pub use customer::{Customer, CustomerCommand, CustomerError, CustomerEvent};
+pub use session::{RefreshOutcome, Session, SessionCommand, SessionError, SessionEvent};
 pub use upcast::upcasters;

@@ -1,0 +1,71 @@
+use chrono::{DateTime, Utc};
+
+use super::{AuthMethod, RevokeReason};
+use crate::types::{CustomerId, LegacyId, SecretHash, SessionFamilyId};
+
+/// A session ends this long after the last refresh (30 minutes).
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u32 = 30 * 60;
+/// A session ends this long after creation, however active (12 hours).
+pub const DEFAULT_ABSOLUTE_TIMEOUT_SECS: u32 = 12 * 60 * 60;
+/// The longest window in which the previous refresh token may be retried once.
+pub const MAX_REFRESH_GRACE_SECS: u32 = 60;
+
+/// Everything that can be asked of a session. `at` is the caller's clock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionCommand {
+    Create {
+        customer_id: CustomerId,
+        method: AuthMethod,
+        refresh_hash: SecretHash,
+        family_id: SessionFamilyId,
+        /// Usually [`DEFAULT_IDLE_TIMEOUT_SECS`]; at least 1 and at most the absolute timeout.
+        idle_timeout_secs: u32,
+        /// Usually [`DEFAULT_ABSOLUTE_TIMEOUT_SECS`].
+        absolute_timeout_secs: u32,
+        at: DateTime<Utc>,
+    },
+    /// A live legacy session (`revoked_at IS NULL`) backfilled with its refresh
+    /// token hash, so the client's token keeps working.
+    Import {
+        legacy_id: LegacyId,
+        customer_id: CustomerId,
+        refresh_hash: SecretHash,
+        /// Recorded so replay does not depend on today's default.
+        idle_timeout_secs: u32,
+        created_at: DateTime<Utc>,
+        last_seen_at: DateTime<Utc>,
+        /// The legacy absolute expiry.
+        expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    /// Rotates the refresh token: `presented` is the hash of the token the
+    /// client sent, `new` the hash of the token about to be handed out.
+    ///
+    /// On success exactly one event is emitted, and the result tells the
+    /// caller what happened (see [`super::RefreshOutcome::from_events`], or
+    /// [`super::Session::refresh_outcome`] after reloading):
+    /// - `SessionRefreshed`: rotated; hand out `new`.
+    /// - `SessionRevoked { reason: Expired }`: past the idle or absolute
+    ///   timeout (`session_expired`). Checked before the token is matched.
+    /// - `SessionRevoked { reason: ReuseDetected }`: `presented` was already
+    ///   rotated out (`refresh_reuse_detected`). The exception is the
+    ///   immediately previous token, presented less than `grace_secs` after
+    ///   the rotation that retired it, once: that is a retry by a client that
+    ///   lost the response and it is refreshed instead.
+    ///
+    /// Revocations are events, not errors, because they must be committed.
+    /// Errors (no event): `Revoked` if already revoked, `InvalidRefreshToken`
+    /// if `presented` was never a token of this session, `NotFound`,
+    /// `InvalidGracePeriod`, `RefreshHashNotFresh`.
+    Refresh {
+        presented: SecretHash,
+        new: SecretHash,
+        /// 0 (no retry, the default) to [`MAX_REFRESH_GRACE_SECS`].
+        grace_secs: u32,
+        at: DateTime<Utc>,
+    },
+    Revoke {
+        reason: RevokeReason,
+        at: DateTime<Utc>,
+    },
+}

@@ -1,0 +1,105 @@
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::DomainEvent;
+use serde::{Deserialize, Serialize};
+
+use crate::types::{CredentialId, CustomerId, LegacyId, SecretHash, SessionFamilyId};
+
+/// How the customer authenticated when the session was created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AuthMethod {
+    Webauthn { credential_id: CredentialId },
+    BackupCode,
+}
+
+impl AuthMethod {
+    /// The JWT `amr` value: `webauthn` or `backup_code`.
+    pub fn amr(&self) -> &'static str {
+        match self {
+            Self::Webauthn { .. } => "webauthn",
+            Self::BackupCode => "backup_code",
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeReason {
+    Logout,
+    Admin,
+    ReuseDetected,
+    Suspended,
+    Expired,
+}
+
+impl fmt::Display for RevokeReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Logout => "logout",
+            Self::Admin => "admin",
+            Self::ReuseDetected => "reuse_detected",
+            Self::Suspended => "suspended",
+            Self::Expired => "expired",
+        })
+    }
+}
+
+/// What happened to a session, externally tagged under the event type name.
+/// Refresh tokens appear only as hashes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionEvent {
+    #[serde(rename = "SessionCreated")]
+    Created {
+        customer_id: CustomerId,
+        method: AuthMethod,
+        refresh_hash: SecretHash,
+        family_id: SessionFamilyId,
+        idle_timeout_secs: u32,
+        absolute_timeout_secs: u32,
+        at: DateTime<Utc>,
+    },
+    #[serde(rename = "SessionImported")]
+    Imported {
+        legacy_id: LegacyId,
+        customer_id: CustomerId,
+        refresh_hash: SecretHash,
+        idle_timeout_secs: u32,
+        created_at: DateTime<Utc>,
+        last_seen_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    /// `new` replaced the current token. `previous` is the token presented:
+    /// the current one, or on a grace retry the one rotated out just before.
+    #[serde(rename = "SessionRefreshed")]
+    Refreshed {
+        previous: SecretHash,
+        new: SecretHash,
+        grace_retry: bool,
+        at: DateTime<Utc>,
+    },
+    #[serde(rename = "SessionRevoked")]
+    Revoked {
+        reason: RevokeReason,
+        at: DateTime<Utc>,
+    },
+}
+
+impl DomainEvent for SessionEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::Created { .. } => "SessionCreated",
+            Self::Imported { .. } => "SessionImported",
+            Self::Refreshed { .. } => "SessionRefreshed",
+            Self::Revoked { .. } => "SessionRevoked",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".to_owned()
+    }
+}
