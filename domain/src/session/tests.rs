@@ -477,7 +477,10 @@ fn refresh_outcome_from_events_and_from_state() {
     ];
     for (events, expected) in cases {
         let last = events.last().cloned().unwrap();
-        assert_eq!(RefreshOutcome::from_events(&[last.clone()]), Some(expected));
+        assert_eq!(
+            RefreshOutcome::from_events(std::slice::from_ref(&last)),
+            Some(expected)
+        );
         let new = match last {
             SessionEvent::Refreshed { new, .. } => new,
             _ => h("unused"),
