@@ -9,6 +9,7 @@
 //! `{"CredentialUsed": {"sign_count": 4, "backup_state": true, "at": "..."}}`;
 //! payloads hold no floats, no integers of 2^53 or more, and no secret in clear.
 
+pub mod audit;
 pub mod credential;
 pub mod customer;
 pub mod session;
@@ -18,6 +19,7 @@ pub mod upcast;
 #[cfg(test)]
 mod test_support;
 
+pub use audit::{Audit, AuditCommand, AuditError, AuditEvent};
 pub use credential::{Credential, CredentialCommand, CredentialError, CredentialEvent};
 pub use customer::{Customer, CustomerCommand, CustomerError, CustomerEvent};
 pub use session::{RefreshOutcome, Session, SessionCommand, SessionError, SessionEvent};
