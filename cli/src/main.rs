@@ -1,1 +1,193 @@
-fn main() {}
+#![forbid(unsafe_code)]
+//! `queue`: serve, migrate, seal, verify and manage keys.
+
+mod config;
+mod keys;
+mod progress;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use queue_eventstore::{db, verify_store, Sealer, SealerConfig, VerifyInput};
+use serde::Serialize;
+
+use crate::config::{ConfigError, Lookup};
+
+#[derive(Parser)]
+#[command(name = "queue", version, about = "Queue: event-sourced passkey authentication with a tamper-evident ledger")]
+struct Cli {
+    /// Print machine-readable JSON on stdout (logs stay on stderr).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API and the ledger sealer (migrates first).
+    Serve {
+        /// Development mode: generate and use local keys if none are configured.
+        #[arg(long)]
+        dev: bool,
+        /// Where dev mode keeps its keys.
+        #[arg(long, default_value = ".dev/keys", env = "QUEUE_DEV_KEY_DIR")]
+        dev_key_dir: PathBuf,
+    },
+    /// Apply database migrations.
+    Migrate,
+    /// Seal every committed event into the ledger now and write a checkpoint.
+    Seal,
+    /// Recompute every hash, MAC, Merkle root and checkpoint signature.
+    Verify {
+        /// Checkpoint notes kept outside the database, to check the store against.
+        #[arg(long = "checkpoint", value_name = "FILE")]
+        checkpoints: Vec<PathBuf>,
+        /// Verifier key (`<name>+<id>+<key>`); default: derived from QUEUE_CHECKPOINT_KEY.
+        #[arg(long, value_name = "VERIFIER_KEY")]
+        checkpoint_key: Option<String>,
+    },
+    /// Key management.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
+}
+
+/// Exit codes: 0 ok, 1 verification found damage, 2 usage/config/database error.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] queue_eventstore::StoreError),
+    #[error("{0}")]
+    Io(String),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let env = |k: &str| std::env::var(k).ok();
+    match run(cli, &env).await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("queue: error: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("QUEUE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(cli: Cli, env: Lookup<'_>) -> Result<ExitCode, CliError> {
+    match cli.command {
+        Command::Serve { dev, dev_key_dir } => {
+            serve::run(serve::ServeArgs { dev, dev_key_dir }, env).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let pool = db::connect(&config::database_url(env)?, 2).await?;
+            db::migrate(&pool).await?;
+            output(cli.json, &serde_json::json!({"migrated": true}), "migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Seal => {
+            let signer = Arc::new(config::checkpoint_signer(env)?);
+            let pool = db::connect(&config::database_url(env)?, 2).await?;
+            let outcome = Sealer::new(signer, SealerConfig::default())
+                .seal_pending(&pool)
+                .await?;
+            let text = format!(
+                "sealed {} events; ledger size {}; checkpoint {}",
+                outcome.sealed,
+                outcome.tree_size,
+                outcome.checkpoint.map_or("unchanged".into(), |s| s.to_string())
+            );
+            output(
+                cli.json,
+                &serde_json::json!({"sealed": outcome.sealed, "tree_size": outcome.tree_size, "checkpoint": outcome.checkpoint}),
+                &text,
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            checkpoints,
+            checkpoint_key,
+        } => {
+            let keys = config::mac_keys(env)?;
+            let verifier = config::checkpoint_verifier(env, checkpoint_key.as_deref())?;
+            let external = checkpoints
+                .iter()
+                .map(|p| std::fs::read_to_string(p).map_err(|e| CliError::Io(format!("{}: {e}", p.display()))))
+                .collect::<Result<Vec<_>, _>>()?;
+            let pool = db::connect(&config::database_url(env)?, 4).await?;
+            let bar = progress::Bar::new();
+            let report = verify_store(
+                &pool,
+                &VerifyInput {
+                    mac_keys: &keys,
+                    checkpoint_key: &verifier,
+                    external_checkpoints: &external,
+                },
+                &bar,
+            )
+            .await?;
+            bar.finish();
+            if cli.json {
+                print_json(&report);
+            } else {
+                println!(
+                    "{} events in {} streams; ledger {} entries ({} unsealed); {} checkpoints (latest {}); root {}",
+                    report.events,
+                    report.streams,
+                    report.ledger_size,
+                    report.unsealed,
+                    report.checkpoints,
+                    report.latest_checkpoint_size.map_or("none".into(), |s| s.to_string()),
+                    report.root_hash
+                );
+                println!("{} ms, {} events/s", report.elapsed_ms, report.events_per_second);
+                for problem in &report.problems {
+                    println!("  {}", problem.describe());
+                }
+                match &report.first_problem {
+                    None => println!("OK: the ledger is intact"),
+                    Some(first) => println!(
+                        "FAILED: {} problem(s); first: {}",
+                        report.problem_count,
+                        first.describe()
+                    ),
+                }
+            }
+            Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Keys { command } => keys::run(command, cli.json, env),
+    }
+}
+
+fn output<T: Serialize>(json: bool, value: &T, text: &str) {
+    if json {
+        print_json(value);
+    } else {
+        println!("{text}");
+    }
+}
+
+fn print_json<T: Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("queue: error: cannot encode JSON: {e}"),
+    }
+}

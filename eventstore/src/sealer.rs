@@ -239,9 +239,8 @@ impl Sealer {
             if *shutdown.borrow() {
                 break;
             }
-            tokio::select! {
-                _ = tokio::time::sleep(self.config.standby_interval) => {}
-                _ = shutdown.changed() => {}
+            if stop_requested_within(&mut shutdown, self.config.standby_interval).await {
+                break;
             }
         }
     }
@@ -267,19 +266,26 @@ impl Sealer {
             if outcome.checkpoint.is_some() || due {
                 last_checkpoint = Instant::now();
             }
-            if *shutdown.borrow() {
+            if *shutdown.borrow() || shutdown.has_changed().is_err() {
                 // Clean point: seal what is committed and checkpoint it.
                 while self.seal_batch(&mut conn, false).await?.sealed > 0 {}
                 self.seal_batch(&mut conn, true).await?;
                 return Ok(());
             }
             if outcome.sealed == 0 {
-                tokio::select! {
-                    _ = tokio::time::sleep(self.config.poll_interval) => {}
-                    _ = shutdown.changed() => {}
-                }
+                // The next pass sees the stop and seals to a clean point.
+                let _ = stop_requested_within(shutdown, self.config.poll_interval).await;
             }
         }
+    }
+}
+
+/// Sleeps for `wait` unless a stop is requested first; a dropped sender
+/// counts as a stop, so the loop can never spin.
+async fn stop_requested_within(shutdown: &mut watch::Receiver<bool>, wait: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => *shutdown.borrow(),
+        changed = shutdown.changed() => changed.is_err() || *shutdown.borrow(),
     }
 }
 

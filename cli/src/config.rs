@@ -1,0 +1,78 @@
+//! Ledger configuration from the environment, read once. Errors name the
+//! variable, never its value.
+
+use std::path::Path;
+
+use queue_eventstore::{CheckpointSigner, MacKeys, NoteVerifier};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is not set")]
+    Missing(&'static str),
+    #[error("{var}: {why}")]
+    Invalid { var: &'static str, why: String },
+    #[error("{path}: {why}")]
+    File { path: String, why: String },
+}
+
+pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub fn database_url(get: Lookup) -> Result<String, ConfigError> {
+    get("DATABASE_URL")
+        .filter(|v| !v.trim().is_empty())
+        .ok_or(ConfigError::Missing("DATABASE_URL"))
+}
+
+/// `QUEUE_MAC_KEYS=id=<hex>,…` (or `QUEUE_MAC_KEYS_FILE` naming a file holding it).
+pub fn mac_keys(get: Lookup) -> Result<MacKeys, ConfigError> {
+    let spec = value_or_file(get, "QUEUE_MAC_KEYS", "QUEUE_MAC_KEYS_FILE")?;
+    MacKeys::parse(&spec).map_err(|e| ConfigError::Invalid {
+        var: "QUEUE_MAC_KEYS",
+        why: e.to_string(),
+    })
+}
+
+/// `QUEUE_CHECKPOINT_KEY=PRIVATE+KEY+…` (or `QUEUE_CHECKPOINT_KEY_FILE`).
+pub fn checkpoint_signer(get: Lookup) -> Result<CheckpointSigner, ConfigError> {
+    let spec = value_or_file(get, "QUEUE_CHECKPOINT_KEY", "QUEUE_CHECKPOINT_KEY_FILE")?;
+    CheckpointSigner::parse(&spec).map_err(|e| ConfigError::Invalid {
+        var: "QUEUE_CHECKPOINT_KEY",
+        why: e.to_string(),
+    })
+}
+
+/// The checkpoint verifier: given outright, or derived from the signer key.
+pub fn checkpoint_verifier(
+    get: Lookup,
+    given: Option<&str>,
+) -> Result<NoteVerifier, ConfigError> {
+    match given {
+        Some(spec) => NoteVerifier::parse(spec).map_err(|e| ConfigError::Invalid {
+            var: "--checkpoint-key",
+            why: e.to_string(),
+        }),
+        None => Ok(checkpoint_signer(get)?.verifier()),
+    }
+}
+
+fn value_or_file(get: Lookup, var: &'static str, file_var: &'static str) -> Result<String, ConfigError> {
+    if let Some(value) = get(var).filter(|v| !v.trim().is_empty()) {
+        return Ok(value);
+    }
+    match get(file_var) {
+        Some(path) => read_secret_file(Path::new(&path)),
+        None => Err(ConfigError::Missing(var)),
+    }
+}
+
+pub fn read_secret_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            why: e.kind().to_string(),
+        })
+}
+
+pub const DEV_MAC_FILE: &str = "mac_keys";
+pub const DEV_CHECKPOINT_FILE: &str = "checkpoint.key";

@@ -1,0 +1,97 @@
+//! `queue keys`: generate key files and print the checkpoint verifier key.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use queue_eventstore::{CheckpointSigner, MacKeys};
+use rand::RngCore;
+
+use crate::config::{self, Lookup, DEV_CHECKPOINT_FILE, DEV_MAC_FILE};
+use crate::CliError;
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Write a new MAC key and checkpoint key into DIR (never overwrites).
+    Generate {
+        #[arg(long, default_value = ".dev/keys")]
+        dir: PathBuf,
+        /// Log origin, the checkpoint key's name.
+        #[arg(long, default_value = "queue.localhost/ledger")]
+        origin: String,
+    },
+    /// Print a public key; its last line is the key itself.
+    Public {
+        #[command(subcommand)]
+        kind: PublicKind,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PublicKind {
+    /// The checkpoint verifier key (`<origin>+<8 hex id>+<base64 key>`).
+    Checkpoint,
+}
+
+pub fn run(command: KeysCommand, json: bool, env: Lookup) -> Result<ExitCode, CliError> {
+    match command {
+        KeysCommand::Generate { dir, origin } => {
+            let generated = generate(&dir, &origin)?;
+            let text = if generated {
+                format!("generated new keys in {}", dir.display())
+            } else {
+                format!("keys already present in {}; left unchanged", dir.display())
+            };
+            crate::output(
+                json,
+                &serde_json::json!({"dir": dir.display().to_string(), "generated": generated}),
+                &text,
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::Public { kind: PublicKind::Checkpoint } => {
+            let verifier = config::checkpoint_signer(env)?.verifier();
+            if json {
+                crate::print_json(&serde_json::json!({"checkpoint_verifier_key": verifier.to_string()}));
+            } else {
+                println!("# checkpoint verifier key for log {}", verifier.name());
+                println!("{verifier}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Creates the key files if absent; returns whether it created them.
+pub fn generate(dir: &Path, origin: &str) -> Result<bool, CliError> {
+    let mac_path = dir.join(DEV_MAC_FILE);
+    let checkpoint_path = dir.join(DEV_CHECKPOINT_FILE);
+    if mac_path.exists() && checkpoint_path.exists() {
+        return Ok(false);
+    }
+    fs::create_dir_all(dir).map_err(|e| CliError::Io(format!("{}: {e}", dir.display())))?;
+    let mut mac = vec![0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut mac);
+    let key_id = format!("k{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
+    let mac_keys = MacKeys::single(&key_id, mac)?;
+    let signer = CheckpointSigner::generate(origin)?;
+    write_secret(&mac_path, &mac_keys.to_spec())?;
+    write_secret(&checkpoint_path, &signer.to_private_spec())?;
+    Ok(true)
+}
+
+fn write_secret(path: &Path, contents: &str) -> Result<(), CliError> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .map_err(|e| CliError::Io(format!("{}: {e}", path.display())))?;
+    writeln!(file, "{contents}").map_err(|e| CliError::Io(format!("{}: {e}", path.display())))
+}

@@ -1,0 +1,124 @@
+//! `queue serve`: the API, the sealer, and a graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use queue_api::AppState;
+use queue_eventstore::{db, Sealer, SealerConfig};
+use tokio::sync::watch;
+
+use crate::config::{self, ConfigError, Lookup, DEV_CHECKPOINT_FILE, DEV_MAC_FILE};
+use crate::CliError;
+
+/// How long in-flight requests may drain after SIGTERM, and the hard limit.
+const DRAIN: Duration = Duration::from_secs(15);
+const FORCED_EXIT: Duration = Duration::from_secs(30);
+
+pub struct ServeArgs {
+    pub dev: bool,
+    pub dev_key_dir: PathBuf,
+}
+
+pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
+    let listen: SocketAddr = env("QUEUE_LISTEN")
+        .as_deref()
+        .unwrap_or("127.0.0.1:8080")
+        .parse()
+        .map_err(|_| ConfigError::Invalid {
+            var: "QUEUE_LISTEN",
+            why: "expected host:port, e.g. 127.0.0.1:8080".into(),
+        })?;
+    let dev = args.dev || env("QUEUE_DEV").is_some_and(|v| v == "1" || v == "true");
+    let key_env = dev_key_env(dev, &args.dev_key_dir, env)?;
+    let lookup = |k: &str| key_env(k).or_else(|| env(k));
+    let signer = Arc::new(config::checkpoint_signer(&lookup)?);
+    let _mac_keys = config::mac_keys(&lookup)?;
+
+    let database_url = config::database_url(env)?;
+    let pool = db::connect(&database_url, 16).await?;
+    db::migrate(&pool).await?;
+
+    let (stop_sealer, sealer_stopped) = watch::channel(false);
+    let sealer = tokio::spawn(
+        Sealer::new(signer, SealerConfig::default())
+            .run(db::connect_options(&database_url)?, sealer_stopped),
+    );
+
+    let state = AppState::new(pool.clone());
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| CliError::Io(format!("cannot listen on {listen}: {e}")))?;
+    tracing::info!(%listen, dev, "queue is serving");
+    eprintln!("queue: serving on http://{listen}  (try: curl http://{listen}/healthz)");
+
+    let draining = state.clone();
+    let server = axum::serve(listener, queue_api::app(state)).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested: draining for up to {}s", DRAIN.as_secs());
+        draining.begin_shutdown();
+        // Past the hard limit the process exits, drained or not.
+        tokio::spawn(async {
+            tokio::time::sleep(FORCED_EXIT).await;
+            tracing::error!("forced exit after {}s", FORCED_EXIT.as_secs());
+            std::process::exit(1);
+        });
+    });
+    server
+        .await
+        .map_err(|e| CliError::Io(format!("server: {e}")))?;
+
+    let _ = stop_sealer.send(true);
+    if tokio::time::timeout(DRAIN, sealer).await.is_err() {
+        tracing::warn!("sealer did not reach a clean point in time");
+    }
+    pool.close().await;
+    tracing::info!("queue stopped cleanly");
+    Ok(())
+}
+
+/// In dev mode, keys come from (and are generated into) a local directory.
+fn dev_key_env(
+    dev: bool,
+    dir: &std::path::Path,
+    env: Lookup<'_>,
+) -> Result<impl Fn(&str) -> Option<String>, CliError> {
+    let mut files: Vec<(&'static str, PathBuf)> = Vec::new();
+    if dev && (env("QUEUE_MAC_KEYS").is_none() || env("QUEUE_CHECKPOINT_KEY").is_none()) {
+        if crate::keys::generate(dir, "queue.localhost/ledger")? {
+            eprintln!("!!! DEV MODE: generated NEW keys in {} — never use these in production !!!", dir.display());
+        } else {
+            eprintln!("!!! DEV MODE: using dev keys from {} — never use these in production !!!", dir.display());
+        }
+        files.push(("QUEUE_MAC_KEYS_FILE", dir.join(DEV_MAC_FILE)));
+        files.push(("QUEUE_CHECKPOINT_KEY_FILE", dir.join(DEV_CHECKPOINT_FILE)));
+    }
+    Ok(move |k: &str| {
+        files
+            .iter()
+            .find(|(name, _)| *name == k)
+            .map(|(_, p)| p.display().to_string())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
