@@ -17,6 +17,10 @@ pub mod types;
 pub mod upcast;
 
 #[cfg(test)]
+mod event_json_tests;
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod test_support;
 
 pub use audit::{Audit, AuditCommand, AuditError, AuditEvent};
