@@ -512,3 +512,38 @@ fn events_serialise_with_snake_case_reasons_and_methods() {
     );
     assert_eq!(AuthMethod::BackupCode.amr(), "backup_code");
 }
+
+/// The whole path an API handler takes: execute through the framework, then
+/// reload to learn what the refresh did.
+#[tokio::test]
+async fn refresh_outcome_through_the_framework() {
+    use cqrs_es::mem_store::MemStore;
+    use cqrs_es::{AggregateContext, AggregateError, CqrsFramework, EventStore};
+
+    let store = MemStore::<Session>::default();
+    let cqrs = CqrsFramework::new(store.clone(), vec![], ());
+    let id = crate::types::SessionId::for_legacy_id(LegacyId::try_from(1).unwrap()).to_string();
+    cqrs.execute(&id, create_command(60, 600)).await.unwrap();
+
+    cqrs.execute(&id, refresh("r1", "r2", 0, 10)).await.unwrap();
+    let mut context = store.load_aggregate(&id).await.unwrap();
+    assert_eq!(
+        context.aggregate().refresh_outcome(&h("r2")),
+        Some(RefreshOutcome::Refreshed { grace_retry: false })
+    );
+
+    cqrs.execute(&id, refresh("r1", "r3", 0, 11)).await.unwrap();
+    let mut context = store.load_aggregate(&id).await.unwrap();
+    assert_eq!(
+        context.aggregate().refresh_outcome(&h("r3")),
+        Some(RefreshOutcome::ReuseDetected)
+    );
+
+    let refused = cqrs.execute(&id, refresh("r2", "r4", 0, 12)).await;
+    assert!(matches!(
+        refused,
+        Err(AggregateError::UserError(SessionError::Revoked {
+            reason: RevokeReason::ReuseDetected
+        }))
+    ));
+}
