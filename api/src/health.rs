@@ -9,7 +9,10 @@ use crate::state::AppState;
 
 pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     if state.is_shutting_down() {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "shutting_down"})))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "shutting_down"})),
+        )
     } else {
         (StatusCode::OK, Json(json!({"status": "ok"})))
     }
@@ -17,10 +20,19 @@ pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>)
 
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     if state.is_shutting_down() {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "shutting_down"})));
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "shutting_down"})),
+        );
     }
-    match sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool).await {
-        Ok(_) => (StatusCode::OK, Json(json!({"status": "ready", "database": "ok"}))),
+    match sqlx::query_scalar::<_, i32>("SELECT 1")
+        .fetch_one(&state.pool)
+        .await
+    {
+        Ok(_) => (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "database": "ok"})),
+        ),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "unavailable", "database": "unreachable"})),

@@ -1,1 +1,36 @@
-fn main() {}
+#![forbid(unsafe_code)]
+//! Queue benchmarks. Each prints its measurement beside a baseline measured
+//! in the same run, and the ratio. Never asserted in tests.
+
+mod ledger;
+mod support;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "queue-bench")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Chained append vs plain postgres-es append (1 and 16 writers), and verify throughput.
+    Ledger(ledger::Args),
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.bench {
+        Bench::Ledger(args) => ledger::run(args).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("queue-bench: error: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

@@ -42,10 +42,7 @@ pub fn checkpoint_signer(get: Lookup) -> Result<CheckpointSigner, ConfigError> {
 }
 
 /// The checkpoint verifier: given outright, or derived from the signer key.
-pub fn checkpoint_verifier(
-    get: Lookup,
-    given: Option<&str>,
-) -> Result<NoteVerifier, ConfigError> {
+pub fn checkpoint_verifier(get: Lookup, given: Option<&str>) -> Result<NoteVerifier, ConfigError> {
     match given {
         Some(spec) => NoteVerifier::parse(spec).map_err(|e| ConfigError::Invalid {
             var: "--checkpoint-key",
@@ -55,7 +52,11 @@ pub fn checkpoint_verifier(
     }
 }
 
-fn value_or_file(get: Lookup, var: &'static str, file_var: &'static str) -> Result<String, ConfigError> {
+fn value_or_file(
+    get: Lookup,
+    var: &'static str,
+    file_var: &'static str,
+) -> Result<String, ConfigError> {
     if let Some(value) = get(var).filter(|v| !v.trim().is_empty()) {
         return Ok(value);
     }

@@ -51,10 +51,14 @@ pub fn run(command: KeysCommand, json: bool, env: Lookup) -> Result<ExitCode, Cl
             );
             Ok(ExitCode::SUCCESS)
         }
-        KeysCommand::Public { kind: PublicKind::Checkpoint } => {
+        KeysCommand::Public {
+            kind: PublicKind::Checkpoint,
+        } => {
             let verifier = config::checkpoint_signer(env)?.verifier();
             if json {
-                crate::print_json(&serde_json::json!({"checkpoint_verifier_key": verifier.to_string()}));
+                crate::print_json(
+                    &serde_json::json!({"checkpoint_verifier_key": verifier.to_string()}),
+                );
             } else {
                 println!("# checkpoint verifier key for log {}", verifier.name());
                 println!("{verifier}");

@@ -17,7 +17,11 @@ use serde::Serialize;
 use crate::config::{ConfigError, Lookup};
 
 #[derive(Parser)]
-#[command(name = "queue", version, about = "Queue: event-sourced passkey authentication with a tamper-evident ledger")]
+#[command(
+    name = "queue",
+    version,
+    about = "Queue: event-sourced passkey authentication with a tamper-evident ledger"
+)]
 struct Cli {
     /// Print machine-readable JSON on stdout (logs stay on stderr).
     #[arg(long, global = true)]
@@ -100,7 +104,11 @@ async fn run(cli: Cli, env: Lookup<'_>) -> Result<ExitCode, CliError> {
         Command::Migrate => {
             let pool = db::connect(&config::database_url(env)?, 2).await?;
             db::migrate(&pool).await?;
-            output(cli.json, &serde_json::json!({"migrated": true}), "migrations applied");
+            output(
+                cli.json,
+                &serde_json::json!({"migrated": true}),
+                "migrations applied",
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Seal => {
@@ -113,7 +121,9 @@ async fn run(cli: Cli, env: Lookup<'_>) -> Result<ExitCode, CliError> {
                 "sealed {} events; ledger size {}; checkpoint {}",
                 outcome.sealed,
                 outcome.tree_size,
-                outcome.checkpoint.map_or("unchanged".into(), |s| s.to_string())
+                outcome
+                    .checkpoint
+                    .map_or("unchanged".into(), |s| s.to_string())
             );
             output(
                 cli.json,
@@ -130,7 +140,10 @@ async fn run(cli: Cli, env: Lookup<'_>) -> Result<ExitCode, CliError> {
             let verifier = config::checkpoint_verifier(env, checkpoint_key.as_deref())?;
             let external = checkpoints
                 .iter()
-                .map(|p| std::fs::read_to_string(p).map_err(|e| CliError::Io(format!("{}: {e}", p.display()))))
+                .map(|p| {
+                    std::fs::read_to_string(p)
+                        .map_err(|e| CliError::Io(format!("{}: {e}", p.display())))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let pool = db::connect(&config::database_url(env)?, 4).await?;
             let bar = progress::Bar::new();
@@ -158,7 +171,10 @@ async fn run(cli: Cli, env: Lookup<'_>) -> Result<ExitCode, CliError> {
                     report.latest_checkpoint_size.map_or("none".into(), |s| s.to_string()),
                     report.root_hash
                 );
-                println!("{} ms, {} events/s", report.elapsed_ms, report.events_per_second);
+                println!(
+                    "{} ms, {} events/s",
+                    report.elapsed_ms, report.events_per_second
+                );
                 for problem in &report.problems {
                     println!("  {}", problem.describe());
                 }
@@ -171,7 +187,11 @@ async fn run(cli: Cli, env: Lookup<'_>) -> Result<ExitCode, CliError> {
                     ),
                 }
             }
-            Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Keys { command } => keys::run(command, cli.json, env),
     }

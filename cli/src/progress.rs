@@ -8,9 +8,9 @@ pub struct Bar(ProgressBar);
 impl Bar {
     pub fn new() -> Self {
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-        if let Ok(style) = ProgressStyle::with_template(
-            "{msg:>8} [{bar:40}] {pos}/{len} ({per_sec}, ETA {eta})",
-        ) {
+        if let Ok(style) =
+            ProgressStyle::with_template("{msg:>8} [{bar:40}] {pos}/{len} ({per_sec}, ETA {eta})")
+        {
             bar.set_style(style.progress_chars("=> "));
         }
         Self(bar)

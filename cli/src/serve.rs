@@ -56,7 +56,10 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
     let draining = state.clone();
     let server = axum::serve(listener, queue_api::app(state)).with_graceful_shutdown(async move {
         shutdown_signal().await;
-        tracing::info!("shutdown requested: draining for up to {}s", DRAIN.as_secs());
+        tracing::info!(
+            "shutdown requested: draining for up to {}s",
+            DRAIN.as_secs()
+        );
         draining.begin_shutdown();
         // Past the hard limit the process exits, drained or not.
         tokio::spawn(async {
@@ -87,9 +90,15 @@ fn dev_key_env(
     let mut files: Vec<(&'static str, PathBuf)> = Vec::new();
     if dev && (env("QUEUE_MAC_KEYS").is_none() || env("QUEUE_CHECKPOINT_KEY").is_none()) {
         if crate::keys::generate(dir, "queue.localhost/ledger")? {
-            eprintln!("!!! DEV MODE: generated NEW keys in {} — never use these in production !!!", dir.display());
+            eprintln!(
+                "!!! DEV MODE: generated NEW keys in {} — never use these in production !!!",
+                dir.display()
+            );
         } else {
-            eprintln!("!!! DEV MODE: using dev keys from {} — never use these in production !!!", dir.display());
+            eprintln!(
+                "!!! DEV MODE: using dev keys from {} — never use these in production !!!",
+                dir.display()
+            );
         }
         files.push(("QUEUE_MAC_KEYS_FILE", dir.join(DEV_MAC_FILE)));
         files.push(("QUEUE_CHECKPOINT_KEY_FILE", dir.join(DEV_CHECKPOINT_FILE)));

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod clock;
 pub mod db;
 pub mod error;
+pub mod feed;
 pub mod keys;
 pub mod merkle;
 pub mod repository;

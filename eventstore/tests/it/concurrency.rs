@@ -24,7 +24,11 @@ async fn assert_ledger_complete(pool: &PgPool) {
     let events = count(pool, "SELECT count(*) FROM events").await;
     let ledger = count(pool, "SELECT count(*) FROM ledger").await;
     assert_eq!(events, ledger, "every committed event is sealed");
-    assert_eq!(count(pool, "SELECT coalesce(max(seq), 0) FROM ledger").await, ledger, "no gaps");
+    assert_eq!(
+        count(pool, "SELECT coalesce(max(seq), 0) FROM ledger").await,
+        ledger,
+        "no gaps"
+    );
     let out_of_order = count(
         pool,
         "SELECT count(*) FROM (SELECT l.seq, row_number() OVER (ORDER BY e.commit_xid, e.insert_id) AS pos \
@@ -43,12 +47,17 @@ async fn a_late_commit_is_never_skipped(pool: PgPool) {
     let sealer = sealer();
     // Writer A takes its transaction id first and commits last.
     let mut slow = pool.begin().await.unwrap();
-    repo.append_in(&mut slow, &[ev("T", "slow", 1, json!({}))]).await.unwrap();
+    repo.append_in(&mut slow, &[ev("T", "slow", 1, json!({}))])
+        .await
+        .unwrap();
     repo.append(&[ev("T", "fast", 1, json!({}))]).await.unwrap();
 
     let mut conn = pool.acquire().await.unwrap();
     let outcome = sealer.seal_batch(&mut conn, false).await.unwrap();
-    assert_eq!(outcome.sealed, 0, "the fast event waits behind the open slow one");
+    assert_eq!(
+        outcome.sealed, 0,
+        "the fast event waits behind the open slow one"
+    );
     assert_eq!(count(&pool, "SELECT count(*) FROM ledger").await, 0);
 
     slow.commit().await.unwrap();
@@ -67,10 +76,21 @@ async fn writer(pool: PgPool, stream: String, rounds: usize) -> usize {
     for round in 0..rounds {
         let (delay, abort, size) = {
             let mut rng = rand::thread_rng();
-            (rng.gen_range(0..4u64), rng.gen_bool(0.2), rng.gen_range(1..=3usize))
+            (
+                rng.gen_range(0..4u64),
+                rng.gen_bool(0.2),
+                rng.gen_range(1..=3usize),
+            )
         };
         let events: Vec<_> = (0..size)
-            .map(|i| ev("T", &stream, next + i, json!({"round": round as i64, "i": i as i64})))
+            .map(|i| {
+                ev(
+                    "T",
+                    &stream,
+                    next + i,
+                    json!({"round": round as i64, "i": i as i64}),
+                )
+            })
             .collect();
         let mut tx = pool.begin().await.unwrap();
         repo.append_in(&mut tx, &events).await.unwrap();
@@ -107,7 +127,10 @@ async fn many_writers_with_delays_and_aborts_are_sealed_exactly_once(pool: PgPoo
     for w in writers {
         committed += w.await.unwrap();
     }
-    assert_eq!(count(&pool, "SELECT count(*) FROM events").await as usize, committed);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM events").await as usize,
+        committed
+    );
     eventually("the running sealer to catch up", async || {
         count(&pool, "SELECT count(*) FROM ledger").await as usize == committed
     })
@@ -131,7 +154,8 @@ async fn a_killed_sealer_is_replaced_without_loss_or_duplication(pool: PgPool) {
     };
     let options = (*pool.connect_options()).clone();
     let (_keep, never) = watch::channel(false);
-    let first = tokio::spawn(Sealer::new(signer(), config.clone()).run(options.clone(), never.clone()));
+    let first =
+        tokio::spawn(Sealer::new(signer(), config.clone()).run(options.clone(), never.clone()));
 
     let writers: Vec<_> = (0..8)
         .map(|w| tokio::spawn(writer(pool.clone(), format!("w{w}"), 30)))
@@ -146,7 +170,8 @@ async fn a_killed_sealer_is_replaced_without_loss_or_duplication(pool: PgPool) {
 
     // Two standbys: exactly one becomes leader; both running is safe anyway.
     let (stop, stopped) = watch::channel(false);
-    let second = tokio::spawn(Sealer::new(signer(), config.clone()).run(options.clone(), stopped.clone()));
+    let second =
+        tokio::spawn(Sealer::new(signer(), config.clone()).run(options.clone(), stopped.clone()));
     let third = tokio::spawn(Sealer::new(signer(), config).run(options, stopped));
     let mut committed = 0;
     for w in writers {
