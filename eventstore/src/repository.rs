@@ -1,7 +1,8 @@
 //! The chained event repository: postgres-es's table layout and optimistic
 //! locking, plus the per-stream hash chain, the MAC and the commit order.
 
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 use chrono::{DateTime, Utc};
 use cqrs_es::persist::{
@@ -54,17 +55,56 @@ pub struct AppendedEvent {
     pub mac_key_id: String,
 }
 
+/// The last known (sequence, hash) of recently used streams. Events are
+/// immutable, so an entry can be old but never wrong: it only ever holds
+/// events read from the database or appended by a committed statement. A
+/// stale entry just leads to the primary-key conflict cqrs-es expects.
+#[derive(Default)]
+struct ChainHeads {
+    heads: Mutex<HashMap<(String, String), (i64, Hash)>>,
+}
+
+/// Entries kept before the cache starts over (bounded memory).
+const CHAIN_HEADS_CAPACITY: usize = 100_000;
+
+impl ChainHeads {
+    fn get(&self, aggregate_type: &str, aggregate_id: &str) -> Option<(i64, Hash)> {
+        let heads = self.heads.lock().ok()?;
+        heads
+            .get(&(aggregate_type.to_string(), aggregate_id.to_string()))
+            .copied()
+    }
+
+    fn remember(&self, aggregate_type: &str, aggregate_id: &str, sequence: i64, hash: Hash) {
+        if let Ok(mut heads) = self.heads.lock() {
+            if heads.len() >= CHAIN_HEADS_CAPACITY {
+                heads.clear();
+            }
+            let entry = heads
+                .entry((aggregate_type.to_string(), aggregate_id.to_string()))
+                .or_insert((sequence, hash));
+            if entry.0 <= sequence {
+                *entry = (sequence, hash);
+            }
+        }
+    }
+}
+
+/// The previous (sequence, hash) of each stream a batch continues.
+type Heads = HashMap<(String, String), (i64, Hash)>;
+
 /// The chained, MAC-sealed event store.
 #[derive(Clone)]
 pub struct ChainedEventRepository {
     pool: PgPool,
     keys: SharedMacKeys,
     clock: Arc<dyn Clock>,
+    heads: Arc<ChainHeads>,
 }
 
 const SELECT_STREAM: &str =
     "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, \
-     payload, metadata FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 \
+     payload, metadata, hash FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 \
      AND sequence > $3 ORDER BY sequence";
 
 const INSERT_EVENTS: &str = "INSERT INTO events (aggregate_type, aggregate_id, sequence, \
@@ -74,7 +114,12 @@ const INSERT_EVENTS: &str = "INSERT INTO events (aggregate_type, aggregate_id, s
 
 impl ChainedEventRepository {
     pub fn new(pool: PgPool, keys: SharedMacKeys, clock: Arc<dyn Clock>) -> Self {
-        Self { pool, keys, clock }
+        Self {
+            pool,
+            keys,
+            clock,
+            heads: Arc::default(),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -89,12 +134,53 @@ impl ChainedEventRepository {
         &self.clock
     }
 
-    /// Appends events in their own short transaction.
+    /// Appends events atomically. When every stream's previous hash is
+    /// known (the usual case: cqrs-es loaded the aggregate just before), this
+    /// is one INSERT statement and one round trip; otherwise the previous
+    /// hashes are read in the same short transaction.
     pub async fn append(&self, events: &[SerializedEvent]) -> StoreResult<Vec<AppendedEvent>> {
-        let mut tx = self.pool.begin().await?;
-        let appended = self.append_in(&mut tx, events).await?;
-        tx.commit().await?;
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let appended = match self.known_heads(events) {
+            Some(previous) => {
+                let mut conn = self.pool.acquire().await?;
+                self.chain_and_insert(&mut conn, events, previous).await?
+            }
+            None => {
+                let mut tx = self.pool.begin().await?;
+                let appended = self.append_in(&mut tx, events).await?;
+                tx.commit().await?;
+                appended
+            }
+        };
+        // Committed: the new heads are facts now.
+        for event in &appended {
+            self.heads.remember(
+                &event.aggregate_type,
+                &event.aggregate_id,
+                event.sequence,
+                event.hash,
+            );
+        }
         Ok(appended)
+    }
+
+    /// The previous hash of every stream the batch continues, if all are cached.
+    fn known_heads(&self, events: &[SerializedEvent]) -> Option<Heads> {
+        let mut previous = Heads::new();
+        for event in events {
+            let key = (event.aggregate_type.clone(), event.aggregate_id.clone());
+            if event.sequence <= 1 || previous.contains_key(&key) {
+                continue;
+            }
+            let (seq, hash) = self.heads.get(&event.aggregate_type, &event.aggregate_id)?;
+            if seq + 1 != event.sequence as i64 {
+                return None;
+            }
+            previous.insert(key, (seq, hash));
+        }
+        Some(previous)
     }
 
     /// Appends events inside the caller's transaction, so other rows (a
@@ -108,10 +194,20 @@ impl ChainedEventRepository {
         if events.is_empty() {
             return Ok(Vec::new());
         }
+        let previous = self.previous_hashes(conn, events).await?;
+        self.chain_and_insert(conn, events, previous).await
+    }
+
+    /// Computes each event's chain link and MAC and inserts them in one statement.
+    async fn chain_and_insert(
+        &self,
+        conn: &mut PgConnection,
+        events: &[SerializedEvent],
+        mut previous: Heads,
+    ) -> StoreResult<Vec<AppendedEvent>> {
         let keys = self.keys.current();
         let recorded_at = chain::truncate_time(self.clock.now());
         chain::check_time(&recorded_at)?;
-        let mut previous = self.previous_hashes(conn, events).await?;
 
         let n = events.len();
         let mut cols = InsertColumns::with_capacity(n);
@@ -121,8 +217,8 @@ impl ChainedEventRepository {
             let sequence = i64::try_from(event.sequence)
                 .map_err(|_| StoreError::InvalidEvent("sequence out of range".into()))?;
             let key = (event.aggregate_type.clone(), event.aggregate_id.clone());
-            let prev_hash = match previous.iter().find(|(k, _, _)| *k == key) {
-                Some((_, seq, hash)) if *seq + 1 == sequence => *hash,
+            let prev_hash = match previous.get(&key) {
+                Some((seq, hash)) if *seq + 1 == sequence => *hash,
                 Some(_) => {
                     return Err(StoreError::InvalidEvent(format!(
                         "stream {}/{}: sequence {sequence} does not follow the stream",
@@ -143,10 +239,7 @@ impl ChainedEventRepository {
             })?;
             let hash = chain::event_hash(&prev_hash, &canonical);
             let mac = chain::event_mac(keys.current_key(), &hash);
-            match previous.iter_mut().find(|(k, _, _)| *k == key) {
-                Some(entry) => *entry = (key, sequence, hash),
-                None => previous.push((key, sequence, hash)),
-            }
+            previous.insert(key, (sequence, hash));
             cols.push(
                 event,
                 sequence,
@@ -175,25 +268,20 @@ impl ChainedEventRepository {
         &self,
         conn: &mut PgConnection,
         events: &[SerializedEvent],
-    ) -> StoreResult<Vec<((String, String), i64, Hash)>> {
+    ) -> StoreResult<Heads> {
         let mut types = Vec::new();
         let mut ids = Vec::new();
         let mut seqs = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for event in events {
-            let already = types
-                .iter()
-                .zip(ids.iter())
-                .any(|(t, i): (&String, &String)| {
-                    *t == event.aggregate_type && *i == event.aggregate_id
-                });
-            if event.sequence > 1 && !already {
+            if event.sequence > 1 && seen.insert((&event.aggregate_type, &event.aggregate_id)) {
                 types.push(event.aggregate_type.clone());
                 ids.push(event.aggregate_id.clone());
                 seqs.push(event.sequence as i64 - 1);
             }
         }
         if types.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Heads::new());
         }
         let rows = sqlx::query(
             "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.hash FROM events e \
@@ -212,8 +300,7 @@ impl ChainedEventRepository {
                     .ok_or_else(|| StoreError::Ledger("stored hash is not 32 bytes".into()))?;
                 Ok((
                     (row.try_get("aggregate_type")?, row.try_get("aggregate_id")?),
-                    row.try_get("sequence")?,
-                    hash,
+                    (row.try_get("sequence")?, hash),
                 ))
             })
             .collect()
@@ -231,6 +318,14 @@ impl ChainedEventRepository {
             .bind(after)
             .fetch_all(&self.pool)
             .await?;
+        if let Some(last) = rows.last() {
+            let sequence: i64 = last.try_get("sequence")?;
+            let hash: Vec<u8> = last.try_get("hash")?;
+            if let Some(hash) = chain::to_hash(&hash) {
+                self.heads
+                    .remember(aggregate_type, aggregate_id, sequence, hash);
+            }
+        }
         rows.iter().map(serialized_event).collect()
     }
 }

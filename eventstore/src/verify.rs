@@ -208,7 +208,208 @@ pub async fn verify_store(
     })
 }
 
-/// Pass 1: every stream's chain and MACs, and how each event sits in the ledger.
+/// One event row as pass 1 needs it.
+struct StreamRow {
+    key: EventKey,
+    ledger_seq: Option<i64>,
+    event_type: String,
+    event_version: String,
+    payload: Value,
+    recorded_at: DateTime<Utc>,
+    prev_hash: Vec<u8>,
+    hash: Vec<u8>,
+    mac: Vec<u8>,
+    mac_key_id: String,
+}
+
+/// Walks events in (stream, sequence) order and checks each stream's chain.
+struct StreamChecker {
+    mac: chain::MacVerifier,
+    findings: Findings,
+    events: u64,
+    streams: u64,
+    unsealed: u64,
+    current: Option<(String, String)>,
+    last_sequence: i64,
+    last_hash: Hash,
+    last_ledger: i64,
+    seen_unsealed: bool,
+}
+
+impl StreamChecker {
+    fn new(keys: &MacKeys) -> Self {
+        Self {
+            mac: chain::MacVerifier::new(keys),
+            findings: Findings {
+                problems: Vec::new(),
+                count: 0,
+            },
+            events: 0,
+            streams: 0,
+            unsealed: 0,
+            current: None,
+            last_sequence: 0,
+            last_hash: ZERO_HASH,
+            last_ledger: 0,
+            seen_unsealed: false,
+        }
+    }
+
+    fn check(&mut self, row: StreamRow) {
+        let key = &row.key;
+        let ledger_seq = row.ledger_seq;
+        let same_stream = self
+            .current
+            .as_ref()
+            .is_some_and(|(t, i)| *t == key.aggregate_type && *i == key.aggregate_id);
+        if !same_stream {
+            self.current = Some((key.aggregate_type.clone(), key.aggregate_id.clone()));
+            self.streams += 1;
+            self.last_sequence = 0;
+            self.last_hash = ZERO_HASH;
+            self.last_ledger = 0;
+            self.seen_unsealed = false;
+        } else if key.sequence == self.last_sequence {
+            // The join produced the same event twice: two ledger rows name it.
+            self.findings.add(Problem::event(
+                ProblemKind::LedgerDuplicate,
+                key,
+                ledger_seq,
+                "the event appears more than once in the ledger".into(),
+            ));
+            return;
+        }
+        self.events += 1;
+        if key.sequence != self.last_sequence + 1 {
+            self.findings.add(Problem::event(
+                ProblemKind::SequenceGap,
+                key,
+                ledger_seq,
+                format!(
+                    "expected sequence {}, found {} (events missing)",
+                    self.last_sequence + 1,
+                    key.sequence
+                ),
+            ));
+        }
+        let expected_prev = if key.sequence == self.last_sequence + 1 {
+            self.last_hash
+        } else if key.sequence == 1 {
+            ZERO_HASH
+        } else {
+            // After a gap the predecessor is unknown; the gap is the finding.
+            chain::to_hash(&row.prev_hash).unwrap_or(ZERO_HASH)
+        };
+        if row.prev_hash.as_slice() != expected_prev.as_slice() {
+            self.findings.add(Problem::event(
+                ProblemKind::PrevHashMismatch,
+                key,
+                ledger_seq,
+                "prev_hash does not equal the previous event's hash".into(),
+            ));
+        }
+        if let Err(err) = chain::check_payload(&row.payload) {
+            self.findings.add(Problem::event(
+                ProblemKind::InvalidPayload,
+                key,
+                ledger_seq,
+                err.to_string(),
+            ));
+        }
+        let recomputed = chain::to_hash(&row.prev_hash).and_then(|prev| {
+            chain::canonical_record(&EventRecord {
+                aggregate_type: &key.aggregate_type,
+                aggregate_id: &key.aggregate_id,
+                sequence: key.sequence,
+                event_type: &row.event_type,
+                event_version: &row.event_version,
+                recorded_at: row.recorded_at,
+                payload: &row.payload,
+            })
+            .ok()
+            .map(|c| chain::event_hash(&prev, &c))
+        });
+        if recomputed.as_ref().map(|h| h.as_slice()) != Some(row.hash.as_slice()) {
+            self.findings.add(Problem::event(
+                ProblemKind::HashMismatch,
+                key,
+                ledger_seq,
+                "the stored hash does not match the event's fields".into(),
+            ));
+        }
+        let stored: Hash = chain::to_hash(&row.hash).unwrap_or(ZERO_HASH);
+        match self.mac.check(&row.mac_key_id, &stored, &row.mac) {
+            None => self.findings.add(Problem::event(
+                ProblemKind::UnknownMacKey,
+                key,
+                ledger_seq,
+                format!(
+                    "MAC key id {:?} is not among the configured keys",
+                    row.mac_key_id
+                ),
+            )),
+            Some(false) => self.findings.add(Problem::event(
+                ProblemKind::MacInvalid,
+                key,
+                ledger_seq,
+                format!("MAC does not verify under key {:?}", row.mac_key_id),
+            )),
+            Some(true) => {}
+        }
+        match ledger_seq {
+            Some(seq) => {
+                if self.seen_unsealed {
+                    self.findings.add(Problem::event(
+                        ProblemKind::UnsealedNotNewest,
+                        key,
+                        Some(seq),
+                        "a sealed event follows an unsealed one in its stream".into(),
+                    ));
+                }
+                if seq <= self.last_ledger {
+                    self.findings.add(Problem::event(
+                        ProblemKind::LedgerOrder,
+                        key,
+                        Some(seq),
+                        format!(
+                            "ledger seq {seq} does not rise with the stream (previous {})",
+                            self.last_ledger
+                        ),
+                    ));
+                }
+                self.last_ledger = seq;
+            }
+            None => {
+                self.unsealed += 1;
+                self.seen_unsealed = true;
+            }
+        }
+        self.last_sequence = key.sequence;
+        self.last_hash = stored;
+    }
+}
+
+fn stream_row(row: &sqlx::postgres::PgRow) -> Result<StreamRow, sqlx::Error> {
+    Ok(StreamRow {
+        key: EventKey {
+            aggregate_type: row.try_get("aggregate_type")?,
+            aggregate_id: row.try_get("aggregate_id")?,
+            sequence: row.try_get("sequence")?,
+        },
+        ledger_seq: row.try_get("ledger_seq")?,
+        event_type: row.try_get("event_type")?,
+        event_version: row.try_get("event_version")?,
+        payload: row.try_get("payload")?,
+        recorded_at: row.try_get("recorded_at")?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+        mac: row.try_get("mac")?,
+        mac_key_id: row.try_get("mac_key_id")?,
+    })
+}
+
+/// Pass 1: every stream's chain and MACs, and how each event sits in the
+/// ledger. Decoding rows (here) and hashing (on a blocking thread) overlap.
 async fn verify_streams(
     pool: &PgPool,
     keys: &MacKeys,
@@ -217,6 +418,17 @@ async fn verify_streams(
     findings: &mut Findings,
 ) -> StoreResult<(u64, u64, u64)> {
     progress.phase("streams", total);
+    const BATCH: usize = 2048;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<StreamRow>>(8);
+    let mut checker = StreamChecker::new(keys);
+    let worker = tokio::task::spawn_blocking(move || {
+        while let Some(batch) = rx.blocking_recv() {
+            for row in batch {
+                checker.check(row);
+            }
+        }
+        checker
+    });
     let mut rows = sqlx::query(
         "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
          e.payload, e.recorded_at, e.prev_hash, e.hash, e.mac, e.mac_key_id, l.seq AS ledger_seq \
@@ -224,159 +436,48 @@ async fn verify_streams(
          ORDER BY e.aggregate_type, e.aggregate_id, e.sequence, l.seq",
     )
     .fetch(pool);
-
-    let (mut events, mut streams, mut unsealed) = (0u64, 0u64, 0u64);
-    // The stream being walked: (type, id), last sequence, last hash, last ledger seq, saw unsealed.
-    let mut current: Option<(String, String)> = None;
-    let mut last_sequence = 0i64;
-    let mut last_hash: Hash = ZERO_HASH;
-    let mut last_ledger: i64 = 0;
-    let mut seen_unsealed = false;
-    let mut pending = 0u64;
-    while let Some(row) = rows.try_next().await? {
-        events += 1;
-        pending += 1;
-        if pending == 4096 {
-            progress.advance(pending);
-            pending = 0;
-        }
-        let key = EventKey {
-            aggregate_type: row.try_get("aggregate_type")?,
-            aggregate_id: row.try_get("aggregate_id")?,
-            sequence: row.try_get("sequence")?,
-        };
-        let ledger_seq: Option<i64> = row.try_get("ledger_seq")?;
-        let stream = (key.aggregate_type.clone(), key.aggregate_id.clone());
-        if current.as_ref() != Some(&stream) {
-            current = Some(stream);
-            streams += 1;
-            last_sequence = 0;
-            last_hash = ZERO_HASH;
-            last_ledger = 0;
-            seen_unsealed = false;
-        } else if key.sequence == last_sequence {
-            // The join produced the same event twice: two ledger rows name it.
-            findings.add(Problem::event(
-                ProblemKind::LedgerDuplicate,
-                &key,
-                ledger_seq,
-                "the event appears more than once in the ledger".into(),
-            ));
-            events -= 1;
-            continue;
-        }
-        if key.sequence != last_sequence + 1 {
-            findings.add(Problem::event(
-                ProblemKind::SequenceGap,
-                &key,
-                ledger_seq,
-                format!(
-                    "expected sequence {}, found {} (events missing)",
-                    last_sequence + 1,
-                    key.sequence
-                ),
-            ));
-        }
-        let prev_hash: Vec<u8> = row.try_get("prev_hash")?;
-        let stored_hash: Vec<u8> = row.try_get("hash")?;
-        let mac: Vec<u8> = row.try_get("mac")?;
-        let mac_key_id: String = row.try_get("mac_key_id")?;
-        let payload: Value = row.try_get("payload")?;
-        let recorded_at: DateTime<Utc> = row.try_get("recorded_at")?;
-        let event_type: String = row.try_get("event_type")?;
-        let event_version: String = row.try_get("event_version")?;
-
-        let expected_prev = if key.sequence == last_sequence + 1 {
-            last_hash
-        } else if key.sequence == 1 {
-            ZERO_HASH
-        } else {
-            // After a gap the predecessor is unknown; the gap is the finding.
-            chain::to_hash(&prev_hash).unwrap_or(ZERO_HASH)
-        };
-        if prev_hash.as_slice() != expected_prev.as_slice() {
-            findings.add(Problem::event(
-                ProblemKind::PrevHashMismatch,
-                &key,
-                ledger_seq,
-                "prev_hash does not equal the previous event's hash".into(),
-            ));
-        }
-        if let Err(err) = chain::check_payload(&payload) {
-            findings.add(Problem::event(
-                ProblemKind::InvalidPayload,
-                &key,
-                ledger_seq,
-                err.to_string(),
-            ));
-        }
-        let recomputed = chain::to_hash(&prev_hash).and_then(|prev| {
-            chain::canonical_record(&EventRecord {
-                aggregate_type: &key.aggregate_type,
-                aggregate_id: &key.aggregate_id,
-                sequence: key.sequence,
-                event_type: &event_type,
-                event_version: &event_version,
-                recorded_at,
-                payload: &payload,
-            })
-            .ok()
-            .map(|c| chain::event_hash(&prev, &c))
-        });
-        if recomputed.as_ref().map(|h| h.as_slice()) != Some(stored_hash.as_slice()) {
-            findings.add(Problem::event(
-                ProblemKind::HashMismatch,
-                &key,
-                ledger_seq,
-                "the stored hash does not match the event's fields".into(),
-            ));
-        }
-        let stored: Hash = chain::to_hash(&stored_hash).unwrap_or(ZERO_HASH);
-        match chain::mac_matches(keys, &mac_key_id, &stored, &mac) {
-            None => findings.add(Problem::event(
-                ProblemKind::UnknownMacKey,
-                &key,
-                ledger_seq,
-                format!("MAC key id {mac_key_id:?} is not among the configured keys"),
-            )),
-            Some(false) => findings.add(Problem::event(
-                ProblemKind::MacInvalid,
-                &key,
-                ledger_seq,
-                format!("MAC does not verify under key {mac_key_id:?}"),
-            )),
-            Some(true) => {}
-        }
-        match ledger_seq {
-            Some(seq) => {
-                if seen_unsealed {
-                    findings.add(Problem::event(
-                        ProblemKind::UnsealedNotNewest,
-                        &key,
-                        Some(seq),
-                        "a sealed event follows an unsealed one in its stream".into(),
-                    ));
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut read_error = None;
+    loop {
+        match rows.try_next().await {
+            Ok(Some(row)) => match stream_row(&row) {
+                Ok(decoded) => batch.push(decoded),
+                Err(e) => {
+                    read_error = Some(e);
+                    break;
                 }
-                if seq <= last_ledger {
-                    findings.add(Problem::event(
-                        ProblemKind::LedgerOrder,
-                        &key,
-                        Some(seq),
-                        format!("ledger seq {seq} does not rise with the stream (previous {last_ledger})"),
-                    ));
-                }
-                last_ledger = seq;
-            }
-            None => {
-                unsealed += 1;
-                seen_unsealed = true;
+            },
+            Ok(None) => break,
+            Err(e) => {
+                read_error = Some(e);
+                break;
             }
         }
-        last_sequence = key.sequence;
-        last_hash = stored;
+        if batch.len() == BATCH {
+            progress.advance(BATCH as u64);
+            if tx
+                .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
     }
-    progress.advance(pending);
-    Ok((events, streams, unsealed))
+    progress.advance(batch.len() as u64);
+    if !batch.is_empty() {
+        let _ = tx.send(batch).await;
+    }
+    drop(tx);
+    let checker = worker
+        .await
+        .map_err(|e| crate::error::StoreError::Ledger(format!("verify worker failed: {e}")))?;
+    if let Some(e) = read_error {
+        return Err(e.into());
+    }
+    findings.count += checker.findings.count;
+    findings.problems.extend(checker.findings.problems);
+    Ok((checker.events, checker.streams, checker.unsealed))
 }
 
 /// Pass 2: the ledger rows, the Merkle roots and every checkpoint.
