@@ -115,24 +115,22 @@ pub fn canonical_record(record: &EventRecord<'_>) -> StoreResult<Vec<u8>> {
 /// RFC 8785 serialisation of a JSON value without intermediate buffers:
 /// object members sorted by UTF-16 code units, strings escaped as
 /// serde_json does (which is JCS's escaping), integers in plain decimal.
-/// Non-integer numbers go through serde_jcs (the writer refuses them anyway).
+/// Refuses what `check_payload` refuses (floats, |n| ≥ 2^53, NUL), so the
+/// hash is only ever computed over values that canonicalise faithfully.
 pub fn write_canonical(value: &Value, out: &mut Vec<u8>) -> StoreResult<()> {
     let fail = |e: serde_json::Error| StoreError::InvalidEvent(format!("canonical JSON: {e}"));
     match value {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                out.extend_from_slice(i.to_string().as_bytes());
-            } else if let Some(u) = n.as_u64() {
-                out.extend_from_slice(u.to_string().as_bytes());
-            } else {
-                serde_jcs::to_writer(&mut *out, n)
-                    .map_err(|e| StoreError::InvalidEvent(format!("canonical JSON: {e}")))?;
-            }
+        Value::Number(_) => {
+            check_payload(value)?;
+            out.extend_from_slice(value.to_string().as_bytes());
         }
-        Value::String(s) => serde_json::to_writer(&mut *out, s).map_err(fail)?,
+        Value::String(s) => {
+            check_text(s)?;
+            serde_json::to_writer(&mut *out, s).map_err(fail)?
+        }
         Value::Array(items) => {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {
@@ -152,6 +150,7 @@ pub fn write_canonical(value: &Value, out: &mut Vec<u8>) -> StoreResult<()> {
                 if i > 0 {
                     out.push(b',');
                 }
+                check_text(key)?;
                 serde_json::to_writer(&mut *out, key).map_err(fail)?;
                 out.push(b':');
                 write_canonical(item, out)?;

@@ -213,7 +213,6 @@ impl ChainedEventRepository {
         let mut cols = InsertColumns::with_capacity(n);
         let mut appended = Vec::with_capacity(n);
         for event in events {
-            chain::check_payload(&event.payload)?;
             let sequence = i64::try_from(event.sequence)
                 .map_err(|_| StoreError::InvalidEvent("sequence out of range".into()))?;
             let key = (event.aggregate_type.clone(), event.aggregate_id.clone());

@@ -308,34 +308,30 @@ impl StreamChecker {
                 "prev_hash does not equal the previous event's hash".into(),
             ));
         }
-        if let Err(err) = chain::check_payload(&row.payload) {
-            self.findings.add(Problem::event(
+        let canonical = chain::canonical_record(&EventRecord {
+            aggregate_type: &key.aggregate_type,
+            aggregate_id: &key.aggregate_id,
+            sequence: key.sequence,
+            event_type: &row.event_type,
+            event_version: &row.event_version,
+            recorded_at: row.recorded_at,
+            payload: &row.payload,
+        });
+        match (canonical, chain::to_hash(&row.prev_hash)) {
+            (Err(err), _) => self.findings.add(Problem::event(
                 ProblemKind::InvalidPayload,
                 key,
                 ledger_seq,
                 err.to_string(),
-            ));
-        }
-        let recomputed = chain::to_hash(&row.prev_hash).and_then(|prev| {
-            chain::canonical_record(&EventRecord {
-                aggregate_type: &key.aggregate_type,
-                aggregate_id: &key.aggregate_id,
-                sequence: key.sequence,
-                event_type: &row.event_type,
-                event_version: &row.event_version,
-                recorded_at: row.recorded_at,
-                payload: &row.payload,
-            })
-            .ok()
-            .map(|c| chain::event_hash(&prev, &c))
-        });
-        if recomputed.as_ref().map(|h| h.as_slice()) != Some(row.hash.as_slice()) {
-            self.findings.add(Problem::event(
+            )),
+            (Ok(canonical), Some(prev))
+                if chain::event_hash(&prev, &canonical).as_slice() == row.hash.as_slice() => {}
+            (Ok(_), _) => self.findings.add(Problem::event(
                 ProblemKind::HashMismatch,
                 key,
                 ledger_seq,
                 "the stored hash does not match the event's fields".into(),
-            ));
+            )),
         }
         let stored: Hash = chain::to_hash(&row.hash).unwrap_or(ZERO_HASH);
         match self.mac.check(&row.mac_key_id, &stored, &row.mac) {
