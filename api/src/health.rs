@@ -7,6 +7,8 @@ use serde_json::{json, Value};
 
 use crate::state::AppState;
 
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "{\"status\":\"ok\"}"), (status = 503, description = "{\"status\":\"shutting_down\"}")))]
 pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     if state.is_shutting_down() {
         (
@@ -18,6 +20,8 @@ pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>)
     }
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "the store answers"), (status = 503, description = "not ready")))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     if state.is_shutting_down() {
         return (

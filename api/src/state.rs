@@ -2,22 +2,109 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use queue_eventstore::{ChainedEventRepository, SharedMacKeys};
 use sqlx::PgPool;
+use webauthn_rs_core::fake::{FakePasskeyDistribution, WebauthnFakeCredentialGenerator};
+use webauthn_rs_core::WebauthnCore;
+
+use crate::clock::ServiceClock;
+use crate::config::{Config, MailerConfig};
+use crate::jwt::SharedJwtKeys;
+use crate::mailer::{LogMailer, Mailer};
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+use crate::store::Store;
 
 #[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
     /// Set on SIGTERM/SIGINT: health answers 503 while in-flight work drains.
     pub shutting_down: Arc<AtomicBool>,
+    pub inner: Arc<Inner>,
+}
+
+pub struct Inner {
+    pub config: Config,
+    pub store: Store,
+    pub jwt_keys: SharedJwtKeys,
+    pub webauthn: WebauthnCore,
+    pub clock: ServiceClock,
+    pub address_limiter: RateLimiter,
+    pub account_limiter: RateLimiter,
+    pub mailer: Arc<dyn Mailer>,
+    pub metrics: Metrics,
+    /// Keyed from the JWT signing key at start: believable credential ids for
+    /// unknown emails at login/begin.
+    pub fake_credentials: WebauthnFakeCredentialGenerator<FakePasskeyDistribution>,
 }
 
 impl AppState {
-    pub fn new(pool: PgPool) -> Self {
-        Self {
+    /// Builds the state with the system clock and the configured mailer.
+    pub fn new(pool: PgPool, config: Config, mac_keys: SharedMacKeys) -> Result<Self, String> {
+        let mailer: Arc<dyn Mailer> = match &config.mailer {
+            MailerConfig::Log { dir } => Arc::new(LogMailer::new(dir.clone())),
+        };
+        Self::with_parts(pool, config, mac_keys, ServiceClock::new(), mailer)
+    }
+
+    /// Builds the state with a given clock and mailer (tests move the clock).
+    pub fn with_parts(
+        pool: PgPool,
+        config: Config,
+        mac_keys: SharedMacKeys,
+        clock: ServiceClock,
+        mailer: Arc<dyn Mailer>,
+    ) -> Result<Self, String> {
+        let repo = ChainedEventRepository::new(pool.clone(), mac_keys, Arc::new(clock.clone()));
+        let webauthn = WebauthnCore::new_unsafe_experts_only(
+            &config.rp_name,
+            &config.rp_id,
+            config.rp_origins.clone(),
+            Duration::from_secs(u64::from(config.challenge_ttl_secs)),
+            Some(false),
+            Some(false),
+        );
+        let fake_key = crate::tokens::derive_key(
+            &config.jwt_keys.current().seed(),
+            b"queue fake credential ids",
+        );
+        let fake_credentials = WebauthnFakeCredentialGenerator::new(&fake_key)
+            .map_err(|e| format!("fake credential generator: {e}"))?;
+        let jwt_keys = SharedJwtKeys::new(config.jwt_keys.clone());
+        Ok(Self {
             pool,
             shutting_down: Arc::new(AtomicBool::new(false)),
-        }
+            inner: Arc::new(Inner {
+                address_limiter: RateLimiter::new(config.rate_limit_per_address),
+                account_limiter: RateLimiter::new(config.rate_limit_per_account),
+                store: Store::new(repo),
+                jwt_keys,
+                webauthn,
+                clock,
+                mailer,
+                metrics: Metrics::global(),
+                fake_credentials,
+                config,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn clock(&self) -> &ServiceClock {
+        &self.inner.clock
+    }
+
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.inner.clock.now()
     }
 
     pub fn is_shutting_down(&self) -> bool {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use queue_api::AppState;
-use queue_eventstore::{db, Sealer, SealerConfig};
+use queue_eventstore::{db, Sealer, SealerConfig, SharedMacKeys};
 use tokio::sync::watch;
 
 use crate::config::{self, ConfigError, Lookup, DEV_CHECKPOINT_FILE, DEV_MAC_FILE};
@@ -32,9 +32,19 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
         })?;
     let dev = args.dev || env("QUEUE_DEV").is_some_and(|v| v == "1" || v == "true");
     let key_env = dev_key_env(dev, &args.dev_key_dir, env)?;
-    let lookup = |k: &str| key_env(k).or_else(|| env(k));
+    let jwt_env = dev_jwt_key_env(dev, &args.dev_key_dir, env)?;
+    let lookup = |k: &str| {
+        if k == "QUEUE_DEV" && dev {
+            return Some("1".to_owned());
+        }
+        key_env(k).or_else(|| jwt_env(k)).or_else(|| env(k))
+    };
     let signer = Arc::new(config::checkpoint_signer(&lookup)?);
-    let _mac_keys = config::mac_keys(&lookup)?;
+    let mac_keys = config::mac_keys(&lookup)?;
+    let api_config = queue_api::Config::from_lookup(lookup).map_err(|e| match e {
+        queue_api::ConfigError::Missing(var) => ConfigError::Missing(var),
+        queue_api::ConfigError::Invalid { var, why } => ConfigError::Invalid { var, why },
+    })?;
 
     let database_url = config::database_url(env)?;
     let pool = db::connect(&database_url, 16).await?;
@@ -46,7 +56,12 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
             .run(db::connect_options(&database_url)?, sealer_stopped),
     );
 
-    let state = AppState::new(pool.clone());
+    let state = AppState::new(pool.clone(), api_config, SharedMacKeys::new(mac_keys))
+        .map_err(|e| CliError::Io(format!("cannot start the API: {e}")))?;
+    tokio::spawn(queue_api::run_challenge_sweeper(
+        state.clone(),
+        Duration::from_secs(60),
+    ));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| CliError::Io(format!("cannot listen on {listen}: {e}")))?;
@@ -54,7 +69,8 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
     eprintln!("queue: serving on http://{listen}  (try: curl http://{listen}/healthz)");
 
     let draining = state.clone();
-    let server = axum::serve(listener, queue_api::app(state)).with_graceful_shutdown(async move {
+    let app = queue_api::app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown_signal().await;
         tracing::info!(
             "shutdown requested: draining for up to {}s",
@@ -110,6 +126,57 @@ fn dev_key_env(
             .map(|(_, p)| p.display().to_string())
     })
 }
+
+/// In dev mode without configured JWT keys, use (and create on first start)
+/// `<dir>/jwt_keys`.
+fn dev_jwt_key_env(
+    dev: bool,
+    dir: &std::path::Path,
+    env: Lookup<'_>,
+) -> Result<impl Fn(&str) -> Option<String>, CliError> {
+    let mut file = None;
+    if dev && env("QUEUE_JWT_KEYS").is_none() && env("QUEUE_JWT_KEYS_FILE").is_none() {
+        let path = dir.join(DEV_JWT_FILE);
+        if !path.exists() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| CliError::Io(format!("{}: {e}", dir.display())))?;
+            let kid = format!("dev-{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
+            let keys = queue_api::jwt::JwtKeySet::generate(&kid).map_err(CliError::Io)?;
+            write_secret_file(&path, &keys.to_spec())?;
+            eprintln!(
+                "!!! DEV MODE: generated a NEW JWT signing key in {} — never use it in production !!!",
+                path.display()
+            );
+        }
+        file = Some(path.display().to_string());
+    }
+    Ok(move |k: &str| {
+        if k == "QUEUE_JWT_KEYS_FILE" {
+            file.clone()
+        } else {
+            None
+        }
+    })
+}
+
+/// Writes a new secret file readable by the owner only; never overwrites.
+fn write_secret_file(path: &std::path::Path, contents: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .map_err(|e| CliError::Io(format!("{}: {e}", path.display())))?;
+    writeln!(file, "{contents}").map_err(|e| CliError::Io(format!("{}: {e}", path.display())))
+}
+
+/// The dev JWT key file inside the dev key directory.
+const DEV_JWT_FILE: &str = "jwt_keys";
 
 async fn shutdown_signal() {
     let ctrl_c = async {

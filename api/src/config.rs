@@ -1,0 +1,355 @@
+//! API configuration from the environment, read once. Errors name the
+//! variable, never its value; secrets print redacted.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use url::Url;
+
+use crate::jwt::JwtKeySet;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{0} is not set")]
+    Missing(&'static str),
+    #[error("{var}: {why}")]
+    Invalid { var: &'static str, why: String },
+}
+
+fn invalid(var: &'static str, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        var,
+        why: why.into(),
+    }
+}
+
+/// Where verification emails go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MailerConfig {
+    /// Each message is written as a file into this directory (dev and tests).
+    Log { dir: PathBuf },
+}
+
+/// Everything the HTTP API needs besides the database and ledger keys.
+#[derive(Clone)]
+pub struct Config {
+    pub dev: bool,
+    pub rp_id: String,
+    pub rp_name: String,
+    pub rp_origins: Vec<Url>,
+    pub issuer: String,
+    pub audience: String,
+    pub jwt_keys: JwtKeySet,
+    /// QUEUE_REFRESH_REUSE_GRACE: 0 to 60 seconds.
+    pub refresh_grace_secs: u32,
+    pub idle_timeout_secs: u32,
+    pub absolute_timeout_secs: u32,
+    /// WebAuthn challenges live this long (contract: 5 minutes).
+    pub challenge_ttl_secs: u32,
+    /// FLAG_QUEUE_V1: off → every /api/v1 route answers 404.
+    pub flag_queue_v1: bool,
+    /// Requests per minute per client address on login, redeem and verify.
+    pub rate_limit_per_address: u32,
+    /// Requests per minute per account (email or customer) on the same routes.
+    pub rate_limit_per_account: u32,
+    /// Take the client address from the first X-Forwarded-For entry.
+    pub trust_forwarded_for: bool,
+    pub mailer: MailerConfig,
+    /// Base of the link in verification emails; `?token=…` is appended.
+    pub email_verify_url: String,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("dev", &self.dev)
+            .field("rp_id", &self.rp_id)
+            .field("rp_name", &self.rp_name)
+            .field(
+                "rp_origins",
+                &self.rp_origins.iter().map(Url::as_str).collect::<Vec<_>>(),
+            )
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("jwt_keys", &self.jwt_keys)
+            .field("refresh_grace_secs", &self.refresh_grace_secs)
+            .field("idle_timeout_secs", &self.idle_timeout_secs)
+            .field("absolute_timeout_secs", &self.absolute_timeout_secs)
+            .field("challenge_ttl_secs", &self.challenge_ttl_secs)
+            .field("flag_queue_v1", &self.flag_queue_v1)
+            .field("rate_limit_per_address", &self.rate_limit_per_address)
+            .field("rate_limit_per_account", &self.rate_limit_per_account)
+            .field("trust_forwarded_for", &self.trust_forwarded_for)
+            .field("mailer", &self.mailer)
+            .field("email_verify_url", &self.email_verify_url)
+            .finish()
+    }
+}
+
+/// A boolean setting: `1/true/on/yes` or `0/false/off/no`.
+fn flag(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+) -> Result<Option<bool>, ConfigError> {
+    match get(var).map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(None),
+        Some(v) if v.is_empty() => Ok(None),
+        Some(v) => match v.as_str() {
+            "1" | "true" | "on" | "yes" => Ok(Some(true)),
+            "0" | "false" | "off" | "no" => Ok(Some(false)),
+            _ => Err(invalid(var, "expected 1/true/on or 0/false/off")),
+        },
+    }
+}
+
+fn number(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: u32,
+    min: u32,
+    max: u32,
+) -> Result<u32, ConfigError> {
+    let Some(raw) = get(var).filter(|v| !v.trim().is_empty()) else {
+        return Ok(default);
+    };
+    let value: u32 = raw
+        .trim()
+        .parse()
+        .map_err(|_| invalid(var, "expected a whole number"))?;
+    if value < min || value > max {
+        return Err(invalid(var, format!("must be between {min} and {max}")));
+    }
+    Ok(value)
+}
+
+fn text(get: &impl Fn(&str) -> Option<String>, var: &'static str) -> Option<String> {
+    get(var)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+impl Config {
+    /// Reads the API settings. `QUEUE_DEV=1` (or `queue serve --dev`) supplies
+    /// local defaults for the relying party, issuer and audience; production
+    /// requires them. JWT keys come from `QUEUE_JWT_KEYS` or the file named by
+    /// `QUEUE_JWT_KEYS_FILE` (`queue serve --dev` generates one).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let dev = flag(&get, "QUEUE_DEV")?.unwrap_or(false);
+        let required = |var: &'static str, dev_default: &str| -> Result<String, ConfigError> {
+            match text(&get, var) {
+                Some(v) => Ok(v),
+                None if dev => Ok(dev_default.to_owned()),
+                None => Err(ConfigError::Missing(var)),
+            }
+        };
+
+        let rp_id = required("QUEUE_RP_ID", "localhost")?;
+        if rp_id.contains(['/', ':', ' ']) || rp_id.starts_with('.') || rp_id.ends_with('.') {
+            return Err(invalid(
+                "QUEUE_RP_ID",
+                "expected a bare domain, e.g. example.com",
+            ));
+        }
+        let rp_name = text(&get, "QUEUE_RP_NAME").unwrap_or_else(|| "Queue".to_owned());
+        let origins_raw = required("QUEUE_RP_ORIGIN", "http://localhost:8080")?;
+        let mut rp_origins = Vec::new();
+        for part in origins_raw
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let url = Url::parse(part).map_err(|_| {
+                invalid(
+                    "QUEUE_RP_ORIGIN",
+                    "expected origins like https://example.com, comma-separated",
+                )
+            })?;
+            if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
+                return Err(invalid(
+                    "QUEUE_RP_ORIGIN",
+                    "origins must be http(s) URLs with a host",
+                ));
+            }
+            rp_origins.push(url);
+        }
+        if rp_origins.is_empty() {
+            return Err(ConfigError::Missing("QUEUE_RP_ORIGIN"));
+        }
+        let issuer = required("QUEUE_ISSUER", "http://localhost:8080")?;
+        let audience = required("QUEUE_AUDIENCE", "queue")?;
+
+        let jwt_spec = match text(&get, "QUEUE_JWT_KEYS") {
+            Some(spec) => spec,
+            None => match text(&get, "QUEUE_JWT_KEYS_FILE") {
+                Some(path) => std::fs::read_to_string(&path)
+                    .map(|s| s.trim().to_owned())
+                    .map_err(|e| {
+                        invalid(
+                            "QUEUE_JWT_KEYS_FILE",
+                            format!("cannot read the file: {}", e.kind()),
+                        )
+                    })?,
+                None => return Err(ConfigError::Missing("QUEUE_JWT_KEYS")),
+            },
+        };
+        let jwt_keys = JwtKeySet::parse(&jwt_spec).map_err(|why| invalid("QUEUE_JWT_KEYS", why))?;
+
+        let refresh_grace_secs = number(&get, "QUEUE_REFRESH_REUSE_GRACE", 0, 0, 60)?;
+        let idle_timeout_secs = number(
+            &get,
+            "QUEUE_SESSION_IDLE_TIMEOUT",
+            30 * 60,
+            1,
+            30 * 24 * 3600,
+        )?;
+        let absolute_timeout_secs = number(
+            &get,
+            "QUEUE_SESSION_ABSOLUTE_TIMEOUT",
+            12 * 3600,
+            1,
+            365 * 24 * 3600,
+        )?;
+        if idle_timeout_secs > absolute_timeout_secs {
+            return Err(invalid(
+                "QUEUE_SESSION_IDLE_TIMEOUT",
+                "must not exceed QUEUE_SESSION_ABSOLUTE_TIMEOUT",
+            ));
+        }
+        let challenge_ttl_secs = number(&get, "QUEUE_CHALLENGE_TTL", 300, 10, 3600)?;
+        let flag_queue_v1 = flag(&get, "FLAG_QUEUE_V1")?.unwrap_or(dev);
+        let rate_limit_per_address =
+            number(&get, "QUEUE_RATE_LIMIT_PER_ADDRESS", 60, 1, 1_000_000)?;
+        let rate_limit_per_account =
+            number(&get, "QUEUE_RATE_LIMIT_PER_ACCOUNT", 10, 1, 1_000_000)?;
+        let trust_forwarded_for = flag(&get, "QUEUE_TRUST_FORWARDED_FOR")?.unwrap_or(false);
+
+        let mailer = match text(&get, "QUEUE_MAILER").as_deref() {
+            Some("log") | None => {
+                let dir = match text(&get, "QUEUE_MAILER_DIR") {
+                    Some(dir) => PathBuf::from(dir),
+                    None if dev => PathBuf::from(".dev/mail"),
+                    None => return Err(ConfigError::Missing("QUEUE_MAILER_DIR")),
+                };
+                MailerConfig::Log { dir }
+            }
+            Some("smtp") => {
+                return Err(invalid(
+                    "QUEUE_MAILER",
+                    "smtp is not available in this build (see docs/decisions/0201-api-mailer.md); use log",
+                ))
+            }
+            Some(_) => return Err(invalid("QUEUE_MAILER", "expected log or smtp")),
+        };
+        let email_verify_url = match text(&get, "QUEUE_EMAIL_VERIFY_URL") {
+            Some(url) => {
+                Url::parse(&url)
+                    .map_err(|_| invalid("QUEUE_EMAIL_VERIFY_URL", "expected a URL"))?;
+                url
+            }
+            None => {
+                let mut base = rp_origins[0].clone();
+                base.set_path("/verify-email");
+                base.to_string()
+            }
+        };
+
+        Ok(Self {
+            dev,
+            rp_id,
+            rp_name,
+            rp_origins,
+            issuer,
+            audience,
+            jwt_keys,
+            refresh_grace_secs,
+            idle_timeout_secs,
+            absolute_timeout_secs,
+            challenge_ttl_secs,
+            flag_queue_v1,
+            rate_limit_per_address,
+            rate_limit_per_account,
+            trust_forwarded_for,
+            mailer,
+            email_verify_url,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::collections::HashMap;
+
+    use super::*;
+
+    const KEY: &str = "k1=9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
+
+    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn dev_mode_has_defaults_and_the_flag_on() {
+        let config =
+            Config::from_lookup(lookup(&[("QUEUE_DEV", "1"), ("QUEUE_JWT_KEYS", KEY)])).unwrap();
+        assert_eq!(config.rp_id, "localhost");
+        assert!(config.flag_queue_v1);
+        assert_eq!(config.refresh_grace_secs, 0);
+        assert_eq!(config.idle_timeout_secs, 1800);
+        assert_eq!(config.absolute_timeout_secs, 43200);
+    }
+
+    #[test]
+    fn production_requires_the_relying_party() {
+        let err = Config::from_lookup(lookup(&[("QUEUE_JWT_KEYS", KEY)])).unwrap_err();
+        assert_eq!(err, ConfigError::Missing("QUEUE_RP_ID"));
+    }
+
+    #[test]
+    fn errors_name_the_variable_never_the_value() {
+        let secret_looking = "k1=not-a-key-SECRETVALUE";
+        let err = Config::from_lookup(lookup(&[
+            ("QUEUE_DEV", "1"),
+            ("QUEUE_JWT_KEYS", secret_looking),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("QUEUE_JWT_KEYS"), "{err}");
+        assert!(!err.contains("SECRETVALUE"), "{err}");
+
+        let err = Config::from_lookup(lookup(&[
+            ("QUEUE_DEV", "1"),
+            ("QUEUE_JWT_KEYS", KEY),
+            ("QUEUE_REFRESH_REUSE_GRACE", "61"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("QUEUE_REFRESH_REUSE_GRACE"), "{err}");
+        assert!(!err.contains("61"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_redacts_the_keys() {
+        let config =
+            Config::from_lookup(lookup(&[("QUEUE_DEV", "1"), ("QUEUE_JWT_KEYS", KEY)])).unwrap();
+        let debug = format!("{config:?}");
+        assert!(debug.contains("k1"), "{debug}");
+        assert!(!debug.contains("9d61b19d"), "{debug}");
+    }
+
+    #[test]
+    fn smtp_is_a_clear_error() {
+        let err = Config::from_lookup(lookup(&[
+            ("QUEUE_DEV", "1"),
+            ("QUEUE_JWT_KEYS", KEY),
+            ("QUEUE_MAILER", "smtp"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("QUEUE_MAILER"), "{err}");
+    }
+}

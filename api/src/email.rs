@@ -1,0 +1,118 @@
+//! Email verification: a single-use link token valid 24 h, sent through the
+//! configured mailer; verifying it marks the email verified.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::Duration;
+use queue_domain::customer::{CustomerCommand, CustomerError, EMAIL_VERIFICATION_TTL_SECS};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+use crate::extract::{Authenticated, ClientAddress, Json};
+use crate::mailer::Message;
+use crate::state::AppState;
+use crate::store::Batch;
+use crate::tokens;
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct VerifyRequest {
+    pub token: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Verified {
+    pub email_verified: bool,
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/email/verification", tag = "email",
+    responses((status = 202), (status = 401), (status = 403), (status = 409), (status = 503)),
+    security(("bearer" = [])))]
+pub async fn request_verification(
+    State(state): State<AppState>,
+    auth: Authenticated,
+) -> Result<StatusCode, ApiError> {
+    let now = state.now();
+    let token = tokens::new_email_token(auth.customer_id);
+    let mut customer = state.store().customer(auth.customer_id).await?;
+    let events = customer
+        .execute(CustomerCommand::RequestEmailVerification {
+            token_hash: tokens::hash(&token),
+            expires_at: now + Duration::seconds(EMAIL_VERIFICATION_TTL_SECS),
+            at: now,
+        })
+        .await?;
+    let email = customer
+        .aggregate
+        .state()
+        .map(|c| c.email.to_string())
+        .ok_or(ApiError::Unauthorized)?;
+    let mut batch = Batch::new();
+    batch.add(&mut customer, &events)?;
+    state.store().append(batch).await?;
+    let link = format!("{}?token={token}", state.config().email_verify_url);
+    let message = Message {
+        to: email,
+        subject: "Confirm your email address".to_owned(),
+        body: format!(
+            "Open this link within 24 hours to confirm your email address:\r\n\r\n{link}\r\n\r\nIf you did not ask for this, ignore this message."
+        ),
+    };
+    state
+        .inner
+        .mailer
+        .send(&message)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/email/verify", tag = "email",
+    request_body = VerifyRequest,
+    responses((status = 200, body = Verified), (status = 400), (status = 401), (status = 403),
+        (status = 429), (status = 503)))]
+pub async fn verify(
+    State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
+    Json(request): Json<VerifyRequest>,
+) -> Result<Json<Verified>, ApiError> {
+    state
+        .inner
+        .address_limiter
+        .check(&format!("verify:{address}"))?;
+    let customer_id = tokens::email_token_customer(&request.token).ok_or(ApiError::InvalidCode)?;
+    state
+        .inner
+        .account_limiter
+        .check(&format!("verify:{customer_id}"))?;
+    let now = state.now();
+    let token_hash = tokens::hash(&request.token);
+    let mut customer = state.store().customer(customer_id).await?;
+    let Some(customer_state) = customer.aggregate.state() else {
+        return Err(ApiError::InvalidCode);
+    };
+    // Suspension is only revealed to the holder of the current token.
+    let token_is_current = customer_state
+        .pending_email_verification
+        .as_ref()
+        .is_some_and(|p| p.token_hash == token_hash);
+    if !token_is_current {
+        return Err(ApiError::InvalidCode);
+    }
+    let events = customer
+        .execute(CustomerCommand::VerifyEmail {
+            token_hash,
+            at: now,
+        })
+        .await
+        .map_err(|e| match e {
+            CustomerError::Suspended => ApiError::CustomerSuspended,
+            _ => ApiError::InvalidCode,
+        })?;
+    let mut batch = Batch::new();
+    batch.add(&mut customer, &events)?;
+    state.store().append(batch).await?;
+    Ok(Json(Verified {
+        email_verified: true,
+    }))
+}

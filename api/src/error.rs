@@ -1,0 +1,361 @@
+//! The one error type of the API and its mapping to the contract's status
+//! codes and machine codes (api-contract.md "Errors"). Every error response
+//! is `{"error": {"code", "message", "request_id"}}`: handlers return
+//! `ApiError`, whose response carries an [`ErrorBody`] extension that
+//! [`error_envelope`] turns into the body with the request id.
+
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use queue_domain::credential::CredentialError;
+use queue_domain::customer::CustomerError;
+use queue_domain::session::{RevokeReason, SessionError};
+use queue_domain::types::ParseError;
+use queue_eventstore::StoreError;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("authentication required")]
+    Unauthorized,
+    #[error("passkey verification failed")]
+    WebauthnFailed,
+    #[error("invalid refresh token")]
+    InvalidRefreshToken,
+    #[error("refresh token reuse detected; the session is revoked")]
+    RefreshReuseDetected,
+    #[error("the session has expired")]
+    SessionExpired,
+    #[error("the session is revoked")]
+    SessionRevoked,
+    #[error("invalid or expired code")]
+    InvalidCode,
+    #[error("forbidden")]
+    Forbidden,
+    #[error("the customer is suspended")]
+    CustomerSuspended,
+    #[error("the founders cohort is full")]
+    FoundersCohortFull,
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: the resource changed, retry")]
+    Conflict,
+    #[error("this email cannot be registered")]
+    EmailTaken,
+    #[error("the last passkey cannot be deleted while no unused backup code remains")]
+    LastCredential,
+    #[error("the challenge has expired or was already used")]
+    ChallengeExpired,
+    #[error("the request body is larger than 64 KiB")]
+    PayloadTooLarge,
+    #[error("too many requests")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("overloaded")]
+    Overloaded { retry_after_secs: u64 },
+    /// Details go to the log only.
+    #[error("internal error")]
+    Internal(String),
+    #[error("the service is temporarily unavailable")]
+    Unavailable { retry_after_secs: u64 },
+    #[error("the service is shutting down")]
+    ShuttingDown,
+}
+
+/// Retry-After for 503s raised where the configured value is not at hand.
+pub const DEFAULT_RETRY_AFTER_SECS: u64 = 5;
+
+/// The error's code and message, left in the response extensions for
+/// [`error_envelope`].
+#[derive(Clone, Debug)]
+pub struct ErrorBody {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    /// The one table to check against api-contract.md.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::WebauthnFailed => (StatusCode::UNAUTHORIZED, "webauthn_failed"),
+            Self::InvalidRefreshToken => (StatusCode::UNAUTHORIZED, "invalid_refresh_token"),
+            Self::RefreshReuseDetected => (StatusCode::UNAUTHORIZED, "refresh_reuse_detected"),
+            Self::SessionExpired => (StatusCode::UNAUTHORIZED, "session_expired"),
+            Self::SessionRevoked => (StatusCode::UNAUTHORIZED, "session_revoked"),
+            Self::InvalidCode => (StatusCode::UNAUTHORIZED, "invalid_code"),
+            Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::CustomerSuspended => (StatusCode::FORBIDDEN, "customer_suspended"),
+            Self::FoundersCohortFull => (StatusCode::FORBIDDEN, "founders_cohort_full"),
+            Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Conflict => (StatusCode::CONFLICT, "conflict"),
+            Self::EmailTaken => (StatusCode::CONFLICT, "email_taken"),
+            Self::LastCredential => (StatusCode::CONFLICT, "last_credential"),
+            Self::ChallengeExpired => (StatusCode::GONE, "challenge_expired"),
+            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after_secs }
+            | Self::Overloaded { retry_after_secs }
+            | Self::Unavailable { retry_after_secs } => Some(*retry_after_secs),
+            Self::ShuttingDown => Some(DEFAULT_RETRY_AFTER_SECS),
+            _ => None,
+        }
+    }
+
+    pub fn unavailable() -> Self {
+        Self::Unavailable {
+            retry_after_secs: DEFAULT_RETRY_AFTER_SECS,
+        }
+    }
+
+    pub fn internal(details: impl Into<String>) -> Self {
+        Self::Internal(details.into())
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::InvalidRequest(message.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = match &self {
+            Self::Internal(details) => {
+                tracing::error!(code, details = %details, "internal error");
+                "internal error".to_owned()
+            }
+            Self::Unavailable { .. } => {
+                tracing::warn!(code, "store unavailable");
+                self.to_string()
+            }
+            other => other.to_string(),
+        };
+        let mut response = (
+            status,
+            axum::Json(json!({"error": {"code": code, "message": message}})),
+        )
+            .into_response();
+        if let Some(secs) = self.retry_after() {
+            if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+            .extensions_mut()
+            .insert(ErrorBody { code, message });
+        response
+    }
+}
+
+/// Adds the request id to every error body, and gives errors produced
+/// outside the handlers (unknown route, wrong method, body limit) the same
+/// envelope.
+pub async fn error_envelope(request: Request, next: Next) -> Response {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    let response = next.run(request).await;
+    let status = response.status();
+    let body = match response.extensions().get::<ErrorBody>() {
+        Some(body) => body.clone(),
+        None if status.is_client_error() || status.is_server_error() => {
+            let is_json = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+            if is_json {
+                return response;
+            }
+            fallback_body(status)
+        }
+        None => return response,
+    };
+    let (mut parts, _) = response.into_parts();
+    let json =
+        json!({"error": {"code": body.code, "message": body.message, "request_id": request_id}});
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(json.to_string()))
+}
+
+fn fallback_body(status: StatusCode) -> ErrorBody {
+    let (code, message) = match status {
+        StatusCode::NOT_FOUND => ("not_found", "not found"),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "payload_too_large",
+            "the request body is larger than 64 KiB",
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => ("invalid_request", "method not allowed on this path"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ("invalid_request", "expected Content-Type: application/json")
+        }
+        StatusCode::TOO_MANY_REQUESTS => ("rate_limited", "too many requests"),
+        StatusCode::SERVICE_UNAVAILABLE => {
+            ("unavailable", "the service is temporarily unavailable")
+        }
+        s if s.is_client_error() => ("invalid_request", "invalid request"),
+        _ => ("internal", "internal error"),
+    };
+    ErrorBody {
+        code,
+        message: message.to_owned(),
+    }
+}
+
+/// Strips double-quoted values from a deserialisation message, so an error
+/// never echoes what was sent (it may be a secret); field names stay.
+pub fn redact_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut in_quotes = false;
+    for c in message.chars() {
+        if c == '"' {
+            if in_quotes {
+                out.push_str("\"…\"");
+            }
+            in_quotes = !in_quotes;
+        } else if !in_quotes {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::PayloadTooLarge;
+        }
+        match rejection {
+            JsonRejection::MissingJsonContentType(_) => {
+                Self::InvalidRequest("expected Content-Type: application/json".into())
+            }
+            JsonRejection::JsonSyntaxError(_) => Self::InvalidRequest("malformed JSON body".into()),
+            JsonRejection::JsonDataError(err) => {
+                let text = err.body_text();
+                let detail = text
+                    .strip_prefix("Failed to deserialize the JSON body into the target type: ")
+                    .unwrap_or(&text);
+                Self::InvalidRequest(redact_values(detail))
+            }
+            other => {
+                let text = other.body_text();
+                if text.contains("length limit") {
+                    Self::PayloadTooLarge
+                } else {
+                    Self::InvalidRequest(redact_values(&text))
+                }
+            }
+        }
+    }
+}
+
+impl From<ParseError> for ApiError {
+    fn from(err: ParseError) -> Self {
+        Self::InvalidRequest(err.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::OptimisticLock => Self::Conflict,
+            StoreError::UniqueViolation { constraint } if constraint == "events_customer_email" => {
+                Self::EmailTaken
+            }
+            StoreError::Unavailable(_) => Self::unavailable(),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        StoreError::from(err).into()
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(err: SessionError) -> Self {
+        match err {
+            SessionError::NotFound | SessionError::InvalidRefreshToken => Self::InvalidRefreshToken,
+            SessionError::Revoked {
+                reason: RevokeReason::Expired,
+            }
+            | SessionError::AlreadyRevoked {
+                reason: RevokeReason::Expired,
+            } => Self::SessionExpired,
+            SessionError::Revoked { .. } | SessionError::AlreadyRevoked { .. } => {
+                Self::SessionRevoked
+            }
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<CustomerError> for ApiError {
+    fn from(err: CustomerError) -> Self {
+        match err {
+            CustomerError::NotFound => Self::NotFound,
+            CustomerError::Suspended => Self::CustomerSuspended,
+            CustomerError::InvalidToken
+            | CustomerError::TokenExpired
+            | CustomerError::InvalidCode => Self::InvalidCode,
+            CustomerError::AlreadyRegistered => Self::EmailTaken,
+            CustomerError::AlreadyVerified
+            | CustomerError::AlreadySuspended
+            | CustomerError::NotSuspended => Self::Conflict,
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<CredentialError> for ApiError {
+    fn from(err: CredentialError) -> Self {
+        match err {
+            CredentialError::NotFound | CredentialError::Revoked => Self::NotFound,
+            CredentialError::AlreadyRegistered => Self::Conflict,
+            CredentialError::CounterRegression { .. } => Self::WebauthnFailed,
+            CredentialError::InvalidPasskey(_) | CredentialError::InvalidTransport(_) => {
+                Self::WebauthnFailed
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_redacted_but_field_names_stay() {
+        let msg = r#"refresh_token: invalid type: string "s3cr3t", expected u32 at line 1"#;
+        let out = redact_values(msg);
+        assert!(!out.contains("s3cr3t"));
+        assert!(out.contains("refresh_token"));
+        assert_eq!(
+            redact_values("missing field `email`"),
+            "missing field `email`"
+        );
+    }
+}

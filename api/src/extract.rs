@@ -1,0 +1,145 @@
+//! Extractors: JSON bodies whose rejections follow the contract, the Bearer
+//! customer (JWT verified, session checked active on its event stream), and
+//! the client address for rate limits.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, OptionalFromRequestParts};
+use axum::http::header;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use queue_domain::session::SessionStatus;
+use queue_domain::types::{CustomerId, SessionId};
+use queue_domain::Session;
+use serde::Serialize;
+
+use crate::error::ApiError;
+use crate::jwt::{self, Claims};
+use crate::state::AppState;
+use crate::store::Loaded;
+
+/// `axum::Json` with 400 invalid_request / 413 payload_too_large rejections
+/// in the contract's envelope.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// A signed-in customer: a valid access token whose session is still active.
+pub struct Authenticated {
+    pub customer_id: CustomerId,
+    pub session_id: SessionId,
+    pub claims: Claims,
+    pub session: Loaded<Session>,
+}
+
+fn bearer_token(parts: &Parts) -> Option<Result<&str, ApiError>> {
+    let value = parts.headers.get(header::AUTHORIZATION)?;
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    Some(token.ok_or(ApiError::Unauthorized))
+}
+
+async fn authenticate(token: &str, state: &AppState) -> Result<Authenticated, ApiError> {
+    let config = state.config();
+    let now = state.now();
+    let claims = jwt::verify(
+        &state.inner.jwt_keys.get(),
+        token,
+        &config.issuer,
+        &config.audience,
+        now,
+    )
+    .map_err(|_| ApiError::Unauthorized)?;
+    let customer_id: CustomerId = claims.sub.parse().map_err(|_| ApiError::Unauthorized)?;
+    let session_id: SessionId = claims.sid.parse().map_err(|_| ApiError::Unauthorized)?;
+    let session = state.store().session(session_id).await?;
+    let Some(session_state) = session.aggregate.state() else {
+        return Err(ApiError::Unauthorized);
+    };
+    if session_state.customer_id != customer_id {
+        return Err(ApiError::Unauthorized);
+    }
+    match session_state.status(now) {
+        SessionStatus::Active => {}
+        SessionStatus::Expired => return Err(ApiError::SessionExpired),
+        SessionStatus::Revoked { reason } => {
+            return Err(match reason {
+                queue_domain::session::RevokeReason::Expired => ApiError::SessionExpired,
+                _ => ApiError::SessionRevoked,
+            })
+        }
+    }
+    Ok(Authenticated {
+        customer_id,
+        session_id,
+        claims,
+        session,
+    })
+}
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match bearer_token(parts) {
+            None => Err(ApiError::Unauthorized),
+            Some(token) => authenticate(token?, state).await,
+        }
+    }
+}
+
+impl OptionalFromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Option<Self>, ApiError> {
+        match bearer_token(parts) {
+            None => Ok(None),
+            Some(token) => authenticate(token?, state).await.map(Some),
+        }
+    }
+}
+
+/// The client's address, for per-address rate limits: the peer address, or
+/// the first X-Forwarded-For entry when QUEUE_TRUST_FORWARDED_FOR is on.
+pub struct ClientAddress(pub String);
+
+impl FromRequestParts<AppState> for ClientAddress {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if state.config().trust_forwarded_for {
+            let forwarded = parts
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .map(str::trim)
+                .filter(|v| !v.is_empty());
+            if let Some(address) = forwarded {
+                return Ok(Self(address.to_owned()));
+            }
+        }
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip().to_string())
+            .unwrap_or_else(|| "unknown".to_owned());
+        Ok(Self(peer))
+    }
+}

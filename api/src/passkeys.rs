@@ -1,0 +1,635 @@
+//! WebAuthn ceremonies: registration (new customer, extra passkey) and login
+//! (by email, discoverable). webauthn-rs-core verifies; the aggregates
+//! decide (counter regression, suspension); every change is one atomic
+//! append.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use queue_domain::audit::AuditCommand;
+use queue_domain::credential::{CredentialCommand, CredentialError};
+use queue_domain::customer::CustomerCommand;
+use queue_domain::types::{
+    Actor, AuditAction, AuditEventId, AuditTarget, CredentialName, CustomerId, DisplayName, Email,
+    IdempotencyKey, RawCredentialId, ServiceName,
+};
+use queue_domain::{Audit, Credential, Customer};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+use uuid::Uuid;
+use webauthn_rs_core::proto::{
+    AllowCredentials, AttestationConveyancePreference, AttestationMetadata, AuthenticationState,
+    COSEAlgorithm, PublicKeyCredential, RegisterPublicKeyCredential, RegistrationState,
+    UserVerificationPolicy,
+};
+
+use crate::challenges::{self, Kind};
+use crate::error::ApiError;
+use crate::extract::{Authenticated, ClientAddress, Json};
+use crate::metrics;
+use crate::state::AppState;
+use crate::store::{Batch, Loaded};
+use crate::tokens::{self, TokenResponse};
+
+/// The algorithms offered at registration, in order of preference.
+pub fn credential_algorithms() -> Vec<COSEAlgorithm> {
+    vec![
+        COSEAlgorithm::ES256,
+        COSEAlgorithm::EDDSA,
+        COSEAlgorithm::ES384,
+        COSEAlgorithm::RS256,
+    ]
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct RegisterBeginRequest {
+    /// New customer only.
+    pub email: Option<String>,
+    /// New customer only.
+    pub display_name: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BeginResponse {
+    pub challenge_id: String,
+    /// `{"publicKey": PublicKeyCredentialCreationOptions | PublicKeyCredentialRequestOptions}`
+    #[schema(value_type = Object)]
+    pub options: Value,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RegisterCompleteRequest {
+    pub challenge_id: String,
+    /// RegistrationResponseJSON.
+    #[schema(value_type = Object)]
+    pub credential: Value,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CredentialCreated {
+    pub credential_id: String,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct LoginBeginRequest {
+    /// Omit for a discoverable (usernameless) login.
+    pub email: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginCompleteRequest {
+    pub challenge_id: String,
+    /// AuthenticationResponseJSON.
+    #[schema(value_type = Object)]
+    pub credential: Value,
+}
+
+/// Binary WebAuthn fields are base64url without padding; accept padded and
+/// standard base64 too.
+fn normalize_base64(value: &mut Value) {
+    const BINARY: &[&str] = &[
+        "rawId",
+        "clientDataJSON",
+        "attestationObject",
+        "authenticatorData",
+        "signature",
+        "userHandle",
+    ];
+    if let Value::Object(map) = value {
+        for (key, field) in map.iter_mut() {
+            match field {
+                Value::String(s) if BINARY.contains(&key.as_str()) => {
+                    let cleaned: String = s
+                        .trim_end_matches('=')
+                        .chars()
+                        .map(|c| match c {
+                            '+' => '-',
+                            '/' => '_',
+                            other => other,
+                        })
+                        .collect();
+                    *s = cleaned;
+                }
+                Value::Object(_) if key == "response" => normalize_base64(field),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn parse_credential<T: serde::de::DeserializeOwned>(mut value: Value) -> Result<T, ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::invalid("credential must be an object"));
+    }
+    normalize_base64(&mut value);
+    serde_json::from_value(value).map_err(|e| {
+        ApiError::invalid(format!(
+            "credential: {}",
+            crate::error::redact_values(&e.to_string())
+        ))
+    })
+}
+
+fn internal(what: &str) -> impl FnOnce(serde_json::Error) -> ApiError + '_ {
+    move |e| ApiError::internal(format!("{what}: {e}"))
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/webauthn/register/begin", tag = "passkeys",
+    request_body = RegisterBeginRequest,
+    responses((status = 200, body = BeginResponse), (status = 400), (status = 401), (status = 403), (status = 503)))]
+pub async fn register_begin(
+    State(state): State<AppState>,
+    auth: Option<Authenticated>,
+    Json(request): Json<RegisterBeginRequest>,
+) -> Result<Json<BeginResponse>, ApiError> {
+    let now = state.now();
+    let store = state.store();
+    let (customer_id, user_name, display, exclude, context) = match auth {
+        Some(auth) => {
+            let customer = store.customer(auth.customer_id).await?;
+            let customer_state = customer.aggregate.state().ok_or(ApiError::Unauthorized)?;
+            if customer_state.is_suspended() {
+                return Err(ApiError::CustomerSuspended);
+            }
+            let mut conn = store.pool().acquire().await?;
+            let existing = store
+                .usable_credentials_of(&mut conn, auth.customer_id)
+                .await?
+                .into_iter()
+                .filter_map(|c| {
+                    c.aggregate
+                        .state()
+                        .map(|s| s.raw_credential_id.as_bytes().to_vec())
+                })
+                .collect::<Vec<_>>();
+            let display = customer_state
+                .display_name
+                .as_ref()
+                .map_or_else(|| customer_state.email.to_string(), ToString::to_string);
+            (
+                auth.customer_id,
+                customer_state.email.to_string(),
+                display,
+                existing,
+                json!({"mode": "add"}),
+            )
+        }
+        None => {
+            let email = Email::parse(request.email.as_deref().ok_or_else(|| {
+                ApiError::invalid("email is required (or a Bearer token to add a passkey)")
+            })?)?;
+            let display_name = DisplayName::parse(
+                request
+                    .display_name
+                    .as_deref()
+                    .ok_or_else(|| ApiError::invalid("display_name is required"))?,
+            )?;
+            let customer_id = CustomerId::from(Uuid::now_v7());
+            (
+                customer_id,
+                email.to_string(),
+                display_name.to_string(),
+                Vec::new(),
+                json!({"mode": "new", "email": email, "display_name": display_name}),
+            )
+        }
+    };
+    let webauthn = &state.inner.webauthn;
+    let builder = webauthn
+        .new_challenge_register_builder(customer_id.as_uuid().as_bytes(), &user_name, &display)
+        .map_err(|e| ApiError::internal(format!("register builder: {e}")))?
+        .attestation(AttestationConveyancePreference::None)
+        .user_verification_policy(UserVerificationPolicy::Required)
+        .credential_algorithms(credential_algorithms())
+        .require_resident_key(true)
+        .exclude_credentials((!exclude.is_empty()).then_some(exclude));
+    let (options, registration) = webauthn
+        .generate_challenge_register(builder)
+        .map_err(|e| ApiError::internal(format!("register challenge: {e}")))?;
+    let challenge_id = challenges::store(
+        store.pool(),
+        Kind::Register,
+        Some(customer_id),
+        context,
+        serde_json::to_value(&registration).map_err(internal("registration state"))?,
+        now,
+        state.config().challenge_ttl_secs,
+    )
+    .await?;
+    Ok(Json(BeginResponse {
+        challenge_id: challenge_id.to_string(),
+        options: serde_json::to_value(&options).map_err(internal("options"))?,
+    }))
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/webauthn/register/complete", tag = "passkeys",
+    request_body = RegisterCompleteRequest,
+    responses((status = 201, body = TokenResponse, description = "new customer: tokens and credential_id; extra passkey: {credential_id}"),
+        (status = 400), (status = 401), (status = 403), (status = 409), (status = 410), (status = 503)))]
+pub async fn register_complete(
+    State(state): State<AppState>,
+    auth: Option<Authenticated>,
+    Json(request): Json<RegisterCompleteRequest>,
+) -> Result<Response, ApiError> {
+    let now = state.now();
+    let store = state.store();
+    // Parse everything before the challenge is spent.
+    let response: RegisterPublicKeyCredential = parse_credential(request.credential)?;
+    let name = request
+        .name
+        .as_deref()
+        .map(CredentialName::parse)
+        .transpose()?;
+    let challenge =
+        challenges::take(store.pool(), Kind::Register, &request.challenge_id, now).await?;
+    let customer_id = challenge
+        .customer_id
+        .ok_or_else(|| ApiError::internal("register challenge without customer"))?;
+    let adding = challenge.context.get("mode").and_then(Value::as_str) == Some("add");
+    if adding {
+        match &auth {
+            None => return Err(ApiError::Unauthorized),
+            Some(auth) if auth.customer_id != customer_id => return Err(ApiError::Forbidden),
+            Some(_) => {}
+        }
+    }
+    let registration: RegistrationState =
+        serde_json::from_value(challenge.state).map_err(internal("registration state"))?;
+    let passkey = state
+        .inner
+        .webauthn
+        .register_credential(&response, &registration, None)
+        .map_err(|e| {
+            tracing::info!(error = %e, "passkey registration refused");
+            ApiError::WebauthnFailed
+        })?;
+    let raw_id = RawCredentialId::from_bytes(passkey.cred_id.clone())
+        .map_err(|_| ApiError::WebauthnFailed)?;
+    let credential_id = raw_id.credential_id();
+    let aaguid = match &passkey.attestation.metadata {
+        AttestationMetadata::Packed { aaguid } | AttestationMetadata::Tpm { aaguid, .. } => {
+            Some(*aaguid)
+        }
+        _ => None,
+    };
+    let transports: Vec<String> = response
+        .response
+        .transports
+        .iter()
+        .flatten()
+        .filter_map(|t| serde_json::to_value(t).ok())
+        .filter_map(|v| v.as_str().map(str::to_lowercase))
+        .collect();
+
+    let mut credential: Loaded<Credential> = store.credential(credential_id).await?;
+    if !credential.is_new() {
+        return Err(ApiError::Conflict);
+    }
+    let mut batch = Batch::new();
+    let mut customer: Loaded<Customer> = store.customer(customer_id).await?;
+    if adding {
+        let customer_state = customer.aggregate.state().ok_or(ApiError::Unauthorized)?;
+        if customer_state.is_suspended() {
+            return Err(ApiError::CustomerSuspended);
+        }
+    } else {
+        if !customer.is_new() {
+            return Err(ApiError::Conflict);
+        }
+        let email: Email = serde_json::from_value(challenge.context["email"].clone())
+            .map_err(internal("challenge email"))?;
+        let display_name: DisplayName =
+            serde_json::from_value(challenge.context["display_name"].clone())
+                .map_err(internal("challenge display name"))?;
+        let events = customer
+            .execute(CustomerCommand::Register {
+                customer_id,
+                email,
+                display_name,
+                at: now,
+            })
+            .await?;
+        batch.add(&mut customer, &events)?;
+    }
+    let events = credential
+        .execute(CredentialCommand::Register {
+            customer_id,
+            raw_credential_id: raw_id,
+            passkey: json!({ "cred": serde_json::to_value(&passkey).map_err(internal("passkey"))? }),
+            name,
+            aaguid,
+            backup_eligible: passkey.backup_eligible,
+            backup_state: passkey.backup_state,
+            sign_count: passkey.counter,
+            transports,
+            at: now,
+        })
+        .await?;
+    batch.add(&mut credential, &events)?;
+
+    if adding {
+        store.append(batch).await?;
+        return Ok((
+            StatusCode::CREATED,
+            Json(CredentialCreated {
+                credential_id: credential_id.to_string(),
+            }),
+        )
+            .into_response());
+    }
+    let session = tokens::create_session(
+        &state,
+        &mut batch,
+        customer_id,
+        tokens::webauthn_method(credential_id),
+        now,
+    )
+    .await?;
+    store.append(batch).await?;
+    let customer_state = customer
+        .aggregate
+        .state()
+        .ok_or_else(|| ApiError::internal("registered customer has no state"))?;
+    let mut tokens = tokens::token_response(
+        &state,
+        customer_state,
+        session.session_id,
+        Some(&session.method),
+        session.refresh_token,
+        now,
+    )?;
+    tokens.credential_id = Some(credential_id.to_string());
+    Ok((StatusCode::CREATED, Json(tokens)).into_response())
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/webauthn/login/begin", tag = "passkeys",
+    request_body = LoginBeginRequest,
+    responses((status = 200, body = BeginResponse), (status = 400), (status = 429), (status = 503)))]
+pub async fn login_begin(
+    State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
+    Json(request): Json<LoginBeginRequest>,
+) -> Result<Json<BeginResponse>, ApiError> {
+    state
+        .inner
+        .address_limiter
+        .check(&format!("login:{address}"))?;
+    let now = state.now();
+    let store = state.store();
+    let email = request.email.as_deref().map(Email::parse).transpose()?;
+    let webauthn = &state.inner.webauthn;
+    let builder = webauthn
+        .new_challenge_authenticate_builder(Vec::new(), Some(UserVerificationPolicy::Required))
+        .map_err(|e| ApiError::internal(format!("login builder: {e}")))?;
+    let (mut options, authentication) = webauthn
+        .generate_challenge_authenticate(builder)
+        .map_err(|e| ApiError::internal(format!("login challenge: {e}")))?;
+
+    let (customer_id, context) = match &email {
+        None => (None, json!({"mode": "discoverable"})),
+        Some(email) => {
+            state
+                .inner
+                .account_limiter
+                .check(&format!("login:{email}"))?;
+            let customer_id = store.customer_by_email(email).await?;
+            let mut ids: Vec<Vec<u8>> = Vec::new();
+            if let Some(customer_id) = customer_id {
+                let mut conn = store.pool().acquire().await?;
+                ids = store
+                    .usable_credentials_of(&mut conn, customer_id)
+                    .await?
+                    .into_iter()
+                    .filter_map(|c| {
+                        c.aggregate
+                            .state()
+                            .map(|s| s.raw_credential_id.as_bytes().to_vec())
+                    })
+                    .collect();
+            }
+            if ids.is_empty() {
+                // Same shape for an unknown email: believable, stable fake ids.
+                ids = state
+                    .inner
+                    .fake_credentials
+                    .generate(email.as_str().as_bytes())
+                    .map_err(|e| ApiError::internal(format!("fake credentials: {e}")))?;
+            }
+            options.public_key.allow_credentials = ids
+                .into_iter()
+                .map(|id| AllowCredentials {
+                    type_: "public-key".to_owned(),
+                    id,
+                    transports: None,
+                })
+                .collect();
+            (customer_id, json!({"mode": "email"}))
+        }
+    };
+    let challenge_id = challenges::store(
+        store.pool(),
+        Kind::Login,
+        customer_id,
+        context,
+        serde_json::to_value(&authentication).map_err(internal("authentication state"))?,
+        now,
+        state.config().challenge_ttl_secs,
+    )
+    .await?;
+    Ok(Json(BeginResponse {
+        challenge_id: challenge_id.to_string(),
+        options: serde_json::to_value(&options).map_err(internal("options"))?,
+    }))
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/webauthn/login/complete", tag = "passkeys",
+    request_body = LoginCompleteRequest,
+    responses((status = 200, body = TokenResponse), (status = 400), (status = 401), (status = 403),
+        (status = 410), (status = 429), (status = 503)))]
+pub async fn login_complete(
+    State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
+    Json(request): Json<LoginCompleteRequest>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let result = login(&state, &address, request).await;
+    metrics::login(match &result {
+        Ok(_) => "success",
+        Err(ApiError::WebauthnFailed) => "webauthn_failed",
+        Err(ApiError::CustomerSuspended) => "customer_suspended",
+        Err(ApiError::ChallengeExpired) => "challenge_expired",
+        Err(ApiError::RateLimited { .. }) => "rate_limited",
+        Err(ApiError::Unavailable { .. }) => "unavailable",
+        Err(_) => "error",
+    });
+    result.map(Json)
+}
+
+async fn login(
+    state: &AppState,
+    address: &str,
+    request: LoginCompleteRequest,
+) -> Result<TokenResponse, ApiError> {
+    state
+        .inner
+        .address_limiter
+        .check(&format!("login:{address}"))?;
+    let now = state.now();
+    let store = state.store();
+    let response: PublicKeyCredential = parse_credential(request.credential)?;
+    let challenge = challenges::take(store.pool(), Kind::Login, &request.challenge_id, now).await?;
+    let authentication: AuthenticationState =
+        serde_json::from_value(challenge.state).map_err(internal("authentication state"))?;
+
+    let raw_id = RawCredentialId::from_bytes(response.raw_id.clone())
+        .map_err(|_| ApiError::WebauthnFailed)?;
+    let credential_id = raw_id.credential_id();
+    let mut credential = store.credential(credential_id).await?;
+    let Some(credential_state) = credential.aggregate.state().filter(|s| !s.is_revoked()) else {
+        tracing::info!("login with an unknown or revoked passkey");
+        return Err(ApiError::WebauthnFailed);
+    };
+    let owner = credential_state.customer_id;
+    let discoverable =
+        challenge.context.get("mode").and_then(Value::as_str) == Some("discoverable");
+    let owner_matches = if discoverable {
+        response
+            .response
+            .user_handle
+            .as_ref()
+            .is_some_and(|handle| handle.as_slice() == owner.as_uuid().as_bytes())
+    } else {
+        challenge.customer_id == Some(owner)
+    };
+    if !owner_matches {
+        tracing::info!("passkey does not belong to the customer of the challenge");
+        return Err(ApiError::WebauthnFailed);
+    }
+    state
+        .inner
+        .account_limiter
+        .check(&format!("login:{owner}"))?;
+
+    let mut passkey: webauthn_rs_core::proto::Credential = serde_json::from_value(
+        credential_state
+            .passkey
+            .get("cred")
+            .cloned()
+            .unwrap_or(Value::Null),
+    )
+    .map_err(internal("stored passkey"))?;
+    // The aggregate owns the counter check (so a regression is refused and
+    // audited there); webauthn-rs verifies everything else.
+    passkey.counter = 0;
+    passkey.backup_state = credential_state.backup_state;
+    passkey.backup_eligible = credential_state.backup_eligible;
+    let verified = state
+        .inner
+        .webauthn
+        .authenticate_single_credential(&response, &authentication, &passkey)
+        .map_err(|e| {
+            tracing::info!(error = %e, "passkey assertion refused");
+            ApiError::WebauthnFailed
+        })?;
+    if !verified.user_verified() {
+        return Err(ApiError::WebauthnFailed);
+    }
+
+    let customer = store.customer(owner).await?;
+    let customer_state = customer
+        .aggregate
+        .state()
+        .ok_or_else(|| ApiError::internal("passkey of an unknown customer"))?;
+    if customer_state.is_suspended() {
+        return Err(ApiError::CustomerSuspended);
+    }
+
+    let used = credential
+        .execute(CredentialCommand::RecordUse {
+            sign_count: verified.counter(),
+            backup_state: verified.backup_state(),
+            at: now,
+        })
+        .await;
+    let events = match used {
+        Ok(events) => events,
+        Err(CredentialError::CounterRegression { stored, presented }) => {
+            audit_counter_regression(
+                state,
+                &request.challenge_id,
+                owner,
+                credential_id,
+                stored,
+                presented,
+            )
+            .await?;
+            return Err(ApiError::WebauthnFailed);
+        }
+        Err(other) => {
+            tracing::info!(error = %other, "passkey use refused");
+            return Err(ApiError::WebauthnFailed);
+        }
+    };
+    let mut batch = Batch::new();
+    batch.add(&mut credential, &events)?;
+    let session = tokens::create_session(
+        state,
+        &mut batch,
+        owner,
+        tokens::webauthn_method(credential_id),
+        now,
+    )
+    .await?;
+    store.append(batch).await?;
+    tokens::token_response(
+        state,
+        customer_state,
+        session.session_id,
+        Some(&session.method),
+        session.refresh_token,
+        now,
+    )
+}
+
+/// A sign counter that did not increase: possible cloned authenticator.
+/// Recorded in the ledger as an audit event by Queue itself.
+async fn audit_counter_regression(
+    state: &AppState,
+    challenge_id: &str,
+    customer_id: CustomerId,
+    credential_id: queue_domain::types::CredentialId,
+    stored: u32,
+    presented: u32,
+) -> Result<(), ApiError> {
+    tracing::warn!(%customer_id, %credential_id, stored, presented, "sign counter regression: possible cloned passkey");
+    metrics::login("counter_regression");
+    let now = state.now();
+    let key = IdempotencyKey::parse(&format!("counter-regression:{challenge_id}"))?;
+    let service = ServiceName::parse("queue")?;
+    let id = AuditEventId::for_idempotency_key(service.as_str(), key.as_str());
+    let mut audit: Loaded<Audit> = state.store().load(&id.to_string()).await?;
+    let events = audit
+        .execute(AuditCommand::Record {
+            service,
+            actor: Actor::parse("queue")?,
+            action: AuditAction::parse("credential.counter_regression")?,
+            target: AuditTarget::parse(&format!("credential:{credential_id}"))?,
+            customer_id: Some(customer_id),
+            ticket_id: None,
+            occurred_at: now,
+            metadata: json!({
+                "credential_id": credential_id.to_string(),
+                "stored_sign_count": stored,
+                "presented_sign_count": presented,
+            }),
+            idempotency_key: key,
+            at: now,
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("audit: {e}")))?;
+    let mut batch = Batch::new();
+    batch.add(&mut audit, &events)?;
+    state.store().append(batch).await?;
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! Sessions: refresh with rotation and reuse detection, logout, the
+//! customer's sessions, and `/auth/me`.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use queue_domain::session::{RefreshOutcome, RevokeReason, SessionCommand};
+use queue_domain::types::SessionId;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+use crate::extract::{Authenticated, Json};
+use crate::state::AppState;
+use crate::store::Batch;
+use crate::tokens::{self, TokenResponse};
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/session/refresh", tag = "sessions",
+    request_body = RefreshRequest,
+    responses((status = 200, body = TokenResponse), (status = 400), (status = 401), (status = 403), (status = 503)))]
+pub async fn refresh(
+    State(state): State<AppState>,
+    Json(request): Json<RefreshRequest>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let now = state.now();
+    let store = state.store();
+    let session_id = tokens::refresh_token_session(&request.refresh_token)
+        .ok_or(ApiError::InvalidRefreshToken)?;
+    let mut session = store.session(session_id).await?;
+    let Some(session_state) = session.aggregate.state() else {
+        return Err(ApiError::InvalidRefreshToken);
+    };
+    let customer = store.customer(session_state.customer_id).await?;
+    let customer_state = customer
+        .aggregate
+        .state()
+        .ok_or_else(|| ApiError::internal("session of an unknown customer"))?;
+    let presented = tokens::hash(&request.refresh_token);
+    if customer_state.is_suspended() && session_state.knows(&presented) {
+        return Err(ApiError::CustomerSuspended);
+    }
+    let method = session_state.method;
+    let new_token = tokens::new_refresh_token(session_id);
+    let events = session
+        .execute(SessionCommand::Refresh {
+            presented,
+            new: tokens::hash(&new_token),
+            grace_secs: state.config().refresh_grace_secs,
+            at: now,
+        })
+        .await?;
+    let outcome = RefreshOutcome::from_events(&events);
+    let mut batch = Batch::new();
+    batch.add(&mut session, &events)?;
+    store.append(batch).await?;
+    match outcome {
+        Some(RefreshOutcome::Refreshed { .. }) => Ok(Json(tokens::token_response(
+            &state,
+            customer_state,
+            session_id,
+            method.as_ref(),
+            new_token,
+            now,
+        )?)),
+        Some(RefreshOutcome::Expired) => Err(ApiError::SessionExpired),
+        Some(RefreshOutcome::ReuseDetected) => {
+            tracing::warn!(%session_id, "refresh token reuse: session revoked");
+            Err(ApiError::RefreshReuseDetected)
+        }
+        None => Err(ApiError::internal("refresh produced no outcome")),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "sessions",
+    responses((status = 204), (status = 401), (status = 503)), security(("bearer" = [])))]
+pub async fn logout(
+    State(state): State<AppState>,
+    auth: Authenticated,
+) -> Result<StatusCode, ApiError> {
+    let mut session = auth.session;
+    let events = session
+        .execute(SessionCommand::Revoke {
+            reason: RevokeReason::Logout,
+            at: state.now(),
+        })
+        .await?;
+    let mut batch = Batch::new();
+    batch.add(&mut session, &events)?;
+    state.store().append(batch).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionView {
+    pub session_id: String,
+    pub created_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub amr: Vec<String>,
+    pub current: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionList {
+    pub sessions: Vec<SessionView>,
+}
+
+/// The customer's active sessions, oldest first (from the event streams, so
+/// a session created a moment ago is listed).
+#[utoipa::path(get, path = "/api/v1/auth/sessions", tag = "sessions",
+    responses((status = 200, body = SessionList), (status = 401), (status = 503)), security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<AppState>,
+    auth: Authenticated,
+) -> Result<Json<SessionList>, ApiError> {
+    let now = state.now();
+    let sessions = state.store().sessions_of(auth.customer_id).await?;
+    let sessions = sessions
+        .iter()
+        .filter_map(|loaded| {
+            let s = loaded.aggregate.state()?;
+            if !s.is_active(now) {
+                return None;
+            }
+            Some(SessionView {
+                session_id: loaded.id.clone(),
+                created_at: s.created_at,
+                last_seen_at: s.last_seen_at,
+                expires_at: s.expires_at(),
+                amr: vec![s.method.as_ref().map_or("webauthn", |m| m.amr()).to_owned()],
+                current: loaded.id == auth.session_id.to_string(),
+            })
+        })
+        .collect();
+    Ok(Json(SessionList { sessions }))
+}
+
+#[utoipa::path(delete, path = "/api/v1/auth/sessions/{session_id}", tag = "sessions",
+    params(("session_id" = String, Path)),
+    responses((status = 204), (status = 401), (status = 404), (status = 503)), security(("bearer" = [])))]
+pub async fn revoke(
+    State(state): State<AppState>,
+    auth: Authenticated,
+    Path(session_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let session_id: SessionId = session_id.parse().map_err(|_| ApiError::NotFound)?;
+    let mut session = state.store().session(session_id).await?;
+    let Some(session_state) = session.aggregate.state() else {
+        return Err(ApiError::NotFound);
+    };
+    if session_state.customer_id != auth.customer_id {
+        return Err(ApiError::NotFound);
+    }
+    if session_state.is_revoked() {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    let events = session
+        .execute(SessionCommand::Revoke {
+            reason: RevokeReason::Logout,
+            at: state.now(),
+        })
+        .await?;
+    let mut batch = Batch::new();
+    batch.add(&mut session, &events)?;
+    state.store().append(batch).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    pub customer_id: String,
+    pub email: String,
+    pub email_verified: bool,
+    pub display_name: Option<String>,
+    pub roles: Vec<String>,
+    /// `active` or `suspended`.
+    pub status: String,
+}
+
+#[utoipa::path(get, path = "/api/v1/auth/me", tag = "sessions",
+    responses((status = 200, body = Me), (status = 401), (status = 503)), security(("bearer" = [])))]
+pub async fn me(State(state): State<AppState>, auth: Authenticated) -> Result<Json<Me>, ApiError> {
+    let now = state.now();
+    let customer = state.store().customer(auth.customer_id).await?;
+    let c = customer.aggregate.state().ok_or(ApiError::Unauthorized)?;
+    Ok(Json(Me {
+        customer_id: c.customer_id.to_string(),
+        email: c.email.to_string(),
+        email_verified: c.email_verified(),
+        display_name: c.display_name.as_ref().map(ToString::to_string),
+        roles: c.active_roles(now).into_iter().map(String::from).collect(),
+        status: if c.is_suspended() {
+            "suspended"
+        } else {
+            "active"
+        }
+        .to_owned(),
+    }))
+}

@@ -1,0 +1,232 @@
+//! Secrets handed to clients (refresh tokens, email tokens, backup codes),
+//! the token response, and session creation. Only SHA-256 hashes of the
+//! secrets enter events.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use queue_domain::customer::CustomerState;
+use queue_domain::session::{AuthMethod, SessionCommand, SessionEvent};
+use queue_domain::types::{CredentialId, CustomerId, SecretHash, SessionFamilyId, SessionId};
+use queue_domain::Session;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::jwt::{self, Claims, ACCESS_TOKEN_TTL_SECS};
+use crate::state::AppState;
+use crate::store::{Batch, Loaded};
+
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes
+}
+
+/// A key for one purpose derived from a secret: SHA-256(label ‖ 0 ‖ secret).
+pub fn derive_key(secret: &[u8], label: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(label);
+    hasher.update([0u8]);
+    hasher.update(secret);
+    hasher.finalize().into()
+}
+
+/// `<prefix>_<32 hex id>_<43 base64url chars: 256 random bits>`.
+fn id_token(prefix: &str, id: &Uuid) -> String {
+    format!(
+        "{prefix}_{}_{}",
+        id.simple(),
+        URL_SAFE_NO_PAD.encode(random_bytes::<32>())
+    )
+}
+
+fn parse_id_token(prefix: &str, token: &str) -> Option<Uuid> {
+    let rest = token.strip_prefix(prefix)?.strip_prefix('_')?;
+    let (id, secret) = rest.split_once('_')?;
+    if id.len() != 32 || secret.len() != 43 {
+        return None;
+    }
+    Uuid::try_parse(id).ok()
+}
+
+/// A new opaque refresh token for a session (the session id is readable in
+/// it so refresh needs no lookup table; the secret part is 256 bits).
+pub fn new_refresh_token(session: SessionId) -> String {
+    id_token("qrt", session.as_uuid())
+}
+
+pub fn refresh_token_session(token: &str) -> Option<SessionId> {
+    parse_id_token("qrt", token).map(SessionId::from)
+}
+
+/// A new email verification token for a customer.
+pub fn new_email_token(customer: CustomerId) -> String {
+    id_token("qev", customer.as_uuid())
+}
+
+pub fn email_token_customer(token: &str) -> Option<CustomerId> {
+    parse_id_token("qev", token).map(CustomerId::from)
+}
+
+pub fn hash(secret: &str) -> SecretHash {
+    SecretHash::of(secret.as_bytes())
+}
+
+/// Crockford base32 without I, L, O, U: unambiguous when read aloud or typed.
+const CODE_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/// Ten distinct backup codes `XXXXX-XXXXX` (50 random bits each).
+pub fn new_backup_codes() -> Vec<String> {
+    let mut codes: Vec<String> = Vec::with_capacity(10);
+    while codes.len() < 10 {
+        let bytes = random_bytes::<10>();
+        let chars: String = bytes
+            .iter()
+            .map(|b| char::from(CODE_ALPHABET[usize::from(b & 31)]))
+            .collect();
+        let code = format!("{}-{}", &chars[..5], &chars[5..]);
+        if !codes.contains(&code) {
+            codes.push(code);
+        }
+    }
+    codes
+}
+
+/// The form a backup code is hashed in: upper case, no separators or spaces.
+pub fn normalize_backup_code(code: &str) -> String {
+    code.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
+/// Login, registration, refresh and backup-code answers (contract "Tokens").
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TokenResponse {
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds: 900.
+    pub expires_in: i64,
+    pub refresh_token: String,
+    pub session_id: String,
+    pub customer_id: String,
+    /// Registration of a new customer only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_id: Option<String>,
+}
+
+/// Mints the access token for a session and wraps it with the refresh token.
+pub fn token_response(
+    state: &AppState,
+    customer: &CustomerState,
+    session_id: SessionId,
+    method: Option<&AuthMethod>,
+    refresh_token: String,
+    now: DateTime<Utc>,
+) -> Result<TokenResponse, ApiError> {
+    let config = state.config();
+    let amr = method.map_or("webauthn", AuthMethod::amr);
+    let claims = Claims {
+        iss: config.issuer.clone(),
+        aud: config.audience.clone(),
+        sub: customer.customer_id.to_string(),
+        sid: session_id.to_string(),
+        iat: now.timestamp(),
+        exp: now.timestamp() + ACCESS_TOKEN_TTL_SECS,
+        jti: Uuid::new_v4().to_string(),
+        roles: customer
+            .active_roles(now)
+            .into_iter()
+            .map(String::from)
+            .collect(),
+        amr: vec![amr.to_owned()],
+    };
+    let access_token = jwt::mint(&state.inner.jwt_keys.get(), &claims)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(TokenResponse {
+        access_token,
+        token_type: "Bearer".to_owned(),
+        expires_in: ACCESS_TOKEN_TTL_SECS,
+        refresh_token,
+        session_id: session_id.to_string(),
+        customer_id: customer.customer_id.to_string(),
+        credential_id: None,
+    })
+}
+
+/// A new session: its stream, the events (added to `batch`) and the refresh token.
+pub struct NewSession {
+    pub session_id: SessionId,
+    pub method: AuthMethod,
+    pub refresh_token: String,
+}
+
+pub async fn create_session(
+    state: &AppState,
+    batch: &mut Batch,
+    customer_id: CustomerId,
+    method: AuthMethod,
+    now: DateTime<Utc>,
+) -> Result<NewSession, ApiError> {
+    let session_id = SessionId::from(Uuid::now_v7());
+    let refresh_token = new_refresh_token(session_id);
+    let mut session: Loaded<Session> = Loaded {
+        id: session_id.to_string(),
+        aggregate: Session::default(),
+        version: 0,
+    };
+    let events: Vec<SessionEvent> = session
+        .execute(SessionCommand::Create {
+            customer_id,
+            method,
+            refresh_hash: hash(&refresh_token),
+            family_id: SessionFamilyId::from(Uuid::new_v4()),
+            idle_timeout_secs: state.config().idle_timeout_secs,
+            absolute_timeout_secs: state.config().absolute_timeout_secs,
+            at: now,
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    batch.add(&mut session, &events)?;
+    Ok(NewSession {
+        session_id,
+        method,
+        refresh_token,
+    })
+}
+
+/// `AuthMethod::Webauthn` for a passkey.
+pub fn webauthn_method(credential_id: CredentialId) -> AuthMethod {
+    AuthMethod::Webauthn { credential_id }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn refresh_tokens_carry_their_session_and_256_bits() {
+        let id = SessionId::from(Uuid::new_v4());
+        let token = new_refresh_token(id);
+        assert_eq!(refresh_token_session(&token), Some(id));
+        assert_ne!(new_refresh_token(id), token);
+        assert_eq!(refresh_token_session("qrt_nope"), None);
+        assert_eq!(refresh_token_session(&token.replace("qrt", "qev")), None);
+    }
+
+    #[test]
+    fn backup_codes_are_ten_distinct_and_normalise() {
+        let codes = new_backup_codes();
+        assert_eq!(codes.len(), 10);
+        let mut unique = codes.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 10);
+        assert_eq!(normalize_backup_code(" abcde-12345 "), "ABCDE12345");
+    }
+}

@@ -1,0 +1,12 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! queue-api integration tests: the real router (oneshot and a TCP server),
+//! a fresh PostgreSQL database per test, and a software passkey
+//! (webauthn-authenticator-rs `SoftPasskey`) doing real WebAuthn crypto.
+
+mod codes;
+mod errors;
+mod helpers;
+mod operations;
+mod outage;
+mod passkeys;
+mod sessions;

@@ -1,0 +1,159 @@
+//! Fail-closed: with the database unreachable, login/complete,
+//! register/complete and refresh answer 503 with Retry-After; JWKS keeps
+//! being served; when the database is back, everything works again.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+use crate::helpers::{Passkey, TempDir, TestApp};
+
+/// A TCP proxy to PostgreSQL that can be cut (every connection dropped,
+/// new ones refused) and restored.
+struct Proxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+    cut: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let cut = Arc::new(Notify::new());
+        let (up2, cut2) = (up.clone(), cut.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let target = target.clone();
+                let cut = cut2.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            up,
+            cut,
+            task,
+        }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn store_outage_answers_503_then_recovers(pool: PgPool) {
+    let options = (*pool.connect_options()).clone();
+    let target = format!("{}:{}", options.get_host(), options.get_port());
+    let proxy = Proxy::start(target).await;
+    let proxied = PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_with(options.host("127.0.0.1").port(proxy.port))
+        .await
+        .unwrap();
+    let tmp = TempDir::new();
+    let config = crate::helpers::config(&tmp.0, &[]);
+    let state = queue_api::AppState::with_parts(
+        proxied,
+        config,
+        crate::helpers::mac_keys(),
+        queue_api::ServiceClock::new(),
+        Arc::new(queue_api::mailer::LogMailer::new(tmp.0.clone())),
+    )
+    .unwrap();
+    let app = TestApp::from_state(state, tmp);
+
+    let mut passkey = Passkey::new();
+    let tokens = app.register(&mut passkey, "ada@example.com").await;
+    let login_begin = app.login_begin(Some("ada@example.com")).await;
+    let assertion = passkey.get(&login_begin["options"]);
+    let register_begin = app
+        .post(
+            "/api/v1/auth/webauthn/register/begin",
+            json!({"email": "bob@example.com", "display_name": "Bob"}),
+        )
+        .await;
+    let credential = Passkey::new().create(&register_begin.json["options"]);
+
+    proxy.cut();
+    let login = app
+        .login_complete(&login_begin["challenge_id"], assertion)
+        .await;
+    login.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert!(login.headers.contains_key("retry-after"));
+    let register = app
+        .post(
+            "/api/v1/auth/webauthn/register/complete",
+            json!({"challenge_id": register_begin.json["challenge_id"], "credential": credential}),
+        )
+        .await;
+    register.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert!(register.headers.contains_key("retry-after"));
+    let refresh = app
+        .post(
+            "/api/v1/auth/session/refresh",
+            json!({"refresh_token": tokens["refresh_token"]}),
+        )
+        .await;
+    refresh.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert!(refresh.headers.contains_key("retry-after"));
+    // Offline verification keeps working: the JWKS is served from memory.
+    let jwks = app.get("/.well-known/jwks.json").await;
+    assert_eq!(jwks.status, StatusCode::OK);
+    assert_eq!(
+        app.get("/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    proxy.restore();
+    let refresh = crate::helpers::eventually("refresh after recovery", || async {
+        let r = app
+            .post(
+                "/api/v1/auth/session/refresh",
+                json!({"refresh_token": tokens["refresh_token"]}),
+            )
+            .await;
+        (r.status != StatusCode::SERVICE_UNAVAILABLE).then_some(r)
+    })
+    .await;
+    assert_eq!(refresh.status, StatusCode::OK, "{}", refresh.text);
+    assert_eq!(app.get("/readyz").await.status, StatusCode::OK);
+    app.login(&mut passkey, "ada@example.com").await;
+}
