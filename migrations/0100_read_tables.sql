@@ -22,6 +22,10 @@ CREATE TABLE queue_customers (
     status_changed_by text,
     default_role      text        NOT NULL,
     legacy_id         bigint      UNIQUE,
+    -- The current backup code set (queue_backup_codes.generation), if any.
+    backup_codes_generation integer,
+    -- The pending request (queue_email_verifications.request_sequence), if any.
+    pending_verification_sequence bigint,
     created_at        timestamptz NOT NULL,
     updated_at        timestamptz NOT NULL,
     -- Sequence of the last Customer event folded into this row.
@@ -119,6 +123,8 @@ CREATE TABLE queue_sessions (
     -- The absolute expiry; a session ends at least(idle_expires_at, expires_at).
     expires_at        timestamptz NOT NULL,
     refresh_count     bigint      NOT NULL,
+    -- SHA-256 (hex) of the current refresh token.
+    refresh_hash      text        NOT NULL,
     revoked_at        timestamptz,
     revoke_reason     text,
     updated_at        timestamptz NOT NULL,

@@ -5,7 +5,18 @@
 //!
 //! Readers (the API) use [`read`]; nothing else here is needed to query.
 
+pub mod checksum;
 pub mod error;
+pub mod events;
+pub mod fold;
+pub mod metrics;
+pub mod projection;
 pub mod read;
+pub mod replay;
+pub mod rows;
+pub mod runner;
+pub mod store;
 
 pub use error::{ProjectionError, ProjectionResult};
+pub use projection::Projection;
+pub use runner::{catch_up, run_all, status, CatchUp, ProjectionStatus, RunnerConfig};

@@ -38,6 +38,10 @@ pub struct CustomerRow {
     /// The role held without a grant (`antlers-user`).
     pub default_role: String,
     pub legacy_id: Option<i64>,
+    /// The current backup code set's generation, if any.
+    pub backup_codes_generation: Option<i32>,
+    /// `request_sequence` of the pending email verification, if any.
+    pub pending_verification_sequence: Option<i64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Sequence of the last Customer event folded in (compare with the
@@ -95,6 +99,8 @@ pub struct SessionRow {
     /// The absolute expiry.
     pub expires_at: DateTime<Utc>,
     pub refresh_count: i64,
+    /// SHA-256 (hex) of the current refresh token.
+    pub refresh_hash: String,
     pub revoked_at: Option<DateTime<Utc>>,
     pub revoke_reason: Option<String>,
     pub updated_at: DateTime<Utc>,
@@ -233,13 +239,14 @@ pub struct AuditFilter {
 
 const CUSTOMER_COLUMNS: &str = "customer_id, email, display_name, email_verified, \
     email_verified_at, status, status_reason, status_changed_at, status_changed_by, \
-    default_role, legacy_id, created_at, updated_at, last_sequence";
+    default_role, legacy_id, backup_codes_generation, pending_verification_sequence, \
+    created_at, updated_at, last_sequence";
 const CREDENTIAL_COLUMNS: &str = "credential_id, raw_credential_id, customer_id, name, aaguid, \
     backup_eligible, backup_state, sign_count, transports, passkey, legacy_id, created_at, \
     last_used_at, revoked_at, revoke_reason, updated_at, last_sequence";
 const SESSION_COLUMNS: &str = "s.session_id, s.customer_id, s.amr, s.credential_id, s.family_id, \
     s.legacy_id, s.created_at, s.last_seen_at, s.idle_timeout_secs, s.idle_expires_at, \
-    s.expires_at, s.refresh_count, s.revoked_at, s.revoke_reason, s.updated_at, s.last_sequence";
+    s.expires_at, s.refresh_count, s.refresh_hash, s.revoked_at, s.revoke_reason, s.updated_at, s.last_sequence";
 const ROLE_COLUMNS: &str = "row_id, grant_id, customer_id, role, is_default, ticket_id, reason, \
     granted_by, granted_at, expires_at, revoked_at, revoked_by, revoke_reason";
 const VERIFICATION_COLUMNS: &str = "customer_id, request_sequence, token_hash, requested_at, \

@@ -1,0 +1,184 @@
+//! Reading the log in the global order and decoding payloads into the
+//! domain event enums (after the domain's upcasters).
+
+use chrono::{DateTime, Utc};
+use cqrs_es::persist::{EventUpcaster, SerializedEvent};
+use queue_domain::{AuditEvent, CredentialEvent, CustomerEvent, SessionEvent};
+use queue_eventstore::feed::Position;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use sqlx::postgres::PgRow;
+use sqlx::types::Json;
+use sqlx::{PgConnection, Row};
+
+use crate::error::{ProjectionError, ProjectionResult};
+
+/// Where an event is and what it is, without its payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub position: Position,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub recorded_at: DateTime<Utc>,
+    pub hash: Vec<u8>,
+}
+
+impl Meta {
+    /// The error for this event.
+    pub fn error(&self, reason: impl Into<String>) -> ProjectionError {
+        ProjectionError::Event {
+            aggregate_type: self.aggregate_type.clone(),
+            aggregate_id: self.aggregate_id.clone(),
+            sequence: self.sequence,
+            event_type: self.event_type.clone(),
+            event_version: self.event_version.clone(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A decoded payload.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Body {
+    Customer(CustomerEvent),
+    Credential(CredentialEvent),
+    Session(SessionEvent),
+    Audit(AuditEvent),
+    /// An aggregate type no projection reads.
+    Other,
+}
+
+/// A stored event as the projections see it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub meta: Meta,
+    pub body: Body,
+}
+
+/// The stored event with its payload still encoded.
+#[derive(Debug)]
+pub struct RawEvent {
+    pub meta: Meta,
+    pub payload: Box<RawValue>,
+}
+
+/// The aggregate types the projections read.
+pub const KNOWN_TYPES: [&str; 4] = ["Customer", "Credential", "Session", "Audit"];
+
+/// Columns every event query selects, in `raw_from_row` order.
+pub const EVENT_COLUMNS: &str = "commit_xid, insert_id, aggregate_type, aggregate_id, sequence, \
+     event_type, event_version, payload, recorded_at, hash";
+
+pub fn raw_from_row(row: &PgRow) -> ProjectionResult<RawEvent> {
+    let payload: Json<Box<RawValue>> = row.try_get("payload")?;
+    Ok(RawEvent {
+        meta: Meta {
+            position: Position {
+                commit_xid: row.try_get("commit_xid")?,
+                insert_id: row.try_get("insert_id")?,
+            },
+            aggregate_type: row.try_get("aggregate_type")?,
+            aggregate_id: row.try_get("aggregate_id")?,
+            sequence: row.try_get("sequence")?,
+            event_type: row.try_get("event_type")?,
+            event_version: row.try_get("event_version")?,
+            recorded_at: row.try_get("recorded_at")?,
+            hash: row.try_get("hash")?,
+        },
+        payload: payload.0,
+    })
+}
+
+/// Decodes payloads, upcasting old versions first.
+pub struct Decoder {
+    upcasters: Vec<Box<dyn EventUpcaster>>,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Decoder {
+    pub fn new() -> Self {
+        Self {
+            upcasters: queue_domain::upcasters(),
+        }
+    }
+
+    pub fn decode(&self, raw: RawEvent) -> ProjectionResult<Event> {
+        let body = match raw.meta.aggregate_type.as_str() {
+            "Customer" => Body::Customer(self.payload(&raw)?),
+            "Credential" => Body::Credential(self.payload(&raw)?),
+            "Session" => Body::Session(self.payload(&raw)?),
+            "Audit" => Body::Audit(self.payload(&raw)?),
+            _ => Body::Other,
+        };
+        Ok(Event {
+            meta: raw.meta,
+            body,
+        })
+    }
+
+    fn payload<T: DeserializeOwned>(&self, raw: &RawEvent) -> ProjectionResult<T> {
+        let meta = &raw.meta;
+        let needs_upcast = self
+            .upcasters
+            .iter()
+            .any(|u| u.can_upcast(&meta.event_type, &meta.event_version));
+        let decoded = if needs_upcast {
+            let value: serde_json::Value = serde_json::from_str(raw.payload.get())
+                .map_err(|e| meta.error(format!("payload is not JSON: {e}")))?;
+            let mut event = SerializedEvent::new(
+                meta.aggregate_id.clone(),
+                usize::try_from(meta.sequence).unwrap_or_default(),
+                meta.aggregate_type.clone(),
+                meta.event_type.clone(),
+                meta.event_version.clone(),
+                value,
+                serde_json::Value::Null,
+            );
+            for upcaster in &self.upcasters {
+                if upcaster.can_upcast(&event.event_type, &event.event_version) {
+                    event = upcaster.upcast(event);
+                }
+            }
+            serde_json::from_value(event.payload)
+        } else {
+            serde_json::from_str(raw.payload.get())
+        };
+        decoded.map_err(|e| meta.error(format!("cannot decode payload: {e}")))
+    }
+}
+
+/// The current watermark (see `queue_eventstore::feed`), read before the
+/// caller's transaction takes an id of its own.
+pub async fn watermark(conn: &mut PgConnection) -> ProjectionResult<i64> {
+    Ok(queue_eventstore::feed::watermark(conn).await?)
+}
+
+/// Up to `limit` committed events after `after` and below `below`
+/// (a watermark), in the global order.
+pub async fn read_batch(
+    conn: &mut PgConnection,
+    after: Position,
+    below: i64,
+    limit: i64,
+) -> ProjectionResult<Vec<RawEvent>> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE (commit_xid, insert_id) > ($1, $2) \
+         AND commit_xid < $3 ORDER BY commit_xid, insert_id LIMIT $4"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(after.commit_xid)
+        .bind(after.insert_id)
+        .bind(below)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(raw_from_row).collect()
+}
