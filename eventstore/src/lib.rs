@@ -14,6 +14,7 @@ pub mod keys;
 pub mod merkle;
 pub mod repository;
 pub mod sealer;
+pub mod vectors;
 pub mod verify;
 
 pub use checkpoint::Checkpoint;

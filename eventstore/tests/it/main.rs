@@ -5,3 +5,4 @@ mod append;
 mod concurrency;
 mod helpers;
 mod tamper;
+mod vectors;
