@@ -2,6 +2,7 @@
 //! Queue benchmarks. Each prints its measurement beside a baseline measured
 //! in the same run, and the ratio. Never asserted in tests.
 
+mod http;
 mod ledger;
 mod support;
 
@@ -18,6 +19,8 @@ struct Cli {
 enum Bench {
     /// Chained append vs plain postgres-es append (1 and 16 writers), and verify throughput.
     Ledger(ledger::Args),
+    /// login/complete and refresh over HTTP vs a plain axum + sqlx handler doing the same row inserts.
+    Http(http::Args),
 }
 
 #[tokio::main]
@@ -25,6 +28,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.bench {
         Bench::Ledger(args) => ledger::run(args).await,
+        Bench::Http(args) => http::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

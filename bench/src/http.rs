@@ -1,0 +1,333 @@
+//! HTTP throughput and latency of `POST /api/v1/auth/webauthn/login/complete`
+//! and `POST /api/v1/auth/session/refresh` under concurrent load, through a
+//! real TCP server, next to a baseline measured in the same run: a plain
+//! axum + sqlx handler doing the same number of row inserts per request in
+//! one transaction (login/complete appends 2 events, refresh 1).
+//!
+//! Every login uses its own customer (a software passkey each), so the
+//! assertions' sign counters never race; begin and signing are not timed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::routing::post;
+use axum::Router;
+use futures::stream::{self, StreamExt};
+use queue_api::mailer::LogMailer;
+use queue_api::{AppState, Config, ServiceClock};
+use queue_eventstore::{MacKeys, SharedMacKeys};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use url::Url;
+use webauthn_authenticator_rs::softpasskey::SoftPasskey;
+use webauthn_authenticator_rs::WebauthnAuthenticator;
+use webauthn_rs_proto::{CreationChallengeResponse, RequestChallengeResponse};
+
+use crate::support::{rate, BenchResult, ScratchDb};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Logins (one customer each) and as many refreshes.
+    #[arg(long, default_value_t = 1_000)]
+    logins: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Database connections of the service (and of the baseline).
+    #[arg(long, default_value_t = 16)]
+    connections: u32,
+}
+
+const ORIGIN: &str = "http://localhost:8080";
+
+struct Stats {
+    count: usize,
+    secs: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl Stats {
+    fn from(mut latencies: Vec<Duration>, secs: f64) -> Self {
+        latencies.sort();
+        let at = |q: f64| {
+            let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
+            latencies.get(i).copied().unwrap_or_default()
+        };
+        Self {
+            count: latencies.len(),
+            secs,
+            p50: at(0.50),
+            p99: at(0.99),
+        }
+    }
+
+    fn rps(&self) -> f64 {
+        rate(self.count as u64, self.secs)
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{:>5} req  {:>8.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
+            self.count,
+            self.rps(),
+            self.p50.as_secs_f64() * 1e3,
+            self.p99.as_secs_f64() * 1e3
+        )
+    }
+}
+
+/// POSTs every body to `url` with `concurrency` in flight; all must answer `expect`.
+async fn drive(
+    client: &reqwest::Client,
+    url: &str,
+    bodies: Vec<Value>,
+    concurrency: usize,
+    expect: u16,
+) -> BenchResult<(Stats, Vec<Value>)> {
+    let started = Instant::now();
+    let results: Vec<BenchResult<(Duration, Value)>> = stream::iter(bodies)
+        .map(|body| {
+            let client = client.clone();
+            let url = url.to_owned();
+            async move {
+                let t = Instant::now();
+                let response = client.post(&url).json(&body).send().await?;
+                let status = response.status().as_u16();
+                let value: Value = response.json().await.unwrap_or(Value::Null);
+                let elapsed = t.elapsed();
+                if status != expect {
+                    return Err(format!("{url}: {status} {value}").into());
+                }
+                Ok((elapsed, value))
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    let mut latencies = Vec::with_capacity(results.len());
+    let mut values = Vec::with_capacity(results.len());
+    for result in results {
+        let (latency, value) = result?;
+        latencies.push(latency);
+        values.push(value);
+    }
+    Ok((Stats::from(latencies, secs), values))
+}
+
+struct Customer {
+    passkey: SoftPasskey,
+    email: String,
+    user_handle: Vec<u8>,
+}
+
+async fn post_json(client: &reqwest::Client, url: String, body: Value) -> BenchResult<Value> {
+    let response = client.post(&url).json(&body).send().await?;
+    let status = response.status();
+    let value: Value = response.json().await?;
+    if !status.is_success() {
+        return Err(format!("{url}: {status} {value}").into());
+    }
+    Ok(value)
+}
+
+async fn register(client: &reqwest::Client, base: &str, i: usize) -> BenchResult<Customer> {
+    let email = format!("bench{i}@example.com");
+    let begin = post_json(
+        client,
+        format!("{base}/api/v1/auth/webauthn/register/begin"),
+        json!({"email": email, "display_name": format!("Bench {i}")}),
+    )
+    .await?;
+    let mut ccr: CreationChallengeResponse = serde_json::from_value(begin["options"].clone())?;
+    // SoftPasskey cannot store resident keys and refuses the flag.
+    if let Some(selection) = ccr.public_key.authenticator_selection.as_mut() {
+        selection.require_resident_key = false;
+        selection.resident_key = None;
+    }
+    let user_handle = ccr.public_key.user.id.to_vec();
+    let mut passkey = SoftPasskey::new(true);
+    let credential = passkey
+        .do_registration(Url::parse(ORIGIN)?, ccr)
+        .map_err(|e| format!("softpasskey: {e:?}"))?;
+    post_json(
+        client,
+        format!("{base}/api/v1/auth/webauthn/register/complete"),
+        json!({"challenge_id": begin["challenge_id"], "credential": credential}),
+    )
+    .await?;
+    Ok(Customer {
+        passkey,
+        email,
+        user_handle,
+    })
+}
+
+/// A login/complete body: begin, then sign (both untimed).
+async fn assertion(client: &reqwest::Client, base: &str, customer: &mut Customer) -> BenchResult<Value> {
+    let begin = post_json(
+        client,
+        format!("{base}/api/v1/auth/webauthn/login/begin"),
+        json!({"email": customer.email}),
+    )
+    .await?;
+    let rcr: RequestChallengeResponse = serde_json::from_value(begin["options"].clone())?;
+    let mut response = customer
+        .passkey
+        .do_authentication(Url::parse(ORIGIN)?, rcr)
+        .map_err(|e| format!("softpasskey: {e:?}"))?;
+    response.response.user_handle = Some(customer.user_handle.clone());
+    Ok(json!({"challenge_id": begin["challenge_id"], "credential": response}))
+}
+
+async fn baseline_insert(
+    State(pool): State<PgPool>,
+    Path(rows): Path<usize>,
+) -> Result<axum::Json<Value>, (axum::http::StatusCode, String)> {
+    let fail = |e: sqlx::Error| (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let mut tx = pool.begin().await.map_err(fail)?;
+    for i in 0..rows {
+        sqlx::query("INSERT INTO bench_http_baseline (stream, payload) VALUES ($1, $2)")
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(json!({"SessionRefreshed": {
+                "previous": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                "new": "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752",
+                "grace_retry": false, "at": "2026-11-25T16:22:14.123456Z", "row": i}}))
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
+    }
+    tx.commit().await.map_err(fail)?;
+    Ok(axum::Json(json!({"ok": true})))
+}
+
+async fn serve(router: Router) -> BenchResult<(String, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, service).await {
+            eprintln!("queue-bench: server: {e}");
+        }
+    });
+    Ok((format!("http://{addr}"), task))
+}
+
+pub async fn run(args: Args) -> BenchResult<()> {
+    let db = ScratchDb::create(args.connections).await?;
+    let result = run_in(&args, &db.pool).await;
+    db.drop_db().await?;
+    result
+}
+
+async fn run_in(args: &Args, pool: &PgPool) -> BenchResult<()> {
+    queue_eventstore::MIGRATOR.run(pool).await?;
+    let mail_dir = std::env::temp_dir().join(format!("queue-bench-mail-{}", uuid::Uuid::new_v4().simple()));
+    let jwt = queue_api::jwt::JwtKeySet::generate("bench")?.to_spec();
+    let settings: HashMap<&str, String> = [
+        ("QUEUE_DEV", "1".to_owned()),
+        ("QUEUE_RP_ID", "localhost".to_owned()),
+        ("QUEUE_RP_ORIGIN", ORIGIN.to_owned()),
+        ("QUEUE_JWT_KEYS", jwt),
+        ("QUEUE_MAILER_DIR", mail_dir.display().to_string()),
+        ("QUEUE_RATE_LIMIT_PER_ADDRESS", "1000000".to_owned()),
+        ("QUEUE_RATE_LIMIT_PER_ACCOUNT", "1000000".to_owned()),
+    ]
+    .into_iter()
+    .collect();
+    let config = Config::from_lookup(|k| settings.get(k).cloned())?;
+    let state = AppState::with_parts(
+        pool.clone(),
+        config,
+        SharedMacKeys::new(MacKeys::single("bench", vec![9u8; 32])?),
+        ServiceClock::new(),
+        Arc::new(LogMailer::new(mail_dir)),
+    )?;
+    let (base, queue_server) = serve(queue_api::app(state)).await?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency * 2)
+        .build()?;
+
+    eprintln!("registering {} customers…", args.logins);
+    let mut customers: Vec<Customer> = stream::iter(0..args.logins)
+        .map(|i| {
+            let client = client.clone();
+            let base = base.clone();
+            async move { register(&client, &base, i).await }
+        })
+        .buffer_unordered(args.concurrency)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<BenchResult<_>>()?;
+    eprintln!("preparing {} signed assertions…", args.logins);
+    let mut bodies = Vec::with_capacity(customers.len());
+    for customer in &mut customers {
+        bodies.push(assertion(&client, &base, customer).await?);
+    }
+
+    let (login, sessions) = drive(
+        &client,
+        &format!("{base}/api/v1/auth/webauthn/login/complete"),
+        bodies,
+        args.concurrency,
+        200,
+    )
+    .await?;
+    let refresh_bodies = sessions
+        .iter()
+        .map(|tokens| json!({"refresh_token": tokens["refresh_token"]}))
+        .collect();
+    let (refresh, _) = drive(
+        &client,
+        &format!("{base}/api/v1/auth/session/refresh"),
+        refresh_bodies,
+        args.concurrency,
+        200,
+    )
+    .await?;
+    queue_server.abort();
+
+    sqlx::raw_sql(
+        "CREATE TABLE bench_http_baseline (id bigserial PRIMARY KEY, stream text NOT NULL, \
+         payload jsonb NOT NULL, created_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .execute(pool)
+    .await?;
+    let baseline_router = Router::new()
+        .route("/insert/{rows}", post(baseline_insert))
+        .with_state(pool.clone());
+    let (baseline_base, baseline_server) = serve(baseline_router).await?;
+    let empty = || (0..args.logins).map(|_| json!({})).collect::<Vec<_>>();
+    let (base2, _) = drive(&client, &format!("{baseline_base}/insert/2"), empty(), args.concurrency, 200).await?;
+    let (base1, _) = drive(&client, &format!("{baseline_base}/insert/1"), empty(), args.concurrency, 200).await?;
+    baseline_server.abort();
+
+    println!(
+        "HTTP over TCP on 127.0.0.1, {} in flight, {} service connections",
+        args.concurrency, args.connections
+    );
+    for (name, queue, baseline, rows) in [
+        ("login/complete", &login, &base2, 2),
+        ("session/refresh", &refresh, &base1, 1),
+    ] {
+        println!("{name:<16} queue     {}", queue.line());
+        println!(
+            "{:<16} baseline  {}   (axum + sqlx, {rows} insert(s) in 1 tx)",
+            "",
+            baseline.line()
+        );
+        println!(
+            "{:<16} ratio     throughput {:.2}x of baseline, p50 {:.1}x, p99 {:.1}x",
+            "",
+            queue.rps() / baseline.rps().max(1e-9),
+            queue.p50.as_secs_f64() / baseline.p50.as_secs_f64().max(1e-9),
+            queue.p99.as_secs_f64() / baseline.p99.as_secs_f64().max(1e-9)
+        );
+    }
+    Ok(())
+}
