@@ -168,7 +168,11 @@ async fn register(client: &reqwest::Client, base: &str, i: usize) -> BenchResult
 }
 
 /// A login/complete body: begin, then sign (both untimed).
-async fn assertion(client: &reqwest::Client, base: &str, customer: &mut Customer) -> BenchResult<Value> {
+async fn assertion(
+    client: &reqwest::Client,
+    base: &str,
+    customer: &mut Customer,
+) -> BenchResult<Value> {
     let begin = post_json(
         client,
         format!("{base}/api/v1/auth/webauthn/login/begin"),
@@ -226,7 +230,10 @@ pub async fn run(args: Args) -> BenchResult<()> {
 
 async fn run_in(args: &Args, pool: &PgPool) -> BenchResult<()> {
     queue_eventstore::MIGRATOR.run(pool).await?;
-    let mail_dir = std::env::temp_dir().join(format!("queue-bench-mail-{}", uuid::Uuid::new_v4().simple()));
+    let mail_dir = std::env::temp_dir().join(format!(
+        "queue-bench-mail-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
     let jwt = queue_api::jwt::JwtKeySet::generate("bench")?.to_spec();
     let settings: HashMap<&str, String> = [
         ("QUEUE_DEV", "1".to_owned()),
@@ -303,8 +310,22 @@ async fn run_in(args: &Args, pool: &PgPool) -> BenchResult<()> {
         .with_state(pool.clone());
     let (baseline_base, baseline_server) = serve(baseline_router).await?;
     let empty = || (0..args.logins).map(|_| json!({})).collect::<Vec<_>>();
-    let (base2, _) = drive(&client, &format!("{baseline_base}/insert/2"), empty(), args.concurrency, 200).await?;
-    let (base1, _) = drive(&client, &format!("{baseline_base}/insert/1"), empty(), args.concurrency, 200).await?;
+    let (base2, _) = drive(
+        &client,
+        &format!("{baseline_base}/insert/2"),
+        empty(),
+        args.concurrency,
+        200,
+    )
+    .await?;
+    let (base1, _) = drive(
+        &client,
+        &format!("{baseline_base}/insert/1"),
+        empty(),
+        args.concurrency,
+        200,
+    )
+    .await?;
     baseline_server.abort();
 
     println!(
