@@ -1,0 +1,54 @@
+use crate::*;
+
+#[test]
+fn malformed_database_url() {
+    let out = queue(&["migrate"], &[("DATABASE_URL", "not a url")]);
+    assert_clear_error(&out, "DATABASE_URL");
+    let out = queue(&["migrate"], &[]);
+    assert_clear_error(&out, "DATABASE_URL is not set");
+}
+
+#[test]
+fn unreachable_database() {
+    let out = queue(
+        &["migrate"],
+        &[("DATABASE_URL", "postgres://postgres@127.0.0.1:1/queue")],
+    );
+    assert_clear_error(&out, "cannot reach the database");
+}
+
+#[test]
+fn missing_or_short_mac_key() {
+    let db = ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/queue");
+    let cp = ("QUEUE_CHECKPOINT_KEY", CHECKPOINT_KEY);
+    let out = queue(&["verify"], &[db, cp]);
+    assert_clear_error(&out, "QUEUE_MAC_KEYS is not set");
+    let short = "k1=00112233445566778899aabbccddeeff";
+    let out = queue(&["verify"], &[db, cp, ("QUEUE_MAC_KEYS", short)]);
+    assert_clear_error(&out, "at least 32");
+    assert!(
+        !stderr(&out).contains("00112233"),
+        "a key must never be echoed"
+    );
+    let out = queue(&["verify"], &[db, cp, ("QUEUE_MAC_KEYS", "k1=zz")]);
+    assert_clear_error(&out, "not valid hex");
+}
+
+#[test]
+fn bad_checkpoint_key() {
+    let out = queue(
+        &["keys", "public", "checkpoint"],
+        &[("QUEUE_CHECKPOINT_KEY", "PRIVATE+KEY+x+00000000+AAAA")],
+    );
+    assert_clear_error(&out, "QUEUE_CHECKPOINT_KEY");
+    let out = queue(
+        &["keys", "public", "checkpoint"],
+        &[("QUEUE_CHECKPOINT_KEY", CHECKPOINT_KEY)],
+    );
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        stdout.lines().last(),
+        Some("queue.example.com/ledger+1625f8dd+ASmsuuFBvMrwsi4alNNNC8c2HlJtC/4SyJeUvJMilm3X")
+    );
+}

@@ -1,0 +1,41 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The `queue` binary, run as a process: bad input gives one clear line and a
+//! non-zero exit, never a panic; verify's exit codes and JSON.
+
+mod bad_input;
+mod verify;
+
+use std::process::{Command, Output};
+
+pub const MAC: &str = "k1=1111111111111111111111111111111111111111111111111111111111111111";
+pub const CHECKPOINT_KEY: &str =
+    "PRIVATE+KEY+queue.example.com/ledger+1625f8dd+ASAhIiMkJSYnKCkqKywtLi8wMTIzNDU2Nzg5Ojs8PT4/";
+
+pub fn queue(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_queue"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// One line, starting "queue: error:", exit code 2, no panic.
+pub fn assert_clear_error(out: &Output, mentions: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line expected, got: {err}");
+    assert!(lines[0].starts_with("queue: error:"), "{err}");
+    assert!(
+        lines[0].contains(mentions),
+        "expected {mentions:?} in: {err}"
+    );
+}
