@@ -1,0 +1,6 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Replay tests: generated histories through the real command path, then
+//! live projection vs rebuild, crash recovery, extraction, poison events.
+
+mod helpers;
+mod live;
