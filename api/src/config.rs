@@ -40,6 +40,9 @@ pub struct Config {
     pub issuer: String,
     pub audience: String,
     pub jwt_keys: JwtKeySet,
+    /// Where the keys came from when given as a file: `queue keys rotate`
+    /// rewrites it and running instances reload it.
+    pub jwt_keys_file: Option<PathBuf>,
     /// QUEUE_REFRESH_REUSE_GRACE: 0 to 60 seconds.
     pub refresh_grace_secs: u32,
     pub idle_timeout_secs: u32,
@@ -72,6 +75,7 @@ impl fmt::Debug for Config {
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .field("jwt_keys", &self.jwt_keys)
+            .field("jwt_keys_file", &self.jwt_keys_file)
             .field("refresh_grace_secs", &self.refresh_grace_secs)
             .field("idle_timeout_secs", &self.idle_timeout_secs)
             .field("absolute_timeout_secs", &self.absolute_timeout_secs)
@@ -178,10 +182,12 @@ impl Config {
         let issuer = required("QUEUE_ISSUER", "http://localhost:8080")?;
         let audience = required("QUEUE_AUDIENCE", "queue")?;
 
+        let mut jwt_keys_file = None;
         let jwt_spec = match text(&get, "QUEUE_JWT_KEYS") {
             Some(spec) => spec,
             None => match text(&get, "QUEUE_JWT_KEYS_FILE") {
                 Some(path) => std::fs::read_to_string(&path)
+                    .inspect(|_| jwt_keys_file = Some(PathBuf::from(&path)))
                     .map(|s| s.trim().to_owned())
                     .map_err(|e| {
                         invalid(
@@ -261,6 +267,7 @@ impl Config {
             issuer,
             audience,
             jwt_keys,
+            jwt_keys_file,
             refresh_grace_secs,
             idle_timeout_secs,
             absolute_timeout_secs,

@@ -250,6 +250,107 @@ pub fn verify(
     Ok(data.claims)
 }
 
+/// The Postgres channel on which `queue keys rotate --kind jwt` tells every
+/// instance to reload its JWT key file.
+pub const ROTATION_CHANNEL: &str = "queue_jwt_keys";
+
+/// Reads a key file (`QUEUE_JWT_KEYS_FILE` form).
+pub fn read_key_file(path: &std::path::Path) -> Result<JwtKeySet, String> {
+    let spec =
+        std::fs::read_to_string(path).map_err(|e| format!("{}: {}", path.display(), e.kind()))?;
+    JwtKeySet::parse(spec.trim())
+}
+
+/// Adds a new key to the file and makes it current; previous keys stay
+/// (they keep verifying tokens already issued and stay in the JWKS), except
+/// that at most `keep` previous keys are kept. Returns the new key id.
+pub fn rotate_key_file(path: &std::path::Path, keep: usize) -> Result<String, String> {
+    let current = read_key_file(path)?;
+    let kid = format!("k{}", Utc::now().format("%Y%m%d%H%M%S%3f"));
+    let fresh = JwtKeySet::generate(&kid)?;
+    let mut rotated = current.rotated(fresh.current().clone());
+    rotated.keys.truncate(keep + 1);
+    let tmp = path.with_extension("rotating");
+    {
+        use std::io::Write;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options
+            .open(&tmp)
+            .map_err(|e| format!("{}: {}", tmp.display(), e.kind()))?;
+        writeln!(file, "{}", rotated.to_spec())
+            .map_err(|e| format!("{}: {}", tmp.display(), e.kind()))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {}", path.display(), e.kind()))?;
+    Ok(kid)
+}
+
+/// Tells every instance listening on this database to reload its keys.
+pub async fn notify_rotation(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, 'rotated')")
+        .bind(ROTATION_CHANNEL)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Reloads `keys` from `path` whenever a rotation is announced; runs until
+/// `stop` turns true. Connection losses are retried.
+pub async fn run_key_reloader(
+    pool: sqlx::PgPool,
+    keys: SharedJwtKeys,
+    path: std::path::PathBuf,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(error = %e, "JWT key reloader cannot listen; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => continue,
+                    _ = stop.changed() => return,
+                }
+            }
+        };
+        if let Err(e) = listener.listen(ROTATION_CHANNEL).await {
+            tracing::warn!(error = %e, "JWT key reloader cannot listen; retrying");
+            continue;
+        }
+        // A rotation may have happened while not listening.
+        reload(&keys, &path);
+        loop {
+            tokio::select! {
+                received = listener.recv() => match received {
+                    Ok(_) => reload(&keys, &path),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "JWT key reloader lost its connection");
+                        break;
+                    }
+                },
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+fn reload(keys: &SharedJwtKeys, path: &std::path::Path) {
+    match read_key_file(path) {
+        Ok(set) => {
+            if set.kids() != keys.get().kids() {
+                tracing::info!(kids = ?set.kids(), "JWT signing keys reloaded");
+            }
+            keys.replace(set);
+        }
+        Err(e) => tracing::error!(error = %e, "JWT key file unreadable; keeping the current keys"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

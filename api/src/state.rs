@@ -38,6 +38,8 @@ pub struct Inner {
     /// Keyed from the JWT signing key at start: believable credential ids for
     /// unknown emails at login/begin.
     pub fake_credentials: WebauthnFakeCredentialGenerator<FakePasskeyDistribution>,
+    /// The generator's key, for the one-id fallback when it yields none.
+    pub fake_key: [u8; 32],
 }
 
 impl AppState {
@@ -86,6 +88,7 @@ impl AppState {
                 mailer,
                 metrics: Metrics::global(),
                 fake_credentials,
+                fake_key,
                 config,
             }),
         })

@@ -22,11 +22,27 @@ pub enum KeysCommand {
         #[arg(long, default_value = "queue.localhost/ledger")]
         origin: String,
     },
+    /// Add a new signing key and make it current; tokens signed by the
+    /// previous keys keep verifying. Running instances reload at once
+    /// (Postgres NOTIFY, when DATABASE_URL is set).
+    Rotate {
+        #[arg(long, value_enum)]
+        kind: RotateKind,
+        /// The key file (default: QUEUE_JWT_KEYS_FILE, else <QUEUE_DEV_KEY_DIR or .dev/keys>/jwt_keys).
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
     /// Print a public key; its last line is the key itself.
     Public {
         #[command(subcommand)]
         kind: PublicKind,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum RotateKind {
+    /// The JWT signing keys (QUEUE_JWT_KEYS_FILE).
+    Jwt,
 }
 
 #[derive(Subcommand)]
@@ -48,6 +64,36 @@ pub fn run(command: KeysCommand, json: bool, env: Lookup) -> Result<ExitCode, Cl
                 json,
                 &serde_json::json!({"dir": dir.display().to_string(), "generated": generated}),
                 &text,
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::Rotate {
+            kind: RotateKind::Jwt,
+            file,
+        } => {
+            let path = file
+                .or_else(|| env("QUEUE_JWT_KEYS_FILE").map(PathBuf::from))
+                .unwrap_or_else(|| {
+                    PathBuf::from(env("QUEUE_DEV_KEY_DIR").unwrap_or_else(|| ".dev/keys".into()))
+                        .join("jwt_keys")
+                });
+            let kid = queue_api::jwt::rotate_key_file(&path, 3).map_err(CliError::Io)?;
+            let notified = match config::database_url(env) {
+                Ok(url) => notify_jwt_rotation(url)?,
+                Err(_) => false,
+            };
+            crate::output(
+                json,
+                &serde_json::json!({"file": path.display().to_string(), "kid": kid, "notified": notified}),
+                &format!(
+                    "new JWT signing key {kid} is current in {}; {}",
+                    path.display(),
+                    if notified {
+                        "running instances were told to reload"
+                    } else {
+                        "DATABASE_URL not set: restart instances to pick it up"
+                    }
+                ),
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -98,4 +144,27 @@ fn write_secret(path: &Path, contents: &str) -> Result<(), CliError> {
         .open(path)
         .map_err(|e| CliError::Io(format!("{}: {e}", path.display())))?;
     writeln!(file, "{contents}").map_err(|e| CliError::Io(format!("{}: {e}", path.display())))
+}
+
+/// NOTIFY on its own thread and runtime (this command runs inside the CLI's runtime).
+fn notify_jwt_rotation(database_url: String) -> Result<bool, CliError> {
+    let worker = std::thread::spawn(move || -> Result<(), String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(async {
+            let pool = queue_eventstore::db::connect(&database_url, 1)
+                .await
+                .map_err(|e| e.to_string())?;
+            queue_api::jwt::notify_rotation(&pool)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    });
+    match worker.join() {
+        Ok(Ok(())) => Ok(true),
+        Ok(Err(e)) => Err(CliError::Io(format!("key rotated, but NOTIFY failed: {e}"))),
+        Err(_) => Err(CliError::Io("key rotated, but NOTIFY failed".into())),
+    }
 }

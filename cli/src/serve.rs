@@ -51,6 +51,7 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
     db::migrate(&pool).await?;
 
     let (stop_sealer, sealer_stopped) = watch::channel(false);
+    let reloader_stopped = sealer_stopped.clone();
     let sealer = tokio::spawn(
         Sealer::new(signer, SealerConfig::default())
             .run(db::connect_options(&database_url)?, sealer_stopped),
@@ -58,6 +59,14 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
 
     let state = AppState::new(pool.clone(), api_config, SharedMacKeys::new(mac_keys))
         .map_err(|e| CliError::Io(format!("cannot start the API: {e}")))?;
+    if let Some(path) = state.config().jwt_keys_file.clone() {
+        tokio::spawn(queue_api::jwt::run_key_reloader(
+            pool.clone(),
+            state.inner.jwt_keys.clone(),
+            path,
+            reloader_stopped,
+        ));
+    }
     tokio::spawn(queue_api::run_challenge_sweeper(
         state.clone(),
         Duration::from_secs(60),

@@ -191,3 +191,56 @@ async fn openapi_describes_every_contract_route(pool: PgPool) {
         );
     }
 }
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn jwt_key_rotation_reaches_running_instances_and_keeps_old_tokens_valid(pool: PgPool) {
+    let dir = crate::helpers::TempDir::new();
+    let key_file = dir.0.join("jwt_keys");
+    let keys = queue_api::jwt::JwtKeySet::generate("first").unwrap();
+    std::fs::write(&key_file, keys.to_spec()).unwrap();
+    let file = key_file.display().to_string();
+    let app = TestApp::with(
+        pool.clone(),
+        &[("QUEUE_JWT_KEYS", ""), ("QUEUE_JWT_KEYS_FILE", &file)],
+    )
+    .await;
+    assert_eq!(
+        app.state.config().jwt_keys_file.as_deref(),
+        Some(key_file.as_path())
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let reloader = tokio::spawn(queue_api::jwt::run_key_reloader(
+        pool.clone(),
+        app.state.inner.jwt_keys.clone(),
+        key_file.clone(),
+        stopped,
+    ));
+    let mut passkey = Passkey::new();
+    let before = app.register(&mut passkey, "ada@example.com").await;
+
+    let kid = queue_api::jwt::rotate_key_file(&key_file, 3).unwrap();
+    queue_api::jwt::notify_rotation(&pool).await.unwrap();
+    let jwks = crate::helpers::eventually("the rotated key in the JWKS", || async {
+        let jwks = app.get("/.well-known/jwks.json").await;
+        (jwks.json["keys"].as_array().unwrap().len() == 2).then_some(jwks.json)
+    })
+    .await;
+    assert_eq!(jwks["keys"][0]["kid"], kid.as_str());
+    assert_eq!(jwks["keys"][1]["kid"], "first");
+
+    // A token signed by the previous key still works; new ones use the new key.
+    let me = app
+        .get_auth("/api/v1/auth/me", before["access_token"].as_str().unwrap())
+        .await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.text);
+    let after = app.login(&mut passkey, "ada@example.com").await;
+    let token = after["access_token"].as_str().unwrap();
+    assert_eq!(
+        decode_header(token).unwrap().kid.as_deref(),
+        Some(kid.as_str())
+    );
+    verify_with(&jwks, token);
+    verify_with(&jwks, before["access_token"].as_str().unwrap());
+    stop.send(true).unwrap();
+    reloader.await.unwrap();
+}
