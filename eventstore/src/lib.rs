@@ -9,11 +9,13 @@ pub mod checkpoint;
 pub mod clock;
 pub mod db;
 pub mod error;
+pub mod export;
 pub mod feed;
 pub mod keys;
 pub mod merkle;
 pub mod repository;
 pub mod sealer;
+pub mod strict_json;
 pub mod vectors;
 pub mod verify;
 

@@ -234,6 +234,56 @@ pub fn verify_consistency(
     fr == *first_root && sr == *second_root && s_n == 0
 }
 
+/// A subtree of the RFC 6962 tree: leaves `start..end` (0-based, end exclusive).
+pub type LeafRange = (u64, u64);
+
+/// The subtrees whose roots form the audit path of leaf `index` in a tree of
+/// `size` leaves, deepest first (the order of PATH(m, D[n])).
+pub fn inclusion_ranges(index: u64, size: u64) -> Vec<LeafRange> {
+    let mut out = Vec::new();
+    let (mut start, mut end) = (0u64, size);
+    let mut path = Vec::new();
+    while end - start > 1 {
+        let k = split_point((end - start) as usize) as u64;
+        if index < start + k {
+            path.push((start + k, end));
+            end = start + k;
+        } else {
+            path.push((start, start + k));
+            start += k;
+        }
+    }
+    out.extend(path.into_iter().rev());
+    out
+}
+
+/// The subtrees whose roots form PROOF(m, D[n]), in proof order.
+pub fn consistency_ranges(m: u64, n: u64) -> Vec<LeafRange> {
+    let mut out = Vec::new();
+    if m > 0 && m < n {
+        subproof_ranges(m, 0, n, true, &mut out);
+    }
+    out
+}
+
+fn subproof_ranges(m: u64, start: u64, end: u64, complete: bool, out: &mut Vec<LeafRange>) {
+    let n = end - start;
+    if m == n {
+        if !complete {
+            out.push((start, end));
+        }
+        return;
+    }
+    let k = split_point(n as usize) as u64;
+    if m <= k {
+        subproof_ranges(m, start, start + k, complete, out);
+        out.push((start + k, end));
+    } else {
+        subproof_ranges(m - k, start + k, end, false, out);
+        out.push((start, start + k));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,6 +346,27 @@ mod tests {
                         m as u64, n as u64, &bad_r1, &r2, &proof
                     ));
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn proof_ranges_match_the_recursive_proofs() {
+        for n in 1..40usize {
+            let all = leaves(n);
+            for i in 0..n {
+                let by_range: Vec<Hash> = inclusion_ranges(i as u64, n as u64)
+                    .into_iter()
+                    .map(|(a, b)| root_of(&all[a as usize..b as usize]))
+                    .collect();
+                assert_eq!(by_range, inclusion_proof(i, &all), "leaf {i} of {n}");
+            }
+            for m in 1..=n {
+                let by_range: Vec<Hash> = consistency_ranges(m as u64, n as u64)
+                    .into_iter()
+                    .map(|(a, b)| root_of(&all[a as usize..b as usize]))
+                    .collect();
+                assert_eq!(by_range, consistency_proof(m, &all), "{m} -> {n}");
             }
         }
     }

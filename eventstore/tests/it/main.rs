@@ -3,6 +3,7 @@
 
 mod append;
 mod concurrency;
+mod export;
 mod helpers;
 mod tamper;
 mod vectors;

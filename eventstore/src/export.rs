@@ -1,0 +1,663 @@
+//! Compliance export (ledger-format.md §6): JSON Lines of events with their
+//! chain fields and RFC 6962 inclusion proofs against a signed checkpoint,
+//! and the fully offline check of such a file.
+//!
+//! Memory stays bounded for any size: proofs are assembled from one block of
+//! `BLOCK` leaf hashes plus the roots of all blocks (RFC 6962 subtrees of a
+//! tree split at powers of two are either inside one aligned block or whole
+//! blocks), and the checker keeps one (sequence, hash) per stream.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use serde::Serialize;
+use serde_json::{json, Value};
+use sqlx::{PgPool, Row};
+
+use crate::chain::{self, EventRecord, Hash, ZERO_HASH};
+use crate::checkpoint::Checkpoint;
+use crate::error::{StoreError, StoreResult};
+use crate::keys::NoteVerifier;
+use crate::merkle::{self, Frontier, LeafRange};
+use crate::strict_json;
+use crate::verify::VerifyProgress;
+
+pub const EXPORT_FORMAT: &str = "queue-export/1";
+/// Leaves per proof block (2 MiB of leaf hashes in memory at most).
+pub const BLOCK: u64 = 65_536;
+
+#[derive(Clone, Debug, Default)]
+pub struct ExportFilter {
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub customer_id: Option<String>,
+    /// A contiguous ledger range (inclusive); the verifier then checks completeness.
+    pub from_seq: Option<u64>,
+    pub to_seq: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ExportSummary {
+    pub events: u64,
+    pub tree_size: u64,
+    pub checkpoint_key_id: String,
+    pub elapsed_ms: u64,
+    pub events_per_second: u64,
+}
+
+/// Roots of all `block`-sized aligned blocks of a tree of `size` leaves
+/// (the last block may be partial).
+struct BlockedTree {
+    size: u64,
+    block: u64,
+    roots: Vec<Hash>,
+}
+
+impl BlockedTree {
+    /// The root of one RFC 6962 subtree, from the loaded block or the block roots.
+    fn range_root(
+        &self,
+        (start, end): LeafRange,
+        block_start: u64,
+        leaves: &[Hash],
+    ) -> Option<Hash> {
+        let block_end = block_start + leaves.len() as u64;
+        if start >= block_start && end <= block_end {
+            let (a, b) = ((start - block_start) as usize, (end - block_start) as usize);
+            return Some(merkle::root_of(&leaves[a..b]));
+        }
+        let aligned_end = end % self.block == 0 || end == self.size;
+        if start % self.block == 0 && aligned_end {
+            let (a, b) = (
+                (start / self.block) as usize,
+                end.div_ceil(self.block) as usize,
+            );
+            return self.roots.get(a..b).map(merkle::root_of);
+        }
+        None
+    }
+
+    fn proof(&self, index: u64, block_start: u64, leaves: &[Hash]) -> Option<Vec<Hash>> {
+        merkle::inclusion_ranges(index, self.size)
+            .into_iter()
+            .map(|range| self.range_root(range, block_start, leaves))
+            .collect()
+    }
+
+    fn root(&self) -> Hash {
+        merkle::root_of(&self.roots)
+    }
+}
+
+async fn block_roots(pool: &PgPool, size: u64, block: u64) -> StoreResult<BlockedTree> {
+    let mut rows = sqlx::query("SELECT event_hash FROM ledger WHERE seq <= $1 ORDER BY seq")
+        .bind(size as i64)
+        .fetch(pool);
+    let mut roots = Vec::new();
+    let mut frontier = Frontier::new();
+    while let Some(row) = rows.try_next().await? {
+        let hash: Vec<u8> = row.try_get("event_hash")?;
+        frontier.push(merkle::leaf_hash(&hash));
+        if frontier.size() == block {
+            roots.push(frontier.root());
+            frontier = Frontier::new();
+        }
+    }
+    if frontier.size() > 0 {
+        roots.push(frontier.root());
+    }
+    Ok(BlockedTree { size, block, roots })
+}
+
+async fn block_leaves(pool: &PgPool, tree: &BlockedTree, block_no: u64) -> StoreResult<Vec<Hash>> {
+    let start = block_no * tree.block;
+    let end = (start + tree.block).min(tree.size);
+    let hashes: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT event_hash FROM ledger WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+    )
+    .bind(start as i64)
+    .bind(end as i64)
+    .fetch_all(pool)
+    .await?;
+    Ok(hashes.iter().map(|h| merkle::leaf_hash(h)).collect())
+}
+
+/// The root of leaves `start..end`, streamed from the ledger.
+async fn range_root_from_ledger(pool: &PgPool, (start, end): LeafRange) -> StoreResult<Hash> {
+    let mut rows =
+        sqlx::query("SELECT event_hash FROM ledger WHERE seq > $1 AND seq <= $2 ORDER BY seq")
+            .bind(start as i64)
+            .bind(end as i64)
+            .fetch(pool);
+    let mut frontier = Frontier::new();
+    while let Some(row) = rows.try_next().await? {
+        let hash: Vec<u8> = row.try_get("event_hash")?;
+        frontier.push(merkle::leaf_hash(&hash));
+    }
+    Ok(frontier.root())
+}
+
+/// The latest checkpoint, verified with `verifier`.
+pub async fn latest_checkpoint(
+    pool: &PgPool,
+    verifier: &NoteVerifier,
+) -> StoreResult<(Checkpoint, String)> {
+    let row = sqlx::query("SELECT note FROM checkpoints ORDER BY tree_size DESC LIMIT 1")
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| StoreError::Ledger("no checkpoint yet: seal first (queue seal)".into()))?;
+    let note: String = row.try_get("note")?;
+    let checkpoint = Checkpoint::open(&note, verifier)
+        .map_err(|e| StoreError::Ledger(format!("the latest checkpoint does not verify: {e}")))?;
+    Ok((checkpoint, note))
+}
+
+/// A consistency proof from the tree of `from_size` leaves to that of `to_size`.
+pub async fn consistency_proof(
+    pool: &PgPool,
+    from_size: u64,
+    to_size: u64,
+) -> StoreResult<Vec<Hash>> {
+    let mut proof = Vec::new();
+    for range in merkle::consistency_ranges(from_size, to_size) {
+        proof.push(range_root_from_ledger(pool, range).await?);
+    }
+    Ok(proof)
+}
+
+/// Writes an export of the sealed events matching `filter`, proven against
+/// the latest checkpoint (seal first so that it covers what you need).
+pub async fn export(
+    pool: &PgPool,
+    verifier: &NoteVerifier,
+    filter: &ExportFilter,
+    consistency_from: Option<u64>,
+    out: &mut dyn Write,
+    progress: &dyn VerifyProgress,
+) -> StoreResult<ExportSummary> {
+    let started = Instant::now();
+    let (checkpoint, note) = latest_checkpoint(pool, verifier).await?;
+    let size = checkpoint.tree_size;
+    let from = filter.from_seq.unwrap_or(1);
+    let to = filter.to_seq.unwrap_or(size);
+    if from < 1 || to > size || from > to + 1 {
+        return Err(StoreError::Ledger(format!(
+            "ledger range {from}..{to} is not within the latest checkpoint (size {size}); seal first"
+        )));
+    }
+    progress.phase("tree", size);
+    let tree = block_roots(pool, size, BLOCK).await?;
+    if tree.root() != checkpoint.root_hash {
+        return Err(StoreError::Ledger(
+            "the ledger does not match its latest checkpoint; run queue verify".into(),
+        ));
+    }
+    let io = |e: std::io::Error| StoreError::Ledger(format!("writing the export: {e}"));
+    let mut header = json!({
+        "format": EXPORT_FORMAT,
+        "filters": {
+            "since": filter.since.as_ref().map(chain::format_time),
+            "until": filter.until.as_ref().map(chain::format_time),
+            "customer_id": filter.customer_id,
+        },
+        "checkpoint": note,
+        "tree_size": size,
+        "checkpoint_key_id": format!("{:08x}", verifier.key_id()),
+        "completeness": if filter.from_seq.is_some() || filter.to_seq.is_some() {
+            "ledger range: every event with ledger_seq from_seq..=to_seq is in this file"
+        } else {
+            "filtered by time and/or customer: the selection's completeness rests on Queue"
+        },
+    });
+    if filter.from_seq.is_some() || filter.to_seq.is_some() {
+        header["from_seq"] = json!(from);
+        header["to_seq"] = json!(to);
+    }
+    if let Some(m) = consistency_from {
+        if m > size {
+            return Err(StoreError::Ledger(format!(
+                "--consistency-from {m} exceeds the tree size {size}"
+            )));
+        }
+        let proof = consistency_proof(pool, m, size).await?;
+        header["consistency"] =
+            json!({"from_size": m, "proof": proof.iter().map(hex::encode).collect::<Vec<_>>()});
+    }
+    serde_json::to_writer(&mut *out, &header).map_err(|e| StoreError::Ledger(e.to_string()))?;
+    out.write_all(b"\n").map_err(io)?;
+
+    progress.phase("export", to.saturating_sub(from) + 1);
+    let mut rows = sqlx::query(
+        "SELECT l.seq, e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
+         e.payload, e.recorded_at, e.prev_hash, e.hash, e.mac, e.mac_key_id \
+         FROM ledger l JOIN events e USING (aggregate_type, aggregate_id, sequence) \
+         WHERE l.seq >= $1 AND l.seq <= $2 \
+         AND ($3::timestamptz IS NULL OR e.recorded_at >= $3) \
+         AND ($4::timestamptz IS NULL OR e.recorded_at < $4) \
+         AND ($5::text IS NULL OR (e.aggregate_type, e.aggregate_id) IN ( \
+             SELECT s.aggregate_type, s.aggregate_id FROM events s WHERE s.sequence = 1 AND ( \
+               (s.aggregate_type = 'Customer' AND s.aggregate_id = $5) \
+               OR (jsonb_typeof(s.payload) = 'object' AND EXISTS ( \
+                   SELECT 1 FROM jsonb_each(s.payload) p \
+                   WHERE jsonb_typeof(p.value) = 'object' AND p.value->>'customer_id' = $5))))) \
+         ORDER BY l.seq",
+    )
+    .bind(from as i64)
+    .bind(to as i64)
+    .bind(filter.since)
+    .bind(filter.until)
+    .bind(filter.customer_id.as_deref())
+    .fetch(pool);
+
+    let mut loaded: Option<(u64, Vec<Hash>)> = None;
+    let mut events = 0u64;
+    let mut last_seq = from.saturating_sub(1);
+    while let Some(row) = rows.try_next().await? {
+        let seq: i64 = row.try_get("seq")?;
+        let seq = seq as u64;
+        let index = seq - 1;
+        let block_no = index / BLOCK;
+        if loaded.as_ref().map(|(b, _)| *b) != Some(block_no) {
+            loaded = Some((block_no, block_leaves(pool, &tree, block_no).await?));
+        }
+        let leaves = loaded.as_ref().map(|(_, l)| l.as_slice()).unwrap_or(&[]);
+        let proof = tree.proof(index, block_no * BLOCK, leaves).ok_or_else(|| {
+            StoreError::Ledger(format!("cannot build the proof for ledger seq {seq}"))
+        })?;
+        let recorded_at: DateTime<Utc> = row.try_get("recorded_at")?;
+        let line = json!({
+            "ledger_seq": seq,
+            "aggregate_type": row.try_get::<String, _>("aggregate_type")?,
+            "aggregate_id": row.try_get::<String, _>("aggregate_id")?,
+            "sequence": row.try_get::<i64, _>("sequence")?,
+            "event_type": row.try_get::<String, _>("event_type")?,
+            "event_version": row.try_get::<String, _>("event_version")?,
+            "recorded_at": chain::format_time(&recorded_at),
+            "payload": row.try_get::<Value, _>("payload")?,
+            "prev_hash": hex::encode(row.try_get::<Vec<u8>, _>("prev_hash")?),
+            "hash": hex::encode(row.try_get::<Vec<u8>, _>("hash")?),
+            "mac": hex::encode(row.try_get::<Vec<u8>, _>("mac")?),
+            "mac_key_id": row.try_get::<String, _>("mac_key_id")?,
+            "inclusion_proof": proof.iter().map(hex::encode).collect::<Vec<_>>(),
+        });
+        serde_json::to_writer(&mut *out, &line).map_err(|e| StoreError::Ledger(e.to_string()))?;
+        out.write_all(b"\n").map_err(io)?;
+        events += 1;
+        progress.advance(seq - last_seq);
+        last_seq = seq;
+    }
+    serde_json::to_writer(&mut *out, &json!({"summary": {"events": events}}))
+        .map_err(|e| StoreError::Ledger(e.to_string()))?;
+    out.write_all(b"\n").map_err(io)?;
+    out.flush().map_err(io)?;
+    let elapsed = started.elapsed();
+    Ok(ExportSummary {
+        events,
+        tree_size: size,
+        checkpoint_key_id: format!("{:08x}", verifier.key_id()),
+        elapsed_ms: elapsed.as_millis() as u64,
+        events_per_second: (events as f64 / elapsed.as_secs_f64().max(1e-6)) as u64,
+    })
+}
+
+/// The outcome of checking an export file offline.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExportCheck {
+    pub ok: bool,
+    pub events: u64,
+    pub tree_size: u64,
+    pub consistency_checked: bool,
+    /// The first bad line (1-based) and what is wrong with it.
+    pub first_bad_line: Option<u64>,
+    pub problem: Option<String>,
+    pub elapsed_ms: u64,
+    pub events_per_second: u64,
+}
+
+struct Bad(u64, String);
+
+/// Checks an export with only the checkpoint verifier key: no database, no
+/// MAC keys. With `older_checkpoint`, also checks the header's consistency
+/// proof from that earlier signed checkpoint to the export's.
+pub fn verify_export(
+    reader: &mut dyn BufRead,
+    verifier: &NoteVerifier,
+    older_checkpoint: Option<&str>,
+) -> ExportCheck {
+    let started = Instant::now();
+    let mut state = ExportChecker::default();
+    let result = state.run(reader, verifier, older_checkpoint);
+    let elapsed = started.elapsed();
+    let (first_bad_line, problem) = match result {
+        Ok(()) => (None, None),
+        Err(Bad(line, why)) => (Some(line), Some(why)),
+    };
+    ExportCheck {
+        ok: first_bad_line.is_none(),
+        events: state.events,
+        tree_size: state.tree_size,
+        consistency_checked: state.consistency_checked,
+        first_bad_line,
+        problem,
+        elapsed_ms: elapsed.as_millis() as u64,
+        events_per_second: (state.events as f64 / elapsed.as_secs_f64().max(1e-6)) as u64,
+    }
+}
+
+#[derive(Default)]
+struct ExportChecker {
+    events: u64,
+    tree_size: u64,
+    root: Hash,
+    consistency_checked: bool,
+    range: Option<(u64, u64)>,
+    last_seq: u64,
+    streams: HashMap<(String, String), (i64, Hash)>,
+}
+
+fn hex32(v: &Value, field: &str) -> Result<Hash, String> {
+    let s = v
+        .get(field)
+        .and_then(Value::as_str)
+        .ok_or(format!("{field} is missing"))?;
+    if s.len() != 64
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(format!("{field} is not 64 lowercase hex digits"));
+    }
+    let bytes = hex::decode(s).map_err(|_| format!("{field} is not hex"))?;
+    chain::to_hash(&bytes).ok_or(format!("{field} is not 32 bytes"))
+}
+
+fn text<'a>(v: &'a Value, field: &str) -> Result<&'a str, String> {
+    v.get(field)
+        .and_then(Value::as_str)
+        .ok_or(format!("{field} is missing or not a string"))
+}
+
+fn int(v: &Value, field: &str) -> Result<i64, String> {
+    v.get(field)
+        .and_then(Value::as_i64)
+        .ok_or(format!("{field} is missing or not an integer"))
+}
+
+impl ExportChecker {
+    fn run(
+        &mut self,
+        reader: &mut dyn BufRead,
+        verifier: &NoteVerifier,
+        older: Option<&str>,
+    ) -> Result<(), Bad> {
+        let mut line_no = 0u64;
+        let mut buf = String::new();
+        let mut summary_seen = false;
+        loop {
+            buf.clear();
+            let n = reader
+                .read_line(&mut buf)
+                .map_err(|e| Bad(line_no + 1, format!("cannot read: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            line_no += 1;
+            let line = buf.trim_end_matches(['\n', '\r']);
+            if summary_seen {
+                return Err(Bad(line_no, "content after the summary line".into()));
+            }
+            let value = strict_json::parse(line)
+                .map_err(|e| Bad(line_no, format!("not valid JSON: {e}")))?;
+            if line_no == 1 {
+                self.header(&value, verifier, older)
+                    .map_err(|e| Bad(1, e))?;
+            } else if let Some(summary) = value.get("summary") {
+                summary_seen = true;
+                self.summary(summary).map_err(|e| Bad(line_no, e))?;
+            } else {
+                self.event(&value).map_err(|e| Bad(line_no, e))?;
+            }
+        }
+        if line_no == 0 {
+            return Err(Bad(1, "the file is empty".into()));
+        }
+        if !summary_seen {
+            return Err(Bad(
+                line_no + 1,
+                "the summary line is missing (file truncated)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn header(
+        &mut self,
+        h: &Value,
+        verifier: &NoteVerifier,
+        older: Option<&str>,
+    ) -> Result<(), String> {
+        if h.get("format").and_then(Value::as_str) != Some(EXPORT_FORMAT) {
+            return Err(format!("header format is not {EXPORT_FORMAT}"));
+        }
+        let note = text(h, "checkpoint")?;
+        let checkpoint =
+            Checkpoint::open(note, verifier).map_err(|e| format!("checkpoint: {e}"))?;
+        let size = h
+            .get("tree_size")
+            .and_then(Value::as_u64)
+            .ok_or("tree_size is missing")?;
+        if checkpoint.tree_size != size {
+            return Err("tree_size differs from the signed checkpoint".into());
+        }
+        self.tree_size = size;
+        self.root = checkpoint.root_hash;
+        if let (Some(from), Some(to)) = (
+            h.get("from_seq").and_then(Value::as_u64),
+            h.get("to_seq").and_then(Value::as_u64),
+        ) {
+            if from < 1 || to > size {
+                return Err("from_seq..to_seq is outside the checkpoint".into());
+            }
+            self.range = Some((from, to));
+            self.last_seq = from - 1;
+        }
+        if let Some(older) = older {
+            let old =
+                Checkpoint::open(older, verifier).map_err(|e| format!("older checkpoint: {e}"))?;
+            let c = h
+                .get("consistency")
+                .ok_or("no consistency proof in the header (export with --consistency-from)")?;
+            if c.get("from_size").and_then(Value::as_u64) != Some(old.tree_size) {
+                return Err(format!(
+                    "the consistency proof is not from size {}",
+                    old.tree_size
+                ));
+            }
+            let proof = proof_hashes(c, "proof")?;
+            if !merkle::verify_consistency(old.tree_size, size, &old.root_hash, &self.root, &proof)
+            {
+                return Err(format!(
+                    "the log of size {size} is not an extension of the older checkpoint of size {} (history rewritten)",
+                    old.tree_size
+                ));
+            }
+            self.consistency_checked = true;
+        }
+        Ok(())
+    }
+
+    fn event(&mut self, e: &Value) -> Result<(), String> {
+        let seq = e
+            .get("ledger_seq")
+            .and_then(Value::as_u64)
+            .ok_or("ledger_seq is missing")?;
+        if seq <= self.last_seq && !(self.events == 0 && self.range.is_none()) {
+            return Err(format!(
+                "ledger_seq {seq} does not increase (previous {})",
+                self.last_seq
+            ));
+        }
+        if self.range.is_some() && seq != self.last_seq + 1 {
+            return Err(format!(
+                "ledger_seq {} is missing from a range export",
+                self.last_seq + 1
+            ));
+        }
+        if seq == 0 || seq > self.tree_size {
+            return Err(format!(
+                "ledger_seq {seq} is outside the checkpoint (size {})",
+                self.tree_size
+            ));
+        }
+        if let Some((_, to)) = self.range {
+            if seq > to {
+                return Err(format!("ledger_seq {seq} is beyond to_seq {to}"));
+            }
+        }
+        let aggregate_type = text(e, "aggregate_type")?;
+        let aggregate_id = text(e, "aggregate_id")?;
+        let sequence = int(e, "sequence")?;
+        let recorded_text = text(e, "recorded_at")?;
+        let recorded_at = DateTime::parse_from_rfc3339(recorded_text)
+            .map_err(|_| "recorded_at is not RFC 3339".to_string())?
+            .with_timezone(&Utc);
+        if chain::format_time(&recorded_at) != recorded_text {
+            return Err(
+                "recorded_at is not in the canonical form (UTC, six fractional digits, Z)".into(),
+            );
+        }
+        let payload = e.get("payload").ok_or("payload is missing")?;
+        let prev_hash = hex32(e, "prev_hash")?;
+        let hash = hex32(e, "hash")?;
+        let canonical = chain::canonical_record(&EventRecord {
+            aggregate_type,
+            aggregate_id,
+            sequence,
+            event_type: text(e, "event_type")?,
+            event_version: text(e, "event_version")?,
+            recorded_at,
+            payload,
+        })
+        .map_err(|err| format!("payload cannot be canonicalised: {err}"))?;
+        if chain::event_hash(&prev_hash, &canonical) != hash {
+            return Err("hash does not match the event's fields".into());
+        }
+        if sequence < 1 {
+            return Err("sequence must be at least 1".into());
+        }
+        if sequence == 1 && prev_hash != ZERO_HASH {
+            return Err("sequence 1 must have the zero prev_hash".into());
+        }
+        let key = (aggregate_type.to_string(), aggregate_id.to_string());
+        if let Some((last_sequence, last_hash)) = self.streams.get(&key) {
+            if sequence <= *last_sequence {
+                return Err(format!(
+                    "sequence {sequence} of its stream comes after sequence {last_sequence}"
+                ));
+            }
+            if sequence == last_sequence + 1 && prev_hash != *last_hash {
+                return Err(
+                    "prev_hash does not equal the hash of the stream's previous event in the file"
+                        .into(),
+                );
+            }
+        }
+        self.streams.insert(key, (sequence, hash));
+        let proof = proof_hashes(e, "inclusion_proof")?;
+        if !merkle::verify_inclusion(
+            seq - 1,
+            self.tree_size,
+            &merkle::leaf_hash(&hash),
+            &proof,
+            &self.root,
+        ) {
+            return Err("the inclusion proof does not lead to the checkpoint's root".into());
+        }
+        self.last_seq = seq;
+        self.events += 1;
+        Ok(())
+    }
+
+    fn summary(&mut self, s: &Value) -> Result<(), String> {
+        let count = s
+            .get("events")
+            .and_then(Value::as_u64)
+            .ok_or("summary.events is missing")?;
+        if count != self.events {
+            return Err(format!(
+                "the summary counts {count} events, the file holds {}",
+                self.events
+            ));
+        }
+        if let Some((_, to)) = self.range {
+            if self.last_seq != to {
+                return Err(format!(
+                    "the range export stops at {} before to_seq {to}",
+                    self.last_seq
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn proof_hashes(v: &Value, field: &str) -> Result<Vec<Hash>, String> {
+    let items = v
+        .get(field)
+        .and_then(Value::as_array)
+        .ok_or(format!("{field} is missing"))?;
+    items
+        .iter()
+        .map(|item| {
+            let s = item.as_str().ok_or(format!("{field} holds a non-string"))?;
+            if s.len() != 64
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return Err(format!(
+                    "{field} holds a value that is not 64 lowercase hex digits"
+                ));
+            }
+            hex::decode(s)
+                .ok()
+                .and_then(|b| chain::to_hash(&b))
+                .ok_or(format!("{field} holds a bad hash"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocked_proofs_equal_whole_tree_proofs() {
+        for size in 1..70u64 {
+            let leaves: Vec<Hash> = (0..size)
+                .map(|i| merkle::leaf_hash(&i.to_be_bytes()))
+                .collect();
+            for block in [1u64, 2, 4, 8] {
+                let roots = leaves.chunks(block as usize).map(merkle::root_of).collect();
+                let tree = BlockedTree { size, block, roots };
+                assert_eq!(tree.root(), merkle::root_of(&leaves));
+                for index in 0..size {
+                    let b = index / block;
+                    let start = b * block;
+                    let end = (start + block).min(size);
+                    let proof = tree
+                        .proof(index, start, &leaves[start as usize..end as usize])
+                        .unwrap();
+                    assert_eq!(
+                        proof,
+                        merkle::inclusion_proof(index as usize, &leaves),
+                        "{index}/{size}/{block}"
+                    );
+                }
+            }
+        }
+    }
+}
