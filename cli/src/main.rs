@@ -2,6 +2,7 @@
 //! `queue`: serve, migrate, seal, verify and manage keys.
 
 mod config;
+mod export;
 mod keys;
 mod progress;
 mod serve;
@@ -54,6 +55,10 @@ enum Command {
         #[arg(long, value_name = "VERIFIER_KEY")]
         checkpoint_key: Option<String>,
     },
+    /// Write a compliance export: events with hashes and inclusion proofs against a signed checkpoint.
+    Export(export::ExportArgs),
+    /// Check an export file offline with only the checkpoint verifier key.
+    VerifyExport(export::VerifyExportArgs),
     /// Key management.
     Keys {
         #[command(subcommand)]
@@ -194,6 +199,8 @@ async fn run(cli: Cli, env: Lookup<'_>) -> Result<ExitCode, CliError> {
             })
         }
         Command::Keys { command } => keys::run(command, cli.json, env),
+        Command::Export(args) => export::export(args, cli.json, env).await,
+        Command::VerifyExport(args) => export::verify_export(args, cli.json),
     }
 }
 

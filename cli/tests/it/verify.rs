@@ -55,3 +55,74 @@ async fn verify_passes_on_an_empty_and_an_honest_store(pool: PgPool) {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK: the ledger is intact"));
 }
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn export_then_verify_export_offline(pool: PgPool) {
+    use cqrs_es::persist::SerializedEvent;
+    use queue_eventstore::{ChainedEventRepository, MacKeys, SharedMacKeys, SystemClock};
+    let keys = MacKeys::parse(MAC).unwrap();
+    let repo = ChainedEventRepository::new(
+        pool.clone(),
+        SharedMacKeys::new(keys),
+        std::sync::Arc::new(SystemClock),
+    );
+    for seq in 1..=3usize {
+        let event = SerializedEvent::new(
+            "c1".into(),
+            seq,
+            "Customer".into(),
+            "E".into(),
+            "1.0".into(),
+            serde_json::json!({"n": seq}),
+            serde_json::json!({}),
+        );
+        repo.append(&[event]).await.unwrap();
+    }
+    let url = url_of(&pool);
+    let dir = std::env::temp_dir().join(format!("queue-export-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!(
+        "{}.jsonl",
+        pool.connect_options().get_database().unwrap()
+    ));
+    let path = file.display().to_string();
+    let (ok, tampered) = tokio::task::spawn_blocking(move || {
+        let env = [
+            ("DATABASE_URL", url.as_str()),
+            ("QUEUE_MAC_KEYS", MAC),
+            ("QUEUE_CHECKPOINT_KEY", CHECKPOINT_KEY),
+        ];
+        let out = queue(&["export", "--out", &path], &env);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let public = queue(&["keys", "public", "checkpoint"], &env);
+        let key = String::from_utf8(public.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .to_string();
+        let ok = queue(&["verify-export", &path, "--checkpoint-key", &key], &[]);
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("{\"n\":2}", "{\"n\":20}");
+        std::fs::write(&path, text).unwrap();
+        let tampered = queue(
+            &["--json", "verify-export", &path, "--checkpoint-key", &key],
+            &[],
+        );
+        (ok, tampered)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("OK: 3 events"));
+    assert_eq!(tampered.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&tampered.stdout).unwrap();
+    assert_eq!(report["first_bad_line"], 3);
+    std::fs::remove_file(&file).ok();
+}
