@@ -1,5 +1,6 @@
 //! Order-independent content checksums of tables: the sum (mod 2^128) of
-//! the first 16 bytes of SHA-256 over each row's RFC 8785 canonical JSON,
+//! the first 16 bytes of SHA-256 over each row's JSON (fields in column
+//! order, object keys sorted),
 //! with the row count. Equal tables give equal sums whatever order rows are
 //! read or written in; a changed, missing or extra row changes the sum.
 
@@ -37,13 +38,12 @@ pub struct Sum {
 
 impl Sum {
     pub fn add<R: Row>(&mut self, row: &R, mode: Mode) {
-        let row: Cow<'_, R> = match mode {
-            Mode::Local => Cow::Borrowed(row),
-            Mode::Portable => row.portable(),
-        };
-        // Serialising plain data to JSON cannot fail; a failure would still
-        // change the sum (digest of nothing), never hide a difference silently.
-        let bytes = serde_jcs::to_vec(row.as_ref()).unwrap_or_default();
+        let row: Cow<'_, R> = row.for_checksum(mode == Mode::Portable);
+        // Struct fields serialise in declaration order and JSON values are
+        // key-sorted, so equal rows give equal bytes. Serialising plain data
+        // cannot fail; a failure would still change the sum, never hide a
+        // difference.
+        let bytes = serde_json::to_vec(row.as_ref()).unwrap_or_default();
         let digest = Sha256::digest(&bytes);
         let mut first = [0u8; 16];
         first.copy_from_slice(&digest[..16]);

@@ -12,6 +12,7 @@ pub mod fold;
 pub mod metrics;
 pub mod projection;
 pub mod read;
+pub mod rebuild;
 pub mod replay;
 pub mod rows;
 pub mod runner;
@@ -19,4 +20,5 @@ pub mod store;
 
 pub use error::{ProjectionError, ProjectionResult};
 pub use projection::Projection;
+pub use rebuild::{rebuild, RebuildOptions, RebuildReport};
 pub use runner::{catch_up, run_all, status, CatchUp, ProjectionStatus, RunnerConfig};

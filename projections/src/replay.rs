@@ -80,7 +80,7 @@ impl FullFold {
         if let Some(fold) = &self.sessions {
             checksum::sessions_sums(fold, mode, &mut out);
         }
-        if let Some((_, sum)) = &self.audit_sum {
+        if let (Some(_), Some((_, sum))) = (&self.audit, &self.audit_sum) {
             out.insert(AuditRow::TABLE, *sum);
         }
         out

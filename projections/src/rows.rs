@@ -29,10 +29,32 @@ pub trait Row:
     fn key(&self) -> Self::Key;
     /// Appends the row as one line of COPY text format.
     fn copy_text(&self, line: &mut CopyLine<'_>);
-    /// The row without what differs between two databases holding the same
-    /// log (storage positions); used by portable checksums.
-    fn portable(&self) -> Cow<'_, Self> {
+    /// The row as checksummed: JSON values with their object keys sorted
+    /// (so the encoding does not depend on key order) and, when `portable`,
+    /// without what differs between two databases holding the same log
+    /// (storage positions).
+    fn for_checksum(&self, _portable: bool) -> Cow<'_, Self> {
         Cow::Borrowed(self)
+    }
+}
+
+/// A JSON value with every object's keys in sorted order.
+pub fn sorted_json(value: &serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<(&String, &serde_json::Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            serde_json::Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), sorted_json(v)))
+                    .collect(),
+            )
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.iter().map(sorted_json).collect())
+        }
+        other => other.clone(),
     }
 }
 
@@ -405,6 +427,11 @@ impl Row for CredentialRow {
         l.time(&self.updated_at);
         l.int(self.last_sequence);
     }
+    fn for_checksum(&self, _portable: bool) -> Cow<'_, Self> {
+        let mut row = self.clone();
+        row.passkey = sorted_json(&self.passkey);
+        Cow::Owned(row)
+    }
 }
 
 impl Row for SessionRow {
@@ -529,11 +556,14 @@ impl Row for AuditRow {
         l.bytea(&self.hash);
     }
     /// Positions are assigned by the database that stores the events
-    /// (an extracted copy has its own), so they are left out.
-    fn portable(&self) -> Cow<'_, Self> {
+    /// (an extracted copy has its own), so they are left out when portable.
+    fn for_checksum(&self, portable: bool) -> Cow<'_, Self> {
         let mut row = self.clone();
-        row.commit_xid = 0;
-        row.insert_id = 0;
+        row.metadata = sorted_json(&self.metadata);
+        if portable {
+            row.commit_xid = 0;
+            row.insert_id = 0;
+        }
         Cow::Owned(row)
     }
 }

@@ -446,8 +446,11 @@ async fn customer_history(fw: &Frameworks, seed: u64, index: usize) -> Result<Ge
             service,
             actor: Actor::parse(&format!("svc-{}", rng.gen_range(0..5)))?,
             action: AuditAction::parse(
-                ["founders.gate.rejected", "founders.gate.check_failed", "invoice.paid"]
-                    [rng.gen_range(0..3)],
+                [
+                    "founders.gate.rejected",
+                    "founders.gate.check_failed",
+                    "invoice.paid",
+                ][rng.gen_range(0..3)],
             )?,
             target: AuditTarget::parse(&format!("invoice/{index}/{a}"))?,
             customer_id: if rng.gen_bool(0.8) {
@@ -540,9 +543,12 @@ impl ScratchDb {
         use sqlx::{ConnectOptions, Connection};
         self.pool.close().await;
         let mut conn = self.admin.connect().await?;
-        sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-            .execute(&mut conn)
-            .await?;
+        sqlx::raw_sql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut conn)
+        .await?;
         conn.close().await?;
         Ok(())
     }

@@ -1,0 +1,655 @@
+//! `queue projections rebuild`: replay the whole log into shadow tables,
+//! validate them, swap them in.
+//!
+//! 1. Shadow tables are created in schema `queue_rebuild` as
+//!    `LIKE <live> INCLUDING ALL EXCLUDING INDEXES`; the log up to an end
+//!    position E (everything committed when the rebuild starts) is folded in
+//!    memory and bulk-loaded with COPY; then the live tables' constraints
+//!    and indexes are added under the same names.
+//! 2. Validation, in one read-only REPEATABLE READ snapshot (so it holds no
+//!    transaction id and never holds the global watermark back): row counts
+//!    and order-independent checksums of the shadow tables against a second,
+//!    independent fold (stream order instead of global order, fresh state,
+//!    no database writes), and against the live tables when the live
+//!    checkpoint is at E in that snapshot (the runner is caught up).
+//! 3. Swap, in one short transaction: lock the projections' checkpoint rows
+//!    (the runners wait), apply the events committed since E to the shadow
+//!    tables with the runner's own code, drop the live tables, move the
+//!    shadow tables into place, set the checkpoints. All or nothing.
+//!
+//! A crash anywhere leaves the live tables as they were; the next rebuild
+//! starts over (it drops whatever shadow schema is left).
+
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use queue_eventstore::feed::Position;
+use serde::Serialize;
+use sqlx::{Connection, PgConnection, PgPool, Row as _};
+use tokio::sync::mpsc;
+
+use crate::checksum::{self, Mode, Sums, TableSum};
+use crate::error::{ProjectionError, ProjectionResult};
+use crate::events::{raw_from_row, read_batch, watermark, Decoder, Event, EVENT_COLUMNS};
+use crate::fold::Table;
+use crate::projection::Projection;
+use crate::replay::{stream_order_sums, FullFold};
+use crate::rows::{AuditRow, CopyLine, Row};
+use crate::runner::LIVE_SCHEMA;
+use crate::store::{apply_batch, qualified, BatchError};
+
+/// Where shadow tables are built.
+pub const SHADOW_SCHEMA: &str = "queue_rebuild";
+/// Advisory lock held by the one running rebuild ("queuerbd").
+pub const REBUILD_LOCK_KEY: i64 = 0x7175_6575_7262_6400;
+
+/// What a rebuild reports while it runs (a progress bar).
+pub trait Progress: Send + Sync {
+    fn phase(&self, _name: &str, _total: u64) {}
+    fn advance(&self, _n: u64) {}
+}
+
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+#[derive(Clone, Debug, Default)]
+pub struct RebuildOptions {
+    /// Rebuild only this projection (default: all).
+    pub only: Option<Projection>,
+    /// Build and validate, but do not swap (a dry run).
+    pub no_swap: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RebuildReport {
+    pub ok: bool,
+    pub projections: Vec<Projection>,
+    /// Events folded (up to the end position).
+    pub events: u64,
+    /// Events applied to the shadow tables during the swap (committed
+    /// since the rebuild started).
+    pub delta_events: u64,
+    pub end_commit_xid: i64,
+    pub end_insert_id: i64,
+    pub tables: Vec<TableSum>,
+    /// Whether the live tables were compared (only when their runner was at
+    /// the rebuild's end position).
+    pub live_compared: bool,
+    pub live_note: String,
+    /// Empty when valid; otherwise one line per differing table.
+    pub differences: Vec<String>,
+    pub swapped: bool,
+    pub replay_ms: u64,
+    pub validate_ms: u64,
+    pub swap_ms: u64,
+    pub elapsed_ms: u64,
+    /// Events per second of the replay and load (without validation).
+    pub events_per_second: u64,
+}
+
+fn selected(options: &RebuildOptions) -> Vec<Projection> {
+    match options.only {
+        Some(p) => vec![p],
+        None => Projection::ALL.to_vec(),
+    }
+}
+
+/// Rebuilds the projections of the database behind `pool`.
+pub async fn rebuild(
+    pool: &PgPool,
+    options: &RebuildOptions,
+    progress: &dyn Progress,
+) -> ProjectionResult<RebuildReport> {
+    let started = Instant::now();
+    let projections = selected(options);
+    let connect = (*pool.connect_options()).clone();
+    let mut control = PgConnection::connect_with(&connect).await?;
+    take_rebuild_lock(&mut control).await?;
+
+    let end = end_position(&mut control).await?;
+    let total: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE (commit_xid, insert_id) <= ($1, $2)")
+            .bind(end.commit_xid)
+            .bind(end.insert_id)
+            .fetch_one(&mut control)
+            .await?;
+    prepare_shadow(&mut control, &projections).await?;
+
+    // 1. Replay and load.
+    progress.phase("replay", total.max(0) as u64);
+    let fold = replay_into_shadow(pool, &projections, end, progress).await?;
+    progress.phase("load", 0);
+    load_tables(&mut control, &fold).await?;
+    progress.phase("index", 0);
+    for projection in &projections {
+        for table in projection.tables() {
+            copy_constraints_and_indexes(&mut control, table).await?;
+        }
+    }
+    let replay_ms = started.elapsed().as_millis() as u64;
+
+    // 2. Validate in one read-only snapshot.
+    let validate_started = Instant::now();
+    progress.phase("validate", total.max(0) as u64);
+    let validation = validate(&mut control, &projections, end, fold.events).await?;
+    progress.advance(total.max(0) as u64);
+    let validate_ms = validate_started.elapsed().as_millis() as u64;
+
+    let mut report = RebuildReport {
+        ok: validation.differences.is_empty(),
+        projections: projections.clone(),
+        events: fold.events,
+        delta_events: 0,
+        end_commit_xid: end.commit_xid,
+        end_insert_id: end.insert_id,
+        tables: checksum::to_report(&validation.shadow),
+        live_compared: validation.live_compared,
+        live_note: validation.live_note,
+        differences: validation.differences,
+        swapped: false,
+        replay_ms,
+        validate_ms,
+        swap_ms: 0,
+        elapsed_ms: 0,
+        events_per_second: (fold.events as f64 / (replay_ms.max(1) as f64 / 1000.0)) as u64,
+    };
+    if !report.ok {
+        report.elapsed_ms = started.elapsed().as_millis() as u64;
+        tracing::error!(differences = ?report.differences, "rebuild validation failed; live tables untouched; shadow tables kept in schema {SHADOW_SCHEMA}");
+        return Ok(report);
+    }
+    if options.no_swap {
+        drop_shadow(&mut control).await?;
+        report.elapsed_ms = started.elapsed().as_millis() as u64;
+        return Ok(report);
+    }
+
+    // 3. Swap.
+    progress.phase("swap", 0);
+    let swap_started = Instant::now();
+    let (delta, _covered) = swap(&mut control, &projections, end, total).await?;
+    report.delta_events = delta;
+    report.swapped = true;
+    report.swap_ms = swap_started.elapsed().as_millis() as u64;
+    drop_shadow(&mut control).await?;
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    let _ = control.close().await;
+    Ok(report)
+}
+
+async fn take_rebuild_lock(conn: &mut PgConnection) -> ProjectionResult<()> {
+    // A crashed rebuild's connection may take a moment to be noticed.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(REBUILD_LOCK_KEY)
+            .fetch_one(&mut *conn)
+            .await?;
+        if acquired {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(ProjectionError::Rebuild(
+                "another rebuild is running (advisory lock held)".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The last event committed below the watermark now.
+async fn end_position(conn: &mut PgConnection) -> ProjectionResult<Position> {
+    let below = watermark(conn).await?;
+    let row = sqlx::query(
+        "SELECT commit_xid, insert_id FROM events WHERE commit_xid < $1 \
+         ORDER BY commit_xid DESC, insert_id DESC LIMIT 1",
+    )
+    .bind(below)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match row {
+        Some(row) => Position {
+            commit_xid: row.try_get("commit_xid")?,
+            insert_id: row.try_get("insert_id")?,
+        },
+        None => Position::default(),
+    })
+}
+
+async fn prepare_shadow(
+    conn: &mut PgConnection,
+    projections: &[Projection],
+) -> ProjectionResult<()> {
+    let mut sql =
+        format!("DROP SCHEMA IF EXISTS {SHADOW_SCHEMA} CASCADE; CREATE SCHEMA {SHADOW_SCHEMA};");
+    for projection in projections {
+        for table in projection.tables() {
+            sql.push_str(&format!(
+                " CREATE TABLE {} (LIKE {} INCLUDING ALL EXCLUDING INDEXES);",
+                qualified(SHADOW_SCHEMA, table),
+                qualified(LIVE_SCHEMA, table)
+            ));
+        }
+    }
+    sqlx::raw_sql(&sql).execute(&mut *conn).await?;
+    Ok(())
+}
+
+async fn drop_shadow(conn: &mut PgConnection) -> ProjectionResult<()> {
+    sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {SHADOW_SCHEMA} CASCADE"))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Adds the live table's primary key, unique and exclusion constraints and
+/// its other indexes to the shadow table, under the same names.
+async fn copy_constraints_and_indexes(
+    conn: &mut PgConnection,
+    table: &str,
+) -> ProjectionResult<()> {
+    let live = qualified(LIVE_SCHEMA, table);
+    let shadow = qualified(SHADOW_SCHEMA, table);
+    let constraints: Vec<(String, String)> = sqlx::query_as(
+        "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint \
+         WHERE conrelid = $1::regclass AND contype IN ('p', 'u', 'x') ORDER BY contype, conname",
+    )
+    .bind(&live)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut sql = String::new();
+    for (name, definition) in &constraints {
+        sql.push_str(&format!(
+            "ALTER TABLE {shadow} ADD CONSTRAINT \"{name}\" {definition};"
+        ));
+    }
+    let indexes: Vec<(String,)> = sqlx::query_as(
+        "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i \
+         WHERE i.indrelid = $1::regclass \
+         AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid) \
+         ORDER BY i.indexrelid",
+    )
+    .bind(&live)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (definition,) in &indexes {
+        let rewritten = definition
+            .replacen(&format!(" ON {live} "), &format!(" ON {shadow} "), 1)
+            .replacen(
+                &format!(" ON ONLY {live} "),
+                &format!(" ON ONLY {shadow} "),
+                1,
+            );
+        if rewritten == *definition {
+            return Err(ProjectionError::Rebuild(format!(
+                "cannot carry index over to the shadow table: {definition}"
+            )));
+        }
+        sql.push_str(&rewritten);
+        sql.push(';');
+    }
+    if !sql.is_empty() {
+        sqlx::raw_sql(&sql).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+const CHUNK: usize = 1024;
+const COPY_BUFFER: usize = 1 << 20;
+
+/// Streams the log up to `end` in global order: one task reads and decodes,
+/// this one folds, a third writes the audit rows with COPY as they come.
+async fn replay_into_shadow(
+    pool: &PgPool,
+    projections: &[Projection],
+    end: Position,
+    progress: &dyn Progress,
+) -> ProjectionResult<FullFold> {
+    let connect = (*pool.connect_options()).clone();
+    let (event_tx, mut event_rx) = mpsc::channel::<Vec<Event>>(8);
+    let (skipped_tx, skipped_rx) = tokio::sync::watch::channel(0u64);
+    let reader_projections = projections.to_vec();
+    let reader_connect = connect.clone();
+    let reader = AbortOnDrop(tokio::spawn(async move {
+        let mut conn = PgConnection::connect_with(&reader_connect).await?;
+        let decoder = Decoder::new();
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE (commit_xid, insert_id) <= ($1, $2) \
+             ORDER BY commit_xid, insert_id"
+        );
+        let mut rows = sqlx::query(&sql)
+            .bind(end.commit_xid)
+            .bind(end.insert_id)
+            .fetch(&mut conn);
+        let mut chunk = Vec::with_capacity(CHUNK);
+        let mut skipped = 0u64;
+        while let Some(row) = rows.try_next().await? {
+            let raw = raw_from_row(&row)?;
+            if !reader_projections
+                .iter()
+                .any(|p| p.reads(&raw.meta.aggregate_type))
+            {
+                skipped += 1;
+                continue;
+            }
+            chunk.push(decoder.decode(raw)?);
+            if chunk.len() == CHUNK {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                if event_tx.send(full).await.is_err() {
+                    break;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = event_tx.send(chunk).await;
+        }
+        let _ = skipped_tx.send(skipped);
+        Ok::<(), ProjectionError>(())
+    }));
+
+    let with_audit = projections.contains(&Projection::Audit);
+    let (copy_tx, copy_rx) = mpsc::channel::<Vec<u8>>(4);
+    let writer = if with_audit {
+        let connect = connect.clone();
+        Some(AbortOnDrop(tokio::spawn(async move {
+            let mut conn = PgConnection::connect_with(&connect).await?;
+            copy_stream::<AuditRow>(&mut conn, copy_rx).await
+        })))
+    } else {
+        drop(copy_rx);
+        None
+    };
+
+    let mut fold = FullFold::new(projections);
+    let mut buffer = Vec::with_capacity(COPY_BUFFER + 4096);
+    let mut failure = None;
+    while let Some(chunk) = event_rx.recv().await {
+        let n = chunk.len() as u64;
+        for event in &chunk {
+            match fold.apply(event) {
+                Ok(Some(row)) => {
+                    let mut line = CopyLine::new(&mut buffer);
+                    row.copy_text(&mut line);
+                    line.end();
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    failure = Some(err);
+                    break;
+                }
+            }
+        }
+        if failure.is_some() {
+            break;
+        }
+        if buffer.len() >= COPY_BUFFER {
+            let full = std::mem::replace(&mut buffer, Vec::with_capacity(COPY_BUFFER + 4096));
+            if copy_tx.send(full).await.is_err() {
+                break;
+            }
+        }
+        progress.advance(n);
+    }
+    drop(event_rx);
+    if !buffer.is_empty() && failure.is_none() {
+        let _ = copy_tx.send(buffer).await;
+    }
+    drop(copy_tx);
+    let read_result = reader
+        .join()
+        .await
+        .map_err(|e| ProjectionError::Rebuild(format!("replay reader: {e}")))?;
+    let write_result = match writer {
+        Some(writer) => Some(
+            writer
+                .join()
+                .await
+                .map_err(|e| ProjectionError::Rebuild(format!("audit writer: {e}")))?,
+        ),
+        None => None,
+    };
+    if let Some(err) = failure {
+        return Err(err);
+    }
+    read_result?;
+    if let Some(result) = write_result {
+        result?;
+    }
+    let skipped = *skipped_rx.borrow();
+    fold.events += skipped;
+    progress.advance(skipped);
+    Ok(fold)
+}
+
+/// A spawned task that is aborted when its handle is dropped, so a
+/// cancelled rebuild leaves nothing running behind it.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn join(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// COPYs byte chunks (COPY text lines) into a shadow table.
+async fn copy_stream<R: Row>(
+    conn: &mut PgConnection,
+    mut chunks: mpsc::Receiver<Vec<u8>>,
+) -> ProjectionResult<u64> {
+    let statement = format!(
+        "COPY {} ({}) FROM STDIN",
+        qualified(SHADOW_SCHEMA, R::TABLE),
+        R::COLUMNS.join(", ")
+    );
+    let mut copy = conn.copy_in_raw(&statement).await?;
+    while let Some(chunk) = chunks.recv().await {
+        if let Err(err) = copy.send(chunk).await {
+            let _ = copy.abort("rebuild failed").await;
+            return Err(err.into());
+        }
+    }
+    Ok(copy.finish().await?)
+}
+
+async fn copy_table<R: Row>(conn: &mut PgConnection, table: &Table<R>) -> ProjectionResult<()> {
+    let statement = format!(
+        "COPY {} ({}) FROM STDIN",
+        qualified(SHADOW_SCHEMA, R::TABLE),
+        R::COLUMNS.join(", ")
+    );
+    let mut copy = conn.copy_in_raw(&statement).await?;
+    let mut buffer = Vec::with_capacity(COPY_BUFFER + 4096);
+    for row in table.values() {
+        let mut line = CopyLine::new(&mut buffer);
+        row.copy_text(&mut line);
+        line.end();
+        if buffer.len() >= COPY_BUFFER {
+            let full = std::mem::replace(&mut buffer, Vec::with_capacity(COPY_BUFFER + 4096));
+            copy.send(full).await?;
+        }
+    }
+    if !buffer.is_empty() {
+        copy.send(buffer).await?;
+    }
+    copy.finish().await?;
+    Ok(())
+}
+
+async fn load_tables(conn: &mut PgConnection, fold: &FullFold) -> ProjectionResult<()> {
+    if let Some(f) = &fold.customers {
+        copy_table(conn, &f.customers).await?;
+        copy_table(conn, &f.roles).await?;
+        copy_table(conn, &f.codes).await?;
+        copy_table(conn, &f.verifications).await?;
+    }
+    if let Some(f) = &fold.credentials {
+        copy_table(conn, &f.credentials).await?;
+    }
+    if let Some(f) = &fold.sessions {
+        copy_table(conn, &f.sessions).await?;
+        copy_table(conn, &f.tokens).await?;
+    }
+    Ok(())
+}
+
+struct Validation {
+    shadow: Sums,
+    live_compared: bool,
+    live_note: String,
+    differences: Vec<String>,
+}
+
+async fn validate(
+    conn: &mut PgConnection,
+    projections: &[Projection],
+    end: Position,
+    folded_events: u64,
+) -> ProjectionResult<Validation> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let mut shadow = Sums::new();
+    for projection in projections {
+        checksum::database_sums(
+            &mut tx,
+            SHADOW_SCHEMA,
+            *projection,
+            Mode::Local,
+            &mut shadow,
+        )
+        .await?;
+    }
+    let (second_events, second) = stream_order_sums(&mut tx, projections, end, Mode::Local).await?;
+    let mut differences = checksum::differences("rebuild", &shadow, "second fold", &second);
+    if second_events != folded_events {
+        differences.push(format!(
+            "events: the rebuild folded {folded_events}, the second fold {second_events}"
+        ));
+    }
+    // Live tables, when their runner is exactly at the end position.
+    let mut at_end = true;
+    let mut notes = Vec::new();
+    for projection in projections {
+        let cp = crate::runner::load_checkpoint(&mut tx, *projection, false).await?;
+        if cp.position != end || cp.failed {
+            at_end = false;
+            notes.push(format!(
+                "{projection} runner at ({}, {}){}",
+                cp.position.commit_xid,
+                cp.position.insert_id,
+                if cp.failed {
+                    ", stopped at a failed event"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    let live_note;
+    if at_end {
+        let mut live = Sums::new();
+        for projection in projections {
+            checksum::database_sums(&mut tx, LIVE_SCHEMA, *projection, Mode::Local, &mut live)
+                .await?;
+        }
+        differences.extend(checksum::differences("rebuild", &shadow, "live", &live));
+        live_note = "live tables compared (runner caught up)".to_owned();
+    } else {
+        live_note = format!(
+            "live tables not compared: rebuild ends at ({}, {}); {}",
+            end.commit_xid,
+            end.insert_id,
+            notes.join("; ")
+        );
+    }
+    tx.rollback().await?;
+    Ok(Validation {
+        shadow,
+        live_compared: at_end,
+        live_note,
+        differences,
+    })
+}
+
+/// The swap transaction. Returns (events applied since `end`, total events
+/// the checkpoints now cover).
+async fn swap(
+    conn: &mut PgConnection,
+    projections: &[Projection],
+    end: Position,
+    folded_total: i64,
+) -> ProjectionResult<(u64, i64)> {
+    let names: Vec<&str> = projections.iter().map(|p| p.name()).collect();
+    let below = watermark(conn).await?;
+    let mut tx = conn.begin().await?;
+    sqlx::query(
+        "SELECT name FROM projection_checkpoints WHERE name = ANY($1) ORDER BY name FOR UPDATE",
+    )
+    .bind(&names)
+    .fetch_all(&mut *tx)
+    .await?;
+    // Catch the shadow tables up with what committed since the end position.
+    let decoder = Decoder::new();
+    let mut position = end;
+    let mut delta = 0u64;
+    loop {
+        let raws = read_batch(&mut tx, position, below, 2_000).await?;
+        let Some(last) = raws.last() else { break };
+        position = last.meta.position;
+        delta += raws.len() as u64;
+        let mut events = Vec::with_capacity(raws.len());
+        for raw in raws {
+            if projections
+                .iter()
+                .any(|p| p.reads(&raw.meta.aggregate_type))
+            {
+                events.push(decoder.decode(raw)?);
+            }
+        }
+        for projection in projections {
+            let mine: Vec<Event> = events
+                .iter()
+                .filter(|e| projection.reads(&e.meta.aggregate_type))
+                .cloned()
+                .collect();
+            match apply_batch(&mut tx, SHADOW_SCHEMA, *projection, &mine).await {
+                Ok(()) => {}
+                Err(BatchError::Event { error, .. }) => return Err(error),
+                Err(BatchError::Database(error)) => return Err(error),
+            }
+        }
+    }
+    let mut sql = String::new();
+    for projection in projections {
+        for table in projection.tables() {
+            sql.push_str(&format!(
+                "DROP TABLE {live}; ALTER TABLE {shadow} SET SCHEMA {LIVE_SCHEMA}; \
+                 GRANT SELECT, INSERT, UPDATE ON {live} TO queue_service;",
+                live = qualified(LIVE_SCHEMA, table),
+                shadow = qualified(SHADOW_SCHEMA, table),
+            ));
+        }
+    }
+    sqlx::raw_sql(&sql).execute(&mut *tx).await?;
+    let total = folded_total + delta as i64;
+    sqlx::query(
+        "UPDATE projection_checkpoints SET commit_xid = $2, insert_id = $3, events = $4, \
+         updated_at = now(), failed_at = NULL, error = NULL, failed_aggregate_type = NULL, \
+         failed_aggregate_id = NULL, failed_sequence = NULL WHERE name = ANY($1)",
+    )
+    .bind(&names)
+    .bind(position.commit_xid)
+    .bind(position.insert_id)
+    .bind(total)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok((delta, total))
+}

@@ -1,0 +1,176 @@
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use queue_projections::checksum::Mode;
+use queue_projections::rebuild::{NoProgress, Progress};
+use queue_projections::{catch_up, rebuild, Projection, RebuildOptions};
+use sqlx::PgPool;
+
+use crate::helpers::*;
+
+/// Generated history → live projection; a full rebuild validates against
+/// the second fold and the live tables, swaps, and the runner carries on
+/// on the swapped tables.
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn rebuild_equals_live_projection_table_by_table(pool: PgPool) {
+    history(&pool, 500, 2).await;
+    catch_up(&pool).await.unwrap();
+    let live_before = live_sums(&pool, Mode::Local).await;
+
+    let report = rebuild(&pool, &RebuildOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    eprintln!("{report:#?}");
+    assert!(report.ok, "{:?}", report.differences);
+    assert!(report.live_compared, "{}", report.live_note);
+    assert!(report.swapped);
+    assert_eq!(report.events as i64, event_count(&pool).await);
+    let live_after = live_sums(&pool, Mode::Local).await;
+    assert_same("before", &live_before, "after rebuild", &live_after);
+    assert_eq!(live_after.len(), 8, "every read table is covered");
+
+    // The runner continues on the swapped tables from the reset checkpoint.
+    assert!(catch_up(&pool)
+        .await
+        .unwrap()
+        .iter()
+        .all(|c| c.applied == 0));
+    history(&pool, 40, 3).await;
+    catch_up(&pool).await.unwrap();
+    assert_same(
+        "live",
+        &live_sums(&pool, Mode::Local).await,
+        "fold",
+        &folded_sums(&pool, Mode::Local).await,
+    );
+    // Indexes and constraints carried over under the same names.
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'public' \
+         AND tablename = 'customer_audit_events' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        indexes,
+        [
+            "customer_audit_events_action_commit_xid_insert_id_idx",
+            "customer_audit_events_commit_xid_insert_id_key",
+            "customer_audit_events_customer_id_commit_xid_insert_id_idx",
+            "customer_audit_events_event_id_key",
+            "customer_audit_events_occurred_at_idx",
+            "customer_audit_events_pkey",
+        ]
+    );
+}
+
+/// Rebuilding one projection leaves the others' tables and checkpoints alone.
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn rebuild_only_one_projection(pool: PgPool) {
+    history(&pool, 60, 4).await;
+    catch_up(&pool).await.unwrap();
+    let before = live_sums(&pool, Mode::Local).await;
+    let options = RebuildOptions {
+        only: Some(Projection::Sessions),
+        no_swap: false,
+    };
+    let report = rebuild(&pool, &options, &NoProgress).await.unwrap();
+    assert!(report.ok && report.swapped, "{report:?}");
+    assert_eq!(report.tables.len(), 2);
+    assert_same(
+        "before",
+        &before,
+        "after",
+        &live_sums(&pool, Mode::Local).await,
+    );
+}
+
+/// Counts replayed events; asks the test to kill the rebuild midway.
+struct Tripwire {
+    seen: AtomicU64,
+    trip_at: u64,
+    tripped: tokio::sync::Notify,
+}
+
+impl Progress for Tripwire {
+    fn advance(&self, n: u64) {
+        let before = self.seen.fetch_add(n, Ordering::SeqCst);
+        if before < self.trip_at && before + n >= self.trip_at {
+            self.tripped.notify_one();
+        }
+    }
+}
+
+/// A rebuild killed halfway (its task aborted, its connections dropped)
+/// leaves the live tables untouched; the next rebuild recovers and matches.
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn rebuild_after_a_crash_halfway_recovers(pool: PgPool) {
+    history(&pool, 300, 5).await;
+    catch_up(&pool).await.unwrap();
+    let live_before = live_sums(&pool, Mode::Local).await;
+    let total = event_count(&pool).await as u64;
+
+    let tripwire = Arc::new(Tripwire {
+        seen: AtomicU64::new(0),
+        trip_at: total / 2,
+        tripped: tokio::sync::Notify::new(),
+    });
+    // The rebuild future is dropped when the tripwire fires: its
+    // connections close mid-COPY, as when the process is killed.
+    let options = RebuildOptions::default();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::select! {
+            result = rebuild(&pool, &options, tripwire.as_ref()) => Some(result),
+            _ = tripwire.tripped.notified() => None,
+        }
+    })
+    .await
+    .expect("the rebuild never got halfway");
+    assert!(
+        outcome.is_none(),
+        "the rebuild finished before it was killed"
+    );
+    eprintln!(
+        "killed the rebuild after {} of {total} events",
+        tripwire.seen.load(Ordering::SeqCst)
+    );
+
+    // Nothing changed for readers; the half-built shadow schema is left over.
+    assert_same(
+        "before",
+        &live_before,
+        "after crash",
+        &live_sums(&pool, Mode::Local).await,
+    );
+    let leftover: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'queue_rebuild')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(leftover);
+
+    let started = Instant::now();
+    let report = rebuild(&pool, &RebuildOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    eprintln!("recovered in {:?}", started.elapsed());
+    assert!(
+        report.ok && report.swapped && report.live_compared,
+        "{report:?}"
+    );
+    assert_same(
+        "before",
+        &live_before,
+        "after",
+        &live_sums(&pool, Mode::Local).await,
+    );
+    let leftover: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'queue_rebuild')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(!leftover);
+}
