@@ -11,6 +11,7 @@ pub mod db;
 pub mod error;
 pub mod export;
 pub mod feed;
+pub mod history;
 pub mod keys;
 pub mod merkle;
 pub mod repository;

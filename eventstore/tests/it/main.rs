@@ -5,5 +5,6 @@ mod append;
 mod concurrency;
 mod export;
 mod helpers;
+mod history;
 mod tamper;
 mod vectors;

@@ -1,0 +1,337 @@
+//! Forensics: a customer's state at an instant, folded from the event log
+//! (never from read tables), with the events that led there and whether a
+//! signed checkpoint covers every one of them.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::persist::{EventUpcaster, SerializedEvent};
+use cqrs_es::Aggregate;
+use futures::TryStreamExt;
+use queue_domain::customer::CustomerStatus;
+use queue_domain::session::SessionStatus;
+use queue_domain::{Credential, CredentialEvent, Customer, CustomerEvent, Session, SessionEvent};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+
+use crate::chain;
+use crate::error::{StoreError, StoreResult};
+
+/// One event that shaped the state.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct HistoryEvent {
+    pub ledger_seq: Option<i64>,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub recorded_at: String,
+    pub hash: String,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RoleView {
+    pub grant_id: Option<String>,
+    pub role: String,
+    pub ticket_id: Option<String>,
+    pub granted_by: Option<String>,
+    pub granted_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Counts at the instant: not revoked and not expired.
+    pub active: bool,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct PasskeyView {
+    pub credential_id: String,
+    pub raw_credential_id: String,
+    pub name: Option<String>,
+    pub sign_count: u32,
+    pub backup_eligible: bool,
+    pub backup_state: bool,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SessionView {
+    pub session_id: String,
+    pub amr: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// `active`, `expired`, or `revoked:<reason>` at the instant.
+    pub status: String,
+    pub live: bool,
+}
+
+/// What the customer looked like at `at`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CustomerView {
+    pub email: String,
+    pub display_name: Option<String>,
+    pub email_verified: bool,
+    pub status: String,
+    pub roles: Vec<RoleView>,
+    pub passkeys: Vec<PasskeyView>,
+    pub sessions: Vec<SessionView>,
+    pub unused_backup_codes: usize,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CustomerHistory {
+    pub customer_id: String,
+    pub at: DateTime<Utc>,
+    /// `None` when the customer did not exist yet at `at`.
+    pub state: Option<CustomerView>,
+    pub events: Vec<HistoryEvent>,
+    /// True when every event used is sealed and covered by a signed checkpoint.
+    pub covered_by_checkpoint: bool,
+    pub checkpoint_tree_size: Option<i64>,
+}
+
+/// Loads every event of the customer's streams recorded at or before `at`,
+/// in global order, and folds them.
+pub async fn customer_history(
+    pool: &PgPool,
+    customer_id: &str,
+    at: DateTime<Utc>,
+) -> StoreResult<CustomerHistory> {
+    let mut rows = sqlx::query(
+        "WITH streams AS ( \
+           SELECT s.aggregate_type, s.aggregate_id FROM events s WHERE s.sequence = 1 AND ( \
+             (s.aggregate_type = 'Customer' AND s.aggregate_id = $1) \
+             OR (s.aggregate_type IN ('Credential', 'Session') AND jsonb_typeof(s.payload) = 'object' \
+                 AND EXISTS (SELECT 1 FROM jsonb_each(s.payload) p \
+                     WHERE jsonb_typeof(p.value) = 'object' AND p.value->>'customer_id' = $1)))) \
+         SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
+                e.payload, e.recorded_at, e.hash, l.seq AS ledger_seq \
+         FROM events e JOIN streams USING (aggregate_type, aggregate_id) \
+         LEFT JOIN ledger l USING (aggregate_type, aggregate_id, sequence) \
+         WHERE e.recorded_at <= $2 ORDER BY e.commit_xid, e.insert_id",
+    )
+    .bind(customer_id)
+    .bind(at)
+    .fetch(pool);
+
+    let upcasters = queue_domain::upcasters();
+    let mut customer = Customer::default();
+    let mut credentials: BTreeMap<String, Credential> = BTreeMap::new();
+    let mut sessions: BTreeMap<String, Session> = BTreeMap::new();
+    let mut events = Vec::new();
+    let mut max_seq: Option<i64> = None;
+    let mut unsealed = false;
+    while let Some(row) = rows.try_next().await? {
+        let aggregate_type: String = row.try_get("aggregate_type")?;
+        let aggregate_id: String = row.try_get("aggregate_id")?;
+        let sequence: i64 = row.try_get("sequence")?;
+        let event_type: String = row.try_get("event_type")?;
+        let recorded_at: DateTime<Utc> = row.try_get("recorded_at")?;
+        let ledger_seq: Option<i64> = row.try_get("ledger_seq")?;
+        let hash: Vec<u8> = row.try_get("hash")?;
+        let serialized = upcast(
+            &upcasters,
+            SerializedEvent::new(
+                aggregate_id.clone(),
+                sequence as usize,
+                aggregate_type.clone(),
+                event_type.clone(),
+                row.try_get("event_version")?,
+                row.try_get::<Value, _>("payload")?,
+                Value::Null,
+            ),
+        );
+        let decode_error = |e: serde_json::Error| {
+            StoreError::Ledger(format!("{aggregate_type}/{aggregate_id} #{sequence}: {e}"))
+        };
+        match aggregate_type.as_str() {
+            "Customer" => customer.apply(
+                serde_json::from_value::<CustomerEvent>(serialized.payload)
+                    .map_err(decode_error)?,
+            ),
+            "Credential" => credentials.entry(aggregate_id.clone()).or_default().apply(
+                serde_json::from_value::<CredentialEvent>(serialized.payload)
+                    .map_err(decode_error)?,
+            ),
+            "Session" => sessions.entry(aggregate_id.clone()).or_default().apply(
+                serde_json::from_value::<SessionEvent>(serialized.payload).map_err(decode_error)?,
+            ),
+            _ => {}
+        }
+        match ledger_seq {
+            Some(seq) => max_seq = Some(max_seq.map_or(seq, |m| m.max(seq))),
+            None => unsealed = true,
+        }
+        events.push(HistoryEvent {
+            ledger_seq,
+            aggregate_type,
+            aggregate_id,
+            sequence,
+            event_type,
+            recorded_at: chain::format_time(&recorded_at),
+            hash: hex::encode(hash),
+        });
+    }
+    let checkpoint: Option<i64> = sqlx::query_scalar("SELECT max(tree_size) FROM checkpoints")
+        .fetch_one(pool)
+        .await?;
+    let covered = !unsealed && max_seq.is_none_or(|m| checkpoint.is_some_and(|c| c >= m));
+    Ok(CustomerHistory {
+        customer_id: customer_id.to_string(),
+        at,
+        state: view(&customer, &credentials, &sessions, at),
+        events,
+        covered_by_checkpoint: covered,
+        checkpoint_tree_size: checkpoint,
+    })
+}
+
+fn upcast(upcasters: &[Box<dyn EventUpcaster>], event: SerializedEvent) -> SerializedEvent {
+    upcasters.iter().fold(event, |event, upcaster| {
+        if upcaster.can_upcast(&event.event_type, &event.event_version) {
+            upcaster.upcast(event)
+        } else {
+            event
+        }
+    })
+}
+
+fn view(
+    customer: &Customer,
+    credentials: &BTreeMap<String, Credential>,
+    sessions: &BTreeMap<String, Session>,
+    at: DateTime<Utc>,
+) -> Option<CustomerView> {
+    let state = customer.state()?;
+    let mut roles = vec![RoleView {
+        grant_id: None,
+        role: state.default_role.to_string(),
+        ticket_id: None,
+        granted_by: None,
+        granted_at: Some(state.registered_at),
+        expires_at: None,
+        active: true,
+        revoked_at: None,
+    }];
+    roles.extend(state.grants.iter().map(|g| RoleView {
+        grant_id: Some(g.grant_id.to_string()),
+        role: g.role.to_string(),
+        ticket_id: g.ticket_id.as_ref().map(ToString::to_string),
+        granted_by: Some(g.actor.to_string()),
+        granted_at: Some(g.granted_at),
+        expires_at: g.expires_at,
+        active: g.is_active(at),
+        revoked_at: g.revocation.as_ref().map(|r| r.at),
+    }));
+    let passkeys = credentials
+        .iter()
+        .filter_map(|(id, c)| {
+            let s = c.state()?;
+            Some(PasskeyView {
+                credential_id: id.clone(),
+                raw_credential_id: s.raw_credential_id.to_string(),
+                name: s.name.as_ref().map(ToString::to_string),
+                sign_count: s.sign_count,
+                backup_eligible: s.backup_eligible,
+                backup_state: s.backup_state,
+                created_at: s.created_at,
+                last_used_at: s.last_used_at,
+                revoked_at: s.revocation.as_ref().map(|r| r.at),
+            })
+        })
+        .collect();
+    let sessions = sessions
+        .iter()
+        .filter_map(|(id, session)| {
+            let s = session.state()?;
+            let status = match s.status(at) {
+                SessionStatus::Active => "active".to_string(),
+                SessionStatus::Expired => "expired".to_string(),
+                SessionStatus::Revoked { reason } => format!(
+                    "revoked:{}",
+                    serde_json::to_value(reason)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                ),
+            };
+            Some(SessionView {
+                session_id: id.clone(),
+                amr: s.method.as_ref().map(|m| m.amr().to_string()),
+                created_at: s.created_at,
+                last_seen_at: s.last_seen_at,
+                expires_at: s.expires_at(),
+                live: status == "active",
+                status,
+            })
+        })
+        .collect();
+    Some(CustomerView {
+        email: state.email.to_string(),
+        display_name: state.display_name.as_ref().map(ToString::to_string),
+        email_verified: state.email_verified_at.is_some_and(|v| v <= at),
+        status: match state.status {
+            CustomerStatus::Active => "active".into(),
+            CustomerStatus::Suspended => "suspended".into(),
+        },
+        roles,
+        passkeys,
+        sessions,
+        unused_backup_codes: state.unused_backup_codes(),
+    })
+}
+
+/// A field-by-field difference between two JSON values (paths like
+/// `state.sessions[0].status`).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Change {
+    pub path: String,
+    pub before: Value,
+    pub after: Value,
+}
+
+pub fn diff(before: &Value, after: &Value) -> Vec<Change> {
+    let mut out = Vec::new();
+    diff_at("", before, after, &mut out);
+    out
+}
+
+fn diff_at(path: &str, before: &Value, after: &Value, out: &mut Vec<Change>) {
+    match (before, after) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for key in keys {
+                let p = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                diff_at(
+                    &p,
+                    a.get(key).unwrap_or(&Value::Null),
+                    b.get(key).unwrap_or(&Value::Null),
+                    out,
+                );
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for i in 0..a.len().max(b.len()) {
+                diff_at(
+                    &format!("{path}[{i}]"),
+                    a.get(i).unwrap_or(&Value::Null),
+                    b.get(i).unwrap_or(&Value::Null),
+                    out,
+                );
+            }
+        }
+        (a, b) if a != b => out.push(Change {
+            path: path.to_string(),
+            before: a.clone(),
+            after: b.clone(),
+        }),
+        _ => {}
+    }
+}
