@@ -9,6 +9,7 @@ use queue_domain::types::{CredentialId, CredentialName, CustomerId, Reason};
 use queue_domain::Credential;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::extract::{Authenticated, Json};
@@ -47,19 +48,27 @@ fn view(loaded: &Loaded<Credential>) -> Option<CredentialView> {
     })
 }
 
+/// The customer's passkeys, from the `queue_webauthn_credentials` read table
+/// (it trails the event log by the projection runner's poll interval).
 #[utoipa::path(get, path = "/api/v1/auth/credentials", tag = "credentials",
     responses((status = 200, body = CredentialList), (status = 401), (status = 503)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Authenticated,
 ) -> Result<Json<CredentialList>, ApiError> {
-    let store = state.store();
-    let mut conn = store.pool().acquire().await?;
-    let credentials = store
-        .usable_credentials_of(&mut conn, auth.customer_id)
-        .await?
-        .iter()
-        .filter_map(view)
+    let rows =
+        queue_projections::read::credentials_of(state.store().pool(), Uuid::from(auth.customer_id))
+            .await?;
+    let credentials = rows
+        .into_iter()
+        .map(|row| CredentialView {
+            credential_id: row.credential_id.to_string(),
+            name: row.name,
+            created_at: row.created_at,
+            last_used_at: row.last_used_at,
+            backup_eligible: row.backup_eligible,
+            backup_state: row.backup_state,
+        })
         .collect();
     Ok(Json(CredentialList { credentials }))
 }

@@ -289,6 +289,16 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<queue_projections::ProjectionError> for ApiError {
+    fn from(err: queue_projections::ProjectionError) -> Self {
+        match err {
+            queue_projections::ProjectionError::Database(e) => e.into(),
+            queue_projections::ProjectionError::Store(e) => e.into(),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
         StoreError::from(err).into()

@@ -8,6 +8,7 @@ use queue_domain::session::{RefreshOutcome, RevokeReason, SessionCommand};
 use queue_domain::types::SessionId;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::extract::{Authenticated, Json};
@@ -110,8 +111,9 @@ pub struct SessionList {
     pub sessions: Vec<SessionView>,
 }
 
-/// The customer's active sessions, oldest first (from the event streams, so
-/// a session created a moment ago is listed).
+/// The customer's active sessions, newest first, from the `queue_sessions`
+/// read table (it trails the event log by the projection runner's poll
+/// interval).
 #[utoipa::path(get, path = "/api/v1/auth/sessions", tag = "sessions",
     responses((status = 200, body = SessionList), (status = 401), (status = 503)), security(("bearer" = [])))]
 pub async fn list(
@@ -119,22 +121,22 @@ pub async fn list(
     auth: Authenticated,
 ) -> Result<Json<SessionList>, ApiError> {
     let now = state.now();
-    let sessions = state.store().sessions_of(auth.customer_id).await?;
-    let sessions = sessions
-        .iter()
-        .filter_map(|loaded| {
-            let s = loaded.aggregate.state()?;
-            if !s.is_active(now) {
-                return None;
-            }
-            Some(SessionView {
-                session_id: loaded.id.clone(),
-                created_at: s.created_at,
-                last_seen_at: s.last_seen_at,
-                expires_at: s.expires_at(),
-                amr: vec![s.method.as_ref().map_or("webauthn", |m| m.amr()).to_owned()],
-                current: loaded.id == auth.session_id.to_string(),
-            })
+    let rows = queue_projections::read::sessions_of(
+        state.store().pool(),
+        Uuid::from(auth.customer_id),
+        now,
+    )
+    .await?;
+    let current = Uuid::from(auth.session_id);
+    let sessions = rows
+        .into_iter()
+        .map(|row| SessionView {
+            session_id: row.session_id.to_string(),
+            created_at: row.created_at,
+            last_seen_at: row.last_seen_at,
+            expires_at: row.ends_at(),
+            amr: vec![row.amr.clone().unwrap_or_else(|| "webauthn".to_owned())],
+            current: row.session_id == current,
         })
         .collect();
     Ok(Json(SessionList { sessions }))

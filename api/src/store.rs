@@ -259,7 +259,9 @@ impl Store {
             .collect())
     }
 
-    /// Every session stream of the customer (including ended ones).
+    /// Every session stream of the customer (including ended ones), from the
+    /// event log: for decisions that must see every session, e.g. revoking
+    /// them all on suspension (issue 7).
     pub async fn sessions_of(
         &self,
         customer: CustomerId,

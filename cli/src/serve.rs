@@ -52,6 +52,12 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
 
     let (stop_sealer, sealer_stopped) = watch::channel(false);
     let reloader_stopped = sealer_stopped.clone();
+    // Read tables (queue_*): one runner per projection, leader-elected.
+    let projections = tokio::spawn(queue_projections::run_all(
+        pool.clone(),
+        queue_projections::RunnerConfig::default(),
+        sealer_stopped.clone(),
+    ));
     let sealer = tokio::spawn(
         Sealer::new(signer, SealerConfig::default())
             .run(db::connect_options(&database_url)?, sealer_stopped),
@@ -100,6 +106,9 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
     let _ = stop_sealer.send(true);
     if tokio::time::timeout(DRAIN, sealer).await.is_err() {
         tracing::warn!("sealer did not reach a clean point in time");
+    }
+    if tokio::time::timeout(DRAIN, projections).await.is_err() {
+        tracing::warn!("projection runners did not stop in time");
     }
     pool.close().await;
     tracing::info!("queue stopped cleanly");

@@ -171,6 +171,14 @@ impl TestApp {
         self.request(Method::GET, path, None, None).await
     }
 
+    /// Brings the read tables up to every committed event (the list
+    /// endpoints read them).
+    pub async fn catch_up(&self) {
+        for projection in queue_projections::catch_up(&self.state.pool).await.unwrap() {
+            assert!(projection.error.is_none(), "{:?}", projection.error);
+        }
+    }
+
     pub async fn event_count(&self) -> i64 {
         self.state.store().event_count().await.unwrap()
     }

@@ -199,6 +199,7 @@ async fn a_second_passkey_is_added_with_a_bearer_token_and_logs_in(pool: PgPool)
     assert_eq!(login.status, StatusCode::OK, "{}", login.text);
     assert_eq!(login.json["customer_id"], tokens["customer_id"]);
 
+    app.catch_up().await;
     let list = app.get_auth("/api/v1/auth/credentials", &token).await;
     assert_eq!(list.status, StatusCode::OK, "{}", list.text);
     let names: Vec<&str> = list.json["credentials"]
