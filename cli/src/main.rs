@@ -5,6 +5,7 @@ mod config;
 mod export;
 mod keys;
 mod progress;
+mod replay;
 mod serve;
 
 use std::path::PathBuf;
@@ -59,6 +60,8 @@ enum Command {
     Export(export::ExportArgs),
     /// Check an export file offline with only the checkpoint verifier key.
     VerifyExport(export::VerifyExportArgs),
+    /// A customer's state at an instant (or the changes between two), folded from the event log.
+    Replay(replay::ReplayArgs),
     /// Key management.
     Keys {
         #[command(subcommand)]
@@ -199,6 +202,7 @@ async fn run(cli: Cli, env: Lookup<'_>) -> Result<ExitCode, CliError> {
             })
         }
         Command::Keys { command } => keys::run(command, cli.json, env),
+        Command::Replay(args) => replay::run(args, cli.json, env).await,
         Command::Export(args) => export::export(args, cli.json, env).await,
         Command::VerifyExport(args) => export::verify_export(args, cli.json),
     }
