@@ -13,15 +13,8 @@ pub enum ProjectionError {
     /// A projection cannot apply one event (undecodable payload, an event
     /// for a row that does not exist, …). Deterministic: retrying the same
     /// code on the same event fails the same way.
-    #[error("{aggregate_type}/{aggregate_id} sequence {sequence} ({event_type} {event_version}): {reason}")]
-    Event {
-        aggregate_type: String,
-        aggregate_id: String,
-        sequence: i64,
-        event_type: String,
-        event_version: String,
-        reason: String,
-    },
+    #[error("{0}")]
+    Event(Box<EventFailure>),
     #[error("invalid cursor")]
     InvalidCursor,
     #[error("unknown projection {0:?} (known: customers, credentials, sessions, audit)")]
@@ -30,4 +23,18 @@ pub enum ProjectionError {
     Rebuild(String),
     #[error("{0}")]
     Extract(String),
+}
+
+/// Which event a projection cannot apply, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{aggregate_type}/{aggregate_id} sequence {sequence} ({event_type} {event_version}): {reason}"
+)]
+pub struct EventFailure {
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub reason: String,
 }

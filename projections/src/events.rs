@@ -11,7 +11,7 @@ use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{PgConnection, Row};
 
-use crate::error::{ProjectionError, ProjectionResult};
+use crate::error::{EventFailure, ProjectionError, ProjectionResult};
 
 /// Where an event is and what it is, without its payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,14 +29,14 @@ pub struct Meta {
 impl Meta {
     /// The error for this event.
     pub fn error(&self, reason: impl Into<String>) -> ProjectionError {
-        ProjectionError::Event {
+        ProjectionError::Event(Box::new(EventFailure {
             aggregate_type: self.aggregate_type.clone(),
             aggregate_id: self.aggregate_id.clone(),
             sequence: self.sequence,
             event_type: self.event_type.clone(),
             event_version: self.event_version.clone(),
             reason: reason.into(),
-        }
+        }))
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod checksum;
 pub mod error;
 pub mod events;
+pub mod extract;
 pub mod fold;
 pub mod metrics;
 pub mod projection;
@@ -18,7 +19,8 @@ pub mod rows;
 pub mod runner;
 pub mod store;
 
-pub use error::{ProjectionError, ProjectionResult};
+pub use error::{EventFailure, ProjectionError, ProjectionResult};
+pub use extract::{extract, ExtractKeys, ExtractOptions, ExtractReport};
 pub use projection::Projection;
 pub use rebuild::{rebuild, RebuildOptions, RebuildReport};
 pub use runner::{catch_up, run_all, status, CatchUp, ProjectionStatus, RunnerConfig};

@@ -389,6 +389,8 @@ async fn replay_into_shadow(
             }
         }
         progress.advance(n);
+        // Folding is CPU work: let other tasks (and cancellation) in.
+        tokio::task::yield_now().await;
     }
     drop(event_rx);
     if !buffer.is_empty() && failure.is_none() {

@@ -283,15 +283,10 @@ async fn record_failure(
     error: &ProjectionError,
 ) -> ProjectionResult<()> {
     let (aggregate_type, aggregate_id, sequence) = match error {
-        ProjectionError::Event {
-            aggregate_type,
-            aggregate_id,
-            sequence,
-            ..
-        } => (
-            Some(aggregate_type.clone()),
-            Some(aggregate_id.clone()),
-            Some(*sequence),
+        ProjectionError::Event(failure) => (
+            Some(failure.aggregate_type.clone()),
+            Some(failure.aggregate_id.clone()),
+            Some(failure.sequence),
         ),
         _ => (None, None, None),
     };
