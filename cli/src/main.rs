@@ -3,8 +3,10 @@
 
 mod config;
 mod export;
+mod extract;
 mod keys;
 mod progress;
+mod projections;
 mod replay;
 mod serve;
 
@@ -62,6 +64,13 @@ enum Command {
     VerifyExport(export::VerifyExportArgs),
     /// A customer's state at an instant (or the changes between two), folded from the event log.
     Replay(replay::ReplayArgs),
+    /// Read tables: rebuild, status, catch-up.
+    Projections {
+        #[command(subcommand)]
+        command: projections::ProjectionsCommand,
+    },
+    /// Copy the verified log to a new database and rebuild every table there.
+    Extract(extract::ExtractArgs),
     /// Key management.
     Keys {
         #[command(subcommand)]
@@ -76,6 +85,8 @@ enum CliError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] queue_eventstore::StoreError),
+    #[error(transparent)]
+    Projections(#[from] queue_projections::ProjectionError),
     #[error("{0}")]
     Io(String),
 }
@@ -202,6 +213,8 @@ async fn run(cli: Cli, env: Lookup<'_>) -> Result<ExitCode, CliError> {
             })
         }
         Command::Keys { command } => keys::run(command, cli.json, env),
+        Command::Projections { command } => projections::run(command, cli.json, env).await,
+        Command::Extract(args) => extract::run(args, cli.json, env).await,
         Command::Replay(args) => replay::run(args, cli.json, env).await,
         Command::Export(args) => export::export(args, cli.json, env).await,
         Command::VerifyExport(args) => export::verify_export(args, cli.json),

@@ -221,7 +221,7 @@ async fn prepare_shadow(
     projections: &[Projection],
 ) -> ProjectionResult<()> {
     let mut sql =
-        format!("DROP SCHEMA IF EXISTS {SHADOW_SCHEMA} CASCADE; CREATE SCHEMA {SHADOW_SCHEMA};");
+        format!("SET client_min_messages = warning; DROP SCHEMA IF EXISTS {SHADOW_SCHEMA} CASCADE; CREATE SCHEMA {SHADOW_SCHEMA};");
     for projection in projections {
         for table in projection.tables() {
             sql.push_str(&format!(
