@@ -4,6 +4,7 @@
 
 mod http;
 mod ledger;
+mod rebuild;
 mod support;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +20,8 @@ struct Cli {
 enum Bench {
     /// Chained append vs plain postgres-es append (1 and 16 writers), and verify throughput.
     Ledger(ledger::Args),
+    /// Projection rebuild events/s vs a bare scan of the events table.
+    Rebuild(rebuild::Args),
     /// login/complete and refresh over HTTP vs a plain axum + sqlx handler doing the same row inserts.
     Http(http::Args),
 }
@@ -28,6 +31,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.bench {
         Bench::Ledger(args) => ledger::run(args).await,
+        Bench::Rebuild(args) => rebuild::run(args).await,
         Bench::Http(args) => http::run(args).await,
     };
     match result {
