@@ -21,12 +21,18 @@ pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>)
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "the store answers"), (status = 503, description = "not ready")))]
+    responses((status = 200, description = "the store answers and the breaker is closed"), (status = 503, description = "not ready")))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     if state.is_shutting_down() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "shutting_down"})),
+        );
+    }
+    if !state.inner.breaker.is_closed() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "breaker": "open"})),
         );
     }
     match sqlx::query_scalar::<_, i32>("SELECT 1")

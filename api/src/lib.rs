@@ -3,6 +3,7 @@
 //! The contract is ../shared/api-contract.md; the error table is `error.rs`.
 
 pub mod backup_codes;
+pub mod breaker;
 pub mod challenges;
 pub mod clock;
 pub mod config;
@@ -112,6 +113,7 @@ pub fn app(state: AppState) -> Router {
     router
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(from_fn_with_state(state.clone(), breaker::guard))
         .layer(from_fn(metrics::track))
         .layer(from_fn_with_state(state.clone(), refuse_while_draining))
         .with_state(state)

@@ -35,6 +35,7 @@ pub struct Inner {
     pub account_limiter: RateLimiter,
     pub mailer: Arc<dyn Mailer>,
     pub metrics: Metrics,
+    pub breaker: crate::breaker::Breaker,
     /// Keyed from the JWT signing key at start: believable credential ids for
     /// unknown emails at login/begin.
     pub fake_credentials: WebauthnFakeCredentialGenerator<FakePasskeyDistribution>,
@@ -87,6 +88,7 @@ impl AppState {
                 clock,
                 mailer,
                 metrics: Metrics::global(),
+                breaker: crate::breaker::Breaker::new(crate::breaker::BreakerConfig::default()),
                 fake_credentials,
                 fake_key,
                 config,

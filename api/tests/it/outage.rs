@@ -77,8 +77,8 @@ impl Drop for Proxy {
     }
 }
 
-#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
-async fn store_outage_answers_503_then_recovers(pool: PgPool) {
+/// An app whose pool goes through a proxy that the test can cut.
+async fn proxied_app(pool: &PgPool) -> (Proxy, TestApp) {
     let options = (*pool.connect_options()).clone();
     let target = format!("{}:{}", options.get_host(), options.get_port());
     let proxy = Proxy::start(target).await;
@@ -98,7 +98,12 @@ async fn store_outage_answers_503_then_recovers(pool: PgPool) {
         Arc::new(queue_api::mailer::LogMailer::new(tmp.0.clone())),
     )
     .unwrap();
-    let app = TestApp::from_state(state, tmp);
+    (proxy, TestApp::from_state(state, tmp))
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn store_outage_answers_503_then_recovers(pool: PgPool) {
+    let (proxy, app) = proxied_app(&pool).await;
 
     let mut passkey = Passkey::new();
     let tokens = app.register(&mut passkey, "ada@example.com").await;
@@ -156,4 +161,59 @@ async fn store_outage_answers_503_then_recovers(pool: PgPool) {
     assert_eq!(refresh.status, StatusCode::OK, "{}", refresh.text);
     assert_eq!(app.get("/readyz").await.status, StatusCode::OK);
     app.login(&mut passkey, "ada@example.com").await;
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn the_breaker_opens_after_five_failures_and_probes_after_30s(pool: PgPool) {
+    let (proxy, app) = proxied_app(&pool).await;
+    let tokens = app.register(&mut Passkey::new(), "ada@example.com").await;
+    let refresh = || async {
+        app.post(
+            "/api/v1/auth/session/refresh",
+            json!({"refresh_token": tokens["refresh_token"]}),
+        )
+        .await
+    };
+    proxy.cut();
+    for _ in 0..5 {
+        refresh()
+            .await
+            .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    }
+    // Open: refused without trying the store, with the time left as Retry-After.
+    let refused = refresh().await;
+    refused.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    let retry: u64 = refused.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((25..=30).contains(&retry), "{retry}");
+    assert_eq!(
+        app.get("/readyz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        app.get("/.well-known/jwks.json").await.status,
+        StatusCode::OK
+    );
+
+    // The store is back, but the breaker stays open until the probe time.
+    proxy.restore();
+    refresh()
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    app.clock().advance(31);
+    let probe = crate::helpers::eventually("a successful probe", || async {
+        let r = refresh().await;
+        if r.status == StatusCode::SERVICE_UNAVAILABLE {
+            // A probe that met a stale connection re-opens the breaker.
+            app.clock().advance(31);
+            return None;
+        }
+        Some(r)
+    })
+    .await;
+    assert_eq!(probe.status, StatusCode::OK, "{}", probe.text);
+    assert_eq!(app.get("/readyz").await.status, StatusCode::OK);
 }
