@@ -2,6 +2,7 @@
 //! Queue benchmarks. Each prints its measurement beside a baseline measured
 //! in the same run, and the ratio. Never asserted in tests.
 
+mod export;
 mod http;
 mod ledger;
 mod rebuild;
@@ -18,6 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Compliance export and offline verify-export: events/s and peak RSS.
+    Export(export::Args),
     /// Chained append vs plain postgres-es append (1 and 16 writers), and verify throughput.
     Ledger(ledger::Args),
     /// Projection rebuild events/s vs a bare scan of the events table.
@@ -32,6 +35,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.bench {
         Bench::Ledger(args) => ledger::run(args).await,
         Bench::Rebuild(args) => rebuild::run(args).await,
+        Bench::Export(args) => export::run(args).await,
         Bench::Http(args) => http::run(args).await,
     };
     match result {
