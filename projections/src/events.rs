@@ -6,9 +6,7 @@ use cqrs_es::persist::{EventUpcaster, SerializedEvent};
 use queue_domain::{AuditEvent, CredentialEvent, CustomerEvent, SessionEvent};
 use queue_eventstore::feed::Position;
 use serde::de::DeserializeOwned;
-use serde_json::value::RawValue;
-use sqlx::postgres::PgRow;
-use sqlx::types::Json;
+use sqlx::postgres::{PgRow, PgValueFormat};
 use sqlx::{PgConnection, Row};
 
 use crate::error::{EventFailure, ProjectionError, ProjectionResult};
@@ -58,11 +56,11 @@ pub struct Event {
     pub body: Body,
 }
 
-/// The stored event with its payload still encoded.
+/// The stored event with its payload still encoded (JSON text).
 #[derive(Debug)]
 pub struct RawEvent {
     pub meta: Meta,
-    pub payload: Box<RawValue>,
+    pub payload: String,
 }
 
 /// The aggregate types the projections read.
@@ -73,8 +71,8 @@ pub const EVENT_COLUMNS: &str = "commit_xid, insert_id, aggregate_type, aggregat
      event_type, event_version, payload, recorded_at, hash";
 
 pub fn raw_from_row(row: &PgRow) -> ProjectionResult<RawEvent> {
-    let payload: Json<Box<RawValue>> = row.try_get("payload")?;
     Ok(RawEvent {
+        payload: jsonb_text(row, "payload")?,
         meta: Meta {
             position: Position {
                 commit_xid: row.try_get("commit_xid")?,
@@ -88,8 +86,24 @@ pub fn raw_from_row(row: &PgRow) -> ProjectionResult<RawEvent> {
             recorded_at: row.try_get("recorded_at")?,
             hash: row.try_get("hash")?,
         },
-        payload: payload.0,
     })
+}
+
+/// A jsonb column's JSON text, without parsing it (the binary jsonb wire
+/// format is a version byte, 1, then the text).
+fn jsonb_text(row: &PgRow, column: &str) -> ProjectionResult<String> {
+    let value = row.try_get_raw(column)?;
+    let bytes = value.as_bytes().map_err(sqlx::Error::Decode)?;
+    let text = match (value.format(), bytes.split_first()) {
+        (PgValueFormat::Binary, Some((1, text))) => text,
+        (PgValueFormat::Text, _) => bytes,
+        _ => {
+            return Err(
+                sqlx::Error::Decode(format!("{column}: unsupported jsonb format").into()).into(),
+            )
+        }
+    };
+    String::from_utf8(text.to_vec()).map_err(|e| sqlx::Error::Decode(Box::new(e)).into())
 }
 
 /// Decodes payloads, upcasting old versions first.
@@ -131,7 +145,7 @@ impl Decoder {
             .iter()
             .any(|u| u.can_upcast(&meta.event_type, &meta.event_version));
         let decoded = if needs_upcast {
-            let value: serde_json::Value = serde_json::from_str(raw.payload.get())
+            let value: serde_json::Value = serde_json::from_str(&raw.payload)
                 .map_err(|e| meta.error(format!("payload is not JSON: {e}")))?;
             let mut event = SerializedEvent::new(
                 meta.aggregate_id.clone(),
@@ -149,7 +163,7 @@ impl Decoder {
             }
             serde_json::from_value(event.payload)
         } else {
-            serde_json::from_str(raw.payload.get())
+            serde_json::from_str(&raw.payload)
         };
         decoded.map_err(|e| meta.error(format!("cannot decode payload: {e}")))
     }
@@ -159,6 +173,32 @@ impl Decoder {
 /// caller's transaction takes an id of its own.
 pub async fn watermark(conn: &mut PgConnection) -> ProjectionResult<i64> {
     Ok(queue_eventstore::feed::watermark(conn).await?)
+}
+
+/// Waits until every transaction that was running at the call has finished
+/// (the watermark passed them), so "everything committed so far" is
+/// readable. A write transaction left open anywhere in the cluster holds the
+/// watermark back: after `timeout` this fails and says so.
+pub async fn wait_for_watermark(
+    conn: &mut PgConnection,
+    timeout: std::time::Duration,
+) -> ProjectionResult<()> {
+    let target: i64 =
+        sqlx::query_scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+            .fetch_one(&mut *conn)
+            .await?;
+    let deadline = std::time::Instant::now() + timeout;
+    while watermark(conn).await? < target {
+        if std::time::Instant::now() >= deadline {
+            return Err(ProjectionError::Rebuild(format!(
+                "a write transaction older than xid {target} is still open after {}s; \
+                 committed events after it cannot be read in order (see pg_stat_activity)",
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    Ok(())
 }
 
 /// Up to `limit` committed events after `after` and below `below`

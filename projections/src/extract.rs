@@ -122,6 +122,7 @@ pub async fn extract(
     let mut problems = Vec::new();
 
     // Where this run ends and where the target stands.
+    crate::events::wait_for_watermark(&mut src, std::time::Duration::from_secs(60)).await?;
     let end = end_position(&mut src).await?;
     let resume = resume_position(&mut src, &mut dst).await?;
     let to_copy: i64 = sqlx::query_scalar(

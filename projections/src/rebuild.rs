@@ -79,6 +79,14 @@ pub struct RebuildReport {
     /// Empty when valid; otherwise one line per differing table.
     pub differences: Vec<String>,
     pub swapped: bool,
+    /// Reading, decoding and folding the log, with the audit rows streamed
+    /// to COPY meanwhile.
+    pub fold_ms: u64,
+    /// COPY of the other tables from memory.
+    pub load_ms: u64,
+    /// Constraints and indexes of the shadow tables.
+    pub index_ms: u64,
+    /// fold + load + index.
     pub replay_ms: u64,
     pub validate_ms: u64,
     pub swap_ms: u64,
@@ -106,6 +114,7 @@ pub async fn rebuild(
     let mut control = PgConnection::connect_with(&connect).await?;
     take_rebuild_lock(&mut control).await?;
 
+    crate::events::wait_for_watermark(&mut control, Duration::from_secs(60)).await?;
     let end = end_position(&mut control).await?;
     let total: i64 =
         sqlx::query_scalar("SELECT count(*) FROM events WHERE (commit_xid, insert_id) <= ($1, $2)")
@@ -118,8 +127,10 @@ pub async fn rebuild(
     // 1. Replay and load.
     progress.phase("replay", total.max(0) as u64);
     let fold = replay_into_shadow(pool, &projections, end, progress).await?;
+    let fold_ms = started.elapsed().as_millis() as u64;
     progress.phase("load", 0);
     load_tables(&mut control, &fold).await?;
+    let load_ms = started.elapsed().as_millis() as u64 - fold_ms;
     progress.phase("index", 0);
     for projection in &projections {
         for table in projection.tables() {
@@ -127,6 +138,7 @@ pub async fn rebuild(
         }
     }
     let replay_ms = started.elapsed().as_millis() as u64;
+    let index_ms = replay_ms - fold_ms - load_ms;
 
     // 2. Validate in one read-only snapshot.
     let validate_started = Instant::now();
@@ -147,6 +159,9 @@ pub async fn rebuild(
         live_note: validation.live_note,
         differences: validation.differences,
         swapped: false,
+        fold_ms,
+        load_ms,
+        index_ms,
         replay_ms,
         validate_ms,
         swap_ms: 0,

@@ -38,6 +38,18 @@ pub trait Row:
     }
 }
 
+/// Whether `serde_json::Map` keeps its keys sorted in this build (it does
+/// unless some crate enables serde_json's `preserve_order`).
+pub fn json_maps_are_sorted() -> bool {
+    static SORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SORTED.get_or_init(|| {
+        let mut map = serde_json::Map::new();
+        map.insert("b".into(), serde_json::Value::Null);
+        map.insert("a".into(), serde_json::Value::Null);
+        map.keys().next().map(String::as_str) == Some("a")
+    })
+}
+
 /// A JSON value with every object's keys in sorted order.
 pub fn sorted_json(value: &serde_json::Value) -> serde_json::Value {
     match value {
@@ -179,8 +191,10 @@ impl<'a> CopyLine<'a> {
     }
 
     pub fn int(&mut self, value: i64) {
+        use std::io::Write as _;
         self.sep();
-        self.out.extend_from_slice(value.to_string().as_bytes());
+        // Writing to a Vec cannot fail.
+        let _ = write!(self.out, "{value}");
     }
 
     pub fn opt_int(&mut self, value: Option<i64>) {
@@ -191,9 +205,25 @@ impl<'a> CopyLine<'a> {
     }
 
     pub fn time(&mut self, at: &DateTime<Utc>) {
+        use chrono::{Datelike, Timelike};
+        use std::io::Write as _;
         self.sep();
-        self.out
-            .extend_from_slice(at.to_rfc3339_opts(SecondsFormat::Micros, true).as_bytes());
+        let year = at.year();
+        if (1..=9999).contains(&year) {
+            let _ = write!(
+                self.out,
+                "{year:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}+00",
+                at.month(),
+                at.day(),
+                at.hour(),
+                at.minute(),
+                at.second(),
+                at.timestamp_subsec_micros().min(999_999)
+            );
+        } else {
+            self.out
+                .extend_from_slice(at.to_rfc3339_opts(SecondsFormat::Micros, true).as_bytes());
+        }
     }
 
     pub fn opt_time(&mut self, at: Option<&DateTime<Utc>>) {
@@ -205,8 +235,20 @@ impl<'a> CopyLine<'a> {
 
     pub fn json(&mut self, value: &serde_json::Value) {
         self.sep();
-        let text = value.to_string();
-        self.escaped(&text);
+        let start = self.out.len();
+        // Serialising a Value into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *self.out, value);
+        // JSON text has no raw tab or newline, only backslashes to escape.
+        if self.out[start..].contains(&b'\\') {
+            let text: Vec<u8> = self.out.split_off(start);
+            for byte in text {
+                if byte == b'\\' {
+                    self.out.extend_from_slice(b"\\\\");
+                } else {
+                    self.out.push(byte);
+                }
+            }
+        }
     }
 
     pub fn text_array(&mut self, items: &[String]) {
@@ -428,6 +470,9 @@ impl Row for CredentialRow {
         l.int(self.last_sequence);
     }
     fn for_checksum(&self, _portable: bool) -> Cow<'_, Self> {
+        if json_maps_are_sorted() {
+            return Cow::Borrowed(self);
+        }
         let mut row = self.clone();
         row.passkey = sorted_json(&self.passkey);
         Cow::Owned(row)
@@ -558,6 +603,9 @@ impl Row for AuditRow {
     /// Positions are assigned by the database that stores the events
     /// (an extracted copy has its own), so they are left out when portable.
     fn for_checksum(&self, portable: bool) -> Cow<'_, Self> {
+        if json_maps_are_sorted() && !portable {
+            return Cow::Borrowed(self);
+        }
         let mut row = self.clone();
         row.metadata = sorted_json(&self.metadata);
         if portable {

@@ -327,20 +327,7 @@ pub async fn catch_up_only(
     projections: &[Projection],
 ) -> ProjectionResult<Vec<CatchUp>> {
     let mut conn = pool.acquire().await?;
-    // Wait until every transaction running now has finished.
-    let target: i64 =
-        sqlx::query_scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
-            .fetch_one(&mut *conn)
-            .await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while watermark(&mut conn).await? < target {
-        if Instant::now() >= deadline {
-            return Err(ProjectionError::Rebuild(format!(
-                "a write transaction older than xid {target} is still open after 60s"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    crate::events::wait_for_watermark(&mut conn, Duration::from_secs(60)).await?;
     let decoder = Decoder::new();
     let mut out = Vec::new();
     for projection in projections {
