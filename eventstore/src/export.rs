@@ -56,18 +56,68 @@ struct BlockedTree {
     roots: Vec<Hash>,
 }
 
+/// One loaded block: every level of its perfect subtrees, plus a memo of the
+/// few imperfect right-edge subtrees of a partial last block.
+struct LoadedBlock {
+    start: u64,
+    levels: Vec<Vec<Hash>>,
+    edges: HashMap<LeafRange, Hash>,
+}
+
+impl LoadedBlock {
+    fn new(start: u64, leaves: Vec<Hash>) -> Self {
+        let mut levels = vec![leaves];
+        loop {
+            let next: Vec<Hash> = match levels.last() {
+                Some(level) if level.len() > 1 => level
+                    .chunks_exact(2)
+                    .map(|pair| merkle::node_hash(&pair[0], &pair[1]))
+                    .collect(),
+                _ => break,
+            };
+            levels.push(next);
+        }
+        Self {
+            start,
+            levels,
+            edges: HashMap::new(),
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.levels.first().map_or(0, |l| l.len() as u64)
+    }
+
+    /// The root of leaves `start..end` (absolute), which must lie in this block.
+    fn root(&mut self, (start, end): LeafRange) -> Hash {
+        let (a, b) = (start - self.start, end - self.start);
+        let width = b - a;
+        if width.is_power_of_two() && a % width == 0 {
+            let level = width.trailing_zeros() as usize;
+            if let Some(node) = self
+                .levels
+                .get(level)
+                .and_then(|l| l.get((a / width) as usize))
+            {
+                return *node;
+            }
+        }
+        // An imperfect subtree: only on the right edge of a partial block.
+        if let Some(hash) = self.edges.get(&(a, b)) {
+            return *hash;
+        }
+        let leaves = self.levels.first().map(Vec::as_slice).unwrap_or(&[]);
+        let hash = merkle::root_of(&leaves[a as usize..b as usize]);
+        self.edges.insert((a, b), hash);
+        hash
+    }
+}
+
 impl BlockedTree {
     /// The root of one RFC 6962 subtree, from the loaded block or the block roots.
-    fn range_root(
-        &self,
-        (start, end): LeafRange,
-        block_start: u64,
-        leaves: &[Hash],
-    ) -> Option<Hash> {
-        let block_end = block_start + leaves.len() as u64;
-        if start >= block_start && end <= block_end {
-            let (a, b) = ((start - block_start) as usize, (end - block_start) as usize);
-            return Some(merkle::root_of(&leaves[a..b]));
+    fn range_root(&self, (start, end): LeafRange, block: &mut LoadedBlock) -> Option<Hash> {
+        if start >= block.start && end <= block.start + block.len() {
+            return Some(block.root((start, end)));
         }
         let aligned_end = end % self.block == 0 || end == self.size;
         if start % self.block == 0 && aligned_end {
@@ -80,10 +130,10 @@ impl BlockedTree {
         None
     }
 
-    fn proof(&self, index: u64, block_start: u64, leaves: &[Hash]) -> Option<Vec<Hash>> {
+    fn proof(&self, index: u64, block: &mut LoadedBlock) -> Option<Vec<Hash>> {
         merkle::inclusion_ranges(index, self.size)
             .into_iter()
-            .map(|range| self.range_root(range, block_start, leaves))
+            .map(|range| self.range_root(range, block))
             .collect()
     }
 
@@ -252,7 +302,7 @@ pub async fn export(
     .bind(filter.customer_id.as_deref())
     .fetch(pool);
 
-    let mut loaded: Option<(u64, Vec<Hash>)> = None;
+    let mut loaded: Option<(u64, LoadedBlock)> = None;
     let mut events = 0u64;
     let mut last_seq = from.saturating_sub(1);
     while let Some(row) = rows.try_next().await? {
@@ -260,11 +310,16 @@ pub async fn export(
         let seq = seq as u64;
         let index = seq - 1;
         let block_no = index / BLOCK;
-        if loaded.as_ref().map(|(b, _)| *b) != Some(block_no) {
-            loaded = Some((block_no, block_leaves(pool, &tree, block_no).await?));
-        }
-        let leaves = loaded.as_ref().map(|(_, l)| l.as_slice()).unwrap_or(&[]);
-        let proof = tree.proof(index, block_no * BLOCK, leaves).ok_or_else(|| {
+        let block = match &mut loaded {
+            Some((b, block)) if *b == block_no => block,
+            _ => {
+                let leaves = block_leaves(pool, &tree, block_no).await?;
+                &mut loaded
+                    .insert((block_no, LoadedBlock::new(block_no * BLOCK, leaves)))
+                    .1
+            }
+        };
+        let proof = tree.proof(index, block).ok_or_else(|| {
             StoreError::Ledger(format!("cannot build the proof for ledger seq {seq}"))
         })?;
         let recorded_at: DateTime<Utc> = row.try_get("recorded_at")?;
@@ -648,9 +703,9 @@ mod tests {
                     let b = index / block;
                     let start = b * block;
                     let end = (start + block).min(size);
-                    let proof = tree
-                        .proof(index, start, &leaves[start as usize..end as usize])
-                        .unwrap();
+                    let mut loaded =
+                        LoadedBlock::new(start, leaves[start as usize..end as usize].to_vec());
+                    let proof = tree.proof(index, &mut loaded).unwrap();
                     assert_eq!(
                         proof,
                         merkle::inclusion_proof(index as usize, &leaves),
