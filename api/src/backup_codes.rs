@@ -28,7 +28,7 @@ pub struct RedeemRequest {
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/backup-codes", tag = "backup codes",
-    responses((status = 201, body = BackupCodes), (status = 401), (status = 403), (status = 503)),
+    responses((status = 201, body = BackupCodes), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn generate(
     State(state): State<AppState>,
@@ -53,8 +53,8 @@ pub async fn generate(
 
 #[utoipa::path(post, path = "/api/v1/auth/backup-codes/redeem", tag = "backup codes",
     request_body = RedeemRequest,
-    responses((status = 200, body = TokenResponse), (status = 400), (status = 401), (status = 403),
-        (status = 429), (status = 503)))]
+    responses((status = 200, body = TokenResponse), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope),
+        (status = 429, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
 pub async fn redeem(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,

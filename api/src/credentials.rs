@@ -51,7 +51,7 @@ fn view(loaded: &Loaded<Credential>) -> Option<CredentialView> {
 /// The customer's passkeys, from the `queue_webauthn_credentials` read table
 /// (it trails the event log by the projection runner's poll interval).
 #[utoipa::path(get, path = "/api/v1/auth/credentials", tag = "credentials",
-    responses((status = 200, body = CredentialList), (status = 401), (status = 503)), security(("bearer" = [])))]
+    responses((status = 200, body = CredentialList), (status = 401, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Authenticated,
@@ -89,7 +89,7 @@ async fn own(
 
 #[utoipa::path(patch, path = "/api/v1/auth/credentials/{credential_id}", tag = "credentials",
     params(("credential_id" = String, Path)), request_body = RenameRequest,
-    responses((status = 200, body = CredentialView), (status = 400), (status = 401), (status = 404), (status = 503)),
+    responses((status = 200, body = CredentialView), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn rename(
     State(state): State<AppState>,
@@ -113,7 +113,7 @@ pub async fn rename(
 
 #[utoipa::path(delete, path = "/api/v1/auth/credentials/{credential_id}", tag = "credentials",
     params(("credential_id" = String, Path)),
-    responses((status = 204), (status = 401), (status = 404), (status = 409, description = "last_credential"), (status = 503)),
+    responses((status = 204), (status = 401, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope), (status = 409, body = crate::error::ErrorEnvelope, description = "last_credential"), (status = 503, body = crate::error::ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn delete(
     State(state): State<AppState>,

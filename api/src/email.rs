@@ -26,7 +26,7 @@ pub struct Verified {
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/email/verification", tag = "email",
-    responses((status = 202), (status = 401), (status = 403), (status = 409), (status = 503)),
+    responses((status = 202), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope), (status = 409, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn request_verification(
     State(state): State<AppState>,
@@ -69,8 +69,8 @@ pub async fn request_verification(
 
 #[utoipa::path(post, path = "/api/v1/auth/email/verify", tag = "email",
     request_body = VerifyRequest,
-    responses((status = 200, body = Verified), (status = 400), (status = 401), (status = 403),
-        (status = 429), (status = 503)))]
+    responses((status = 200, body = Verified), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope),
+        (status = 429, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
 pub async fn verify(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,

@@ -66,6 +66,20 @@ pub enum ApiError {
     ShuttingDown,
 }
 
+/// The error envelope, for the OpenAPI document.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorEnvelope {
+    pub error: ErrorDetail,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine code, e.g. `challenge_expired`.
+    pub code: String,
+    pub message: String,
+    pub request_id: String,
+}
+
 /// Retry-After for 503s raised where the configured value is not at hand.
 pub const DEFAULT_RETRY_AFTER_SECS: u64 = 5;
 

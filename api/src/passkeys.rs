@@ -10,8 +10,8 @@ use queue_domain::audit::AuditCommand;
 use queue_domain::credential::{CredentialCommand, CredentialError};
 use queue_domain::customer::CustomerCommand;
 use queue_domain::types::{
-    Actor, AuditAction, AuditEventId, AuditTarget, CredentialName, CustomerId, DisplayName, Email,
-    IdempotencyKey, RawCredentialId, ServiceName,
+    Actor, AuditAction, AuditEventId, AuditTarget, CredentialId, CredentialName, CustomerId,
+    DisplayName, Email, IdempotencyKey, RawCredentialId, ServiceName,
 };
 use queue_domain::{Audit, Credential, Customer};
 use serde::{Deserialize, Serialize};
@@ -138,7 +138,7 @@ fn internal(what: &str) -> impl FnOnce(serde_json::Error) -> ApiError + '_ {
 
 #[utoipa::path(post, path = "/api/v1/auth/webauthn/register/begin", tag = "passkeys",
     request_body = RegisterBeginRequest,
-    responses((status = 200, body = BeginResponse), (status = 400), (status = 401), (status = 403), (status = 503)))]
+    responses((status = 200, body = BeginResponse), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
 pub async fn register_begin(
     State(state): State<AppState>,
     auth: Option<Authenticated>,
@@ -227,7 +227,7 @@ pub async fn register_begin(
 #[utoipa::path(post, path = "/api/v1/auth/webauthn/register/complete", tag = "passkeys",
     request_body = RegisterCompleteRequest,
     responses((status = 201, body = TokenResponse, description = "new customer: tokens and credential_id; extra passkey: {credential_id}"),
-        (status = 400), (status = 401), (status = 403), (status = 409), (status = 410), (status = 503)))]
+        (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope), (status = 409, body = crate::error::ErrorEnvelope), (status = 410, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
 pub async fn register_complete(
     State(state): State<AppState>,
     auth: Option<Authenticated>,
@@ -366,7 +366,7 @@ pub async fn register_complete(
 
 #[utoipa::path(post, path = "/api/v1/auth/webauthn/login/begin", tag = "passkeys",
     request_body = LoginBeginRequest,
-    responses((status = 200, body = BeginResponse), (status = 400), (status = 429), (status = 503)))]
+    responses((status = 200, body = BeginResponse), (status = 400, body = crate::error::ErrorEnvelope), (status = 429, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
 pub async fn login_begin(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
@@ -451,8 +451,8 @@ pub async fn login_begin(
 
 #[utoipa::path(post, path = "/api/v1/auth/webauthn/login/complete", tag = "passkeys",
     request_body = LoginCompleteRequest,
-    responses((status = 200, body = TokenResponse), (status = 400), (status = 401), (status = 403),
-        (status = 410), (status = 429), (status = 503)))]
+    responses((status = 200, body = TokenResponse), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope),
+        (status = 410, body = crate::error::ErrorEnvelope), (status = 429, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
 pub async fn login_complete(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
@@ -483,14 +483,24 @@ async fn login(
     let now = state.now();
     let store = state.store();
     let response: PublicKeyCredential = parse_credential(request.credential)?;
-    let challenge = challenges::take(store.pool(), Kind::Login, &request.challenge_id, now).await?;
+    let raw_id = RawCredentialId::from_bytes(response.raw_id.clone());
+    let credential_id = raw_id.as_ref().map_or_else(
+        |_| CredentialId::for_raw_id(&[]),
+        RawCredentialId::credential_id,
+    );
+    // The challenge is taken (single use) whatever the passkey; the passkey's
+    // stream is read at the same time.
+    let (challenge, credential) = tokio::join!(
+        challenges::take(store.pool(), Kind::Login, &request.challenge_id, now),
+        store.credential(credential_id),
+    );
+    let challenge = challenge?;
+    let mut credential = credential?;
     let authentication: AuthenticationState =
         serde_json::from_value(challenge.state).map_err(internal("authentication state"))?;
-
-    let raw_id = RawCredentialId::from_bytes(response.raw_id.clone())
-        .map_err(|_| ApiError::WebauthnFailed)?;
-    let credential_id = raw_id.credential_id();
-    let mut credential = store.credential(credential_id).await?;
+    if raw_id.is_err() {
+        return Err(ApiError::WebauthnFailed);
+    }
     let Some(credential_state) = credential.aggregate.state().filter(|s| !s.is_revoked()) else {
         tracing::info!("login with an unknown or revoked passkey");
         return Err(ApiError::WebauthnFailed);

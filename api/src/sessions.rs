@@ -23,7 +23,7 @@ pub struct RefreshRequest {
 
 #[utoipa::path(post, path = "/api/v1/auth/session/refresh", tag = "sessions",
     request_body = RefreshRequest,
-    responses((status = 200, body = TokenResponse), (status = 400), (status = 401), (status = 403), (status = 503)))]
+    responses((status = 200, body = TokenResponse), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
 pub async fn refresh(
     State(state): State<AppState>,
     Json(request): Json<RefreshRequest>,
@@ -78,7 +78,7 @@ pub async fn refresh(
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "sessions",
-    responses((status = 204), (status = 401), (status = 503)), security(("bearer" = [])))]
+    responses((status = 204), (status = 401, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)), security(("bearer" = [])))]
 pub async fn logout(
     State(state): State<AppState>,
     auth: Authenticated,
@@ -115,7 +115,7 @@ pub struct SessionList {
 /// read table (it trails the event log by the projection runner's poll
 /// interval).
 #[utoipa::path(get, path = "/api/v1/auth/sessions", tag = "sessions",
-    responses((status = 200, body = SessionList), (status = 401), (status = 503)), security(("bearer" = [])))]
+    responses((status = 200, body = SessionList), (status = 401, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Authenticated,
@@ -144,7 +144,7 @@ pub async fn list(
 
 #[utoipa::path(delete, path = "/api/v1/auth/sessions/{session_id}", tag = "sessions",
     params(("session_id" = String, Path)),
-    responses((status = 204), (status = 401), (status = 404), (status = 503)), security(("bearer" = [])))]
+    responses((status = 204), (status = 401, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)), security(("bearer" = [])))]
 pub async fn revoke(
     State(state): State<AppState>,
     auth: Authenticated,
@@ -185,7 +185,7 @@ pub struct Me {
 }
 
 #[utoipa::path(get, path = "/api/v1/auth/me", tag = "sessions",
-    responses((status = 200, body = Me), (status = 401), (status = 503)), security(("bearer" = [])))]
+    responses((status = 200, body = Me), (status = 401, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)), security(("bearer" = [])))]
 pub async fn me(State(state): State<AppState>, auth: Authenticated) -> Result<Json<Me>, ApiError> {
     let now = state.now();
     let customer = state.store().customer(auth.customer_id).await?;

@@ -162,6 +162,8 @@ async fn openapi_describes_every_contract_route(pool: PgPool) {
     let doc = app.get("/openapi.json").await;
     assert_eq!(doc.status, StatusCode::OK);
     assert!(doc.json["openapi"].as_str().unwrap().starts_with("3.1"));
+    assert!(doc.json["components"]["schemas"]["ErrorEnvelope"].is_object());
+    assert!(doc.json["components"]["schemas"]["TokenResponse"].is_object());
     let paths = doc.json["paths"].as_object().unwrap();
     for (path, method) in [
         ("/api/v1/auth/webauthn/register/begin", "post"),
