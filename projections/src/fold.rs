@@ -10,6 +10,9 @@
 
 use std::collections::{HashMap, HashSet};
 
+/// A fast, randomly seeded hasher: the folds never depend on iteration order.
+type Fast = foldhash::fast::RandomState;
+
 use chrono::{DateTime, Duration, Utc};
 use queue_domain::credential::CredentialEvent;
 use queue_domain::customer::CustomerEvent;
@@ -45,16 +48,16 @@ pub fn audit_event_id(aggregate_type: &str, aggregate_id: &str, sequence: i64) -
 /// `track` is on (the runner writes only those back).
 #[derive(Debug)]
 pub struct Table<R: Row> {
-    pub rows: HashMap<R::Key, R>,
-    dirty: HashSet<R::Key>,
+    pub rows: HashMap<R::Key, R, Fast>,
+    dirty: HashSet<R::Key, Fast>,
     track: bool,
 }
 
 impl<R: Row> Table<R> {
     pub fn new(track: bool) -> Self {
         Self {
-            rows: HashMap::new(),
-            dirty: HashSet::new(),
+            rows: HashMap::default(),
+            dirty: HashSet::default(),
             track,
         }
     }
@@ -711,7 +714,7 @@ impl SessionsFold {
 /// stream (named by the stream's first event).
 #[derive(Debug, Default)]
 pub struct AuditFold {
-    pub owners: HashMap<(String, String), Uuid>,
+    pub owners: HashMap<(String, String), Uuid, Fast>,
 }
 
 impl AuditFold {

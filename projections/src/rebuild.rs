@@ -82,9 +82,10 @@ pub struct RebuildReport {
     /// Reading, decoding and folding the log, with the audit rows streamed
     /// to COPY meanwhile.
     pub fold_ms: u64,
-    /// COPY of the other tables from memory.
+    /// COPY of the other tables from memory (overlaps the audit table's
+    /// index build).
     pub load_ms: u64,
-    /// Constraints and indexes of the shadow tables.
+    /// The rest of the load+index phase (constraints and indexes).
     pub index_ms: u64,
     /// fold + load + index.
     pub replay_ms: u64,
@@ -128,17 +129,10 @@ pub async fn rebuild(
     progress.phase("replay", total.max(0) as u64);
     let fold = replay_into_shadow(pool, &projections, end, progress).await?;
     let fold_ms = started.elapsed().as_millis() as u64;
-    progress.phase("load", 0);
-    load_tables(&mut control, &fold).await?;
-    let load_ms = started.elapsed().as_millis() as u64 - fold_ms;
-    progress.phase("index", 0);
-    for projection in &projections {
-        for table in projection.tables() {
-            copy_constraints_and_indexes(&mut control, table).await?;
-        }
-    }
+    progress.phase("load+index", 0);
+    let load_ms = load_and_index(pool, &fold, &projections).await?;
     let replay_ms = started.elapsed().as_millis() as u64;
-    let index_ms = replay_ms - fold_ms - load_ms;
+    let index_ms = replay_ms - fold_ms - load_ms.min(replay_ms - fold_ms);
 
     // 2. Validate in one read-only snapshot.
     let validate_started = Instant::now();
@@ -496,6 +490,49 @@ async fn copy_table<R: Row>(conn: &mut PgConnection, table: &Table<R>) -> Projec
     }
     copy.finish().await?;
     Ok(())
+}
+
+/// Two connections at once: one builds the audit table's constraints and
+/// indexes (the biggest table, loaded during the fold), the other COPYs the
+/// other tables from memory and indexes them. Returns the COPY time.
+async fn load_and_index(
+    pool: &PgPool,
+    fold: &FullFold,
+    projections: &[Projection],
+) -> ProjectionResult<u64> {
+    let connect = (*pool.connect_options()).clone();
+    let mut loader = PgConnection::connect_with(&connect).await?;
+    let mut indexer = PgConnection::connect_with(&connect).await?;
+    for conn in [&mut loader, &mut indexer] {
+        sqlx::raw_sql("SET maintenance_work_mem = '256MB'")
+            .execute(&mut *conn)
+            .await?;
+    }
+    let audit = async {
+        if projections.contains(&Projection::Audit) {
+            for table in Projection::Audit.tables() {
+                copy_constraints_and_indexes(&mut indexer, table).await?;
+            }
+        }
+        Ok::<(), ProjectionError>(())
+    };
+    let others = async {
+        let started = Instant::now();
+        load_tables(&mut loader, fold).await?;
+        let load_ms = started.elapsed().as_millis() as u64;
+        for projection in projections.iter().filter(|p| **p != Projection::Audit) {
+            for table in projection.tables() {
+                copy_constraints_and_indexes(&mut loader, table).await?;
+            }
+        }
+        Ok::<u64, ProjectionError>(load_ms)
+    };
+    let (audit, others) = tokio::join!(audit, others);
+    audit?;
+    let load_ms = others?;
+    let _ = loader.close().await;
+    let _ = indexer.close().await;
+    Ok(load_ms)
 }
 
 async fn load_tables(conn: &mut PgConnection, fold: &FullFold) -> ProjectionResult<()> {

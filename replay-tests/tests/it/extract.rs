@@ -30,10 +30,10 @@ async fn ledger_root(pool: &PgPool, size: i64) -> Vec<u8> {
 /// same ledger.
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn extraction_into_a_second_database(source: PgPool) {
-    history(&source, 200, 6).await;
+    history(&source, 120, 6).await;
     sealer().seal_pending(&source).await.unwrap();
     // Some events stay unsealed: the target's sealer seals them.
-    history(&source, 20, 7).await;
+    history(&source, 15, 7).await;
     catch_up(&source).await.unwrap();
 
     let target = ScratchDb::create(&source, "queue_extract").await.unwrap();

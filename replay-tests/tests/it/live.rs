@@ -8,7 +8,7 @@ use crate::helpers::*;
 /// fold of the whole log produces.
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn live_projection_equals_a_full_fold(pool: PgPool) {
-    history(&pool, 150, 1).await;
+    history(&pool, 60, 1).await;
     let report = catch_up(&pool).await.unwrap();
     for entry in &report {
         assert!(entry.error.is_none(), "{entry:?}");
@@ -20,7 +20,7 @@ async fn live_projection_equals_a_full_fold(pool: PgPool) {
         live["customer_audit_events"].rows as i64,
         event_count(&pool).await
     );
-    assert_eq!(read::customer_count(&pool).await.unwrap(), 150);
+    assert_eq!(read::customer_count(&pool).await.unwrap(), 60);
     // Catching up again changes nothing.
     let again = catch_up(&pool).await.unwrap();
     assert!(again.iter().all(|c| c.applied == 0), "{again:?}");

@@ -7,5 +7,6 @@ mod extract;
 mod helpers;
 mod live;
 mod poison;
+mod read;
 mod rebuild;
 mod runner;

@@ -14,7 +14,7 @@ use crate::helpers::*;
 /// on the swapped tables.
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn rebuild_equals_live_projection_table_by_table(pool: PgPool) {
-    history(&pool, 500, 2).await;
+    history(&pool, 600, 2).await;
     catch_up(&pool).await.unwrap();
     let live_before = live_sums(&pool, Mode::Local).await;
 
@@ -68,7 +68,7 @@ async fn rebuild_equals_live_projection_table_by_table(pool: PgPool) {
 /// Rebuilding one projection leaves the others' tables and checkpoints alone.
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn rebuild_only_one_projection(pool: PgPool) {
-    history(&pool, 60, 4).await;
+    history(&pool, 40, 4).await;
     catch_up(&pool).await.unwrap();
     let before = live_sums(&pool, Mode::Local).await;
     let options = RebuildOptions {
@@ -106,7 +106,7 @@ impl Progress for Tripwire {
 /// leaves the live tables untouched; the next rebuild recovers and matches.
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn rebuild_after_a_crash_halfway_recovers(pool: PgPool) {
-    history(&pool, 300, 5).await;
+    history(&pool, 150, 5).await;
     catch_up(&pool).await.unwrap();
     let live_before = live_sums(&pool, Mode::Local).await;
     let total = event_count(&pool).await as u64;

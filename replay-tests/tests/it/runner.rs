@@ -48,7 +48,7 @@ async fn runners_follow_the_log_with_failover(pool: PgPool) {
     let (stop_a, rx_a) = watch::channel(false);
     let (stop_b, rx_b) = watch::channel(false);
     let a = tokio::spawn(run_all(pool.clone(), config(), rx_a));
-    history(&pool, 60, 12).await;
+    history(&pool, 40, 12).await;
     eventually("instance A to catch up", || caught_up(&pool)).await;
     let b = tokio::spawn(run_all(pool.clone(), config(), rx_b));
     let statuses = status(&pool).await.unwrap();
@@ -57,7 +57,7 @@ async fn runners_follow_the_log_with_failover(pool: PgPool) {
     // A stops (its lock connections close); B takes over and follows.
     stop_a.send(true).unwrap();
     a.await.unwrap();
-    history(&pool, 60, 13).await;
+    history(&pool, 40, 13).await;
     eventually("instance B to catch up", || caught_up(&pool)).await;
     assert_same(
         "live",
