@@ -159,3 +159,37 @@ async fn with_the_flag_off_every_v1_route_is_404(pool: PgPool) {
     );
     assert_eq!(app.get("/metrics").await.status, StatusCode::OK);
 }
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn while_draining_api_requests_answer_shutting_down(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.state.begin_shutdown();
+    let r = app
+        .post("/api/v1/auth/webauthn/login/begin", json!({}))
+        .await;
+    r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down");
+    assert!(r.headers.contains_key("retry-after"));
+    let health = app.get("/healthz").await;
+    assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(health.json, json!({"status": "shutting_down"}));
+    // Offline verification keeps working while draining.
+    assert_eq!(
+        app.get("/.well-known/jwks.json").await.status,
+        StatusCode::OK
+    );
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn a_caller_request_id_is_kept(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let request = Request::builder()
+        .method(Method::GET)
+        .uri("/api/v1/auth/me")
+        .header("x-request-id", "caller-chosen-id-123")
+        .body(Body::empty())
+        .unwrap();
+    let r = app.send(request).await;
+    r.assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_eq!(r.json["error"]["request_id"], "caller-chosen-id-123");
+    assert_eq!(r.headers["x-request-id"], "caller-chosen-id-123");
+}
