@@ -48,7 +48,9 @@ impl From<sqlx::Error> for StoreError {
             {
                 Self::Unavailable(err.to_string())
             }
+            // A connection cut mid-message surfaces as a protocol error.
             sqlx::Error::Io(_)
+            | sqlx::Error::Protocol(_)
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
@@ -69,3 +71,17 @@ impl From<StoreError> for PersistenceError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_failures_are_unavailable() {
+        let io = sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset"));
+        assert!(StoreError::from(io).is_unavailable());
+        assert!(StoreError::from(sqlx::Error::Protocol("unexpected eof".into())).is_unavailable());
+        assert!(StoreError::from(sqlx::Error::PoolTimedOut).is_unavailable());
+        assert!(!StoreError::from(sqlx::Error::RowNotFound).is_unavailable());
+    }
+}
