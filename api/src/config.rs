@@ -55,6 +55,9 @@ pub struct Config {
     pub rate_limit_per_address: u32,
     /// Requests per minute per account (email or customer) on the same routes.
     pub rate_limit_per_account: u32,
+    /// Concurrent /api requests before load shedding (ordinary routes are
+    /// shed past 3/4 of it, critical ones past it).
+    pub max_in_flight: usize,
     /// Take the client address from the first X-Forwarded-For entry.
     pub trust_forwarded_for: bool,
     pub mailer: MailerConfig,
@@ -83,6 +86,7 @@ impl fmt::Debug for Config {
             .field("flag_queue_v1", &self.flag_queue_v1)
             .field("rate_limit_per_address", &self.rate_limit_per_address)
             .field("rate_limit_per_account", &self.rate_limit_per_account)
+            .field("max_in_flight", &self.max_in_flight)
             .field("trust_forwarded_for", &self.trust_forwarded_for)
             .field("mailer", &self.mailer)
             .field("email_verify_url", &self.email_verify_url)
@@ -228,6 +232,7 @@ impl Config {
         let rate_limit_per_account =
             number(&get, "QUEUE_RATE_LIMIT_PER_ACCOUNT", 10, 1, 1_000_000)?;
         let trust_forwarded_for = flag(&get, "QUEUE_TRUST_FORWARDED_FOR")?.unwrap_or(false);
+        let max_in_flight = number(&get, "QUEUE_MAX_IN_FLIGHT", 256, 1, 1_000_000)? as usize;
 
         let mailer = match text(&get, "QUEUE_MAILER").as_deref() {
             Some("log") | None => {
@@ -276,6 +281,7 @@ impl Config {
             rate_limit_per_address,
             rate_limit_per_account,
             trust_forwarded_for,
+            max_in_flight,
             mailer,
             email_verify_url,
         })

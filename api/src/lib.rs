@@ -19,6 +19,7 @@ pub mod openapi;
 pub mod passkeys;
 pub mod ratelimit;
 pub mod sessions;
+pub mod shedding;
 pub mod state;
 pub mod store;
 pub mod tokens;
@@ -114,6 +115,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(from_fn_with_state(state.clone(), breaker::guard))
+        .layer(from_fn_with_state(state.clone(), shedding::guard))
         .layer(from_fn(metrics::track))
         .layer(from_fn_with_state(state.clone(), refuse_while_draining))
         .with_state(state)

@@ -36,6 +36,7 @@ pub struct Inner {
     pub mailer: Arc<dyn Mailer>,
     pub metrics: Metrics,
     pub breaker: crate::breaker::Breaker,
+    pub in_flight: crate::shedding::InFlight,
     /// Keyed from the JWT signing key at start: believable credential ids for
     /// unknown emails at login/begin.
     pub fake_credentials: WebauthnFakeCredentialGenerator<FakePasskeyDistribution>,
@@ -89,6 +90,7 @@ impl AppState {
                 mailer,
                 metrics: Metrics::global(),
                 breaker: crate::breaker::Breaker::new(crate::breaker::BreakerConfig::default()),
+                in_flight: crate::shedding::InFlight::default(),
                 fake_credentials,
                 fake_key,
                 config,
