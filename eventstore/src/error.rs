@@ -78,7 +78,10 @@ mod tests {
 
     #[test]
     fn connection_failures_are_unavailable() {
-        let io = sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset"));
+        let io = sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset",
+        ));
         assert!(StoreError::from(io).is_unavailable());
         assert!(StoreError::from(sqlx::Error::Protocol("unexpected eof".into())).is_unavailable());
         assert!(StoreError::from(sqlx::Error::PoolTimedOut).is_unavailable());
