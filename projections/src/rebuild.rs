@@ -20,11 +20,14 @@
 //! A crash anywhere leaves the live tables as they were; the next rebuild
 //! starts over (it drops whatever shadow schema is left).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use queue_eventstore::feed::Position;
 use serde::Serialize;
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool, Row as _};
 use tokio::sync::mpsc;
 
@@ -82,11 +85,9 @@ pub struct RebuildReport {
     /// Reading, decoding and folding the log, with the audit rows streamed
     /// to COPY meanwhile.
     pub fold_ms: u64,
-    /// COPY of the other tables from memory (overlaps the audit table's
-    /// index build).
+    /// COPY of the other tables from memory and every table's constraints
+    /// and indexes (one connection per table, all at once).
     pub load_ms: u64,
-    /// The rest of the load+index phase (constraints and indexes).
-    pub index_ms: u64,
     /// fold + load + index.
     pub replay_ms: u64,
     pub validate_ms: u64,
@@ -130,9 +131,9 @@ pub async fn rebuild(
     let fold = replay_into_shadow(pool, &projections, end, progress).await?;
     let fold_ms = started.elapsed().as_millis() as u64;
     progress.phase("load+index", 0);
-    let load_ms = load_and_index(pool, &fold, &projections).await?;
+    load_and_index(pool, &fold, &projections).await?;
     let replay_ms = started.elapsed().as_millis() as u64;
-    let index_ms = replay_ms - fold_ms - load_ms.min(replay_ms - fold_ms);
+    let load_ms = replay_ms - fold_ms;
 
     // 2. Validate in one read-only snapshot.
     let validate_started = Instant::now();
@@ -155,7 +156,6 @@ pub async fn rebuild(
         swapped: false,
         fold_ms,
         load_ms,
-        index_ms,
         replay_ms,
         validate_ms,
         swap_ms: 0,
@@ -304,6 +304,7 @@ async fn copy_constraints_and_indexes(
 }
 
 const CHUNK: usize = 1024;
+const AUDIT_WRITERS: usize = 2;
 const COPY_BUFFER: usize = 1 << 20;
 
 /// Streams the log up to `end` in global order: one task reads and decodes,
@@ -356,18 +357,24 @@ async fn replay_into_shadow(
         Ok::<(), ProjectionError>(())
     }));
 
+    // The audit rows go to the shadow table through AUDIT_WRITERS COPY
+    // streams at once (chunks dealt round-robin), so the server parses them
+    // on more than one backend.
     let with_audit = projections.contains(&Projection::Audit);
-    let (copy_tx, copy_rx) = mpsc::channel::<Vec<u8>>(4);
-    let writer = if with_audit {
-        let connect = connect.clone();
-        Some(AbortOnDrop(tokio::spawn(async move {
-            let mut conn = PgConnection::connect_with(&connect).await?;
-            copy_stream::<AuditRow>(&mut conn, copy_rx).await
-        })))
-    } else {
-        drop(copy_rx);
-        None
-    };
+    let mut copy_txs = Vec::new();
+    let mut writers = Vec::new();
+    if with_audit {
+        for _ in 0..AUDIT_WRITERS {
+            let (tx, rx) = mpsc::channel::<Vec<u8>>(2);
+            let connect = connect.clone();
+            copy_txs.push(tx);
+            writers.push(AbortOnDrop(tokio::spawn(async move {
+                let mut conn = PgConnection::connect_with(&connect).await?;
+                copy_stream::<AuditRow>(&mut conn, rx).await
+            })));
+        }
+    }
+    let mut next_writer = 0usize;
 
     let mut fold = FullFold::new(projections);
     let mut buffer = Vec::with_capacity(COPY_BUFFER + 4096);
@@ -393,8 +400,10 @@ async fn replay_into_shadow(
         }
         if buffer.len() >= COPY_BUFFER {
             let full = std::mem::replace(&mut buffer, Vec::with_capacity(COPY_BUFFER + 4096));
-            if copy_tx.send(full).await.is_err() {
-                break;
+            next_writer = (next_writer + 1) % copy_txs.len().max(1);
+            match copy_txs.get(next_writer) {
+                Some(tx) if tx.send(full).await.is_ok() => {}
+                _ => break,
             }
         }
         progress.advance(n);
@@ -403,27 +412,29 @@ async fn replay_into_shadow(
     }
     drop(event_rx);
     if !buffer.is_empty() && failure.is_none() {
-        let _ = copy_tx.send(buffer).await;
+        if let Some(tx) = copy_txs.first() {
+            let _ = tx.send(buffer).await;
+        }
     }
-    drop(copy_tx);
+    drop(copy_txs);
     let read_result = reader
         .join()
         .await
         .map_err(|e| ProjectionError::Rebuild(format!("replay reader: {e}")))?;
-    let write_result = match writer {
-        Some(writer) => Some(
+    let mut write_results = Vec::new();
+    for writer in writers {
+        write_results.push(
             writer
                 .join()
                 .await
                 .map_err(|e| ProjectionError::Rebuild(format!("audit writer: {e}")))?,
-        ),
-        None => None,
-    };
+        );
+    }
     if let Some(err) = failure {
         return Err(err);
     }
     read_result?;
-    if let Some(result) = write_result {
+    for result in write_results {
         result?;
     }
     let skipped = *skipped_rx.borrow();
@@ -492,63 +503,61 @@ async fn copy_table<R: Row>(conn: &mut PgConnection, table: &Table<R>) -> Projec
     Ok(())
 }
 
-/// Two connections at once: one builds the audit table's constraints and
-/// indexes (the biggest table, loaded during the fold), the other COPYs the
-/// other tables from memory and indexes them. Returns the COPY time.
+type Job<'a> = Pin<Box<dyn Future<Output = ProjectionResult<()>> + 'a>>;
+
+/// Loads one table from memory and builds its constraints and indexes, on
+/// its own connection.
+fn table_job<'a, R: Row>(connect: &'a PgConnectOptions, table: &'a Table<R>) -> Job<'a> {
+    Box::pin(async move {
+        let mut conn = index_connection(connect).await?;
+        copy_table(&mut conn, table).await?;
+        copy_constraints_and_indexes(&mut conn, R::TABLE).await?;
+        let _ = conn.close().await;
+        Ok(())
+    })
+}
+
+async fn index_connection(connect: &PgConnectOptions) -> ProjectionResult<PgConnection> {
+    let mut conn = PgConnection::connect_with(connect).await?;
+    sqlx::raw_sql("SET maintenance_work_mem = '256MB'")
+        .execute(&mut conn)
+        .await?;
+    Ok(conn)
+}
+
+/// Every table at once, one connection each: the audit table (loaded during
+/// the fold) gets its constraints and indexes; the others are COPYed from
+/// memory, then indexed.
 async fn load_and_index(
     pool: &PgPool,
     fold: &FullFold,
     projections: &[Projection],
-) -> ProjectionResult<u64> {
+) -> ProjectionResult<()> {
     let connect = (*pool.connect_options()).clone();
-    let mut loader = PgConnection::connect_with(&connect).await?;
-    let mut indexer = PgConnection::connect_with(&connect).await?;
-    for conn in [&mut loader, &mut indexer] {
-        sqlx::raw_sql("SET maintenance_work_mem = '256MB'")
-            .execute(&mut *conn)
-            .await?;
+    let mut jobs: Vec<Job<'_>> = Vec::new();
+    if projections.contains(&Projection::Audit) {
+        let connect = &connect;
+        jobs.push(Box::pin(async move {
+            let mut conn = index_connection(connect).await?;
+            copy_constraints_and_indexes(&mut conn, AuditRow::TABLE).await?;
+            let _ = conn.close().await;
+            Ok(())
+        }));
     }
-    let audit = async {
-        if projections.contains(&Projection::Audit) {
-            for table in Projection::Audit.tables() {
-                copy_constraints_and_indexes(&mut indexer, table).await?;
-            }
-        }
-        Ok::<(), ProjectionError>(())
-    };
-    let others = async {
-        let started = Instant::now();
-        load_tables(&mut loader, fold).await?;
-        let load_ms = started.elapsed().as_millis() as u64;
-        for projection in projections.iter().filter(|p| **p != Projection::Audit) {
-            for table in projection.tables() {
-                copy_constraints_and_indexes(&mut loader, table).await?;
-            }
-        }
-        Ok::<u64, ProjectionError>(load_ms)
-    };
-    let (audit, others) = tokio::join!(audit, others);
-    audit?;
-    let load_ms = others?;
-    let _ = loader.close().await;
-    let _ = indexer.close().await;
-    Ok(load_ms)
-}
-
-async fn load_tables(conn: &mut PgConnection, fold: &FullFold) -> ProjectionResult<()> {
     if let Some(f) = &fold.customers {
-        copy_table(conn, &f.customers).await?;
-        copy_table(conn, &f.roles).await?;
-        copy_table(conn, &f.codes).await?;
-        copy_table(conn, &f.verifications).await?;
+        jobs.push(table_job(&connect, &f.customers));
+        jobs.push(table_job(&connect, &f.roles));
+        jobs.push(table_job(&connect, &f.codes));
+        jobs.push(table_job(&connect, &f.verifications));
     }
     if let Some(f) = &fold.credentials {
-        copy_table(conn, &f.credentials).await?;
+        jobs.push(table_job(&connect, &f.credentials));
     }
     if let Some(f) = &fold.sessions {
-        copy_table(conn, &f.sessions).await?;
-        copy_table(conn, &f.tokens).await?;
+        jobs.push(table_job(&connect, &f.sessions));
+        jobs.push(table_job(&connect, &f.tokens));
     }
+    futures::future::try_join_all(jobs).await?;
     Ok(())
 }
 
