@@ -5,14 +5,16 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::{PgPool, Row};
 
 use crate::chain::{self, EventRecord, Hash, ZERO_HASH};
 use crate::checkpoint::Checkpoint;
-use crate::error::StoreResult;
+use crate::error::{StoreError, StoreResult};
 use crate::keys::{MacKeys, NoteVerifier};
 use crate::merkle::{self, Frontier};
 
@@ -220,6 +222,39 @@ struct StreamRow {
     hash: Vec<u8>,
     mac: Vec<u8>,
     mac_key_id: String,
+    /// The expensive part, computed off the checker's thread.
+    computed: Option<Computed>,
+}
+
+/// Hash and MAC results of one row: `hash` is Err(canonicalisation error)
+/// or whether the stored hash recomputes; `mac` is None for an unknown key.
+struct Computed {
+    hash: Result<bool, String>,
+    mac: Option<bool>,
+}
+
+fn compute(row: &StreamRow, mac: &chain::MacVerifier) -> Computed {
+    let canonical = chain::canonical_record(&EventRecord {
+        aggregate_type: &row.key.aggregate_type,
+        aggregate_id: &row.key.aggregate_id,
+        sequence: row.key.sequence,
+        event_type: &row.event_type,
+        event_version: &row.event_version,
+        recorded_at: row.recorded_at,
+        payload: &row.payload,
+    });
+    let hash = match (canonical, chain::to_hash(&row.prev_hash)) {
+        (Err(err), _) => Err(err.to_string()),
+        (Ok(canonical), Some(prev)) => {
+            Ok(chain::event_hash(&prev, &canonical).as_slice() == row.hash.as_slice())
+        }
+        (Ok(_), None) => Ok(false),
+    };
+    let stored: Hash = chain::to_hash(&row.hash).unwrap_or(ZERO_HASH);
+    Computed {
+        hash,
+        mac: mac.check(&row.mac_key_id, &stored, &row.mac),
+    }
 }
 
 /// Walks events in (stream, sequence) order and checks each stream's chain.
@@ -308,25 +343,19 @@ impl StreamChecker {
                 "prev_hash does not equal the previous event's hash".into(),
             ));
         }
-        let canonical = chain::canonical_record(&EventRecord {
-            aggregate_type: &key.aggregate_type,
-            aggregate_id: &key.aggregate_id,
-            sequence: key.sequence,
-            event_type: &row.event_type,
-            event_version: &row.event_version,
-            recorded_at: row.recorded_at,
-            payload: &row.payload,
-        });
-        match (canonical, chain::to_hash(&row.prev_hash)) {
-            (Err(err), _) => self.findings.add(Problem::event(
+        let computed = match &row.computed {
+            Some(c) => c,
+            None => &compute(&row, &self.mac),
+        };
+        match &computed.hash {
+            Err(err) => self.findings.add(Problem::event(
                 ProblemKind::InvalidPayload,
                 key,
                 ledger_seq,
-                err.to_string(),
+                err.clone(),
             )),
-            (Ok(canonical), Some(prev))
-                if chain::event_hash(&prev, &canonical).as_slice() == row.hash.as_slice() => {}
-            (Ok(_), _) => self.findings.add(Problem::event(
+            Ok(true) => {}
+            Ok(false) => self.findings.add(Problem::event(
                 ProblemKind::HashMismatch,
                 key,
                 ledger_seq,
@@ -334,7 +363,7 @@ impl StreamChecker {
             )),
         }
         let stored: Hash = chain::to_hash(&row.hash).unwrap_or(ZERO_HASH);
-        match self.mac.check(&row.mac_key_id, &stored, &row.mac) {
+        match computed.mac {
             None => self.findings.add(Problem::event(
                 ProblemKind::UnknownMacKey,
                 key,
@@ -401,6 +430,7 @@ fn stream_row(row: &sqlx::postgres::PgRow) -> Result<StreamRow, sqlx::Error> {
         hash: row.try_get("hash")?,
         mac: row.try_get("mac")?,
         mac_key_id: row.try_get("mac_key_id")?,
+        computed: None,
     })
 }
 
@@ -415,16 +445,11 @@ async fn verify_streams(
 ) -> StoreResult<(u64, u64, u64)> {
     progress.phase("streams", total);
     const BATCH: usize = 2048;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<StreamRow>>(8);
+    /// Batches hashed concurrently on the blocking pool while rows decode.
+    const IN_FLIGHT: usize = 3;
     let mut checker = StreamChecker::new(keys);
-    let worker = tokio::task::spawn_blocking(move || {
-        while let Some(batch) = rx.blocking_recv() {
-            for row in batch {
-                checker.check(row);
-            }
-        }
-        checker
-    });
+    let mac = Arc::new(checker.mac.clone());
+    let mut hashing = futures::stream::FuturesOrdered::new();
     let mut rows = sqlx::query(
         "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
          e.payload, e.recorded_at, e.prev_hash, e.hash, e.mac, e.mac_key_id, l.seq AS ledger_seq \
@@ -432,44 +457,39 @@ async fn verify_streams(
          ORDER BY e.aggregate_type, e.aggregate_id, e.sequence, l.seq",
     )
     .fetch(pool);
+    let spawn = |mut batch: Vec<StreamRow>, mac: Arc<chain::MacVerifier>| {
+        tokio::task::spawn_blocking(move || {
+            for row in &mut batch {
+                row.computed = Some(compute(row, &mac));
+            }
+            batch
+        })
+    };
     let mut batch = Vec::with_capacity(BATCH);
-    let mut read_error = None;
     loop {
-        match rows.try_next().await {
-            Ok(Some(row)) => match stream_row(&row) {
-                Ok(decoded) => batch.push(decoded),
-                Err(e) => {
-                    read_error = Some(e);
-                    break;
-                }
-            },
-            Ok(None) => break,
-            Err(e) => {
-                read_error = Some(e);
+        let next = rows.try_next().await?;
+        let done = next.is_none();
+        if let Some(row) = next {
+            batch.push(stream_row(&row)?);
+        }
+        if batch.len() == BATCH || (done && !batch.is_empty()) {
+            progress.advance(batch.len() as u64);
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+            hashing.push_back(spawn(full, Arc::clone(&mac)));
+        }
+        while hashing.len() >= IN_FLIGHT || (done && !hashing.is_empty()) {
+            let Some(result) = hashing.next().await else {
                 break;
+            };
+            let hashed =
+                result.map_err(|e| StoreError::Ledger(format!("verify worker failed: {e}")))?;
+            for row in hashed {
+                checker.check(row);
             }
         }
-        if batch.len() == BATCH {
-            progress.advance(BATCH as u64);
-            if tx
-                .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
-                .await
-                .is_err()
-            {
-                break;
-            }
+        if done {
+            break;
         }
-    }
-    progress.advance(batch.len() as u64);
-    if !batch.is_empty() {
-        let _ = tx.send(batch).await;
-    }
-    drop(tx);
-    let checker = worker
-        .await
-        .map_err(|e| crate::error::StoreError::Ledger(format!("verify worker failed: {e}")))?;
-    if let Some(e) = read_error {
-        return Err(e.into());
     }
     findings.count += checker.findings.count;
     findings.problems.extend(checker.findings.problems);
