@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use url::Url;
 
 use crate::jwt::JwtKeySet;
+use crate::service::ServiceTokens;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -63,6 +64,8 @@ pub struct Config {
     pub mailer: MailerConfig,
     /// Base of the link in verification emails; `?token=…` is appended.
     pub email_verify_url: String,
+    /// QUEUE_SERVICE_TOKEN_<NAME> / QUEUE_SERVICE_SCOPES_<NAME>.
+    pub service_tokens: ServiceTokens,
 }
 
 impl fmt::Debug for Config {
@@ -90,6 +93,7 @@ impl fmt::Debug for Config {
             .field("trust_forwarded_for", &self.trust_forwarded_for)
             .field("mailer", &self.mailer)
             .field("email_verify_url", &self.email_verify_url)
+            .field("service_tokens", &self.service_tokens)
             .finish()
     }
 }
@@ -141,7 +145,23 @@ impl Config {
     /// local defaults for the relying party, issuer and audience; production
     /// requires them. JWT keys come from `QUEUE_JWT_KEYS` or the file named by
     /// `QUEUE_JWT_KEYS_FILE` (`queue serve --dev` generates one).
+    ///
+    /// Service tokens are found by the names of the process environment's
+    /// variables (their values still come from `get`); use
+    /// [`Config::from_lookup_with_names`] to give the names explicitly.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let names: Vec<String> = std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .collect();
+        Self::from_lookup_with_names(get, names.iter().map(String::as_str))
+    }
+
+    /// [`Config::from_lookup`] with the variable names to scan for
+    /// `QUEUE_SERVICE_TOKEN_*` / `QUEUE_SERVICE_SCOPES_*` given explicitly.
+    pub fn from_lookup_with_names<'a>(
+        get: impl Fn(&str) -> Option<String>,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, ConfigError> {
         let dev = flag(&get, "QUEUE_DEV")?.unwrap_or(false);
         let required = |var: &'static str, dev_default: &str| -> Result<String, ConfigError> {
             match text(&get, var) {
@@ -264,6 +284,8 @@ impl Config {
             }
         };
 
+        let service_tokens = ServiceTokens::from_lookup(&get, names)?;
+
         Ok(Self {
             dev,
             rp_id,
@@ -284,6 +306,7 @@ impl Config {
             max_in_flight,
             mailer,
             email_verify_url,
+            service_tokens,
         })
     }
 }

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod passkeys;
 pub mod ratelimit;
+pub mod service;
 pub mod sessions;
 pub mod shedding;
 pub mod state;
@@ -64,6 +65,7 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(backup_codes::redeem))
         .routes(routes!(email::request_verification))
         .routes(routes!(email::verify))
+        .routes(routes!(service::customer_count))
 }
 
 fn operation_routes() -> OpenApiRouter<AppState> {

@@ -13,6 +13,7 @@ use utoipa::{Modify, OpenApi};
         (name = "credentials", description = "The customer's passkeys"),
         (name = "backup codes"),
         (name = "email"),
+        (name = "service", description = "Service-to-service routes (service tokens with scopes)"),
         (name = "operations")
     )
 )]

@@ -76,7 +76,12 @@ pub fn config(mail_dir: &std::path::Path, overrides: &[(&str, &str)]) -> Config 
     for (k, v) in overrides {
         map.insert((*k).to_owned(), (*v).to_owned());
     }
-    Config::from_lookup(move |k| map.get(k).cloned()).unwrap()
+    let names: Vec<String> = map.keys().cloned().collect();
+    Config::from_lookup_with_names(
+        move |k| map.get(k).cloned(),
+        names.iter().map(String::as_str),
+    )
+    .unwrap()
 }
 
 pub fn mac_keys() -> SharedMacKeys {

@@ -9,4 +9,5 @@ mod helpers;
 mod operations;
 mod outage;
 mod passkeys;
+mod service;
 mod sessions;
