@@ -56,6 +56,8 @@ pub struct Config {
     pub rate_limit_per_address: u32,
     /// Requests per minute per account (email or customer) on the same routes.
     pub rate_limit_per_account: u32,
+    /// Requests per minute per calling service on the audit writer.
+    pub rate_limit_per_service: u32,
     /// Concurrent /api requests before load shedding (ordinary routes are
     /// shed past 3/4 of it, critical ones past it).
     pub max_in_flight: usize,
@@ -89,6 +91,7 @@ impl fmt::Debug for Config {
             .field("flag_queue_v1", &self.flag_queue_v1)
             .field("rate_limit_per_address", &self.rate_limit_per_address)
             .field("rate_limit_per_account", &self.rate_limit_per_account)
+            .field("rate_limit_per_service", &self.rate_limit_per_service)
             .field("max_in_flight", &self.max_in_flight)
             .field("trust_forwarded_for", &self.trust_forwarded_for)
             .field("mailer", &self.mailer)
@@ -251,6 +254,8 @@ impl Config {
             number(&get, "QUEUE_RATE_LIMIT_PER_ADDRESS", 60, 1, 1_000_000)?;
         let rate_limit_per_account =
             number(&get, "QUEUE_RATE_LIMIT_PER_ACCOUNT", 10, 1, 1_000_000)?;
+        let rate_limit_per_service =
+            number(&get, "QUEUE_RATE_LIMIT_PER_SERVICE", 6000, 1, 10_000_000)?;
         let trust_forwarded_for = flag(&get, "QUEUE_TRUST_FORWARDED_FOR")?.unwrap_or(false);
         let max_in_flight = number(&get, "QUEUE_MAX_IN_FLIGHT", 256, 1, 1_000_000)? as usize;
 
@@ -302,6 +307,7 @@ impl Config {
             flag_queue_v1,
             rate_limit_per_address,
             rate_limit_per_account,
+            rate_limit_per_service,
             trust_forwarded_for,
             max_in_flight,
             mailer,

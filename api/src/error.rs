@@ -53,6 +53,8 @@ pub enum ApiError {
     ChallengeExpired,
     #[error("the request body is larger than 64 KiB")]
     PayloadTooLarge,
+    #[error("metadata is larger than 16 KiB")]
+    MetadataTooLarge,
     #[error("too many requests")]
     RateLimited { retry_after_secs: u64 },
     #[error("overloaded")]
@@ -111,7 +113,9 @@ impl ApiError {
             Self::EmailTaken => (StatusCode::CONFLICT, "email_taken"),
             Self::LastCredential => (StatusCode::CONFLICT, "last_credential"),
             Self::ChallengeExpired => (StatusCode::GONE, "challenge_expired"),
-            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::PayloadTooLarge | Self::MetadataTooLarge => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -308,6 +312,9 @@ impl From<queue_projections::ProjectionError> for ApiError {
         match err {
             queue_projections::ProjectionError::Database(e) => e.into(),
             queue_projections::ProjectionError::Store(e) => e.into(),
+            queue_projections::ProjectionError::InvalidCursor => {
+                Self::InvalidRequest("cursor is invalid".into())
+            }
             other => Self::Internal(other.to_string()),
         }
     }

@@ -2,6 +2,7 @@
 //! Queue's HTTP surface: `app(state) -> Router`. Only this crate knows HTTP.
 //! The contract is ../shared/api-contract.md; the error table is `error.rs`.
 
+pub mod audit;
 pub mod backup_codes;
 pub mod breaker;
 pub mod challenges;
@@ -66,6 +67,7 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(email::request_verification))
         .routes(routes!(email::verify))
         .routes(routes!(service::customer_count))
+        .routes(routes!(audit::record, audit::list))
 }
 
 fn operation_routes() -> OpenApiRouter<AppState> {

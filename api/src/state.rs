@@ -33,6 +33,8 @@ pub struct Inner {
     pub clock: ServiceClock,
     pub address_limiter: RateLimiter,
     pub account_limiter: RateLimiter,
+    /// Per calling service (audit writer).
+    pub service_limiter: RateLimiter,
     pub mailer: Arc<dyn Mailer>,
     pub metrics: Metrics,
     pub breaker: crate::breaker::Breaker,
@@ -83,6 +85,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 address_limiter: RateLimiter::new(config.rate_limit_per_address),
                 account_limiter: RateLimiter::new(config.rate_limit_per_account),
+                service_limiter: RateLimiter::new(config.rate_limit_per_service),
                 store: Store::new(repo),
                 jwt_keys,
                 webauthn,

@@ -67,3 +67,253 @@ async fn service_routes_answer_404_with_the_flag_off(pool: PgPool) {
         .await
         .assert_error(StatusCode::NOT_FOUND, "not_found");
 }
+
+fn audit_body(key: &str) -> serde_json::Value {
+    json!({
+        "actor": "ops@example.com",
+        "action": "founders.gate.check_failed",
+        "target": "registration",
+        "customer_id": "7f1c1e4e-0000-4000-8000-000000000001",
+        "ticket_id": "T-1",
+        "occurred_at": "2026-01-02T03:04:05Z",
+        "metadata": {"attempt": 1},
+        "idempotency_key": key,
+    })
+}
+
+async fn seal_and_verify(app: &TestApp) {
+    use queue_eventstore::{verify_store, CheckpointSigner, Sealer, SealerConfig, VerifyInput};
+    let signer =
+        std::sync::Arc::new(CheckpointSigner::from_seed("queue.test/api", [5; 32]).unwrap());
+    Sealer::new(signer.clone(), SealerConfig::default())
+        .seal_pending(&app.state.pool)
+        .await
+        .unwrap();
+    let keys = crate::helpers::mac_keys().current();
+    let verifier = signer.verifier();
+    let report = verify_store(
+        &app.state.pool,
+        &VerifyInput {
+            mac_keys: &keys,
+            checkpoint_key: &verifier,
+            external_checkpoints: &[],
+        },
+        &queue_eventstore::verify::NoProgress,
+    )
+    .await
+    .unwrap();
+    assert!(report.ok, "{:?}", report.first_problem);
+    assert_eq!(report.unsealed, 0);
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn audit_events_are_idempotent_per_service_and_land_in_the_ledger(pool: PgPool) {
+    let app = service_app(pool).await;
+    let before = app.event_count().await;
+    let first = app
+        .post_auth("/api/v1/audit/events", audit_body("k-1"), AUDITOR)
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    assert_eq!(first.json["ledger_status"], "appended");
+    let event_id = first.json["event_id"].as_str().unwrap().to_owned();
+    let hash = first.json["hash"].as_str().unwrap().to_owned();
+    assert_eq!(hash.len(), 64);
+    assert_eq!(
+        event_id,
+        queue_domain::types::AuditEventId::for_idempotency_key("auditor", "k-1").to_string()
+    );
+
+    // Same key again, even with another body: 200 with the original event.
+    let mut changed = audit_body("k-1");
+    changed["target"] = json!("something else");
+    let again = app
+        .post_auth("/api/v1/audit/events", changed, AUDITOR)
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    assert_eq!(again.json["event_id"], event_id.as_str());
+    assert_eq!(again.json["hash"], hash.as_str());
+    assert_eq!(again.json["event"]["target"], "registration");
+    assert_eq!(again.json["event"]["actor"], "ops@example.com");
+    assert_eq!(again.json["event"]["service"], "auditor");
+    assert_eq!(app.event_count().await, before + 1);
+
+    seal_and_verify(&app).await;
+    let sealed = app
+        .post_auth("/api/v1/audit/events", audit_body("k-1"), AUDITOR)
+        .await;
+    assert_eq!(sealed.status, StatusCode::OK, "{}", sealed.text);
+    assert_eq!(sealed.json["ledger_status"], "sealed");
+
+    // The reader pages it with its ledger place.
+    app.catch_up().await;
+    let page = app
+        .get_auth(
+            "/api/v1/audit/events?action=founders.gate.check_failed&customer_id=7f1c1e4e-0000-4000-8000-000000000001",
+            READER,
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    let events = page.json["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{}", page.text);
+    assert_eq!(events[0]["event_id"], event_id.as_str());
+    assert_eq!(events[0]["hash"], hash.as_str());
+    assert_eq!(events[0]["service"], "auditor");
+    assert!(events[0]["ledger_seq"].is_i64(), "{}", page.text);
+    assert!(events[0]["mac"].is_string(), "{}", page.text);
+    assert_eq!(events[0]["metadata"], json!({"attempt": 1}));
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn the_same_key_from_two_services_is_two_events(pool: PgPool) {
+    let app = TestApp::with(
+        pool,
+        &[
+            SERVICES,
+            &[
+                ("QUEUE_SERVICE_TOKEN_BILLING", "billing-token-000000001"),
+                ("QUEUE_SERVICE_SCOPES_BILLING", "audit:write"),
+            ],
+        ]
+        .concat(),
+    )
+    .await;
+    let a = app
+        .post_auth("/api/v1/audit/events", audit_body("shared"), AUDITOR)
+        .await;
+    let b = app
+        .post_auth(
+            "/api/v1/audit/events",
+            audit_body("shared"),
+            "billing-token-000000001",
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    assert_eq!(b.status, StatusCode::CREATED, "{}", b.text);
+    assert_ne!(a.json["event_id"], b.json["event_id"]);
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn audit_scopes_are_enforced(pool: PgPool) {
+    let app = service_app(pool).await;
+    let tokens = app.register(&mut Passkey::new(), "ada@example.com").await;
+    for token in [OPS, READER] {
+        app.post_auth("/api/v1/audit/events", audit_body("k"), token)
+            .await
+            .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    }
+    app.post_auth("/api/v1/audit/events", audit_body("k"), &bearer(&tokens))
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    app.post("/api/v1/audit/events", audit_body("k"))
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    app.get_auth("/api/v1/audit/events", OPS)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    app.get_auth("/api/v1/audit/events", &bearer(&tokens))
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    app.get("/api/v1/audit/events")
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    let ok = app.get_auth("/api/v1/audit/events", AUDITOR).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn bad_audit_input_names_the_field_and_writes_nothing(pool: PgPool) {
+    let app = service_app(pool).await;
+    let before = app.event_count().await;
+    let cases: &[(&str, serde_json::Value)] = &[
+        ("customer_id", json!("not-a-uuid")),
+        ("action", json!("Has Spaces")),
+        ("actor", json!("")),
+        ("target", json!("")),
+        ("occurred_at", json!("yesterday")),
+        ("idempotency_key", json!("has space")),
+        ("ticket_id", json!("a b")),
+        ("metadata", json!([1, 2])),
+        ("metadata", json!({"f": 1.5})),
+    ];
+    for (field, value) in cases {
+        let mut body = audit_body("k");
+        body[*field] = value.clone();
+        let response = app.post_auth("/api/v1/audit/events", body, AUDITOR).await;
+        response.assert_error(StatusCode::BAD_REQUEST, "invalid_request");
+        let message = response.json["error"]["message"].as_str().unwrap();
+        assert!(message.contains(field), "{field}: {message}");
+    }
+    let mut body = audit_body("k");
+    body.as_object_mut().unwrap().remove("idempotency_key");
+    let response = app.post_auth("/api/v1/audit/events", body, AUDITOR).await;
+    response.assert_error(StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(
+        response.text.contains("idempotency_key"),
+        "{}",
+        response.text
+    );
+
+    // Metadata over 16 KiB (the body is still under the 64 KiB limit): 413.
+    let mut body = audit_body("k");
+    body["metadata"] = json!({"blob": "x".repeat(17 * 1024)});
+    app.post_auth("/api/v1/audit/events", body, AUDITOR)
+        .await
+        .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+
+    for query in [
+        "customer_id=nope",
+        "since=yesterday",
+        "until=x",
+        "limit=0",
+        "limit=100000",
+        "cursor=%21%21",
+    ] {
+        let field = query.split('=').next().unwrap();
+        let response = app
+            .get_auth(&format!("/api/v1/audit/events?{query}"), READER)
+            .await;
+        response.assert_error(StatusCode::BAD_REQUEST, "invalid_request");
+        assert!(response.text.contains(field), "{query}: {}", response.text);
+    }
+    assert_eq!(app.event_count().await, before);
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn the_audit_log_pages_with_cursors(pool: PgPool) {
+    let app = service_app(pool).await;
+    for i in 0..5 {
+        let r = app
+            .post_auth(
+                "/api/v1/audit/events",
+                audit_body(&format!("p-{i}")),
+                AUDITOR,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    }
+    app.catch_up().await;
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/audit/events?action=founders.gate.check_failed&limit=2".to_owned();
+    loop {
+        let page = app.get_auth(&path, READER).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+        for e in page.json["events"].as_array().unwrap() {
+            seen.push(e["event_id"].as_str().unwrap().to_owned());
+        }
+        match page.json["next_cursor"].as_str() {
+            Some(cursor) => {
+                path = format!(
+                    "/api/v1/audit/events?action=founders.gate.check_failed&limit=2&cursor={cursor}"
+                )
+            }
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..5)
+        .map(|i| {
+            queue_domain::types::AuditEventId::for_idempotency_key("auditor", &format!("p-{i}"))
+                .to_string()
+        })
+        .collect();
+    assert_eq!(seen, expected);
+}
