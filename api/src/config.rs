@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use url::Url;
 
+use queue_domain::types::Role;
+
 use crate::jwt::JwtKeySet;
 use crate::service::ServiceTokens;
 
@@ -66,6 +68,8 @@ pub struct Config {
     pub mailer: MailerConfig,
     /// Base of the link in verification emails; `?token=…` is appended.
     pub email_verify_url: String,
+    /// QUEUE_ROLE_CATALOGUE: the roles RBAC grants may name.
+    pub role_catalogue: Vec<Role>,
     /// QUEUE_SERVICE_TOKEN_<NAME> / QUEUE_SERVICE_SCOPES_<NAME>.
     pub service_tokens: ServiceTokens,
 }
@@ -96,6 +100,7 @@ impl fmt::Debug for Config {
             .field("trust_forwarded_for", &self.trust_forwarded_for)
             .field("mailer", &self.mailer)
             .field("email_verify_url", &self.email_verify_url)
+            .field("role_catalogue", &self.role_catalogue)
             .field("service_tokens", &self.service_tokens)
             .finish()
     }
@@ -290,6 +295,27 @@ impl Config {
         };
 
         let service_tokens = ServiceTokens::from_lookup(&get, names)?;
+        let role_catalogue = match text(&get, "QUEUE_ROLE_CATALOGUE") {
+            Some(raw) => {
+                let mut roles = Vec::new();
+                for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    roles.push(Role::parse(part).map_err(|_| {
+                        invalid(
+                            "QUEUE_ROLE_CATALOGUE",
+                            "expected comma-separated role names of [a-z0-9._:-]",
+                        )
+                    })?);
+                }
+                if roles.is_empty() {
+                    return Err(ConfigError::Missing("QUEUE_ROLE_CATALOGUE"));
+                }
+                roles
+            }
+            None => crate::rbac::DEFAULT_ROLE_CATALOGUE
+                .iter()
+                .map(|r| Role::parse(r).map_err(|_| invalid("QUEUE_ROLE_CATALOGUE", "default")))
+                .collect::<Result<_, _>>()?,
+        };
 
         Ok(Self {
             dev,
@@ -312,6 +338,7 @@ impl Config {
             max_in_flight,
             mailer,
             email_verify_url,
+            role_catalogue,
             service_tokens,
         })
     }

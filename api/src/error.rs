@@ -355,7 +355,13 @@ impl From<CustomerError> for ApiError {
             CustomerError::AlreadyRegistered => Self::EmailTaken,
             CustomerError::AlreadyVerified
             | CustomerError::AlreadySuspended
-            | CustomerError::NotSuspended => Self::Conflict,
+            | CustomerError::NotSuspended
+            | CustomerError::DuplicateGrant(_)
+            | CustomerError::GrantAlreadyRevoked(_) => Self::Conflict,
+            CustomerError::UnknownGrant(_) => Self::NotFound,
+            CustomerError::ExpiryInPast => {
+                Self::InvalidRequest("expires_at must be in the future".into())
+            }
             other => Self::Internal(other.to_string()),
         }
     }

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod passkeys;
 pub mod ratelimit;
+pub mod rbac;
 pub mod service;
 pub mod sessions;
 pub mod shedding;
@@ -68,6 +69,9 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(email::verify))
         .routes(routes!(service::customer_count))
         .routes(routes!(audit::record, audit::list))
+        .routes(routes!(rbac::grant))
+        .routes(routes!(rbac::revoke))
+        .routes(routes!(rbac::roles))
 }
 
 fn operation_routes() -> OpenApiRouter<AppState> {

@@ -317,3 +317,211 @@ async fn the_audit_log_pages_with_cursors(pool: PgPool) {
         .collect();
     assert_eq!(seen, expected);
 }
+
+async fn customer_id_of(app: &TestApp, tokens: &serde_json::Value) -> String {
+    let me = app.get_auth("/api/v1/auth/me", &bearer(tokens)).await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.text);
+    me.json["customer_id"].as_str().unwrap().to_owned()
+}
+
+async fn refresh(app: &TestApp, tokens: &serde_json::Value) -> crate::helpers::Response {
+    app.post(
+        "/api/v1/auth/session/refresh",
+        json!({"refresh_token": tokens["refresh_token"]}),
+    )
+    .await
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn a_grant_reaches_the_next_jwt_and_a_revoke_removes_it(pool: PgPool) {
+    let app = service_app(pool).await;
+    let tokens = app.register(&mut Passkey::new(), "ada@example.com").await;
+    let customer_id = customer_id_of(&app, &tokens).await;
+
+    let granted = app
+        .post_auth(
+            "/api/v1/rbac/grants",
+            json!({"customer_id": customer_id, "role": "support-agent", "ticket_id": "T-9",
+                   "reason": "on call this week", "expires_at": "2099-01-01T00:00:00Z"}),
+            OPS,
+        )
+        .await;
+    assert_eq!(granted.status, StatusCode::CREATED, "{}", granted.text);
+    let grant_id = granted.json["grant_id"].as_str().unwrap().to_owned();
+
+    let roles = app
+        .get_auth(
+            &format!("/api/v1/rbac/customers/{customer_id}/roles"),
+            READER,
+        )
+        .await;
+    assert_eq!(roles.status, StatusCode::OK, "{}", roles.text);
+    assert_eq!(roles.json["roles"][0]["grant_id"], grant_id.as_str());
+    assert_eq!(roles.json["roles"][0]["role"], "support-agent");
+    assert_eq!(roles.json["roles"][0]["ticket_id"], "T-9");
+    assert_eq!(roles.json["roles"].as_array().unwrap().len(), 1);
+
+    let next = refresh(&app, &tokens).await;
+    assert_eq!(next.status, StatusCode::OK, "{}", next.text);
+    let claims = crate::operations::claims_via_jwks(&app, &bearer(&next.json)).await;
+    assert_eq!(claims["roles"], json!(["antlers-user", "support-agent"]));
+
+    // The grant is in the event log with the service as actor and the reason.
+    let (actor, reason): (String, String) = sqlx::query_as(
+        "SELECT payload->'RoleGranted'->>'actor', payload->'RoleGranted'->>'reason' FROM events \
+         WHERE event_type = 'RoleGranted'",
+    )
+    .fetch_one(&app.state.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (actor.as_str(), reason.as_str()),
+        ("ops", "on call this week")
+    );
+
+    let revoked = app
+        .request(
+            axum::http::Method::DELETE,
+            &format!("/api/v1/rbac/grants/{grant_id}"),
+            Some(json!({"reason": "rotation ended"})),
+            Some(OPS),
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::NO_CONTENT, "{}", revoked.text);
+    let after = refresh(&app, &next.json).await;
+    assert_eq!(after.status, StatusCode::OK, "{}", after.text);
+    let claims = crate::operations::claims_via_jwks(&app, &bearer(&after.json)).await;
+    assert_eq!(claims["roles"], json!(["antlers-user"]));
+    let roles = app
+        .get_auth(&format!("/api/v1/rbac/customers/{customer_id}/roles"), OPS)
+        .await;
+    assert_eq!(roles.json["roles"], json!([]), "{}", roles.text);
+
+    // Revoking again: 409; an unknown grant: 404.
+    app.request(
+        axum::http::Method::DELETE,
+        &format!("/api/v1/rbac/grants/{grant_id}"),
+        Some(json!({"reason": "again"})),
+        Some(OPS),
+    )
+    .await
+    .assert_error(StatusCode::CONFLICT, "conflict");
+    app.request(
+        axum::http::Method::DELETE,
+        &format!("/api/v1/rbac/grants/{}", uuid::Uuid::new_v4()),
+        Some(json!({"reason": "unknown"})),
+        Some(OPS),
+    )
+    .await
+    .assert_error(StatusCode::NOT_FOUND, "not_found");
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn rbac_scopes_and_bad_input(pool: PgPool) {
+    let app = service_app(pool).await;
+    let tokens = app.register(&mut Passkey::new(), "ada@example.com").await;
+    let customer_id = customer_id_of(&app, &tokens).await;
+    let body = json!({"customer_id": customer_id, "role": "auditor", "reason": "audit"});
+    for token in [AUDITOR, READER, bearer(&tokens).as_str()] {
+        app.post_auth("/api/v1/rbac/grants", body.clone(), token)
+            .await
+            .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    }
+    app.post("/api/v1/rbac/grants", body.clone())
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    app.get_auth(
+        &format!("/api/v1/rbac/customers/{customer_id}/roles"),
+        AUDITOR,
+    )
+    .await
+    .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    app.request(
+        axum::http::Method::DELETE,
+        &format!("/api/v1/rbac/grants/{}", uuid::Uuid::new_v4()),
+        Some(json!({"reason": "x"})),
+        Some(READER),
+    )
+    .await
+    .assert_error(StatusCode::FORBIDDEN, "forbidden");
+
+    let before = app.event_count().await;
+    let cases: &[(&str, serde_json::Value)] = &[
+        ("customer_id", json!("not-a-uuid")),
+        ("role", json!("root")),
+        ("role", json!("Not A Role")),
+        ("reason", json!("")),
+        ("reason", json!("   ")),
+        ("expires_at", json!("soon")),
+        ("expires_at", json!("2001-01-01T00:00:00Z")),
+        ("ticket_id", json!("a b")),
+    ];
+    for (field, value) in cases {
+        let mut b = body.clone();
+        b[*field] = value.clone();
+        let response = app.post_auth("/api/v1/rbac/grants", b, OPS).await;
+        response.assert_error(StatusCode::BAD_REQUEST, "invalid_request");
+        let message = response.json["error"]["message"].as_str().unwrap();
+        assert!(message.contains(field), "{field}: {message}");
+    }
+    let response = app
+        .request(
+            axum::http::Method::DELETE,
+            "/api/v1/rbac/grants/not-a-uuid",
+            Some(json!({"reason": "x"})),
+            Some(OPS),
+        )
+        .await;
+    response.assert_error(StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(response.text.contains("grant_id"), "{}", response.text);
+    let response = app
+        .request(
+            axum::http::Method::DELETE,
+            &format!("/api/v1/rbac/grants/{}", uuid::Uuid::new_v4()),
+            Some(json!({"reason": ""})),
+            Some(OPS),
+        )
+        .await;
+    response.assert_error(StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(response.text.contains("reason"), "{}", response.text);
+    let response = app.get_auth("/api/v1/rbac/customers/nope/roles", OPS).await;
+    response.assert_error(StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(response.text.contains("customer_id"), "{}", response.text);
+    // An unknown customer: 404.
+    let mut b = body.clone();
+    b["customer_id"] = json!(uuid::Uuid::new_v4().to_string());
+    app.post_auth("/api/v1/rbac/grants", b, OPS)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(app.event_count().await, before);
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn the_role_catalogue_is_configurable(pool: PgPool) {
+    let app = TestApp::with(
+        pool,
+        &[
+            SERVICES,
+            &[("QUEUE_ROLE_CATALOGUE", "antlers-user,night-shift")],
+        ]
+        .concat(),
+    )
+    .await;
+    let tokens = app.register(&mut Passkey::new(), "ada@example.com").await;
+    let customer_id = customer_id_of(&app, &tokens).await;
+    let ok = app
+        .post_auth(
+            "/api/v1/rbac/grants",
+            json!({"customer_id": customer_id, "role": "night-shift", "reason": "r"}),
+            OPS,
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.text);
+    app.post_auth(
+        "/api/v1/rbac/grants",
+        json!({"customer_id": customer_id, "role": "auditor", "reason": "r"}),
+        OPS,
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, "invalid_request");
+}
