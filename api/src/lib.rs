@@ -2,6 +2,7 @@
 //! Queue's HTTP surface: `app(state) -> Router`. Only this crate knows HTTP.
 //! The contract is ../shared/api-contract.md; the error table is `error.rs`.
 
+pub mod admin;
 pub mod audit;
 pub mod backup_codes;
 pub mod breaker;
@@ -72,6 +73,9 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(rbac::grant))
         .routes(routes!(rbac::revoke))
         .routes(routes!(rbac::roles))
+        .routes(routes!(admin::suspend))
+        .routes(routes!(admin::reinstate))
+        .routes(routes!(admin::history))
 }
 
 fn operation_routes() -> OpenApiRouter<AppState> {

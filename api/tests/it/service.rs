@@ -525,3 +525,157 @@ async fn the_role_catalogue_is_configurable(pool: PgPool) {
     .await
     .assert_error(StatusCode::BAD_REQUEST, "invalid_request");
 }
+
+async fn suspend(app: &TestApp, customer_id: &str, token: &str) -> crate::helpers::Response {
+    app.post_auth(
+        &format!("/api/v1/admin/customers/{customer_id}/suspend"),
+        json!({"reason": "fraud review"}),
+        token,
+    )
+    .await
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn suspension_revokes_every_session_and_reinstatement_allows_login(pool: PgPool) {
+    let app = service_app(pool).await;
+    let mut passkey = Passkey::new();
+    let first = app.register(&mut passkey, "ada@example.com").await;
+    let second = app.login(&mut passkey, "ada@example.com").await;
+    let customer_id = customer_id_of(&app, &first).await;
+
+    let done = suspend(&app, &customer_id, OPS).await;
+    assert_eq!(done.status, StatusCode::NO_CONTENT, "{}", done.text);
+    // Both sessions were revoked in the same append as the suspension.
+    let (suspended_xid, revoked): (i64, Vec<i64>) = {
+        let xid: i64 = sqlx::query_scalar(
+            "SELECT commit_xid FROM events WHERE event_type = 'CustomerSuspended'",
+        )
+        .fetch_one(&app.state.pool)
+        .await
+        .unwrap();
+        let revoked: Vec<i64> = sqlx::query_scalar(
+            "SELECT commit_xid FROM events WHERE event_type = 'SessionRevoked' \
+             AND payload->'SessionRevoked'->>'reason' = 'suspended'",
+        )
+        .fetch_all(&app.state.pool)
+        .await
+        .unwrap();
+        (xid, revoked)
+    };
+    assert_eq!(revoked, vec![suspended_xid, suspended_xid]);
+
+    // Existing tokens stop working; refresh fails; login is refused.
+    for tokens in [&first, &second] {
+        app.get_auth("/api/v1/auth/me", &bearer(tokens))
+            .await
+            .assert_error(StatusCode::UNAUTHORIZED, "session_revoked");
+        refresh(&app, tokens)
+            .await
+            .assert_error(StatusCode::FORBIDDEN, "customer_suspended");
+    }
+    let begin = app.login_begin(Some("ada@example.com")).await;
+    let credential = passkey.get(&begin["options"]);
+    app.login_complete(&begin["challenge_id"], credential)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "customer_suspended");
+    // Suspending twice: 409.
+    suspend(&app, &customer_id, OPS)
+        .await
+        .assert_error(StatusCode::CONFLICT, "conflict");
+
+    // History at now shows the suspension and the revoked sessions.
+    let history = app
+        .get_auth(
+            &format!("/api/v1/admin/customers/{customer_id}/history"),
+            OPS,
+        )
+        .await;
+    assert_eq!(history.status, StatusCode::OK, "{}", history.text);
+    assert_eq!(history.json["customer_id"], customer_id.as_str());
+    assert_eq!(
+        history.json["state"]["status"], "suspended",
+        "{}",
+        history.text
+    );
+    assert!(history.json["events"].as_array().unwrap().len() >= 4);
+    // Before registration the customer did not exist.
+    let before = app
+        .get_auth(
+            &format!("/api/v1/admin/customers/{customer_id}/history?at=2000-01-01T00:00:00Z"),
+            OPS,
+        )
+        .await;
+    assert_eq!(before.status, StatusCode::OK, "{}", before.text);
+    assert!(before.json["state"].is_null(), "{}", before.text);
+
+    let done = app
+        .post_auth(
+            &format!("/api/v1/admin/customers/{customer_id}/reinstate"),
+            json!({"reason": "cleared"}),
+            OPS,
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::NO_CONTENT, "{}", done.text);
+    let tokens = app.login(&mut passkey, "ada@example.com").await;
+    let me = app.get_auth("/api/v1/auth/me", &bearer(&tokens)).await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.text);
+    // Reinstating an active customer: 409 (no body: the default reason).
+    let again = app
+        .request(
+            axum::http::Method::POST,
+            &format!("/api/v1/admin/customers/{customer_id}/reinstate"),
+            None,
+            Some(OPS),
+        )
+        .await;
+    again.assert_error(StatusCode::CONFLICT, "conflict");
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn admin_scopes_and_bad_input(pool: PgPool) {
+    let app = service_app(pool).await;
+    let tokens = app.register(&mut Passkey::new(), "ada@example.com").await;
+    let customer_id = customer_id_of(&app, &tokens).await;
+    let before = app.event_count().await;
+    for token in [AUDITOR, READER, bearer(&tokens).as_str()] {
+        suspend(&app, &customer_id, token)
+            .await
+            .assert_error(StatusCode::FORBIDDEN, "forbidden");
+        app.get_auth(
+            &format!("/api/v1/admin/customers/{customer_id}/history"),
+            token,
+        )
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    }
+    app.post(
+        &format!("/api/v1/admin/customers/{customer_id}/suspend"),
+        json!({"reason": "x"}),
+    )
+    .await
+    .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    let r = suspend(&app, "not-a-uuid", OPS).await;
+    r.assert_error(StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(r.text.contains("customer_id"), "{}", r.text);
+    let r = app
+        .post_auth(
+            &format!("/api/v1/admin/customers/{customer_id}/suspend"),
+            json!({"reason": " "}),
+            OPS,
+        )
+        .await;
+    r.assert_error(StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(r.text.contains("reason"), "{}", r.text);
+    let r = app
+        .get_auth(
+            &format!("/api/v1/admin/customers/{customer_id}/history?at=yesterday"),
+            OPS,
+        )
+        .await;
+    r.assert_error(StatusCode::BAD_REQUEST, "invalid_request");
+    assert!(r.text.contains("at"), "{}", r.text);
+    suspend(&app, &uuid::Uuid::new_v4().to_string(), OPS)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(app.event_count().await, before);
+}
