@@ -120,9 +120,12 @@ async fn rebuild_after_a_crash_halfway_recovers(pool: PgPool) {
     // connections close mid-COPY, as when the process is killed.
     let options = RebuildOptions::default();
     let outcome = tokio::time::timeout(Duration::from_secs(60), async {
+        // Biased: once the tripwire fires, the kill wins at the rebuild's
+        // next yield point instead of racing it for another chunk.
         tokio::select! {
-            result = rebuild(&pool, &options, tripwire.as_ref()) => Some(result),
+            biased;
             _ = tripwire.tripped.notified() => None,
+            result = rebuild(&pool, &options, tripwire.as_ref()) => Some(result),
         }
     })
     .await
