@@ -68,6 +68,10 @@ pub struct Config {
     pub mailer: MailerConfig,
     /// Base of the link in verification emails; `?token=…` is appended.
     pub email_verify_url: String,
+    /// FLAG_FOUNDERS_GATE: refuse registrations past the cohort threshold.
+    pub flag_founders_gate: bool,
+    /// FOUNDERS_COHORT_THRESHOLD: how many customers the cohort admits.
+    pub founders_cohort_threshold: u32,
     /// QUEUE_ROLE_CATALOGUE: the roles RBAC grants may name.
     pub role_catalogue: Vec<Role>,
     /// QUEUE_SERVICE_TOKEN_<NAME> / QUEUE_SERVICE_SCOPES_<NAME>.
@@ -100,6 +104,8 @@ impl fmt::Debug for Config {
             .field("trust_forwarded_for", &self.trust_forwarded_for)
             .field("mailer", &self.mailer)
             .field("email_verify_url", &self.email_verify_url)
+            .field("flag_founders_gate", &self.flag_founders_gate)
+            .field("founders_cohort_threshold", &self.founders_cohort_threshold)
             .field("role_catalogue", &self.role_catalogue)
             .field("service_tokens", &self.service_tokens)
             .finish()
@@ -295,6 +301,15 @@ impl Config {
         };
 
         let service_tokens = ServiceTokens::from_lookup(&get, names)?;
+        let flag_founders_gate = flag(&get, "FLAG_FOUNDERS_GATE")?.unwrap_or(false);
+        let founders_cohort_threshold = if flag_founders_gate {
+            if text(&get, "FOUNDERS_COHORT_THRESHOLD").is_none() {
+                return Err(ConfigError::Missing("FOUNDERS_COHORT_THRESHOLD"));
+            }
+            number(&get, "FOUNDERS_COHORT_THRESHOLD", 0, 0, u32::MAX)?
+        } else {
+            number(&get, "FOUNDERS_COHORT_THRESHOLD", 0, 0, u32::MAX)?
+        };
         let role_catalogue = match text(&get, "QUEUE_ROLE_CATALOGUE") {
             Some(raw) => {
                 let mut roles = Vec::new();
@@ -338,6 +353,8 @@ impl Config {
             max_in_flight,
             mailer,
             email_verify_url,
+            flag_founders_gate,
+            founders_cohort_threshold,
             role_catalogue,
             service_tokens,
         })
@@ -408,6 +425,63 @@ mod tests {
         let debug = format!("{config:?}");
         assert!(debug.contains("k1"), "{debug}");
         assert!(!debug.contains("9d61b19d"), "{debug}");
+    }
+
+    #[test]
+    fn the_founders_gate_needs_its_threshold() {
+        let err = Config::from_lookup_with_names(
+            lookup(&[
+                ("QUEUE_DEV", "1"),
+                ("QUEUE_JWT_KEYS", KEY),
+                ("FLAG_FOUNDERS_GATE", "1"),
+            ]),
+            [],
+        )
+        .unwrap_err();
+        assert_eq!(err, ConfigError::Missing("FOUNDERS_COHORT_THRESHOLD"));
+        let config = Config::from_lookup_with_names(
+            lookup(&[
+                ("QUEUE_DEV", "1"),
+                ("QUEUE_JWT_KEYS", KEY),
+                ("FLAG_FOUNDERS_GATE", "on"),
+                ("FOUNDERS_COHORT_THRESHOLD", "1000"),
+            ]),
+            [],
+        )
+        .unwrap();
+        assert!(config.flag_founders_gate);
+        assert_eq!(config.founders_cohort_threshold, 1000);
+    }
+
+    #[test]
+    fn unknown_role_names_in_the_catalogue_name_the_variable() {
+        let err = Config::from_lookup_with_names(
+            lookup(&[
+                ("QUEUE_DEV", "1"),
+                ("QUEUE_JWT_KEYS", KEY),
+                ("QUEUE_ROLE_CATALOGUE", "ok-role,Bad Role"),
+            ]),
+            [],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("QUEUE_ROLE_CATALOGUE"), "{err}");
+    }
+
+    #[test]
+    fn unknown_service_scopes_are_a_startup_error_naming_the_variable() {
+        let err = Config::from_lookup_with_names(
+            lookup(&[
+                ("QUEUE_DEV", "1"),
+                ("QUEUE_JWT_KEYS", KEY),
+                ("QUEUE_SERVICE_TOKEN_OPS", "0123456789abcdef0123"),
+                ("QUEUE_SERVICE_SCOPES_OPS", "admin,superuser"),
+            ]),
+            ["QUEUE_SERVICE_TOKEN_OPS", "QUEUE_SERVICE_SCOPES_OPS"],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("QUEUE_SERVICE_SCOPES_OPS"), "{err}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod credentials;
 pub mod email;
 pub mod error;
 pub mod extract;
+pub mod founders;
 pub mod health;
 pub mod jwt;
 pub mod mailer;

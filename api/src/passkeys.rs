@@ -347,7 +347,18 @@ pub async fn register_complete(
         now,
     )
     .await?;
-    store.append(batch).await?;
+    if state.config().flag_founders_gate {
+        crate::founders::append_registration(
+            &state,
+            batch,
+            customer_id,
+            &request.challenge_id,
+            now,
+        )
+        .await?;
+    } else {
+        store.append(batch).await?;
+    }
     let customer_state = customer
         .aggregate
         .state()

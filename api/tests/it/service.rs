@@ -679,3 +679,133 @@ async fn admin_scopes_and_bad_input(pool: PgPool) {
         .assert_error(StatusCode::NOT_FOUND, "not_found");
     assert_eq!(app.event_count().await, before);
 }
+
+async fn audit_actions(app: &TestApp, action: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE aggregate_type = 'Audit' \
+         AND payload->'AuditRecorded'->>'action' = $1",
+    )
+    .bind(action)
+    .fetch_one(&app.state.pool)
+    .await
+    .unwrap()
+}
+
+async fn customers_in_log(app: &TestApp) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE aggregate_type = 'Customer' AND sequence = 1",
+    )
+    .fetch_one(&app.state.pool)
+    .await
+    .unwrap()
+}
+
+/// Begins a registration and answers it with a new passkey; returns the
+/// complete request's body.
+async fn prepared_registration(app: &TestApp, email: &str) -> serde_json::Value {
+    let begin = app
+        .post(
+            "/api/v1/auth/webauthn/register/begin",
+            json!({"email": email, "display_name": "Founder"}),
+        )
+        .await;
+    assert_eq!(begin.status, StatusCode::OK, "{}", begin.text);
+    let credential = Passkey::new().create(&begin.json["options"]);
+    json!({"challenge_id": begin.json["challenge_id"], "credential": credential, "name": "key"})
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn the_founders_gate_is_exact_under_concurrent_registrations(pool: PgPool) {
+    let app = TestApp::with(
+        pool,
+        &[
+            SERVICES,
+            &[
+                ("FLAG_FOUNDERS_GATE", "1"),
+                ("FOUNDERS_COHORT_THRESHOLD", "20"),
+            ],
+        ]
+        .concat(),
+    )
+    .await;
+    let mut bodies = Vec::new();
+    for i in 0..50 {
+        bodies.push(prepared_registration(&app, &format!("founder{i}@example.com")).await);
+    }
+    let responses = futures::future::join_all(
+        bodies
+            .into_iter()
+            .map(|body| app.post("/api/v1/auth/webauthn/register/complete", body)),
+    )
+    .await;
+    let admitted = responses
+        .iter()
+        .filter(|r| r.status == StatusCode::CREATED)
+        .count();
+    let refused: Vec<_> = responses
+        .iter()
+        .filter(|r| r.status != StatusCode::CREATED)
+        .collect();
+    for r in &refused {
+        r.assert_error(StatusCode::FORBIDDEN, "founders_cohort_full");
+    }
+    assert_eq!((admitted, refused.len()), (20, 30));
+    assert_eq!(customers_in_log(&app).await, 20);
+    assert_eq!(audit_actions(&app, "founders.gate.rejected").await, 30);
+    assert_eq!(audit_actions(&app, "founders.gate.check_failed").await, 0);
+
+    app.catch_up().await;
+    let count = app.get_auth("/api/v1/internal/customers/count", OPS).await;
+    assert_eq!(count.json, json!({"count": 20}), "{}", count.text);
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn the_founders_gate_counts_customers_from_before_it_ran(pool: PgPool) {
+    let app = TestApp::with(
+        pool.clone(),
+        &[
+            ("FLAG_FOUNDERS_GATE", "0"),
+            ("FOUNDERS_COHORT_THRESHOLD", "2"),
+        ],
+    )
+    .await;
+    app.register(&mut Passkey::new(), "early@example.com").await;
+    let gated = TestApp::with(
+        pool,
+        &[
+            ("FLAG_FOUNDERS_GATE", "1"),
+            ("FOUNDERS_COHORT_THRESHOLD", "2"),
+        ],
+    )
+    .await;
+    gated
+        .register(&mut Passkey::new(), "second@example.com")
+        .await;
+    let body = prepared_registration(&gated, "third@example.com").await;
+    gated
+        .post("/api/v1/auth/webauthn/register/complete", body)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "founders_cohort_full");
+    assert_eq!(customers_in_log(&gated).await, 2);
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn the_founders_gate_fails_open_when_the_count_cannot_be_read(pool: PgPool) {
+    let app = TestApp::with(
+        pool,
+        &[
+            ("FLAG_FOUNDERS_GATE", "1"),
+            ("FOUNDERS_COHORT_THRESHOLD", "1"),
+        ],
+    )
+    .await;
+    sqlx::query("ALTER TABLE founders_gate RENAME TO founders_gate_gone")
+        .execute(&app.state.pool)
+        .await
+        .unwrap();
+    app.register(&mut Passkey::new(), "a@example.com").await;
+    app.register(&mut Passkey::new(), "b@example.com").await;
+    assert_eq!(customers_in_log(&app).await, 2);
+    assert_eq!(audit_actions(&app, "founders.gate.check_failed").await, 2);
+    assert_eq!(audit_actions(&app, "founders.gate.rejected").await, 0);
+}

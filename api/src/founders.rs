@@ -1,0 +1,148 @@
+//! The founders gate (FLAG_FOUNDERS_GATE, FOUNDERS_COHORT_THRESHOLD): a new
+//! customer's registration is admitted only while fewer than the threshold
+//! exist, exactly under concurrency. The check is a conditional increment of
+//! one counter row (`founders_gate`, migration 0204) in the same transaction
+//! as the CustomerRegistered append, so a rolled-back registration gives its
+//! place back and two registrations can never take the last place. Only
+//! gated registrations wait on that row lock; no other write does.
+//!
+//! Refused: 403 founders_cohort_full and an audit event
+//! `founders.gate.rejected`. If the counter cannot be read or written (a
+//! statement error, not an outage) the registration fails open as ADR-0094
+//! decided, with an audit event `founders.gate.check_failed` in the same
+//! transaction.
+
+use chrono::{DateTime, Utc};
+use queue_domain::audit::{AuditCommand, AuditEvent};
+use queue_domain::types::{
+    Actor, AuditAction, AuditEventId, AuditTarget, CustomerId, IdempotencyKey, ServiceName,
+};
+use queue_domain::Audit;
+use serde_json::Value;
+use sqlx::Acquire;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store::{Batch, Loaded};
+
+/// Queue's own audit event (service `queue`), ready to add to a batch.
+pub async fn queue_audit_event(
+    state: &AppState,
+    key: &str,
+    action: &str,
+    target: &str,
+    customer_id: Option<CustomerId>,
+    metadata: Value,
+    now: DateTime<Utc>,
+) -> Result<(Loaded<Audit>, Vec<AuditEvent>), ApiError> {
+    let key = IdempotencyKey::parse(key)?;
+    let service = ServiceName::parse("queue")?;
+    let id = AuditEventId::for_idempotency_key(service.as_str(), key.as_str());
+    let mut audit: Loaded<Audit> = state.store().load(&id.to_string()).await?;
+    let events = audit
+        .execute(AuditCommand::Record {
+            service,
+            actor: Actor::parse("queue")?,
+            action: AuditAction::parse(action)?,
+            target: AuditTarget::parse(target)?,
+            customer_id,
+            ticket_id: None,
+            occurred_at: now,
+            metadata,
+            idempotency_key: key,
+            at: now,
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("audit: {e}")))?;
+    Ok((audit, events))
+}
+
+/// Whether the error is the statement's (fail open) rather than the
+/// store's (unavailable: the caller retries).
+fn is_statement_error(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(_))
+}
+
+/// Appends a new customer's registration `batch` through the founders gate.
+/// `attempt` identifies the attempt (the challenge id) for the audit keys.
+pub async fn append_registration(
+    state: &AppState,
+    mut batch: Batch,
+    customer_id: CustomerId,
+    attempt: &str,
+    now: DateTime<Utc>,
+) -> Result<(), ApiError> {
+    let threshold = i64::from(state.config().founders_cohort_threshold);
+    let mut tx = state.pool.begin().await?;
+    let admitted = {
+        let mut savepoint = tx.begin().await?;
+        let result: Result<bool, sqlx::Error> = async {
+            sqlx::query(
+                "INSERT INTO founders_gate (id, used) \
+                 SELECT 1, count(*) FROM events WHERE aggregate_type = 'Customer' AND sequence = 1 \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .execute(&mut *savepoint)
+            .await?;
+            let used: Option<i64> = sqlx::query_scalar(
+                "UPDATE founders_gate SET used = used + 1 WHERE id = 1 AND used < $1 RETURNING used",
+            )
+            .bind(threshold)
+            .fetch_optional(&mut *savepoint)
+            .await?;
+            Ok(used.is_some())
+        }
+        .await;
+        match result {
+            Ok(admitted) => {
+                savepoint.commit().await?;
+                Some(admitted)
+            }
+            Err(e) if is_statement_error(&e) => {
+                savepoint.rollback().await?;
+                tracing::warn!(error = %e, "founders gate check failed; registration admitted (fail open)");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    match admitted {
+        Some(true) => {}
+        Some(false) => {
+            tx.rollback().await?;
+            let (mut audit, events) = queue_audit_event(
+                state,
+                &format!("founders-gate-rejected:{attempt}"),
+                "founders.gate.rejected",
+                "registration",
+                None,
+                serde_json::json!({
+                    "threshold": threshold,
+                    "customer_id": customer_id.to_string(),
+                }),
+                now,
+            )
+            .await?;
+            let mut rejected = Batch::new();
+            rejected.add(&mut audit, &events)?;
+            state.store().append(rejected).await?;
+            return Err(ApiError::FoundersCohortFull);
+        }
+        None => {
+            let (mut audit, events) = queue_audit_event(
+                state,
+                &format!("founders-gate-check-failed:{attempt}"),
+                "founders.gate.check_failed",
+                &format!("customer:{customer_id}"),
+                Some(customer_id),
+                serde_json::json!({ "threshold": threshold }),
+                now,
+            )
+            .await?;
+            batch.add(&mut audit, &events)?;
+        }
+    }
+    state.store().append_in(&mut tx, batch).await?;
+    tx.commit().await?;
+    Ok(())
+}
