@@ -157,11 +157,15 @@ impl PersistedEventRepository for OneOldEvent {
         &self,
         _aggregate_id: &str,
     ) -> Result<ReplayStream, PersistenceError> {
-        unimplemented!("not needed to load an aggregate")
+        Err(PersistenceError::UnknownError(
+            "this one-event test repository does not stream".into(),
+        ))
     }
 
     async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
-        unimplemented!("not needed to load an aggregate")
+        Err(PersistenceError::UnknownError(
+            "this one-event test repository does not stream".into(),
+        ))
     }
 }
 
