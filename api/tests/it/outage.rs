@@ -79,6 +79,10 @@ impl Drop for Proxy {
 
 /// An app whose pool goes through a proxy that the test can cut.
 async fn proxied_app(pool: &PgPool) -> (Proxy, TestApp) {
+    proxied_app_with(pool, &[]).await
+}
+
+async fn proxied_app_with(pool: &PgPool, overrides: &[(&str, &str)]) -> (Proxy, TestApp) {
     let options = (*pool.connect_options()).clone();
     let target = format!("{}:{}", options.get_host(), options.get_port());
     let proxy = Proxy::start(target).await;
@@ -89,7 +93,7 @@ async fn proxied_app(pool: &PgPool) -> (Proxy, TestApp) {
         .await
         .unwrap();
     let tmp = TempDir::new();
-    let config = crate::helpers::config(&tmp.0, &[]);
+    let config = crate::helpers::config(&tmp.0, overrides);
     let state = queue_api::AppState::with_parts(
         proxied,
         config,
@@ -216,4 +220,40 @@ async fn the_breaker_opens_after_five_failures_and_probes_after_30s(pool: PgPool
     .await;
     assert_eq!(probe.status, StatusCode::OK, "{}", probe.text);
     assert_eq!(app.get("/readyz").await.status, StatusCode::OK);
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn the_audit_writer_answers_503_in_an_outage_and_the_retry_lands_once(pool: PgPool) {
+    use crate::service::{AUDITOR, SERVICES};
+    let (proxy, app) = proxied_app_with(&pool, SERVICES).await;
+    let body = json!({"actor": "ops", "action": "billing.refund", "target": "invoice:1",
+                      "idempotency_key": "refund-1"});
+    proxy.cut();
+    let down = app
+        .post_auth("/api/v1/audit/events", body.clone(), AUDITOR)
+        .await;
+    down.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    assert!(down.headers.contains_key("retry-after"));
+
+    proxy.restore();
+    let first = crate::helpers::eventually("audit write after recovery", || async {
+        let r = app
+            .post_auth("/api/v1/audit/events", body.clone(), AUDITOR)
+            .await;
+        (r.status != StatusCode::SERVICE_UNAVAILABLE).then_some(r)
+    })
+    .await;
+    assert!(
+        first.status == StatusCode::CREATED || first.status == StatusCode::OK,
+        "{}",
+        first.text
+    );
+    let again = app.post_auth("/api/v1/audit/events", body, AUDITOR).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    let events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_type = 'Audit'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(events, 1);
 }

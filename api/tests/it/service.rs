@@ -809,3 +809,82 @@ async fn the_founders_gate_fails_open_when_the_count_cannot_be_read(pool: PgPool
     assert_eq!(audit_actions(&app, "founders.gate.check_failed").await, 2);
     assert_eq!(audit_actions(&app, "founders.gate.rejected").await, 0);
 }
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn the_audit_writer_is_rate_limited_per_service(pool: PgPool) {
+    let app = TestApp::with(
+        pool,
+        &[
+            SERVICES,
+            &[
+                ("QUEUE_RATE_LIMIT_PER_SERVICE", "2"),
+                ("QUEUE_SERVICE_TOKEN_BILLING", "billing-token-000000001"),
+                ("QUEUE_SERVICE_SCOPES_BILLING", "audit:write"),
+            ],
+        ]
+        .concat(),
+    )
+    .await;
+    for i in 0..2 {
+        let r = app
+            .post_auth(
+                "/api/v1/audit/events",
+                audit_body(&format!("r-{i}")),
+                AUDITOR,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    }
+    let limited = app
+        .post_auth("/api/v1/audit/events", audit_body("r-2"), AUDITOR)
+        .await;
+    limited.assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    assert!(limited.headers.contains_key("retry-after"));
+    // Another service has its own budget.
+    let other = app
+        .post_auth(
+            "/api/v1/audit/events",
+            audit_body("r-2"),
+            "billing-token-000000001",
+        )
+        .await;
+    assert_eq!(other.status, StatusCode::CREATED, "{}", other.text);
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn queue_security_events_are_in_the_audit_log(pool: PgPool) {
+    let app = service_app(pool).await;
+    let tokens = app.register(&mut Passkey::new(), "ada@example.com").await;
+    let customer_id = customer_id_of(&app, &tokens).await;
+    let granted = app
+        .post_auth(
+            "/api/v1/rbac/grants",
+            json!({"customer_id": customer_id, "role": "auditor", "reason": "quarterly audit"}),
+            OPS,
+        )
+        .await;
+    assert_eq!(granted.status, StatusCode::CREATED, "{}", granted.text);
+    let done = suspend(&app, &customer_id, OPS).await;
+    assert_eq!(done.status, StatusCode::NO_CONTENT, "{}", done.text);
+    app.catch_up().await;
+    let page = app
+        .get_auth(
+            &format!("/api/v1/audit/events?customer_id={customer_id}&limit=1000"),
+            READER,
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    let events = page.json["events"].as_array().unwrap();
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    for expected in ["CustomerRegistered", "RoleGranted", "CustomerSuspended"] {
+        assert!(types.contains(&expected), "{expected} in {types:?}");
+    }
+    let suspended = events
+        .iter()
+        .find(|e| e["event_type"] == "CustomerSuspended")
+        .unwrap();
+    assert_eq!(suspended["actor"], "ops", "{suspended}");
+}
