@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use queue_domain::customer::CustomerCommand;
 use queue_domain::session::{RevokeReason, SessionCommand, SessionStatus};
 use queue_domain::types::{Actor, CustomerId, Reason};
+use queue_domain::Customer;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
@@ -46,8 +47,49 @@ pub async fn suspend(
     let customer_id = CustomerId::from(parse_uuid("customer_id", &customer_id)?);
     let reason = Reason::parse(&request.reason)?;
     let actor = Actor::parse(caller.name.as_str())?;
+    // A session refreshed between our read and our append makes the append
+    // fail on its version: read again and retry a few times.
+    let mut attempt = 0;
+    let revoked = loop {
+        attempt += 1;
+        match suspend_once(&state, customer_id, reason.clone(), actor.clone()).await {
+            Err(ApiError::Conflict) if attempt < 3 => continue,
+            other => break other?,
+        }
+    };
+    tracing::info!(customer = %customer_id, service = caller.name.as_str(), sessions = revoked, "customer suspended");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Serialises suspension against passkey logins of the same customer: the
+/// suspension takes it exclusively, a login's session append shares it.
+const LOCK_EXCLUSIVE: &str =
+    "SELECT pg_advisory_xact_lock(hashtextextended('queue.customer:' || $1, 0))";
+const LOCK_SHARED: &str =
+    "SELECT pg_advisory_xact_lock_shared(hashtextextended('queue.customer:' || $1, 0))";
+
+/// One suspension attempt in one transaction: the customer and its
+/// sessions are read under the customer's exclusive lock, so no login can
+/// add a session that this suspension does not revoke.
+async fn suspend_once(
+    state: &AppState,
+    customer_id: CustomerId,
+    reason: Reason,
+    actor: Actor,
+) -> Result<usize, ApiError> {
     let now = state.now();
-    let mut customer = existing_customer(&state, customer_id).await?;
+    let store = state.store();
+    let mut tx = state.pool.begin().await?;
+    sqlx::query(LOCK_EXCLUSIVE)
+        .bind(customer_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+    let mut customer = store
+        .load_many_in::<Customer>(&mut tx, &[customer_id.to_string()])
+        .await?
+        .pop()
+        .filter(|c| c.aggregate.state().is_some())
+        .ok_or(ApiError::NotFound)?;
     let events = customer
         .execute(CustomerCommand::Suspend {
             reason,
@@ -58,7 +100,7 @@ pub async fn suspend(
     let mut batch = Batch::new();
     batch.add(&mut customer, &events)?;
     let mut revoked = 0usize;
-    for mut session in state.store().sessions_of(customer_id).await? {
+    for mut session in store.sessions_of_in(&mut tx, customer_id).await? {
         let live = session
             .aggregate
             .state()
@@ -75,9 +117,38 @@ pub async fn suspend(
         batch.add(&mut session, &events)?;
         revoked += 1;
     }
-    state.store().append(batch).await?;
-    tracing::info!(customer = %customer_id, service = caller.name.as_str(), sessions = revoked, "customer suspended");
-    Ok(StatusCode::NO_CONTENT)
+    store.append_in(&mut tx, batch).await?;
+    tx.commit().await?;
+    Ok(revoked)
+}
+
+/// Appends a passkey login's batch (credential use and new session) unless
+/// the customer is suspended, re-checked under the customer's shared lock
+/// in the same transaction: a login racing a suspension either commits
+/// first (and its session is revoked by it) or sees the suspension (403).
+pub async fn append_login(
+    state: &AppState,
+    customer_id: CustomerId,
+    batch: Batch,
+) -> Result<(), ApiError> {
+    let store = state.store();
+    let mut tx = state.pool.begin().await?;
+    sqlx::query(LOCK_SHARED)
+        .bind(customer_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+    let suspended = store
+        .load_many_in::<Customer>(&mut tx, &[customer_id.to_string()])
+        .await?
+        .pop()
+        .and_then(|c| c.aggregate.state().map(|s| s.is_suspended()))
+        .unwrap_or(false);
+    if suspended {
+        return Err(ApiError::CustomerSuspended);
+    }
+    store.append_in(&mut tx, batch).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 #[utoipa::path(post, path = "/api/v1/admin/customers/{customer_id}/reinstate", tag = "service",

@@ -607,7 +607,7 @@ async fn login(
         now,
     )
     .await?;
-    store.append(batch).await?;
+    crate::admin::append_login(state, owner, batch).await?;
     tokens::token_response(
         state,
         customer_state,

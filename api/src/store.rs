@@ -267,6 +267,15 @@ impl Store {
         customer: CustomerId,
     ) -> Result<Vec<Loaded<Session>>, StoreError> {
         let mut conn = self.pool().acquire().await?;
+        self.sessions_of_in(&mut conn, customer).await
+    }
+
+    /// [`Store::sessions_of`] on the caller's connection (or transaction).
+    pub async fn sessions_of_in(
+        &self,
+        conn: &mut PgConnection,
+        customer: CustomerId,
+    ) -> Result<Vec<Loaded<Session>>, StoreError> {
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT aggregate_id FROM events WHERE aggregate_type = 'Session' \
              AND event_type IN ('SessionCreated', 'SessionImported') \
@@ -277,7 +286,7 @@ impl Store {
         .bind(customer.to_string())
         .fetch_all(&mut *conn)
         .await?;
-        self.load_many_in::<Session>(&mut conn, &ids).await
+        self.load_many_in::<Session>(conn, &ids).await
     }
 
     /// How many events the store holds (tests check failed requests left it unchanged).

@@ -888,3 +888,56 @@ async fn queue_security_events_are_in_the_audit_log(pool: PgPool) {
         .unwrap();
     assert_eq!(suspended["actor"], "ops", "{suspended}");
 }
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn no_login_racing_a_suspension_keeps_a_live_session(pool: PgPool) {
+    use queue_domain::session::SessionStatus;
+    let app = service_app(pool).await;
+    let mut passkey = Passkey::new();
+    let tokens = app.register(&mut passkey, "ada@example.com").await;
+    let customer_id = customer_id_of(&app, &tokens).await;
+    let mut assertions = Vec::new();
+    for _ in 0..8 {
+        let begin = app.login_begin(Some("ada@example.com")).await;
+        let credential = passkey.get(&begin["options"]);
+        assertions.push((begin["challenge_id"].clone(), credential));
+    }
+    let logins = futures::future::join_all(
+        assertions
+            .iter()
+            .map(|(challenge, credential)| app.login_complete(challenge, credential.clone())),
+    );
+    let (logins, suspended) = tokio::join!(logins, suspend(&app, &customer_id, OPS));
+    assert_eq!(
+        suspended.status,
+        StatusCode::NO_CONTENT,
+        "{}",
+        suspended.text
+    );
+    for login in &logins {
+        // Each login either committed before the suspension (and its session
+        // was revoked by it) or saw it; a WebAuthn refusal can come from the
+        // sign counter when two assertions race.
+        assert!(
+            [
+                StatusCode::OK,
+                StatusCode::FORBIDDEN,
+                StatusCode::UNAUTHORIZED
+            ]
+            .contains(&login.status),
+            "{}",
+            login.text
+        );
+    }
+    let now = app.state.now();
+    let id: queue_domain::types::CustomerId = customer_id.parse().unwrap();
+    let sessions = app.state.store().sessions_of(id).await.unwrap();
+    assert!(!sessions.is_empty());
+    for session in sessions {
+        let state = session.aggregate.state().unwrap();
+        assert!(
+            !matches!(state.status(now), SessionStatus::Active),
+            "a session outlived the suspension"
+        );
+    }
+}
