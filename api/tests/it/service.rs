@@ -941,3 +941,24 @@ async fn no_login_racing_a_suspension_keeps_a_live_session(pool: PgPool) {
         );
     }
 }
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn the_service_routes_are_in_the_openapi_document(pool: PgPool) {
+    let app = service_app(pool).await;
+    let doc = app.get("/openapi.json").await;
+    assert_eq!(doc.status, StatusCode::OK);
+    let paths = &doc.json["paths"];
+    for (path, method) in [
+        ("/api/v1/audit/events", "post"),
+        ("/api/v1/audit/events", "get"),
+        ("/api/v1/internal/customers/count", "get"),
+        ("/api/v1/rbac/grants", "post"),
+        ("/api/v1/rbac/grants/{grant_id}", "delete"),
+        ("/api/v1/rbac/customers/{customer_id}/roles", "get"),
+        ("/api/v1/admin/customers/{customer_id}/suspend", "post"),
+        ("/api/v1/admin/customers/{customer_id}/reinstate", "post"),
+        ("/api/v1/admin/customers/{customer_id}/history", "get"),
+    ] {
+        assert!(paths[path][method].is_object(), "{method} {path} missing");
+    }
+}
