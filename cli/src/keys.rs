@@ -43,6 +43,8 @@ pub enum KeysCommand {
 pub enum RotateKind {
     /// The JWT signing keys (QUEUE_JWT_KEYS_FILE).
     Jwt,
+    /// The event MAC keys (QUEUE_MAC_KEYS_FILE); old keys stay to verify older events.
+    Mac,
 }
 
 #[derive(Subcommand)]
@@ -79,7 +81,7 @@ pub fn run(command: KeysCommand, json: bool, env: Lookup) -> Result<ExitCode, Cl
                 });
             let kid = queue_api::jwt::rotate_key_file(&path, 3).map_err(CliError::Io)?;
             let notified = match config::database_url(env) {
-                Ok(url) => notify_jwt_rotation(url)?,
+                Ok(url) => notify(url, Notice::Jwt)?,
                 Err(_) => false,
             };
             crate::output(
@@ -87,6 +89,38 @@ pub fn run(command: KeysCommand, json: bool, env: Lookup) -> Result<ExitCode, Cl
                 &serde_json::json!({"file": path.display().to_string(), "kid": kid, "notified": notified}),
                 &format!(
                     "new JWT signing key {kid} is current in {}; {}",
+                    path.display(),
+                    if notified {
+                        "running instances were told to reload"
+                    } else {
+                        "DATABASE_URL not set: restart instances to pick it up"
+                    }
+                ),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::Rotate {
+            kind: RotateKind::Mac,
+            file,
+        } => {
+            let path = file
+                .or_else(|| env("QUEUE_MAC_KEYS_FILE").map(PathBuf::from))
+                .unwrap_or_else(|| {
+                    PathBuf::from(env("QUEUE_DEV_KEY_DIR").unwrap_or_else(|| ".dev/keys".into()))
+                        .join(DEV_MAC_FILE)
+                });
+            let new_id = format!("k{}", chrono::Utc::now().format("%Y%m%d%H%M%S%3f"));
+            let key_id = queue_eventstore::rotation::rotate_mac_key_file(&path, &new_id)
+                .map_err(CliError::Io)?;
+            let notified = match config::database_url(env) {
+                Ok(url) => notify(url, Notice::Mac)?,
+                Err(_) => false,
+            };
+            crate::output(
+                json,
+                &serde_json::json!({"file": path.display().to_string(), "key_id": key_id, "notified": notified}),
+                &format!(
+                    "new MAC key {key_id} is current in {}; older keys stay for verification; {}",
                     path.display(),
                     if notified {
                         "running instances were told to reload"
@@ -146,8 +180,14 @@ fn write_secret(path: &Path, contents: &str) -> Result<(), CliError> {
     writeln!(file, "{contents}").map_err(|e| CliError::Io(format!("{}: {e}", path.display())))
 }
 
+/// Which running-instance reloader to wake.
+enum Notice {
+    Jwt,
+    Mac,
+}
+
 /// NOTIFY on its own thread and runtime (this command runs inside the CLI's runtime).
-fn notify_jwt_rotation(database_url: String) -> Result<bool, CliError> {
+fn notify(database_url: String, notice: Notice) -> Result<bool, CliError> {
     let worker = std::thread::spawn(move || -> Result<(), String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -157,9 +197,11 @@ fn notify_jwt_rotation(database_url: String) -> Result<bool, CliError> {
             let pool = queue_eventstore::db::connect(&database_url, 1)
                 .await
                 .map_err(|e| e.to_string())?;
-            queue_api::jwt::notify_rotation(&pool)
-                .await
-                .map_err(|e| e.to_string())
+            match notice {
+                Notice::Jwt => queue_api::jwt::notify_rotation(&pool).await,
+                Notice::Mac => queue_eventstore::rotation::notify_mac_rotation(&pool).await,
+            }
+            .map_err(|e| e.to_string())
         })
     });
     match worker.join() {

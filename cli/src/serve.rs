@@ -63,7 +63,18 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
             .run(db::connect_options(&database_url)?, sealer_stopped),
     );
 
-    let state = AppState::new(pool.clone(), api_config, SharedMacKeys::new(mac_keys))
+    let shared_mac_keys = SharedMacKeys::new(mac_keys);
+    // With a key file, `queue keys rotate --kind mac` reaches this instance at once.
+    if let Some(path) = lookup("QUEUE_MAC_KEYS_FILE").filter(|_| lookup("QUEUE_MAC_KEYS").is_none())
+    {
+        tokio::spawn(queue_eventstore::rotation::run_mac_key_reloader(
+            pool.clone(),
+            shared_mac_keys.clone(),
+            std::path::PathBuf::from(path),
+            reloader_stopped.clone(),
+        ));
+    }
+    let state = AppState::new(pool.clone(), api_config, shared_mac_keys)
         .map_err(|e| CliError::Io(format!("cannot start the API: {e}")))?;
     if let Some(path) = state.config().jwt_keys_file.clone() {
         tokio::spawn(queue_api::jwt::run_key_reloader(

@@ -15,6 +15,7 @@ pub mod history;
 pub mod keys;
 pub mod merkle;
 pub mod repository;
+pub mod rotation;
 pub mod sealer;
 pub mod strict_json;
 pub mod vectors;

@@ -6,5 +6,6 @@ mod concurrency;
 mod export;
 mod helpers;
 mod history;
+mod rotation;
 mod tamper;
 mod vectors;
