@@ -39,9 +39,14 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         .fetch_one(&state.pool)
         .await
     {
+        // Still ready with the last good keys, but say so.
+        Ok(_) if state.store().repo().keys().is_degraded() => (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "database": "ok", "keys": "degraded"})),
+        ),
         Ok(_) => (
             StatusCode::OK,
-            Json(json!({"status": "ready", "database": "ok"})),
+            Json(json!({"status": "ready", "database": "ok", "keys": "ok"})),
         ),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,

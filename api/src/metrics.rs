@@ -83,6 +83,8 @@ pub async fn track(request: Request, next: Next) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn render(State(state): State<AppState>) -> Response {
+    let degraded = state.store().repo().keys().is_degraded();
+    metrics::gauge!("queue_mac_keys_degraded").set(if degraded { 1.0 } else { 0.0 });
     let body = state.inner.metrics.render();
     let mut response = (StatusCode::OK, body).into_response();
     response.headers_mut().insert(

@@ -2,6 +2,7 @@
 //! locking, plus the per-stream hash chain, the MAC and the commit order.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use chrono::{DateTime, Utc};
@@ -19,27 +20,44 @@ use crate::error::{StoreError, StoreResult};
 use crate::keys::MacKeys;
 
 /// MAC keys that can be swapped at run time (rotation) while readers keep
-/// the set they started with.
+/// the set they started with. `degraded` says the last reload failed and
+/// the keys in use are the last good ones.
 #[derive(Clone, Debug)]
-pub struct SharedMacKeys(Arc<RwLock<Arc<MacKeys>>>);
+pub struct SharedMacKeys {
+    keys: Arc<RwLock<Arc<MacKeys>>>,
+    degraded: Arc<AtomicBool>,
+}
 
 impl SharedMacKeys {
     pub fn new(keys: MacKeys) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(keys))))
+        Self {
+            keys: Arc::new(RwLock::new(Arc::new(keys))),
+            degraded: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     pub fn current(&self) -> Arc<MacKeys> {
-        match self.0.read() {
+        match self.keys.read() {
             Ok(guard) => Arc::clone(&guard),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
     }
 
     pub fn replace(&self, keys: MacKeys) {
-        match self.0.write() {
+        match self.keys.write() {
             Ok(mut guard) => *guard = Arc::new(keys),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(keys),
         }
+        self.degraded.store(false, Ordering::SeqCst);
+    }
+
+    /// Records that a reload failed; the current keys stay in use.
+    pub fn mark_degraded(&self) {
+        self.degraded.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::SeqCst)
     }
 }
 

@@ -75,6 +75,7 @@ fn reload(keys: &SharedMacKeys, path: &Path) -> bool {
         }
         Err(e) => {
             tracing::error!(error = %e, "MAC key file unreadable: keeping the last good keys (degraded)");
+            keys.mark_degraded();
             false
         }
     }

@@ -246,3 +246,23 @@ async fn jwt_key_rotation_reaches_running_instances_and_keeps_old_tokens_valid(p
     stop.send(true).unwrap();
     reloader.await.unwrap();
 }
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn readyz_and_metrics_report_degraded_mac_keys(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert_eq!(ready.json["keys"], "ok");
+
+    // A failed key reload keeps serving with the last good keys, and says so.
+    app.state.store().repo().keys().mark_degraded();
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert_eq!(ready.json["keys"], "degraded");
+    let metrics = app.get("/metrics").await;
+    assert!(
+        metrics.text.contains("queue_mac_keys_degraded 1"),
+        "{}",
+        metrics.text
+    );
+}

@@ -56,6 +56,7 @@ async fn rotation_is_picked_up_and_old_events_still_verify(pool: PgPool) {
     rotate_mac_key_file(&file, "k2").unwrap();
     notify_mac_rotation(&pool).await.unwrap();
     current_id_becomes(&keys, "k2").await;
+    assert!(!keys.is_degraded());
     repo.append(&[ev("T", "a", 2, json!({"n": 2}))])
         .await
         .unwrap();
@@ -102,6 +103,7 @@ async fn rotation_is_picked_up_and_old_events_still_verify(pool: PgPool) {
     notify_mac_rotation(&pool).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(keys.current().current_id(), "k2");
+    assert!(keys.is_degraded(), "a failed reload is reported");
     repo.append(&[ev("T", "a", 3, json!({"n": 3}))])
         .await
         .unwrap();
