@@ -270,23 +270,11 @@ pub fn rotate_key_file(path: &std::path::Path, keep: usize) -> Result<String, St
     let fresh = JwtKeySet::generate(&kid)?;
     let mut rotated = current.rotated(fresh.current().clone());
     rotated.keys.truncate(keep + 1);
-    let tmp = path.with_extension("rotating");
-    {
-        use std::io::Write;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options
-            .open(&tmp)
-            .map_err(|e| format!("{}: {}", tmp.display(), e.kind()))?;
-        writeln!(file, "{}", rotated.to_spec())
-            .map_err(|e| format!("{}: {}", tmp.display(), e.kind()))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {}", path.display(), e.kind()))?;
+    queue_eventstore::keys::write_key_file(
+        path,
+        &rotated.to_spec(),
+        queue_eventstore::keys::KeyFileWrite::Replace,
+    )?;
     Ok(kid)
 }
 

@@ -1,11 +1,11 @@
 //! `queue keys`: generate key files and print the checkpoint verifier key.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Subcommand;
+use queue_eventstore::keys::{write_key_file, KeyFileWrite};
 use queue_eventstore::{CheckpointSigner, MacKeys};
 use rand::RngCore;
 
@@ -166,18 +166,9 @@ pub fn generate(dir: &Path, origin: &str) -> Result<bool, CliError> {
     Ok(true)
 }
 
-fn write_secret(path: &Path, contents: &str) -> Result<(), CliError> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
-        .map_err(|e| CliError::Io(format!("{}: {e}", path.display())))?;
-    writeln!(file, "{contents}").map_err(|e| CliError::Io(format!("{}: {e}", path.display())))
+/// Writes a new secret file readable by the owner only; never overwrites.
+pub(crate) fn write_secret(path: &Path, contents: &str) -> Result<(), CliError> {
+    write_key_file(path, contents, KeyFileWrite::CreateNew).map_err(CliError::Io)
 }
 
 /// Which running-instance reloader to wake.

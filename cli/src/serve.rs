@@ -171,7 +171,7 @@ fn dev_jwt_key_env(
                 .map_err(|e| CliError::Io(format!("{}: {e}", dir.display())))?;
             let kid = format!("dev-{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
             let keys = queue_api::jwt::JwtKeySet::generate(&kid).map_err(CliError::Io)?;
-            write_secret_file(&path, &keys.to_spec())?;
+            crate::keys::write_secret(&path, &keys.to_spec())?;
             eprintln!(
                 "!!! DEV MODE: generated a NEW JWT signing key in {} — never use it in production !!!",
                 path.display()
@@ -186,22 +186,6 @@ fn dev_jwt_key_env(
             None
         }
     })
-}
-
-/// Writes a new secret file readable by the owner only; never overwrites.
-fn write_secret_file(path: &std::path::Path, contents: &str) -> Result<(), CliError> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options
-        .open(path)
-        .map_err(|e| CliError::Io(format!("{}: {e}", path.display())))?;
-    writeln!(file, "{contents}").map_err(|e| CliError::Io(format!("{}: {e}", path.display())))
 }
 
 /// The dev JWT key file inside the dev key directory.

@@ -110,6 +110,48 @@ impl MacKeys {
     }
 }
 
+/// How `write_key_file` treats an existing file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyFileWrite {
+    /// Fail if the file exists (first generation: never clobber a key).
+    CreateNew,
+    /// Replace it atomically (rotation): write a sibling, sync, rename.
+    Replace,
+}
+
+/// Writes one line of key material to a file readable by its owner only.
+/// Errors name the path and the I/O error kind, never the contents.
+pub fn write_key_file(
+    path: &std::path::Path,
+    contents: &str,
+    how: KeyFileWrite,
+) -> Result<(), String> {
+    use std::io::Write;
+    let fail = |p: &std::path::Path, e: std::io::Error| format!("{}: {}", p.display(), e.kind());
+    let target = match how {
+        KeyFileWrite::CreateNew => path.to_path_buf(),
+        KeyFileWrite::Replace => path.with_extension("rotating"),
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true);
+    match how {
+        KeyFileWrite::CreateNew => options.create_new(true),
+        KeyFileWrite::Replace => options.create(true).truncate(true),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&target).map_err(|e| fail(&target, e))?;
+    writeln!(file, "{contents}").map_err(|e| fail(&target, e))?;
+    file.sync_all().map_err(|e| fail(&target, e))?;
+    if how == KeyFileWrite::Replace {
+        std::fs::rename(&target, path).map_err(|e| fail(path, e))?;
+    }
+    Ok(())
+}
+
 /// The signed-note key id: first 4 bytes of SHA-256(name || 0x0A || 0x01 || public key).
 pub fn note_key_id(name: &str, public_key: &[u8; 32]) -> u32 {
     let mut hasher = Sha256::new();

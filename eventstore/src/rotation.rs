@@ -12,7 +12,7 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use crate::keys::MacKeys;
+use crate::keys::{write_key_file, KeyFileWrite, MacKeys};
 use crate::repository::SharedMacKeys;
 
 /// The channel that announces a MAC key rotation.
@@ -34,24 +34,7 @@ pub fn rotate_mac_key_file(path: &Path, new_id: &str) -> Result<String, String> 
     rand::rngs::OsRng.fill_bytes(&mut key);
     let spec = format!("{new_id}={},{}", hex::encode(&key), current.to_spec());
     MacKeys::parse(&spec).map_err(|e| e.to_string())?;
-    let tmp = path.with_extension("rotating");
-    {
-        use std::io::Write;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options
-            .open(&tmp)
-            .map_err(|e| format!("{}: {}", tmp.display(), e.kind()))?;
-        writeln!(file, "{spec}").map_err(|e| format!("{}: {}", tmp.display(), e.kind()))?;
-        file.sync_all()
-            .map_err(|e| format!("{}: {}", tmp.display(), e.kind()))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {}", path.display(), e.kind()))?;
+    write_key_file(path, &spec, KeyFileWrite::Replace)?;
     Ok(new_id.to_string())
 }
 

@@ -17,6 +17,7 @@ use chrono::{DateTime, Duration, Utc};
 use queue_domain::credential::CredentialEvent;
 use queue_domain::customer::CustomerEvent;
 use queue_domain::session::{AuthMethod, SessionEvent};
+use queue_domain::types::CustomerId;
 use queue_domain::AuditEvent;
 use serde_json::json;
 use uuid::Uuid;
@@ -876,15 +877,14 @@ impl AuditFold {
                 }
             }
             Body::Credential(body) => {
-                let owner = match body {
-                    CredentialEvent::Registered { customer_id, .. }
-                    | CredentialEvent::Imported { customer_id, .. } => {
-                        let owner = *customer_id.as_uuid();
-                        self.owners.insert(stream_key(meta), owner);
-                        owner
-                    }
-                    _ => self.owner(meta)?,
-                };
+                let owner = self.owner_of(
+                    meta,
+                    match body {
+                        CredentialEvent::Registered { customer_id, .. }
+                        | CredentialEvent::Imported { customer_id, .. } => Some(customer_id),
+                        _ => None,
+                    },
+                )?;
                 let id = Some(owner);
                 match body {
                     CredentialEvent::Registered {
@@ -949,15 +949,14 @@ impl AuditFold {
                 }
             }
             Body::Session(body) => {
-                let owner = match body {
-                    SessionEvent::Created { customer_id, .. }
-                    | SessionEvent::Imported { customer_id, .. } => {
-                        let owner = *customer_id.as_uuid();
-                        self.owners.insert(stream_key(meta), owner);
-                        owner
-                    }
-                    _ => self.owner(meta)?,
-                };
+                let owner = self.owner_of(
+                    meta,
+                    match body {
+                        SessionEvent::Created { customer_id, .. }
+                        | SessionEvent::Imported { customer_id, .. } => Some(customer_id),
+                        _ => None,
+                    },
+                )?;
                 let id = Some(owner);
                 match body {
                     SessionEvent::Created {
@@ -1033,6 +1032,19 @@ impl AuditFold {
             }
         };
         Ok(Some(out))
+    }
+
+    /// The customer a stream belongs to: named by its first event (and
+    /// remembered), looked up for the later ones.
+    fn owner_of(&mut self, meta: &Meta, named: Option<&CustomerId>) -> ProjectionResult<Uuid> {
+        match named {
+            Some(customer_id) => {
+                let owner = *customer_id.as_uuid();
+                self.owners.insert(stream_key(meta), owner);
+                Ok(owner)
+            }
+            None => self.owner(meta),
+        }
     }
 
     fn owner(&self, meta: &Meta) -> ProjectionResult<Uuid> {
