@@ -119,7 +119,9 @@ fn normalize_base64(value: &mut Value) {
     }
 }
 
-fn parse_credential<T: serde::de::DeserializeOwned>(mut value: Value) -> Result<T, ApiError> {
+/// Parses the `credential` of a complete request into webauthn-rs's type
+/// (public for the fuzz targets in fuzz/, which call it as the handlers do).
+pub fn parse_credential<T: serde::de::DeserializeOwned>(mut value: Value) -> Result<T, ApiError> {
     if !value.is_object() {
         return Err(ApiError::invalid("credential must be an object"));
     }
