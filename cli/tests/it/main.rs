@@ -3,6 +3,8 @@
 //! non-zero exit, never a panic; verify's exit codes and JSON.
 
 mod bad_input;
+mod faults;
+mod procs;
 mod verify;
 
 use std::process::{Command, Output};

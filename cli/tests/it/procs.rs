@@ -1,0 +1,543 @@
+//! Real `queue` processes for the fault tests: a fresh database per test
+//! (created here, dropped at the end), key files in a temp directory, and
+//! `queue serve` instances each on its own free loopback port.
+
+use std::collections::HashSet;
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+use crate::{CHECKPOINT_KEY, MAC};
+
+/// The audit writer's service token (at least 16 characters).
+pub const AUDITOR: &str = "auditor-token-faults-0001";
+
+/// A unique suffix per call in this test process.
+fn unique(tag: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{tag}_{}_{}_{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+fn base_url() -> url::Url {
+    let raw = std::env::var("DATABASE_URL").expect("DATABASE_URL must be set for the fault tests");
+    url::Url::parse(&raw).unwrap()
+}
+
+/// A database of its own, dropped (connections and all) when this is dropped.
+pub struct TestDb {
+    pub name: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn create(tag: &str) -> Self {
+        let name = format!("queue_faults_{}", unique(tag));
+        let mut admin = PgConnection::connect(base_url().as_str()).await.unwrap();
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap();
+        admin.close().await.ok();
+        let db = Self {
+            pool: PgPool::connect(&Self::url_of(&name, None, None))
+                .await
+                .unwrap(),
+            name,
+        };
+        queue_eventstore::MIGRATOR.run(&db.pool).await.unwrap();
+        db
+    }
+
+    fn url_of(name: &str, port: Option<u16>, application: Option<&str>) -> String {
+        let mut url = base_url();
+        url.set_path(&format!("/{name}"));
+        if let Some(port) = port {
+            url.set_host(Some("127.0.0.1")).unwrap();
+            url.set_port(Some(port)).unwrap();
+        }
+        url.set_query(
+            application
+                .map(|a| format!("application_name={a}"))
+                .as_deref(),
+        );
+        url.to_string()
+    }
+
+    /// The URL an instance uses: its name shows in pg_stat_activity.
+    pub fn url(&self, application: &str) -> String {
+        Self::url_of(&self.name, None, Some(application))
+    }
+
+    /// The same database reached through a local port (a proxy).
+    pub fn url_via(&self, port: u16, application: &str) -> String {
+        Self::url_of(&self.name, Some(port), Some(application))
+    }
+
+    /// Which instance (application name) holds the sealer's advisory lock.
+    pub async fn sealer_holder(&self) -> Option<String> {
+        sqlx::query_scalar(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND ((l.classid::bigint << 32) | l.objid::bigint) = $1",
+        )
+        .bind(queue_eventstore::sealer::SEALER_LOCK_KEY)
+        .fetch_optional(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    /// Every Audit event id in the ledger.
+    pub async fn sealed_audit_ids(&self) -> HashSet<String> {
+        sqlx::query_scalar("SELECT aggregate_id FROM ledger WHERE aggregate_type = 'Audit'")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect()
+    }
+
+    /// After a final `queue seal`: `queue verify` says OK, the ledger's seq
+    /// runs 1..=n without a gap, every event is sealed exactly once, and every
+    /// accepted audit event is among them. Returns the ledger size.
+    pub async fn assert_sealed_gap_free(&self, keys: &Keys, accepted: &[String]) -> i64 {
+        let seal = keys.queue(&["seal"], &self.url("queue-seal")).await;
+        assert!(seal.status.success(), "seal: {}", crate::stderr(&seal));
+        let verify = keys
+            .queue(&["--json", "verify"], &self.url("queue-verify"))
+            .await;
+        assert_eq!(
+            verify.status.code(),
+            Some(0),
+            "verify: {}",
+            crate::stderr(&verify)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+        assert_eq!(report["ok"], true, "{report}");
+        assert_eq!(report["unsealed"], 0, "{report}");
+
+        let (count, min, max): (i64, Option<i64>, Option<i64>) =
+            sqlx::query_as("SELECT count(*), min(seq), max(seq) FROM ledger")
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
+        assert!(count > 0);
+        assert_eq!((min, max), (Some(1), Some(count)), "ledger seq has a gap");
+        let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        let unsealed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events e WHERE NOT EXISTS (SELECT 1 FROM ledger l \
+             WHERE l.aggregate_type = e.aggregate_type AND l.aggregate_id = e.aggregate_id \
+               AND l.sequence = e.sequence)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .unwrap();
+        assert_eq!(unsealed, 0);
+        // UNIQUE (aggregate_type, aggregate_id, sequence) on the ledger makes
+        // "sealed" mean "sealed once"; equal counts leave no room for strays.
+        assert_eq!(events, count, "events vs ledger entries");
+        let sealed = self.sealed_audit_ids().await;
+        let lost: Vec<&String> = accepted.iter().filter(|id| !sealed.contains(*id)).collect();
+        assert!(
+            lost.is_empty(),
+            "accepted writes missing from the ledger: {lost:?}"
+        );
+        count
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Async drop is not a thing: a short-lived runtime on its own thread.
+        let name = self.name.clone();
+        let pool = self.pool.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                pool.close().await;
+                if let Ok(mut admin) = PgConnection::connect(base_url().as_str()).await {
+                    let _ = admin
+                        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A scratch directory (key files, mail, logs), removed on drop.
+pub struct Keys {
+    pub dir: PathBuf,
+}
+
+impl Keys {
+    /// A directory holding a JWT key file with one key, `k0`.
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("queue-{}", unique(tag)));
+        std::fs::create_dir_all(dir.join("mail")).unwrap();
+        let keys = Self { dir };
+        let spec = queue_api::jwt::JwtKeySet::generate("k0").unwrap().to_spec();
+        queue_eventstore::keys::write_key_file(
+            &keys.jwt_file(),
+            &spec,
+            queue_eventstore::keys::KeyFileWrite::Replace,
+        )
+        .unwrap();
+        keys
+    }
+
+    pub fn jwt_file(&self) -> PathBuf {
+        self.dir.join("jwt_keys")
+    }
+
+    /// Runs `queue <args>` against `database_url` with the shared keys.
+    pub async fn queue(&self, args: &[&str], database_url: &str) -> Output {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let env = vec![
+            ("DATABASE_URL".to_owned(), database_url.to_owned()),
+            ("QUEUE_MAC_KEYS".to_owned(), MAC.to_owned()),
+            ("QUEUE_CHECKPOINT_KEY".to_owned(), CHECKPOINT_KEY.to_owned()),
+            (
+                "QUEUE_JWT_KEYS_FILE".to_owned(),
+                self.jwt_file().display().to_string(),
+            ),
+            ("QUEUE_LOG".to_owned(), "warn".to_owned()),
+        ];
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_queue"));
+            cmd.args(&args)
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .envs(env);
+            cmd.output().unwrap()
+        })
+        .await
+        .unwrap()
+    }
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `queue serve`; killed (SIGKILL) on drop.
+pub struct Instance {
+    pub name: String,
+    pub base: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Instance {
+    /// Starts `queue serve` and waits until `/healthz` answers 200.
+    pub async fn start(name: &str, database_url: &str, keys: &Keys) -> Self {
+        // A free port can be taken between probing and binding: try again.
+        for _ in 0..3 {
+            let port = free_port();
+            let log = keys.dir.join(format!("{name}.log"));
+            let child = Self::spawn(port, database_url, keys, &log);
+            let mut instance = Self {
+                name: name.to_owned(),
+                base: format!("http://127.0.0.1:{port}"),
+                child,
+                log,
+            };
+            if instance.wait_healthy(Duration::from_secs(60)).await {
+                return instance;
+            }
+            if !instance.log_text().contains("cannot listen") {
+                panic!("{name} did not become healthy:\n{}", instance.log_text());
+            }
+        }
+        panic!("{name}: no free port after 3 tries");
+    }
+
+    fn spawn(port: u16, database_url: &str, keys: &Keys, log: &Path) -> Child {
+        let stderr = std::fs::File::create(log).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_queue"))
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", database_url)
+            .env("QUEUE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("QUEUE_MAC_KEYS", MAC)
+            .env("QUEUE_CHECKPOINT_KEY", CHECKPOINT_KEY)
+            .env("QUEUE_JWT_KEYS_FILE", keys.jwt_file())
+            .env("QUEUE_RP_ID", "localhost")
+            .env("QUEUE_RP_ORIGIN", "http://localhost:8080")
+            .env("QUEUE_ISSUER", "http://localhost:8080")
+            .env("QUEUE_AUDIENCE", "queue")
+            .env("QUEUE_MAILER", "log")
+            .env("QUEUE_MAILER_DIR", keys.dir.join("mail"))
+            .env("FLAG_QUEUE_V1", "1")
+            .env("QUEUE_SERVICE_TOKEN_AUDITOR", AUDITOR)
+            .env("QUEUE_SERVICE_SCOPES_AUDITOR", "audit:write")
+            .env("QUEUE_RATE_LIMIT_PER_SERVICE", "10000000")
+            .env("QUEUE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap()
+    }
+
+    async fn wait_healthy(&mut self, within: Duration) -> bool {
+        let client = client();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return false;
+            }
+            if let Ok(r) = client.get(format!("{}/healthz", self.base)).send().await {
+                if r.status().as_u16() == 200 {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no drain, no clean point, connections dropped by the kernel.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client for loopback (ignores proxy settings in the environment).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// One audit write as the client saw it.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// When it was sent, since the start of the run.
+    pub sent: Duration,
+    pub latency: Duration,
+    /// 0 for a transport error (reset, timeout).
+    pub status: u16,
+    pub code: Option<String>,
+    pub retry_after: bool,
+    pub event_id: Option<String>,
+    pub error: Option<String>,
+}
+
+/// `POST /api/v1/audit/events` with a fresh idempotency key.
+pub async fn audit_write(client: &reqwest::Client, base: &str, key: &str, t0: Instant) -> Outcome {
+    let body = serde_json::json!({
+        "actor": "ops", "action": "faults.write", "target": format!("item:{key}"),
+        "idempotency_key": key,
+    });
+    let sent = t0.elapsed();
+    let started = Instant::now();
+    let result = client
+        .post(format!("{base}/api/v1/audit/events"))
+        .bearer_auth(AUDITOR)
+        .json(&body)
+        .send()
+        .await;
+    match result {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let retry_after = response.headers().contains_key("retry-after");
+            let value: serde_json::Value = response.json().await.unwrap_or_default();
+            Outcome {
+                sent,
+                latency: started.elapsed(),
+                status,
+                code: value["error"]["code"]
+                    .as_str()
+                    .or(value["code"].as_str())
+                    .map(str::to_owned),
+                retry_after,
+                event_id: value["event_id"].as_str().map(str::to_owned),
+                error: None,
+            }
+        }
+        Err(e) => Outcome {
+            sent,
+            latency: started.elapsed(),
+            status: 0,
+            code: None,
+            retry_after: false,
+            event_id: None,
+            error: Some(e.to_string()),
+        },
+    }
+}
+
+/// Writers posting audit events to `base` until `stop`, each pausing
+/// `backoff` after a non-2xx answer (a polite client, and it keeps an open
+/// breaker from turning into a busy loop on a shared machine).
+pub fn spawn_writers(
+    base: &str,
+    writers: usize,
+    stop: Arc<AtomicBool>,
+    t0: Instant,
+    backoff: Duration,
+) -> Vec<tokio::task::JoinHandle<Vec<Outcome>>> {
+    (0..writers)
+        .map(|w| {
+            let base = base.to_owned();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let client = client();
+                let mut outcomes = Vec::new();
+                let prefix = unique(&format!("w{w}"));
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let outcome = audit_write(&client, &base, &format!("{prefix}-{n}"), t0).await;
+                    let ok = (200..300).contains(&outcome.status);
+                    outcomes.push(outcome);
+                    if !ok {
+                        tokio::time::sleep(backoff).await;
+                    }
+                }
+                outcomes
+            })
+        })
+        .collect()
+}
+
+pub async fn join_all(handles: Vec<tokio::task::JoinHandle<Vec<Outcome>>>) -> Vec<Outcome> {
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    all.sort_by_key(|o| o.sent);
+    all
+}
+
+/// Polls `check` every 10 ms until it yields, or panics naming `what`.
+pub async fn poll<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A TCP proxy in front of PostgreSQL that can be cut (every open connection
+/// dropped, new ones refused) and restored.
+pub struct Proxy {
+    pub port: u16,
+    up: Arc<AtomicBool>,
+    cut: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start() -> Self {
+        let base = base_url();
+        let target = format!(
+            "{}:{}",
+            base.host_str().unwrap_or("127.0.0.1"),
+            base.port().unwrap_or(5432)
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let cut = Arc::new(Notify::new());
+        let (up2, cut2) = (up.clone(), cut.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let target = target.clone();
+                let cut = cut2.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            up,
+            cut,
+            task,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
