@@ -30,8 +30,10 @@ pub async fn refresh(
 ) -> Result<Json<TokenResponse>, ApiError> {
     let now = state.now();
     let store = state.store();
-    let session_id = tokens::refresh_token_session(&request.refresh_token)
-        .ok_or(ApiError::InvalidRefreshToken)?;
+    let session_id = match tokens::refresh_token_session(&request.refresh_token) {
+        Some(session_id) => session_id,
+        None => legacy_session(&state, &request.refresh_token).await?,
+    };
     let mut session = store.session(session_id).await?;
     let Some(session_state) = session.aggregate.state() else {
         return Err(ApiError::InvalidRefreshToken);
@@ -74,6 +76,20 @@ pub async fn refresh(
             Err(ApiError::RefreshReuseDetected)
         }
         None => Err(ApiError::internal("refresh produced no outcome")),
+    }
+}
+
+/// A refresh token Queue did not issue can only be an imported legacy
+/// session's (the backfill keeps its SHA-256): found by hash in the read
+/// table, and only for sessions that came from the legacy service.
+async fn legacy_session(state: &AppState, token: &str) -> Result<SessionId, ApiError> {
+    if token.is_empty() || token.len() > 512 {
+        return Err(ApiError::InvalidRefreshToken);
+    }
+    let hash = tokens::hash(token).to_hex();
+    match queue_projections::read::session_by_refresh_hash(&state.pool, &hash).await? {
+        Some(row) if row.legacy_id.is_some() => Ok(SessionId::from(row.session_id)),
+        _ => Err(ApiError::InvalidRefreshToken),
     }
 }
 

@@ -1,0 +1,855 @@
+//! The backfill run: each legacy table in keyset pages of `batch_size` rows;
+//! each page is one transaction of events (and, when the legacy tables live
+//! in Queue's database, of the `migrated_to_queue` flags too).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::SerializedEvent;
+use cqrs_es::{Aggregate, DomainEvent};
+use queue_domain::customer::CustomerCommand;
+use queue_domain::session::{SessionCommand, DEFAULT_IDLE_TIMEOUT_SECS};
+use queue_domain::types::{
+    Actor, CredentialName, CustomerId, DisplayName, Email, GrantId, LegacyId, RawCredentialId,
+    Reason, Role, SecretHash, SessionId, TicketId,
+};
+use queue_domain::{Credential, CredentialCommand, Customer, CustomerEvent, Session};
+use queue_eventstore::{ChainedEventRepository, StoreError};
+use serde_json::json;
+use sqlx::{PgPool, Row};
+
+use crate::cose;
+use crate::error::{BackfillError, BackfillResult};
+use crate::legacy::{self, LegacyCredential, LegacyCustomer, LegacyGrant, LegacySession, Table};
+use crate::report::{Report, TableReport};
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Legacy rows per transaction.
+    pub batch_size: i64,
+    /// Read and classify everything; write nothing (not even the flag column).
+    pub dry_run: bool,
+    /// The backfill's clock: which sessions are still live, and the time of
+    /// the import commands.
+    pub now: DateTime<Utc>,
+}
+
+/// What a run reports while it works (a progress bar).
+pub trait Progress: Send + Sync {
+    fn table(&self, _name: &str, _total: u64) {}
+    fn advance(&self, _rows: u64) {}
+}
+
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// Runs the backfill from the legacy database into the event store.
+pub async fn backfill(
+    repo: &ChainedEventRepository,
+    legacy_pool: &PgPool,
+    options: &Options,
+    progress: &dyn Progress,
+) -> BackfillResult<Report> {
+    if options.batch_size < 1 || options.batch_size > 10_000 {
+        return Err(BackfillError::Options(
+            "batch size must be between 1 and 10000".into(),
+        ));
+    }
+    let started = Instant::now();
+    let same_db = legacy::same_database(repo.pool(), legacy_pool).await?;
+    if !options.dry_run {
+        legacy::add_migrated_column(legacy_pool).await?;
+    }
+    let mut run = Run {
+        repo,
+        legacy: legacy_pool,
+        options,
+        same_db,
+        planned_customers: HashSet::new(),
+        events_appended: 0,
+    };
+    let mut report = Report {
+        dry_run: options.dry_run,
+        ..Report::default()
+    };
+    for table in Table::ALL {
+        progress.table(table.name(), legacy::count(legacy_pool, table).await?);
+        let mut out = TableReport::new(table.name());
+        let mut after = 0;
+        loop {
+            let (read, last) = match table {
+                Table::Customers => {
+                    let rows = legacy::customers(legacy_pool, after, options.batch_size).await?;
+                    let last = rows.last().map(|r| r.id);
+                    (run.customers(rows, &mut out).await?, last)
+                }
+                Table::Credentials => {
+                    let rows = legacy::credentials(legacy_pool, after, options.batch_size).await?;
+                    let last = rows.last().map(|r| r.id);
+                    (run.credentials(rows, &mut out).await?, last)
+                }
+                Table::Sessions => {
+                    let rows = legacy::sessions(legacy_pool, after, options.batch_size).await?;
+                    let last = rows.last().map(|r| r.id);
+                    (run.sessions(rows, &mut out).await?, last)
+                }
+                Table::Grants => {
+                    let rows = legacy::grants(legacy_pool, after, options.batch_size).await?;
+                    let last = rows.last().map(|r| r.id);
+                    (run.grants(rows, &mut out).await?, last)
+                }
+            };
+            out.read += read;
+            progress.advance(read);
+            match last {
+                Some(id) => after = id,
+                None => break,
+            }
+        }
+        out.rejected.sort_by_key(|r| r.legacy_id);
+        tracing::info!(
+            table = table.name(),
+            read = out.read,
+            imported = out.imported,
+            skipped = out.skipped,
+            rejected = out.rejected.len(),
+            "backfill table done"
+        );
+        report.tables.push(out);
+    }
+    report.events_appended = run.events_appended;
+    let secs = started.elapsed().as_secs_f64();
+    report.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    report.rows_per_second = (report.rows_read() as f64 / secs.max(1e-6)) as u64;
+    Ok(report)
+}
+
+/// One row ready to import: its events (one stream, consecutive).
+struct Planned {
+    /// The legacy ids it covers (several grants of one customer share a stream).
+    ids: Vec<i64>,
+    events: Vec<SerializedEvent>,
+    /// For customers: the normalised email (the unique index's key).
+    email: Option<String>,
+}
+
+struct Run<'a> {
+    repo: &'a ChainedEventRepository,
+    legacy: &'a PgPool,
+    options: &'a Options,
+    same_db: bool,
+    /// Dry run only: customers this run would have imported, so their
+    /// credentials, sessions and grants are judged as in a real run.
+    planned_customers: HashSet<i64>,
+    events_appended: u64,
+}
+
+impl Run<'_> {
+    async fn customers(
+        &mut self,
+        rows: Vec<LegacyCustomer>,
+        out: &mut TableReport,
+    ) -> BackfillResult<u64> {
+        let read = rows.len() as u64;
+        let ids: Vec<String> = rows
+            .iter()
+            .filter_map(|r| LegacyId::try_from(r.id).ok())
+            .map(|id| CustomerId::for_legacy_id(id).to_string())
+            .collect();
+        let existing = self.existing_streams("Customer", &ids).await?;
+        let mut candidates = Vec::new();
+        let mut skipped = Vec::new();
+        for row in rows {
+            match plan_customer(&row, self.options.now) {
+                Err((reason, detail)) => out.reject(row.id, reason, detail),
+                Ok((stream, _)) if existing.contains_key(&stream) => skipped.push(row.id),
+                Ok((_, planned)) => candidates.push(planned),
+            }
+        }
+        // Emails already held by another stream, or twice in this page
+        // (legacy emails are unique only case-sensitively).
+        let emails: Vec<String> = candidates.iter().filter_map(|p| p.email.clone()).collect();
+        let taken = self.taken_emails(&emails).await?;
+        let mut seen: HashMap<String, i64> = HashMap::new();
+        let mut planned = Vec::new();
+        for p in candidates {
+            let email = p.email.clone().unwrap_or_default();
+            if let Some(owner) = taken.get(&email) {
+                for id in &p.ids {
+                    out.reject(
+                        *id,
+                        "email_taken",
+                        format!("{email} already belongs to Queue customer {owner}"),
+                    );
+                }
+            } else if let Some(first) = seen.get(&email) {
+                for id in &p.ids {
+                    out.reject(*id, "email_taken", format!("{email} is also the email of legacy customer {first} (emails are case-insensitive)"));
+                }
+            } else {
+                seen.insert(email, p.ids.first().copied().unwrap_or_default());
+                planned.push(p);
+            }
+        }
+        if self.options.dry_run {
+            self.planned_customers
+                .extend(planned.iter().flat_map(|p| p.ids.iter().copied()));
+        }
+        self.commit(Table::Customers, planned, skipped, out).await?;
+        Ok(read)
+    }
+
+    async fn credentials(
+        &mut self,
+        rows: Vec<LegacyCredential>,
+        out: &mut TableReport,
+    ) -> BackfillResult<u64> {
+        let read = rows.len() as u64;
+        let customers = self
+            .customer_streams(rows.iter().map(|r| r.customer_id))
+            .await?;
+        let ids: Vec<String> = rows
+            .iter()
+            .filter_map(|r| RawCredentialId::from_bytes(r.credential_id.clone()).ok())
+            .map(|raw| raw.credential_id().to_string())
+            .collect();
+        let existing = self.existing_streams("Credential", &ids).await?;
+        let mut planned = Vec::new();
+        let mut skipped = Vec::new();
+        for row in rows {
+            if let Err((reason, detail)) = customers.check(row.customer_id) {
+                out.reject(row.id, reason, detail);
+                continue;
+            }
+            match plan_credential(&row) {
+                Err((reason, detail)) => out.reject(row.id, reason, detail),
+                Ok((stream, planned_row)) => match existing.get(&stream) {
+                    Some(Some(legacy_id)) if *legacy_id == row.id => skipped.push(row.id),
+                    Some(_) => out.reject(row.id, "credential_id_taken", format!("credential stream {stream} already exists in Queue and was not imported from this row")),
+                    None => planned.push(planned_row),
+                },
+            }
+        }
+        self.commit(Table::Credentials, planned, skipped, out)
+            .await?;
+        Ok(read)
+    }
+
+    async fn sessions(
+        &mut self,
+        rows: Vec<LegacySession>,
+        out: &mut TableReport,
+    ) -> BackfillResult<u64> {
+        let read = rows.len() as u64;
+        let customers = self
+            .customer_streams(rows.iter().map(|r| r.customer_id))
+            .await?;
+        let ids: Vec<String> = rows
+            .iter()
+            .filter_map(|r| LegacyId::try_from(r.id).ok())
+            .map(|id| SessionId::for_legacy_id(id).to_string())
+            .collect();
+        let existing = self.existing_streams("Session", &ids).await?;
+        let mut planned = Vec::new();
+        let mut skipped = Vec::new();
+        for row in rows {
+            match plan_session(&row, self.options.now) {
+                Ok((stream, _)) if existing.contains_key(&stream) => skipped.push(row.id),
+                Err((reason, detail)) => out.reject(row.id, reason, detail),
+                Ok((_, p)) => match customers.check(row.customer_id) {
+                    Err((reason, detail)) => out.reject(row.id, reason, detail),
+                    Ok(()) => planned.push(p),
+                },
+            }
+        }
+        self.commit(Table::Sessions, planned, skipped, out).await?;
+        Ok(read)
+    }
+
+    async fn grants(
+        &mut self,
+        rows: Vec<LegacyGrant>,
+        out: &mut TableReport,
+    ) -> BackfillResult<u64> {
+        let read = rows.len() as u64;
+        let customers = self
+            .customer_streams(rows.iter().map(|r| r.customer_id))
+            .await?;
+        let mut loaded = self.load_customers(&customers.streams()).await?;
+        // Grants of one customer go into one stream; keep them together.
+        let mut order: Vec<String> = Vec::new();
+        let mut by_stream: HashMap<String, Planned> = HashMap::new();
+        let mut skipped = Vec::new();
+        for row in rows {
+            if let Err((reason, detail)) = customers.check(row.customer_id) {
+                out.reject(row.id, reason, detail);
+                continue;
+            }
+            let command = match grant_command(&row) {
+                Ok(command) => command,
+                Err((reason, detail)) => {
+                    out.reject(row.id, reason, detail);
+                    continue;
+                }
+            };
+            let Ok(legacy_customer) = LegacyId::try_from(row.customer_id) else {
+                continue;
+            };
+            let stream = CustomerId::for_legacy_id(legacy_customer).to_string();
+            let Some((customer, version)) = loaded.get_mut(&stream) else {
+                // Dry run: the customer would be imported by this run.
+                if self.options.dry_run {
+                    let entry = by_stream.entry(stream.clone()).or_insert_with(|| {
+                        order.push(stream.clone());
+                        Planned {
+                            ids: Vec::new(),
+                            events: Vec::new(),
+                            email: None,
+                        }
+                    });
+                    entry.ids.push(row.id);
+                }
+                continue;
+            };
+            let CustomerCommand::GrantRole { grant_id, .. } = &command else {
+                continue;
+            };
+            if customer
+                .state()
+                .is_some_and(|s| s.grant(*grant_id).is_some())
+            {
+                skipped.push(row.id);
+                continue;
+            }
+            match execute(customer, command).await {
+                Err(e) => out.reject(row.id, "grant_refused", e.to_string()),
+                Ok(events) => {
+                    let entry = by_stream.entry(stream.clone()).or_insert_with(|| {
+                        order.push(stream.clone());
+                        Planned {
+                            ids: Vec::new(),
+                            events: Vec::new(),
+                            email: None,
+                        }
+                    });
+                    for event in events {
+                        *version += 1;
+                        entry
+                            .events
+                            .push(serialize::<Customer>(&stream, *version, &event)?);
+                    }
+                    entry.ids.push(row.id);
+                }
+            }
+        }
+        let planned: Vec<Planned> = order
+            .into_iter()
+            .filter_map(|s| by_stream.remove(&s))
+            .filter(|p| !p.ids.is_empty())
+            .collect();
+        self.commit(Table::Grants, planned, skipped, out).await?;
+        Ok(read)
+    }
+
+    /// Appends a page's events (and flags), falling back to one row per
+    /// transaction when a unique index refuses the page (an email
+    /// registered in Queue while the backfill ran).
+    async fn commit(
+        &mut self,
+        table: Table,
+        planned: Vec<Planned>,
+        skipped: Vec<i64>,
+        out: &mut TableReport,
+    ) -> BackfillResult<()> {
+        let rows: u64 = planned.iter().map(|p| p.ids.len() as u64).sum();
+        if self.options.dry_run {
+            out.imported += rows;
+            out.skipped += skipped.len() as u64;
+            return Ok(());
+        }
+        let events: Vec<SerializedEvent> = planned
+            .iter()
+            .flat_map(|p| p.events.iter().cloned())
+            .collect();
+        let mut flags: Vec<i64> = planned.iter().flat_map(|p| p.ids.iter().copied()).collect();
+        flags.extend(&skipped);
+        match self.write(table, &events, &flags).await {
+            Ok(()) => {
+                out.imported += rows;
+                out.skipped += skipped.len() as u64;
+                return Ok(());
+            }
+            Err(BackfillError::Store(
+                StoreError::UniqueViolation { .. } | StoreError::OptimisticLock,
+            )) => {}
+            Err(other) => return Err(other),
+        }
+        self.write(table, &[], &skipped).await?;
+        out.skipped += skipped.len() as u64;
+        for p in planned {
+            match self.write(table, &p.events, &p.ids).await {
+                Ok(()) => out.imported += p.ids.len() as u64,
+                Err(BackfillError::Store(StoreError::UniqueViolation { constraint })) => {
+                    for id in &p.ids {
+                        out.reject(
+                            *id,
+                            "email_taken",
+                            format!(
+                                "{} is taken (unique index {constraint})",
+                                p.email.clone().unwrap_or_default()
+                            ),
+                        );
+                    }
+                }
+                Err(BackfillError::Store(StoreError::OptimisticLock)) => {
+                    for id in &p.ids {
+                        out.reject(
+                            *id,
+                            "concurrent_write",
+                            "the stream was written while the backfill ran; run the backfill again"
+                                .into(),
+                        );
+                    }
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(())
+    }
+
+    /// One transaction: the events, and the flags in the same transaction
+    /// when the legacy tables share Queue's database; otherwise the flags
+    /// right after the events commit (a crash in between leaves rows
+    /// imported but unflagged, and the next run flags them as skipped).
+    async fn write(
+        &mut self,
+        table: Table,
+        events: &[SerializedEvent],
+        flags: &[i64],
+    ) -> BackfillResult<()> {
+        let mut tx = self
+            .repo
+            .pool()
+            .begin()
+            .await
+            .map_err(BackfillError::queue)?;
+        self.repo.append_in(&mut tx, events).await?;
+        if self.same_db {
+            legacy::mark_migrated(&mut tx, table, flags).await?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| BackfillError::Store(e.into()))?;
+        self.events_appended += events.len() as u64;
+        if !self.same_db {
+            let mut conn = self.legacy.acquire().await.map_err(BackfillError::legacy)?;
+            legacy::mark_migrated(&mut conn, table, flags).await?;
+        }
+        Ok(())
+    }
+
+    /// Streams of this type that exist, with the legacy id their first event
+    /// records (credentials can also be registered natively in Queue).
+    async fn existing_streams(
+        &self,
+        aggregate_type: &str,
+        ids: &[String],
+    ) -> BackfillResult<HashMap<String, Option<i64>>> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows = sqlx::query(
+            "SELECT aggregate_id, (payload -> (event_type) ->> 'legacy_id')::bigint AS legacy_id \
+             FROM events WHERE aggregate_type = $1 AND aggregate_id = ANY($2) AND sequence = 1",
+        )
+        .bind(aggregate_type)
+        .bind(ids)
+        .fetch_all(self.repo.pool())
+        .await
+        .map_err(BackfillError::queue)?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<Option<i64>, _>(1)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(BackfillError::queue)
+    }
+
+    /// Emails (normalised) already held by a Customer stream, with its id.
+    async fn taken_emails(&self, emails: &[String]) -> BackfillResult<HashMap<String, String>> {
+        if emails.is_empty() {
+            return Ok(HashMap::new());
+        }
+        // The same expression as the unique index events_customer_email.
+        let rows = sqlx::query(
+            "SELECT lower(coalesce(payload->'CustomerRegistered'->>'email', payload->'CustomerImported'->>'email')), aggregate_id \
+             FROM events WHERE aggregate_type = 'Customer' \
+             AND event_type IN ('CustomerRegistered', 'CustomerImported') \
+             AND lower(coalesce(payload->'CustomerRegistered'->>'email', payload->'CustomerImported'->>'email')) = ANY($1)",
+        )
+        .bind(emails)
+        .fetch_all(self.repo.pool())
+        .await
+        .map_err(BackfillError::queue)?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(BackfillError::queue)
+    }
+
+    /// Which legacy customers of a page have a Customer stream (imported
+    /// now or earlier), and for the others whether the legacy row exists.
+    async fn customer_streams(
+        &self,
+        legacy_ids: impl Iterator<Item = i64>,
+    ) -> BackfillResult<Customers> {
+        let mut wanted: Vec<i64> = legacy_ids.collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let streams: HashMap<String, i64> = wanted
+            .iter()
+            .filter_map(|id| {
+                LegacyId::try_from(*id)
+                    .ok()
+                    .map(|l| (CustomerId::for_legacy_id(l).to_string(), *id))
+            })
+            .collect();
+        let ids: Vec<String> = streams.keys().cloned().collect();
+        let existing = self.existing_streams("Customer", &ids).await?;
+        let imported: HashSet<i64> = streams
+            .iter()
+            .filter(|(stream, _)| existing.contains_key(*stream))
+            .map(|(_, id)| *id)
+            .chain(
+                wanted
+                    .iter()
+                    .copied()
+                    .filter(|id| self.planned_customers.contains(id)),
+            )
+            .collect();
+        let missing: Vec<i64> = wanted
+            .iter()
+            .copied()
+            .filter(|id| !imported.contains(id))
+            .collect();
+        let in_legacy: HashSet<i64> = if missing.is_empty() {
+            HashSet::new()
+        } else {
+            legacy::existing_customers(self.legacy, &missing)
+                .await?
+                .into_iter()
+                .collect()
+        };
+        Ok(Customers {
+            imported,
+            in_legacy,
+            existing: existing.into_keys().collect(),
+        })
+    }
+
+    /// The Customer aggregates of these streams and their versions.
+    async fn load_customers(
+        &self,
+        streams: &[String],
+    ) -> BackfillResult<HashMap<String, (Customer, usize)>> {
+        let mut out: HashMap<String, (Customer, usize)> = HashMap::new();
+        if streams.is_empty() {
+            return Ok(out);
+        }
+        let rows = sqlx::query(
+            "SELECT aggregate_id, sequence, payload FROM events \
+             WHERE aggregate_type = 'Customer' AND aggregate_id = ANY($1) ORDER BY aggregate_id, sequence",
+        )
+        .bind(streams)
+        .fetch_all(self.repo.pool())
+        .await
+        .map_err(BackfillError::queue)?;
+        for row in rows {
+            let id: String = row.try_get(0).map_err(BackfillError::queue)?;
+            let sequence: i64 = row.try_get(1).map_err(BackfillError::queue)?;
+            let payload: serde_json::Value = row.try_get(2).map_err(BackfillError::queue)?;
+            let event: CustomerEvent = serde_json::from_value(payload).map_err(|e| {
+                BackfillError::Queue(format!("customer {id} event {sequence}: {e}"))
+            })?;
+            let entry = out.entry(id).or_insert_with(|| (Customer::default(), 0));
+            entry.0.apply(event);
+            entry.1 = usize::try_from(sequence).unwrap_or(0);
+        }
+        Ok(out)
+    }
+}
+
+/// Which customers of a page can take credentials, sessions and grants.
+struct Customers {
+    imported: HashSet<i64>,
+    in_legacy: HashSet<i64>,
+    existing: HashSet<String>,
+}
+
+impl Customers {
+    fn check(&self, legacy_customer: i64) -> Result<(), (&'static str, String)> {
+        if self.imported.contains(&legacy_customer) {
+            Ok(())
+        } else if self.in_legacy.contains(&legacy_customer) {
+            Err((
+                "customer_not_imported",
+                format!("legacy customer {legacy_customer} was not imported (see its rejection)"),
+            ))
+        } else {
+            Err((
+                "customer_missing",
+                format!("legacy customer {legacy_customer} does not exist"),
+            ))
+        }
+    }
+
+    fn streams(&self) -> Vec<String> {
+        self.existing.iter().cloned().collect()
+    }
+}
+
+type Refusal = (&'static str, String);
+
+async fn execute<A: Aggregate<Services = ()>>(
+    aggregate: &mut A,
+    command: A::Command,
+) -> Result<Vec<A::Event>, A::Error> {
+    let sink = EventSink::default();
+    aggregate.handle(command, &(), &sink).await?;
+    Ok(sink.collect().await)
+}
+
+fn serialize<A: Aggregate>(
+    stream: &str,
+    sequence: usize,
+    event: &A::Event,
+) -> BackfillResult<SerializedEvent> {
+    let payload = serde_json::to_value(event).map_err(|e| {
+        BackfillError::Store(StoreError::InvalidEvent(format!(
+            "cannot serialise event: {e}"
+        )))
+    })?;
+    Ok(SerializedEvent {
+        aggregate_id: stream.to_owned(),
+        sequence,
+        aggregate_type: A::TYPE.to_owned(),
+        event_type: event.event_type(),
+        event_version: event.event_version(),
+        payload,
+        metadata: json!({}),
+    })
+}
+
+/// The events of a new stream, decided by the domain.
+fn first_events<A: Aggregate<Services = ()> + Default>(
+    stream: &str,
+    command: A::Command,
+) -> Result<Vec<SerializedEvent>, Refusal>
+where
+    A::Error: std::fmt::Display,
+{
+    let mut aggregate = A::default();
+    // The domain's handle is async only by the trait's signature; it awaits nothing.
+    let events =
+        block_on_ready(execute(&mut aggregate, command)).map_err(|e| ("refused", e.to_string()))?;
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| serialize::<A>(stream, i + 1, e).map_err(|e| ("refused", e.to_string())))
+        .collect()
+}
+
+/// Polls a future that never waits (the domain's `handle`) to completion.
+fn block_on_ready<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Waker};
+    let mut future = std::pin::pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::yield_now();
+    }
+}
+
+fn legacy_id(id: i64) -> Result<LegacyId, Refusal> {
+    LegacyId::try_from(id).map_err(|e| ("invalid_legacy_id", e.to_string()))
+}
+
+/// Empty or blank optional labels mean "none" in the legacy data.
+fn optional<T>(
+    raw: Option<&str>,
+    parse: impl Fn(&str) -> Result<T, queue_domain::types::ParseError>,
+    reason: &'static str,
+) -> Result<Option<T>, Refusal> {
+    match raw.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => parse(s).map(Some).map_err(|e| (reason, e.to_string())),
+    }
+}
+
+fn plan_customer(row: &LegacyCustomer, _now: DateTime<Utc>) -> Result<(String, Planned), Refusal> {
+    let legacy = legacy_id(row.id)?;
+    let customer_id = CustomerId::for_legacy_id(legacy);
+    let stream = customer_id.to_string();
+    let email = Email::parse(&row.email).map_err(|e| ("invalid_email", e.to_string()))?;
+    let display_name = optional(
+        row.display_name.as_deref(),
+        DisplayName::parse,
+        "invalid_display_name",
+    )?;
+    let suspended = match row.status.as_str() {
+        "active" => false,
+        "suspended" => true,
+        other => return Err(("invalid_status", format!("unknown status {other:?}"))),
+    };
+    let normalised = email.as_str().to_owned();
+    let events = first_events::<Customer>(
+        &stream,
+        CustomerCommand::Import {
+            customer_id,
+            legacy_id: legacy,
+            email,
+            display_name,
+            email_verified_at: row.email_verified_at,
+            suspended,
+            created_at: row.created_at,
+        },
+    )?;
+    Ok((
+        stream,
+        Planned {
+            ids: vec![row.id],
+            events,
+            email: Some(normalised),
+        },
+    ))
+}
+
+fn plan_credential(row: &LegacyCredential) -> Result<(String, Planned), Refusal> {
+    let legacy = legacy_id(row.id)?;
+    let customer = legacy_id(row.customer_id)?;
+    let raw = RawCredentialId::from_bytes(row.credential_id.clone())
+        .map_err(|e| ("invalid_credential_id", e.to_string()))?;
+    let stream = raw.credential_id().to_string();
+    let sign_count = u32::try_from(row.sign_count).map_err(|_| {
+        (
+            "invalid_sign_count",
+            format!("sign count {} is outside 0..=4294967295", row.sign_count),
+        )
+    })?;
+    let passkey = cose::legacy_credential(
+        &row.credential_id,
+        &row.public_key,
+        sign_count,
+        row.backup_eligible,
+        row.backup_state,
+    )
+    .map_err(|e| ("malformed_cose_key", e.to_string()))?;
+    let passkey =
+        serde_json::to_value(&passkey).map_err(|e| ("malformed_cose_key", e.to_string()))?;
+    let name = optional(
+        row.name.as_deref(),
+        CredentialName::parse,
+        "invalid_credential_name",
+    )?;
+    let events = first_events::<Credential>(
+        &stream,
+        CredentialCommand::Import {
+            legacy_id: legacy,
+            customer_id: CustomerId::for_legacy_id(customer),
+            raw_credential_id: raw,
+            passkey: json!({ "cred": passkey }),
+            name,
+            aaguid: row.aaguid,
+            backup_eligible: row.backup_eligible,
+            backup_state: row.backup_state,
+            sign_count,
+            transports: normalise_transports(row.transports.as_deref()),
+            created_at: row.created_at,
+            last_used_at: row.last_used_at,
+        },
+    )?;
+    Ok((
+        stream,
+        Planned {
+            ids: vec![row.id],
+            events,
+            email: None,
+        },
+    ))
+}
+
+/// Transport hints as the API records them: lower case, in legacy order.
+pub fn normalise_transports(raw: Option<&[String]>) -> Vec<String> {
+    raw.unwrap_or_default()
+        .iter()
+        .map(|t| t.trim().to_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// The idle timeout an imported session gets: the legacy service had only
+/// the absolute expiry, so the idle window covers the rest of the session's
+/// legacy life (never less than Queue's default). Nobody is logged out by
+/// the cutover; the session still ends at its legacy `expires_at`.
+pub fn imported_idle_timeout(last_seen_at: DateTime<Utc>, expires_at: DateTime<Utc>) -> u32 {
+    let remaining = (expires_at - last_seen_at).num_seconds().max(0);
+    u32::try_from(remaining)
+        .unwrap_or(u32::MAX)
+        .max(DEFAULT_IDLE_TIMEOUT_SECS)
+}
+
+fn plan_session(row: &LegacySession, now: DateTime<Utc>) -> Result<(String, Planned), Refusal> {
+    let legacy = legacy_id(row.id)?;
+    let customer = legacy_id(row.customer_id)?;
+    let session_id = SessionId::for_legacy_id(legacy);
+    let stream = session_id.to_string();
+    if row.expires_at <= now {
+        return Err((
+            "session_expired",
+            format!("expired at {}", row.expires_at.to_rfc3339()),
+        ));
+    }
+    let refresh_hash: SecretHash = row
+        .token_hash
+        .trim()
+        .to_ascii_lowercase()
+        .parse()
+        .map_err(|e: queue_domain::types::ParseError| ("invalid_token_hash", e.to_string()))?;
+    let events = first_events::<Session>(
+        &stream,
+        SessionCommand::Import {
+            legacy_id: legacy,
+            customer_id: CustomerId::for_legacy_id(customer),
+            refresh_hash,
+            idle_timeout_secs: imported_idle_timeout(row.last_seen_at, row.expires_at),
+            created_at: row.created_at,
+            last_seen_at: row.last_seen_at,
+            expires_at: row.expires_at,
+            at: now,
+        },
+    )?;
+    Ok((
+        stream,
+        Planned {
+            ids: vec![row.id],
+            events,
+            email: None,
+        },
+    ))
+}
+
+fn grant_command(row: &LegacyGrant) -> Result<CustomerCommand, Refusal> {
+    let legacy = legacy_id(row.id)?;
+    Ok(CustomerCommand::GrantRole {
+        grant_id: GrantId::for_legacy_id(legacy),
+        role: Role::parse(row.role.trim()).map_err(|e| ("invalid_role", e.to_string()))?,
+        ticket_id: optional(row.ticket_id.as_deref(), TicketId::parse, "invalid_grant")?,
+        reason: Reason::parse(&row.reason).map_err(|e| ("invalid_grant", e.to_string()))?,
+        actor: Actor::parse(&row.granted_by).map_err(|e| ("invalid_grant", e.to_string()))?,
+        expires_at: row.expires_at,
+        // The grant's own time, so Queue's history says when it was granted.
+        at: row.granted_at,
+    })
+}

@@ -1,0 +1,113 @@
+//! What an imported customer does next, over HTTP through the real router:
+//! logs in with the same authenticator (the counter continues from the
+//! legacy value, a lower one is refused), refreshes with the legacy token.
+
+use axum::http::StatusCode;
+use chrono::Duration;
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::helpers::*;
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn an_imported_passkey_logs_in_and_its_counter_continues(pool: PgPool) {
+    let legacy = LegacyDb::create(&pool).await;
+    let mut ada = Authenticator::new();
+    let ada_id = legacy
+        .customer("Ada@Example.com", Some("Ada"), "active")
+        .await;
+    let key = ada.register_legacy("ada");
+    // Three logins at the legacy service: its table holds counter 3.
+    for _ in 0..3 {
+        ada.use_at_legacy(&key);
+    }
+    let credential = legacy.credential(ada_id, &key, 3, Some("laptop")).await;
+    legacy.grant(ada_id, "support-agent", None, false).await;
+
+    // A clone's counter (or a stale table) below the legacy value.
+    let mut eve = Authenticator::new();
+    let eve_id = legacy.customer("eve@example.com", None, "active").await;
+    let eve_key = eve.register_legacy("eve");
+    legacy.credential(eve_id, &eve_key, 50, None).await;
+
+    let report = backfill(&pool, &legacy, &options()).await;
+    assert_eq!(report.rejected_count(), 0, "{report:#?}");
+    catch_up(&pool).await;
+    let app = TestApp::new(pool.clone());
+
+    let login = app.login(&mut ada, "ada@example.com").await;
+    assert_eq!(login.status, StatusCode::OK, "{}", login.text);
+    assert!(login.json["refresh_token"].is_string());
+    let sign_count = || async {
+        catch_up(&pool).await;
+        sqlx::query_scalar::<_, i64>(
+            "SELECT sign_count FROM queue_webauthn_credentials WHERE legacy_id = $1",
+        )
+        .bind(credential)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(sign_count().await, 4);
+    let again = app.login(&mut ada, "ada@example.com").await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    assert_eq!(sign_count().await, 5);
+
+    // The grant came along: the access token's customer has the role.
+    let me = app
+        .get_auth(
+            "/api/v1/auth/me",
+            login.json["access_token"].as_str().unwrap(),
+        )
+        .await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.text);
+    let roles: Vec<String> = serde_json::from_value(me.json["roles"].clone()).unwrap();
+    assert!(roles.contains(&"support-agent".to_owned()), "{roles:?}");
+
+    // Counter 1 after the legacy 50: refused as a regression.
+    let refused = app.login(&mut eve, "eve@example.com").await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.text);
+    assert_eq!(refused.json["error"]["code"], "webauthn_failed");
+    legacy.drop().await;
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn an_imported_refresh_token_refreshes_and_then_rotates(pool: PgPool) {
+    let legacy = LegacyDb::create(&pool).await;
+    let id = legacy.customer("grace@example.com", None, "active").await;
+    legacy
+        .session(id, "legacy-refresh-token", Duration::days(20), false)
+        .await;
+    backfill(&pool, &legacy, &options()).await;
+    catch_up(&pool).await;
+    let app = TestApp::new(pool.clone());
+    let refresh = |token: String| {
+        let app = &app;
+        async move {
+            app.post(
+                "/api/v1/auth/session/refresh",
+                json!({"refresh_token": token}),
+            )
+            .await
+        }
+    };
+
+    let first = refresh("legacy-refresh-token".into()).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    let rotated = first.json["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(rotated, "legacy-refresh-token");
+    let second = refresh(rotated).await;
+    assert_eq!(second.status, StatusCode::OK, "{}", second.text);
+
+    // The legacy token was rotated out: presenting it again is reuse.
+    catch_up(&pool).await;
+    let reused = refresh("legacy-refresh-token".into()).await;
+    assert_eq!(reused.status, StatusCode::UNAUTHORIZED, "{}", reused.text);
+    assert_eq!(reused.json["error"]["code"], "refresh_reuse_detected");
+
+    // A token nobody issued is still just invalid.
+    let unknown = refresh("never-issued".into()).await;
+    assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(unknown.json["error"]["code"], "invalid_refresh_token");
+    legacy.drop().await;
+}
