@@ -1,6 +1,7 @@
 #![forbid(unsafe_code)]
 //! `queue`: serve, migrate, seal, verify and manage keys.
 
+mod backfill;
 mod config;
 mod export;
 mod extract;
@@ -71,6 +72,8 @@ enum Command {
     },
     /// Copy the verified log to a new database and rebuild every table there.
     Extract(extract::ExtractArgs),
+    /// Import the legacy tables as events (`backfill parity` compares afterwards).
+    Backfill(backfill::BackfillArgs),
     /// Key management.
     Keys {
         #[command(subcommand)]
@@ -213,6 +216,7 @@ async fn run(cli: Cli, env: Lookup<'_>) -> Result<ExitCode, CliError> {
             })
         }
         Command::Keys { command } => keys::run(command, cli.json, env),
+        Command::Backfill(args) => backfill::run(args, cli.json, env).await,
         Command::Projections { command } => projections::run(command, cli.json, env).await,
         Command::Extract(args) => extract::run(args, cli.json, env).await,
         Command::Replay(args) => replay::run(args, cli.json, env).await,
