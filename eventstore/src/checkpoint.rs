@@ -46,7 +46,7 @@ impl Checkpoint {
         format!("{body}\n\u{2014} {} {}\n", signer.name(), B64.encode(blob))
     }
 
-    /// Verifies a signed note with one known key and parses its checkpoint body.
+    /// Verifies a signed note with one of the known keys and parses its checkpoint body.
     /// Signature lines of other keys are ignored, as the signed-note spec says.
     pub fn open(note: &str, verifier: &NoteVerifier) -> Result<Self, NoteError> {
         let split = note
@@ -75,15 +75,17 @@ impl Checkpoint {
             if blob.len() != 68 {
                 return Err(NoteError::Malformed("Ed25519 signature must be 68 bytes"));
             }
-            if u32::from_be_bytes([blob[0], blob[1], blob[2], blob[3]]) != verifier.key_id() {
+            // The line names its key by id: any of the verifier's keys (the
+            // current one or one replaced by a rotation) may have signed.
+            let Some(key) =
+                verifier.key_for(u32::from_be_bytes([blob[0], blob[1], blob[2], blob[3]]))
+            else {
                 continue;
-            }
+            };
             found = true;
             let signature =
                 Signature::from_slice(&blob[4..]).map_err(|_| NoteError::BadSignature)?;
-            verifier
-                .verifying_key()
-                .verify(body.as_bytes(), &signature)
+            key.verify(body.as_bytes(), &signature)
                 .map_err(|_| NoteError::BadSignature)?;
         }
         if !found {

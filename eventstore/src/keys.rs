@@ -3,6 +3,8 @@
 //! live in the database, and `Debug` never prints them.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -171,20 +173,33 @@ fn check_key_name(name: &str) -> StoreResult<()> {
     Ok(())
 }
 
-/// The Ed25519 checkpoint signer; its name is the log origin.
+/// The Ed25519 checkpoint signer; its name is the log origin. It also
+/// carries the public halves of the keys it replaced (rotation), so that
+/// its verifier accepts checkpoints signed before a rotation.
 #[derive(Clone)]
 pub struct CheckpointSigner {
     name: String,
     key: SigningKey,
+    /// Verify-only keys of earlier rotations, newest first.
+    previous: Vec<VerifyingKey>,
 }
 
 impl fmt::Debug for CheckpointSigner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CheckpointSigner")
             .field("name", &self.name)
+            .field("key_id", &format_args!("{:08x}", self.key_id()))
+            .field("previous", &self.previous.len())
             .field("key", &"<redacted>")
             .finish()
     }
+}
+
+/// Splits a key list: entries separated by newlines, white space or commas
+/// (none of which occur inside a key).
+fn key_entries(spec: &str) -> impl Iterator<Item = &str> {
+    spec.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|entry| !entry.is_empty())
 }
 
 impl CheckpointSigner {
@@ -193,14 +208,19 @@ impl CheckpointSigner {
         Ok(Self {
             name: name.to_string(),
             key: SigningKey::from_bytes(&seed),
+            previous: Vec::new(),
         })
     }
 
-    /// Parses `PRIVATE+KEY+<name>+<8 hex id>+<base64(0x01 || seed)>`.
+    /// Parses `PRIVATE+KEY+<name>+<8 hex id>+<base64(0x01 || seed)>`,
+    /// optionally followed (one per line) by verifier keys of the same name:
+    /// the keys earlier rotations replaced, kept to verify old checkpoints.
     pub fn parse(spec: &str) -> StoreResult<Self> {
         let bad = |why: &str| StoreError::Config(format!("checkpoint key: {why}"));
-        let rest = spec
-            .trim()
+        let mut entries = key_entries(spec);
+        let rest = entries
+            .next()
+            .unwrap_or("")
             .strip_prefix("PRIVATE+KEY+")
             .ok_or_else(|| bad("must start with PRIVATE+KEY+"))?;
         // Split from the left: names hold no '+', but base64 keys may.
@@ -214,10 +234,22 @@ impl CheckpointSigner {
             Some((1, seed)) => seed.try_into().map_err(|_| bad("key must be 32 bytes"))?,
             _ => return Err(bad("only Ed25519 (algorithm 1) keys are supported")),
         };
-        let signer = Self::from_seed(name, seed)?;
+        let mut signer = Self::from_seed(name, seed)?;
         let id = u32::from_str_radix(id_hex, 16).map_err(|_| bad("key id is not hex"))?;
         if id_hex.len() != 8 || id != signer.key_id() {
             return Err(bad("key id does not match the key"));
+        }
+        for entry in entries {
+            let previous = NoteVerifier::parse_one(entry)?;
+            if previous.name != signer.name {
+                return Err(bad(
+                    "a previous key has another name (the log origin never changes)",
+                ));
+            }
+            if signer.verifier().key_for(previous.key_id()).is_some() {
+                return Err(bad("a previous key appears twice"));
+            }
+            signer.previous.push(previous.key);
         }
         Ok(signer)
     }
@@ -228,6 +260,15 @@ impl CheckpointSigner {
         Self::from_seed(name, seed)
     }
 
+    /// A new random signing key of the same name; the current key becomes
+    /// the newest verify-only key.
+    pub fn rotated(&self) -> StoreResult<Self> {
+        let mut fresh = Self::generate(&self.name)?;
+        fresh.previous.push(self.key.verifying_key());
+        fresh.previous.extend(self.previous.iter().copied());
+        Ok(fresh)
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -236,10 +277,13 @@ impl CheckpointSigner {
         note_key_id(&self.name, self.key.verifying_key().as_bytes())
     }
 
+    /// The current key and every previous one.
     pub fn verifier(&self) -> NoteVerifier {
+        let mut keys = vec![self.key.verifying_key()];
+        keys.extend(self.previous.iter().copied());
         NoteVerifier {
             name: self.name.clone(),
-            key: self.key.verifying_key(),
+            keys,
         }
     }
 
@@ -258,17 +302,135 @@ impl CheckpointSigner {
             B64.encode(raw)
         )
     }
+
+    /// The key file: the private key, then one previous verifier key a line.
+    pub fn to_file_spec(&self) -> String {
+        let mut lines = vec![self.to_private_spec()];
+        lines.extend(
+            self.previous
+                .iter()
+                .map(|key| verifier_spec(&self.name, key)),
+        );
+        lines.join("\n")
+    }
 }
 
-/// A signed-note verifier key: `<name>+<8 hex id>+<base64(0x01 || public key)>`.
+/// The checkpoint signer of a running process, swappable at run time
+/// (`queue keys rotate --kind checkpoint`). `degraded` is set when a reload
+/// failed and the last good key stays in use.
+#[derive(Clone, Debug)]
+pub struct SharedCheckpointSigner {
+    signer: Arc<RwLock<Arc<CheckpointSigner>>>,
+    degraded: Arc<AtomicBool>,
+}
+
+impl SharedCheckpointSigner {
+    pub fn new(signer: CheckpointSigner) -> Self {
+        Self {
+            signer: Arc::new(RwLock::new(Arc::new(signer))),
+            degraded: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn current(&self) -> Arc<CheckpointSigner> {
+        match self.signer.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Swaps in a freshly read signer. One of another name is refused: the
+    /// name is the log origin, and a log never changes its origin.
+    pub fn replace(&self, signer: CheckpointSigner) -> Result<(), String> {
+        if signer.name() != self.current().name() {
+            return Err(format!(
+                "the new key is for log {:?}, this ledger is {:?}",
+                signer.name(),
+                self.current().name()
+            ));
+        }
+        match self.signer.write() {
+            Ok(mut guard) => *guard = Arc::new(signer),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(signer),
+        }
+        self.degraded.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Records that a reload failed; the current key stays in use.
+    pub fn mark_degraded(&self) {
+        self.degraded.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::SeqCst)
+    }
+}
+
+fn verifier_spec(name: &str, key: &VerifyingKey) -> String {
+    let mut raw = vec![1u8];
+    raw.extend_from_slice(key.as_bytes());
+    format!(
+        "{name}+{:08x}+{}",
+        note_key_id(name, key.as_bytes()),
+        B64.encode(raw)
+    )
+}
+
+/// Signed-note verifier keys of one log: `<name>+<8 hex id>+<base64(0x01 ||
+/// public key)>`, several separated by commas or new lines. The first is the
+/// current key; the others verify checkpoints signed before a rotation. A
+/// note names its key by id, so the right one is picked per note.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NoteVerifier {
+    name: String,
+    /// Never empty.
+    keys: Vec<VerifyingKey>,
+}
+
+struct OneVerifier {
     name: String,
     key: VerifyingKey,
 }
 
+impl OneVerifier {
+    fn key_id(&self) -> u32 {
+        note_key_id(&self.name, self.key.as_bytes())
+    }
+}
+
 impl NoteVerifier {
     pub fn parse(spec: &str) -> StoreResult<Self> {
+        let mut verifier: Option<Self> = None;
+        for entry in key_entries(spec) {
+            let one = Self::parse_one(entry)?;
+            match &mut verifier {
+                None => {
+                    verifier = Some(Self {
+                        name: one.name,
+                        keys: vec![one.key],
+                    })
+                }
+                Some(verifier) => {
+                    if verifier.name != one.name {
+                        return Err(StoreError::Config(
+                            "verifier key: all keys must be of one log (same name)".into(),
+                        ));
+                    }
+                    if verifier.key_for(one.key_id()).is_some() {
+                        return Err(StoreError::Config(
+                            "verifier key: a key appears twice".into(),
+                        ));
+                    }
+                    verifier.keys.push(one.key);
+                }
+            }
+        }
+        verifier
+            .ok_or_else(|| StoreError::Config("verifier key: expected <name>+<id>+<key>".into()))
+    }
+
+    fn parse_one(spec: &str) -> StoreResult<OneVerifier> {
         let bad = |why: &str| StoreError::Config(format!("verifier key: {why}"));
         let mut parts = spec.trim().splitn(3, '+');
         let (Some(name), Some(id_hex), Some(key_b64)) = (parts.next(), parts.next(), parts.next())
@@ -286,7 +448,7 @@ impl NoteVerifier {
         if id_hex.len() != 8 || id != note_key_id(name, &public) {
             return Err(bad("key id does not match the key"));
         }
-        Ok(Self {
+        Ok(OneVerifier {
             name: name.to_string(),
             key,
         })
@@ -296,20 +458,42 @@ impl NoteVerifier {
         &self.name
     }
 
+    /// The current key's id.
     pub fn key_id(&self) -> u32 {
-        note_key_id(&self.name, self.key.as_bytes())
+        self.keys
+            .first()
+            .map(|key| note_key_id(&self.name, key.as_bytes()))
+            .unwrap_or(0)
     }
 
-    pub(crate) fn verifying_key(&self) -> &VerifyingKey {
-        &self.key
+    /// Every key's id, the current one first.
+    pub fn key_ids(&self) -> Vec<u32> {
+        self.keys
+            .iter()
+            .map(|key| note_key_id(&self.name, key.as_bytes()))
+            .collect()
+    }
+
+    /// Each key in its own `<name>+<id>+<key>` form, the current one first.
+    pub fn key_specs(&self) -> Vec<String> {
+        self.keys
+            .iter()
+            .map(|key| verifier_spec(&self.name, key))
+            .collect()
+    }
+
+    /// The key a signature line names by id, if it is one of these.
+    pub(crate) fn key_for(&self, key_id: u32) -> Option<&VerifyingKey> {
+        self.keys
+            .iter()
+            .find(|key| note_key_id(&self.name, key.as_bytes()) == key_id)
     }
 }
 
+/// All keys, comma-separated (one key prints exactly as before rotation).
 impl fmt::Display for NoteVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut raw = vec![1u8];
-        raw.extend_from_slice(self.key.as_bytes());
-        write!(f, "{}+{:08x}+{}", self.name, self.key_id(), B64.encode(raw))
+        f.write_str(&self.key_specs().join(","))
     }
 }
 
@@ -329,6 +513,46 @@ mod tests {
         assert!(MacKeys::parse("nokey").is_err());
         assert!(MacKeys::parse("a=zz").is_err());
         assert!(format!("{k:?}").contains("redacted"));
+    }
+
+    #[test]
+    fn a_rotated_checkpoint_key_keeps_its_predecessors_for_verification() {
+        let first = CheckpointSigner::from_seed("queue.test/ledger", [7u8; 32]).unwrap();
+        let second = first.rotated().unwrap();
+        let third = second.rotated().unwrap();
+        assert_ne!(third.key_id(), second.key_id());
+        let file = third.to_file_spec();
+        assert_eq!(file.lines().count(), 3);
+        let again = CheckpointSigner::parse(&file).unwrap();
+        assert_eq!(again.key_id(), third.key_id());
+        let verifier = again.verifier();
+        assert_eq!(
+            verifier.key_ids(),
+            vec![third.key_id(), second.key_id(), first.key_id()]
+        );
+        assert!(verifier.key_for(first.key_id()).is_some());
+        // The printed form parses back to the same set.
+        assert_eq!(
+            NoteVerifier::parse(&verifier.to_string()).unwrap(),
+            verifier
+        );
+        assert_eq!(
+            NoteVerifier::parse(&verifier.key_specs().join("\n")).unwrap(),
+            verifier
+        );
+        // A single key prints as it always did.
+        assert_eq!(first.verifier().to_string().matches(',').count(), 0);
+        // Keys of another log, or twice the same key, are refused.
+        let other = CheckpointSigner::from_seed("other/log", [8u8; 32]).unwrap();
+        let mixed = format!("{}\n{}", third.to_private_spec(), other.verifier());
+        assert!(CheckpointSigner::parse(&mixed).is_err());
+        let twice = format!("{},{}", first.verifier(), first.verifier());
+        assert!(NoteVerifier::parse(&twice).is_err());
+        // The shared signer refuses a key for another log.
+        let shared = SharedCheckpointSigner::new(first.clone());
+        assert!(shared.replace(other).is_err());
+        shared.replace(second.clone()).unwrap();
+        assert_eq!(shared.current().key_id(), second.key_id());
     }
 
     #[test]

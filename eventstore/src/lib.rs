@@ -24,7 +24,7 @@ pub mod verify;
 pub use checkpoint::Checkpoint;
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use error::{StoreError, StoreResult};
-pub use keys::{CheckpointSigner, MacKeys, NoteVerifier};
+pub use keys::{CheckpointSigner, MacKeys, NoteVerifier, SharedCheckpointSigner};
 pub use repository::{AppendedEvent, ChainedEventRepository, SharedMacKeys};
 pub use sealer::{SealOutcome, Sealer, SealerConfig};
 pub use verify::{verify_store, Problem, ProblemKind, VerifyInput, VerifyProgress, VerifyReport};

@@ -1,8 +1,9 @@
-//! MAC key rotation across instances: `queue keys rotate --kind mac` puts a
-//! new key first in the key file (old keys stay: they verify older events
-//! for ever) and announces it on a Postgres channel; every instance's
-//! reloader re-reads the file and swaps its keys at once. A file that cannot
-//! be read or parsed leaves the last good keys in place (reported).
+//! Key rotation across instances: `queue keys rotate --kind mac|checkpoint`
+//! puts a new key first in the key file (old keys stay: MAC keys verify older
+//! events for ever, old checkpoint public keys verify older checkpoints) and
+//! announces it on a Postgres channel; every instance's reloader re-reads the
+//! file and swaps its keys at once. A file that cannot be read or parsed
+//! leaves the last good keys in place (reported as degraded).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,11 +13,16 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use crate::keys::{write_key_file, KeyFileWrite, MacKeys};
+use crate::keys::{
+    write_key_file, CheckpointSigner, KeyFileWrite, MacKeys, SharedCheckpointSigner,
+};
 use crate::repository::SharedMacKeys;
 
 /// The channel that announces a MAC key rotation.
 pub const MAC_ROTATION_CHANNEL: &str = "queue_mac_keys";
+
+/// The channel that announces a checkpoint key rotation.
+pub const CHECKPOINT_ROTATION_CHANNEL: &str = "queue_checkpoint_keys";
 
 pub fn read_mac_key_file(path: &Path) -> Result<MacKeys, String> {
     let spec =
@@ -40,8 +46,12 @@ pub fn rotate_mac_key_file(path: &Path, new_id: &str) -> Result<String, String> 
 
 /// Tells every instance on this database to reload its MAC key file.
 pub async fn notify_mac_rotation(pool: &PgPool) -> Result<(), sqlx::Error> {
+    notify(pool, MAC_ROTATION_CHANNEL).await
+}
+
+async fn notify(pool: &PgPool, channel: &str) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_notify($1, 'rotated')")
-        .bind(MAC_ROTATION_CHANNEL)
+        .bind(channel)
         .execute(pool)
         .await?;
     Ok(())
@@ -70,33 +80,111 @@ pub async fn run_mac_key_reloader(
     pool: PgPool,
     keys: SharedMacKeys,
     path: PathBuf,
+    stop: watch::Receiver<bool>,
+) {
+    run_reloader(pool, MAC_ROTATION_CHANNEL, "MAC", stop, move || {
+        reload(&keys, &path)
+    })
+    .await
+}
+
+/// The checkpoint key file: the private key, then previous public keys.
+pub fn read_checkpoint_key_file(path: &Path) -> Result<CheckpointSigner, String> {
+    let spec =
+        std::fs::read_to_string(path).map_err(|e| format!("{}: {}", path.display(), e.kind()))?;
+    CheckpointSigner::parse(spec.trim()).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Makes a new random checkpoint key current; the replaced key's public half
+/// stays in the file (checkpoints it signed keep verifying; its private half
+/// is dropped: it never signs again). Returns the new key id (8 hex digits).
+pub fn rotate_checkpoint_key_file(path: &Path) -> Result<String, String> {
+    let current = read_checkpoint_key_file(path)?;
+    let fresh = current.rotated().map_err(|e| e.to_string())?;
+    write_key_file(path, &fresh.to_file_spec(), KeyFileWrite::Replace)?;
+    Ok(format!("{:08x}", fresh.key_id()))
+}
+
+/// Tells every instance on this database to reload its checkpoint key file.
+pub async fn notify_checkpoint_rotation(pool: &PgPool) -> Result<(), sqlx::Error> {
+    notify(pool, CHECKPOINT_ROTATION_CHANNEL).await
+}
+
+/// Re-reads the checkpoint key file; on failure (unreadable, unparsable, or
+/// a key for another log) keeps the last good key and marks it degraded.
+pub fn reload_checkpoint_signer(signer: &SharedCheckpointSigner, path: &Path) -> bool {
+    let fresh = read_checkpoint_key_file(path).and_then(|fresh| {
+        let (old, new) = (signer.current().key_id(), fresh.key_id());
+        signer.replace(fresh)?;
+        Ok((old, new))
+    });
+    match fresh {
+        Ok((old, new)) => {
+            if old != new {
+                tracing::info!(key_id = %format!("{new:08x}"), "checkpoint signing key reloaded");
+            }
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "checkpoint key file unusable: keeping the last good key (degraded)");
+            signer.mark_degraded();
+            false
+        }
+    }
+}
+
+/// Reloads the checkpoint signer from `path` on every announcement and after
+/// every reconnect; runs until `stop`.
+pub async fn run_checkpoint_key_reloader(
+    pool: PgPool,
+    signer: SharedCheckpointSigner,
+    path: PathBuf,
+    stop: watch::Receiver<bool>,
+) {
+    run_reloader(
+        pool,
+        CHECKPOINT_ROTATION_CHANNEL,
+        "checkpoint",
+        stop,
+        move || reload_checkpoint_signer(&signer, &path),
+    )
+    .await
+}
+
+/// LISTENs on `channel` and calls `reload` once listening (a rotation may
+/// have happened while not listening) and on every notification.
+async fn run_reloader(
+    pool: PgPool,
+    channel: &'static str,
+    what: &'static str,
     mut stop: watch::Receiver<bool>,
+    reload: impl Fn() -> bool,
 ) {
     while !*stop.borrow() {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(listener) => listener,
             Err(e) => {
-                tracing::warn!(error = %e, "MAC key reloader cannot listen; retrying");
+                tracing::warn!(error = %e, keys = what, "key reloader cannot listen; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
                     _ = stop.changed() => return,
                 }
             }
         };
-        if let Err(e) = listener.listen(MAC_ROTATION_CHANNEL).await {
-            tracing::warn!(error = %e, "MAC key reloader cannot listen; retrying");
+        if let Err(e) = listener.listen(channel).await {
+            tracing::warn!(error = %e, keys = what, "key reloader cannot listen; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
-        reload(&keys, &path);
+        reload();
         loop {
             tokio::select! {
                 received = listener.recv() => match received {
                     Ok(_) => {
-                        reload(&keys, &path);
+                        reload();
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "MAC key reloader lost its connection");
+                        tracing::warn!(error = %e, keys = what, "key reloader lost its connection");
                         break;
                     }
                 },

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use crate::chain::{self, Hash};
 use crate::checkpoint::Checkpoint;
 use crate::error::{StoreError, StoreResult};
-use crate::keys::CheckpointSigner;
+use crate::keys::{CheckpointSigner, SharedCheckpointSigner};
 use crate::merkle::{self, Frontier};
 
 /// Advisory lock key held by the one active sealer ("queue.sealer").
@@ -63,7 +63,8 @@ pub struct SealOutcome {
 
 #[derive(Clone)]
 pub struct Sealer {
-    signer: Arc<CheckpointSigner>,
+    /// Swappable: a checkpoint key rotation reaches a running sealer.
+    signer: SharedCheckpointSigner,
     config: SealerConfig,
 }
 
@@ -76,11 +77,19 @@ struct SealerState {
 
 impl Sealer {
     pub fn new(signer: Arc<CheckpointSigner>, config: SealerConfig) -> Self {
+        Self::with_shared_signer(
+            SharedCheckpointSigner::new(CheckpointSigner::clone(&signer)),
+            config,
+        )
+    }
+
+    /// A sealer that signs with whatever key `signer` holds at each checkpoint.
+    pub fn with_shared_signer(signer: SharedCheckpointSigner, config: SealerConfig) -> Self {
         Self { signer, config }
     }
 
-    pub fn signer(&self) -> &CheckpointSigner {
-        &self.signer
+    pub fn signer(&self) -> Arc<CheckpointSigner> {
+        self.signer.current()
     }
 
     /// Seals one batch in one transaction. The sealer row is locked FOR
@@ -148,8 +157,9 @@ impl Sealer {
         let mut checkpoint = None;
         let mut last_checkpoint_size = state.last_checkpoint_size;
         if want_checkpoint {
+            let signer = self.signer.current();
             let cp = Checkpoint {
-                origin: self.signer.name().to_string(),
+                origin: signer.name().to_string(),
                 tree_size,
                 root_hash: frontier.root(),
             };
@@ -159,7 +169,7 @@ impl Sealer {
             )
             .bind(tree_size as i64)
             .bind(cp.root_hash.to_vec())
-            .bind(cp.sign(&self.signer))
+            .bind(cp.sign(&signer))
             .execute(&mut *tx)
             .await?;
             checkpoint = Some(tree_size);

@@ -1,15 +1,19 @@
-//! MAC key rotation reaches a running instance within a second; old events
-//! keep verifying; a broken key file leaves the last good keys in place.
+//! MAC and checkpoint key rotation reach a running instance within a
+//! second; old events and checkpoints keep verifying; a broken key file
+//! leaves the last good keys in place.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use queue_eventstore::rotation::{
-    notify_mac_rotation, read_mac_key_file, rotate_mac_key_file, run_mac_key_reloader,
+    notify_checkpoint_rotation, notify_mac_rotation, read_checkpoint_key_file, read_mac_key_file,
+    rotate_checkpoint_key_file, rotate_mac_key_file, run_checkpoint_key_reloader,
+    run_mac_key_reloader,
 };
 use queue_eventstore::verify::NoProgress;
 use queue_eventstore::{
-    verify_store, ChainedEventRepository, ProblemKind, SharedMacKeys, SystemClock, VerifyInput,
+    verify_store, ChainedEventRepository, Checkpoint, NoteVerifier, ProblemKind, Sealer,
+    SealerConfig, SharedCheckpointSigner, SharedMacKeys, SystemClock, VerifyInput,
 };
 use serde_json::json;
 use sqlx::PgPool;
@@ -109,6 +113,174 @@ async fn rotation_is_picked_up_and_old_events_still_verify(pool: PgPool) {
         .unwrap();
 
     stop.send(true).unwrap();
+    reloader.await.unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The key id a note's signature line names.
+fn signing_key_id(note: &str) -> u32 {
+    use base64::Engine;
+    let line = note.lines().last().unwrap();
+    let blob = line.rsplit(' ').next().unwrap();
+    let blob = base64::engine::general_purpose::STANDARD
+        .decode(blob)
+        .unwrap();
+    u32::from_be_bytes([blob[0], blob[1], blob[2], blob[3]])
+}
+
+/// The newest checkpoint note once the ledger has reached `tree_size`. The
+/// sealer waits for the cluster-wide snapshot horizon, which other tests'
+/// transactions on this shared server hold back: allow a minute.
+async fn checkpoint_at(pool: &PgPool, tree_size: i64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let note: Option<String> = sqlx::query_scalar(
+            "SELECT note FROM checkpoints WHERE tree_size >= $1 ORDER BY tree_size DESC LIMIT 1",
+        )
+        .bind(tree_size)
+        .fetch_optional(pool)
+        .await
+        .unwrap();
+        if let Some(note) = note {
+            return note;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint at {tree_size} within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn verify_checkpoints(
+    pool: &PgPool,
+    verifier: &NoteVerifier,
+) -> queue_eventstore::VerifyReport {
+    let keys = mac_keys();
+    verify_store(
+        pool,
+        &VerifyInput {
+            mac_keys: &keys,
+            checkpoint_key: verifier,
+            external_checkpoints: &[],
+        },
+        &NoProgress,
+    )
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn checkpoint_rotation_reaches_a_running_sealer_and_the_whole_ledger_verifies(pool: PgPool) {
+    let dir = std::env::temp_dir().join(format!(
+        "queue-checkpoint-{}",
+        pool.connect_options().get_database().unwrap()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("checkpoint.key");
+    std::fs::write(&file, format!("{}\n", signer().to_private_spec())).unwrap();
+
+    let shared = SharedCheckpointSigner::new(read_checkpoint_key_file(&file).unwrap());
+    let old_id = shared.current().key_id();
+    let (stop, stopped) = watch::channel(false);
+    let reloader = tokio::spawn(run_checkpoint_key_reloader(
+        pool.clone(),
+        shared.clone(),
+        file.clone(),
+        stopped.clone(),
+    ));
+    let sealer = Sealer::with_shared_signer(
+        shared.clone(),
+        SealerConfig {
+            batch_size: 100,
+            checkpoint_every: 5,
+            checkpoint_interval: Duration::from_secs(3600),
+            poll_interval: Duration::from_millis(20),
+            standby_interval: Duration::from_millis(100),
+        },
+    );
+    let running = tokio::spawn(sealer.run((*pool.connect_options()).clone(), stopped));
+
+    let repo = repo(&pool);
+    for n in 1..=5 {
+        repo.append(&[ev("T", "a", n, json!({"n": n}))])
+            .await
+            .unwrap();
+    }
+    let first = checkpoint_at(&pool, 5).await;
+    assert_eq!(signing_key_id(&first), old_id);
+
+    // Rotate as `queue keys rotate --kind checkpoint` does.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let new_id = rotate_checkpoint_key_file(&file).unwrap();
+    notify_checkpoint_rotation(&pool).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while format!("{:08x}", shared.current().key_id()) != new_id {
+        assert!(
+            Instant::now() < deadline,
+            "the reloader did not pick up {new_id} within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!shared.is_degraded());
+    // The file keeps the old public key (and only the new private key).
+    let contents = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(contents.matches("PRIVATE+KEY+").count(), 1);
+    assert!(contents.contains(&signer().verifier().to_string()));
+
+    for n in 6..=10 {
+        repo.append(&[ev("T", "a", n, json!({"n": n}))])
+            .await
+            .unwrap();
+    }
+    let second = checkpoint_at(&pool, 10).await;
+    let new_key = read_checkpoint_key_file(&file).unwrap();
+    assert_eq!(signing_key_id(&second), new_key.key_id());
+    assert_eq!(format!("{:08x}", new_key.key_id()), new_id);
+
+    // One verifier with both keys opens both notes; either key alone only its own.
+    let both = new_key.verifier();
+    assert_eq!(both.key_ids(), vec![new_key.key_id(), old_id]);
+    assert!(Checkpoint::open(&first, &both).is_ok());
+    assert!(Checkpoint::open(&second, &both).is_ok());
+    assert!(Checkpoint::open(&second, &signer().verifier()).is_err());
+    let only_new = NoteVerifier::parse(&both.key_specs()[0]).unwrap();
+    assert!(Checkpoint::open(&first, &only_new).is_err());
+
+    // The whole ledger verifies across the rotation, from the printed key list too.
+    let report = verify_checkpoints(&pool, &both).await;
+    assert!(report.ok, "{:?}", report.problems);
+    let printed = NoteVerifier::parse(&both.to_string()).unwrap();
+    assert!(verify_checkpoints(&pool, &printed).await.ok);
+    assert!(!verify_checkpoints(&pool, &signer().verifier()).await.ok);
+
+    // A broken file: the sealer keeps signing with the last good key.
+    std::fs::write(&file, "garbage").unwrap();
+    notify_checkpoint_rotation(&pool).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !shared.is_degraded() {
+        assert!(Instant::now() < deadline, "a failed reload is reported");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(shared.current().key_id(), new_key.key_id());
+    for n in 11..=15 {
+        repo.append(&[ev("T", "a", n, json!({"n": n}))])
+            .await
+            .unwrap();
+    }
+    let third = checkpoint_at(&pool, 15).await;
+    assert_eq!(signing_key_id(&third), new_key.key_id());
+
+    // A key for another log is refused the same way.
+    let other = queue_eventstore::CheckpointSigner::from_seed("other/log", [9u8; 32]).unwrap();
+    std::fs::write(&file, other.to_private_spec()).unwrap();
+    notify_checkpoint_rotation(&pool).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(shared.current().key_id(), new_key.key_id());
+    assert!(shared.is_degraded());
+
+    stop.send(true).unwrap();
+    running.await.unwrap();
     reloader.await.unwrap();
     std::fs::remove_dir_all(&dir).ok();
 }
