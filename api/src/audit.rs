@@ -120,7 +120,8 @@ pub async fn record(
     state
         .inner
         .service_limiter
-        .check(&format!("audit:{}", caller.name.as_str()))?;
+        .check(&format!("audit:{}", caller.name.as_str()))
+        .await?;
     let now = state.now();
     let actor = Actor::parse(&request.actor)?;
     let action = AuditAction::parse(&request.action)?;

@@ -63,12 +63,14 @@ pub async fn redeem(
     state
         .inner
         .address_limiter
-        .check(&format!("redeem:{address}"))?;
+        .check(&format!("redeem:{address}"))
+        .await?;
     let email = Email::parse(&request.email)?;
     state
         .inner
         .account_limiter
-        .check(&format!("redeem:{email}"))?;
+        .check(&format!("redeem:{email}"))
+        .await?;
     let now = state.now();
     let store = state.store();
     let Some(customer_id) = store.customer_by_email(&email).await? else {

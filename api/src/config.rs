@@ -33,6 +33,29 @@ pub enum MailerConfig {
     Log { dir: PathBuf },
 }
 
+/// `QUEUE_REDIS_URL` and friends: where rate-limit counters are shared.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` or `redis+unix:///path`.
+    pub url: String,
+    /// QUEUE_REDIS_PREFIX: prepended to every key (several deployments, or
+    /// tests, can share one Redis).
+    pub prefix: String,
+    /// QUEUE_REDIS_TIMEOUT_MS: past this a call uses the local limiter.
+    pub timeout: std::time::Duration,
+}
+
+impl fmt::Debug for RedisConfig {
+    // The URL may carry a password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &"<redacted>")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
 /// Everything the HTTP API needs besides the database and ledger keys.
 #[derive(Clone)]
 pub struct Config {
@@ -63,6 +86,8 @@ pub struct Config {
     /// Concurrent /api requests before load shedding (ordinary routes are
     /// shed past 3/4 of it, critical ones past it).
     pub max_in_flight: usize,
+    /// Rate limits shared through Redis; `None`: per-process limits.
+    pub redis: Option<RedisConfig>,
     /// Take the client address from the first X-Forwarded-For entry.
     pub trust_forwarded_for: bool,
     pub mailer: MailerConfig,
@@ -101,6 +126,7 @@ impl fmt::Debug for Config {
             .field("rate_limit_per_account", &self.rate_limit_per_account)
             .field("rate_limit_per_service", &self.rate_limit_per_service)
             .field("max_in_flight", &self.max_in_flight)
+            .field("redis", &self.redis)
             .field("trust_forwarded_for", &self.trust_forwarded_for)
             .field("mailer", &self.mailer)
             .field("email_verify_url", &self.email_verify_url)
@@ -152,6 +178,49 @@ fn text(get: &impl Fn(&str) -> Option<String>, var: &'static str) -> Option<Stri
     get(var)
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty())
+}
+
+/// `QUEUE_REDIS_URL` (optional), `QUEUE_REDIS_PREFIX`, `QUEUE_REDIS_TIMEOUT_MS`.
+fn redis_config(get: &impl Fn(&str) -> Option<String>) -> Result<Option<RedisConfig>, ConfigError> {
+    let Some(url) = text(get, "QUEUE_REDIS_URL") else {
+        return Ok(None);
+    };
+    let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+    match scheme {
+        Some("redis" | "redis+unix" | "unix") => {}
+        Some("rediss") => {
+            return Err(invalid(
+                "QUEUE_REDIS_URL",
+                "TLS (rediss://) is not available in this build; use redis:// on a private network or a local TLS proxy",
+            ))
+        }
+        _ => {
+            return Err(invalid(
+                "QUEUE_REDIS_URL",
+                "expected redis://host:port[/db] or redis+unix:///path",
+            ))
+        }
+    }
+    // Parsed here so a typo stops the start, not every request.
+    redis::Client::open(url.as_str()).map_err(|_| {
+        invalid(
+            "QUEUE_REDIS_URL",
+            "expected redis://host:port[/db] or redis+unix:///path",
+        )
+    })?;
+    let prefix = text(get, "QUEUE_REDIS_PREFIX").unwrap_or_else(|| "queue:".to_owned());
+    if prefix.len() > 64 || prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            "QUEUE_REDIS_PREFIX",
+            "at most 64 characters, without white space",
+        ));
+    }
+    let timeout_ms = number(get, "QUEUE_REDIS_TIMEOUT_MS", 50, 1, 10_000)?;
+    Ok(Some(RedisConfig {
+        url,
+        prefix,
+        timeout: std::time::Duration::from_millis(u64::from(timeout_ms)),
+    }))
 }
 
 impl Config {
@@ -269,6 +338,7 @@ impl Config {
             number(&get, "QUEUE_RATE_LIMIT_PER_SERVICE", 6000, 1, 10_000_000)?;
         let trust_forwarded_for = flag(&get, "QUEUE_TRUST_FORWARDED_FOR")?.unwrap_or(false);
         let max_in_flight = number(&get, "QUEUE_MAX_IN_FLIGHT", 256, 1, 1_000_000)? as usize;
+        let redis = redis_config(&get)?;
 
         let mailer = match text(&get, "QUEUE_MAILER").as_deref() {
             Some("log") | None => {
@@ -351,6 +421,7 @@ impl Config {
             rate_limit_per_service,
             trust_forwarded_for,
             max_in_flight,
+            redis,
             mailer,
             email_verify_url,
             flag_founders_gate,
@@ -387,6 +458,33 @@ mod tests {
         assert_eq!(config.refresh_grace_secs, 0);
         assert_eq!(config.idle_timeout_secs, 1800);
         assert_eq!(config.absolute_timeout_secs, 43200);
+    }
+
+    #[test]
+    fn redis_is_optional_validated_and_never_printed() {
+        let base = [("QUEUE_DEV", "1"), ("QUEUE_JWT_KEYS", KEY)];
+        assert_eq!(Config::from_lookup(lookup(&base)).unwrap().redis, None);
+
+        let mut with = base.to_vec();
+        with.push(("QUEUE_REDIS_URL", "redis://:hunter2@127.0.0.1:6379/2"));
+        let config = Config::from_lookup(lookup(&with)).unwrap();
+        let redis = config.redis.clone().unwrap();
+        assert_eq!(redis.prefix, "queue:");
+        assert_eq!(redis.timeout, std::time::Duration::from_millis(50));
+        assert!(!format!("{config:?}").contains("hunter2"));
+
+        for (var, value) in [
+            ("QUEUE_REDIS_URL", "http://127.0.0.1:6379"),
+            ("QUEUE_REDIS_URL", "rediss://:hunter2@127.0.0.1:6379"),
+            ("QUEUE_REDIS_TIMEOUT_MS", "0"),
+            ("QUEUE_REDIS_PREFIX", "has space"),
+        ] {
+            let mut bad = with.clone();
+            bad.push((var, value));
+            let err = Config::from_lookup(lookup(&bad)).unwrap_err().to_string();
+            assert!(err.starts_with(var), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
     }
 
     #[test]

@@ -79,12 +79,14 @@ pub async fn verify(
     state
         .inner
         .address_limiter
-        .check(&format!("verify:{address}"))?;
+        .check(&format!("verify:{address}"))
+        .await?;
     let customer_id = tokens::email_token_customer(&request.token).ok_or(ApiError::InvalidCode)?;
     state
         .inner
         .account_limiter
-        .check(&format!("verify:{customer_id}"))?;
+        .check(&format!("verify:{customer_id}"))
+        .await?;
     let now = state.now();
     let token_hash = tokens::hash(&request.token);
     let mut customer = state.store().customer(customer_id).await?;

@@ -21,7 +21,7 @@ pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>)
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "the store answers and the breaker is closed"), (status = 503, description = "not ready")))]
+    responses((status = 200, description = "the store answers and the breaker is closed; `keys` and `rate_limits` say whether it runs degraded"), (status = 503, description = "not ready")))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     if state.is_shutting_down() {
         return (
@@ -39,15 +39,26 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         .fetch_one(&state.pool)
         .await
     {
-        // Still ready with the last good keys, but say so.
-        Ok(_) if state.store().repo().keys().is_degraded() => (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "database": "ok", "keys": "degraded"})),
-        ),
-        Ok(_) => (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "database": "ok", "keys": "ok"})),
-        ),
+        // Still ready with the last good keys, or with per-process rate
+        // limits while Redis is away, but say so.
+        Ok(_) => {
+            let keys = state.keys_degraded();
+            let word = |degraded: bool| if degraded { "degraded" } else { "ok" };
+            (
+                StatusCode::OK,
+                Json(json!({
+                    "status": "ready",
+                    "database": "ok",
+                    "keys": word(keys.any()),
+                    "key_sets": {
+                        "mac": word(keys.mac),
+                        "jwt": word(keys.jwt),
+                        "checkpoint": word(keys.checkpoint),
+                    },
+                    "rate_limits": state.rate_limit_mode().as_str(),
+                })),
+            )
+        }
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "unavailable", "database": "unreachable"})),

@@ -2,6 +2,7 @@
 //! callers against `/.well-known/jwks.json`.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -166,26 +167,44 @@ fn decode_seed(raw: &str) -> Option<[u8; 32]> {
 }
 
 /// Keys shared by the whole process and swappable at run time (rotation).
+/// `degraded` is set when a reload failed and the last good keys stay in use.
 #[derive(Clone, Debug)]
-pub struct SharedJwtKeys(Arc<RwLock<Arc<JwtKeySet>>>);
+pub struct SharedJwtKeys {
+    keys: Arc<RwLock<Arc<JwtKeySet>>>,
+    degraded: Arc<AtomicBool>,
+}
 
 impl SharedJwtKeys {
     pub fn new(keys: JwtKeySet) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(keys))))
+        Self {
+            keys: Arc::new(RwLock::new(Arc::new(keys))),
+            degraded: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     pub fn get(&self) -> Arc<JwtKeySet> {
-        match self.0.read() {
+        match self.keys.read() {
             Ok(guard) => Arc::clone(&guard),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
     }
 
+    /// Swaps in freshly read keys; a good read ends a degraded spell.
     pub fn replace(&self, keys: JwtKeySet) {
-        match self.0.write() {
+        match self.keys.write() {
             Ok(mut guard) => *guard = Arc::new(keys),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(keys),
         }
+        self.degraded.store(false, Ordering::SeqCst);
+    }
+
+    /// Records that a reload failed; the current keys stay in use.
+    pub fn mark_degraded(&self) {
+        self.degraded.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.load(Ordering::SeqCst)
     }
 }
 
@@ -315,7 +334,9 @@ pub async fn run_key_reloader(
         loop {
             tokio::select! {
                 received = listener.recv() => match received {
-                    Ok(_) => reload(&keys, &path),
+                    Ok(_) => {
+                        reload(&keys, &path);
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "JWT key reloader lost its connection");
                         break;
@@ -327,15 +348,22 @@ pub async fn run_key_reloader(
     }
 }
 
-fn reload(keys: &SharedJwtKeys, path: &std::path::Path) {
+/// Re-reads the key file; on failure keeps the last good keys and marks
+/// them degraded (reported in `/readyz` and `queue_jwt_keys_degraded`).
+pub fn reload(keys: &SharedJwtKeys, path: &std::path::Path) -> bool {
     match read_key_file(path) {
         Ok(set) => {
             if set.kids() != keys.get().kids() {
                 tracing::info!(kids = ?set.kids(), "JWT signing keys reloaded");
             }
             keys.replace(set);
+            true
         }
-        Err(e) => tracing::error!(error = %e, "JWT key file unreadable; keeping the current keys"),
+        Err(e) => {
+            tracing::error!(error = %e, "JWT key file unreadable: keeping the last good keys (degraded)");
+            keys.mark_degraded();
+            false
+        }
     }
 }
 

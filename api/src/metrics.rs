@@ -10,6 +10,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::ratelimit::RateLimitMode;
 use crate::state::AppState;
 
 #[derive(Clone)]
@@ -83,8 +84,21 @@ pub async fn track(request: Request, next: Next) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn render(State(state): State<AppState>) -> Response {
-    let degraded = state.store().repo().keys().is_degraded();
-    metrics::gauge!("queue_mac_keys_degraded").set(if degraded { 1.0 } else { 0.0 });
+    let gauge = |degraded: bool| if degraded { 1.0 } else { 0.0 };
+    let keys = state.keys_degraded();
+    metrics::gauge!("queue_mac_keys_degraded").set(gauge(keys.mac));
+    metrics::gauge!("queue_jwt_keys_degraded").set(gauge(keys.jwt));
+    metrics::gauge!("queue_checkpoint_keys_degraded").set(gauge(keys.checkpoint));
+    // 1 for the mode in force, 0 for the others (one series per mode).
+    let mode = state.rate_limit_mode();
+    for candidate in [
+        RateLimitMode::Local,
+        RateLimitMode::Shared,
+        RateLimitMode::Degraded,
+    ] {
+        metrics::gauge!("queue_rate_limits_mode", "mode" => candidate.as_str())
+            .set(gauge(candidate == mode));
+    }
     let body = state.inner.metrics.render();
     let mut response = (StatusCode::OK, body).into_response();
     response.headers_mut().insert(

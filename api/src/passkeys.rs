@@ -388,7 +388,8 @@ pub async fn login_begin(
     state
         .inner
         .address_limiter
-        .check(&format!("login:{address}"))?;
+        .check(&format!("login:{address}"))
+        .await?;
     let now = state.now();
     let store = state.store();
     let email = request.email.as_deref().map(Email::parse).transpose()?;
@@ -406,7 +407,8 @@ pub async fn login_begin(
             state
                 .inner
                 .account_limiter
-                .check(&format!("login:{email}"))?;
+                .check(&format!("login:{email}"))
+                .await?;
             let customer_id = store.customer_by_email(email).await?;
             let mut ids: Vec<Vec<u8>> = Vec::new();
             if let Some(customer_id) = customer_id {
@@ -492,7 +494,8 @@ async fn login(
     state
         .inner
         .address_limiter
-        .check(&format!("login:{address}"))?;
+        .check(&format!("login:{address}"))
+        .await?;
     let now = state.now();
     let store = state.store();
     let response: PublicKeyCredential = parse_credential(request.credential)?;
@@ -537,7 +540,8 @@ async fn login(
     state
         .inner
         .account_limiter
-        .check(&format!("login:{owner}"))?;
+        .check(&format!("login:{owner}"))
+        .await?;
 
     let mut passkey: webauthn_rs_core::proto::Credential = serde_json::from_value(
         credential_state

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use queue_eventstore::{ChainedEventRepository, SharedMacKeys};
+use queue_eventstore::{ChainedEventRepository, SharedCheckpointSigner, SharedMacKeys};
 use sqlx::PgPool;
 use webauthn_rs_core::fake::{FakePasskeyDistribution, WebauthnFakeCredentialGenerator};
 use webauthn_rs_core::WebauthnCore;
@@ -14,7 +14,7 @@ use crate::config::{Config, MailerConfig};
 use crate::jwt::SharedJwtKeys;
 use crate::mailer::{LogMailer, Mailer};
 use crate::metrics::Metrics;
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{RateLimitMode, RateLimiter, SharedCounters};
 use crate::store::Store;
 
 #[derive(Clone)]
@@ -35,6 +35,11 @@ pub struct Inner {
     pub account_limiter: RateLimiter,
     /// Per calling service (audit writer).
     pub service_limiter: RateLimiter,
+    /// The Redis counters the limiters share (`QUEUE_REDIS_URL`), if any.
+    pub shared_limits: Option<Arc<SharedCounters>>,
+    /// The checkpoint signer of this process's sealer (set by `queue
+    /// serve`), for key health in `/readyz` and `/metrics`.
+    pub checkpoint_signer: std::sync::OnceLock<SharedCheckpointSigner>,
     pub mailer: Arc<dyn Mailer>,
     pub metrics: Metrics,
     pub breaker: crate::breaker::Breaker,
@@ -79,13 +84,33 @@ impl AppState {
         let fake_credentials = WebauthnFakeCredentialGenerator::new(&fake_key)
             .map_err(|e| format!("fake credential generator: {e}"))?;
         let jwt_keys = SharedJwtKeys::new(config.jwt_keys.clone());
+        let shared_limits = config.redis.as_ref().map(SharedCounters::new).transpose()?;
+        // Connect now when a runtime is at hand, so the first request finds
+        // the limits already shared.
+        if let Some(shared) = &shared_limits {
+            shared.supervise();
+        }
         Ok(Self {
             pool,
             shutting_down: Arc::new(AtomicBool::new(false)),
             inner: Arc::new(Inner {
-                address_limiter: RateLimiter::new(config.rate_limit_per_address),
-                account_limiter: RateLimiter::new(config.rate_limit_per_account),
-                service_limiter: RateLimiter::new(config.rate_limit_per_service),
+                address_limiter: RateLimiter::with_shared(
+                    "address",
+                    config.rate_limit_per_address,
+                    shared_limits.clone(),
+                ),
+                account_limiter: RateLimiter::with_shared(
+                    "account",
+                    config.rate_limit_per_account,
+                    shared_limits.clone(),
+                ),
+                service_limiter: RateLimiter::with_shared(
+                    "service",
+                    config.rate_limit_per_service,
+                    shared_limits.clone(),
+                ),
+                shared_limits,
+                checkpoint_signer: std::sync::OnceLock::new(),
                 store: Store::new(repo),
                 jwt_keys,
                 webauthn,
@@ -117,11 +142,50 @@ impl AppState {
         self.inner.clock.now()
     }
 
+    /// Where rate-limit counters live right now.
+    pub fn rate_limit_mode(&self) -> RateLimitMode {
+        match &self.inner.shared_limits {
+            None => RateLimitMode::Local,
+            Some(shared) => {
+                shared.supervise();
+                shared.mode()
+            }
+        }
+    }
+
+    /// Health of each key set: `true` when its last reload failed and the
+    /// last good keys are still in use. (MAC, JWT, checkpoint.)
+    pub fn keys_degraded(&self) -> KeysDegraded {
+        KeysDegraded {
+            mac: self.store().repo().keys().is_degraded(),
+            jwt: self.inner.jwt_keys.is_degraded(),
+            checkpoint: self
+                .inner
+                .checkpoint_signer
+                .get()
+                .is_some_and(SharedCheckpointSigner::is_degraded),
+        }
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Which key sets are running on their last good keys after a failed reload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeysDegraded {
+    pub mac: bool,
+    pub jwt: bool,
+    pub checkpoint: bool,
+}
+
+impl KeysDegraded {
+    pub fn any(self) -> bool {
+        self.mac || self.jwt || self.checkpoint
     }
 }

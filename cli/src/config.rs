@@ -32,7 +32,8 @@ pub fn mac_keys(get: Lookup) -> Result<MacKeys, ConfigError> {
     })
 }
 
-/// `QUEUE_CHECKPOINT_KEY=PRIVATE+KEY+…` (or `QUEUE_CHECKPOINT_KEY_FILE`).
+/// `QUEUE_CHECKPOINT_KEY=PRIVATE+KEY+…` (or `QUEUE_CHECKPOINT_KEY_FILE`,
+/// which after a rotation also lists the previous public keys, one a line).
 pub fn checkpoint_signer(get: Lookup) -> Result<CheckpointSigner, ConfigError> {
     let spec = value_or_file(get, "QUEUE_CHECKPOINT_KEY", "QUEUE_CHECKPOINT_KEY_FILE")?;
     CheckpointSigner::parse(&spec).map_err(|e| ConfigError::Invalid {

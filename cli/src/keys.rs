@@ -1,4 +1,4 @@
-//! `queue keys`: generate key files and print the checkpoint verifier key.
+//! `queue keys`: generate and rotate key files, print the checkpoint verifier keys.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -45,11 +45,15 @@ pub enum RotateKind {
     Jwt,
     /// The event MAC keys (QUEUE_MAC_KEYS_FILE); old keys stay to verify older events.
     Mac,
+    /// The checkpoint signing key (QUEUE_CHECKPOINT_KEY_FILE); the replaced
+    /// key's public half stays in the file to verify older checkpoints.
+    Checkpoint,
 }
 
 #[derive(Subcommand)]
 pub enum PublicKind {
-    /// The checkpoint verifier key (`<origin>+<8 hex id>+<base64 key>`).
+    /// The checkpoint verifier keys (`<origin>+<8 hex id>+<base64 key>`),
+    /// current first, then those replaced by rotations, comma-separated.
     Checkpoint,
 }
 
@@ -131,16 +135,54 @@ pub fn run(command: KeysCommand, json: bool, env: Lookup) -> Result<ExitCode, Cl
             );
             Ok(ExitCode::SUCCESS)
         }
+        KeysCommand::Rotate {
+            kind: RotateKind::Checkpoint,
+            file,
+        } => {
+            let path = file
+                .or_else(|| env("QUEUE_CHECKPOINT_KEY_FILE").map(PathBuf::from))
+                .unwrap_or_else(|| {
+                    PathBuf::from(env("QUEUE_DEV_KEY_DIR").unwrap_or_else(|| ".dev/keys".into()))
+                        .join(DEV_CHECKPOINT_FILE)
+                });
+            let key_id = queue_eventstore::rotation::rotate_checkpoint_key_file(&path)
+                .map_err(CliError::Io)?;
+            let notified = match config::database_url(env) {
+                Ok(url) => notify(url, Notice::Checkpoint)?,
+                Err(_) => false,
+            };
+            crate::output(
+                json,
+                &serde_json::json!({"file": path.display().to_string(), "key_id": key_id, "notified": notified}),
+                &format!(
+                    "new checkpoint key {key_id} is current in {}; older public keys stay for verification \
+                     (publish them: queue keys public checkpoint); {}",
+                    path.display(),
+                    if notified {
+                        "running instances were told to reload"
+                    } else {
+                        "DATABASE_URL not set: restart instances to pick it up"
+                    }
+                ),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         KeysCommand::Public {
             kind: PublicKind::Checkpoint,
         } => {
             let verifier = config::checkpoint_signer(env)?.verifier();
             if json {
-                crate::print_json(
-                    &serde_json::json!({"checkpoint_verifier_key": verifier.to_string()}),
-                );
+                crate::print_json(&serde_json::json!({
+                    "checkpoint_verifier_key": verifier.to_string(),
+                    "checkpoint_verifier_keys": verifier.key_specs(),
+                }));
             } else {
                 println!("# checkpoint verifier key for log {}", verifier.name());
+                for (index, id) in verifier.key_ids().iter().enumerate() {
+                    let role = if index == 0 { "current" } else { "previous" };
+                    println!("# {id:08x} ({role})");
+                }
+                // One line, so scripts that take the last line get every key.
                 println!("{verifier}");
             }
             Ok(ExitCode::SUCCESS)
@@ -175,6 +217,7 @@ pub(crate) fn write_secret(path: &Path, contents: &str) -> Result<(), CliError> 
 enum Notice {
     Jwt,
     Mac,
+    Checkpoint,
 }
 
 /// NOTIFY on its own thread and runtime (this command runs inside the CLI's runtime).
@@ -191,6 +234,9 @@ fn notify(database_url: String, notice: Notice) -> Result<bool, CliError> {
             match notice {
                 Notice::Jwt => queue_api::jwt::notify_rotation(&pool).await,
                 Notice::Mac => queue_eventstore::rotation::notify_mac_rotation(&pool).await,
+                Notice::Checkpoint => {
+                    queue_eventstore::rotation::notify_checkpoint_rotation(&pool).await
+                }
             }
             .map_err(|e| e.to_string())
         })

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use queue_api::AppState;
-use queue_eventstore::{db, Sealer, SealerConfig, SharedMacKeys};
+use queue_eventstore::{
+    db, CheckpointSigner, Sealer, SealerConfig, SharedCheckpointSigner, SharedMacKeys,
+};
 use tokio::sync::watch;
 
 use crate::config::{self, ConfigError, Lookup, DEV_CHECKPOINT_FILE, DEV_MAC_FILE};
@@ -58,10 +60,23 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
         queue_projections::RunnerConfig::default(),
         sealer_stopped.clone(),
     ));
+    let shared_signer = SharedCheckpointSigner::new(CheckpointSigner::clone(&signer));
     let sealer = tokio::spawn(
-        Sealer::new(signer, SealerConfig::default())
+        Sealer::with_shared_signer(shared_signer.clone(), SealerConfig::default())
             .run(db::connect_options(&database_url)?, sealer_stopped),
     );
+    // With a key file, `queue keys rotate --kind checkpoint` reaches the
+    // sealer at once: the next checkpoint is signed with the new key.
+    if let Some(path) =
+        lookup("QUEUE_CHECKPOINT_KEY_FILE").filter(|_| lookup("QUEUE_CHECKPOINT_KEY").is_none())
+    {
+        tokio::spawn(queue_eventstore::rotation::run_checkpoint_key_reloader(
+            pool.clone(),
+            shared_signer.clone(),
+            PathBuf::from(path),
+            reloader_stopped.clone(),
+        ));
+    }
 
     let shared_mac_keys = SharedMacKeys::new(mac_keys);
     // With a key file, `queue keys rotate --kind mac` reaches this instance at once.
@@ -76,6 +91,8 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
     }
     let state = AppState::new(pool.clone(), api_config, shared_mac_keys)
         .map_err(|e| CliError::Io(format!("cannot start the API: {e}")))?;
+    // Fresh state: the cell is empty, so this cannot fail.
+    let _ = state.inner.checkpoint_signer.set(shared_signer);
     if let Some(path) = state.config().jwt_keys_file.clone() {
         tokio::spawn(queue_api::jwt::run_key_reloader(
             pool.clone(),

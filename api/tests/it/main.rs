@@ -6,8 +6,10 @@
 mod codes;
 mod errors;
 mod helpers;
+mod key_reload;
 mod operations;
 mod outage;
 mod passkeys;
+mod ratelimit_redis;
 mod service;
 mod sessions;

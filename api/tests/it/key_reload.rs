@@ -1,0 +1,78 @@
+//! A JWT key file that turns unreadable leaves the last good keys in use and
+//! says so in /readyz and /metrics; a good file ends the degraded spell.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use sqlx::PgPool;
+
+use crate::helpers::{eventually, Passkey, TempDir, TestApp};
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn a_failed_jwt_key_reload_keeps_the_last_good_keys_and_reports_degraded(pool: PgPool) {
+    let dir = TempDir::new();
+    let key_file = dir.0.join("jwt_keys");
+    let keys = queue_api::jwt::JwtKeySet::generate("first").unwrap();
+    std::fs::write(&key_file, keys.to_spec()).unwrap();
+    let file = key_file.display().to_string();
+    let app = TestApp::with(
+        pool.clone(),
+        &[("QUEUE_JWT_KEYS", ""), ("QUEUE_JWT_KEYS_FILE", &file)],
+    )
+    .await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let reloader = tokio::spawn(queue_api::jwt::run_key_reloader(
+        pool.clone(),
+        app.state.inner.jwt_keys.clone(),
+        key_file.clone(),
+        stopped,
+    ));
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.json["keys"], "ok");
+    assert_eq!(ready.json["key_sets"]["jwt"], "ok");
+
+    // Give the listener a moment to subscribe, then break the file.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::fs::write(&key_file, "first=not-a-key").unwrap();
+    queue_api::jwt::notify_rotation(&pool).await.unwrap();
+    eventually("readyz to report degraded JWT keys", || async {
+        let ready = app.get("/readyz").await;
+        assert_eq!(ready.status, StatusCode::OK, "{}", ready.text);
+        (ready.json["key_sets"]["jwt"] == "degraded" && ready.json["keys"] == "degraded")
+            .then_some(())
+    })
+    .await;
+    metrics_show(&app, "queue_jwt_keys_degraded 1").await;
+    // Logins go on, signed with the last good key; the JWKS still serves it.
+    let mut passkey = Passkey::new();
+    let tokens = app.register(&mut passkey, "ada@example.com").await;
+    let token = tokens["access_token"].as_str().unwrap();
+    assert_eq!(
+        jsonwebtoken::decode_header(token).unwrap().kid.as_deref(),
+        Some("first")
+    );
+    let jwks = app.get("/.well-known/jwks.json").await;
+    assert_eq!(jwks.json["keys"][0]["kid"], "first");
+
+    // A good file (a rotation) ends the degraded spell.
+    std::fs::write(&key_file, keys.to_spec()).unwrap();
+    let kid = queue_api::jwt::rotate_key_file(&key_file, 3).unwrap();
+    queue_api::jwt::notify_rotation(&pool).await.unwrap();
+    eventually("readyz to report the JWT keys ok again", || async {
+        let ready = app.get("/readyz").await;
+        (ready.json["key_sets"]["jwt"] == "ok").then_some(())
+    })
+    .await;
+    assert_eq!(app.state.inner.jwt_keys.get().current().kid, kid);
+    metrics_show(&app, "queue_jwt_keys_degraded 0").await;
+    stop.send(true).unwrap();
+    reloader.await.unwrap();
+}
+
+/// Gauges are process-wide and other tests' instances set them too, so poll.
+async fn metrics_show(app: &TestApp, line: &str) {
+    eventually(&format!("/metrics to show {line}"), || async {
+        app.get("/metrics").await.text.contains(line).then_some(())
+    })
+    .await;
+}

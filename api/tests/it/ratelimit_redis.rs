@@ -1,0 +1,238 @@
+//! Rate limits shared through the real Redis at 127.0.0.1:6379 (a unique key
+//! prefix per test), and the fallback to per-process limits when Redis is
+//! unreachable or goes away mid-run: logins never fail because of Redis.
+
+use std::sync::{Arc, Mutex};
+
+use axum::http::StatusCode;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+
+use crate::helpers::{eventually, Passkey, TestApp};
+
+const REDIS: &str = "redis://127.0.0.1:6379";
+
+fn prefix() -> String {
+    format!("queue-test:{}:", uuid::Uuid::new_v4().simple())
+}
+
+async fn rate_limits_become(app: &TestApp, mode: &str) {
+    eventually(&format!("rate_limits {mode}"), || async {
+        let ready = app.get("/readyz").await;
+        assert_eq!(ready.status, StatusCode::OK, "{}", ready.text);
+        (ready.json["rate_limits"] == mode).then_some(())
+    })
+    .await;
+}
+
+async fn begin(app: &TestApp, email: &str) -> crate::helpers::Response {
+    app.post("/api/v1/auth/webauthn/login/begin", json!({"email": email}))
+        .await
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn two_instances_share_one_limit_through_redis(pool: PgPool) {
+    let prefix = prefix();
+    let overrides = [
+        ("QUEUE_REDIS_URL", REDIS),
+        ("QUEUE_REDIS_PREFIX", prefix.as_str()),
+        ("QUEUE_RATE_LIMIT_PER_ACCOUNT", "3"),
+    ];
+    let a = TestApp::with(pool.clone(), &overrides).await;
+    let b = TestApp::with(pool.clone(), &overrides).await;
+    rate_limits_become(&a, "shared").await;
+    rate_limits_become(&b, "shared").await;
+
+    // Three tokens for the account between both instances, not three each.
+    for app in [&a, &b, &a] {
+        let ok = begin(app, "ada@example.com").await;
+        assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
+    }
+    for app in [&b, &a] {
+        let limited = begin(app, "ada@example.com").await;
+        limited.assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+        let retry: u64 = limited.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=20).contains(&retry), "Retry-After {retry}");
+    }
+    // Another account has its own bucket.
+    assert_eq!(begin(&b, "bob@example.com").await.status, StatusCode::OK);
+
+    // The counters are under the prefix, and hold no email address.
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        keys.iter().any(|k| k.starts_with(&format!("{prefix}rl:account:"))),
+        "{keys:?}"
+    );
+    assert!(keys.iter().all(|k| !k.contains("example.com")), "{keys:?}");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 60_000, "counters expire: {ttl}");
+
+    metrics_show(&a, "queue_rate_limits_mode{mode=\"shared\"} 1").await;
+    let _: () = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn an_unreachable_redis_falls_back_to_local_limits_and_logins_succeed(pool: PgPool) {
+    let app = TestApp::with(
+        pool,
+        &[
+            ("QUEUE_REDIS_URL", "redis://127.0.0.1:1"),
+            ("QUEUE_RATE_LIMIT_PER_ACCOUNT", "3"),
+        ],
+    )
+    .await;
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.text);
+    assert_eq!(ready.json["rate_limits"], "degraded");
+
+    // A full WebAuthn registration and login work without Redis.
+    let mut passkey = Passkey::new();
+    app.register(&mut passkey, "ada@example.com").await;
+    let tokens = app.login(&mut passkey, "ada@example.com").await;
+    assert!(tokens["access_token"].is_string());
+
+    // The per-process limit still holds: the login took one of three tokens.
+    for _ in 0..2 {
+        assert_eq!(
+            begin(&app, "ada@example.com").await.status,
+            StatusCode::OK
+        );
+    }
+    begin(&app, "ada@example.com")
+        .await
+        .assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.json["rate_limits"], "degraded");
+    metrics_show(&app, "queue_rate_limits_mode{mode=\"degraded\"} 1").await;
+    metrics_show(&app, "queue_rate_limit_fallbacks_total").await;
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn without_redis_the_limits_are_local(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.json["rate_limits"], "local");
+}
+
+/// A TCP proxy in front of Redis that the test can cut and restore, as a
+/// network partition would.
+struct Proxy {
+    port: u16,
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let proxy = Self {
+            port,
+            tasks: Arc::default(),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let tasks = Arc::clone(&self.tasks);
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let forward = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect("127.0.0.1:6379").await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                tasks.lock().unwrap().push(forward.abort_handle());
+            }
+        });
+        self.tasks.lock().unwrap().push(accept.abort_handle());
+    }
+
+    /// Drops every connection and stops listening.
+    fn cut(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    async fn restore(&self) {
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
+        self.serve(listener);
+    }
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn losing_redis_mid_run_degrades_then_reconnects(pool: PgPool) {
+    let proxy = Proxy::start().await;
+    let url = format!("redis://127.0.0.1:{}", proxy.port);
+    let prefix = prefix();
+    let app = TestApp::with(
+        pool,
+        &[
+            ("QUEUE_REDIS_URL", url.as_str()),
+            ("QUEUE_REDIS_PREFIX", prefix.as_str()),
+        ],
+    )
+    .await;
+    rate_limits_become(&app, "shared").await;
+    assert_eq!(begin(&app, "ada@example.com").await.status, StatusCode::OK);
+
+    proxy.cut();
+    // Every request still answers, never with a 500, while Redis is away.
+    for _ in 0..5 {
+        assert_eq!(begin(&app, "ada@example.com").await.status, StatusCode::OK);
+    }
+    rate_limits_become(&app, "degraded").await;
+    assert_eq!(begin(&app, "ada@example.com").await.status, StatusCode::OK);
+
+    // Back in the background, with no request needed to notice.
+    proxy.restore().await;
+    rate_limits_become(&app, "shared").await;
+    assert_eq!(begin(&app, "ada@example.com").await.status, StatusCode::OK);
+
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty());
+    let _: () = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// Gauges are process-wide and other tests' instances set them too, so poll.
+async fn metrics_show(app: &TestApp, line: &str) {
+    eventually(&format!("/metrics to show {line}"), || async {
+        app.get("/metrics").await.text.contains(line).then_some(())
+    })
+    .await;
+}
