@@ -32,7 +32,7 @@ pub struct ReasonRequest {
 
 #[utoipa::path(post, path = "/api/v1/admin/customers/{customer_id}/suspend", tag = "service",
     security(("bearer" = [])),
-    params(("customer_id" = String, Path)),
+    params(("customer_id" = uuid::Uuid, Path)),
     request_body = ReasonRequest,
     responses((status = 204, description = "suspended; every live session revoked"), (status = 400, body = crate::error::ErrorEnvelope),
         (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope),
@@ -153,7 +153,7 @@ pub async fn append_login(
 
 #[utoipa::path(post, path = "/api/v1/admin/customers/{customer_id}/reinstate", tag = "service",
     security(("bearer" = [])),
-    params(("customer_id" = String, Path)),
+    params(("customer_id" = uuid::Uuid, Path)),
     request_body(content = Option<ReasonRequest>, description = "optional; the reason defaults to `reinstated`"),
     responses((status = 204, description = "reinstated"), (status = 400, body = crate::error::ErrorEnvelope),
         (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope),
@@ -190,6 +190,7 @@ pub async fn reinstate(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// RFC 3339; defaults to now.
     pub at: Option<String>,
@@ -197,7 +198,7 @@ pub struct HistoryQuery {
 
 #[utoipa::path(get, path = "/api/v1/admin/customers/{customer_id}/history", tag = "service",
     security(("bearer" = [])),
-    params(("customer_id" = String, Path), HistoryQuery),
+    params(("customer_id" = uuid::Uuid, Path), HistoryQuery),
     responses((status = 200, description = "the customer's state at `at`, the events that led there, and whether a signed checkpoint covers them", body = Object),
         (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope),
         (status = 404, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]

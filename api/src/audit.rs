@@ -203,6 +203,7 @@ pub async fn record(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     pub customer_id: Option<String>,
     pub action: Option<String>,
@@ -211,6 +212,7 @@ pub struct AuditQuery {
     /// RFC 3339, exclusive.
     pub until: Option<String>,
     /// 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     pub cursor: Option<String>,
 }

@@ -88,7 +88,7 @@ async fn own(
 }
 
 #[utoipa::path(patch, path = "/api/v1/auth/credentials/{credential_id}", tag = "credentials",
-    params(("credential_id" = String, Path)), request_body = RenameRequest,
+    params(("credential_id" = uuid::Uuid, Path)), request_body = RenameRequest,
     responses((status = 200, body = CredentialView), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn rename(
@@ -112,7 +112,7 @@ pub async fn rename(
 }
 
 #[utoipa::path(delete, path = "/api/v1/auth/credentials/{credential_id}", tag = "credentials",
-    params(("credential_id" = String, Path)),
+    params(("credential_id" = uuid::Uuid, Path)),
     responses((status = 204), (status = 401, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope), (status = 409, body = crate::error::ErrorEnvelope, description = "last_credential"), (status = 503, body = crate::error::ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn delete(

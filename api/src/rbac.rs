@@ -157,7 +157,7 @@ pub async fn grant(
 
 #[utoipa::path(delete, path = "/api/v1/rbac/grants/{grant_id}", tag = "service",
     security(("bearer" = [])),
-    params(("grant_id" = String, Path)),
+    params(("grant_id" = uuid::Uuid, Path)),
     request_body = RevokeRequest,
     responses((status = 204, description = "revoked"), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope),
         (status = 403, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope), (status = 409, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
@@ -192,7 +192,7 @@ pub async fn revoke(
 
 #[utoipa::path(get, path = "/api/v1/rbac/customers/{customer_id}/roles", tag = "service",
     security(("bearer" = [])),
-    params(("customer_id" = String, Path)),
+    params(("customer_id" = uuid::Uuid, Path)),
     responses((status = 200, body = RolesResponse), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope),
         (status = 403, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
 pub async fn roles(

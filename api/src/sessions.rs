@@ -159,7 +159,7 @@ pub async fn list(
 }
 
 #[utoipa::path(delete, path = "/api/v1/auth/sessions/{session_id}", tag = "sessions",
-    params(("session_id" = String, Path)),
+    params(("session_id" = uuid::Uuid, Path)),
     responses((status = 204), (status = 401, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)), security(("bearer" = [])))]
 pub async fn revoke(
     State(state): State<AppState>,

@@ -11,5 +11,6 @@ mod operations;
 mod outage;
 mod passkeys;
 mod ratelimit_redis;
+mod schema_conformance;
 mod service;
 mod sessions;
