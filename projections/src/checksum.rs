@@ -1,7 +1,6 @@
 //! Order-independent content checksums of tables: the sum (mod 2^128) of
-//! the first 16 bytes of SHA-256 over each row's JSON (fields in column
-//! order, object keys sorted),
-//! with the row count. Equal tables give equal sums whatever order rows are
+//! the first 16 bytes of SHA-256 over each row's binary COPY tuple (fields
+//! in column order, JSON object keys sorted), with the row count. Equal tables give equal sums whatever order rows are
 //! read or written in; a changed, missing or extra row changes the sum.
 
 use std::borrow::Cow;
@@ -16,8 +15,8 @@ use crate::error::ProjectionResult;
 use crate::fold::{CredentialsFold, CustomersFold, SessionsFold, Table};
 use crate::projection::Projection;
 use crate::rows::{
-    AuditRow, BackupCodeRow, CredentialRow, CustomerRow, EmailVerificationRow, RefreshTokenRow,
-    RoleRow, Row, SessionRow,
+    AuditRow, BackupCodeRow, CopyRow, CredentialRow, CustomerRow, EmailVerificationRow,
+    RefreshTokenRow, RoleRow, Row, SessionRow,
 };
 use crate::store::qualified;
 
@@ -39,11 +38,14 @@ pub struct Sum {
 impl Sum {
     pub fn add<R: Row>(&mut self, row: &R, mode: Mode) {
         let row: Cow<'_, R> = row.for_checksum(mode == Mode::Portable);
-        // Struct fields serialise in declaration order and JSON values are
-        // key-sorted, so equal rows give equal bytes. Serialising plain data
-        // cannot fail; a failure would still change the sum, never hide a
-        // difference.
-        let bytes = serde_json::to_vec(row.as_ref()).unwrap_or_default();
+        // The row's binary COPY tuple: every field in column order with its
+        // length (NULL distinct from empty), JSON values key-sorted, so
+        // equal rows give equal bytes. Much cheaper than JSON text (no
+        // number, time or UUID formatting), and independent of the write
+        // path all the same: rows read back are decoded by sqlx first.
+        let mut bytes = Vec::with_capacity(512);
+        let mut tuple = CopyRow::new(&mut bytes, R::COLUMNS.len());
+        row.copy_binary(&mut tuple);
         let digest = Sha256::digest(&bytes);
         let mut first = [0u8; 16];
         first.copy_from_slice(&digest[..16]);

@@ -37,7 +37,7 @@ use crate::events::{raw_from_row, read_batch, watermark, Decoder, Event, EVENT_C
 use crate::fold::Table;
 use crate::projection::Projection;
 use crate::replay::{stream_order_sums, FullFold};
-use crate::rows::{AuditRow, CopyLine, Row};
+use crate::rows::{AuditRow, CopyRow, Row, COPY_BINARY_HEADER, COPY_BINARY_TRAILER};
 use crate::runner::LIVE_SCHEMA;
 use crate::store::{apply_batch, qualified, BatchError};
 
@@ -90,6 +90,10 @@ pub struct RebuildReport {
     pub load_ms: u64,
     /// fold + load + index.
     pub replay_ms: u64,
+    /// The second fold (validation), which runs beside load and index.
+    pub second_fold_ms: u64,
+    /// From the end of load and index: waiting for the second fold, reading
+    /// back and checksumming the shadow (and live) tables.
     pub validate_ms: u64,
     pub swap_ms: u64,
     pub elapsed_ms: u64,
@@ -133,19 +137,49 @@ pub async fn rebuild(
     progress.phase("load+index", 0);
     load_and_index(pool, &fold, &projections).await?;
     let replay_ms = started.elapsed().as_millis() as u64;
-    let load_ms = replay_ms - fold_ms;
+    // The second, independent fold reads the log again on its own
+    // connection while the server loads and indexes the shadow tables (the
+    // events up to `end` are committed below the watermark and immutable,
+    // so any snapshot reads the same ones).
+    let second_started = Instant::now();
+    let second = {
+        let connect = connect.clone();
+        let projections = projections.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            let mut conn = PgConnection::connect_with(&connect).await?;
+            let result = stream_order_sums(&mut conn, &projections, end, Mode::Local).await;
+            let _ = conn.close().await;
+            result.map(|sums| (sums, second_started.elapsed().as_millis() as u64))
+        }))
+    };
 
-    // 2. Validate in one read-only snapshot.
+    let load_ms = replay_ms - fold_ms;
+    let folded_events = fold.events;
+    drop(fold);
+
+    // 2. Validate.
     let validate_started = Instant::now();
     progress.phase("validate", total.max(0) as u64);
-    let validation = validate(&mut control, &projections, end, fold.events).await?;
+    let ((second_events, second_sums), second_fold_ms) = second
+        .join()
+        .await
+        .map_err(|e| ProjectionError::Rebuild(format!("second fold: {e}")))??;
+    let validation = validate(
+        &connect,
+        &mut control,
+        &projections,
+        end,
+        folded_events,
+        (second_events, second_sums),
+    )
+    .await?;
     progress.advance(total.max(0) as u64);
     let validate_ms = validate_started.elapsed().as_millis() as u64;
 
     let mut report = RebuildReport {
         ok: validation.differences.is_empty(),
         projections: projections.clone(),
-        events: fold.events,
+        events: folded_events,
         delta_events: 0,
         end_commit_xid: end.commit_xid,
         end_insert_id: end.insert_id,
@@ -160,7 +194,8 @@ pub async fn rebuild(
         validate_ms,
         swap_ms: 0,
         elapsed_ms: 0,
-        events_per_second: (fold.events as f64 / (replay_ms.max(1) as f64 / 1000.0)) as u64,
+        second_fold_ms,
+        events_per_second: (folded_events as f64 / (replay_ms.max(1) as f64 / 1000.0)) as u64,
     };
     if !report.ok {
         report.elapsed_ms = started.elapsed().as_millis() as u64;
@@ -251,26 +286,65 @@ async fn drop_shadow(conn: &mut PgConnection) -> ProjectionResult<()> {
     Ok(())
 }
 
-/// Adds the live table's primary key, unique and exclusion constraints and
-/// its other indexes to the shadow table, under the same names.
-async fn copy_constraints_and_indexes(
-    conn: &mut PgConnection,
-    table: &str,
-) -> ProjectionResult<()> {
+/// How to give a shadow table the live table's constraints and indexes,
+/// under the same names.
+struct IndexPlan {
+    /// `CREATE [UNIQUE] INDEX` statements, independent of each other: they
+    /// may run at once on separate connections (each takes a SHARE lock).
+    creates: Vec<String>,
+    /// Then, in one statement: primary key and unique constraints attached
+    /// to their already built indexes (`USING INDEX`, no second build), and
+    /// any other constraint (exclusion, deferrable) added in full.
+    attach: String,
+}
+
+/// Reads the live table's primary key, unique and exclusion constraints and
+/// its other indexes, rewritten for the shadow table.
+async fn index_plan(conn: &mut PgConnection, table: &str) -> ProjectionResult<IndexPlan> {
     let live = qualified(LIVE_SCHEMA, table);
     let shadow = qualified(SHADOW_SCHEMA, table);
-    let constraints: Vec<(String, String)> = sqlx::query_as(
-        "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint \
-         WHERE conrelid = $1::regclass AND contype IN ('p', 'u', 'x') ORDER BY contype, conname",
+    let rewrite = |definition: &str| -> ProjectionResult<String> {
+        let rewritten = definition
+            .replacen(&format!(" ON {live} "), &format!(" ON {shadow} "), 1)
+            .replacen(
+                &format!(" ON ONLY {live} "),
+                &format!(" ON ONLY {shadow} "),
+                1,
+            );
+        if rewritten == definition {
+            return Err(ProjectionError::Rebuild(format!(
+                "cannot carry index over to the shadow table: {definition}"
+            )));
+        }
+        Ok(rewritten)
+    };
+    let constraints: Vec<(String, String, String, bool, String, String)> = sqlx::query_as(
+        "SELECT c.conname::text, pg_get_constraintdef(c.oid), c.contype::text, c.condeferrable, \
+         COALESCE(pg_get_indexdef(c.conindid), ''), COALESCE(i.relname::text, '') \
+         FROM pg_constraint c LEFT JOIN pg_class i ON i.oid = c.conindid \
+         WHERE c.conrelid = $1::regclass AND c.contype IN ('p', 'u', 'x') \
+         ORDER BY c.contype, c.conname",
     )
     .bind(&live)
     .fetch_all(&mut *conn)
     .await?;
-    let mut sql = String::new();
-    for (name, definition) in &constraints {
-        sql.push_str(&format!(
-            "ALTER TABLE {shadow} ADD CONSTRAINT \"{name}\" {definition};"
-        ));
+    let mut plan = IndexPlan {
+        creates: Vec::new(),
+        attach: String::new(),
+    };
+    for (name, definition, kind, deferrable, index_definition, index_name) in &constraints {
+        let attachable = (kind == "p" || kind == "u") && !deferrable && !index_name.is_empty();
+        if attachable {
+            plan.creates.push(rewrite(index_definition)?);
+            let what = if kind == "p" { "PRIMARY KEY" } else { "UNIQUE" };
+            plan.attach.push_str(&format!(
+                "ALTER TABLE {shadow} ADD CONSTRAINT \"{name}\" {what} USING INDEX \"{index_name}\";"
+            ));
+        } else {
+            plan.attach.push_str(&format!(
+                "ALTER TABLE {shadow} ADD CONSTRAINT \"{name}\" {definition};"
+            ));
+        }
     }
     let indexes: Vec<(String,)> = sqlx::query_as(
         "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i \
@@ -282,24 +356,28 @@ async fn copy_constraints_and_indexes(
     .fetch_all(&mut *conn)
     .await?;
     for (definition,) in &indexes {
-        let rewritten = definition
-            .replacen(&format!(" ON {live} "), &format!(" ON {shadow} "), 1)
-            .replacen(
-                &format!(" ON ONLY {live} "),
-                &format!(" ON ONLY {shadow} "),
-                1,
-            );
-        if rewritten == *definition {
-            return Err(ProjectionError::Rebuild(format!(
-                "cannot carry index over to the shadow table: {definition}"
-            )));
-        }
-        sql.push_str(&rewritten);
-        sql.push(';');
+        plan.creates.push(rewrite(definition)?);
     }
-    if !sql.is_empty() {
-        sqlx::raw_sql(&sql).execute(&mut *conn).await?;
+    Ok(plan)
+}
+
+/// Builds a shadow table's indexes, each on its own connection and all at
+/// once (on a shared machine more backends also get more CPU time), then
+/// attaches the constraints.
+async fn build_indexes(connect: &PgConnectOptions, table: &str) -> ProjectionResult<()> {
+    let mut conn = index_connection(connect).await?;
+    let plan = index_plan(&mut conn, table).await?;
+    let builds = plan.creates.iter().map(|create| async move {
+        let mut conn = index_connection(connect).await?;
+        sqlx::raw_sql(create).execute(&mut conn).await?;
+        let _ = conn.close().await;
+        Ok::<(), ProjectionError>(())
+    });
+    futures::future::try_join_all(builds).await?;
+    if !plan.attach.is_empty() {
+        sqlx::raw_sql(&plan.attach).execute(&mut conn).await?;
     }
+    let _ = conn.close().await;
     Ok(())
 }
 
@@ -384,9 +462,8 @@ async fn replay_into_shadow(
         for event in &chunk {
             match fold.apply(event) {
                 Ok(Some(row)) => {
-                    let mut line = CopyLine::new(&mut buffer);
-                    row.copy_text(&mut line);
-                    line.end();
+                    let mut tuple = CopyRow::new(&mut buffer, AuditRow::COLUMNS.len());
+                    row.copy_binary(&mut tuple);
                 }
                 Ok(None) => {}
                 Err(err) => {
@@ -459,47 +536,58 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// COPYs byte chunks (COPY text lines) into a shadow table.
+/// The COPY statement of a shadow table (binary format; FREEZE when the
+/// table was created or truncated in the same transaction).
+fn copy_statement<R: Row>(freeze: bool) -> String {
+    format!(
+        "COPY {} ({}) FROM STDIN WITH (FORMAT binary{})",
+        qualified(SHADOW_SCHEMA, R::TABLE),
+        R::COLUMNS.join(", "),
+        if freeze { ", FREEZE" } else { "" }
+    )
+}
+
+/// COPYs byte chunks (whole binary COPY tuples) into a shadow table.
 async fn copy_stream<R: Row>(
     conn: &mut PgConnection,
     mut chunks: mpsc::Receiver<Vec<u8>>,
 ) -> ProjectionResult<u64> {
-    let statement = format!(
-        "COPY {} ({}) FROM STDIN",
-        qualified(SHADOW_SCHEMA, R::TABLE),
-        R::COLUMNS.join(", ")
-    );
-    let mut copy = conn.copy_in_raw(&statement).await?;
+    let mut copy = conn.copy_in_raw(&copy_statement::<R>(false)).await?;
+    copy.send(COPY_BINARY_HEADER).await?;
     while let Some(chunk) = chunks.recv().await {
         if let Err(err) = copy.send(chunk).await {
             let _ = copy.abort("rebuild failed").await;
             return Err(err.into());
         }
     }
+    copy.send(COPY_BINARY_TRAILER).await?;
     Ok(copy.finish().await?)
 }
 
+/// Loads a table from memory. The shadow table is truncated in the COPY's
+/// transaction so the rows can be written frozen (COPY FREEZE): the index
+/// builds and the validation read-back then find hint bits set instead of
+/// setting them and rewriting every page.
 async fn copy_table<R: Row>(conn: &mut PgConnection, table: &Table<R>) -> ProjectionResult<()> {
-    let statement = format!(
-        "COPY {} ({}) FROM STDIN",
-        qualified(SHADOW_SCHEMA, R::TABLE),
-        R::COLUMNS.join(", ")
-    );
-    let mut copy = conn.copy_in_raw(&statement).await?;
+    let mut tx = conn.begin().await?;
+    sqlx::raw_sql(&format!("TRUNCATE {}", qualified(SHADOW_SCHEMA, R::TABLE)))
+        .execute(&mut *tx)
+        .await?;
+    let mut copy = tx.copy_in_raw(&copy_statement::<R>(true)).await?;
     let mut buffer = Vec::with_capacity(COPY_BUFFER + 4096);
+    buffer.extend_from_slice(COPY_BINARY_HEADER);
     for row in table.values() {
-        let mut line = CopyLine::new(&mut buffer);
-        row.copy_text(&mut line);
-        line.end();
+        let mut tuple = CopyRow::new(&mut buffer, R::COLUMNS.len());
+        row.copy_binary(&mut tuple);
         if buffer.len() >= COPY_BUFFER {
             let full = std::mem::replace(&mut buffer, Vec::with_capacity(COPY_BUFFER + 4096));
             copy.send(full).await?;
         }
     }
-    if !buffer.is_empty() {
-        copy.send(buffer).await?;
-    }
+    buffer.extend_from_slice(COPY_BINARY_TRAILER);
+    copy.send(buffer).await?;
     copy.finish().await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -511,9 +599,8 @@ fn table_job<'a, R: Row>(connect: &'a PgConnectOptions, table: &'a Table<R>) -> 
     Box::pin(async move {
         let mut conn = index_connection(connect).await?;
         copy_table(&mut conn, table).await?;
-        copy_constraints_and_indexes(&mut conn, R::TABLE).await?;
         let _ = conn.close().await;
-        Ok(())
+        build_indexes(connect, R::TABLE).await
     })
 }
 
@@ -537,12 +624,7 @@ async fn load_and_index(
     let mut jobs: Vec<Job<'_>> = Vec::new();
     if projections.contains(&Projection::Audit) {
         let connect = &connect;
-        jobs.push(Box::pin(async move {
-            let mut conn = index_connection(connect).await?;
-            copy_constraints_and_indexes(&mut conn, AuditRow::TABLE).await?;
-            let _ = conn.close().await;
-            Ok(())
-        }));
+        jobs.push(Box::pin(build_indexes(connect, AuditRow::TABLE)));
     }
     if let Some(f) = &fold.customers {
         jobs.push(table_job(&connect, &f.customers));
@@ -569,33 +651,45 @@ struct Validation {
 }
 
 async fn validate(
+    connect: &PgConnectOptions,
     conn: &mut PgConnection,
     projections: &[Projection],
     end: Position,
     folded_events: u64,
+    (second_events, second): (u64, Sums),
 ) -> ProjectionResult<Validation> {
-    let mut tx = conn.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
-        .await?;
-    let mut shadow = Sums::new();
-    for projection in projections {
+    // The shadow tables are read back one projection per connection, all at
+    // once: nothing else writes them, so they need no common snapshot.
+    let reads = projections.iter().map(|projection| async move {
+        let mut conn = PgConnection::connect_with(connect).await?;
+        let mut sums = Sums::new();
         checksum::database_sums(
-            &mut tx,
+            &mut conn,
             SHADOW_SCHEMA,
             *projection,
             Mode::Local,
-            &mut shadow,
+            &mut sums,
         )
         .await?;
+        let _ = conn.close().await;
+        Ok::<Sums, ProjectionError>(sums)
+    });
+    let mut shadow = Sums::new();
+    for sums in futures::future::try_join_all(reads).await? {
+        shadow.extend(sums);
     }
-    let (second_events, second) = stream_order_sums(&mut tx, projections, end, Mode::Local).await?;
     let mut differences = checksum::differences("rebuild", &shadow, "second fold", &second);
     if second_events != folded_events {
         differences.push(format!(
             "events: the rebuild folded {folded_events}, the second fold {second_events}"
         ));
     }
+    // The live tables and their checkpoints in one read-only snapshot (no
+    // transaction id: it does not hold the watermark back).
+    let mut tx = conn.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
     // Live tables, when their runner is exactly at the end position.
     let mut at_end = true;
     let mut notes = Vec::new();

@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::hash::Hash;
 
-use chrono::{DateTime, SecondsFormat, TimeDelta, TimeZone, Utc};
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use serde::{Serialize, Serializer};
 use sqlx::postgres::PgRow;
 use sqlx::FromRow;
@@ -27,8 +27,8 @@ pub trait Row:
     /// The primary key columns (the upsert conflict target).
     const KEY: &'static [&'static str];
     fn key(&self) -> Self::Key;
-    /// Appends the row as one line of COPY text format.
-    fn copy_text(&self, line: &mut CopyLine<'_>);
+    /// Appends the row's fields, in `COLUMNS` order, to a binary COPY tuple.
+    fn copy_binary(&self, row: &mut CopyRow<'_>);
     /// The row as checksummed: JSON values with their object keys sorted
     /// (so the encoding does not depend on key order) and, when `portable`,
     /// without what differs between two databases holding the same log
@@ -124,44 +124,45 @@ pub fn db_time(at: DateTime<Utc>) -> DateTime<Utc> {
     }
 }
 
-/// Builds one COPY text line.
-pub struct CopyLine<'a> {
+/// The binary COPY stream's header: signature, flags, no extension.
+pub const COPY_BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+/// The binary COPY stream's trailer (a field count of -1).
+pub const COPY_BINARY_TRAILER: &[u8] = &[0xff, 0xff];
+
+/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+/// The OID of `text`, the element type of the `text[]` columns.
+const TEXT_OID: u32 = 25;
+
+/// Builds one tuple of PostgreSQL's binary COPY format. Binary rather than
+/// text because the server then parses nothing (no timestamps, UUIDs or
+/// escapes to read): about a third less server time per audit row,
+/// measured (docs/decisions/0102). The server checks every field against
+/// its column type (lengths, ranges, UTF-8), so a wrong encoding fails the
+/// COPY; it cannot load a different value.
+pub struct CopyRow<'a> {
     out: &'a mut Vec<u8>,
-    first: bool,
 }
 
-impl<'a> CopyLine<'a> {
-    pub fn new(out: &'a mut Vec<u8>) -> Self {
-        Self { out, first: true }
+impl<'a> CopyRow<'a> {
+    /// Starts a tuple of `columns` fields.
+    pub fn new(out: &'a mut Vec<u8>, columns: usize) -> Self {
+        out.extend_from_slice(&(columns as i16).to_be_bytes());
+        Self { out }
     }
 
-    fn sep(&mut self) {
-        if !self.first {
-            self.out.push(b'\t');
-        }
-        self.first = false;
+    fn field(&mut self, bytes: &[u8]) {
+        self.out
+            .extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+        self.out.extend_from_slice(bytes);
     }
 
     pub fn null(&mut self) {
-        self.sep();
-        self.out.extend_from_slice(b"\\N");
-    }
-
-    fn escaped(&mut self, text: &str) {
-        for byte in text.bytes() {
-            match byte {
-                b'\\' => self.out.extend_from_slice(b"\\\\"),
-                b'\n' => self.out.extend_from_slice(b"\\n"),
-                b'\r' => self.out.extend_from_slice(b"\\r"),
-                b'\t' => self.out.extend_from_slice(b"\\t"),
-                other => self.out.push(other),
-            }
-        }
+        self.out.extend_from_slice(&(-1i32).to_be_bytes());
     }
 
     pub fn text(&mut self, text: &str) {
-        self.sep();
-        self.escaped(text);
+        self.field(text.as_bytes());
     }
 
     pub fn opt_text(&mut self, text: Option<&str>) {
@@ -172,10 +173,7 @@ impl<'a> CopyLine<'a> {
     }
 
     pub fn uuid(&mut self, id: &Uuid) {
-        self.sep();
-        let mut buf = Uuid::encode_buffer();
-        let s = id.hyphenated().encode_lower(&mut buf);
-        self.out.extend_from_slice(s.as_bytes());
+        self.field(id.as_bytes());
     }
 
     pub fn opt_uuid(&mut self, id: Option<&Uuid>) {
@@ -186,44 +184,44 @@ impl<'a> CopyLine<'a> {
     }
 
     pub fn bool(&mut self, value: bool) {
-        self.sep();
-        self.out.push(if value { b't' } else { b'f' });
+        self.field(&[u8::from(value)]);
     }
 
-    pub fn int(&mut self, value: i64) {
-        use std::io::Write as _;
-        self.sep();
-        // Writing to a Vec cannot fail.
-        let _ = write!(self.out, "{value}");
+    /// A `bigint`.
+    pub fn int8(&mut self, value: i64) {
+        self.field(&value.to_be_bytes());
     }
 
-    pub fn opt_int(&mut self, value: Option<i64>) {
+    pub fn opt_int8(&mut self, value: Option<i64>) {
         match value {
-            Some(v) => self.int(v),
+            Some(v) => self.int8(v),
             None => self.null(),
         }
     }
 
-    pub fn time(&mut self, at: &DateTime<Utc>) {
-        use chrono::{Datelike, Timelike};
-        use std::io::Write as _;
-        self.sep();
-        let year = at.year();
-        if (1..=9999).contains(&year) {
-            let _ = write!(
-                self.out,
-                "{year:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}+00",
-                at.month(),
-                at.day(),
-                at.hour(),
-                at.minute(),
-                at.second(),
-                at.timestamp_subsec_micros().min(999_999)
-            );
-        } else {
-            self.out
-                .extend_from_slice(at.to_rfc3339_opts(SecondsFormat::Micros, true).as_bytes());
+    /// An `integer`.
+    pub fn int4(&mut self, value: i32) {
+        self.field(&value.to_be_bytes());
+    }
+
+    pub fn opt_int4(&mut self, value: Option<i32>) {
+        match value {
+            Some(v) => self.int4(v),
+            None => self.null(),
         }
+    }
+
+    /// A `timestamptz`: microseconds since 2000-01-01 UTC, truncated like
+    /// [`db_time`] (and sqlx).
+    pub fn time(&mut self, at: &DateTime<Utc>) {
+        let micros = at.timestamp() * 1_000_000 + i64::from(at.timestamp_subsec_micros());
+        // Truncate towards the PostgreSQL epoch, as `db_time` does: for
+        // times before 2000 with a sub-microsecond part that is one
+        // microsecond later than flooring.
+        let before_epoch_with_nanos =
+            micros < PG_EPOCH_MICROS && !at.timestamp_subsec_nanos().is_multiple_of(1_000);
+        let pg = micros - PG_EPOCH_MICROS + i64::from(before_epoch_with_nanos);
+        self.field(&pg.to_be_bytes());
     }
 
     pub fn opt_time(&mut self, at: Option<&DateTime<Utc>>) {
@@ -233,52 +231,38 @@ impl<'a> CopyLine<'a> {
         }
     }
 
+    /// A `jsonb`: format version 1, then the JSON text.
     pub fn json(&mut self, value: &serde_json::Value) {
-        self.sep();
         let start = self.out.len();
+        self.out.extend_from_slice(&[0, 0, 0, 0, 1]);
         // Serialising a Value into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *self.out, value);
-        // JSON text has no raw tab or newline, only backslashes to escape.
-        if self.out[start..].contains(&b'\\') {
-            let text: Vec<u8> = self.out.split_off(start);
-            for byte in text {
-                if byte == b'\\' {
-                    self.out.extend_from_slice(b"\\\\");
-                } else {
-                    self.out.push(byte);
-                }
-            }
-        }
+        let len = (self.out.len() - start - 4) as i32;
+        self.out[start..start + 4].copy_from_slice(&len.to_be_bytes());
     }
 
+    /// A one-dimensional `text[]` without NULLs.
     pub fn text_array(&mut self, items: &[String]) {
-        self.sep();
-        let mut literal = String::from("{");
-        for (i, item) in items.iter().enumerate() {
-            if i > 0 {
-                literal.push(',');
+        let start = self.out.len();
+        self.out.extend_from_slice(&[0, 0, 0, 0]);
+        let dimensions: i32 = if items.is_empty() { 0 } else { 1 };
+        self.out.extend_from_slice(&dimensions.to_be_bytes());
+        self.out.extend_from_slice(&0i32.to_be_bytes()); // no NULLs
+        self.out.extend_from_slice(&TEXT_OID.to_be_bytes());
+        if !items.is_empty() {
+            self.out
+                .extend_from_slice(&(items.len() as i32).to_be_bytes());
+            self.out.extend_from_slice(&1i32.to_be_bytes()); // lower bound
+            for item in items {
+                self.field(item.as_bytes());
             }
-            literal.push('"');
-            for c in item.chars() {
-                if c == '"' || c == '\\' {
-                    literal.push('\\');
-                }
-                literal.push(c);
-            }
-            literal.push('"');
         }
-        literal.push('}');
-        self.escaped(&literal);
+        let len = (self.out.len() - start - 4) as i32;
+        self.out[start..start + 4].copy_from_slice(&len.to_be_bytes());
     }
 
     pub fn bytea(&mut self, bytes: &[u8]) {
-        self.sep();
-        self.out.extend_from_slice(b"\\\\x");
-        self.out.extend_from_slice(hex::encode(bytes).as_bytes());
-    }
-
-    pub fn end(self) {
-        self.out.push(b'\n');
+        self.field(bytes);
     }
 }
 
@@ -307,7 +291,7 @@ impl Row for CustomerRow {
     fn key(&self) -> Uuid {
         self.customer_id
     }
-    fn copy_text(&self, l: &mut CopyLine<'_>) {
+    fn copy_binary(&self, l: &mut CopyRow<'_>) {
         l.uuid(&self.customer_id);
         l.text(&self.email);
         l.opt_text(self.display_name.as_deref());
@@ -318,12 +302,12 @@ impl Row for CustomerRow {
         l.opt_time(self.status_changed_at.as_ref());
         l.opt_text(self.status_changed_by.as_deref());
         l.text(&self.default_role);
-        l.opt_int(self.legacy_id);
-        l.opt_int(self.backup_codes_generation.map(i64::from));
-        l.opt_int(self.pending_verification_sequence);
+        l.opt_int8(self.legacy_id);
+        l.opt_int4(self.backup_codes_generation);
+        l.opt_int8(self.pending_verification_sequence);
         l.time(&self.created_at);
         l.time(&self.updated_at);
-        l.int(self.last_sequence);
+        l.int8(self.last_sequence);
     }
 }
 
@@ -349,7 +333,7 @@ impl Row for RoleRow {
     fn key(&self) -> Uuid {
         self.row_id
     }
-    fn copy_text(&self, l: &mut CopyLine<'_>) {
+    fn copy_binary(&self, l: &mut CopyRow<'_>) {
         l.uuid(&self.row_id);
         l.opt_uuid(self.grant_id.as_ref());
         l.uuid(&self.customer_id);
@@ -383,10 +367,10 @@ impl Row for BackupCodeRow {
     fn key(&self) -> (Uuid, i32, i32) {
         (self.customer_id, self.generation, self.code_index)
     }
-    fn copy_text(&self, l: &mut CopyLine<'_>) {
+    fn copy_binary(&self, l: &mut CopyRow<'_>) {
         l.uuid(&self.customer_id);
-        l.int(i64::from(self.generation));
-        l.int(i64::from(self.code_index));
+        l.int4(self.generation);
+        l.int4(self.code_index);
         l.text(&self.code_hash);
         l.time(&self.created_at);
         l.opt_time(self.redeemed_at.as_ref());
@@ -412,9 +396,9 @@ impl Row for EmailVerificationRow {
     fn key(&self) -> (Uuid, i64) {
         (self.customer_id, self.request_sequence)
     }
-    fn copy_text(&self, l: &mut CopyLine<'_>) {
+    fn copy_binary(&self, l: &mut CopyRow<'_>) {
         l.uuid(&self.customer_id);
-        l.int(self.request_sequence);
+        l.int8(self.request_sequence);
         l.text(&self.token_hash);
         l.time(&self.requested_at);
         l.time(&self.expires_at);
@@ -450,7 +434,7 @@ impl Row for CredentialRow {
     fn key(&self) -> Uuid {
         self.credential_id
     }
-    fn copy_text(&self, l: &mut CopyLine<'_>) {
+    fn copy_binary(&self, l: &mut CopyRow<'_>) {
         l.uuid(&self.credential_id);
         l.text(&self.raw_credential_id);
         l.uuid(&self.customer_id);
@@ -458,16 +442,16 @@ impl Row for CredentialRow {
         l.opt_uuid(self.aaguid.as_ref());
         l.bool(self.backup_eligible);
         l.bool(self.backup_state);
-        l.int(self.sign_count);
+        l.int8(self.sign_count);
         l.text_array(&self.transports);
         l.json(&self.passkey);
-        l.opt_int(self.legacy_id);
+        l.opt_int8(self.legacy_id);
         l.time(&self.created_at);
         l.opt_time(self.last_used_at.as_ref());
         l.opt_time(self.revoked_at.as_ref());
         l.opt_text(self.revoke_reason.as_deref());
         l.time(&self.updated_at);
-        l.int(self.last_sequence);
+        l.int8(self.last_sequence);
     }
     fn for_checksum(&self, _portable: bool) -> Cow<'_, Self> {
         if json_maps_are_sorted() {
@@ -505,24 +489,24 @@ impl Row for SessionRow {
     fn key(&self) -> Uuid {
         self.session_id
     }
-    fn copy_text(&self, l: &mut CopyLine<'_>) {
+    fn copy_binary(&self, l: &mut CopyRow<'_>) {
         l.uuid(&self.session_id);
         l.uuid(&self.customer_id);
         l.opt_text(self.amr.as_deref());
         l.opt_uuid(self.credential_id.as_ref());
         l.opt_uuid(self.family_id.as_ref());
-        l.opt_int(self.legacy_id);
+        l.opt_int8(self.legacy_id);
         l.time(&self.created_at);
         l.time(&self.last_seen_at);
-        l.int(self.idle_timeout_secs);
+        l.int8(self.idle_timeout_secs);
         l.time(&self.idle_expires_at);
         l.time(&self.expires_at);
-        l.int(self.refresh_count);
+        l.int8(self.refresh_count);
         l.text(&self.refresh_hash);
         l.opt_time(self.revoked_at.as_ref());
         l.opt_text(self.revoke_reason.as_deref());
         l.time(&self.updated_at);
-        l.int(self.last_sequence);
+        l.int8(self.last_sequence);
     }
 }
 
@@ -540,7 +524,7 @@ impl Row for RefreshTokenRow {
     fn key(&self) -> String {
         self.refresh_hash.clone()
     }
-    fn copy_text(&self, l: &mut CopyLine<'_>) {
+    fn copy_binary(&self, l: &mut CopyRow<'_>) {
         l.text(&self.refresh_hash);
         l.uuid(&self.session_id);
         l.uuid(&self.customer_id);
@@ -580,12 +564,12 @@ impl Row for AuditRow {
             self.sequence,
         )
     }
-    fn copy_text(&self, l: &mut CopyLine<'_>) {
+    fn copy_binary(&self, l: &mut CopyRow<'_>) {
         l.text(&self.aggregate_type);
         l.text(&self.aggregate_id);
-        l.int(self.sequence);
-        l.int(self.commit_xid);
-        l.int(self.insert_id);
+        l.int8(self.sequence);
+        l.int8(self.commit_xid);
+        l.int8(self.insert_id);
         l.text(&self.event_type);
         l.text(&self.event_version);
         l.uuid(&self.event_id);
@@ -621,19 +605,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn copy_text_escapes_and_nulls() {
+    fn copy_binary_fields() {
         let mut out = Vec::new();
-        let mut line = CopyLine::new(&mut out);
-        line.text("a\tb\\c\nd");
-        line.null();
-        line.text_array(&["x\"y".into(), "z".into()]);
-        line.bytea(&[1, 255]);
-        line.json(&serde_json::json!({"k": "v\\"}));
-        line.end();
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "a\\tb\\\\c\\nd\t\\N\t{\"x\\\\\"y\",\"z\"}\t\\\\x01ff\t{\"k\":\"v\\\\\\\\\"}\n"
-        );
+        let mut row = CopyRow::new(&mut out, 9);
+        row.text("a\tb");
+        row.null();
+        row.int4(-2);
+        row.int8(7);
+        row.bool(true);
+        row.text_array(&["x".into(), "yz".into()]);
+        row.text_array(&[]);
+        row.json(&serde_json::json!({"k": 1}));
+        row.time(&Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 1).unwrap());
+        let mut expected: Vec<u8> = vec![0, 9];
+        expected.extend([0, 0, 0, 3, b'a', b'\t', b'b']);
+        expected.extend([0xff, 0xff, 0xff, 0xff]);
+        expected.extend([0, 0, 0, 4, 0xff, 0xff, 0xff, 0xfe]);
+        expected.extend([0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 7]);
+        expected.extend([0, 0, 0, 1, 1]);
+        expected.extend([0, 0, 0, 31, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 25]);
+        expected.extend([
+            0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 1, b'x', 0, 0, 0, 2, b'y', b'z',
+        ]);
+        expected.extend([0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 25]);
+        expected.extend([0, 0, 0, 8, 1]);
+        expected.extend(b"{\"k\":1}");
+        expected.extend([0, 0, 0, 8, 0, 0, 0, 0, 0, 0x0f, 0x42, 0x40]);
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn copy_binary_time_truncates_like_db_time() {
+        for t in [
+            Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap() + TimeDelta::nanoseconds(1_234_567),
+            Utc.with_ymd_and_hms(1999, 12, 31, 23, 59, 59).unwrap()
+                + TimeDelta::nanoseconds(999_999_999),
+            Utc.with_ymd_and_hms(1969, 7, 20, 20, 17, 0).unwrap() + TimeDelta::nanoseconds(1),
+        ] {
+            let mut out = Vec::new();
+            CopyRow::new(&mut out, 1).time(&t);
+            let micros = i64::from_be_bytes(out[6..14].try_into().unwrap());
+            let epoch = Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).unwrap();
+            assert_eq!(epoch + TimeDelta::microseconds(micros), db_time(t), "{t}");
+        }
     }
 
     #[test]
