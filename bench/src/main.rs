@@ -5,6 +5,7 @@
 mod export;
 mod http;
 mod ledger;
+mod ratelimit;
 mod rebuild;
 mod support;
 
@@ -27,6 +28,8 @@ enum Bench {
     Rebuild(rebuild::Args),
     /// login/complete and refresh over HTTP vs a plain axum + sqlx handler doing the same row inserts.
     Http(http::Args),
+    /// Rate-limit checks: per-process vs shared through Redis vs Redis unreachable.
+    Ratelimit(ratelimit::Args),
 }
 
 #[tokio::main]
@@ -37,6 +40,7 @@ async fn main() -> std::process::ExitCode {
         Bench::Rebuild(args) => rebuild::run(args).await,
         Bench::Export(args) => export::run(args).await,
         Bench::Http(args) => http::run(args).await,
+        Bench::Ratelimit(args) => ratelimit::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

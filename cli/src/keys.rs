@@ -22,13 +22,15 @@ pub enum KeysCommand {
         #[arg(long, default_value = "queue.localhost/ledger")]
         origin: String,
     },
-    /// Add a new signing key and make it current; tokens signed by the
-    /// previous keys keep verifying. Running instances reload at once
+    /// Add a new signing key and make it current; what the previous keys
+    /// signed keeps verifying. Running instances reload at once
     /// (Postgres NOTIFY, when DATABASE_URL is set).
     Rotate {
         #[arg(long, value_enum)]
         kind: RotateKind,
-        /// The key file (default: QUEUE_JWT_KEYS_FILE, else <QUEUE_DEV_KEY_DIR or .dev/keys>/jwt_keys).
+        /// The key file (default: QUEUE_JWT_KEYS_FILE, QUEUE_MAC_KEYS_FILE or
+        /// QUEUE_CHECKPOINT_KEY_FILE, else jwt_keys, mac_keys or
+        /// checkpoint.key in QUEUE_DEV_KEY_DIR or .dev/keys).
         #[arg(long)]
         file: Option<PathBuf>,
     },
