@@ -43,31 +43,88 @@ pub struct Args {
     /// Concurrent writers while filling the store.
     #[arg(long, default_value_t = 4)]
     writers: usize,
+    /// Keep the filled store in this database and reuse it on the next run
+    /// (filled only when it does not hold exactly `--events` events), so
+    /// repeated measurements skip the fill. Without it a scratch database
+    /// is created and dropped.
+    #[arg(long)]
+    keep_database: Option<String>,
 }
 
 pub async fn run(args: Args) -> BenchResult<()> {
+    if let Some(name) = &args.keep_database {
+        let pool = kept_database(name).await?;
+        return bench(&pool, &args).await;
+    }
     let scratch = ScratchDb::create(16).await?;
-    let result = bench(&scratch, &args).await;
+    let result = bench(&scratch.pool, &args).await;
     scratch.drop_db().await?;
     result
 }
 
-async fn bench(scratch: &ScratchDb, args: &Args) -> BenchResult<()> {
-    let pool = scratch.pool.clone();
+/// A pool on the named database, created if missing.
+async fn kept_database(name: &str) -> BenchResult<sqlx::PgPool> {
+    use sqlx::{ConnectOptions as _, Connection as _};
+    use std::str::FromStr as _;
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err("--keep-database: lowercase letters, digits and _ only".into());
+    }
+    let url = std::env::var("DATABASE_URL")
+        .map_err(|_| "DATABASE_URL is not set (a server where it may create databases)")?;
+    let admin = sqlx::postgres::PgConnectOptions::from_str(&url)?;
+    let mut conn = admin.connect().await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await?;
+    }
+    conn.close().await?;
+    Ok(sqlx::postgres::PgPoolOptions::new()
+        .max_connections(16)
+        .connect_with(admin.database(name))
+        .await?)
+}
+
+async fn bench(pool: &sqlx::PgPool, args: &Args) -> BenchResult<()> {
+    let pool = pool.clone();
     db::migrate(&pool).await?;
-    let repo = ChainedEventRepository::new(
-        pool.clone(),
-        SharedMacKeys::new(MacKeys::single("k1", vec![0x42; 32])?),
-        Arc::new(SystemClock),
-    );
-    let started = Instant::now();
-    let filled = fill(&repo, args.events, args.writers.max(1)).await?;
-    println!(
-        "filled {filled} events in {:.1} s ({:.0} events/s through the chained repository)",
-        started.elapsed().as_secs_f64(),
-        rate(filled, started.elapsed().as_secs_f64())
-    );
-    sqlx::query("VACUUM ANALYZE events").execute(&pool).await?;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await?;
+    let filled = if stored > 0 && stored as u64 == args.events {
+        println!("reusing {stored} events in the kept database");
+        stored as u64
+    } else {
+        if stored > 0 {
+            return Err(format!(
+                "the kept database holds {stored} events, not {}: drop it first",
+                args.events
+            )
+            .into());
+        }
+        let repo = ChainedEventRepository::new(
+            pool.clone(),
+            SharedMacKeys::new(MacKeys::single("k1", vec![0x42; 32])?),
+            Arc::new(SystemClock),
+        );
+        let started = Instant::now();
+        let filled = fill(&repo, args.events, args.writers.max(1)).await?;
+        println!(
+            "filled {filled} events in {:.1} s ({:.0} events/s through the chained repository)",
+            started.elapsed().as_secs_f64(),
+            rate(filled, started.elapsed().as_secs_f64())
+        );
+        sqlx::query("VACUUM ANALYZE events").execute(&pool).await?;
+        filled
+    };
 
     scan(&pool).await?; // warm-up
     let mut scan_secs = f64::MAX;
@@ -81,6 +138,7 @@ async fn bench(scratch: &ScratchDb, args: &Args) -> BenchResult<()> {
     }
     let scan_rate = rate(filled, scan_secs);
 
+    println!("load average before the rebuild: {}", load_average());
     let t = Instant::now();
     let report = queue_projections::rebuild(&pool, &RebuildOptions::default(), &NoProgress).await?;
     let total_secs = t.elapsed().as_secs_f64();
@@ -106,16 +164,30 @@ async fn bench(scratch: &ScratchDb, args: &Args) -> BenchResult<()> {
         report.load_ms as f64 / 1000.0
     );
     println!(
-        "validation (second fold + checksums of shadow tables) {:.2} s; swap {:.3} s; whole rebuild {:.2} s ({:.0} events/s)",
+        "validation {:.2} s (of which the second, stream-order fold {:.2} s; then shadow tables read back and checksummed); swap {:.3} s",
         report.validate_ms as f64 / 1000.0,
+        report.second_fold_ms as f64 / 1000.0,
         report.swap_ms as f64 / 1000.0,
+    );
+    println!(
+        "whole rebuild (replay, load, index, validation, swap) {:>10.0} events/s  ({:.2} s)   ratio to bare scan {:.2}",
+        rate(filled, total_secs),
         total_secs,
-        rate(filled, total_secs)
+        rate(filled, total_secs) / scan_rate
     );
     for table in &report.tables {
         println!("  {:<30} {:>10} rows", table.table, table.rows);
     }
+    println!("load average after the rebuild: {}", load_average());
     Ok(())
+}
+
+/// The 1, 5 and 15 minute load averages (the machine is shared: numbers
+/// are only comparable with the load they were measured under).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Reads every event row in global order and does nothing with it.

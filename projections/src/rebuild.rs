@@ -22,9 +22,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::TryStreamExt;
+use futures::stream::FuturesOrdered;
+use futures::{StreamExt as _, TryStreamExt};
 use queue_eventstore::feed::Position;
 use serde::Serialize;
 use sqlx::postgres::PgConnectOptions;
@@ -33,8 +35,8 @@ use tokio::sync::mpsc;
 
 use crate::checksum::{self, Mode, Sums, TableSum};
 use crate::error::{ProjectionError, ProjectionResult};
-use crate::events::{raw_from_row, read_batch, watermark, Decoder, Event, EVENT_COLUMNS};
-use crate::fold::Table;
+use crate::events::{raw_from_row, read_batch, watermark, Decoder, Event, RawEvent, EVENT_COLUMNS};
+use crate::fold::{AuditFold, Table};
 use crate::projection::Projection;
 use crate::replay::{stream_order_sums, FullFold};
 use crate::rows::{AuditRow, CopyRow, Row, COPY_BINARY_HEADER, COPY_BINARY_TRAILER};
@@ -384,9 +386,21 @@ async fn build_indexes(connect: &PgConnectOptions, table: &str) -> ProjectionRes
 const CHUNK: usize = 1024;
 const AUDIT_WRITERS: usize = 2;
 const COPY_BUFFER: usize = 1 << 20;
+/// Chunks being decoded at once on the blocking pool.
+const DECODE_IN_FLIGHT: usize = 3;
 
-/// Streams the log up to `end` in global order: one task reads and decodes,
-/// this one folds, a third writes the audit rows with COPY as they come.
+/// Decodes a chunk of raw events (on the blocking pool).
+fn decode_chunk(decoder: &Decoder, raws: Vec<RawEvent>) -> ProjectionResult<Vec<Event>> {
+    raws.into_iter().map(|raw| decoder.decode(raw)).collect()
+}
+
+/// Streams the log up to `end` in global order. One task reads the rows
+/// and hands chunks to the blocking pool for decoding (in order, a few at
+/// once); this one deals the decoded chunks to two folds on threads of
+/// their own, one for the customers, credentials and sessions tables and
+/// one for the audit rows, which it encodes and hands to the COPY writers
+/// as it makes them. Every stage runs beside the others, so the replay uses
+/// several cores (and, on a shared machine, gets more CPU time).
 async fn replay_into_shadow(
     pool: &PgPool,
     projections: &[Projection],
@@ -400,7 +414,7 @@ async fn replay_into_shadow(
     let reader_connect = connect.clone();
     let reader = AbortOnDrop(tokio::spawn(async move {
         let mut conn = PgConnection::connect_with(&reader_connect).await?;
-        let decoder = Decoder::new();
+        let decoder = Arc::new(Decoder::new());
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE (commit_xid, insert_id) <= ($1, $2) \
              ORDER BY commit_xid, insert_id"
@@ -411,32 +425,47 @@ async fn replay_into_shadow(
             .fetch(&mut conn);
         let mut chunk = Vec::with_capacity(CHUNK);
         let mut skipped = 0u64;
-        while let Some(row) = rows.try_next().await? {
-            let raw = raw_from_row(&row)?;
-            if !reader_projections
-                .iter()
-                .any(|p| p.reads(&raw.meta.aggregate_type))
-            {
-                skipped += 1;
-                continue;
+        let mut decoding = FuturesOrdered::new();
+        let mut done = false;
+        while !done {
+            match rows.try_next().await? {
+                Some(row) => {
+                    let raw = raw_from_row(&row)?;
+                    if reader_projections
+                        .iter()
+                        .any(|p| p.reads(&raw.meta.aggregate_type))
+                    {
+                        chunk.push(raw);
+                    } else {
+                        skipped += 1;
+                    }
+                }
+                None => done = true,
             }
-            chunk.push(decoder.decode(raw)?);
-            if chunk.len() == CHUNK {
+            if chunk.len() == CHUNK || (done && !chunk.is_empty()) {
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
-                if event_tx.send(full).await.is_err() {
+                let decoder = Arc::clone(&decoder);
+                decoding.push_back(tokio::task::spawn_blocking(move || {
+                    decode_chunk(&decoder, full)
+                }));
+            }
+            while decoding.len() >= DECODE_IN_FLIGHT || (done && !decoding.is_empty()) {
+                let Some(decoded) = decoding.next().await else {
                     break;
+                };
+                let events =
+                    decoded.map_err(|e| ProjectionError::Rebuild(format!("decoder: {e}")))??;
+                if event_tx.send(events).await.is_err() {
+                    return Ok(());
                 }
             }
-        }
-        if !chunk.is_empty() {
-            let _ = event_tx.send(chunk).await;
         }
         let _ = skipped_tx.send(skipped);
         Ok::<(), ProjectionError>(())
     }));
 
     // The audit rows go to the shadow table through AUDIT_WRITERS COPY
-    // streams at once (chunks dealt round-robin), so the server parses them
+    // streams at once (buffers dealt round-robin), so the server parses them
     // on more than one backend.
     let with_audit = projections.contains(&Projection::Audit);
     let mut copy_txs = Vec::new();
@@ -452,70 +481,115 @@ async fn replay_into_shadow(
             })));
         }
     }
-    let mut next_writer = 0usize;
+    let (audit_tx, audit_fold) = if with_audit {
+        let (tx, mut rx) = mpsc::channel::<Arc<Vec<Event>>>(8);
+        let fold = AbortOnDrop(tokio::task::spawn_blocking(move || {
+            let mut fold = AuditFold::new();
+            let mut buffer = Vec::with_capacity(COPY_BUFFER + 4096);
+            let mut next_writer = 0usize;
+            while let Some(chunk) = rx.blocking_recv() {
+                for event in chunk.iter() {
+                    if let Some(row) = fold.apply(event)? {
+                        let mut tuple = CopyRow::new(&mut buffer, AuditRow::COLUMNS.len());
+                        row.copy_binary(&mut tuple);
+                    }
+                }
+                if buffer.len() >= COPY_BUFFER {
+                    let full =
+                        std::mem::replace(&mut buffer, Vec::with_capacity(COPY_BUFFER + 4096));
+                    next_writer = (next_writer + 1) % copy_txs.len().max(1);
+                    // A writer that stopped reports its own error.
+                    match copy_txs.get(next_writer) {
+                        Some(tx) if tx.blocking_send(full).is_ok() => {}
+                        _ => return Ok(()),
+                    }
+                }
+            }
+            if !buffer.is_empty() {
+                if let Some(tx) = copy_txs.first() {
+                    let _ = tx.blocking_send(buffer);
+                }
+            }
+            Ok::<(), ProjectionError>(())
+        }));
+        (Some(tx), Some(fold))
+    } else {
+        drop(copy_txs);
+        (None, None)
+    };
+    let table_projections: Vec<Projection> = projections
+        .iter()
+        .copied()
+        .filter(|p| *p != Projection::Audit)
+        .collect();
+    let (table_tx, table_fold) = if table_projections.is_empty() {
+        (None, None)
+    } else {
+        let (tx, mut rx) = mpsc::channel::<Arc<Vec<Event>>>(8);
+        let fold = AbortOnDrop(tokio::task::spawn_blocking(move || {
+            let mut fold = FullFold::new(&table_projections);
+            while let Some(chunk) = rx.blocking_recv() {
+                for event in chunk.iter() {
+                    fold.apply(event)?;
+                }
+            }
+            Ok::<FullFold, ProjectionError>(fold)
+        }));
+        (Some(tx), Some(fold))
+    };
 
-    let mut fold = FullFold::new(projections);
-    let mut buffer = Vec::with_capacity(COPY_BUFFER + 4096);
-    let mut failure = None;
+    let mut dealt = 0u64;
     while let Some(chunk) = event_rx.recv().await {
         let n = chunk.len() as u64;
-        for event in &chunk {
-            match fold.apply(event) {
-                Ok(Some(row)) => {
-                    let mut tuple = CopyRow::new(&mut buffer, AuditRow::COLUMNS.len());
-                    row.copy_binary(&mut tuple);
-                }
-                Ok(None) => {}
-                Err(err) => {
-                    failure = Some(err);
-                    break;
-                }
+        let chunk = Arc::new(chunk);
+        // A fold that stopped (on a bad event) reports its own error.
+        if let Some(tx) = &table_tx {
+            if tx.send(Arc::clone(&chunk)).await.is_err() {
+                break;
             }
         }
-        if failure.is_some() {
-            break;
-        }
-        if buffer.len() >= COPY_BUFFER {
-            let full = std::mem::replace(&mut buffer, Vec::with_capacity(COPY_BUFFER + 4096));
-            next_writer = (next_writer + 1) % copy_txs.len().max(1);
-            match copy_txs.get(next_writer) {
-                Some(tx) if tx.send(full).await.is_ok() => {}
-                _ => break,
+        if let Some(tx) = &audit_tx {
+            if tx.send(chunk).await.is_err() {
+                break;
             }
         }
+        dealt += n;
         progress.advance(n);
-        // Folding is CPU work: let other tasks (and cancellation) in.
+        // Let other tasks (and cancellation) in between chunks.
         tokio::task::yield_now().await;
     }
     drop(event_rx);
-    if !buffer.is_empty() && failure.is_none() {
-        if let Some(tx) = copy_txs.first() {
-            let _ = tx.send(buffer).await;
-        }
-    }
-    drop(copy_txs);
-    let read_result = reader
-        .join()
-        .await
-        .map_err(|e| ProjectionError::Rebuild(format!("replay reader: {e}")))?;
+    drop(table_tx);
+    drop(audit_tx);
+    let joined = |what: &'static str| {
+        move |e: tokio::task::JoinError| ProjectionError::Rebuild(format!("{what}: {e}"))
+    };
+    let table_result = match table_fold {
+        Some(fold) => Some(fold.join().await.map_err(joined("table fold"))?),
+        None => None,
+    };
+    let audit_result = match audit_fold {
+        Some(fold) => Some(fold.join().await.map_err(joined("audit fold"))?),
+        None => None,
+    };
+    let read_result = reader.join().await.map_err(joined("replay reader"))?;
     let mut write_results = Vec::new();
     for writer in writers {
-        write_results.push(
-            writer
-                .join()
-                .await
-                .map_err(|e| ProjectionError::Rebuild(format!("audit writer: {e}")))?,
-        );
+        write_results.push(writer.join().await.map_err(joined("audit writer"))?);
     }
-    if let Some(err) = failure {
-        return Err(err);
+    let mut fold = match table_result {
+        Some(result) => result?,
+        None => FullFold::new(&[]),
+    };
+    if let Some(result) = audit_result {
+        result?;
     }
     read_result?;
     for result in write_results {
         result?;
     }
     let skipped = *skipped_rx.borrow();
-    fold.events += skipped;
+    fold.events = dealt + skipped;
     progress.advance(skipped);
     Ok(fold)
 }
