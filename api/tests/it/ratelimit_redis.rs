@@ -2,11 +2,14 @@
 //! prefix per test), and the fallback to per-process limits when Redis is
 //! unreachable or goes away mid-run: logins never fail because of Redis.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use serde_json::json;
 use sqlx::PgPool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
@@ -72,7 +75,8 @@ async fn two_instances_share_one_limit_through_redis(pool: PgPool) {
         .await
         .unwrap();
     assert!(
-        keys.iter().any(|k| k.starts_with(&format!("{prefix}rl:account:"))),
+        keys.iter()
+            .any(|k| k.starts_with(&format!("{prefix}rl:account:"))),
         "{keys:?}"
     );
     assert!(keys.iter().all(|k| !k.contains("example.com")), "{keys:?}");
@@ -113,10 +117,7 @@ async fn an_unreachable_redis_falls_back_to_local_limits_and_logins_succeed(pool
 
     // The per-process limit still holds: the login took one of three tokens.
     for _ in 0..2 {
-        assert_eq!(
-            begin(&app, "ada@example.com").await.status,
-            StatusCode::OK
-        );
+        assert_eq!(begin(&app, "ada@example.com").await.status, StatusCode::OK);
     }
     begin(&app, "ada@example.com")
         .await
@@ -136,10 +137,12 @@ async fn without_redis_the_limits_are_local(pool: PgPool) {
 }
 
 /// A TCP proxy in front of Redis that the test can cut and restore, as a
-/// network partition would.
+/// network partition would, or freeze (connections stay open, nothing
+/// flows), as an overloaded Redis would.
 struct Proxy {
     port: u16,
     tasks: Arc<Mutex<Vec<AbortHandle>>>,
+    frozen: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -149,6 +152,7 @@ impl Proxy {
         let proxy = Self {
             port,
             tasks: Arc::default(),
+            frozen: Arc::default(),
         };
         proxy.serve(listener);
         proxy
@@ -156,17 +160,23 @@ impl Proxy {
 
     fn serve(&self, listener: TcpListener) {
         let tasks = Arc::clone(&self.tasks);
+        let frozen = Arc::clone(&self.frozen);
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     return;
                 };
-                let forward = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect("127.0.0.1:6379").await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                tasks.lock().unwrap().push(forward.abort_handle());
+                let Ok(outbound) = TcpStream::connect("127.0.0.1:6379").await else {
+                    continue;
+                };
+                let (in_read, in_write) = inbound.into_split();
+                let (out_read, out_write) = outbound.into_split();
+                for task in [
+                    tokio::spawn(pump(in_read, out_write, Arc::clone(&frozen))),
+                    tokio::spawn(pump(out_read, in_write, Arc::clone(&frozen))),
+                ] {
+                    tasks.lock().unwrap().push(task.abort_handle());
+                }
             }
         });
         self.tasks.lock().unwrap().push(accept.abort_handle());
@@ -183,6 +193,70 @@ impl Proxy {
         let listener = TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
         self.serve(listener);
     }
+
+    fn freeze(&self, frozen: bool) {
+        self.frozen.store(frozen, Ordering::SeqCst);
+    }
+}
+
+/// Copies bytes one way; while frozen, holds them back (the connection
+/// stays open, so the client waits rather than seeing an error).
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let Ok(n) = from.read(&mut buf).await else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        while frozen.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn a_redis_that_stops_answering_costs_one_timeout_then_local_limits(pool: PgPool) {
+    let proxy = Proxy::start().await;
+    let url = format!("redis://127.0.0.1:{}", proxy.port);
+    let prefix = prefix();
+    let app = TestApp::with(
+        pool,
+        &[
+            ("QUEUE_REDIS_URL", url.as_str()),
+            ("QUEUE_REDIS_PREFIX", prefix.as_str()),
+            ("QUEUE_REDIS_TIMEOUT_MS", "50"),
+        ],
+    )
+    .await;
+    rate_limits_become(&app, "shared").await;
+    let mut passkey = Passkey::new();
+    app.register(&mut passkey, "ada@example.com").await;
+
+    // Redis hangs: the login still completes (the check gives up after the
+    // timeout and uses the local bucket), and the mode says degraded.
+    proxy.freeze(true);
+    let tokens = app.login(&mut passkey, "ada@example.com").await;
+    assert!(tokens["access_token"].is_string());
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert_eq!(ready.json["rate_limits"], "degraded");
+    for _ in 0..3 {
+        assert_eq!(begin(&app, "ada@example.com").await.status, StatusCode::OK);
+    }
+
+    // Answers again: shared again, found by the background probe.
+    proxy.freeze(false);
+    rate_limits_become(&app, "shared").await;
+    app.login(&mut passkey, "ada@example.com").await;
 }
 
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
