@@ -76,3 +76,30 @@ async fn metrics_show(app: &TestApp, line: &str) {
     })
     .await;
 }
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn a_failed_checkpoint_key_reload_is_reported(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let signer = queue_eventstore::CheckpointSigner::from_seed("queue.test/ledger", [7u8; 32]);
+    let shared = queue_eventstore::SharedCheckpointSigner::new(signer.unwrap());
+    app.state
+        .inner
+        .checkpoint_signer
+        .set(shared.clone())
+        .unwrap();
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.json["key_sets"]["checkpoint"], "ok");
+
+    // What the reloader does when the key file is unusable.
+    let dir = TempDir::new();
+    let file = dir.0.join("checkpoint.key");
+    std::fs::write(&file, "PRIVATE+KEY+garbage").unwrap();
+    assert!(!queue_eventstore::rotation::reload_checkpoint_signer(
+        &shared, &file
+    ));
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert_eq!(ready.json["key_sets"]["checkpoint"], "degraded");
+    assert_eq!(ready.json["keys"], "degraded");
+    metrics_show(&app, "queue_checkpoint_keys_degraded 1").await;
+}
