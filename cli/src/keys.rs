@@ -79,12 +79,13 @@ pub fn run(command: KeysCommand, json: bool, env: Lookup) -> Result<ExitCode, Cl
             kind: RotateKind::Jwt,
             file,
         } => {
-            let path = file
-                .or_else(|| env("QUEUE_JWT_KEYS_FILE").map(PathBuf::from))
-                .unwrap_or_else(|| {
-                    PathBuf::from(env("QUEUE_DEV_KEY_DIR").unwrap_or_else(|| ".dev/keys".into()))
-                        .join("jwt_keys")
-                });
+            let path = key_file(
+                file,
+                env,
+                "QUEUE_JWT_KEYS",
+                "QUEUE_JWT_KEYS_FILE",
+                "jwt_keys",
+            )?;
             let kid = queue_api::jwt::rotate_key_file(&path, 3).map_err(CliError::Io)?;
             let notified = match config::database_url(env) {
                 Ok(url) => notify(url, Notice::Jwt)?,
@@ -109,12 +110,13 @@ pub fn run(command: KeysCommand, json: bool, env: Lookup) -> Result<ExitCode, Cl
             kind: RotateKind::Mac,
             file,
         } => {
-            let path = file
-                .or_else(|| env("QUEUE_MAC_KEYS_FILE").map(PathBuf::from))
-                .unwrap_or_else(|| {
-                    PathBuf::from(env("QUEUE_DEV_KEY_DIR").unwrap_or_else(|| ".dev/keys".into()))
-                        .join(DEV_MAC_FILE)
-                });
+            let path = key_file(
+                file,
+                env,
+                "QUEUE_MAC_KEYS",
+                "QUEUE_MAC_KEYS_FILE",
+                DEV_MAC_FILE,
+            )?;
             let new_id = format!("k{}", chrono::Utc::now().format("%Y%m%d%H%M%S%3f"));
             let key_id = queue_eventstore::rotation::rotate_mac_key_file(&path, &new_id)
                 .map_err(CliError::Io)?;
@@ -141,12 +143,13 @@ pub fn run(command: KeysCommand, json: bool, env: Lookup) -> Result<ExitCode, Cl
             kind: RotateKind::Checkpoint,
             file,
         } => {
-            let path = file
-                .or_else(|| env("QUEUE_CHECKPOINT_KEY_FILE").map(PathBuf::from))
-                .unwrap_or_else(|| {
-                    PathBuf::from(env("QUEUE_DEV_KEY_DIR").unwrap_or_else(|| ".dev/keys".into()))
-                        .join(DEV_CHECKPOINT_FILE)
-                });
+            let path = key_file(
+                file,
+                env,
+                "QUEUE_CHECKPOINT_KEY",
+                "QUEUE_CHECKPOINT_KEY_FILE",
+                DEV_CHECKPOINT_FILE,
+            )?;
             let key_id = queue_eventstore::rotation::rotate_checkpoint_key_file(&path)
                 .map_err(CliError::Io)?;
             let notified = match config::database_url(env) {
@@ -190,6 +193,31 @@ pub fn run(command: KeysCommand, json: bool, env: Lookup) -> Result<ExitCode, Cl
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The file to rotate: `--file`, else the `*_FILE` variable, else the dev
+/// key directory. Keys given inline are refused: rotating a file nobody
+/// reads would look like success and change nothing.
+fn key_file(
+    file: Option<PathBuf>,
+    env: Lookup,
+    inline_var: &'static str,
+    file_var: &'static str,
+    dev_name: &str,
+) -> Result<PathBuf, CliError> {
+    if let Some(path) = file.or_else(|| env(file_var).map(PathBuf::from)) {
+        return Ok(path);
+    }
+    if env(inline_var).is_some_and(|v| !v.trim().is_empty()) {
+        return Err(CliError::Io(format!(
+            "{inline_var} is set inline: change its value and restart, or keep the keys in a file \
+             ({file_var} or --file) to rotate them here"
+        )));
+    }
+    Ok(
+        PathBuf::from(env("QUEUE_DEV_KEY_DIR").unwrap_or_else(|| ".dev/keys".into()))
+            .join(dev_name),
+    )
 }
 
 /// Creates the key files if absent; returns whether it created them.
