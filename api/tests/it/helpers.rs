@@ -362,3 +362,11 @@ pub async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
 pub fn bearer(tokens: &Value) -> String {
     tokens["access_token"].as_str().unwrap().to_owned()
 }
+
+/// Gauges are process-wide and other tests' instances set them too, so poll.
+pub async fn metrics_show(app: &TestApp, line: &str) {
+    eventually(&format!("/metrics to show {line}"), || async {
+        app.get("/metrics").await.text.contains(line).then_some(())
+    })
+    .await;
+}

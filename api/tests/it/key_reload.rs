@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use sqlx::PgPool;
 
-use crate::helpers::{eventually, Passkey, TempDir, TestApp};
+use crate::helpers::{eventually, metrics_show, Passkey, TempDir, TestApp};
 
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn a_failed_jwt_key_reload_keeps_the_last_good_keys_and_reports_degraded(pool: PgPool) {
@@ -67,14 +67,6 @@ async fn a_failed_jwt_key_reload_keeps_the_last_good_keys_and_reports_degraded(p
     metrics_show(&app, "queue_jwt_keys_degraded 0").await;
     stop.send(true).unwrap();
     reloader.await.unwrap();
-}
-
-/// Gauges are process-wide and other tests' instances set them too, so poll.
-async fn metrics_show(app: &TestApp, line: &str) {
-    eventually(&format!("/metrics to show {line}"), || async {
-        app.get("/metrics").await.text.contains(line).then_some(())
-    })
-    .await;
 }
 
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]

@@ -8,7 +8,7 @@ use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::helpers::{Passkey, TestApp, AUDIENCE, ISSUER};
+use crate::helpers::{metrics_show, Passkey, TestApp, AUDIENCE, ISSUER};
 
 /// Verifies an access token the way a caller would: fetch the JWKS, pick the
 /// key by `kid`, check signature, issuer, audience and expiry.
@@ -259,10 +259,5 @@ async fn readyz_and_metrics_report_degraded_mac_keys(pool: PgPool) {
     let ready = app.get("/readyz").await;
     assert_eq!(ready.status, StatusCode::OK);
     assert_eq!(ready.json["keys"], "degraded");
-    let metrics = app.get("/metrics").await;
-    assert!(
-        metrics.text.contains("queue_mac_keys_degraded 1"),
-        "{}",
-        metrics.text
-    );
+    metrics_show(&app, "queue_mac_keys_degraded 1").await;
 }
