@@ -35,10 +35,10 @@ use tokio::sync::mpsc;
 
 use crate::checksum::{self, Mode, Sums, TableSum};
 use crate::error::{ProjectionError, ProjectionResult};
-use crate::events::{raw_from_row, read_batch, watermark, Decoder, Event, RawEvent, EVENT_COLUMNS};
+use crate::events::{raw_from_row, read_batch, watermark, Decoder, Event, EVENT_COLUMNS};
 use crate::fold::{AuditFold, Table};
 use crate::projection::Projection;
-use crate::replay::{stream_order_sums, FullFold};
+use crate::replay::{decode_chunk, stream_order_sums, FullFold, CHUNK, DECODE_IN_FLIGHT};
 use crate::rows::{AuditRow, CopyRow, Row, COPY_BINARY_HEADER, COPY_BINARY_TRAILER};
 use crate::runner::LIVE_SCHEMA;
 use crate::store::{apply_batch, qualified, BatchError};
@@ -383,16 +383,8 @@ async fn build_indexes(connect: &PgConnectOptions, table: &str) -> ProjectionRes
     Ok(())
 }
 
-const CHUNK: usize = 1024;
 const AUDIT_WRITERS: usize = 2;
 const COPY_BUFFER: usize = 1 << 20;
-/// Chunks being decoded at once on the blocking pool.
-const DECODE_IN_FLIGHT: usize = 3;
-
-/// Decodes a chunk of raw events (on the blocking pool).
-fn decode_chunk(decoder: &Decoder, raws: Vec<RawEvent>) -> ProjectionResult<Vec<Event>> {
-    raws.into_iter().map(|raw| decoder.decode(raw)).collect()
-}
 
 /// Streams the log up to `end` in global order. One task reads the rows
 /// and hands chunks to the blocking pool for decoding (in order, a few at

@@ -1,13 +1,16 @@
 //! Folding a whole log in memory: the rebuild's first pass and the second,
 //! independent fold that validates it.
 
-use futures::TryStreamExt;
+use std::sync::Arc;
+
+use futures::stream::FuturesOrdered;
+use futures::{StreamExt as _, TryStreamExt};
 use queue_eventstore::feed::Position;
 use sqlx::PgConnection;
 
 use crate::checksum::{self, Mode, Sum, Sums};
-use crate::error::ProjectionResult;
-use crate::events::{raw_from_row, Decoder, Event, EVENT_COLUMNS};
+use crate::error::{ProjectionError, ProjectionResult};
+use crate::events::{raw_from_row, Decoder, Event, RawEvent, EVENT_COLUMNS};
 use crate::fold::{AuditFold, CredentialsFold, CustomersFold, SessionsFold};
 use crate::projection::Projection;
 use crate::rows::{AuditRow, Row};
@@ -97,7 +100,7 @@ pub async fn stream_order_sums(
     end: Position,
     mode: Mode,
 ) -> ProjectionResult<(u64, Sums)> {
-    let decoder = Decoder::new();
+    let decoder = Arc::new(Decoder::new());
     let mut fold = FullFold::new(projections).with_audit_sum(mode);
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE (commit_xid, insert_id) <= ($1, $2) \
@@ -107,17 +110,53 @@ pub async fn stream_order_sums(
         .bind(end.commit_xid)
         .bind(end.insert_id)
         .fetch(&mut *conn);
-    while let Some(row) = rows.try_next().await? {
-        let raw = raw_from_row(&row)?;
-        if !projections
-            .iter()
-            .any(|p| p.reads(&raw.meta.aggregate_type))
-        {
-            fold.events += 1;
-            continue;
+    // Chunks are decoded on the blocking pool (a few at once, results taken
+    // in order) while rows keep coming; folding stays in order here.
+    let mut chunk = Vec::with_capacity(CHUNK);
+    let mut decoding = FuturesOrdered::new();
+    let mut done = false;
+    while !done {
+        match rows.try_next().await? {
+            Some(row) => {
+                let raw = raw_from_row(&row)?;
+                if projections
+                    .iter()
+                    .any(|p| p.reads(&raw.meta.aggregate_type))
+                {
+                    chunk.push(raw);
+                } else {
+                    fold.events += 1;
+                }
+            }
+            None => done = true,
         }
-        let event = decoder.decode(raw)?;
-        fold.apply(&event)?;
+        if chunk.len() == CHUNK || (done && !chunk.is_empty()) {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+            let decoder = Arc::clone(&decoder);
+            decoding.push_back(tokio::task::spawn_blocking(move || {
+                decode_chunk(&decoder, full)
+            }));
+        }
+        while decoding.len() >= DECODE_IN_FLIGHT || (done && !decoding.is_empty()) {
+            let Some(decoded) = decoding.next().await else {
+                break;
+            };
+            let events =
+                decoded.map_err(|e| ProjectionError::Rebuild(format!("decoder: {e}")))??;
+            for event in &events {
+                fold.apply(event)?;
+            }
+        }
     }
     Ok((fold.events, fold.sums(mode)))
+}
+
+/// Events per chunk handed to the decoders.
+pub const CHUNK: usize = 1024;
+/// Chunks being decoded at once on the blocking pool.
+pub const DECODE_IN_FLIGHT: usize = 3;
+
+/// Decodes a chunk of raw events (on the blocking pool).
+pub fn decode_chunk(decoder: &Decoder, raws: Vec<RawEvent>) -> ProjectionResult<Vec<Event>> {
+    raws.into_iter().map(|raw| decoder.decode(raw)).collect()
 }
