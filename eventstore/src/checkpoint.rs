@@ -98,6 +98,19 @@ impl Checkpoint {
         Ok(checkpoint)
     }
 
+    /// The id of the first key of `verifier` that has a signature line in
+    /// `note` (after a rotation this may be a replaced key, not the current
+    /// one). Only names the key: [`Checkpoint::open`] checks the signature.
+    pub fn signed_by(note: &str, verifier: &NoteVerifier) -> Option<u32> {
+        let (_, signatures) = note.rsplit_once("\n\n")?;
+        signatures.lines().find_map(|line| {
+            let (name, blob) = line.strip_prefix("\u{2014} ")?.split_once(' ')?;
+            let blob = B64.decode(blob).ok()?;
+            let id = u32::from_be_bytes(blob.get(..4)?.try_into().ok()?);
+            (name == verifier.name() && verifier.key_for(id).is_some()).then_some(id)
+        })
+    }
+
     fn parse_body(body: &str) -> Result<Self, NoteError> {
         let lines: Vec<&str> = body
             .strip_suffix('\n')

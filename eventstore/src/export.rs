@@ -238,6 +238,11 @@ pub async fn export(
             "ledger range {from}..{to} is not within the latest checkpoint (size {size}); seal first"
         )));
     }
+    // After a rotation the latest checkpoint may still carry the previous key.
+    let key_id = format!(
+        "{:08x}",
+        Checkpoint::signed_by(&note, verifier).unwrap_or_else(|| verifier.key_id())
+    );
     progress.phase("tree", size);
     let tree = block_roots(pool, size, BLOCK).await?;
     if tree.root() != checkpoint.root_hash {
@@ -255,7 +260,7 @@ pub async fn export(
         },
         "checkpoint": note,
         "tree_size": size,
-        "checkpoint_key_id": format!("{:08x}", verifier.key_id()),
+        "checkpoint_key_id": key_id.clone(),
         "completeness": if filter.from_seq.is_some() || filter.to_seq.is_some() {
             "ledger range: every event with ledger_seq from_seq..=to_seq is in this file"
         } else {
@@ -352,7 +357,7 @@ pub async fn export(
     Ok(ExportSummary {
         events,
         tree_size: size,
-        checkpoint_key_id: format!("{:08x}", verifier.key_id()),
+        checkpoint_key_id: key_id,
         elapsed_ms: elapsed.as_millis() as u64,
         events_per_second: (events as f64 / elapsed.as_secs_f64().max(1e-6)) as u64,
     })

@@ -246,6 +246,13 @@ async fn checkpoint_rotation_reaches_a_running_sealer_and_the_whole_ledger_verif
     assert!(Checkpoint::open(&second, &signer().verifier()).is_err());
     let only_new = NoteVerifier::parse(&both.key_specs()[0]).unwrap();
     assert!(Checkpoint::open(&first, &only_new).is_err());
+    // An export names the key that signed its checkpoint, not the newest one.
+    assert_eq!(Checkpoint::signed_by(&first, &both), Some(old_id));
+    assert_eq!(
+        Checkpoint::signed_by(&second, &both),
+        Some(new_key.key_id())
+    );
+    assert_eq!(Checkpoint::signed_by(&first, &only_new), None);
 
     // The whole ledger verifies across the rotation, from the printed key list too.
     let report = verify_checkpoints(&pool, &both).await;
