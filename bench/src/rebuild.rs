@@ -164,6 +164,12 @@ async fn bench(pool: &sqlx::PgPool, args: &Args) -> BenchResult<()> {
         report.load_ms as f64 / 1000.0
     );
     println!(
+        "  replay stages waited: for decoded events {:.2} s, for the folds {:.2} s, audit fold for COPY {:.2} s",
+        report.stage_waits.read_ms as f64 / 1000.0,
+        report.stage_waits.fold_ms as f64 / 1000.0,
+        report.stage_waits.copy_ms as f64 / 1000.0
+    );
+    println!(
         "validation {:.2} s (of which the second, stream-order fold {:.2} s; then shadow tables read back and checksummed); swap {:.3} s",
         report.validate_ms as f64 / 1000.0,
         report.second_fold_ms as f64 / 1000.0,

@@ -92,8 +92,10 @@ pub struct RebuildReport {
     pub load_ms: u64,
     /// fold + load + index.
     pub replay_ms: u64,
-    /// The second fold (validation), which runs beside load and index.
+    /// The second fold (validation), after load and index.
     pub second_fold_ms: u64,
+    /// Where the replay waited: which stage held it back.
+    pub stage_waits: StageWaits,
     /// From the end of load and index: waiting for the second fold, reading
     /// back and checksumming the shadow (and live) tables.
     pub validate_ms: u64,
@@ -101,6 +103,18 @@ pub struct RebuildReport {
     pub elapsed_ms: u64,
     /// Events per second of the replay and load (without validation).
     pub events_per_second: u64,
+}
+
+/// Time the replay's stages spent waiting for each other. The stage that
+/// is waited for is the bottleneck: `read_ms` (dealing waited for decoded
+/// events: reading or decoding), `fold_ms` (dealing waited for a fold to
+/// take a chunk), `copy_ms` (the audit fold waited for the COPY writers,
+/// that is for the server).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct StageWaits {
+    pub read_ms: u64,
+    pub fold_ms: u64,
+    pub copy_ms: u64,
 }
 
 fn selected(options: &RebuildOptions) -> Vec<Projection> {
@@ -134,7 +148,7 @@ pub async fn rebuild(
 
     // 1. Replay and load.
     progress.phase("replay", total.max(0) as u64);
-    let fold = replay_into_shadow(pool, &projections, end, progress).await?;
+    let (fold, stage_waits) = replay_into_shadow(pool, &projections, end, progress).await?;
     let fold_ms = started.elapsed().as_millis() as u64;
     progress.phase("load+index", 0);
     load_and_index(pool, &fold, &projections).await?;
@@ -197,6 +211,7 @@ pub async fn rebuild(
         swap_ms: 0,
         elapsed_ms: 0,
         second_fold_ms,
+        stage_waits,
         events_per_second: (folded_events as f64 / (replay_ms.max(1) as f64 / 1000.0)) as u64,
     };
     if !report.ok {
@@ -398,7 +413,7 @@ async fn replay_into_shadow(
     projections: &[Projection],
     end: Position,
     progress: &dyn Progress,
-) -> ProjectionResult<FullFold> {
+) -> ProjectionResult<(FullFold, StageWaits)> {
     let connect = (*pool.connect_options()).clone();
     let (event_tx, mut event_rx) = mpsc::channel::<Vec<Event>>(8);
     let (skipped_tx, skipped_rx) = tokio::sync::watch::channel(0u64);
@@ -479,6 +494,7 @@ async fn replay_into_shadow(
             let mut fold = AuditFold::new();
             let mut buffer = Vec::with_capacity(COPY_BUFFER + 4096);
             let mut next_writer = 0usize;
+            let mut copy_wait = Duration::ZERO;
             while let Some(chunk) = rx.blocking_recv() {
                 for event in chunk.iter() {
                     if let Some(row) = fold.apply(event)? {
@@ -491,10 +507,12 @@ async fn replay_into_shadow(
                         std::mem::replace(&mut buffer, Vec::with_capacity(COPY_BUFFER + 4096));
                     next_writer = (next_writer + 1) % copy_txs.len().max(1);
                     // A writer that stopped reports its own error.
+                    let waited = Instant::now();
                     match copy_txs.get(next_writer) {
                         Some(tx) if tx.blocking_send(full).is_ok() => {}
-                        _ => return Ok(()),
+                        _ => return Ok(copy_wait),
                     }
+                    copy_wait += waited.elapsed();
                 }
             }
             if !buffer.is_empty() {
@@ -502,7 +520,7 @@ async fn replay_into_shadow(
                     let _ = tx.blocking_send(buffer);
                 }
             }
-            Ok::<(), ProjectionError>(())
+            Ok::<Duration, ProjectionError>(copy_wait)
         }));
         (Some(tx), Some(fold))
     } else {
@@ -531,9 +549,16 @@ async fn replay_into_shadow(
     };
 
     let mut dealt = 0u64;
-    while let Some(chunk) = event_rx.recv().await {
+    let mut waits = StageWaits::default();
+    loop {
+        let waited = Instant::now();
+        let Some(chunk) = event_rx.recv().await else {
+            break;
+        };
+        waits.read_ms += waited.elapsed().as_millis() as u64;
         let n = chunk.len() as u64;
         let chunk = Arc::new(chunk);
+        let waited = Instant::now();
         // A fold that stopped (on a bad event) reports its own error.
         if let Some(tx) = &table_tx {
             if tx.send(Arc::clone(&chunk)).await.is_err() {
@@ -545,6 +570,7 @@ async fn replay_into_shadow(
                 break;
             }
         }
+        waits.fold_ms += waited.elapsed().as_millis() as u64;
         dealt += n;
         progress.advance(n);
         // Let other tasks (and cancellation) in between chunks.
@@ -574,7 +600,7 @@ async fn replay_into_shadow(
         None => FullFold::new(&[]),
     };
     if let Some(result) = audit_result {
-        result?;
+        waits.copy_ms = result?.as_millis() as u64;
     }
     read_result?;
     for result in write_results {
@@ -583,7 +609,7 @@ async fn replay_into_shadow(
     let skipped = *skipped_rx.borrow();
     fold.events = dealt + skipped;
     progress.advance(skipped);
-    Ok(fold)
+    Ok((fold, waits))
 }
 
 /// A spawned task that is aborted when its handle is dropped, so a
