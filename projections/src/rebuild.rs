@@ -4,14 +4,16 @@
 //! 1. Shadow tables are created in schema `queue_rebuild` as
 //!    `LIKE <live> INCLUDING ALL EXCLUDING INDEXES`; the log up to an end
 //!    position E (everything committed when the rebuild starts) is folded in
-//!    memory and bulk-loaded with COPY; then the live tables' constraints
-//!    and indexes are added under the same names.
-//! 2. Validation, in one read-only REPEATABLE READ snapshot (so it holds no
-//!    transaction id and never holds the global watermark back): row counts
-//!    and order-independent checksums of the shadow tables against a second,
-//!    independent fold (stream order instead of global order, fresh state,
-//!    no database writes), and against the live tables when the live
-//!    checkpoint is at E in that snapshot (the runner is caught up).
+//!    memory and bulk-loaded with binary COPY; then the live tables'
+//!    indexes are built (in parallel) and their constraints attached, under
+//!    the same names.
+//! 2. Validation: row counts and order-independent checksums of the shadow
+//!    tables (read back) against a second, independent fold (own
+//!    connection, stream order instead of global order, fresh state, no
+//!    database writes), and against the live tables when the live
+//!    checkpoint is at E; live tables and checkpoints are read in one
+//!    read-only REPEATABLE READ snapshot (so it holds no transaction id and
+//!    never holds the global watermark back).
 //! 3. Swap, in one short transaction: lock the projections' checkpoint rows
 //!    (the runners wait), apply the events committed since E to the shadow
 //!    tables with the runner's own code, drop the live tables, move the
