@@ -405,9 +405,9 @@ const COPY_BUFFER: usize = 1 << 20;
 
 /// Streams the log up to `end` in global order. One task reads the rows
 /// and hands chunks to the blocking pool for decoding (in order, a few at
-/// once); this one deals the decoded chunks to two folds on threads of
-/// their own, one for the customers, credentials and sessions tables and
-/// one for the audit rows, which it encodes and hands to the COPY writers
+/// once); this one deals the decoded chunks to the folds, on threads of
+/// their own, one per table projection (customers, credentials, sessions)
+/// and one for the audit rows, which it encodes and hands to the COPY writers
 /// as it makes them. Every stage runs beside the others, so the replay uses
 /// several cores (and, on a shared machine, gets more CPU time).
 async fn replay_into_shadow(
@@ -529,26 +529,26 @@ async fn replay_into_shadow(
         drop(copy_txs);
         (None, None)
     };
-    let table_projections: Vec<Projection> = projections
-        .iter()
-        .copied()
-        .filter(|p| *p != Projection::Audit)
-        .collect();
-    let (table_tx, table_fold) = if table_projections.is_empty() {
-        (None, None)
-    } else {
+    // One thread per table projection (each reads one aggregate type; they
+    // share nothing).
+    let mut table_txs = Vec::new();
+    let mut table_folds = Vec::new();
+    for projection in projections.iter().copied() {
+        if projection == Projection::Audit {
+            continue;
+        }
         let (tx, mut rx) = mpsc::channel::<Arc<Vec<Event>>>(8);
-        let fold = AbortOnDrop(tokio::task::spawn_blocking(move || {
-            let mut fold = FullFold::new(&table_projections);
+        table_txs.push(tx);
+        table_folds.push(AbortOnDrop(tokio::task::spawn_blocking(move || {
+            let mut fold = FullFold::new(&[projection]);
             while let Some(chunk) = rx.blocking_recv() {
                 for event in chunk.iter() {
                     fold.apply(event)?;
                 }
             }
             Ok::<FullFold, ProjectionError>(fold)
-        }));
-        (Some(tx), Some(fold))
-    };
+        })));
+    }
 
     let mut dealt = 0u64;
     let mut waits = StageWaits::default();
@@ -562,10 +562,12 @@ async fn replay_into_shadow(
         let chunk = Arc::new(chunk);
         let waited = Instant::now();
         // A fold that stopped (on a bad event) reports its own error.
-        if let Some(tx) = &table_tx {
-            if tx.send(Arc::clone(&chunk)).await.is_err() {
-                break;
-            }
+        let mut stopped = false;
+        for tx in &table_txs {
+            stopped |= tx.send(Arc::clone(&chunk)).await.is_err();
+        }
+        if stopped {
+            break;
         }
         if let Some(tx) = &audit_tx {
             if tx.send(chunk).await.is_err() {
@@ -579,15 +581,15 @@ async fn replay_into_shadow(
         tokio::task::yield_now().await;
     }
     drop(event_rx);
-    drop(table_tx);
+    drop(table_txs);
     drop(audit_tx);
     let joined = |what: &'static str| {
         move |e: tokio::task::JoinError| ProjectionError::Rebuild(format!("{what}: {e}"))
     };
-    let table_result = match table_fold {
-        Some(fold) => Some(fold.join().await.map_err(joined("table fold"))?),
-        None => None,
-    };
+    let mut table_results = Vec::new();
+    for fold in table_folds {
+        table_results.push(fold.join().await.map_err(joined("table fold"))?);
+    }
     let audit_result = match audit_fold {
         Some(fold) => Some(fold.join().await.map_err(joined("audit fold"))?),
         None => None,
@@ -597,10 +599,13 @@ async fn replay_into_shadow(
     for writer in writers {
         write_results.push(writer.join().await.map_err(joined("audit writer"))?);
     }
-    let mut fold = match table_result {
-        Some(result) => result?,
-        None => FullFold::new(&[]),
-    };
+    let mut fold = FullFold::new(&[]);
+    for result in table_results {
+        let part = result?;
+        fold.customers = fold.customers.or(part.customers);
+        fold.credentials = fold.credentials.or(part.credentials);
+        fold.sessions = fold.sessions.or(part.sessions);
+    }
     if let Some(result) = audit_result {
         waits.copy_ms = result?.as_millis() as u64;
     }

@@ -101,7 +101,20 @@ pub async fn stream_order_sums(
     mode: Mode,
 ) -> ProjectionResult<(u64, Sums)> {
     let decoder = Arc::new(Decoder::new());
-    let mut fold = FullFold::new(projections).with_audit_sum(mode);
+    // Folding (and checksumming) on a thread of its own, beside the reading
+    // and decoding.
+    let (fold_tx, mut fold_rx) = tokio::sync::mpsc::channel::<Vec<Event>>(8);
+    let fold_projections = projections.to_vec();
+    let folder = tokio::task::spawn_blocking(move || {
+        let mut fold = FullFold::new(&fold_projections).with_audit_sum(mode);
+        while let Some(events) = fold_rx.blocking_recv() {
+            for event in &events {
+                fold.apply(event)?;
+            }
+        }
+        Ok::<(u64, Sums), ProjectionError>((fold.events, fold.sums(mode)))
+    });
+    let mut skipped = 0u64;
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE (commit_xid, insert_id) <= ($1, $2) \
          ORDER BY aggregate_type, aggregate_id, sequence"
@@ -125,7 +138,7 @@ pub async fn stream_order_sums(
                 {
                     chunk.push(raw);
                 } else {
-                    fold.events += 1;
+                    skipped += 1;
                 }
             }
             None => done = true,
@@ -143,12 +156,18 @@ pub async fn stream_order_sums(
             };
             let events =
                 decoded.map_err(|e| ProjectionError::Rebuild(format!("decoder: {e}")))??;
-            for event in &events {
-                fold.apply(event)?;
+            // A fold that stopped reports its own error below.
+            if fold_tx.send(events).await.is_err() {
+                done = true;
+                break;
             }
         }
     }
-    Ok((fold.events, fold.sums(mode)))
+    drop(fold_tx);
+    let (folded, sums) = folder
+        .await
+        .map_err(|e| ProjectionError::Rebuild(format!("second fold: {e}")))??;
+    Ok((folded + skipped, sums))
 }
 
 /// Events per chunk handed to the decoders.
