@@ -162,7 +162,7 @@ impl Run<'_> {
         let mut candidates = Vec::new();
         let mut skipped = Vec::new();
         for row in rows {
-            match plan_customer(&row, self.options.now) {
+            match plan_customer(&row, self.options.now).await {
                 Err((reason, detail)) => out.reject(row.id, reason, detail),
                 Ok((stream, _)) if existing.contains_key(&stream) => skipped.push(row.id),
                 Ok((_, planned)) => candidates.push(planned),
@@ -223,7 +223,7 @@ impl Run<'_> {
                 out.reject(row.id, reason, detail);
                 continue;
             }
-            match plan_credential(&row) {
+            match plan_credential(&row).await {
                 Err((reason, detail)) => out.reject(row.id, reason, detail),
                 Ok((stream, planned_row)) => match existing.get(&stream) {
                     Some(Some(legacy_id)) if *legacy_id == row.id => skipped.push(row.id),
@@ -255,7 +255,7 @@ impl Run<'_> {
         let mut planned = Vec::new();
         let mut skipped = Vec::new();
         for row in rows {
-            match plan_session(&row, self.options.now) {
+            match plan_session(&row, self.options.now).await {
                 Ok((stream, _)) if existing.contains_key(&stream) => skipped.push(row.id),
                 Err((reason, detail)) => out.reject(row.id, reason, detail),
                 Ok((_, p)) => match customers.check(row.customer_id) {
@@ -641,7 +641,7 @@ fn serialize<A: Aggregate>(
 }
 
 /// The events of a new stream, decided by the domain.
-fn first_events<A: Aggregate<Services = ()> + Default>(
+async fn first_events<A: Aggregate<Services = ()> + Default>(
     stream: &str,
     command: A::Command,
 ) -> Result<Vec<SerializedEvent>, Refusal>
@@ -649,27 +649,14 @@ where
     A::Error: std::fmt::Display,
 {
     let mut aggregate = A::default();
-    // The domain's handle is async only by the trait's signature; it awaits nothing.
-    let events =
-        block_on_ready(execute(&mut aggregate, command)).map_err(|e| ("refused", e.to_string()))?;
+    let events = execute(&mut aggregate, command)
+        .await
+        .map_err(|e| ("refused", e.to_string()))?;
     events
         .iter()
         .enumerate()
         .map(|(i, e)| serialize::<A>(stream, i + 1, e).map_err(|e| ("refused", e.to_string())))
         .collect()
-}
-
-/// Polls a future that never waits (the domain's `handle`) to completion.
-fn block_on_ready<F: std::future::Future>(future: F) -> F::Output {
-    use std::task::{Context, Poll, Waker};
-    let mut future = std::pin::pin!(future);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
-            return out;
-        }
-        std::thread::yield_now();
-    }
 }
 
 fn legacy_id(id: i64) -> Result<LegacyId, Refusal> {
@@ -688,7 +675,10 @@ fn optional<T>(
     }
 }
 
-fn plan_customer(row: &LegacyCustomer, _now: DateTime<Utc>) -> Result<(String, Planned), Refusal> {
+async fn plan_customer(
+    row: &LegacyCustomer,
+    _now: DateTime<Utc>,
+) -> Result<(String, Planned), Refusal> {
     let legacy = legacy_id(row.id)?;
     let customer_id = CustomerId::for_legacy_id(legacy);
     let stream = customer_id.to_string();
@@ -715,7 +705,8 @@ fn plan_customer(row: &LegacyCustomer, _now: DateTime<Utc>) -> Result<(String, P
             suspended,
             created_at: row.created_at,
         },
-    )?;
+    )
+    .await?;
     Ok((
         stream,
         Planned {
@@ -726,7 +717,7 @@ fn plan_customer(row: &LegacyCustomer, _now: DateTime<Utc>) -> Result<(String, P
     ))
 }
 
-fn plan_credential(row: &LegacyCredential) -> Result<(String, Planned), Refusal> {
+async fn plan_credential(row: &LegacyCredential) -> Result<(String, Planned), Refusal> {
     let legacy = legacy_id(row.id)?;
     let customer = legacy_id(row.customer_id)?;
     let raw = RawCredentialId::from_bytes(row.credential_id.clone())
@@ -769,7 +760,8 @@ fn plan_credential(row: &LegacyCredential) -> Result<(String, Planned), Refusal>
             created_at: row.created_at,
             last_used_at: row.last_used_at,
         },
-    )?;
+    )
+    .await?;
     Ok((
         stream,
         Planned {
@@ -800,7 +792,10 @@ pub fn imported_idle_timeout(last_seen_at: DateTime<Utc>, expires_at: DateTime<U
         .max(DEFAULT_IDLE_TIMEOUT_SECS)
 }
 
-fn plan_session(row: &LegacySession, now: DateTime<Utc>) -> Result<(String, Planned), Refusal> {
+async fn plan_session(
+    row: &LegacySession,
+    now: DateTime<Utc>,
+) -> Result<(String, Planned), Refusal> {
     let legacy = legacy_id(row.id)?;
     let customer = legacy_id(row.customer_id)?;
     let session_id = SessionId::for_legacy_id(legacy);
@@ -829,7 +824,8 @@ fn plan_session(row: &LegacySession, now: DateTime<Utc>) -> Result<(String, Plan
             expires_at: row.expires_at,
             at: now,
         },
-    )?;
+    )
+    .await?;
     Ok((
         stream,
         Planned {

@@ -257,3 +257,40 @@ async fn parity_reports_a_field_that_differs(pool: PgPool) {
     assert_eq!(parity.differences.len(), 2, "{:#?}", parity.differences);
     legacy.drop().await;
 }
+
+/// Hundreds of rows per table across several pages (more than one
+/// runtime budget's worth of domain commands in a page).
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn many_pages_import_and_agree(pool: PgPool) {
+    let legacy = LegacyDb::create(&pool).await;
+    sqlx::query(
+        "INSERT INTO customers (email) SELECT 'c' || g || '@example.com' FROM generate_series(1, 450) g",
+    )
+    .execute(&legacy.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO customer_sessions (customer_id, token_hash, expires_at) \
+         SELECT g, encode(sha256(('t' || g)::bytea), 'hex'), now() + interval '1 day' FROM generate_series(1, 450) g",
+    )
+    .execute(&legacy.pool)
+    .await
+    .unwrap();
+    let report = backfill(
+        &pool,
+        &legacy,
+        &queue_backfill::Options {
+            batch_size: 200,
+            ..options()
+        },
+    )
+    .await;
+    assert_eq!(report.rejected_count(), 0);
+    assert_eq!(report.events_appended, 900);
+    catch_up(&pool).await;
+    assert!(queue_backfill::parity(&pool, &legacy.pool)
+        .await
+        .unwrap()
+        .agrees());
+    legacy.drop().await;
+}
