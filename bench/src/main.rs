@@ -2,6 +2,7 @@
 //! Queue benchmarks. Each prints its measurement beside a baseline measured
 //! in the same run, and the ratio. Never asserted in tests.
 
+mod backfill;
 mod export;
 mod http;
 mod ledger;
@@ -28,6 +29,8 @@ enum Bench {
     Rebuild(rebuild::Args),
     /// login/complete and refresh over HTTP vs a plain axum + sqlx handler doing the same row inserts.
     Http(http::Args),
+    /// Legacy backfill rows/s vs a bare read and a plain copy of the same legacy rows.
+    Backfill(backfill::Args),
     /// Rate-limit checks: per-process vs shared through Redis vs Redis unreachable.
     Ratelimit(ratelimit::Args),
 }
@@ -40,6 +43,7 @@ async fn main() -> std::process::ExitCode {
         Bench::Rebuild(args) => rebuild::run(args).await,
         Bench::Export(args) => export::run(args).await,
         Bench::Http(args) => http::run(args).await,
+        Bench::Backfill(args) => backfill::run(args).await,
         Bench::Ratelimit(args) => ratelimit::run(args).await,
     };
     match result {
