@@ -1,13 +1,24 @@
-//! Priority load shedding (DESIGN "Resilience"): past 3/4 of
-//! `QUEUE_MAX_IN_FLIGHT` concurrent `/api/*` requests, ordinary routes answer
-//! 429 `overloaded`; past the limit, everything does. Authentication
-//! (WebAuthn ceremonies, refresh, logout, backup-code redeem, email verify)
-//! and audit writes are CRITICAL and shed last. Health, metrics and JWKS are
-//! never shed.
+//! Priority load shedding (DESIGN "Resilience", issue 10): every `/api/*`
+//! route has a priority, and each priority has an in-flight level past which
+//! it answers 429 `overloaded` with `Retry-After: 1`, lowest first:
+//!
+//! | priority | routes                                                   | shed past           |
+//! |----------|----------------------------------------------------------|---------------------|
+//! | LOW      | exports and history: audit log reads, customer history   | 1/4 of the limit    |
+//! | NORMAL   | everything else (reads, renames, backup-code generation) | 1/2 of the limit    |
+//! | HIGH     | registration, email verification, admin and RBAC writes  | 3/4 of the limit    |
+//! | CRITICAL | login begin/complete, refresh, logout, backup-code redeem, audit writes | the limit (`QUEUE_MAX_IN_FLIGHT`) |
+//!
+//! Health, metrics and JWKS are never shed. Counted as
+//! `queue_shed_requests_total{priority}`. (A busy DB pool is not a signal:
+//! measured with `queue-bench load`, every connection is busy much of the
+//! time even at the sustainable rate, and shedding LOW on it refused most LOW
+//! work without any overload; see docs/decisions/1000.)
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::extract::{Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -17,27 +28,64 @@ use crate::state::AppState;
 #[derive(Debug, Default)]
 pub struct InFlight(AtomicUsize);
 
-/// Whether a route is shed last.
-pub fn is_critical(path: &str) -> bool {
-    path.starts_with("/api/v1/auth/webauthn/")
-        || path.starts_with("/api/v1/audit/")
-        || matches!(
-            path,
-            "/api/v1/auth/session/refresh"
-                | "/api/v1/auth/logout"
-                | "/api/v1/auth/backup-codes/redeem"
-                | "/api/v1/auth/email/verify"
-        )
+/// The order in which routes are shed: LOW first, CRITICAL last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    Low,
+    Normal,
+    High,
+    Critical,
 }
 
-/// Shed a request that would make `in_flight` concurrent ones (itself included)?
-pub fn should_shed(in_flight: usize, max: usize, critical: bool) -> bool {
-    let ordinary_limit = max - max / 4;
-    if critical {
-        in_flight > max
-    } else {
-        in_flight > ordinary_limit
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Normal => "normal",
+            Self::High => "high",
+            Self::Critical => "critical",
+        }
     }
+
+    /// In-flight requests (this one included) this priority tolerates.
+    pub fn level(self, max: usize) -> usize {
+        let level = match self {
+            Self::Low => max / 4,
+            Self::Normal => max / 2,
+            Self::High => max - max / 4,
+            Self::Critical => max,
+        };
+        level.max(1)
+    }
+}
+
+/// The priority of an `/api/*` request.
+pub fn priority(method: &Method, path: &str) -> Priority {
+    let get = method == Method::GET;
+    match path {
+        "/api/v1/auth/webauthn/login/begin"
+        | "/api/v1/auth/webauthn/login/complete"
+        | "/api/v1/auth/session/refresh"
+        | "/api/v1/auth/logout"
+        | "/api/v1/auth/backup-codes/redeem" => Priority::Critical,
+        "/api/v1/audit/events" if !get => Priority::Critical,
+        "/api/v1/audit/events" => Priority::Low,
+        "/api/v1/auth/webauthn/register/begin"
+        | "/api/v1/auth/webauthn/register/complete"
+        | "/api/v1/auth/email/verification"
+        | "/api/v1/auth/email/verify" => Priority::High,
+        _ if path.starts_with("/api/v1/admin/") && path.ends_with("/history") => Priority::Low,
+        _ if !get && (path.starts_with("/api/v1/admin/") || path.starts_with("/api/v1/rbac/")) => {
+            Priority::High
+        }
+        _ => Priority::Normal,
+    }
+}
+
+/// Shed a request of `priority` that would make `in_flight` concurrent ones
+/// (itself included)?
+pub fn should_shed(in_flight: usize, max: usize, priority: Priority) -> bool {
+    in_flight > priority.level(max)
 }
 
 struct Slot<'a>(&'a AtomicUsize);
@@ -53,12 +101,13 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
     if !path.starts_with("/api/") {
         return next.run(request).await;
     }
+    let priority = priority(request.method(), path);
     let counter = &state.inner.in_flight.0;
     let slot = Slot(counter);
     let in_flight = counter.fetch_add(1, Ordering::SeqCst) + 1;
-    if should_shed(in_flight, state.config().max_in_flight, is_critical(path)) {
+    if should_shed(in_flight, state.config().max_in_flight, priority) {
         drop(slot);
-        metrics::counter!("queue_shed_requests_total", "critical" => is_critical(path).to_string())
+        metrics::counter!("queue_shed_requests_total", "priority" => priority.as_str())
             .increment(1);
         return ApiError::Overloaded {
             retry_after_secs: 1,
@@ -75,22 +124,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ordinary_routes_are_shed_first() {
-        assert!(!should_shed(75, 100, false));
-        assert!(should_shed(76, 100, false));
-        assert!(!should_shed(76, 100, true));
-        assert!(!should_shed(100, 100, true));
-        assert!(should_shed(101, 100, true));
-        assert!(!should_shed(1, 1, false));
-        assert!(should_shed(2, 1, true));
+    fn lower_priorities_are_shed_first() {
+        let max = 100;
+        for (priority, level) in [
+            (Priority::Low, 25),
+            (Priority::Normal, 50),
+            (Priority::High, 75),
+            (Priority::Critical, 100),
+        ] {
+            assert!(!should_shed(level, max, priority), "{priority:?}");
+            assert!(should_shed(level + 1, max, priority), "{priority:?}");
+        }
+        // A limit of 1 still admits one request of any priority.
+        assert!(!should_shed(1, 1, Priority::Low));
+        assert!(should_shed(2, 1, Priority::Critical));
     }
 
     #[test]
-    fn authentication_and_audit_are_critical() {
-        assert!(is_critical("/api/v1/auth/webauthn/login/complete"));
-        assert!(is_critical("/api/v1/auth/session/refresh"));
-        assert!(is_critical("/api/v1/audit/events"));
-        assert!(!is_critical("/api/v1/auth/sessions"));
-        assert!(!is_critical("/api/v1/auth/me"));
+    fn routes_have_the_issue_priorities() {
+        let post = Method::POST;
+        let get = Method::GET;
+        for path in [
+            "/api/v1/auth/webauthn/login/begin",
+            "/api/v1/auth/webauthn/login/complete",
+            "/api/v1/auth/session/refresh",
+            "/api/v1/audit/events",
+        ] {
+            assert_eq!(priority(&post, path), Priority::Critical, "{path}");
+        }
+        assert_eq!(
+            priority(&post, "/api/v1/auth/webauthn/register/complete"),
+            Priority::High
+        );
+        assert_eq!(priority(&post, "/api/v1/auth/email/verify"), Priority::High);
+        assert_eq!(
+            priority(&post, "/api/v1/admin/customers/x/suspend"),
+            Priority::High
+        );
+        assert_eq!(priority(&get, "/api/v1/auth/me"), Priority::Normal);
+        assert_eq!(priority(&get, "/api/v1/auth/sessions"), Priority::Normal);
+        assert_eq!(priority(&get, "/api/v1/audit/events"), Priority::Low);
+        assert_eq!(
+            priority(&get, "/api/v1/admin/customers/x/history"),
+            Priority::Low
+        );
     }
 }

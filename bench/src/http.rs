@@ -41,7 +41,7 @@ pub struct Args {
     connections: u32,
 }
 
-const ORIGIN: &str = "http://localhost:8080";
+pub(crate) const ORIGIN: &str = "http://localhost:8080";
 
 struct Stats {
     count: usize,
@@ -119,13 +119,17 @@ async fn drive(
     Ok((Stats::from(latencies, secs), values))
 }
 
-struct Customer {
-    passkey: SoftPasskey,
-    email: String,
-    user_handle: Vec<u8>,
+pub(crate) struct Customer {
+    pub(crate) passkey: SoftPasskey,
+    pub(crate) email: String,
+    pub(crate) user_handle: Vec<u8>,
 }
 
-async fn post_json(client: &reqwest::Client, url: String, body: Value) -> BenchResult<Value> {
+pub(crate) async fn post_json(
+    client: &reqwest::Client,
+    url: String,
+    body: Value,
+) -> BenchResult<Value> {
     let response = client.post(&url).json(&body).send().await?;
     let status = response.status();
     let value: Value = response.json().await?;
@@ -135,7 +139,11 @@ async fn post_json(client: &reqwest::Client, url: String, body: Value) -> BenchR
     Ok(value)
 }
 
-async fn register(client: &reqwest::Client, base: &str, i: usize) -> BenchResult<Customer> {
+pub(crate) async fn register(
+    client: &reqwest::Client,
+    base: &str,
+    i: usize,
+) -> BenchResult<Customer> {
     let email = format!("bench{i}@example.com");
     let begin = post_json(
         client,
@@ -168,7 +176,7 @@ async fn register(client: &reqwest::Client, base: &str, i: usize) -> BenchResult
 }
 
 /// A login/complete body: begin, then sign (both untimed).
-async fn assertion(
+pub(crate) async fn assertion(
     client: &reqwest::Client,
     base: &str,
     customer: &mut Customer,
@@ -209,7 +217,7 @@ async fn baseline_insert(
     Ok(axum::Json(json!({"ok": true})))
 }
 
-async fn serve(router: Router) -> BenchResult<(String, tokio::task::JoinHandle<()>)> {
+pub(crate) async fn serve(router: Router) -> BenchResult<(String, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {

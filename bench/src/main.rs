@@ -6,6 +6,7 @@ mod backfill;
 mod export;
 mod http;
 mod ledger;
+mod load;
 mod ratelimit;
 mod rebuild;
 mod support;
@@ -33,6 +34,8 @@ enum Bench {
     Backfill(backfill::Args),
     /// Rate-limit checks: per-process vs shared through Redis vs Redis unreachable.
     Ratelimit(ratelimit::Args),
+    /// Mixed CRITICAL + LOW load, shedding off and on, and a 2x overload phase.
+    Load(load::Args),
 }
 
 #[tokio::main]
@@ -43,6 +46,7 @@ async fn main() -> std::process::ExitCode {
         Bench::Rebuild(args) => rebuild::run(args).await,
         Bench::Export(args) => export::run(args).await,
         Bench::Http(args) => http::run(args).await,
+        Bench::Load(args) => load::run(args).await,
         Bench::Backfill(args) => backfill::run(args).await,
         Bench::Ratelimit(args) => ratelimit::run(args).await,
     };
