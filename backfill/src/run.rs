@@ -464,6 +464,9 @@ impl Run<'_> {
             "SELECT aggregate_id, (payload -> (event_type) ->> 'legacy_id')::bigint AS legacy_id \
              FROM events WHERE aggregate_type = $1 AND aggregate_id = ANY($2) AND sequence = 1",
         )
+        // Planned with the real ids every time: a plan cached while the
+        // events table was small would scan it whole for every page.
+        .persistent(false)
         .bind(aggregate_type)
         .bind(ids)
         .fetch_all(self.repo.pool())
@@ -487,6 +490,9 @@ impl Run<'_> {
              AND event_type IN ('CustomerRegistered', 'CustomerImported') \
              AND lower(coalesce(payload->'CustomerRegistered'->>'email', payload->'CustomerImported'->>'email')) = ANY($1)",
         )
+        // Planned with the real ids every time: a plan cached while the
+        // events table was small would scan it whole for every page.
+        .persistent(false)
         .bind(emails)
         .fetch_all(self.repo.pool())
         .await
@@ -560,6 +566,9 @@ impl Run<'_> {
             "SELECT aggregate_id, sequence, payload FROM events \
              WHERE aggregate_type = 'Customer' AND aggregate_id = ANY($1) ORDER BY aggregate_id, sequence",
         )
+        // Planned with the real ids every time: a plan cached while the
+        // events table was small would scan it whole for every page.
+        .persistent(false)
         .bind(streams)
         .fetch_all(self.repo.pool())
         .await
@@ -736,7 +745,10 @@ async fn plan_credential(row: &LegacyCredential) -> Result<(String, Planned), Re
         row.backup_eligible,
         row.backup_state,
     )
-    .map_err(|e| ("malformed_cose_key", e.to_string()))?;
+    .map_err(|e| match e {
+        cose::CoseError::Unsupported(_) => ("unsupported_cose_key", e.to_string()),
+        _ => ("malformed_cose_key", e.to_string()),
+    })?;
     let passkey =
         serde_json::to_value(&passkey).map_err(|e| ("malformed_cose_key", e.to_string()))?;
     let name = optional(

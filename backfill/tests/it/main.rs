@@ -5,6 +5,7 @@
 //! real API router for logging in and refreshing afterwards.
 
 mod bad_rows;
+mod cose;
 mod helpers;
 mod import;
 mod login;
