@@ -5,7 +5,8 @@
 //! code — with shedding off (QUEUE_MAX_IN_FLIGHT huge) and on.
 //!
 //! Phases, all in one run on one scratch database:
-//! 1. unloaded: CRITICAL only, one request at a time → the reference p99;
+//! 1. unloaded: CRITICAL only, one request at a time → the reference p99
+//!    (measured again at the end; the lower p99 of the two is the reference);
 //! 2. sustainable: the full mix, closed loop at `--concurrency` → req/s;
 //! 3. overload: the full mix, open loop at 2× that rate (requests are sent
 //!    on schedule whether or not earlier ones have finished), shedding off
@@ -633,6 +634,22 @@ async fn run_in(args: &Args, pool: &PgPool) -> BenchResult<()> {
         give_back(&m);
         results.push(r);
     }
+    // The machine is shared: measure the unloaded reference again at the end
+    // and hold the overload to the better (lower) of the two.
+    eprintln!("unloaded CRITICAL again…");
+    let logins = sign_logins(&client, &on_base, &mut customers).await?;
+    let m = phase(&on_base, logins);
+    let unloaded_again = closed_loop(
+        "unloaded again, after the overload phases",
+        m.clone(),
+        1,
+        args.secs,
+        args.max_requests,
+        0.0,
+    )
+    .await;
+    give_back(&m);
+    results.push(unloaded_again);
     off_server.abort();
     on_server.abort();
 
@@ -643,7 +660,7 @@ async fn run_in(args: &Args, pool: &PgPool) -> BenchResult<()> {
     for r in &results {
         r.print();
     }
-    let unloaded_p99 = results[0].critical().p99;
+    let unloaded_p99 = results[0].critical().p99.min(results[7].critical().p99);
     let alone = results[3].critical();
     let off = results[4].critical();
     let on = results[5].critical();
@@ -666,7 +683,7 @@ async fn run_in(args: &Args, pool: &PgPool) -> BenchResult<()> {
         same_mix.sent
     );
     println!(
-        "verdict (LOW storm): CRITICAL p99 unloaded {:.2} ms; under {:.1}x overload {:.2} ms ({:.1}x) with shedding off, {:.2} ms ({:.1}x) with shedding on; LOW shed {low_shed} of {} ({:.0}%); CRITICAL shed {} of {}; within 2x: {}",
+        "verdict (LOW storm): CRITICAL p99 unloaded {:.2} ms (the lower of the two unloaded phases); under {:.1}x overload {:.2} ms ({:.1}x) with shedding off, {:.2} ms ({:.1}x) with shedding on; LOW shed {low_shed} of {} ({:.0}%); CRITICAL shed {} of {}; within 2x: {}",
         unloaded_p99.as_secs_f64() * 1e3,
         args.overload,
         off.p99.as_secs_f64() * 1e3,
