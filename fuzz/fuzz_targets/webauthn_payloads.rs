@@ -95,7 +95,7 @@ fn fixture() -> &'static Fixture {
         let mut login = soft
             .do_authentication(origin, options)
             .expect("soft authentication");
-        login.response.user_handle = Some(user.to_vec().into());
+        login.response.user_handle = Some(user.to_vec());
         core.authenticate_single_credential(&login, &authentication, &credential)
             .expect("genuine assertion verifies");
         let login_response = serde_json::to_value(&login).expect("json");
@@ -206,7 +206,7 @@ fuzz_target!(|data: &[u8]| {
         1 => {
             login_complete(data);
         }
-        2 | 3 | 4 => {
+        2..=4 => {
             let field =
                 ["attestationObject", "clientDataJSON", "rawId"][usize::from(mode % 10 - 2)];
             // Attestation "none" (what register/begin asks for) signs
@@ -216,7 +216,7 @@ fuzz_target!(|data: &[u8]| {
             let (body, _) = edited(&f.register_response, field, data);
             register_complete(&body);
         }
-        5 | 6 | 7 | 8 => {
+        5..=8 => {
             let field = [
                 "authenticatorData",
                 "clientDataJSON",
