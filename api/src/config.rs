@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use url::Url;
 
@@ -86,6 +87,8 @@ pub struct Config {
     /// Concurrent /api requests before load shedding (ordinary routes are
     /// shed past 3/4 of it, critical ones past it).
     pub max_in_flight: usize,
+    /// The store circuit breaker's thresholds (QUEUE_BREAKER_*).
+    pub breaker: crate::breaker::BreakerConfig,
     /// Rate limits shared through Redis; `None`: per-process limits.
     pub redis: Option<RedisConfig>,
     /// Take the client address from the first X-Forwarded-For entry.
@@ -126,6 +129,7 @@ impl fmt::Debug for Config {
             .field("rate_limit_per_account", &self.rate_limit_per_account)
             .field("rate_limit_per_service", &self.rate_limit_per_service)
             .field("max_in_flight", &self.max_in_flight)
+            .field("breaker", &self.breaker)
             .field("redis", &self.redis)
             .field("trust_forwarded_for", &self.trust_forwarded_for)
             .field("mailer", &self.mailer)
@@ -338,6 +342,24 @@ impl Config {
             number(&get, "QUEUE_RATE_LIMIT_PER_SERVICE", 6000, 1, 10_000_000)?;
         let trust_forwarded_for = flag(&get, "QUEUE_TRUST_FORWARDED_FOR")?.unwrap_or(false);
         let max_in_flight = number(&get, "QUEUE_MAX_IN_FLIGHT", 256, 1, 1_000_000)? as usize;
+        let breaker = crate::breaker::BreakerConfig {
+            failure_threshold: number(&get, "QUEUE_BREAKER_FAILURES", 5, 1, 1000)?,
+            latency_window: number(&get, "QUEUE_BREAKER_LATENCY_WINDOW", 20, 1, 10_000)? as usize,
+            max_mean_latency: Duration::from_millis(u64::from(number(
+                &get,
+                "QUEUE_BREAKER_MAX_MEAN_LATENCY_MS",
+                3000,
+                1,
+                600_000,
+            )?)),
+            open_for: Duration::from_millis(u64::from(number(
+                &get,
+                "QUEUE_BREAKER_OPEN_MS",
+                30_000,
+                10,
+                3_600_000,
+            )?)),
+        };
         let redis = redis_config(&get)?;
 
         let mailer = match text(&get, "QUEUE_MAILER").as_deref() {
@@ -421,6 +443,7 @@ impl Config {
             rate_limit_per_service,
             trust_forwarded_for,
             max_in_flight,
+            breaker,
             redis,
             mailer,
             email_verify_url,
@@ -485,6 +508,36 @@ mod tests {
             assert!(err.starts_with(var), "{err}");
             assert!(!err.contains("hunter2"), "{err}");
         }
+    }
+
+    #[test]
+    fn breaker_thresholds_are_configurable_and_checked() {
+        let base = [("QUEUE_DEV", "1"), ("QUEUE_JWT_KEYS", KEY)];
+        let defaults = Config::from_lookup(lookup(&base)).unwrap().breaker;
+        assert_eq!(defaults, crate::breaker::BreakerConfig::default());
+
+        let mut with = base.to_vec();
+        with.extend([
+            ("QUEUE_BREAKER_FAILURES", "3"),
+            ("QUEUE_BREAKER_LATENCY_WINDOW", "10"),
+            ("QUEUE_BREAKER_MAX_MEAN_LATENCY_MS", "750"),
+            ("QUEUE_BREAKER_OPEN_MS", "2000"),
+        ]);
+        let breaker = Config::from_lookup(lookup(&with)).unwrap().breaker;
+        assert_eq!(breaker.failure_threshold, 3);
+        assert_eq!(breaker.latency_window, 10);
+        assert_eq!(breaker.max_mean_latency, Duration::from_millis(750));
+        assert_eq!(breaker.open_for, Duration::from_secs(2));
+
+        let mut zero = base.to_vec();
+        zero.push(("QUEUE_BREAKER_FAILURES", "0"));
+        assert!(matches!(
+            Config::from_lookup(lookup(&zero)),
+            Err(ConfigError::Invalid {
+                var: "QUEUE_BREAKER_FAILURES",
+                ..
+            })
+        ));
     }
 
     #[test]

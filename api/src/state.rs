@@ -117,7 +117,7 @@ impl AppState {
                 clock,
                 mailer,
                 metrics: Metrics::global(),
-                breaker: crate::breaker::Breaker::new(crate::breaker::BreakerConfig::default()),
+                breaker: crate::breaker::Breaker::new(config.breaker),
                 in_flight: crate::shedding::InFlight::default(),
                 fake_credentials,
                 fake_key,

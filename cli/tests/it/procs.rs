@@ -305,6 +305,8 @@ impl Instance {
             .env("QUEUE_SERVICE_TOKEN_AUDITOR", AUDITOR)
             .env("QUEUE_SERVICE_SCOPES_AUDITOR", "audit:write")
             .env("QUEUE_RATE_LIMIT_PER_SERVICE", "10000000")
+            // A short open period so the cut test recovers in seconds, not 30.
+            .env("QUEUE_BREAKER_OPEN_MS", "3000")
             .env("QUEUE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
