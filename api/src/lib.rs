@@ -92,6 +92,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         .merge(v1_routes())
         .merge(operation_routes())
         .split_for_parts();
+    openapi::add_shared_responses(&mut doc);
     doc.paths.paths.insert(
         "/metrics".to_owned(),
         utoipa::openapi::path::PathItem::new(

@@ -35,3 +35,63 @@ impl Modify for BearerAuth {
         );
     }
 }
+
+/// Responses every `/api` operation can give whatever its handler says:
+/// 429 `overloaded` (load shedding, with Retry-After) and 503 `unavailable`
+/// / `shutting_down`; operations with a body also 400 (malformed JSON) and
+/// 413 `payload_too_large`. Added here, once, so the document matches what
+/// the middleware does (schemathesis checks status codes against it).
+pub fn add_shared_responses(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let retry_after_header = || {
+        utoipa::openapi::header::HeaderBuilder::new()
+            .description(Some("seconds to wait before retrying"))
+            .build()
+    };
+    let error = |description: &str, retry_after: bool| {
+        let mut response = ResponseBuilder::new().description(description).content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorEnvelope")))
+                .build(),
+        );
+        if retry_after {
+            response = response.header("Retry-After", retry_after_header());
+        }
+        response.build()
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if !path.starts_with("/api/") {
+            continue;
+        }
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let has_body = operation.request_body.is_some();
+            let responses = &mut operation.responses.responses;
+            let mut add = |status: &str, description: &str, retry_after: bool| {
+                let response = responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| error(description, retry_after).into());
+                // A handler's own 429/503 entry gets the header the error mapping sends.
+                if let (true, RefOr::T(response)) = (retry_after, response) {
+                    response
+                        .headers
+                        .entry("Retry-After".to_owned())
+                        .or_insert_with(|| retry_after_header().into());
+                }
+            };
+            add("429", "rate_limited or overloaded", true);
+            add("503", "unavailable or shutting_down", true);
+            if has_body {
+                add("400", "invalid_request: malformed JSON", false);
+                add("413", "payload_too_large: body over 64 KiB", false);
+            }
+        }
+    }
+}

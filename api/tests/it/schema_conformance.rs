@@ -185,3 +185,40 @@ async fn audit_query_parameters_work_as_documented(pool: PgPool) {
         .await;
     r.assert_error(StatusCode::BAD_REQUEST, "invalid_request");
 }
+
+/// Shedding, the breaker and the body limit answer on every route, so every
+/// /api operation documents 429 and 503 (with Retry-After), and every one
+/// with a body 400 and 413, all with the error envelope.
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn every_api_operation_documents_the_shared_error_responses(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let doc = app.get("/openapi.json").await.json;
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if !path.starts_with("/api/") {
+            continue;
+        }
+        for (method, op) in item.as_object().unwrap() {
+            let responses = &op["responses"];
+            let mut expected = vec!["429", "503"];
+            if op.get("requestBody").is_some() {
+                expected.extend(["400", "413"]);
+            }
+            for status in expected {
+                let response = &responses[status];
+                assert!(
+                    response["content"]["application/json"]["schema"].is_object(),
+                    "{method} {path}: {status} missing or without a body: {response}"
+                );
+                if status == "429" || status == "503" {
+                    assert!(
+                        response["headers"]["Retry-After"].is_object(),
+                        "{method} {path}: {status} lacks Retry-After"
+                    );
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "only {checked} operations");
+}
