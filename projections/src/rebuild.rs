@@ -27,8 +27,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::stream::FuturesOrdered;
-use futures::{StreamExt as _, TryStreamExt};
 use queue_eventstore::feed::Position;
 use serde::Serialize;
 use sqlx::postgres::PgConnectOptions;
@@ -37,10 +35,10 @@ use tokio::sync::mpsc;
 
 use crate::checksum::{self, Mode, Sums, TableSum};
 use crate::error::{ProjectionError, ProjectionResult};
-use crate::events::{raw_from_row, read_batch, watermark, Decoder, Event, EVENT_COLUMNS};
+use crate::events::{read_batch, watermark, Decoder, Event, EVENT_COLUMNS};
 use crate::fold::{AuditFold, Table};
 use crate::projection::Projection;
-use crate::replay::{decode_chunk, stream_order_sums, FullFold, CHUNK, DECODE_IN_FLIGHT};
+use crate::replay::{decode_rows, stream_order_sums, FullFold};
 use crate::rows::{AuditRow, CopyRow, Row, COPY_BINARY_HEADER, COPY_BINARY_TRAILER};
 use crate::runner::LIVE_SCHEMA;
 use crate::store::{apply_batch, qualified, BatchError};
@@ -423,52 +421,15 @@ async fn replay_into_shadow(
     let reader_connect = connect.clone();
     let reader = AbortOnDrop(tokio::spawn(async move {
         let mut conn = PgConnection::connect_with(&reader_connect).await?;
-        let decoder = Arc::new(Decoder::new());
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE (commit_xid, insert_id) <= ($1, $2) \
              ORDER BY commit_xid, insert_id"
         );
-        let mut rows = sqlx::query(&sql)
+        let rows = sqlx::query(&sql)
             .bind(end.commit_xid)
             .bind(end.insert_id)
             .fetch(&mut conn);
-        let mut chunk = Vec::with_capacity(CHUNK);
-        let mut skipped = 0u64;
-        let mut decoding = FuturesOrdered::new();
-        let mut done = false;
-        while !done {
-            match rows.try_next().await? {
-                Some(row) => {
-                    let raw = raw_from_row(&row)?;
-                    if reader_projections
-                        .iter()
-                        .any(|p| p.reads(&raw.meta.aggregate_type))
-                    {
-                        chunk.push(raw);
-                    } else {
-                        skipped += 1;
-                    }
-                }
-                None => done = true,
-            }
-            if chunk.len() == CHUNK || (done && !chunk.is_empty()) {
-                let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
-                let decoder = Arc::clone(&decoder);
-                decoding.push_back(tokio::task::spawn_blocking(move || {
-                    decode_chunk(&decoder, full)
-                }));
-            }
-            while decoding.len() >= DECODE_IN_FLIGHT || (done && !decoding.is_empty()) {
-                let Some(decoded) = decoding.next().await else {
-                    break;
-                };
-                let events =
-                    decoded.map_err(|e| ProjectionError::Rebuild(format!("decoder: {e}")))??;
-                if event_tx.send(events).await.is_err() {
-                    return Ok(());
-                }
-            }
-        }
+        let skipped = decode_rows(rows, &reader_projections, &event_tx).await?;
         let _ = skipped_tx.send(skipped);
         Ok::<(), ProjectionError>(())
     }));

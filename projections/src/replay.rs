@@ -6,7 +6,9 @@ use std::sync::Arc;
 use futures::stream::FuturesOrdered;
 use futures::{StreamExt as _, TryStreamExt};
 use queue_eventstore::feed::Position;
+use sqlx::postgres::PgRow;
 use sqlx::PgConnection;
+use tokio::sync::mpsc;
 
 use crate::checksum::{self, Mode, Sum, Sums};
 use crate::error::{ProjectionError, ProjectionResult};
@@ -100,10 +102,9 @@ pub async fn stream_order_sums(
     end: Position,
     mode: Mode,
 ) -> ProjectionResult<(u64, Sums)> {
-    let decoder = Arc::new(Decoder::new());
     // Folding (and checksumming) on a thread of its own, beside the reading
     // and decoding.
-    let (fold_tx, mut fold_rx) = tokio::sync::mpsc::channel::<Vec<Event>>(8);
+    let (fold_tx, mut fold_rx) = mpsc::channel::<Vec<Event>>(8);
     let fold_projections = projections.to_vec();
     let folder = tokio::task::spawn_blocking(move || {
         let mut fold = FullFold::new(&fold_projections).with_audit_sum(mode);
@@ -114,18 +115,41 @@ pub async fn stream_order_sums(
         }
         Ok::<(u64, Sums), ProjectionError>((fold.events, fold.sums(mode)))
     });
-    let mut skipped = 0u64;
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE (commit_xid, insert_id) <= ($1, $2) \
          ORDER BY aggregate_type, aggregate_id, sequence"
     );
-    let mut rows = sqlx::query(&sql)
+    let rows = sqlx::query(&sql)
         .bind(end.commit_xid)
         .bind(end.insert_id)
         .fetch(&mut *conn);
-    // Chunks are decoded on the blocking pool (a few at once, results taken
-    // in order) while rows keep coming; folding stays in order here.
+    // A fold that stopped reports its own error below.
+    let skipped = decode_rows(rows, projections, &fold_tx).await?;
+    drop(fold_tx);
+    let (folded, sums) = folder
+        .await
+        .map_err(|e| ProjectionError::Rebuild(format!("second fold: {e}")))??;
+    Ok((folded + skipped, sums))
+}
+
+/// Events per chunk handed to the decoders.
+pub const CHUNK: usize = 1024;
+/// Chunks being decoded at once on the blocking pool.
+pub const DECODE_IN_FLIGHT: usize = 3;
+
+/// Reads `rows`, keeps the events `projections` read and decodes them in
+/// chunks on the blocking pool (a few at once, results taken in order) while
+/// rows keep coming, sending each decoded chunk to `tx` in order. Stops early,
+/// without error, when the receiver is gone (its owner reports why). Returns
+/// how many rows no projection reads.
+pub async fn decode_rows(
+    mut rows: impl futures::Stream<Item = Result<PgRow, sqlx::Error>> + Unpin,
+    projections: &[Projection],
+    tx: &mpsc::Sender<Vec<Event>>,
+) -> ProjectionResult<u64> {
+    let decoder = Arc::new(Decoder::new());
     let mut chunk = Vec::with_capacity(CHUNK);
+    let mut skipped = 0u64;
     let mut decoding = FuturesOrdered::new();
     let mut done = false;
     while !done {
@@ -156,24 +180,13 @@ pub async fn stream_order_sums(
             };
             let events =
                 decoded.map_err(|e| ProjectionError::Rebuild(format!("decoder: {e}")))??;
-            // A fold that stopped reports its own error below.
-            if fold_tx.send(events).await.is_err() {
-                done = true;
-                break;
+            if tx.send(events).await.is_err() {
+                return Ok(skipped);
             }
         }
     }
-    drop(fold_tx);
-    let (folded, sums) = folder
-        .await
-        .map_err(|e| ProjectionError::Rebuild(format!("second fold: {e}")))??;
-    Ok((folded + skipped, sums))
+    Ok(skipped)
 }
-
-/// Events per chunk handed to the decoders.
-pub const CHUNK: usize = 1024;
-/// Chunks being decoded at once on the blocking pool.
-pub const DECODE_IN_FLIGHT: usize = 3;
 
 /// Decodes a chunk of raw events (on the blocking pool).
 pub fn decode_chunk(decoder: &Decoder, raws: Vec<RawEvent>) -> ProjectionResult<Vec<Event>> {
