@@ -75,103 +75,7 @@ pub fn run(command: KeysCommand, json: bool, env: Lookup) -> Result<ExitCode, Cl
             );
             Ok(ExitCode::SUCCESS)
         }
-        KeysCommand::Rotate {
-            kind: RotateKind::Jwt,
-            file,
-        } => {
-            let path = key_file(
-                file,
-                env,
-                "QUEUE_JWT_KEYS",
-                "QUEUE_JWT_KEYS_FILE",
-                "jwt_keys",
-            )?;
-            let kid = queue_api::jwt::rotate_key_file(&path, 3).map_err(CliError::Io)?;
-            let notified = match config::database_url(env) {
-                Ok(url) => notify(url, Notice::Jwt)?,
-                Err(_) => false,
-            };
-            crate::output(
-                json,
-                &serde_json::json!({"file": path.display().to_string(), "kid": kid, "notified": notified}),
-                &format!(
-                    "new JWT signing key {kid} is current in {}; {}",
-                    path.display(),
-                    if notified {
-                        "running instances were told to reload"
-                    } else {
-                        "DATABASE_URL not set: restart instances to pick it up"
-                    }
-                ),
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        KeysCommand::Rotate {
-            kind: RotateKind::Mac,
-            file,
-        } => {
-            let path = key_file(
-                file,
-                env,
-                "QUEUE_MAC_KEYS",
-                "QUEUE_MAC_KEYS_FILE",
-                DEV_MAC_FILE,
-            )?;
-            let new_id = format!("k{}", chrono::Utc::now().format("%Y%m%d%H%M%S%3f"));
-            let key_id = queue_eventstore::rotation::rotate_mac_key_file(&path, &new_id)
-                .map_err(CliError::Io)?;
-            let notified = match config::database_url(env) {
-                Ok(url) => notify(url, Notice::Mac)?,
-                Err(_) => false,
-            };
-            crate::output(
-                json,
-                &serde_json::json!({"file": path.display().to_string(), "key_id": key_id, "notified": notified}),
-                &format!(
-                    "new MAC key {key_id} is current in {}; older keys stay for verification; {}",
-                    path.display(),
-                    if notified {
-                        "running instances were told to reload"
-                    } else {
-                        "DATABASE_URL not set: restart instances to pick it up"
-                    }
-                ),
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        KeysCommand::Rotate {
-            kind: RotateKind::Checkpoint,
-            file,
-        } => {
-            let path = key_file(
-                file,
-                env,
-                "QUEUE_CHECKPOINT_KEY",
-                "QUEUE_CHECKPOINT_KEY_FILE",
-                DEV_CHECKPOINT_FILE,
-            )?;
-            let key_id = queue_eventstore::rotation::rotate_checkpoint_key_file(&path)
-                .map_err(CliError::Io)?;
-            let notified = match config::database_url(env) {
-                Ok(url) => notify(url, Notice::Checkpoint)?,
-                Err(_) => false,
-            };
-            crate::output(
-                json,
-                &serde_json::json!({"file": path.display().to_string(), "key_id": key_id, "notified": notified}),
-                &format!(
-                    "new checkpoint key {key_id} is current in {}; older public keys stay for verification \
-                     (publish them: queue keys public checkpoint); {}",
-                    path.display(),
-                    if notified {
-                        "running instances were told to reload"
-                    } else {
-                        "DATABASE_URL not set: restart instances to pick it up"
-                    }
-                ),
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        KeysCommand::Rotate { kind, file } => rotate(kind, file, json, env),
         KeysCommand::Public {
             kind: PublicKind::Checkpoint,
         } => {
@@ -198,6 +102,79 @@ pub fn run(command: KeysCommand, json: bool, env: Lookup) -> Result<ExitCode, Cl
 /// The file to rotate: `--file`, else the `*_FILE` variable, else the dev
 /// key directory. Keys given inline are refused: rotating a file nobody
 /// reads would look like success and change nothing.
+/// Rotates one kind of key in its file, then tells running instances
+/// (NOTIFY) when a database is configured.
+fn rotate(
+    kind: RotateKind,
+    file: Option<PathBuf>,
+    json: bool,
+    env: Lookup,
+) -> Result<ExitCode, CliError> {
+    let (inline_var, file_var, dev_name, notice) = match kind {
+        RotateKind::Jwt => (
+            "QUEUE_JWT_KEYS",
+            "QUEUE_JWT_KEYS_FILE",
+            "jwt_keys",
+            Notice::Jwt,
+        ),
+        RotateKind::Mac => (
+            "QUEUE_MAC_KEYS",
+            "QUEUE_MAC_KEYS_FILE",
+            DEV_MAC_FILE,
+            Notice::Mac,
+        ),
+        RotateKind::Checkpoint => (
+            "QUEUE_CHECKPOINT_KEY",
+            "QUEUE_CHECKPOINT_KEY_FILE",
+            DEV_CHECKPOINT_FILE,
+            Notice::Checkpoint,
+        ),
+    };
+    let path = key_file(file, env, inline_var, file_var, dev_name)?;
+    let (id_field, key_id, what, keeps) = match kind {
+        RotateKind::Jwt => (
+            "kid",
+            queue_api::jwt::rotate_key_file(&path, 3).map_err(CliError::Io)?,
+            "JWT signing key",
+            "",
+        ),
+        RotateKind::Mac => {
+            let new_id = format!("k{}", chrono::Utc::now().format("%Y%m%d%H%M%S%3f"));
+            (
+                "key_id",
+                queue_eventstore::rotation::rotate_mac_key_file(&path, &new_id)
+                    .map_err(CliError::Io)?,
+                "MAC key",
+                "older keys stay for verification; ",
+            )
+        }
+        RotateKind::Checkpoint => (
+            "key_id",
+            queue_eventstore::rotation::rotate_checkpoint_key_file(&path).map_err(CliError::Io)?,
+            "checkpoint key",
+            "older public keys stay for verification (publish them: queue keys public checkpoint); ",
+        ),
+    };
+    let notified = match config::database_url(env) {
+        Ok(url) => notify(url, notice)?,
+        Err(_) => false,
+    };
+    crate::output(
+        json,
+        &serde_json::json!({"file": path.display().to_string(), id_field: key_id, "notified": notified}),
+        &format!(
+            "new {what} {key_id} is current in {}; {keeps}{}",
+            path.display(),
+            if notified {
+                "running instances were told to reload"
+            } else {
+                "DATABASE_URL not set: restart instances to pick it up"
+            }
+        ),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn key_file(
     file: Option<PathBuf>,
     env: Lookup,
