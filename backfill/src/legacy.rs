@@ -115,7 +115,10 @@ where
         table.name(),
         table.filter()
     );
+    // Unnamed statements, planned with each page's values: a generic plan
+    // cached on a small or unanalysed table can scan it whole per page.
     sqlx::query_as(&sql)
+        .persistent(false)
         .bind(after)
         .bind(limit)
         .fetch_all(pool)
@@ -191,6 +194,7 @@ pub async fn mark_migrated(
         table.name()
     );
     sqlx::query(&sql)
+        .persistent(false)
         .bind(ids)
         .execute(conn)
         .await
@@ -201,6 +205,7 @@ pub async fn mark_migrated(
 /// Which of these legacy customer ids exist in the legacy table.
 pub async fn existing_customers(pool: &PgPool, ids: &[i64]) -> BackfillResult<Vec<i64>> {
     sqlx::query_scalar("SELECT id FROM customers WHERE id = ANY($1)")
+        .persistent(false)
         .bind(ids)
         .fetch_all(pool)
         .await
