@@ -139,6 +139,22 @@ pub(crate) async fn post_json(
     Ok(value)
 }
 
+/// Registers `count` customers, `concurrency` at a time.
+pub(crate) async fn register_all(
+    client: &reqwest::Client,
+    base: &str,
+    count: usize,
+    concurrency: usize,
+) -> BenchResult<Vec<Customer>> {
+    stream::iter(0..count)
+        .map(|i| async move { register(client, base, i).await })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
 pub(crate) async fn register(
     client: &reqwest::Client,
     base: &str,
@@ -268,17 +284,7 @@ async fn run_in(args: &Args, pool: &PgPool) -> BenchResult<()> {
         .build()?;
 
     eprintln!("registering {} customers…", args.logins);
-    let mut customers: Vec<Customer> = stream::iter(0..args.logins)
-        .map(|i| {
-            let client = client.clone();
-            let base = base.clone();
-            async move { register(&client, &base, i).await }
-        })
-        .buffer_unordered(args.concurrency)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<BenchResult<_>>()?;
+    let mut customers = register_all(&client, &base, args.logins, args.concurrency).await?;
     eprintln!("preparing {} signed assertions…", args.logins);
     let mut bodies = Vec::with_capacity(customers.len());
     for customer in &mut customers {

@@ -22,14 +22,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::stream::{self, StreamExt};
 use queue_api::mailer::LogMailer;
 use queue_api::{AppState, Config, ServiceClock};
 use queue_eventstore::{MacKeys, SharedMacKeys};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::http::{assertion, register, serve, Customer, ORIGIN};
+use crate::http::{assertion, register_all, serve, Customer, ORIGIN};
 use crate::support::{rate, BenchResult, ScratchDb};
 
 #[derive(clap::Args)]
@@ -472,17 +471,7 @@ async fn run_in(args: &Args, pool: &PgPool) -> BenchResult<()> {
         .build()?;
 
     eprintln!("registering {} customers…", args.customers);
-    let mut customers: Vec<Customer> = stream::iter(0..args.customers)
-        .map(|i| {
-            let client = client.clone();
-            let base = off_base.clone();
-            async move { register(&client, &base, i).await }
-        })
-        .buffer_unordered(args.concurrency)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<BenchResult<_>>()?;
+    let mut customers = register_all(&client, &off_base, args.customers, args.concurrency).await?;
     let customer_ids: Vec<String> = customers
         .iter()
         .filter_map(|c| uuid::Uuid::from_slice(&c.user_handle).ok())
