@@ -1,34 +1,42 @@
-//! `queue-bench load`: a mixed load against the real router over loopback
+//! `queue-bench load`: a mixed load against `queue serve` over loopback
 //! TCP, bounded in time and in count. CRITICAL routes (login/complete,
 //! refresh, audit writes) mixed with LOW ones (customer history, audit log
 //! reads); throughput, p50/p99 per route and class, and answers by status and
 //! code — with shedding off (QUEUE_MAX_IN_FLIGHT huge) and on.
 //!
-//! Phases, all in one run on one scratch database:
+//! The service runs as two child `queue serve` processes (the release
+//! `queue` binary next to this one, or `--queue-bin`) on one scratch
+//! database, each on a free loopback port: shedding off and shedding on. They
+//! are killed when the run ends, also on error. The generator lowers its own
+//! CPU priority (`renice -n 10`, best effort) once they are up, so on a small
+//! machine the client's work does not compete with the service as it would
+//! not in a real deployment; its lateness still counts (latency is measured
+//! from the scheduled send).
+//!
+//! Phases, all in one run:
 //! 1. unloaded: CRITICAL only, one request at a time → the reference p99
 //!    (measured again at the end; the lower p99 of the two is the reference);
 //! 2. sustainable: the full mix, closed loop at `--concurrency` → req/s;
-//! 3. overload: the full mix, open loop at 2× that rate (requests are sent
-//!    on schedule whether or not earlier ones have finished), shedding off
-//!    and on. The verdict: CRITICAL p99 under overload with shedding on
-//!    against 2× the unloaded p99, and how much LOW was shed.
+//! 3. overload: open loop at 2× that rate (requests are sent on schedule
+//!    whether or not earlier ones have finished), shedding off and on. The
+//!    verdict: CRITICAL p99 under overload with shedding on against 2× the
+//!    unloaded p99, and how much LOW was shed.
 //!
 //! Login assertions are signed before each phase (one per customer, so sign
 //! counters never race); refresh tokens are used by one request at a time.
-//! Latency is measured from the moment a request is sent.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use queue_api::mailer::LogMailer;
-use queue_api::{AppState, Config, ServiceClock};
-use queue_eventstore::{MacKeys, SharedMacKeys};
+use queue_eventstore::{CheckpointSigner, MacKeys};
 use serde_json::{json, Value};
-use sqlx::PgPool;
 
-use crate::http::{assertion, register_all, serve, Customer, ORIGIN};
+use crate::http::{assertion, register_all, Customer, ORIGIN};
 use crate::support::{rate, BenchResult, ScratchDb};
 
 #[derive(clap::Args)]
@@ -54,9 +62,23 @@ pub struct Args {
     /// Overload factor over the sustainable rate.
     #[arg(long, default_value_t = 2.0)]
     overload: f64,
-    /// Database connections of the service.
-    #[arg(long, default_value_t = 16)]
-    connections: u32,
+    /// Niceness the load generator gives itself once the service runs (0: none).
+    #[arg(long, default_value_t = 10)]
+    nice: u8,
+    /// The `queue` binary to serve with (default: `queue` next to this binary).
+    #[arg(long)]
+    queue_bin: Option<PathBuf>,
+    /// Extra `KEY=VALUE` settings for the shedding-on instance (repeatable),
+    /// e.g. to try other shedding levels.
+    #[arg(long = "on-env", value_parser = parse_setting)]
+    on_env: Vec<(String, String)>,
+}
+
+fn parse_setting(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
 }
 
 const TOKEN: &str = "bench-service-token-000001";
@@ -90,7 +112,10 @@ struct Sample {
     route: Route,
     status: u16,
     code: String,
+    /// From the scheduled send to the whole answer.
     latency: Duration,
+    /// From the scheduled send to the moment the generator sent it.
+    late: Duration,
 }
 
 /// What the requests of one phase draw on.
@@ -123,7 +148,8 @@ impl Material {
         }
     }
 
-    async fn send(&self, wanted: Route, i: usize) -> Sample {
+    /// Sends the i-th request, due at `scheduled`; its latency counts from then.
+    async fn send(&self, wanted: Route, i: usize, scheduled: Instant) -> Sample {
         let mut route = wanted;
         let request = match wanted {
             Route::LoginComplete => match lock(&self.assertions).pop() {
@@ -158,7 +184,7 @@ impl Material {
                 .get(format!("{}/api/v1/audit/events?limit=100", self.base))
                 .bearer_auth(TOKEN),
         };
-        let started = Instant::now();
+        let late = scheduled.elapsed();
         let (status, body) = match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -169,7 +195,7 @@ impl Material {
             }
             Err(e) => (0, json!({"error": {"code": transport_code(&e)}})),
         };
-        let latency = started.elapsed();
+        let latency = scheduled.elapsed();
         if let Some(token) = body["refresh_token"].as_str() {
             lock(&self.refresh_tokens).push(token.to_owned());
         }
@@ -182,6 +208,7 @@ impl Material {
             status,
             code,
             latency,
+            late,
         }
     }
 
@@ -214,7 +241,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 struct PhaseResult {
     name: String,
+    /// From the first send to the last answer.
     secs: f64,
+    /// From the first scheduled send to the last actual send.
+    send_secs: f64,
     samples: Vec<Sample>,
 }
 
@@ -232,17 +262,21 @@ struct ClassStats {
     ok: usize,
     p50: Duration,
     p99: Duration,
+    /// p99 from the moment the generator actually sent (its lateness left out).
+    p99_from_send: Duration,
     by_code: BTreeMap<String, usize>,
 }
 
 impl PhaseResult {
     fn stats(&self, keep: impl Fn(Route) -> bool) -> ClassStats {
         let mut ok: Vec<Duration> = Vec::new();
+        let mut from_send: Vec<Duration> = Vec::new();
         let mut stats = ClassStats::default();
         for s in self.samples.iter().filter(|s| keep(s.route)) {
             stats.sent += 1;
             if (200..300).contains(&s.status) {
                 ok.push(s.latency);
+                from_send.push(s.latency.saturating_sub(s.late));
             } else {
                 *stats
                     .by_code
@@ -251,9 +285,11 @@ impl PhaseResult {
             }
         }
         ok.sort();
+        from_send.sort();
         stats.ok = ok.len();
         stats.p50 = percentile(&ok, 0.50);
         stats.p99 = percentile(&ok, 0.99);
+        stats.p99_from_send = percentile(&from_send, 0.99);
         stats
     }
 
@@ -266,19 +302,24 @@ impl PhaseResult {
     }
 
     fn print(&self) {
+        let mut late: Vec<Duration> = self.samples.iter().map(|s| s.late).collect();
+        late.sort();
         println!(
-            "{}  ({} requests in {:.1} s, {:.0} req/s sent, {:.0} req/s answered 2xx)",
+            "{}  ({} requests, sent at {:.0} req/s over {:.1} s (generator late p50 {:.2} ms, p99 {:.2} ms), {:.0} req/s answered 2xx over {:.1} s)",
             self.name,
             self.samples.len(),
-            self.secs,
-            rate(self.samples.len() as u64, self.secs),
+            rate(self.samples.len() as u64, self.send_secs),
+            self.send_secs,
+            percentile(&late, 0.50).as_secs_f64() * 1e3,
+            percentile(&late, 0.99).as_secs_f64() * 1e3,
             rate(
                 self.samples
                     .iter()
                     .filter(|s| (200..300).contains(&s.status))
                     .count() as u64,
                 self.secs
-            )
+            ),
+            self.secs,
         );
         let line = |label: &str, s: &ClassStats| {
             let errors = if s.by_code.is_empty() {
@@ -291,12 +332,13 @@ impl PhaseResult {
                     .join(", ")
             };
             println!(
-                "  {label:<18} {:>6} sent {:>6} ok  {:>7.0} ok/s  p50 {:>8.2} ms  p99 {:>8.2} ms  errors: {errors}",
+                "  {label:<18} {:>6} sent {:>6} ok  {:>7.0} ok/s  p50 {:>8.2} ms  p99 {:>8.2} ms (from send {:>8.2} ms)  errors: {errors}",
                 s.sent,
                 s.ok,
                 rate(s.ok as u64, self.secs),
                 s.p50.as_secs_f64() * 1e3,
                 s.p99.as_secs_f64() * 1e3,
+                s.p99_from_send.as_secs_f64() * 1e3,
             );
         };
         line("CRITICAL", &self.critical());
@@ -340,7 +382,11 @@ async fn closed_loop(
                     if i >= max {
                         break;
                     }
-                    samples.push(material.send(material.route(i, low_share), i).await);
+                    samples.push(
+                        material
+                            .send(material.route(i, low_share), i, Instant::now())
+                            .await,
+                    );
                 }
                 samples
             })
@@ -352,9 +398,11 @@ async fn closed_loop(
             samples.extend(s);
         }
     }
+    let secs = started.elapsed().as_secs_f64();
     PhaseResult {
         name: name.to_owned(),
-        secs: started.elapsed().as_secs_f64(),
+        secs,
+        send_secs: secs,
         samples,
     }
 }
@@ -371,17 +419,21 @@ async fn open_loop(
 ) -> PhaseResult {
     let total = ((rps * secs as f64) as usize).min(max);
     let period = Duration::from_secs_f64(1.0 / rps.max(1.0));
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(total);
     for i in 0..total {
-        tick.tick().await;
+        // A fixed schedule: a late generator catches up in a burst, and the
+        // lateness counts in each request's latency.
+        let scheduled = started + period * i as u32;
+        tokio::time::sleep_until(scheduled.into()).await;
         let material = material.clone();
         tasks.push(tokio::spawn(async move {
-            material.send(material.route(i, low_share), i).await
+            material
+                .send(material.route(i, low_share), i, scheduled)
+                .await
         }));
     }
+    let send_secs = started.elapsed().as_secs_f64();
     let mut samples = Vec::with_capacity(total);
     for t in tasks {
         if let Ok(s) = t.await {
@@ -391,6 +443,7 @@ async fn open_loop(
     PhaseResult {
         name: name.to_owned(),
         secs: started.elapsed().as_secs_f64(),
+        send_secs,
         samples,
     }
 }
@@ -406,24 +459,40 @@ pub async fn run(args: Args) -> BenchResult<()> {
                 .into(),
         );
     }
-    let db = ScratchDb::create(args.connections).await?;
-    let result = run_in(&args, &db.pool).await;
+    let queue_bin = match &args.queue_bin {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .map(|d| d.join("queue"))
+            .ok_or("cannot locate the queue binary")?,
+    };
+    if !queue_bin.exists() {
+        return Err(format!(
+            "{} not found: cargo build --release -p queue-cli first, or pass --queue-bin",
+            queue_bin.display()
+        )
+        .into());
+    }
+    let db = ScratchDb::create(2).await?;
+    let result = run_in(&args, &queue_bin, &db).await;
     db.drop_db().await?;
     result
 }
 
-fn state(pool: &PgPool, max_in_flight: usize) -> BenchResult<AppState> {
-    let mail_dir = std::env::temp_dir().join(format!(
-        "queue-bench-mail-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
-    let jwt = queue_api::jwt::JwtKeySet::generate("bench")?.to_spec();
-    let settings: HashMap<&str, String> = [
+/// The service's settings, as the environment of `queue serve`.
+fn settings(max_in_flight: usize, keys: &Keys, dir: &Path) -> Vec<(String, String)> {
+    [
         ("QUEUE_DEV", "1".to_owned()),
+        // Dev mode never writes into the working directory: every key is
+        // given, and the dev key directory is the scratch one.
+        ("QUEUE_DEV_KEY_DIR", dir.join("keys").display().to_string()),
+        ("QUEUE_MAC_KEYS", keys.mac.clone()),
+        ("QUEUE_CHECKPOINT_KEY", keys.checkpoint.clone()),
+        ("QUEUE_JWT_KEYS", keys.jwt.clone()),
         ("QUEUE_RP_ID", "localhost".to_owned()),
         ("QUEUE_RP_ORIGIN", ORIGIN.to_owned()),
-        ("QUEUE_JWT_KEYS", jwt),
-        ("QUEUE_MAILER_DIR", mail_dir.display().to_string()),
+        ("QUEUE_MAILER_DIR", dir.join("mail").display().to_string()),
+        ("QUEUE_LOG", "warn".to_owned()),
         ("QUEUE_RATE_LIMIT_PER_ADDRESS", "1000000".to_owned()),
         ("QUEUE_RATE_LIMIT_PER_ACCOUNT", "1000000".to_owned()),
         ("QUEUE_RATE_LIMIT_PER_SERVICE", "10000000".to_owned()),
@@ -435,16 +504,177 @@ fn state(pool: &PgPool, max_in_flight: usize) -> BenchResult<AppState> {
         ),
     ]
     .into_iter()
-    .collect();
-    let names: Vec<&str> = settings.keys().copied().collect();
-    let config = Config::from_lookup_with_names(|k| settings.get(k).cloned(), names)?;
-    Ok(AppState::with_parts(
-        pool.clone(),
-        config,
-        SharedMacKeys::new(MacKeys::single("bench", vec![9u8; 32])?),
-        ServiceClock::new(),
-        Arc::new(LogMailer::new(mail_dir)),
-    )?)
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// Throwaway keys, the same for both instances (they share one store).
+struct Keys {
+    mac: String,
+    checkpoint: String,
+    jwt: String,
+}
+
+impl Keys {
+    fn generate() -> BenchResult<Self> {
+        let mut mac = [0u8; 32];
+        mac[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        mac[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        Ok(Self {
+            mac: MacKeys::single("bench", mac.to_vec())?.to_spec(),
+            checkpoint: CheckpointSigner::generate("bench.queue/ledger")?.to_private_spec(),
+            jwt: queue_api::jwt::JwtKeySet::generate("bench")?.to_spec(),
+        })
+    }
+}
+
+/// The `queue serve` children and their scratch directory (keys, mail,
+/// logs): the children are killed and the directory removed when this is
+/// dropped, whether the run succeeded or not.
+struct Services {
+    bin: PathBuf,
+    database_url: url::Url,
+    dir: PathBuf,
+    keys: Keys,
+    children: Vec<(String, Child)>,
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A loopback port nobody listens on right now (the child binds it; a port
+/// taken in between makes the child fail, and `start` tries another).
+fn free_port() -> BenchResult<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl Services {
+    fn new(bin: &Path, scratch: &ScratchDb) -> BenchResult<Self> {
+        let raw = std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL is not set")?;
+        let mut database_url = url::Url::parse(&raw)?;
+        database_url.set_path(&format!("/{}", scratch.name));
+        let dir = std::env::temp_dir().join(format!(
+            "queue-bench-load-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(dir.join("mail"))?;
+        Ok(Self {
+            bin: bin.to_owned(),
+            database_url,
+            dir,
+            keys: Keys::generate()?,
+            children: Vec::new(),
+        })
+    }
+
+    /// Starts `queue serve` as `name` and waits for its `/readyz`; returns
+    /// its base URL.
+    async fn start(
+        &mut self,
+        name: &str,
+        max_in_flight: usize,
+        extra: &[(String, String)],
+        client: &reqwest::Client,
+    ) -> BenchResult<String> {
+        let mut url = self.database_url.clone();
+        url.query_pairs_mut().append_pair("application_name", name);
+        let mut env = settings(max_in_flight, &self.keys, &self.dir);
+        env.extend(extra.iter().cloned());
+        env.push(("DATABASE_URL".to_owned(), url.to_string()));
+        let log_path = self.dir.join(format!("{name}.log"));
+        for _attempt in 0..5 {
+            let port = free_port()?;
+            let mut cmd = Command::new(&self.bin);
+            cmd.arg("serve")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(File::create(&log_path)?);
+            // Only the settings given here: none leaks in from the caller's shell.
+            for (k, _) in std::env::vars() {
+                if k.starts_with("QUEUE_") || k.starts_with("FLAG_") || k.starts_with("FOUNDERS_") {
+                    cmd.env_remove(k);
+                }
+            }
+            cmd.envs(env.iter().map(|(k, v)| (k, v)))
+                .env("QUEUE_LISTEN", format!("127.0.0.1:{port}"));
+            let child = cmd.spawn()?;
+            let pid = child.id();
+            self.children.push((name.to_owned(), child));
+            let base = format!("http://127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+                    if r.status().is_success() {
+                        eprintln!("{name}: queue serve (pid {pid}) ready on {base}");
+                        return Ok(base);
+                    }
+                }
+                let exited = match self.children.last_mut() {
+                    Some((_, child)) => child.try_wait()?,
+                    None => None,
+                };
+                if let Some(status) = exited {
+                    self.children.pop();
+                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    if log.contains("cannot listen") {
+                        break; // the port was taken in between: another one
+                    }
+                    return Err(format!("{name}: queue serve exited ({status}): {log}").into());
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "{name}: not ready after 60 s (log: {})",
+                        log_path.display()
+                    )
+                    .into());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Err(format!("{name}: no free loopback port after 5 tries").into())
+    }
+}
+
+/// Lowers this process's CPU priority (every thread: Linux niceness is per
+/// thread, and the runtime's workers already exist). Best effort, printed.
+/// Children started before this keep their priority.
+fn lower_own_priority(nice: u8) {
+    let pid = std::process::id().to_string();
+    let mut ids: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    if ids.is_empty() {
+        ids.push(pid.clone());
+    }
+    match Command::new("renice")
+        .args(["-n", &nice.to_string(), "-p"])
+        .args(&ids)
+        .output()
+    {
+        Ok(out) if out.status.success() => eprintln!(
+            "load generator (pid {pid}, {} threads) reniced to +{nice}; the queue serve children and PostgreSQL keep their priority",
+            ids.len()
+        ),
+        Ok(out) => eprintln!(
+            "renice of the load generator failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => eprintln!("renice of the load generator not run: {e}"),
+    }
 }
 
 /// One signed login per customer, against `base`, for the next phase.
@@ -460,15 +690,24 @@ async fn sign_logins(
     Ok(bodies)
 }
 
-async fn run_in(args: &Args, pool: &PgPool) -> BenchResult<()> {
-    queue_eventstore::MIGRATOR.run(pool).await?;
-    let (off_base, off_server) = serve(queue_api::app(state(pool, 1_000_000)?)).await?;
-    let (on_base, on_server) = serve(queue_api::app(state(pool, args.max_in_flight)?)).await?;
+async fn run_in(args: &Args, queue_bin: &Path, scratch: &ScratchDb) -> BenchResult<()> {
+    queue_eventstore::MIGRATOR.run(&scratch.pool).await?;
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(1024)
         .build()?;
+    let mut services = Services::new(queue_bin, scratch)?;
+    // One after the other: the second finds the store migrated.
+    let off_base = services
+        .start("queue-bench-off", 1_000_000, &[], &client)
+        .await?;
+    let on_base = services
+        .start("queue-bench-on", args.max_in_flight, &args.on_env, &client)
+        .await?;
+    if args.nice > 0 {
+        lower_own_priority(args.nice);
+    }
 
     eprintln!("registering {} customers…", args.customers);
     let mut customers = register_all(&client, &off_base, args.customers, args.concurrency).await?;
@@ -639,12 +878,17 @@ async fn run_in(args: &Args, pool: &PgPool) -> BenchResult<()> {
     .await;
     give_back(&m);
     results.push(unloaded_again);
-    off_server.abort();
-    on_server.abort();
+    drop(services);
 
     println!(
-        "HTTP over TCP on 127.0.0.1, {} service connections, {} customers, {} s per phase",
-        args.connections, args.customers, args.secs
+        "HTTP over TCP on 127.0.0.1 to two queue serve processes (shedding off / on; 16 pool connections each), {} customers, {} s per phase; shedding-on settings: QUEUE_MAX_IN_FLIGHT={}{}",
+        args.customers,
+        args.secs,
+        args.max_in_flight,
+        args.on_env
+            .iter()
+            .map(|(k, v)| format!(" {k}={v}"))
+            .collect::<String>()
     );
     for r in &results {
         r.print();
@@ -657,6 +901,11 @@ async fn run_in(args: &Args, pool: &PgPool) -> BenchResult<()> {
     let same_mix = results[6].critical();
     let low_shed = low_on.by_code.get("429 overloaded").copied().unwrap_or(0);
     let ratio = |d: Duration| d.as_secs_f64() / unloaded_p99.as_secs_f64().max(1e-9);
+    println!(
+        "generator lateness counts in every p99 below; from the actual send (lateness left out) the LOW-storm CRITICAL p99 is {:.2} ms with shedding on, {:.2} ms for CRITICAL alone",
+        on.p99_from_send.as_secs_f64() * 1e3,
+        alone.p99_from_send.as_secs_f64() * 1e3,
+    );
     println!(
         "LOW storm vs CRITICAL alone at the same CRITICAL rate: p99 {:.2} ms vs {:.2} ms ({:.1}x); within 2x: {}",
         on.p99.as_secs_f64() * 1e3,
