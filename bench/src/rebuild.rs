@@ -28,12 +28,12 @@ use queue_domain::types::{
 };
 use queue_domain::AuditEvent;
 use queue_eventstore::{db, ChainedEventRepository, MacKeys, SharedMacKeys, SystemClock};
-use queue_projections::rebuild::{NoProgress, RebuildOptions};
+use queue_projections::rebuild::{Progress, RebuildOptions};
 use serde_json::json;
 use std::sync::Arc;
 use uuid::Uuid;
 
-use crate::support::{rate, BenchResult, ScratchDb};
+use crate::support::{rate, BenchResult, CpuTimes, ScratchDb};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -128,10 +128,15 @@ async fn bench(pool: &sqlx::PgPool, args: &Args) -> BenchResult<()> {
 
     scan(&pool).await?; // warm-up
     let mut scan_secs = f64::MAX;
+    let mut scan_cpu = None;
     for _ in 0..2 {
         let t = Instant::now();
+        let cpu = CpuTimes::now();
         let n = scan(&pool).await?;
         scan_secs = scan_secs.min(t.elapsed().as_secs_f64());
+        scan_cpu = CpuTimes::now()
+            .zip(cpu)
+            .map(|(after, before)| after.since(before));
         if n != filled {
             return Err(format!("scan saw {n} events, expected {filled}").into());
         }
@@ -140,7 +145,9 @@ async fn bench(pool: &sqlx::PgPool, args: &Args) -> BenchResult<()> {
 
     println!("load average before the rebuild: {}", load_average());
     let t = Instant::now();
-    let report = queue_projections::rebuild(&pool, &RebuildOptions::default(), &NoProgress).await?;
+    let phases = PhaseCpu::default();
+    let report = queue_projections::rebuild(&pool, &RebuildOptions::default(), &phases).await?;
+    let phase_cpu = phases.costs();
     let total_secs = t.elapsed().as_secs_f64();
     if !report.ok || report.events != filled {
         return Err(format!("rebuild failed: {:?}", report.differences).into());
@@ -184,8 +191,52 @@ async fn bench(pool: &sqlx::PgPool, args: &Args) -> BenchResult<()> {
     for table in &report.tables {
         println!("  {:<30} {:>10} rows", table.table, table.rows);
     }
+    // CPU seconds per phase do not depend on the machine's load the way wall
+    // time does: what each side would need from the cores if it had them.
+    let cpu_line = |label: &str, cpu: Option<CpuTimes>| match cpu {
+        Some(c) => println!(
+            "cpu {label:<40} client {:>6.2} s  server {:>6.2} s  sum {:>6.2} s",
+            c.client,
+            c.server,
+            c.client + c.server
+        ),
+        None => println!("cpu {label:<40} not measured (no /proc)"),
+    };
+    cpu_line("bare scan (the faster run)", scan_cpu);
+    for (name, cpu) in &phase_cpu {
+        cpu_line(name, Some(*cpu));
+    }
     println!("load average after the rebuild: {}", load_average());
     Ok(())
+}
+
+/// Snapshots CPU times at each phase change of the rebuild.
+#[derive(Default)]
+struct PhaseCpu {
+    marks: std::sync::Mutex<Vec<(String, CpuTimes)>>,
+}
+
+impl Progress for PhaseCpu {
+    fn phase(&self, name: &str, _total: u64) {
+        if let (Some(now), Ok(mut marks)) = (CpuTimes::now(), self.marks.lock()) {
+            marks.push((name.to_owned(), now));
+        }
+    }
+}
+
+impl PhaseCpu {
+    /// The CPU each phase cost, up to the start of the next ("swap" is last
+    /// and not closed).
+    fn costs(&self) -> Vec<(String, CpuTimes)> {
+        let marks = match self.marks.lock() {
+            Ok(marks) => marks.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        marks
+            .windows(2)
+            .map(|w| (w[0].0.clone(), w[1].1.since(w[0].1)))
+            .collect()
+    }
 }
 
 /// The 1, 5 and 15 minute load averages (the machine is shared: numbers

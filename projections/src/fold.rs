@@ -715,7 +715,9 @@ impl SessionsFold {
 /// stream (named by the stream's first event).
 #[derive(Debug, Default)]
 pub struct AuditFold {
-    pub owners: HashMap<(String, String), Uuid, Fast>,
+    /// Aggregate type → stream id → owner. Nested so a lookup borrows the
+    /// event's strings instead of allocating a key for every event.
+    owners: HashMap<String, HashMap<String, Uuid, Fast>, Fast>,
 }
 
 impl AuditFold {
@@ -1040,21 +1042,27 @@ impl AuditFold {
         match named {
             Some(customer_id) => {
                 let owner = *customer_id.as_uuid();
-                self.owners.insert(stream_key(meta), owner);
+                self.remember_owner(&meta.aggregate_type, &meta.aggregate_id, owner);
                 Ok(owner)
             }
             None => self.owner(meta),
         }
     }
 
+    /// Records the customer that owns a Credential or Session stream.
+    pub fn remember_owner(&mut self, aggregate_type: &str, aggregate_id: &str, owner: Uuid) {
+        let streams = match self.owners.get_mut(aggregate_type) {
+            Some(streams) => streams,
+            None => self.owners.entry(aggregate_type.to_owned()).or_default(),
+        };
+        streams.insert(aggregate_id.to_owned(), owner);
+    }
+
     fn owner(&self, meta: &Meta) -> ProjectionResult<Uuid> {
         self.owners
-            .get(&stream_key(meta))
+            .get(meta.aggregate_type.as_str())
+            .and_then(|streams| streams.get(meta.aggregate_id.as_str()))
             .copied()
             .ok_or_else(|| meta.error("the stream's first event (its owner) is unknown"))
     }
-}
-
-fn stream_key(meta: &Meta) -> (String, String) {
-    (meta.aggregate_type.clone(), meta.aggregate_id.clone())
 }

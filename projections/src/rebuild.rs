@@ -664,9 +664,13 @@ fn table_job<'a, R: Row>(connect: &'a PgConnectOptions, table: &'a Table<R>) -> 
     })
 }
 
+/// A connection for loading and indexing one table. Every index is built on
+/// a connection of its own, all at once, so each build is kept to one
+/// process: parallel workers on top would only split its sort memory (the
+/// sorts then spill to disk) and oversubscribe the cores the other builds use.
 async fn index_connection(connect: &PgConnectOptions) -> ProjectionResult<PgConnection> {
     let mut conn = PgConnection::connect_with(connect).await?;
-    sqlx::raw_sql("SET maintenance_work_mem = '256MB'")
+    sqlx::raw_sql("SET maintenance_work_mem = '256MB'; SET max_parallel_maintenance_workers = 0")
         .execute(&mut conn)
         .await?;
     Ok(conn)

@@ -534,7 +534,7 @@ impl Row for RefreshTokenRow {
 }
 
 impl Row for AuditRow {
-    type Key = (String, String, i64);
+    type Key = (i64, i64);
     const TABLE: &'static str = "customer_audit_events";
     const COLUMNS: &'static [&'static str] = &[
         "aggregate_type",
@@ -556,13 +556,10 @@ impl Row for AuditRow {
         "recorded_at",
         "hash",
     ];
-    const KEY: &'static [&'static str] = &["aggregate_type", "aggregate_id", "sequence"];
-    fn key(&self) -> (String, String, i64) {
-        (
-            self.aggregate_type.clone(),
-            self.aggregate_id.clone(),
-            self.sequence,
-        )
+    /// The ledger position (migration 0300).
+    const KEY: &'static [&'static str] = &["commit_xid", "insert_id"];
+    fn key(&self) -> (i64, i64) {
+        (self.commit_xid, self.insert_id)
     }
     fn copy_binary(&self, l: &mut CopyRow<'_>) {
         l.text(&self.aggregate_type);

@@ -327,7 +327,7 @@ async fn apply_audit(
         .await?;
         for (id, owner) in owners {
             if let Some(owner) = owner.and_then(|o| Uuid::parse_str(&o).ok()) {
-                fold.owners.insert((aggregate_type.to_owned(), id), owner);
+                fold.remember_owner(aggregate_type, &id, owner);
             }
         }
     }

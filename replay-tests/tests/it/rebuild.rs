@@ -56,13 +56,21 @@ async fn rebuild_equals_live_projection_table_by_table(pool: PgPool) {
         indexes,
         [
             "customer_audit_events_action_commit_xid_insert_id_idx",
-            "customer_audit_events_commit_xid_insert_id_key",
             "customer_audit_events_customer_id_commit_xid_insert_id_idx",
             "customer_audit_events_event_id_key",
             "customer_audit_events_occurred_at_idx",
             "customer_audit_events_pkey",
         ]
     );
+    // The primary key is the ledger position (migration 0300), also after the swap.
+    let primary_key: String = sqlx::query_scalar(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint \
+         WHERE conrelid = 'public.customer_audit_events'::regclass AND contype = 'p'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(primary_key, "PRIMARY KEY (commit_xid, insert_id)");
 }
 
 /// Rebuilding one projection leaves the others' tables and checkpoints alone.
