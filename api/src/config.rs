@@ -87,6 +87,10 @@ pub struct Config {
     /// Concurrent /api requests before load shedding (ordinary routes are
     /// shed past 3/4 of it, critical ones past it).
     pub max_in_flight: usize,
+    /// CRITICAL/HIGH requests in flight past which LOW and NORMAL requests
+    /// are shed whatever the total (QUEUE_SHED_LOW_PAST_URGENT,
+    /// QUEUE_SHED_NORMAL_PAST_URGENT).
+    pub shed_past_urgent: crate::shedding::UrgentLevels,
     /// The store circuit breaker's thresholds (QUEUE_BREAKER_*).
     pub breaker: crate::breaker::BreakerConfig,
     /// Rate limits shared through Redis; `None`: per-process limits.
@@ -129,6 +133,7 @@ impl fmt::Debug for Config {
             .field("rate_limit_per_account", &self.rate_limit_per_account)
             .field("rate_limit_per_service", &self.rate_limit_per_service)
             .field("max_in_flight", &self.max_in_flight)
+            .field("shed_past_urgent", &self.shed_past_urgent)
             .field("breaker", &self.breaker)
             .field("redis", &self.redis)
             .field("trust_forwarded_for", &self.trust_forwarded_for)
@@ -342,6 +347,23 @@ impl Config {
             number(&get, "QUEUE_RATE_LIMIT_PER_SERVICE", 6000, 1, 10_000_000)?;
         let trust_forwarded_for = flag(&get, "QUEUE_TRUST_FORWARDED_FOR")?.unwrap_or(false);
         let max_in_flight = number(&get, "QUEUE_MAX_IN_FLIGHT", 256, 1, 1_000_000)? as usize;
+        let urgent_defaults = crate::shedding::UrgentLevels::default();
+        let shed_past_urgent = crate::shedding::UrgentLevels {
+            low: number(
+                &get,
+                "QUEUE_SHED_LOW_PAST_URGENT",
+                urgent_defaults.low as u32,
+                0,
+                1_000_000,
+            )? as usize,
+            normal: number(
+                &get,
+                "QUEUE_SHED_NORMAL_PAST_URGENT",
+                urgent_defaults.normal as u32,
+                0,
+                1_000_000,
+            )? as usize,
+        };
         let breaker = crate::breaker::BreakerConfig {
             failure_threshold: number(&get, "QUEUE_BREAKER_FAILURES", 5, 1, 1000)?,
             latency_window: number(&get, "QUEUE_BREAKER_LATENCY_WINDOW", 20, 1, 10_000)? as usize,
@@ -443,6 +465,7 @@ impl Config {
             rate_limit_per_service,
             trust_forwarded_for,
             max_in_flight,
+            shed_past_urgent,
             breaker,
             redis,
             mailer,
@@ -538,6 +561,38 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn shedding_levels_for_urgent_work_are_configurable_and_checked() {
+        let base = [("QUEUE_DEV", "1"), ("QUEUE_JWT_KEYS", KEY)];
+        let defaults = Config::from_lookup(lookup(&base)).unwrap().shed_past_urgent;
+        assert_eq!(defaults, crate::shedding::UrgentLevels::default());
+
+        let mut with = base.to_vec();
+        with.extend([
+            ("QUEUE_SHED_LOW_PAST_URGENT", "0"),
+            ("QUEUE_SHED_NORMAL_PAST_URGENT", "12"),
+        ]);
+        let levels = Config::from_lookup(lookup(&with)).unwrap().shed_past_urgent;
+        assert_eq!(levels, crate::shedding::UrgentLevels { low: 0, normal: 12 });
+
+        for var in [
+            "QUEUE_SHED_LOW_PAST_URGENT",
+            "QUEUE_SHED_NORMAL_PAST_URGENT",
+        ] {
+            for value in ["-1", "many", "1000001"] {
+                let mut bad = base.to_vec();
+                bad.push((var, value));
+                assert!(
+                    matches!(
+                        Config::from_lookup(lookup(&bad)),
+                        Err(ConfigError::Invalid { var: v, .. }) if v == var
+                    ),
+                    "{var}={value}"
+                );
+            }
+        }
     }
 
     #[test]

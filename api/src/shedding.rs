@@ -4,10 +4,16 @@
 //!
 //! | priority | routes                                                   | shed past           |
 //! |----------|----------------------------------------------------------|---------------------|
-//! | LOW      | exports and history: audit log reads, customer history   | 1/4 of the limit    |
-//! | NORMAL   | everything else (reads, renames, backup-code generation) | 1/2 of the limit    |
+//! | LOW      | exports and history: audit log reads, customer history   | 1/4 of the limit, or more than `QUEUE_SHED_LOW_PAST_URGENT` CRITICAL/HIGH in flight |
+//! | NORMAL   | everything else (reads, renames, backup-code generation) | 1/2 of the limit, or more than `QUEUE_SHED_NORMAL_PAST_URGENT` CRITICAL/HIGH in flight |
 //! | HIGH     | registration, email verification, admin and RBAC writes  | 3/4 of the limit    |
 //! | CRITICAL | login begin/complete, refresh, logout, backup-code redeem, audit writes | the limit (`QUEUE_MAX_IN_FLIGHT`) |
+//!
+//! The second condition is priority-aware admission: LOW and NORMAL work is
+//! not started while more urgent (CRITICAL or HIGH) work beyond a small level
+//! is in flight, i.e. waiting for a connection or for the CPU, however little
+//! else is running. Once admitted a request runs to the end; nothing is
+//! preempted.
 //!
 //! Health, metrics and JWKS are never shed. Counted as
 //! `queue_shed_requests_total{priority}`. (A busy DB pool is not a signal:
@@ -25,16 +31,38 @@ use axum::response::{IntoResponse, Response};
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// `/api/*` requests in flight, per priority.
 #[derive(Debug, Default)]
-pub struct InFlight(AtomicUsize);
+pub struct InFlight([AtomicUsize; 4]);
+
+impl InFlight {
+    fn counter(&self, priority: Priority) -> &AtomicUsize {
+        &self.0[priority as usize]
+    }
+
+    /// Requests of `priority` in flight now.
+    pub fn of(&self, priority: Priority) -> usize {
+        self.counter(priority).load(Ordering::SeqCst)
+    }
+
+    /// Requests of every priority in flight now.
+    pub fn total(&self) -> usize {
+        self.0.iter().map(|c| c.load(Ordering::SeqCst)).sum()
+    }
+
+    /// CRITICAL and HIGH requests in flight now.
+    pub fn urgent(&self) -> usize {
+        self.of(Priority::Critical) + self.of(Priority::High)
+    }
+}
 
 /// The order in which routes are shed: LOW first, CRITICAL last.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {
-    Low,
-    Normal,
-    High,
-    Critical,
+    Low = 0,
+    Normal = 1,
+    High = 2,
+    Critical = 3,
 }
 
 impl Priority {
@@ -88,6 +116,30 @@ pub fn should_shed(in_flight: usize, max: usize, priority: Priority) -> bool {
     in_flight > priority.level(max)
 }
 
+/// How many CRITICAL/HIGH requests in flight LOW and NORMAL work yields to
+/// (`QUEUE_SHED_LOW_PAST_URGENT`, `QUEUE_SHED_NORMAL_PAST_URGENT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UrgentLevels {
+    pub low: usize,
+    pub normal: usize,
+}
+
+impl Default for UrgentLevels {
+    fn default() -> Self {
+        Self { low: 4, normal: 8 }
+    }
+}
+
+/// Shed a request of `priority` because `urgent` CRITICAL/HIGH requests are
+/// in flight? Only LOW and NORMAL yield; a level of 0 yields to any.
+pub fn yields_to_urgent(urgent: usize, levels: UrgentLevels, priority: Priority) -> bool {
+    match priority {
+        Priority::Low => urgent > levels.low,
+        Priority::Normal => urgent > levels.normal,
+        Priority::High | Priority::Critical => false,
+    }
+}
+
 struct Slot<'a>(&'a AtomicUsize);
 
 impl Drop for Slot<'_> {
@@ -102,10 +154,14 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         return next.run(request).await;
     }
     let priority = priority(request.method(), path);
-    let counter = &state.inner.in_flight.0;
+    let in_flight = &state.inner.in_flight;
+    let counter = in_flight.counter(priority);
+    counter.fetch_add(1, Ordering::SeqCst);
     let slot = Slot(counter);
-    let in_flight = counter.fetch_add(1, Ordering::SeqCst) + 1;
-    if should_shed(in_flight, state.config().max_in_flight, priority) {
+    let config = state.config();
+    if should_shed(in_flight.total(), config.max_in_flight, priority)
+        || yields_to_urgent(in_flight.urgent(), config.shed_past_urgent, priority)
+    {
         drop(slot);
         metrics::counter!("queue_shed_requests_total", "priority" => priority.as_str())
             .increment(1);
@@ -168,5 +224,40 @@ mod tests {
             priority(&get, "/api/v1/admin/customers/x/history"),
             Priority::Low
         );
+    }
+
+    #[test]
+    fn low_and_normal_yield_to_urgent_work_past_their_levels() {
+        let levels = UrgentLevels { low: 2, normal: 5 };
+        assert!(!yields_to_urgent(2, levels, Priority::Low));
+        assert!(yields_to_urgent(3, levels, Priority::Low));
+        assert!(!yields_to_urgent(5, levels, Priority::Normal));
+        assert!(yields_to_urgent(6, levels, Priority::Normal));
+        // HIGH and CRITICAL never yield; they answer only to the overall limit.
+        for priority in [Priority::High, Priority::Critical] {
+            assert!(!yields_to_urgent(usize::MAX, levels, priority));
+        }
+        // Level 0: any urgent request in flight makes LOW wait.
+        let strict = UrgentLevels { low: 0, normal: 0 };
+        assert!(!yields_to_urgent(0, strict, Priority::Low));
+        assert!(yields_to_urgent(1, strict, Priority::Low));
+    }
+
+    #[test]
+    fn in_flight_counts_per_priority() {
+        let in_flight = InFlight::default();
+        for (priority, n) in [
+            (Priority::Low, 1),
+            (Priority::Normal, 2),
+            (Priority::High, 3),
+            (Priority::Critical, 4),
+        ] {
+            in_flight.counter(priority).fetch_add(n, Ordering::SeqCst);
+        }
+        assert_eq!(in_flight.of(Priority::Normal), 2);
+        assert_eq!(in_flight.urgent(), 7);
+        assert_eq!(in_flight.total(), 10);
+        drop(Slot(in_flight.counter(Priority::Critical)));
+        assert_eq!(in_flight.of(Priority::Critical), 3);
     }
 }

@@ -59,6 +59,9 @@ pub struct Args {
     /// QUEUE_MAX_IN_FLIGHT with shedding on.
     #[arg(long, default_value_t = 32)]
     max_in_flight: usize,
+    /// The no-overload phases' rate, as a share of the sustainable rate.
+    #[arg(long, default_value_t = 0.5)]
+    calm: f64,
     /// Overload factor over the sustainable rate.
     #[arg(long, default_value_t = 2.0)]
     overload: f64,
@@ -246,6 +249,8 @@ struct PhaseResult {
     /// From the first scheduled send to the last actual send.
     send_secs: f64,
     samples: Vec<Sample>,
+    /// The service's own timing of the CRITICAL routes in this phase.
+    server: Option<Histogram>,
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
@@ -342,6 +347,14 @@ impl PhaseResult {
             );
         };
         line("CRITICAL", &self.critical());
+        if let Some(h) = &self.server {
+            println!(
+                "  CRITICAL as the service timed it (its histogram, interpolated within buckets): {} requests, p50 {:.1} ms, p99 {:.1} ms",
+                h.total(),
+                h.quantile(0.50) * 1e3,
+                h.quantile(0.99) * 1e3,
+            );
+        }
         line("LOW", &self.low());
         for route in [
             Route::LoginComplete,
@@ -356,6 +369,118 @@ impl PhaseResult {
             }
         }
     }
+}
+
+/// The CRITICAL routes' share of `queue_http_request_duration_seconds`:
+/// cumulative counts per bucket bound, summed over the routes.
+#[derive(Clone, Debug, Default)]
+struct Histogram(Vec<(f64, u64)>);
+
+const CRITICAL_ROUTES: [(&str, &str); 3] = [
+    ("POST", "/api/v1/auth/webauthn/login/complete"),
+    ("POST", "/api/v1/auth/session/refresh"),
+    ("POST", "/api/v1/audit/events"),
+];
+
+impl Histogram {
+    fn parse(text: &str) -> Self {
+        let mut buckets: BTreeMap<u64, (f64, u64)> = BTreeMap::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("queue_http_request_duration_seconds_bucket{")
+            else {
+                continue;
+            };
+            let Some((labels, count)) = rest.split_once("} ") else {
+                continue;
+            };
+            let label = |name: &str| {
+                labels
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix("=\""))
+                    .map(|v| v.trim_end_matches('"'))
+            };
+            let critical = CRITICAL_ROUTES
+                .iter()
+                .any(|(m, r)| label("method") == Some(*m) && label("route") == Some(*r));
+            let le = match label("le") {
+                Some("+Inf") => f64::INFINITY,
+                Some(v) => match v.parse::<f64>() {
+                    Ok(v) => v,
+                    Err(_) => continue,
+                },
+                None => continue,
+            };
+            if let (true, Ok(count)) = (critical, count.trim().parse::<f64>()) {
+                let entry = buckets.entry(le.to_bits()).or_insert((le, 0));
+                entry.1 += count as u64;
+            }
+        }
+        let mut v: Vec<(f64, u64)> = buckets.into_values().collect();
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Self(v)
+    }
+
+    fn since(&self, earlier: &Self) -> Self {
+        Self(
+            self.0
+                .iter()
+                .map(|(le, n)| {
+                    let before = earlier
+                        .0
+                        .iter()
+                        .find(|(l, _)| l == le)
+                        .map_or(0, |(_, n)| *n);
+                    (*le, n.saturating_sub(before))
+                })
+                .collect(),
+        )
+    }
+
+    fn total(&self) -> u64 {
+        self.0.last().map_or(0, |(_, n)| *n)
+    }
+
+    /// Seconds; linear within the bucket that holds the quantile.
+    fn quantile(&self, q: f64) -> f64 {
+        let target = q * self.total() as f64;
+        let (mut lower, mut below) = (0.0, 0u64);
+        for (le, n) in &self.0 {
+            if *n as f64 >= target && *n > below {
+                if le.is_infinite() {
+                    return lower;
+                }
+                return lower + (le - lower) * (target - below as f64) / (*n - below) as f64;
+            }
+            lower = *le;
+            below = *n;
+        }
+        lower
+    }
+}
+
+async fn critical_histogram(client: &reqwest::Client, base: &str) -> Option<Histogram> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(Histogram::parse(&text))
+}
+
+/// Runs `phase` against `base` and adds the service's own view of it.
+async fn with_server_view(
+    client: &reqwest::Client,
+    base: &str,
+    phase: impl std::future::Future<Output = PhaseResult>,
+) -> PhaseResult {
+    let before = critical_histogram(client, base).await;
+    let mut result = phase.await;
+    let after = critical_histogram(client, base).await;
+    result.server = before.zip(after).map(|(b, a)| a.since(&b));
+    result
 }
 
 /// Closed loop: `concurrency` workers, each sending its next request when the
@@ -404,6 +529,7 @@ async fn closed_loop(
         secs,
         send_secs: secs,
         samples,
+        server: None,
     }
 }
 
@@ -445,6 +571,7 @@ async fn open_loop(
         secs: started.elapsed().as_secs_f64(),
         send_secs,
         samples,
+        server: None,
     }
 }
 
@@ -479,9 +606,13 @@ pub async fn run(args: Args) -> BenchResult<()> {
     result
 }
 
-/// The service's settings, as the environment of `queue serve`.
-fn settings(max_in_flight: usize, keys: &Keys, dir: &Path) -> Vec<(String, String)> {
-    [
+/// Every shedding level out of reach: shedding off.
+const UNLIMITED: &str = "1000000";
+
+/// The service's settings, as the environment of `queue serve`; `None`:
+/// shedding off.
+fn settings(max_in_flight: Option<usize>, keys: &Keys, dir: &Path) -> Vec<(String, String)> {
+    let mut settings: Vec<(String, String)> = [
         ("QUEUE_DEV", "1".to_owned()),
         // Dev mode never writes into the working directory: every key is
         // given, and the dev key directory is the scratch one.
@@ -496,7 +627,6 @@ fn settings(max_in_flight: usize, keys: &Keys, dir: &Path) -> Vec<(String, Strin
         ("QUEUE_RATE_LIMIT_PER_ADDRESS", "1000000".to_owned()),
         ("QUEUE_RATE_LIMIT_PER_ACCOUNT", "1000000".to_owned()),
         ("QUEUE_RATE_LIMIT_PER_SERVICE", "10000000".to_owned()),
-        ("QUEUE_MAX_IN_FLIGHT", max_in_flight.to_string()),
         ("QUEUE_SERVICE_TOKEN_BENCH", TOKEN.to_owned()),
         (
             "QUEUE_SERVICE_SCOPES_BENCH",
@@ -505,7 +635,20 @@ fn settings(max_in_flight: usize, keys: &Keys, dir: &Path) -> Vec<(String, Strin
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    .collect();
+    match max_in_flight {
+        Some(max) => settings.push(("QUEUE_MAX_IN_FLIGHT".to_owned(), max.to_string())),
+        None => {
+            for var in [
+                "QUEUE_MAX_IN_FLIGHT",
+                "QUEUE_SHED_LOW_PAST_URGENT",
+                "QUEUE_SHED_NORMAL_PAST_URGENT",
+            ] {
+                settings.push((var.to_owned(), UNLIMITED.to_owned()));
+            }
+        }
+    }
+    settings
 }
 
 /// Throwaway keys, the same for both instances (they share one store).
@@ -581,7 +724,7 @@ impl Services {
     async fn start(
         &mut self,
         name: &str,
-        max_in_flight: usize,
+        max_in_flight: Option<usize>,
         extra: &[(String, String)],
         client: &reqwest::Client,
     ) -> BenchResult<String> {
@@ -700,10 +843,15 @@ async fn run_in(args: &Args, queue_bin: &Path, scratch: &ScratchDb) -> BenchResu
     let mut services = Services::new(queue_bin, scratch)?;
     // One after the other: the second finds the store migrated.
     let off_base = services
-        .start("queue-bench-off", 1_000_000, &[], &client)
+        .start("queue-bench-off", None, &[], &client)
         .await?;
     let on_base = services
-        .start("queue-bench-on", args.max_in_flight, &args.on_env, &client)
+        .start(
+            "queue-bench-on",
+            Some(args.max_in_flight),
+            &args.on_env,
+            &client,
+        )
         .await?;
     if args.nice > 0 {
         lower_own_priority(args.nice);
@@ -751,13 +899,17 @@ async fn run_in(args: &Args, queue_bin: &Path, scratch: &ScratchDb) -> BenchResu
     eprintln!("phase 1: unloaded CRITICAL, one at a time…");
     let logins = sign_logins(&client, &on_base, &mut customers).await?;
     let m = phase(&on_base, logins);
-    let unloaded = closed_loop(
-        "unloaded: CRITICAL only, 1 in flight, shedding on",
-        m.clone(),
-        1,
-        args.secs,
-        args.max_requests,
-        0.0,
+    let unloaded = with_server_view(
+        &client,
+        &on_base,
+        closed_loop(
+            "unloaded: CRITICAL only, 1 in flight, shedding on",
+            m.clone(),
+            1,
+            args.secs,
+            args.max_requests,
+            0.0,
+        ),
     )
     .await;
     give_back(&m);
@@ -766,17 +918,21 @@ async fn run_in(args: &Args, queue_bin: &Path, scratch: &ScratchDb) -> BenchResu
     eprintln!("phase 2: sustainable rate, closed loop…");
     let logins = sign_logins(&client, &off_base, &mut customers).await?;
     let m = phase(&off_base, logins);
-    let sustainable = closed_loop(
-        &format!(
-            "sustainable: mix ({:.0}% LOW), {} in flight, shedding off",
-            args.low_share * 100.0,
-            args.concurrency
+    let sustainable = with_server_view(
+        &client,
+        &off_base,
+        closed_loop(
+            &format!(
+                "sustainable: mix ({:.0}% LOW), {} in flight, shedding off",
+                args.low_share * 100.0,
+                args.concurrency
+            ),
+            m.clone(),
+            args.concurrency,
+            args.secs,
+            args.max_requests,
+            args.low_share,
         ),
-        m.clone(),
-        args.concurrency,
-        args.secs,
-        args.max_requests,
-        args.low_share,
     )
     .await;
     give_back(&m);
@@ -792,20 +948,52 @@ async fn run_in(args: &Args, queue_bin: &Path, scratch: &ScratchDb) -> BenchResu
 
     let logins = sign_logins(&client, &on_base, &mut customers).await?;
     let m = phase(&on_base, logins);
-    let sustainable_on = closed_loop(
-        &format!(
-            "sustainable: mix, {} in flight, shedding on (QUEUE_MAX_IN_FLIGHT={})",
-            args.concurrency, args.max_in_flight
+    let sustainable_on = with_server_view(
+        &client,
+        &on_base,
+        closed_loop(
+            &format!(
+                "sustainable: mix, {} in flight, shedding on (QUEUE_MAX_IN_FLIGHT={})",
+                args.concurrency, args.max_in_flight
+            ),
+            m.clone(),
+            args.concurrency,
+            args.secs,
+            args.max_requests,
+            args.low_share,
         ),
-        m.clone(),
-        args.concurrency,
-        args.secs,
-        args.max_requests,
-        args.low_share,
     )
     .await;
     give_back(&m);
     results.push(sustainable_on);
+
+    // No overload: the mix on a schedule below the sustainable rate, where
+    // shedding should refuse little LOW work.
+    let calm_rps = sustainable_rps * args.calm;
+    for (label, base) in [("shedding off", &off_base), ("shedding on", &on_base)] {
+        eprintln!("no overload: mix at {calm_rps:.0} req/s, {label}…");
+        let logins = sign_logins(&client, base, &mut customers).await?;
+        let m = phase(base, logins);
+        let r = with_server_view(
+            &client,
+            base,
+            open_loop(
+                &format!(
+                    "no overload: mix ({:.0}% LOW) at {calm_rps:.0} req/s ({:.2}x sustainable), open loop, {label}",
+                    args.low_share * 100.0,
+                    args.calm
+                ),
+                m.clone(),
+                calm_rps,
+                args.secs,
+                args.max_requests,
+                args.low_share,
+            ),
+        )
+        .await;
+        give_back(&m);
+        results.push(r);
+    }
 
     // The overload comes from LOW traffic (a reporting storm): CRITICAL keeps
     // its sustainable rate and LOW fills the rest up to `overload` × the
@@ -820,15 +1008,19 @@ async fn run_in(args: &Args, queue_bin: &Path, scratch: &ScratchDb) -> BenchResu
     eprintln!("CRITICAL alone at {critical_rps:.0} req/s…");
     let logins = sign_logins(&client, &on_base, &mut customers).await?;
     let m = phase(&on_base, logins);
-    let alone = open_loop(
-        &format!(
-            "CRITICAL alone at its storm rate: {critical_rps:.0} req/s, open loop, {on_label}"
+    let alone = with_server_view(
+        &client,
+        &on_base,
+        open_loop(
+            &format!(
+                "CRITICAL alone at its storm rate: {critical_rps:.0} req/s, open loop, {on_label}"
+            ),
+            m.clone(),
+            critical_rps,
+            args.secs,
+            args.max_requests,
+            0.0,
         ),
-        m.clone(),
-        critical_rps,
-        args.secs,
-        args.max_requests,
-        0.0,
     )
     .await;
     give_back(&m);
@@ -846,17 +1038,21 @@ async fn run_in(args: &Args, queue_bin: &Path, scratch: &ScratchDb) -> BenchResu
         eprintln!("overload at {overload_rps:.0} req/s ({mix}), {label}…");
         let logins = sign_logins(&client, base, &mut customers).await?;
         let m = phase(base, logins);
-        let r = open_loop(
-            &format!(
-                "overload ({mix}, {:.0}% LOW): {overload_rps:.0} req/s ({:.1}x sustainable), open loop, {label}",
-                low_share * 100.0,
-                args.overload
+        let r = with_server_view(
+            &client,
+            base,
+            open_loop(
+                &format!(
+                    "overload ({mix}, {:.0}% LOW): {overload_rps:.0} req/s ({:.1}x sustainable), open loop, {label}",
+                    low_share * 100.0,
+                    args.overload
+                ),
+                m.clone(),
+                overload_rps,
+                args.secs,
+                args.max_requests,
+                low_share,
             ),
-            m.clone(),
-            overload_rps,
-            args.secs,
-            args.max_requests,
-            low_share,
         )
         .await;
         give_back(&m);
@@ -867,13 +1063,17 @@ async fn run_in(args: &Args, queue_bin: &Path, scratch: &ScratchDb) -> BenchResu
     eprintln!("unloaded CRITICAL again…");
     let logins = sign_logins(&client, &on_base, &mut customers).await?;
     let m = phase(&on_base, logins);
-    let unloaded_again = closed_loop(
-        "unloaded again, after the overload phases",
-        m.clone(),
-        1,
-        args.secs,
-        args.max_requests,
-        0.0,
+    let unloaded_again = with_server_view(
+        &client,
+        &on_base,
+        closed_loop(
+            "unloaded again, after the overload phases",
+            m.clone(),
+            1,
+            args.secs,
+            args.max_requests,
+            0.0,
+        ),
     )
     .await;
     give_back(&m);
@@ -893,12 +1093,43 @@ async fn run_in(args: &Args, queue_bin: &Path, scratch: &ScratchDb) -> BenchResu
     for r in &results {
         r.print();
     }
-    let unloaded_p99 = results[0].critical().p99.min(results[7].critical().p99);
-    let alone = results[3].critical();
-    let off = results[4].critical();
-    let on = results[5].critical();
-    let low_on = results[5].low();
-    let same_mix = results[6].critical();
+    // The phases in the order they ran.
+    let [unloaded, _, _, calm_off, calm_on, alone, storm_off, storm_on, same_mix, unloaded_again] =
+        &results[..]
+    else {
+        return Err("a phase is missing".into());
+    };
+    let server_p99 = |r: &PhaseResult| {
+        r.server
+            .as_ref()
+            .map_or(f64::NAN, |h| h.quantile(0.99) * 1e3)
+    };
+    let (calm_low_off, calm_low_on) = (calm_off.low(), calm_on.low());
+    println!(
+        "no overload ({:.2}x sustainable): LOW served {} of {} with shedding on ({:.0}%; {} with shedding off); CRITICAL p99 {:.2} ms on, {:.2} ms off",
+        args.calm,
+        calm_low_on.ok,
+        calm_low_on.sent,
+        100.0 * calm_low_on.ok as f64 / calm_low_on.sent.max(1) as f64,
+        calm_low_off.ok,
+        calm_on.critical().p99.as_secs_f64() * 1e3,
+        calm_off.critical().p99.as_secs_f64() * 1e3,
+    );
+    println!(
+        "as the service timed CRITICAL (p99): unloaded {:.1} / {:.1} ms, alone {:.1} ms, LOW storm off {:.1} ms, on {:.1} ms, same mix on {:.1} ms",
+        server_p99(unloaded),
+        server_p99(unloaded_again),
+        server_p99(alone),
+        server_p99(storm_off),
+        server_p99(storm_on),
+        server_p99(same_mix),
+    );
+    let unloaded_p99 = unloaded.critical().p99.min(unloaded_again.critical().p99);
+    let alone = alone.critical();
+    let off = storm_off.critical();
+    let on = storm_on.critical();
+    let low_on = storm_on.low();
+    let same_mix = same_mix.critical();
     let low_shed = low_on.by_code.get("429 overloaded").copied().unwrap_or(0);
     let ratio = |d: Duration| d.as_secs_f64() / unloaded_p99.as_secs_f64().max(1e-9);
     println!(

@@ -14,3 +14,4 @@ mod ratelimit_redis;
 mod schema_conformance;
 mod service;
 mod sessions;
+mod shedding;

@@ -1,0 +1,167 @@
+//! Priority load shedding through the real router (issue 10, ADR 1000):
+//! requests held in flight by a request body that has not arrived yet, so
+//! the in-flight counts are exact and nothing depends on timing.
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, Method, Request, StatusCode};
+use futures::channel::mpsc;
+use queue_api::shedding::Priority;
+use serde_json::json;
+use sqlx::PgPool;
+use tower::ServiceExt;
+
+use crate::helpers::{eventually, metrics_show, Response, TestApp};
+use crate::service::{AUDITOR, SERVICES};
+
+type Chunk = Result<Bytes, std::io::Error>;
+
+/// An audit write (CRITICAL) whose body never comes until dropped: it stays
+/// in flight, as one waiting for a connection or the CPU would.
+struct Held {
+    body: mpsc::UnboundedSender<Chunk>,
+    answer: tokio::task::JoinHandle<StatusCode>,
+}
+
+fn hold_audit_write(app: &TestApp) -> Held {
+    let (tx, rx) = mpsc::unbounded::<Chunk>();
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/audit/events")
+        .header(header::AUTHORIZATION, format!("Bearer {AUDITOR}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(rx))
+        .unwrap();
+    let router = app.router.clone();
+    let answer = tokio::spawn(async move { router.oneshot(request).await.unwrap().status() });
+    Held { body: tx, answer }
+}
+
+async fn wait_for_critical(app: &TestApp, n: usize) {
+    eventually(&format!("{n} CRITICAL requests in flight"), || async {
+        (app.state.inner.in_flight.of(Priority::Critical) == n).then_some(())
+    })
+    .await;
+}
+
+fn assert_shed(res: &Response, what: &str) {
+    res.assert_error(StatusCode::TOO_MANY_REQUESTS, "overloaded");
+    assert_eq!(
+        res.headers
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()),
+        Some("1"),
+        "{what}"
+    );
+}
+
+async fn audit_log(app: &TestApp) -> Response {
+    app.get_auth("/api/v1/audit/events?limit=10", AUDITOR).await
+}
+
+async fn release(held: Vec<Held>) {
+    for h in held {
+        drop(h.body);
+        // The body ends empty: the write itself answers 400, never 429.
+        assert_eq!(h.answer.await.unwrap(), StatusCode::BAD_REQUEST);
+    }
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn low_and_normal_work_waits_while_urgent_work_is_in_flight(pool: PgPool) {
+    let mut settings = SERVICES.to_vec();
+    settings.extend([
+        // The overall limit is far away: only the urgent levels decide here.
+        ("QUEUE_MAX_IN_FLIGHT", "1000"),
+        ("QUEUE_SHED_LOW_PAST_URGENT", "1"),
+        ("QUEUE_SHED_NORMAL_PAST_URGENT", "2"),
+    ]);
+    let app = TestApp::with(pool, &settings).await;
+
+    // Nothing urgent in flight: every priority is served.
+    assert_eq!(audit_log(&app).await.status, StatusCode::OK);
+
+    // One CRITICAL request in flight, at the LOW level: LOW is still served.
+    let mut held = vec![hold_audit_write(&app)];
+    wait_for_critical(&app, 1).await;
+    let res = audit_log(&app).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.text);
+
+    // Two: past the LOW level, so LOW waits; NORMAL (its level is 2) is served.
+    held.push(hold_audit_write(&app));
+    wait_for_critical(&app, 2).await;
+    assert_shed(&audit_log(&app).await, "LOW past its urgent level");
+    app.get("/api/v1/auth/me")
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+
+    // Three: NORMAL waits too.
+    held.push(hold_audit_write(&app));
+    wait_for_critical(&app, 3).await;
+    assert_shed(
+        &app.get("/api/v1/auth/me").await,
+        "NORMAL past its urgent level",
+    );
+    assert_shed(&audit_log(&app).await, "LOW");
+    // HIGH and CRITICAL never yield to urgent work, only to the overall limit.
+    app.post(
+        "/api/v1/auth/webauthn/register/begin",
+        json!({"email": "not-an-email", "display_name": "Ada"}),
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, "invalid_request");
+    app.post(
+        "/api/v1/auth/session/refresh",
+        json!({"refresh_token": "not-a-token"}),
+    )
+    .await
+    .assert_error(StatusCode::UNAUTHORIZED, "invalid_refresh_token");
+
+    // The urgent work finishes: LOW is served again, and no slot leaked.
+    release(held).await;
+    assert_eq!(app.state.inner.in_flight.total(), 0);
+    assert_eq!(audit_log(&app).await.status, StatusCode::OK);
+    metrics_show(&app, "queue_shed_requests_total{priority=\"low\"}").await;
+    metrics_show(&app, "queue_shed_requests_total{priority=\"normal\"}").await;
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn the_overall_limit_still_sheds_lowest_first(pool: PgPool) {
+    let mut settings = SERVICES.to_vec();
+    settings.extend([
+        // LOW tolerates 1 request in flight, NORMAL 2, HIGH 3, CRITICAL 4;
+        // the urgent levels are out of the way.
+        ("QUEUE_MAX_IN_FLIGHT", "4"),
+        ("QUEUE_SHED_LOW_PAST_URGENT", "100"),
+        ("QUEUE_SHED_NORMAL_PAST_URGENT", "100"),
+    ]);
+    let app = TestApp::with(pool, &settings).await;
+    let held = vec![hold_audit_write(&app)];
+    wait_for_critical(&app, 1).await;
+    // Two in flight with this one: past LOW's level, within NORMAL's.
+    assert_shed(&audit_log(&app).await, "LOW past 1/4 of the limit");
+    app.get("/api/v1/auth/me")
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    release(held).await;
+    assert_eq!(audit_log(&app).await.status, StatusCode::OK);
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn a_level_of_zero_yields_to_any_urgent_request(pool: PgPool) {
+    let mut settings = SERVICES.to_vec();
+    settings.extend([
+        ("QUEUE_MAX_IN_FLIGHT", "1000"),
+        ("QUEUE_SHED_LOW_PAST_URGENT", "0"),
+    ]);
+    let app = TestApp::with(pool, &settings).await;
+    assert_eq!(audit_log(&app).await.status, StatusCode::OK);
+    let held = vec![hold_audit_write(&app)];
+    wait_for_critical(&app, 1).await;
+    assert_shed(&audit_log(&app).await, "LOW with level 0");
+    // NORMAL keeps its default level (8).
+    app.get("/api/v1/auth/me")
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    release(held).await;
+    assert_eq!(audit_log(&app).await.status, StatusCode::OK);
+}
