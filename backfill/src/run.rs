@@ -67,6 +67,7 @@ pub async fn backfill(
         legacy: legacy_pool,
         options,
         same_db,
+        progress,
         planned_customers: HashSet::new(),
         events_appended: 0,
     };
@@ -75,48 +76,15 @@ pub async fn backfill(
         ..Report::default()
     };
     for table in Table::ALL {
-        progress.table(table.name(), legacy::count(legacy_pool, table).await?);
-        let mut out = TableReport::new(table.name());
-        let mut after = 0;
-        loop {
-            let (read, last) = match table {
-                Table::Customers => {
-                    let rows = legacy::customers(legacy_pool, after, options.batch_size).await?;
-                    let last = rows.last().map(|r| r.id);
-                    (run.customers(rows, &mut out).await?, last)
-                }
-                Table::Credentials => {
-                    let rows = legacy::credentials(legacy_pool, after, options.batch_size).await?;
-                    let last = rows.last().map(|r| r.id);
-                    (run.credentials(rows, &mut out).await?, last)
-                }
-                Table::Sessions => {
-                    let rows = legacy::sessions(legacy_pool, after, options.batch_size).await?;
-                    let last = rows.last().map(|r| r.id);
-                    (run.sessions(rows, &mut out).await?, last)
-                }
-                Table::Grants => {
-                    let rows = legacy::grants(legacy_pool, after, options.batch_size).await?;
-                    let last = rows.last().map(|r| r.id);
-                    (run.grants(rows, &mut out).await?, last)
-                }
-            };
-            out.read += read;
-            progress.advance(read);
-            match last {
-                Some(id) => after = id,
-                None => break,
+        let out = match table {
+            Table::Customers => run.pages(table, legacy::customers, Run::customers).await?,
+            Table::Credentials => {
+                run.pages(table, legacy::credentials, Run::credentials)
+                    .await?
             }
-        }
-        out.rejected.sort_by_key(|r| r.legacy_id);
-        tracing::info!(
-            table = table.name(),
-            read = out.read,
-            imported = out.imported,
-            skipped = out.skipped,
-            rejected = out.rejected.len(),
-            "backfill table done"
-        );
+            Table::Sessions => run.pages(table, legacy::sessions, Run::sessions).await?,
+            Table::Grants => run.pages(table, legacy::grants, Run::grants).await?,
+        };
         report.tables.push(out);
     }
     report.events_appended = run.events_appended;
@@ -140,19 +108,89 @@ struct Run<'a> {
     legacy: &'a PgPool,
     options: &'a Options,
     same_db: bool,
+    progress: &'a dyn Progress,
     /// Dry run only: customers this run would have imported, so their
     /// credentials, sessions and grants are judged as in a real run.
     planned_customers: HashSet<i64>,
     events_appended: u64,
 }
 
+/// A page's plan: the rows to import, and the legacy ids already imported.
+type PagePlan = (Vec<Planned>, Vec<i64>);
+
+/// The legacy id a keyset page continues after.
+trait Keyset {
+    fn id(&self) -> i64;
+}
+
+impl Keyset for LegacyCustomer {
+    fn id(&self) -> i64 {
+        self.id
+    }
+}
+
+impl Keyset for LegacyCredential {
+    fn id(&self) -> i64 {
+        self.id
+    }
+}
+
+impl Keyset for LegacySession {
+    fn id(&self) -> i64 {
+        self.id
+    }
+}
+
+impl Keyset for LegacyGrant {
+    fn id(&self) -> i64 {
+        self.id
+    }
+}
+
 impl Run<'_> {
+    /// One table, in the page loop every table shares: read the next keyset
+    /// page, plan it (`plan`, per table), commit it, report progress; the
+    /// last (empty) page ends it.
+    async fn pages<R: Keyset>(
+        &mut self,
+        table: Table,
+        page: impl AsyncFn(&PgPool, i64, i64) -> BackfillResult<Vec<R>>,
+        plan: impl AsyncFn(&mut Self, Vec<R>, &mut TableReport) -> BackfillResult<PagePlan>,
+    ) -> BackfillResult<TableReport> {
+        let total = legacy::count(self.legacy, table).await?;
+        self.progress.table(table.name(), total);
+        let mut out = TableReport::new(table.name());
+        let mut after = 0;
+        loop {
+            let rows = page(self.legacy, after, self.options.batch_size).await?;
+            let read = rows.len() as u64;
+            let last = rows.last().map(R::id);
+            let (planned, skipped) = plan(self, rows, &mut out).await?;
+            self.commit(table, planned, skipped, &mut out).await?;
+            out.read += read;
+            self.progress.advance(read);
+            match last {
+                Some(id) => after = id,
+                None => break,
+            }
+        }
+        out.rejected.sort_by_key(|r| r.legacy_id);
+        tracing::info!(
+            table = table.name(),
+            read = out.read,
+            imported = out.imported,
+            skipped = out.skipped,
+            rejected = out.rejected.len(),
+            "backfill table done"
+        );
+        Ok(out)
+    }
+
     async fn customers(
         &mut self,
         rows: Vec<LegacyCustomer>,
         out: &mut TableReport,
-    ) -> BackfillResult<u64> {
-        let read = rows.len() as u64;
+    ) -> BackfillResult<PagePlan> {
         let ids: Vec<String> = rows
             .iter()
             .filter_map(|r| LegacyId::try_from(r.id).ok())
@@ -197,16 +235,14 @@ impl Run<'_> {
             self.planned_customers
                 .extend(planned.iter().flat_map(|p| p.ids.iter().copied()));
         }
-        self.commit(Table::Customers, planned, skipped, out).await?;
-        Ok(read)
+        Ok((planned, skipped))
     }
 
     async fn credentials(
         &mut self,
         rows: Vec<LegacyCredential>,
         out: &mut TableReport,
-    ) -> BackfillResult<u64> {
-        let read = rows.len() as u64;
+    ) -> BackfillResult<PagePlan> {
         let customers = self
             .customer_streams(rows.iter().map(|r| r.customer_id))
             .await?;
@@ -232,17 +268,14 @@ impl Run<'_> {
                 },
             }
         }
-        self.commit(Table::Credentials, planned, skipped, out)
-            .await?;
-        Ok(read)
+        Ok((planned, skipped))
     }
 
     async fn sessions(
         &mut self,
         rows: Vec<LegacySession>,
         out: &mut TableReport,
-    ) -> BackfillResult<u64> {
-        let read = rows.len() as u64;
+    ) -> BackfillResult<PagePlan> {
         let customers = self
             .customer_streams(rows.iter().map(|r| r.customer_id))
             .await?;
@@ -264,16 +297,14 @@ impl Run<'_> {
                 },
             }
         }
-        self.commit(Table::Sessions, planned, skipped, out).await?;
-        Ok(read)
+        Ok((planned, skipped))
     }
 
     async fn grants(
         &mut self,
         rows: Vec<LegacyGrant>,
         out: &mut TableReport,
-    ) -> BackfillResult<u64> {
-        let read = rows.len() as u64;
+    ) -> BackfillResult<PagePlan> {
         let customers = self
             .customer_streams(rows.iter().map(|r| r.customer_id))
             .await?;
@@ -349,8 +380,7 @@ impl Run<'_> {
             .filter_map(|s| by_stream.remove(&s))
             .filter(|p| !p.ids.is_empty())
             .collect();
-        self.commit(Table::Grants, planned, skipped, out).await?;
-        Ok(read)
+        Ok((planned, skipped))
     }
 
     /// Appends a page's events (and flags), falling back to one row per
