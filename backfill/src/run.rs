@@ -332,15 +332,9 @@ impl Run<'_> {
             let Some((customer, version)) = loaded.get_mut(&stream) else {
                 // Dry run: the customer would be imported by this run.
                 if self.options.dry_run {
-                    let entry = by_stream.entry(stream.clone()).or_insert_with(|| {
-                        order.push(stream.clone());
-                        Planned {
-                            ids: Vec::new(),
-                            events: Vec::new(),
-                            email: None,
-                        }
-                    });
-                    entry.ids.push(row.id);
+                    stream_plan(&mut by_stream, &mut order, &stream)
+                        .ids
+                        .push(row.id);
                 }
                 continue;
             };
@@ -357,14 +351,7 @@ impl Run<'_> {
             match execute(customer, command).await {
                 Err(e) => out.reject(row.id, "grant_refused", e.to_string()),
                 Ok(events) => {
-                    let entry = by_stream.entry(stream.clone()).or_insert_with(|| {
-                        order.push(stream.clone());
-                        Planned {
-                            ids: Vec::new(),
-                            events: Vec::new(),
-                            email: None,
-                        }
-                    });
+                    let entry = stream_plan(&mut by_stream, &mut order, &stream);
                     for event in events {
                         *version += 1;
                         entry
@@ -616,6 +603,23 @@ impl Run<'_> {
         }
         Ok(out)
     }
+}
+
+/// The plan of one customer stream in a page of grants, started on its
+/// first grant (`order` keeps the streams in that order).
+fn stream_plan<'p>(
+    by_stream: &'p mut HashMap<String, Planned>,
+    order: &mut Vec<String>,
+    stream: &str,
+) -> &'p mut Planned {
+    by_stream.entry(stream.to_owned()).or_insert_with(|| {
+        order.push(stream.to_owned());
+        Planned {
+            ids: Vec::new(),
+            events: Vec::new(),
+            email: None,
+        }
+    })
 }
 
 /// Which customers of a page can take credentials, sessions and grants.
