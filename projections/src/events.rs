@@ -70,37 +70,41 @@ pub const KNOWN_TYPES: [&str; 4] = ["Customer", "Credential", "Session", "Audit"
 pub const EVENT_COLUMNS: &str = "commit_xid, insert_id, aggregate_type, aggregate_id, sequence, \
      event_type, event_version, payload, recorded_at, hash";
 
+/// Reads a row of a query selecting exactly `EVENT_COLUMNS`. Columns are
+/// taken by position (a name lookup per column and row showed in the
+/// rebuild's profile); a query with other columns fails on the types.
 pub fn raw_from_row(row: &PgRow) -> ProjectionResult<RawEvent> {
     Ok(RawEvent {
-        payload: jsonb_text(row, "payload")?,
+        payload: jsonb_text(row, 7)?,
         meta: Meta {
             position: Position {
-                commit_xid: row.try_get("commit_xid")?,
-                insert_id: row.try_get("insert_id")?,
+                commit_xid: row.try_get(0)?,
+                insert_id: row.try_get(1)?,
             },
-            aggregate_type: row.try_get("aggregate_type")?,
-            aggregate_id: row.try_get("aggregate_id")?,
-            sequence: row.try_get("sequence")?,
-            event_type: row.try_get("event_type")?,
-            event_version: row.try_get("event_version")?,
-            recorded_at: row.try_get("recorded_at")?,
-            hash: row.try_get("hash")?,
+            aggregate_type: row.try_get(2)?,
+            aggregate_id: row.try_get(3)?,
+            sequence: row.try_get(4)?,
+            event_type: row.try_get(5)?,
+            event_version: row.try_get(6)?,
+            recorded_at: row.try_get(8)?,
+            hash: row.try_get(9)?,
         },
     })
 }
 
 /// A jsonb column's JSON text, without parsing it (the binary jsonb wire
 /// format is a version byte, 1, then the text).
-fn jsonb_text(row: &PgRow, column: &str) -> ProjectionResult<String> {
+fn jsonb_text(row: &PgRow, column: usize) -> ProjectionResult<String> {
     let value = row.try_get_raw(column)?;
     let bytes = value.as_bytes().map_err(sqlx::Error::Decode)?;
     let text = match (value.format(), bytes.split_first()) {
         (PgValueFormat::Binary, Some((1, text))) => text,
         (PgValueFormat::Text, _) => bytes,
         _ => {
-            return Err(
-                sqlx::Error::Decode(format!("{column}: unsupported jsonb format").into()).into(),
+            return Err(sqlx::Error::Decode(
+                format!("column {column}: unsupported jsonb format").into(),
             )
+            .into())
         }
     };
     String::from_utf8(text.to_vec()).map_err(|e| sqlx::Error::Decode(Box::new(e)).into())
