@@ -1,6 +1,7 @@
 //! `queue backfill`: the Phase 2 import from the legacy tables, and
 //! `queue backfill parity`: the offline comparison afterwards.
 
+use crate::stdout::out;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -99,7 +100,7 @@ fn print_report(report: &Report) {
     } else {
         ""
     };
-    println!(
+    out!(
         "backfill{mode}: {} rows in {} ms ({} rows/s), {} events appended",
         report.rows_read(),
         report.elapsed_ms,
@@ -107,7 +108,7 @@ fn print_report(report: &Report) {
         report.events_appended
     );
     for t in &report.tables {
-        println!(
+        out!(
             "  {:<22} read {:>8}  imported {:>8}  skipped (already imported) {:>8}  rejected {:>6}",
             t.table,
             t.read,
@@ -118,9 +119,12 @@ fn print_report(report: &Report) {
     }
     for t in &report.tables {
         for r in &t.rejected {
-            println!(
+            out!(
                 "  rejected {} #{}: {} ({})",
-                t.table, r.legacy_id, r.reason, r.detail
+                t.table,
+                r.legacy_id,
+                r.reason,
+                r.detail
             );
         }
     }
@@ -146,21 +150,29 @@ async fn parity(legacy_url: &str, json: bool, env: Lookup<'_>) -> Result<ExitCod
 
 fn print_parity(report: &ParityReport) {
     for t in &report.tables {
-        println!(
+        out!(
             "  {:<22} legacy migrated {:>8}  not migrated {:>6}  queue rows {:>8}  matched {:>8}",
-            t.table, t.legacy_migrated, t.legacy_not_migrated, t.queue_rows, t.matched
+            t.table,
+            t.legacy_migrated,
+            t.legacy_not_migrated,
+            t.queue_rows,
+            t.matched
         );
     }
     for d in &report.differences {
-        println!(
+        out!(
             "  {} #{} {}: legacy {} / queue {}",
-            d.table, d.legacy_id, d.field, d.legacy, d.queue
+            d.table,
+            d.legacy_id,
+            d.field,
+            d.legacy,
+            d.queue
         );
     }
     if report.agrees() {
-        println!("OK: Queue agrees with every migrated legacy row");
+        out!("OK: Queue agrees with every migrated legacy row");
     } else {
-        println!("FAILED: {} difference(s)", report.differences.len());
+        out!("FAILED: {} difference(s)", report.differences.len());
     }
 }
 

@@ -1,6 +1,7 @@
 //! `queue extract --target-database-url URL`: copy the verified log to a new
 //! database and rebuild every table there (Phase 3 as one command).
 
+use crate::stdout::out;
 use std::process::ExitCode;
 
 use clap::Args;
@@ -93,12 +94,12 @@ fn yes(ok: bool) -> &'static str {
 }
 
 fn print_report(r: &ExtractReport) {
-    println!(
+    out!(
         "copied {} events ({} in the target, {} in the source up to this run's end; {} committed since)",
         r.copied_events, r.target_events, r.source_events, r.source_events_after
     );
-    println!("event order: {}", yes(r.order_equal));
-    println!(
+    out!("event order: {}", yes(r.order_equal));
+    out!(
         "ledger: {} entries copied; target size {} (source {}); root at size {}: {} ({})",
         r.copied_ledger_entries,
         r.target_ledger_size,
@@ -107,7 +108,7 @@ fn print_report(r: &ExtractReport) {
         yes(r.ledger_root_equal),
         r.target_ledger_root
     );
-    println!(
+    out!(
         "checkpoints: {} copied, {} in the target; target verify: {}",
         r.copied_checkpoints,
         r.target_checkpoints,
@@ -117,16 +118,20 @@ fn print_report(r: &ExtractReport) {
             None => "skipped (no checkpoint key)",
         }
     );
-    println!(
+    out!(
         "rebuild in the target: {} events in {} ms",
-        r.rebuild.events, r.rebuild.elapsed_ms
+        r.rebuild.events,
+        r.rebuild.elapsed_ms
     );
-    println!(
+    out!(
         "  {:<30} {:>10} {:>10}  {:<9} checksum",
-        "table", "source", "target", ""
+        "table",
+        "source",
+        "target",
+        ""
     );
     for t in &r.tables {
-        println!(
+        out!(
             "  {:<30} {:>10} {:>10}  {:<9} {}",
             t.table,
             t.source_rows,
@@ -135,16 +140,16 @@ fn print_report(r: &ExtractReport) {
             t.target_checksum
         );
     }
-    println!("  {}", r.source_live_note);
+    out!("  {}", r.source_live_note);
     if r.ok {
-        println!(
+        out!(
             "OK: the target holds the same verified log and the same tables ({} ms)",
             r.elapsed_ms
         );
     } else {
-        println!("FAILED:");
+        out!("FAILED:");
         for problem in &r.problems {
-            println!("  {problem}");
+            out!("  {problem}");
         }
     }
 }

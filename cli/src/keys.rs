@@ -1,5 +1,6 @@
 //! `queue keys`: generate and rotate key files, print the checkpoint verifier keys.
 
+use crate::stdout::out;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -86,13 +87,13 @@ pub fn run(command: KeysCommand, json: bool, env: Lookup) -> Result<ExitCode, Cl
                     "checkpoint_verifier_keys": verifier.key_specs(),
                 }));
             } else {
-                println!("# checkpoint verifier key for log {}", verifier.name());
+                out!("# checkpoint verifier key for log {}", verifier.name());
                 for (index, id) in verifier.key_ids().iter().enumerate() {
                     let role = if index == 0 { "current" } else { "previous" };
-                    println!("# {id:08x} ({role})");
+                    out!("# {id:08x} ({role})");
                 }
                 // One line, so scripts that take the last line get every key.
-                println!("{verifier}");
+                out!("{verifier}");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -10,7 +10,9 @@ mod progress;
 mod projections;
 mod replay;
 mod serve;
+mod stdout;
 
+use crate::stdout::out;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -183,7 +185,7 @@ async fn run(cli: Cli, env: Lookup<'_>) -> Result<ExitCode, CliError> {
             if cli.json {
                 print_json(&report);
             } else {
-                println!(
+                out!(
                     "{} events in {} streams; ledger {} entries ({} unsealed); {} checkpoints (latest {}); root {}",
                     report.events,
                     report.streams,
@@ -193,16 +195,17 @@ async fn run(cli: Cli, env: Lookup<'_>) -> Result<ExitCode, CliError> {
                     report.latest_checkpoint_size.map_or("none".into(), |s| s.to_string()),
                     report.root_hash
                 );
-                println!(
+                out!(
                     "{} ms, {} events/s",
-                    report.elapsed_ms, report.events_per_second
+                    report.elapsed_ms,
+                    report.events_per_second
                 );
                 for problem in &report.problems {
-                    println!("  {}", problem.describe());
+                    out!("  {}", problem.describe());
                 }
                 match &report.first_problem {
-                    None => println!("OK: the ledger is intact"),
-                    Some(first) => println!(
+                    None => out!("OK: the ledger is intact"),
+                    Some(first) => out!(
                         "FAILED: {} problem(s); first: {}",
                         report.problem_count,
                         first.describe()
@@ -229,13 +232,13 @@ fn output<T: Serialize>(json: bool, value: &T, text: &str) {
     if json {
         print_json(value);
     } else {
-        println!("{text}");
+        out!("{text}");
     }
 }
 
 fn print_json<T: Serialize>(value: &T) {
     match serde_json::to_string_pretty(value) {
-        Ok(s) => println!("{s}"),
+        Ok(s) => out!("{s}"),
         Err(e) => eprintln!("queue: error: cannot encode JSON: {e}"),
     }
 }

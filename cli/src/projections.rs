@@ -1,5 +1,6 @@
 //! `queue projections rebuild|status|catch-up`.
 
+use crate::stdout::out;
 use std::process::ExitCode;
 
 use clap::Subcommand;
@@ -94,10 +95,11 @@ pub async fn run(
             } else {
                 for entry in &report {
                     match &entry.error {
-                        None => println!("{:<12} applied {}", entry.projection, entry.applied),
-                        Some(e) => println!(
+                        None => out!("{:<12} applied {}", entry.projection, entry.applied),
+                        Some(e) => out!(
                             "{:<12} applied {}; STOPPED: {e}",
-                            entry.projection, entry.applied
+                            entry.projection,
+                            entry.applied
                         ),
                     }
                 }
@@ -113,7 +115,7 @@ pub async fn run(
 
 pub fn print_rebuild(report: &RebuildReport) {
     let names: Vec<&str> = report.projections.iter().map(|p| p.name()).collect();
-    println!(
+    out!(
         "rebuild of {}: {} events replayed in {} ms ({} events/s), validated in {} ms, swap {} ms",
         names.join(", "),
         report.events,
@@ -123,36 +125,42 @@ pub fn print_rebuild(report: &RebuildReport) {
         report.swap_ms
     );
     for table in &report.tables {
-        println!(
+        out!(
             "  {:<30} {:>10} rows  checksum {}",
-            table.table, table.rows, table.checksum
+            table.table,
+            table.rows,
+            table.checksum
         );
     }
-    println!("  {}", report.live_note);
+    out!("  {}", report.live_note);
     if report.ok {
         if report.swapped {
-            println!(
+            out!(
                 "OK: swapped in ({} events committed meanwhile applied during the swap)",
                 report.delta_events
             );
         } else {
-            println!("OK: validated (dry run, not swapped)");
+            out!("OK: validated (dry run, not swapped)");
         }
     } else {
-        println!("FAILED: validation found differences; the live tables are untouched");
+        out!("FAILED: validation found differences; the live tables are untouched");
         for difference in &report.differences {
-            println!("  {difference}");
+            out!("  {difference}");
         }
     }
 }
 
 fn print_status(statuses: &[ProjectionStatus]) {
-    println!(
+    out!(
         "{:<12} {:>10} {:>8} {:>10}  {:<6}  position",
-        "projection", "events", "behind", "seconds", "runner"
+        "projection",
+        "events",
+        "behind",
+        "seconds",
+        "runner"
     );
     for s in statuses {
-        println!(
+        out!(
             "{:<12} {:>10} {:>8} {:>10.3}  {:<6}  ({}, {})",
             s.projection,
             s.events,
@@ -163,7 +171,7 @@ fn print_status(statuses: &[ProjectionStatus]) {
             s.insert_id
         );
         if let Some(error) = &s.error {
-            println!("  STOPPED since {:?}: {error}", s.failed_at);
+            out!("  STOPPED since {:?}: {error}", s.failed_at);
         }
     }
 }

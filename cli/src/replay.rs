@@ -1,5 +1,6 @@
 //! `queue replay`: a customer's state at an instant, from the event log.
 
+use crate::stdout::out;
 use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
@@ -48,15 +49,15 @@ pub async fn run(args: ReplayArgs, json: bool, env: Lookup<'_>) -> Result<ExitCo
                 "covered_by_checkpoint": after.covered_by_checkpoint,
             }));
         } else {
-            println!("customer {} from {from} to {to}", args.customer);
+            out!("customer {} from {from} to {to}", args.customer);
             for c in &changes {
-                println!("  {}: {} -> {}", c.path, c.before, c.after);
+                out!("  {}: {} -> {}", c.path, c.before, c.after);
             }
-            println!("events between:");
+            out!("events between:");
             for e in between {
-                println!("  {}", event_line(e));
+                out!("  {}", event_line(e));
             }
-            println!("{}", coverage(&after));
+            out!("{}", coverage(&after));
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -95,16 +96,18 @@ fn coverage(h: &CustomerHistory) -> String {
 }
 
 fn print_history(h: &CustomerHistory) {
-    println!("customer {} at {}", h.customer_id, h.at);
+    out!("customer {} at {}", h.customer_id, h.at);
     match &h.state {
-        None => println!("  did not exist yet"),
+        None => out!("  did not exist yet"),
         Some(s) => {
-            println!(
+            out!(
                 "  email {} (verified: {}), status {}",
-                s.email, s.email_verified, s.status
+                s.email,
+                s.email_verified,
+                s.status
             );
             for r in &s.roles {
-                println!(
+                out!(
                     "  role {} {} grant {} ticket {}",
                     r.role,
                     if r.active { "active" } else { "inactive" },
@@ -113,7 +116,7 @@ fn print_history(h: &CustomerHistory) {
                 );
             }
             for p in &s.passkeys {
-                println!(
+                out!(
                     "  passkey {} {:?} counter {}{}",
                     p.credential_id,
                     p.name.as_deref().unwrap_or(""),
@@ -126,17 +129,19 @@ fn print_history(h: &CustomerHistory) {
                 );
             }
             for x in &s.sessions {
-                println!(
+                out!(
                     "  session {} {} (created {})",
-                    x.session_id, x.status, x.created_at
+                    x.session_id,
+                    x.status,
+                    x.created_at
                 );
             }
-            println!("  unused backup codes: {}", s.unused_backup_codes);
+            out!("  unused backup codes: {}", s.unused_backup_codes);
         }
     }
-    println!("events:");
+    out!("events:");
     for e in &h.events {
-        println!("  {}", event_line(e));
+        out!("  {}", event_line(e));
     }
-    println!("{}", coverage(h));
+    out!("{}", coverage(h));
 }

@@ -52,3 +52,23 @@ fn bad_checkpoint_key() {
         Some("queue.example.com/ledger+1625f8dd+ASmsuuFBvMrwsi4alNNNC8c2HlJtC/4SyJeUvJMilm3X")
     );
 }
+
+/// Output into a pipe nobody reads (`queue … | head -1` after head exits)
+/// ends the process quietly with 141, as SIGPIPE would, never a panic.
+#[test]
+fn closed_stdout_is_not_a_panic() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_queue"))
+        .args(["keys", "public", "checkpoint"])
+        .env_clear()
+        .env("QUEUE_CHECKPOINT_KEY", CHECKPOINT_KEY)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(141), "stderr: {err}");
+    assert!(err.is_empty(), "nothing to say on stderr: {err}");
+}
