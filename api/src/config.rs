@@ -88,8 +88,9 @@ pub struct Config {
     /// shed past 3/4 of it, critical ones past it).
     pub max_in_flight: usize,
     /// CRITICAL/HIGH requests in flight past which LOW and NORMAL requests
-    /// are shed whatever the total (QUEUE_SHED_LOW_PAST_URGENT,
-    /// QUEUE_SHED_NORMAL_PAST_URGENT).
+    /// are shed whatever the total, and for how long after
+    /// (QUEUE_SHED_LOW_PAST_URGENT, QUEUE_SHED_NORMAL_PAST_URGENT,
+    /// QUEUE_SHED_HOLD_MS).
     pub shed_past_urgent: crate::shedding::UrgentLevels,
     /// The store circuit breaker's thresholds (QUEUE_BREAKER_*).
     pub breaker: crate::breaker::BreakerConfig,
@@ -363,6 +364,13 @@ impl Config {
                 0,
                 1_000_000,
             )? as usize,
+            hold: Duration::from_millis(u64::from(number(
+                &get,
+                "QUEUE_SHED_HOLD_MS",
+                urgent_defaults.hold.as_millis() as u32,
+                0,
+                60_000,
+            )?)),
         };
         let breaker = crate::breaker::BreakerConfig {
             failure_threshold: number(&get, "QUEUE_BREAKER_FAILURES", 5, 1, 1000)?,
@@ -573,13 +581,22 @@ mod tests {
         with.extend([
             ("QUEUE_SHED_LOW_PAST_URGENT", "0"),
             ("QUEUE_SHED_NORMAL_PAST_URGENT", "12"),
+            ("QUEUE_SHED_HOLD_MS", "250"),
         ]);
         let levels = Config::from_lookup(lookup(&with)).unwrap().shed_past_urgent;
-        assert_eq!(levels, crate::shedding::UrgentLevels { low: 0, normal: 12 });
+        assert_eq!(
+            levels,
+            crate::shedding::UrgentLevels {
+                low: 0,
+                normal: 12,
+                hold: Duration::from_millis(250)
+            }
+        );
 
         for var in [
             "QUEUE_SHED_LOW_PAST_URGENT",
             "QUEUE_SHED_NORMAL_PAST_URGENT",
+            "QUEUE_SHED_HOLD_MS",
         ] {
             for value in ["-1", "many", "1000001"] {
                 let mut bad = base.to_vec();

@@ -21,7 +21,8 @@
 //! time even at the sustainable rate, and shedding LOW on it refused most LOW
 //! work without any overload; see docs/decisions/1000.)
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::Method;
@@ -31,13 +32,29 @@ use axum::response::{IntoResponse, Response};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// `/api/*` requests in flight, per priority.
-#[derive(Debug, Default)]
-pub struct InFlight([AtomicUsize; 4]);
+/// `/api/*` requests in flight, per priority, and until when LOW and NORMAL
+/// keep yielding after urgent work last went past their levels.
+#[derive(Debug)]
+pub struct InFlight {
+    counts: [AtomicUsize; 4],
+    since: Instant,
+    /// Microseconds after `since`: LOW, NORMAL.
+    yield_until: [AtomicU64; 2],
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        Self {
+            counts: Default::default(),
+            since: Instant::now(),
+            yield_until: Default::default(),
+        }
+    }
+}
 
 impl InFlight {
     fn counter(&self, priority: Priority) -> &AtomicUsize {
-        &self.0[priority as usize]
+        &self.counts[priority as usize]
     }
 
     /// Requests of `priority` in flight now.
@@ -47,12 +64,36 @@ impl InFlight {
 
     /// Requests of every priority in flight now.
     pub fn total(&self) -> usize {
-        self.0.iter().map(|c| c.load(Ordering::SeqCst)).sum()
+        self.counts.iter().map(|c| c.load(Ordering::SeqCst)).sum()
     }
 
     /// CRITICAL and HIGH requests in flight now.
     pub fn urgent(&self) -> usize {
         self.of(Priority::Critical) + self.of(Priority::High)
+    }
+
+    fn now_micros(&self) -> u64 {
+        self.since.elapsed().as_micros() as u64
+    }
+
+    /// With `urgent` CRITICAL/HIGH requests in flight now: does a request of
+    /// `priority` yield? Past a level, that priority keeps yielding for
+    /// `levels.hold` (the overload is not over because one gap opened).
+    fn must_yield(&self, urgent: usize, levels: UrgentLevels, priority: Priority) -> bool {
+        let now = self.now_micros();
+        let hold = levels.hold.as_micros() as u64;
+        for (slot, yielding) in [Priority::Low, Priority::Normal].into_iter().enumerate() {
+            if yields_to_urgent(urgent, levels, yielding) {
+                self.yield_until[slot].fetch_max(now.saturating_add(hold), Ordering::SeqCst);
+            }
+        }
+        let slot = match priority {
+            Priority::Low => 0,
+            Priority::Normal => 1,
+            Priority::High | Priority::Critical => return false,
+        };
+        yields_to_urgent(urgent, levels, priority)
+            || now < self.yield_until[slot].load(Ordering::SeqCst)
     }
 }
 
@@ -117,16 +158,24 @@ pub fn should_shed(in_flight: usize, max: usize, priority: Priority) -> bool {
 }
 
 /// How many CRITICAL/HIGH requests in flight LOW and NORMAL work yields to
-/// (`QUEUE_SHED_LOW_PAST_URGENT`, `QUEUE_SHED_NORMAL_PAST_URGENT`).
+/// (`QUEUE_SHED_LOW_PAST_URGENT`, `QUEUE_SHED_NORMAL_PAST_URGENT`), and for
+/// how long it keeps yielding after that (`QUEUE_SHED_HOLD_MS`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UrgentLevels {
     pub low: usize,
     pub normal: usize,
+    pub hold: Duration,
 }
 
 impl Default for UrgentLevels {
     fn default() -> Self {
-        Self { low: 4, normal: 8 }
+        Self {
+            low: 4,
+            normal: 8,
+            // Off: a burst (50 registrations at once) would otherwise make
+            // reads answer 429 for the hold after it has passed.
+            hold: Duration::ZERO,
+        }
     }
 }
 
@@ -160,7 +209,7 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
     let slot = Slot(counter);
     let config = state.config();
     if should_shed(in_flight.total(), config.max_in_flight, priority)
-        || yields_to_urgent(in_flight.urgent(), config.shed_past_urgent, priority)
+        || in_flight.must_yield(in_flight.urgent(), config.shed_past_urgent, priority)
     {
         drop(slot);
         metrics::counter!("queue_shed_requests_total", "priority" => priority.as_str())
@@ -228,7 +277,11 @@ mod tests {
 
     #[test]
     fn low_and_normal_yield_to_urgent_work_past_their_levels() {
-        let levels = UrgentLevels { low: 2, normal: 5 };
+        let levels = UrgentLevels {
+            low: 2,
+            normal: 5,
+            hold: Duration::ZERO,
+        };
         assert!(!yields_to_urgent(2, levels, Priority::Low));
         assert!(yields_to_urgent(3, levels, Priority::Low));
         assert!(!yields_to_urgent(5, levels, Priority::Normal));
@@ -238,7 +291,11 @@ mod tests {
             assert!(!yields_to_urgent(usize::MAX, levels, priority));
         }
         // Level 0: any urgent request in flight makes LOW wait.
-        let strict = UrgentLevels { low: 0, normal: 0 };
+        let strict = UrgentLevels {
+            low: 0,
+            normal: 0,
+            hold: Duration::ZERO,
+        };
         assert!(!yields_to_urgent(0, strict, Priority::Low));
         assert!(yields_to_urgent(1, strict, Priority::Low));
     }
@@ -259,5 +316,34 @@ mod tests {
         assert_eq!(in_flight.total(), 10);
         drop(Slot(in_flight.counter(Priority::Critical)));
         assert_eq!(in_flight.of(Priority::Critical), 3);
+    }
+
+    #[test]
+    fn past_a_level_lower_priorities_keep_yielding_for_the_hold() {
+        let in_flight = InFlight::default();
+        let levels = UrgentLevels {
+            low: 1,
+            normal: 3,
+            hold: Duration::from_secs(3600),
+        };
+        assert!(!in_flight.must_yield(1, levels, Priority::Low));
+        // Urgent work goes past LOW's level (not NORMAL's): LOW yields, and
+        // keeps yielding once the urgent work is gone; NORMAL does not.
+        assert!(in_flight.must_yield(2, levels, Priority::Low));
+        assert!(in_flight.must_yield(0, levels, Priority::Low));
+        assert!(!in_flight.must_yield(0, levels, Priority::Normal));
+        // A CRITICAL arrival past NORMAL's level starts NORMAL's hold too.
+        assert!(!in_flight.must_yield(4, levels, Priority::Critical));
+        assert!(in_flight.must_yield(0, levels, Priority::Normal));
+        assert!(!in_flight.must_yield(0, levels, Priority::High));
+
+        // No hold: only the count now matters.
+        let now_only = UrgentLevels {
+            hold: Duration::ZERO,
+            ..levels
+        };
+        let fresh = InFlight::default();
+        assert!(fresh.must_yield(2, now_only, Priority::Low));
+        assert!(!fresh.must_yield(1, now_only, Priority::Low));
     }
 }

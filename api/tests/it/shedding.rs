@@ -74,6 +74,8 @@ async fn low_and_normal_work_waits_while_urgent_work_is_in_flight(pool: PgPool) 
         ("QUEUE_MAX_IN_FLIGHT", "1000"),
         ("QUEUE_SHED_LOW_PAST_URGENT", "1"),
         ("QUEUE_SHED_NORMAL_PAST_URGENT", "2"),
+        // No hold: served again as soon as the urgent work ends.
+        ("QUEUE_SHED_HOLD_MS", "0"),
     ]);
     let app = TestApp::with(pool, &settings).await;
 
@@ -133,6 +135,7 @@ async fn the_overall_limit_still_sheds_lowest_first(pool: PgPool) {
         ("QUEUE_MAX_IN_FLIGHT", "4"),
         ("QUEUE_SHED_LOW_PAST_URGENT", "100"),
         ("QUEUE_SHED_NORMAL_PAST_URGENT", "100"),
+        ("QUEUE_SHED_HOLD_MS", "0"),
     ]);
     let app = TestApp::with(pool, &settings).await;
     let held = vec![hold_audit_write(&app)];
@@ -152,6 +155,7 @@ async fn a_level_of_zero_yields_to_any_urgent_request(pool: PgPool) {
     settings.extend([
         ("QUEUE_MAX_IN_FLIGHT", "1000"),
         ("QUEUE_SHED_LOW_PAST_URGENT", "0"),
+        ("QUEUE_SHED_HOLD_MS", "0"),
     ]);
     let app = TestApp::with(pool, &settings).await;
     assert_eq!(audit_log(&app).await.status, StatusCode::OK);
@@ -164,4 +168,31 @@ async fn a_level_of_zero_yields_to_any_urgent_request(pool: PgPool) {
         .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
     release(held).await;
     assert_eq!(audit_log(&app).await.status, StatusCode::OK);
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn low_keeps_yielding_for_the_hold_after_urgent_work_went_past_its_level(pool: PgPool) {
+    let mut settings = SERVICES.to_vec();
+    settings.extend([
+        ("QUEUE_MAX_IN_FLIGHT", "1000"),
+        ("QUEUE_SHED_LOW_PAST_URGENT", "1"),
+        // Longer than the test: the hold cannot run out while it checks.
+        ("QUEUE_SHED_HOLD_MS", "60000"),
+    ]);
+    let app = TestApp::with(pool, &settings).await;
+    let mut held = vec![hold_audit_write(&app)];
+    wait_for_critical(&app, 1).await;
+    // At the level, with no hold started: LOW is served.
+    assert_eq!(audit_log(&app).await.status, StatusCode::OK);
+    held.push(hold_audit_write(&app));
+    wait_for_critical(&app, 2).await;
+    assert_shed(&audit_log(&app).await, "LOW past its urgent level");
+    release(held).await;
+    assert_eq!(app.state.inner.in_flight.total(), 0);
+    // Nothing urgent in flight, but the overload was a moment ago: LOW still
+    // yields, while NORMAL (never past its level) is served.
+    assert_shed(&audit_log(&app).await, "LOW within the hold");
+    app.get("/api/v1/auth/me")
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
 }
