@@ -70,6 +70,9 @@ pub const KNOWN_TYPES: [&str; 4] = ["Customer", "Credential", "Session", "Audit"
 pub const EVENT_COLUMNS: &str = "commit_xid, insert_id, aggregate_type, aggregate_id, sequence, \
      event_type, event_version, payload, recorded_at, hash";
 
+/// Where `aggregate_type` is among `EVENT_COLUMNS`.
+pub const AGGREGATE_TYPE_COLUMN: usize = 2;
+
 /// Reads a row of a query selecting exactly `EVENT_COLUMNS`. Columns are
 /// taken by position (a name lookup per column and row showed in the
 /// rebuild's profile); a query with other columns fails on the types.
@@ -81,7 +84,7 @@ pub fn raw_from_row(row: &PgRow) -> ProjectionResult<RawEvent> {
                 commit_xid: row.try_get(0)?,
                 insert_id: row.try_get(1)?,
             },
-            aggregate_type: row.try_get(2)?,
+            aggregate_type: row.try_get(AGGREGATE_TYPE_COLUMN)?,
             aggregate_id: row.try_get(3)?,
             sequence: row.try_get(4)?,
             event_type: row.try_get(5)?,

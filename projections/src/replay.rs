@@ -7,12 +7,12 @@ use futures::stream::FuturesOrdered;
 use futures::{StreamExt as _, TryStreamExt};
 use queue_eventstore::feed::Position;
 use sqlx::postgres::PgRow;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Row as _};
 use tokio::sync::mpsc;
 
 use crate::checksum::{self, Mode, Sum, Sums};
 use crate::error::{ProjectionError, ProjectionResult};
-use crate::events::{raw_from_row, Decoder, Event, RawEvent, EVENT_COLUMNS};
+use crate::events::{raw_from_row, Decoder, Event, AGGREGATE_TYPE_COLUMN, EVENT_COLUMNS};
 use crate::fold::{AuditFold, CredentialsFold, CustomersFold, SessionsFold};
 use crate::projection::Projection;
 use crate::rows::{AuditRow, Row};
@@ -142,6 +142,11 @@ pub const DECODE_IN_FLIGHT: usize = 3;
 /// rows keep coming, sending each decoded chunk to `tx` in order. Stops early,
 /// without error, when the receiver is gone (its owner reports why). Returns
 /// how many rows no projection reads.
+///
+/// The reading task is the one serial stage of a replay, so it only looks
+/// at each row's aggregate type (borrowed); taking the row's columns apart
+/// (`raw_from_row`, a third of its time in the profile) happens in the
+/// decoders.
 pub async fn decode_rows(
     mut rows: impl futures::Stream<Item = Result<PgRow, sqlx::Error>> + Unpin,
     projections: &[Projection],
@@ -155,12 +160,9 @@ pub async fn decode_rows(
     while !done {
         match rows.try_next().await? {
             Some(row) => {
-                let raw = raw_from_row(&row)?;
-                if projections
-                    .iter()
-                    .any(|p| p.reads(&raw.meta.aggregate_type))
-                {
-                    chunk.push(raw);
+                let aggregate_type: &str = row.try_get(AGGREGATE_TYPE_COLUMN)?;
+                if projections.iter().any(|p| p.reads(aggregate_type)) {
+                    chunk.push(row);
                 } else {
                     skipped += 1;
                 }
@@ -188,7 +190,9 @@ pub async fn decode_rows(
     Ok(skipped)
 }
 
-/// Decodes a chunk of raw events (on the blocking pool).
-pub fn decode_chunk(decoder: &Decoder, raws: Vec<RawEvent>) -> ProjectionResult<Vec<Event>> {
-    raws.into_iter().map(|raw| decoder.decode(raw)).collect()
+/// Decodes a chunk of event rows (on the blocking pool).
+pub fn decode_chunk(decoder: &Decoder, rows: Vec<PgRow>) -> ProjectionResult<Vec<Event>> {
+    rows.iter()
+        .map(|row| decoder.decode(raw_from_row(row)?))
+        .collect()
 }
