@@ -71,6 +71,9 @@ pub struct Args {
     /// The `queue` binary to serve with (default: `queue` next to this binary).
     #[arg(long)]
     queue_bin: Option<PathBuf>,
+    /// QUEUE_SHED_HOLD_MS with shedding on (the service's default is 0).
+    #[arg(long, default_value_t = 1000)]
+    hold_ms: u32,
     /// Extra `KEY=VALUE` settings for the shedding-on instance (repeatable),
     /// e.g. to try other shedding levels.
     #[arg(long = "on-env", value_parser = parse_setting)]
@@ -845,13 +848,12 @@ async fn run_in(args: &Args, queue_bin: &Path, scratch: &ScratchDb) -> BenchResu
     let off_base = services
         .start("queue-bench-off", None, &[], &client)
         .await?;
+    let on_env: Vec<(String, String)> =
+        std::iter::once(("QUEUE_SHED_HOLD_MS".to_owned(), args.hold_ms.to_string()))
+            .chain(args.on_env.iter().cloned())
+            .collect();
     let on_base = services
-        .start(
-            "queue-bench-on",
-            Some(args.max_in_flight),
-            &args.on_env,
-            &client,
-        )
+        .start("queue-bench-on", Some(args.max_in_flight), &on_env, &client)
         .await?;
     if args.nice > 0 {
         lower_own_priority(args.nice);
@@ -1085,7 +1087,7 @@ async fn run_in(args: &Args, queue_bin: &Path, scratch: &ScratchDb) -> BenchResu
         args.customers,
         args.secs,
         args.max_in_flight,
-        args.on_env
+        on_env
             .iter()
             .map(|(k, v)| format!(" {k}={v}"))
             .collect::<String>()
