@@ -84,8 +84,9 @@ pub struct Config {
     pub rate_limit_per_account: u32,
     /// Requests per minute per calling service on the audit writer.
     pub rate_limit_per_service: u32,
-    /// Concurrent /api requests before load shedding (ordinary routes are
-    /// shed past 3/4 of it, critical ones past it).
+    /// Concurrent /api requests before load shedding: LOW routes are shed
+    /// past 1/4 of it, NORMAL past 1/2, HIGH past 3/4, CRITICAL past it
+    /// (`shedding.rs`; LOW and NORMAL also yield to in-flight urgent work).
     pub max_in_flight: usize,
     /// CRITICAL/HIGH requests in flight past which LOW and NORMAL requests
     /// are shed whatever the total, and for how long after
