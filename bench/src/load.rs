@@ -880,64 +880,42 @@ async fn run_in(args: &Args, queue_bin: &Path, scratch: &ScratchDb) -> BenchResu
             refresh_tokens.push(t.to_owned());
         }
     }
-    let refresh_tokens = Arc::new(Mutex::new(refresh_tokens));
-
+    let mut phases = Phases {
+        client: client.clone(),
+        customers,
+        customer_ids,
+        refresh_tokens,
+        secs: args.secs,
+        max_requests: args.max_requests,
+    };
     let mut results = Vec::new();
-    let phase = |base: &str, assertions: Vec<Value>| {
-        Arc::new(Material {
-            client: client.clone(),
-            base: base.to_owned(),
-            assertions: Mutex::new(assertions),
-            refresh_tokens: Mutex::new(std::mem::take(&mut *lock(&refresh_tokens))),
-            customer_ids: customer_ids.clone(),
-            next_key: AtomicU64::new(key_base()),
-        })
-    };
-    let give_back = |material: &Material| {
-        let mut tokens = std::mem::take(&mut *lock(&material.refresh_tokens));
-        lock(&refresh_tokens).append(&mut tokens);
-    };
 
     eprintln!("phase 1: unloaded CRITICAL, one at a time…");
-    let logins = sign_logins(&client, &on_base, &mut customers).await?;
-    let m = phase(&on_base, logins);
-    let unloaded = with_server_view(
-        &client,
-        &on_base,
-        closed_loop(
-            "unloaded: CRITICAL only, 1 in flight, shedding on",
-            m.clone(),
-            1,
-            args.secs,
-            args.max_requests,
+    let unloaded = phases
+        .run(
+            &on_base,
+            "unloaded: CRITICAL only, 1 in flight, shedding on".to_owned(),
+            Pace::Closed { concurrency: 1 },
             0.0,
-        ),
-    )
-    .await;
-    give_back(&m);
+        )
+        .await?;
     results.push(unloaded);
 
     eprintln!("phase 2: sustainable rate, closed loop…");
-    let logins = sign_logins(&client, &off_base, &mut customers).await?;
-    let m = phase(&off_base, logins);
-    let sustainable = with_server_view(
-        &client,
-        &off_base,
-        closed_loop(
-            &format!(
+    let sustainable = phases
+        .run(
+            &off_base,
+            format!(
                 "sustainable: mix ({:.0}% LOW), {} in flight, shedding off",
                 args.low_share * 100.0,
                 args.concurrency
             ),
-            m.clone(),
-            args.concurrency,
-            args.secs,
-            args.max_requests,
+            Pace::Closed {
+                concurrency: args.concurrency,
+            },
             args.low_share,
-        ),
-    )
-    .await;
-    give_back(&m);
+        )
+        .await?;
     let sustainable_rps = rate(
         sustainable
             .samples
@@ -948,25 +926,19 @@ async fn run_in(args: &Args, queue_bin: &Path, scratch: &ScratchDb) -> BenchResu
     );
     results.push(sustainable);
 
-    let logins = sign_logins(&client, &on_base, &mut customers).await?;
-    let m = phase(&on_base, logins);
-    let sustainable_on = with_server_view(
-        &client,
-        &on_base,
-        closed_loop(
-            &format!(
+    let sustainable_on = phases
+        .run(
+            &on_base,
+            format!(
                 "sustainable: mix, {} in flight, shedding on (QUEUE_MAX_IN_FLIGHT={})",
                 args.concurrency, args.max_in_flight
             ),
-            m.clone(),
-            args.concurrency,
-            args.secs,
-            args.max_requests,
+            Pace::Closed {
+                concurrency: args.concurrency,
+            },
             args.low_share,
-        ),
-    )
-    .await;
-    give_back(&m);
+        )
+        .await?;
     results.push(sustainable_on);
 
     // No overload: the mix on a schedule below the sustainable rate, where
@@ -974,26 +946,18 @@ async fn run_in(args: &Args, queue_bin: &Path, scratch: &ScratchDb) -> BenchResu
     let calm_rps = sustainable_rps * args.calm;
     for (label, base) in [("shedding off", &off_base), ("shedding on", &on_base)] {
         eprintln!("no overload: mix at {calm_rps:.0} req/s, {label}…");
-        let logins = sign_logins(&client, base, &mut customers).await?;
-        let m = phase(base, logins);
-        let r = with_server_view(
-            &client,
-            base,
-            open_loop(
-                &format!(
+        let r = phases
+            .run(
+                base,
+                format!(
                     "no overload: mix ({:.0}% LOW) at {calm_rps:.0} req/s ({:.2}x sustainable), open loop, {label}",
                     args.low_share * 100.0,
                     args.calm
                 ),
-                m.clone(),
-                calm_rps,
-                args.secs,
-                args.max_requests,
+                Pace::Open { rps: calm_rps },
                 args.low_share,
-            ),
-        )
-        .await;
-        give_back(&m);
+            )
+            .await?;
         results.push(r);
     }
 
@@ -1008,24 +972,16 @@ async fn run_in(args: &Args, queue_bin: &Path, scratch: &ScratchDb) -> BenchResu
     // in the storm. Shedding can protect CRITICAL from LOW, not from itself.
     let critical_rps = sustainable_rps * (1.0 - args.low_share);
     eprintln!("CRITICAL alone at {critical_rps:.0} req/s…");
-    let logins = sign_logins(&client, &on_base, &mut customers).await?;
-    let m = phase(&on_base, logins);
-    let alone = with_server_view(
-        &client,
-        &on_base,
-        open_loop(
-            &format!(
+    let alone = phases
+        .run(
+            &on_base,
+            format!(
                 "CRITICAL alone at its storm rate: {critical_rps:.0} req/s, open loop, {on_label}"
             ),
-            m.clone(),
-            critical_rps,
-            args.secs,
-            args.max_requests,
+            Pace::Open { rps: critical_rps },
             0.0,
-        ),
-    )
-    .await;
-    give_back(&m);
+        )
+        .await?;
     results.push(alone);
     for (label, base, low_share, mix) in [
         (
@@ -1038,47 +994,31 @@ async fn run_in(args: &Args, queue_bin: &Path, scratch: &ScratchDb) -> BenchResu
         (on_label, &on_base, args.low_share, "same mix"),
     ] {
         eprintln!("overload at {overload_rps:.0} req/s ({mix}), {label}…");
-        let logins = sign_logins(&client, base, &mut customers).await?;
-        let m = phase(base, logins);
-        let r = with_server_view(
-            &client,
-            base,
-            open_loop(
-                &format!(
+        let r = phases
+            .run(
+                base,
+                format!(
                     "overload ({mix}, {:.0}% LOW): {overload_rps:.0} req/s ({:.1}x sustainable), open loop, {label}",
                     low_share * 100.0,
                     args.overload
                 ),
-                m.clone(),
-                overload_rps,
-                args.secs,
-                args.max_requests,
+                Pace::Open { rps: overload_rps },
                 low_share,
-            ),
-        )
-        .await;
-        give_back(&m);
+            )
+            .await?;
         results.push(r);
     }
     // The machine is shared: measure the unloaded reference again at the end
     // and hold the overload to the better (lower) of the two.
     eprintln!("unloaded CRITICAL again…");
-    let logins = sign_logins(&client, &on_base, &mut customers).await?;
-    let m = phase(&on_base, logins);
-    let unloaded_again = with_server_view(
-        &client,
-        &on_base,
-        closed_loop(
-            "unloaded again, after the overload phases",
-            m.clone(),
-            1,
-            args.secs,
-            args.max_requests,
+    let unloaded_again = phases
+        .run(
+            &on_base,
+            "unloaded again, after the overload phases".to_owned(),
+            Pace::Closed { concurrency: 1 },
             0.0,
-        ),
-    )
-    .await;
-    give_back(&m);
+        )
+        .await?;
     results.push(unloaded_again);
     drop(services);
 
@@ -1168,6 +1108,82 @@ async fn run_in(args: &Args, queue_bin: &Path, scratch: &ScratchDb) -> BenchResu
         if ratio(on.p99) <= 2.0 { "yes" } else { "no" }
     );
     Ok(())
+}
+
+/// How a phase sends its requests.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// `concurrency` workers, each sending when its previous one is answered.
+    Closed { concurrency: usize },
+    /// On a fixed schedule of `rps` per second, answered or not.
+    Open { rps: f64 },
+}
+
+/// What every phase draws on: the customers (one fresh login each per
+/// phase) and the refresh tokens (handed back after each phase).
+struct Phases {
+    client: reqwest::Client,
+    customers: Vec<Customer>,
+    customer_ids: Vec<String>,
+    refresh_tokens: Vec<String>,
+    secs: u64,
+    max_requests: usize,
+}
+
+impl Phases {
+    /// Signs one login per customer against `base`, runs one phase there
+    /// with the service's own view of it, and takes the refresh tokens back.
+    async fn run(
+        &mut self,
+        base: &str,
+        name: String,
+        pace: Pace,
+        low_share: f64,
+    ) -> BenchResult<PhaseResult> {
+        let assertions = sign_logins(&self.client, base, &mut self.customers).await?;
+        let material = Arc::new(Material {
+            client: self.client.clone(),
+            base: base.to_owned(),
+            assertions: Mutex::new(assertions),
+            refresh_tokens: Mutex::new(std::mem::take(&mut self.refresh_tokens)),
+            customer_ids: self.customer_ids.clone(),
+            next_key: AtomicU64::new(key_base()),
+        });
+        let result = match pace {
+            Pace::Closed { concurrency } => {
+                with_server_view(
+                    &self.client,
+                    base,
+                    closed_loop(
+                        &name,
+                        material.clone(),
+                        concurrency,
+                        self.secs,
+                        self.max_requests,
+                        low_share,
+                    ),
+                )
+                .await
+            }
+            Pace::Open { rps } => {
+                with_server_view(
+                    &self.client,
+                    base,
+                    open_loop(
+                        &name,
+                        material.clone(),
+                        rps,
+                        self.secs,
+                        self.max_requests,
+                        low_share,
+                    ),
+                )
+                .await
+            }
+        };
+        self.refresh_tokens = std::mem::take(&mut *lock(&material.refresh_tokens));
+        Ok(result)
+    }
 }
 
 /// Idempotency keys must not repeat across phases: each phase's counter
