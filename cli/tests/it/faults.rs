@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use queue_eventstore::{Checkpoint, CheckpointSigner};
+
 use crate::procs::{join_all, poll, spawn_writers, Instance, Keys, Outcome, Proxy, TestDb};
 
 async fn kids(client: &reqwest::Client, base: &str) -> Vec<String> {
@@ -87,6 +89,85 @@ async fn a_jwt_rotation_reaches_the_other_instance_within_a_second() {
             .await
             .contains(&"k0".to_owned()));
     }
+}
+
+/// `queue keys rotate --kind checkpoint` with two instances running: the
+/// sealing one (whichever holds the lock) signs its next checkpoint with the
+/// new key, and the ledger verifies against the rotated key file, which keeps
+/// the previous public key for the older checkpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_checkpoint_key_rotation_reaches_the_sealing_instance() {
+    let db = TestDb::create("ckptkey").await;
+    let keys = Keys::new("ckptkey");
+    let a = Instance::start("queue-a", &db.url("queue-a"), &keys).await;
+    let b = Instance::start("queue-b", &db.url("queue-b"), &keys).await;
+    let client = crate::procs::client();
+    let old = CheckpointSigner::parse(crate::CHECKPOINT_KEY).unwrap();
+
+    let out = keys
+        .queue(
+            &["--json", "keys", "rotate", "--kind", "checkpoint"],
+            &db.url("queue-rotate"),
+        )
+        .await;
+    assert!(out.status.success(), "{}", crate::stderr(&out));
+    let rotated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rotated["notified"], true, "{rotated}");
+    let rotated_spec = std::fs::read_to_string(keys.checkpoint_file()).unwrap();
+    let new = CheckpointSigner::parse(&rotated_spec).unwrap();
+    assert_ne!(new.key_id(), old.key_id());
+    let verifier = new.verifier();
+    assert!(
+        verifier.key_ids().contains(&old.key_id()),
+        "the old key stays"
+    );
+
+    // Events through both instances; the next checkpoint (every 10 s at the
+    // latest) must carry the new key's signature.
+    let t0 = Instant::now();
+    for (n, instance) in [&a, &b].into_iter().enumerate() {
+        let outcome =
+            crate::procs::audit_write(&client, &instance.base, &format!("ckpt-{n}"), t0).await;
+        assert_eq!(outcome.status, 201, "{:?}", outcome.code);
+    }
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    let note = poll(
+        "a checkpoint covering the new events",
+        Duration::from_secs(30),
+        || async {
+            sqlx::query_scalar::<_, String>(
+                "SELECT note FROM checkpoints WHERE tree_size >= $1 ORDER BY tree_size DESC LIMIT 1",
+            )
+            .bind(events)
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
+    assert_eq!(
+        Checkpoint::signed_by(&note, &verifier),
+        Some(new.key_id()),
+        "{note}\nqueue-a:\n{}\nqueue-b:\n{}",
+        a.log_text(),
+        b.log_text()
+    );
+    assert_eq!(
+        Checkpoint::signed_by(&note, &old.verifier()),
+        None,
+        "{note}"
+    );
+
+    // Every checkpoint, old key and new, verifies with the rotated file.
+    let out = keys
+        .queue(&["--json", "verify"], &db.url("queue-verify"))
+        .await;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "{report}\n{}", crate::stderr(&out));
+    assert_eq!(report["ok"], true, "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -193,23 +193,33 @@ pub struct Keys {
 }
 
 impl Keys {
-    /// A directory holding a JWT key file with one key, `k0`.
+    /// A directory holding a JWT key file with one key, `k0`, and a
+    /// checkpoint key file with `CHECKPOINT_KEY` (both rotatable).
     pub fn new(tag: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("queue-{}", unique(tag)));
         std::fs::create_dir_all(dir.join("mail")).unwrap();
         let keys = Self { dir };
         let spec = queue_api::jwt::JwtKeySet::generate("k0").unwrap().to_spec();
-        queue_eventstore::keys::write_key_file(
-            &keys.jwt_file(),
-            &spec,
-            queue_eventstore::keys::KeyFileWrite::Replace,
-        )
-        .unwrap();
+        for (path, spec) in [
+            (keys.jwt_file(), spec.as_str()),
+            (keys.checkpoint_file(), CHECKPOINT_KEY),
+        ] {
+            queue_eventstore::keys::write_key_file(
+                &path,
+                spec,
+                queue_eventstore::keys::KeyFileWrite::Replace,
+            )
+            .unwrap();
+        }
         keys
     }
 
     pub fn jwt_file(&self) -> PathBuf {
         self.dir.join("jwt_keys")
+    }
+
+    pub fn checkpoint_file(&self) -> PathBuf {
+        self.dir.join("checkpoint.key")
     }
 
     /// Runs `queue <args>` against `database_url` with the shared keys.
@@ -218,7 +228,10 @@ impl Keys {
         let env = vec![
             ("DATABASE_URL".to_owned(), database_url.to_owned()),
             ("QUEUE_MAC_KEYS".to_owned(), MAC.to_owned()),
-            ("QUEUE_CHECKPOINT_KEY".to_owned(), CHECKPOINT_KEY.to_owned()),
+            (
+                "QUEUE_CHECKPOINT_KEY_FILE".to_owned(),
+                self.checkpoint_file().display().to_string(),
+            ),
             (
                 "QUEUE_JWT_KEYS_FILE".to_owned(),
                 self.jwt_file().display().to_string(),
@@ -293,7 +306,7 @@ impl Instance {
             .env("DATABASE_URL", database_url)
             .env("QUEUE_LISTEN", format!("127.0.0.1:{port}"))
             .env("QUEUE_MAC_KEYS", MAC)
-            .env("QUEUE_CHECKPOINT_KEY", CHECKPOINT_KEY)
+            .env("QUEUE_CHECKPOINT_KEY_FILE", keys.checkpoint_file())
             .env("QUEUE_JWT_KEYS_FILE", keys.jwt_file())
             .env("QUEUE_RP_ID", "localhost")
             .env("QUEUE_RP_ORIGIN", "http://localhost:8080")
