@@ -746,8 +746,6 @@ impl AuditFold {
             sequence: meta.sequence,
             commit_xid: meta.position.commit_xid,
             insert_id: meta.position.insert_id,
-            event_type: meta.event_type.clone(),
-            event_version: meta.event_version.clone(),
             event_id: audit_event_id(&meta.aggregate_type, &meta.aggregate_id, meta.sequence),
             customer_id,
             service: None,
@@ -757,8 +755,6 @@ impl AuditFold {
             ticket_id,
             metadata,
             occurred_at: t(occurred_at),
-            recorded_at: t(&meta.recorded_at),
-            hash: meta.hash.clone(),
         };
         let out = match &event.body {
             Body::Other => return Ok(None),

@@ -252,8 +252,8 @@ const ROLE_COLUMNS: &str = "row_id, grant_id, customer_id, role, is_default, tic
 const VERIFICATION_COLUMNS: &str = "customer_id, request_sequence, token_hash, requested_at, \
     expires_at, status, verified_at, superseded_at";
 const AUDIT_SELECT: &str = "SELECT a.event_id, a.aggregate_type, a.aggregate_id, a.sequence, \
-    a.event_type, a.customer_id, a.service, a.actor, a.action, a.target, a.ticket_id, \
-    a.metadata, a.occurred_at, a.recorded_at, encode(a.hash, 'hex') AS hash, \
+    e.event_type, a.customer_id, a.service, a.actor, a.action, a.target, a.ticket_id, \
+    a.metadata, a.occurred_at, e.recorded_at, encode(e.hash, 'hex') AS hash, \
     l.seq AS ledger_seq, \
     CASE WHEN l.seq IS NULL THEN NULL ELSE encode(e.mac, 'hex') END AS mac, \
     CASE WHEN l.seq IS NULL THEN NULL ELSE e.mac_key_id END AS mac_key_id, \
@@ -261,7 +261,7 @@ const AUDIT_SELECT: &str = "SELECT a.event_id, a.aggregate_type, a.aggregate_id,
     FROM customer_audit_events a \
     LEFT JOIN ledger l ON l.aggregate_type = a.aggregate_type \
         AND l.aggregate_id = a.aggregate_id AND l.sequence = a.sequence \
-    LEFT JOIN events e ON e.aggregate_type = a.aggregate_type \
+    JOIN events e ON e.aggregate_type = a.aggregate_type \
         AND e.aggregate_id = a.aggregate_id AND e.sequence = a.sequence";
 
 /// One customer by id.

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::hash::Hash;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 use sqlx::postgres::PgRow;
 use sqlx::FromRow;
 use uuid::Uuid;
@@ -89,8 +89,6 @@ pub struct AuditRow {
     pub sequence: i64,
     pub commit_xid: i64,
     pub insert_id: i64,
-    pub event_type: String,
-    pub event_version: String,
     pub event_id: Uuid,
     pub customer_id: Option<Uuid>,
     pub service: Option<String>,
@@ -98,17 +96,9 @@ pub struct AuditRow {
     pub action: String,
     pub target: String,
     pub ticket_id: Option<String>,
+    /// A `json` column (migration 0301).
     pub metadata: serde_json::Value,
     pub occurred_at: DateTime<Utc>,
-    pub recorded_at: DateTime<Utc>,
-    #[serde(serialize_with = "bytea_json")]
-    pub hash: Vec<u8>,
-}
-
-/// bytea as PostgreSQL's text input form (`\x…`), which
-/// `jsonb_populate_recordset` accepts.
-fn bytea_json<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&format!("\\x{}", hex::encode(bytes)))
 }
 
 /// Times as PostgreSQL stores them: whole microseconds, truncated the way
@@ -229,6 +219,16 @@ impl<'a> CopyRow<'a> {
             Some(at) => self.time(at),
             None => self.null(),
         }
+    }
+
+    /// A `json`: the JSON text as it is.
+    pub fn json_text(&mut self, value: &serde_json::Value) {
+        let start = self.out.len();
+        self.out.extend_from_slice(&[0, 0, 0, 0]);
+        // Serialising a Value into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *self.out, value);
+        let len = (self.out.len() - start - 4) as i32;
+        self.out[start..start + 4].copy_from_slice(&len.to_be_bytes());
     }
 
     /// A `jsonb`: format version 1, then the JSON text.
@@ -542,8 +542,6 @@ impl Row for AuditRow {
         "sequence",
         "commit_xid",
         "insert_id",
-        "event_type",
-        "event_version",
         "event_id",
         "customer_id",
         "service",
@@ -553,8 +551,6 @@ impl Row for AuditRow {
         "ticket_id",
         "metadata",
         "occurred_at",
-        "recorded_at",
-        "hash",
     ];
     /// The ledger position (migration 0300).
     const KEY: &'static [&'static str] = &["commit_xid", "insert_id"];
@@ -567,8 +563,6 @@ impl Row for AuditRow {
         l.int8(self.sequence);
         l.int8(self.commit_xid);
         l.int8(self.insert_id);
-        l.text(&self.event_type);
-        l.text(&self.event_version);
         l.uuid(&self.event_id);
         l.opt_uuid(self.customer_id.as_ref());
         l.opt_text(self.service.as_deref());
@@ -576,10 +570,8 @@ impl Row for AuditRow {
         l.text(&self.action);
         l.text(&self.target);
         l.opt_text(self.ticket_id.as_deref());
-        l.json(&self.metadata);
+        l.json_text(&self.metadata);
         l.time(&self.occurred_at);
-        l.time(&self.recorded_at);
-        l.bytea(&self.hash);
     }
     /// Positions are assigned by the database that stores the events
     /// (an extracted copy has its own), so they are left out when portable.
