@@ -58,6 +58,21 @@ async fn audit_log(app: &TestApp) -> Response {
     app.get_auth("/api/v1/audit/events?limit=10", AUDITOR).await
 }
 
+/// The test services plus the shedding settings under test.
+async fn shedding_app(pool: PgPool, settings: &[(&str, &str)]) -> TestApp {
+    let mut all = SERVICES.to_vec();
+    all.extend_from_slice(settings);
+    TestApp::with(pool, &all).await
+}
+
+/// A NORMAL request (`/auth/me` without a token) is admitted: it gets its own
+/// answer, 401, not 429.
+async fn assert_normal_served(app: &TestApp) {
+    app.get("/api/v1/auth/me")
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+}
+
 async fn release(held: Vec<Held>) {
     for h in held {
         drop(h.body);
@@ -68,16 +83,18 @@ async fn release(held: Vec<Held>) {
 
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn low_and_normal_work_waits_while_urgent_work_is_in_flight(pool: PgPool) {
-    let mut settings = SERVICES.to_vec();
-    settings.extend([
-        // The overall limit is far away: only the urgent levels decide here.
-        ("QUEUE_MAX_IN_FLIGHT", "1000"),
-        ("QUEUE_SHED_LOW_PAST_URGENT", "1"),
-        ("QUEUE_SHED_NORMAL_PAST_URGENT", "2"),
-        // No hold: served again as soon as the urgent work ends.
-        ("QUEUE_SHED_HOLD_MS", "0"),
-    ]);
-    let app = TestApp::with(pool, &settings).await;
+    let app = shedding_app(
+        pool,
+        &[
+            // The overall limit is far away: only the urgent levels decide here.
+            ("QUEUE_MAX_IN_FLIGHT", "1000"),
+            ("QUEUE_SHED_LOW_PAST_URGENT", "1"),
+            ("QUEUE_SHED_NORMAL_PAST_URGENT", "2"),
+            // No hold: served again as soon as the urgent work ends.
+            ("QUEUE_SHED_HOLD_MS", "0"),
+        ],
+    )
+    .await;
 
     // Nothing urgent in flight: every priority is served.
     assert_eq!(audit_log(&app).await.status, StatusCode::OK);
@@ -92,9 +109,7 @@ async fn low_and_normal_work_waits_while_urgent_work_is_in_flight(pool: PgPool) 
     held.push(hold_audit_write(&app));
     wait_for_critical(&app, 2).await;
     assert_shed(&audit_log(&app).await, "LOW past its urgent level");
-    app.get("/api/v1/auth/me")
-        .await
-        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_normal_served(&app).await;
 
     // Three: NORMAL waits too.
     held.push(hold_audit_write(&app));
@@ -128,58 +143,60 @@ async fn low_and_normal_work_waits_while_urgent_work_is_in_flight(pool: PgPool) 
 
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn the_overall_limit_still_sheds_lowest_first(pool: PgPool) {
-    let mut settings = SERVICES.to_vec();
-    settings.extend([
-        // LOW tolerates 1 request in flight, NORMAL 2, HIGH 3, CRITICAL 4;
-        // the urgent levels are out of the way.
-        ("QUEUE_MAX_IN_FLIGHT", "4"),
-        ("QUEUE_SHED_LOW_PAST_URGENT", "100"),
-        ("QUEUE_SHED_NORMAL_PAST_URGENT", "100"),
-        ("QUEUE_SHED_HOLD_MS", "0"),
-    ]);
-    let app = TestApp::with(pool, &settings).await;
+    let app = shedding_app(
+        pool,
+        &[
+            // LOW tolerates 1 request in flight, NORMAL 2, HIGH 3, CRITICAL 4;
+            // the urgent levels are out of the way.
+            ("QUEUE_MAX_IN_FLIGHT", "4"),
+            ("QUEUE_SHED_LOW_PAST_URGENT", "100"),
+            ("QUEUE_SHED_NORMAL_PAST_URGENT", "100"),
+            ("QUEUE_SHED_HOLD_MS", "0"),
+        ],
+    )
+    .await;
     let held = vec![hold_audit_write(&app)];
     wait_for_critical(&app, 1).await;
     // Two in flight with this one: past LOW's level, within NORMAL's.
     assert_shed(&audit_log(&app).await, "LOW past 1/4 of the limit");
-    app.get("/api/v1/auth/me")
-        .await
-        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_normal_served(&app).await;
     release(held).await;
     assert_eq!(audit_log(&app).await.status, StatusCode::OK);
 }
 
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn a_level_of_zero_yields_to_any_urgent_request(pool: PgPool) {
-    let mut settings = SERVICES.to_vec();
-    settings.extend([
-        ("QUEUE_MAX_IN_FLIGHT", "1000"),
-        ("QUEUE_SHED_LOW_PAST_URGENT", "0"),
-        ("QUEUE_SHED_HOLD_MS", "0"),
-    ]);
-    let app = TestApp::with(pool, &settings).await;
+    let app = shedding_app(
+        pool,
+        &[
+            ("QUEUE_MAX_IN_FLIGHT", "1000"),
+            ("QUEUE_SHED_LOW_PAST_URGENT", "0"),
+            ("QUEUE_SHED_HOLD_MS", "0"),
+        ],
+    )
+    .await;
     assert_eq!(audit_log(&app).await.status, StatusCode::OK);
     let held = vec![hold_audit_write(&app)];
     wait_for_critical(&app, 1).await;
     assert_shed(&audit_log(&app).await, "LOW with level 0");
     // NORMAL keeps its default level (8).
-    app.get("/api/v1/auth/me")
-        .await
-        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_normal_served(&app).await;
     release(held).await;
     assert_eq!(audit_log(&app).await.status, StatusCode::OK);
 }
 
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn low_keeps_yielding_for_the_hold_after_urgent_work_went_past_its_level(pool: PgPool) {
-    let mut settings = SERVICES.to_vec();
-    settings.extend([
-        ("QUEUE_MAX_IN_FLIGHT", "1000"),
-        ("QUEUE_SHED_LOW_PAST_URGENT", "1"),
-        // Longer than the test: the hold cannot run out while it checks.
-        ("QUEUE_SHED_HOLD_MS", "60000"),
-    ]);
-    let app = TestApp::with(pool, &settings).await;
+    let app = shedding_app(
+        pool,
+        &[
+            ("QUEUE_MAX_IN_FLIGHT", "1000"),
+            ("QUEUE_SHED_LOW_PAST_URGENT", "1"),
+            // Longer than the test: the hold cannot run out while it checks.
+            ("QUEUE_SHED_HOLD_MS", "60000"),
+        ],
+    )
+    .await;
     let mut held = vec![hold_audit_write(&app)];
     wait_for_critical(&app, 1).await;
     // At the level, with no hold started: LOW is served.
@@ -192,7 +209,5 @@ async fn low_keeps_yielding_for_the_hold_after_urgent_work_went_past_its_level(p
     // Nothing urgent in flight, but the overload was a moment ago: LOW still
     // yields, while NORMAL (never past its level) is served.
     assert_shed(&audit_log(&app).await, "LOW within the hold");
-    app.get("/api/v1/auth/me")
-        .await
-        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    assert_normal_served(&app).await;
 }

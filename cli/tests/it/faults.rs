@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use queue_eventstore::{Checkpoint, CheckpointSigner};
 
-use crate::procs::{join_all, poll, spawn_writers, Instance, Keys, Outcome, Proxy, TestDb};
+use crate::procs::{
+    join_all, poll, spawn_writers, two_instances, Instance, Keys, Outcome, Proxy, TestDb,
+};
 
 async fn kids(client: &reqwest::Client, base: &str) -> Vec<String> {
     let jwks: serde_json::Value = client
@@ -38,10 +40,7 @@ fn accepted(outcomes: &[Outcome]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_jwt_rotation_reaches_the_other_instance_within_a_second() {
-    let db = TestDb::create("jwks").await;
-    let keys = Keys::new("jwks");
-    let a = Instance::start("queue-a", &db.url("queue-a"), &keys).await;
-    let b = Instance::start("queue-b", &db.url("queue-b"), &keys).await;
+    let (db, keys, a, b) = two_instances("jwks").await;
     let client = crate::procs::client();
     assert_eq!(kids(&client, &b.base).await, vec!["k0".to_owned()]);
 
@@ -97,10 +96,7 @@ async fn a_jwt_rotation_reaches_the_other_instance_within_a_second() {
 /// the previous public key for the older checkpoints.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_checkpoint_key_rotation_reaches_the_sealing_instance() {
-    let db = TestDb::create("ckptkey").await;
-    let keys = Keys::new("ckptkey");
-    let a = Instance::start("queue-a", &db.url("queue-a"), &keys).await;
-    let b = Instance::start("queue-b", &db.url("queue-b"), &keys).await;
+    let (db, keys, a, b) = two_instances("ckptkey").await;
     let client = crate::procs::client();
     let old = CheckpointSigner::parse(crate::CHECKPOINT_KEY).unwrap();
 
@@ -172,10 +168,7 @@ async fn a_checkpoint_key_rotation_reaches_the_sealing_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_the_sealer_leader_hands_sealing_to_the_other_and_the_ledger_stays_gap_free() {
-    let db = TestDb::create("sealer").await;
-    let keys = Keys::new("sealer");
-    let mut a = Instance::start("queue-a", &db.url("queue-a"), &keys).await;
-    let mut b = Instance::start("queue-b", &db.url("queue-b"), &keys).await;
+    let (db, keys, mut a, mut b) = two_instances("sealer").await;
     let leader = poll("a sealer leader", Duration::from_secs(15), || {
         db.sealer_holder()
     })

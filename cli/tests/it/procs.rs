@@ -473,6 +473,16 @@ pub async fn join_all(handles: Vec<tokio::task::JoinHandle<Vec<Outcome>>>) -> Ve
     all
 }
 
+/// A fresh database, shared key files and two `queue serve` instances on it,
+/// `queue-a` and `queue-b` (dropped in reverse: instances, keys, database).
+pub async fn two_instances(tag: &str) -> (TestDb, Keys, Instance, Instance) {
+    let db = TestDb::create(tag).await;
+    let keys = Keys::new(tag);
+    let a = Instance::start("queue-a", &db.url("queue-a"), &keys).await;
+    let b = Instance::start("queue-b", &db.url("queue-b"), &keys).await;
+    (db, keys, a, b)
+}
+
 /// Polls `check` every 10 ms until it yields, or panics naming `what`.
 pub async fn poll<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
 where
