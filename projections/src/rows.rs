@@ -223,18 +223,19 @@ impl<'a> CopyRow<'a> {
 
     /// A `json`: the JSON text as it is.
     pub fn json_text(&mut self, value: &serde_json::Value) {
-        let start = self.out.len();
-        self.out.extend_from_slice(&[0, 0, 0, 0]);
-        // Serialising a Value into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *self.out, value);
-        let len = (self.out.len() - start - 4) as i32;
-        self.out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+        self.json_after(&[], value);
     }
 
     /// A `jsonb`: format version 1, then the JSON text.
     pub fn json(&mut self, value: &serde_json::Value) {
+        self.json_after(&[1], value);
+    }
+
+    /// A length-prefixed field of `prefix` then the JSON text.
+    fn json_after(&mut self, prefix: &[u8], value: &serde_json::Value) {
         let start = self.out.len();
-        self.out.extend_from_slice(&[0, 0, 0, 0, 1]);
+        self.out.extend_from_slice(&[0, 0, 0, 0]);
+        self.out.extend_from_slice(prefix);
         // Serialising a Value into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *self.out, value);
         let len = (self.out.len() - start - 4) as i32;
