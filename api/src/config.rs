@@ -372,6 +372,22 @@ impl Config {
                 0,
                 60_000,
             )?)),
+            low_latency_pct: match number(
+                &get,
+                "QUEUE_SHED_LOW_LATENCY_PCT",
+                urgent_defaults.low_latency_pct,
+                0,
+                100_000,
+            )? {
+                // At or below 100 % every window would count as slow.
+                1..=100 => {
+                    return Err(invalid(
+                        "QUEUE_SHED_LOW_LATENCY_PCT",
+                        "must be 0 (off) or above 100",
+                    ))
+                }
+                pct => pct,
+            },
         };
         let breaker = crate::breaker::BreakerConfig {
             failure_threshold: number(&get, "QUEUE_BREAKER_FAILURES", 5, 1, 1000)?,
@@ -583,6 +599,7 @@ mod tests {
             ("QUEUE_SHED_LOW_PAST_URGENT", "0"),
             ("QUEUE_SHED_NORMAL_PAST_URGENT", "12"),
             ("QUEUE_SHED_HOLD_MS", "250"),
+            ("QUEUE_SHED_LOW_LATENCY_PCT", "0"),
         ]);
         let levels = Config::from_lookup(lookup(&with)).unwrap().shed_past_urgent;
         assert_eq!(
@@ -590,7 +607,8 @@ mod tests {
             crate::shedding::UrgentLevels {
                 low: 0,
                 normal: 12,
-                hold: Duration::from_millis(250)
+                hold: Duration::from_millis(250),
+                low_latency_pct: 0,
             }
         );
 
@@ -598,6 +616,7 @@ mod tests {
             "QUEUE_SHED_LOW_PAST_URGENT",
             "QUEUE_SHED_NORMAL_PAST_URGENT",
             "QUEUE_SHED_HOLD_MS",
+            "QUEUE_SHED_LOW_LATENCY_PCT",
         ] {
             for value in ["-1", "many", "1000001"] {
                 let mut bad = base.to_vec();
@@ -610,6 +629,11 @@ mod tests {
                     "{var}={value}"
                 );
             }
+        }
+        for value in ["1", "100"] {
+            let mut bad = base.to_vec();
+            bad.push(("QUEUE_SHED_LOW_LATENCY_PCT", value));
+            assert!(Config::from_lookup(lookup(&bad)).is_err(), "{value}");
         }
     }
 

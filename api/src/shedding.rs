@@ -15,8 +15,19 @@
 //! else is running. Once admitted a request runs to the end; nothing is
 //! preempted.
 //!
+//! The third, for LOW only, is adaptive: LOW work may have at most a limit of
+//! requests in flight, and the limit follows what CRITICAL requests
+//! experience (AIMD, as in TCP congestion control): every 100 ms window whose
+//! mean CRITICAL latency is above `QUEUE_SHED_LOW_LATENCY_PCT` % (400) of the
+//! lowest window mean of the last 30 s halves it; every other window adds
+//! one, up to LOW's level. It needs no tuning to the machine — the baseline
+//! is CRITICAL's own recent best — and it does not refuse LOW when nothing
+//! urgent suffers (a fixed count or hold does either too much or too little:
+//! docs/decisions/1000).
+//!
 //! Health, metrics and JWKS are never shed. Counted as
-//! `queue_shed_requests_total{priority}`. (A busy DB pool is not a signal:
+//! `queue_shed_requests_total{priority,rule}` (rule: `limit`, `urgent`,
+//! `latency`); the adaptive limit is the gauge `queue_shed_low_limit`. (A busy DB pool is not a signal:
 //! measured with `queue-bench load`, every connection is busy much of the
 //! time even at the sustainable rate, and shedding LOW on it refused most LOW
 //! work without any overload; see docs/decisions/1000.)
@@ -40,14 +51,18 @@ pub struct InFlight {
     since: Instant,
     /// Microseconds after `since`: LOW, NORMAL.
     yield_until: [AtomicU64; 2],
+    /// The adaptive LOW limit (starts at 64; clamped to LOW's level on use).
+    low_limit: std::sync::Mutex<LowLimit>,
 }
 
 impl Default for InFlight {
     fn default() -> Self {
+        let now = Instant::now();
         Self {
             counts: Default::default(),
-            since: Instant::now(),
+            since: now,
             yield_until: Default::default(),
+            low_limit: std::sync::Mutex::new(LowLimit::new(now, usize::MAX)),
         }
     }
 }
@@ -70,6 +85,13 @@ impl InFlight {
     /// CRITICAL and HIGH requests in flight now.
     pub fn urgent(&self) -> usize {
         self.of(Priority::Critical) + self.of(Priority::High)
+    }
+
+    /// The adaptive LOW limit (a poisoned lock still holds a usable limit).
+    fn low_limit(&self) -> std::sync::MutexGuard<'_, LowLimit> {
+        self.low_limit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn now_micros(&self) -> u64 {
@@ -165,6 +187,10 @@ pub struct UrgentLevels {
     pub low: usize,
     pub normal: usize,
     pub hold: Duration,
+    /// The adaptive LOW limit halves after a window whose mean CRITICAL
+    /// latency is above this percentage of its baseline
+    /// (`QUEUE_SHED_LOW_LATENCY_PCT`; 0 = no adaptive limit).
+    pub low_latency_pct: u32,
 }
 
 impl Default for UrgentLevels {
@@ -175,6 +201,7 @@ impl Default for UrgentLevels {
             // Off: a burst (50 registrations at once) would otherwise make
             // reads answer 429 for the hold after it has passed.
             hold: Duration::ZERO,
+            low_latency_pct: 400,
         }
     }
 }
@@ -186,6 +213,106 @@ pub fn yields_to_urgent(urgent: usize, levels: UrgentLevels, priority: Priority)
         Priority::Low => urgent > levels.low,
         Priority::Normal => urgent > levels.normal,
         Priority::High | Priority::Critical => false,
+    }
+}
+
+/// How long one adaptive window lasts.
+const WINDOW: Duration = Duration::from_millis(100);
+/// Fewer CRITICAL answers than this in a window say nothing about latency.
+const MIN_WINDOW_SAMPLES: u32 = 5;
+/// The baseline is the lowest window mean of this many last seconds.
+const BASELINE_SECS: u64 = 30;
+
+/// The adaptive LOW limit: how many LOW requests may be in flight, moved by
+/// the latency CRITICAL requests see (see the module docs). Pure: every
+/// call gets the time.
+#[derive(Debug)]
+pub struct LowLimit {
+    /// The limit now; starts at LOW's level (no evidence of harm yet).
+    limit: usize,
+    window_start: Instant,
+    sum: Duration,
+    count: u32,
+    /// (second since `epoch`, lowest window mean that second), oldest first.
+    minima: std::collections::VecDeque<(u64, Duration)>,
+    epoch: Instant,
+}
+
+impl LowLimit {
+    pub fn new(now: Instant, level: usize) -> Self {
+        Self {
+            limit: level,
+            window_start: now,
+            sum: Duration::ZERO,
+            count: 0,
+            minima: std::collections::VecDeque::new(),
+            epoch: now,
+        }
+    }
+
+    /// LOW requests that may be in flight now.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// A CRITICAL request answered after `latency`.
+    pub fn record(&mut self, now: Instant, latency: Duration, level: usize, pct: u32) {
+        self.tick(now, level, pct);
+        self.sum += latency;
+        self.count += 1;
+    }
+
+    /// Closes the window if it has ended: halve the limit if CRITICAL got
+    /// slow, else add one (also for windows without enough answers, so LOW
+    /// is not starved once CRITICAL traffic stops).
+    pub fn tick(&mut self, now: Instant, level: usize, pct: u32) {
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed < WINDOW {
+            return;
+        }
+        let second = now.saturating_duration_since(self.epoch).as_secs();
+        while self
+            .minima
+            .front()
+            .is_some_and(|(s, _)| second.saturating_sub(*s) >= BASELINE_SECS)
+        {
+            self.minima.pop_front();
+        }
+        self.limit = match self.window_mean() {
+            Some(mean) => {
+                let slow = self.baseline().is_some_and(|base| {
+                    mean.as_secs_f64() * 100.0 > base.as_secs_f64() * f64::from(pct)
+                });
+                match self.minima.back_mut() {
+                    Some((s, lowest)) if *s == second => *lowest = (*lowest).min(mean),
+                    _ => self.minima.push_back((second, mean)),
+                }
+                if slow {
+                    self.limit / 2
+                } else {
+                    self.limit.saturating_add(1)
+                }
+            }
+            // Too few answers to judge: every window that passed counts
+            // as a healthy one.
+            None => {
+                let windows = elapsed.as_millis() / WINDOW.as_millis();
+                self.limit
+                    .saturating_add(usize::try_from(windows).unwrap_or(usize::MAX))
+            }
+        }
+        .min(level);
+        self.window_start = now;
+        self.sum = Duration::ZERO;
+        self.count = 0;
+    }
+
+    fn window_mean(&self) -> Option<Duration> {
+        (self.count >= MIN_WINDOW_SAMPLES).then(|| self.sum / self.count)
+    }
+
+    fn baseline(&self) -> Option<Duration> {
+        self.minima.iter().map(|(_, mean)| *mean).min()
     }
 }
 
@@ -208,19 +335,43 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
     counter.fetch_add(1, Ordering::SeqCst);
     let slot = Slot(counter);
     let config = state.config();
-    if should_shed(in_flight.total(), config.max_in_flight, priority)
-        || in_flight.must_yield(in_flight.urgent(), config.shed_past_urgent, priority)
-    {
+    let levels = config.shed_past_urgent;
+    let low_level = Priority::Low.level(config.max_in_flight);
+    let rule = if should_shed(in_flight.total(), config.max_in_flight, priority) {
+        Some("limit")
+    } else if in_flight.must_yield(in_flight.urgent(), levels, priority) {
+        Some("urgent")
+    } else if priority == Priority::Low && levels.low_latency_pct > 0 {
+        let limit = {
+            let mut low = in_flight.low_limit();
+            low.tick(Instant::now(), low_level, levels.low_latency_pct);
+            low.limit()
+        };
+        metrics::gauge!("queue_shed_low_limit").set(limit as f64);
+        (in_flight.of(Priority::Low) > limit).then_some("latency")
+    } else {
+        None
+    };
+    if let Some(rule) = rule {
         drop(slot);
-        metrics::counter!("queue_shed_requests_total", "priority" => priority.as_str())
+        metrics::counter!("queue_shed_requests_total", "priority" => priority.as_str(), "rule" => rule)
             .increment(1);
         return ApiError::Overloaded {
             retry_after_secs: 1,
         }
         .into_response();
     }
+    let started = Instant::now();
     let response = next.run(request).await;
     drop(slot);
+    if priority == Priority::Critical && levels.low_latency_pct > 0 {
+        in_flight.low_limit().record(
+            Instant::now(),
+            started.elapsed(),
+            low_level,
+            levels.low_latency_pct,
+        );
+    }
     response
 }
 
@@ -281,6 +432,7 @@ mod tests {
             low: 2,
             normal: 5,
             hold: Duration::ZERO,
+            low_latency_pct: 0,
         };
         assert!(!yields_to_urgent(2, levels, Priority::Low));
         assert!(yields_to_urgent(3, levels, Priority::Low));
@@ -295,6 +447,7 @@ mod tests {
             low: 0,
             normal: 0,
             hold: Duration::ZERO,
+            low_latency_pct: 0,
         };
         assert!(!yields_to_urgent(0, strict, Priority::Low));
         assert!(yields_to_urgent(1, strict, Priority::Low));
@@ -325,6 +478,7 @@ mod tests {
             low: 1,
             normal: 3,
             hold: Duration::from_secs(3600),
+            low_latency_pct: 0,
         };
         assert!(!in_flight.must_yield(1, levels, Priority::Low));
         // Urgent work goes past LOW's level (not NORMAL's): LOW yields, and
@@ -345,5 +499,72 @@ mod tests {
         let fresh = InFlight::default();
         assert!(fresh.must_yield(2, now_only, Priority::Low));
         assert!(!fresh.must_yield(1, now_only, Priority::Low));
+    }
+
+    /// Feeds one window of `n` CRITICAL answers of `ms` each, then closes it.
+    fn window(low: &mut LowLimit, at: &mut Instant, n: u32, ms: u64, level: usize) {
+        for _ in 0..n {
+            low.record(*at, Duration::from_millis(ms), level, 200);
+        }
+        *at += WINDOW;
+        low.tick(*at, level, 200);
+    }
+
+    #[test]
+    fn the_low_limit_halves_when_critical_gets_slow_and_grows_back_by_one() {
+        let mut at = Instant::now();
+        let mut low = LowLimit::new(at, usize::MAX);
+        // Steady 4 ms answers: the baseline; the limit settles at the level.
+        for _ in 0..3 {
+            window(&mut low, &mut at, 20, 4, 16);
+        }
+        assert_eq!(low.limit(), 16);
+        // Twice as slow is still within 200 %; slower than that halves.
+        window(&mut low, &mut at, 20, 8, 16);
+        assert_eq!(low.limit(), 16);
+        window(&mut low, &mut at, 20, 9, 16);
+        assert_eq!(low.limit(), 8);
+        for expected in [4, 2, 1, 0, 0] {
+            window(&mut low, &mut at, 20, 30, 16);
+            assert_eq!(low.limit(), expected);
+        }
+        // Healthy again: one more per window.
+        for expected in [1, 2, 3] {
+            window(&mut low, &mut at, 20, 5, 16);
+            assert_eq!(low.limit(), expected);
+        }
+    }
+
+    #[test]
+    fn without_critical_answers_the_low_limit_recovers() {
+        let mut at = Instant::now();
+        let mut low = LowLimit::new(at, usize::MAX);
+        window(&mut low, &mut at, 20, 4, 16);
+        for _ in 0..5 {
+            window(&mut low, &mut at, 20, 40, 16);
+        }
+        assert_eq!(low.limit(), 0);
+        // Too few answers to judge count as a healthy window, and time with
+        // no answers at all as one healthy window per 100 ms.
+        window(&mut low, &mut at, MIN_WINDOW_SAMPLES - 1, 400, 16);
+        assert_eq!(low.limit(), 1);
+        at += Duration::from_millis(500);
+        low.tick(at, 16, 200);
+        assert_eq!(low.limit(), 6);
+    }
+
+    #[test]
+    fn the_baseline_is_the_best_window_of_the_last_30_seconds() {
+        let mut at = Instant::now();
+        let mut low = LowLimit::new(at, usize::MAX);
+        window(&mut low, &mut at, 20, 2, 16);
+        // 10 ms stays "slow" against the 2 ms window while it is remembered…
+        window(&mut low, &mut at, 20, 10, 16);
+        assert_eq!(low.limit(), 8);
+        // …and becomes the normal once that window is older than 30 s.
+        at += Duration::from_secs(BASELINE_SECS + 1);
+        window(&mut low, &mut at, 20, 10, 16);
+        window(&mut low, &mut at, 20, 10, 16);
+        assert_eq!(low.limit(), 16);
     }
 }

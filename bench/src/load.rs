@@ -37,7 +37,7 @@ use queue_eventstore::{CheckpointSigner, MacKeys};
 use serde_json::{json, Value};
 
 use crate::http::{assertion, register_all, Customer, ORIGIN};
-use crate::support::{rate, BenchResult, ScratchDb};
+use crate::support::{process_cpu, rate, BenchResult, CpuTimes, ScratchDb};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -72,7 +72,7 @@ pub struct Args {
     #[arg(long)]
     queue_bin: Option<PathBuf>,
     /// QUEUE_SHED_HOLD_MS with shedding on (the service's default is 0).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 0)]
     hold_ms: u32,
     /// Extra `KEY=VALUE` settings for the shedding-on instance (repeatable),
     /// e.g. to try other shedding levels.
@@ -254,6 +254,43 @@ struct PhaseResult {
     samples: Vec<Sample>,
     /// The service's own timing of the CRITICAL routes in this phase.
     server: Option<Histogram>,
+    /// CPU seconds the phase cost, by process.
+    cpu: Option<PhaseCpu>,
+}
+
+/// CPU seconds (user + system) one phase cost: the generator (this
+/// process), the `queue serve` under test, and PostgreSQL (every backend).
+/// Unlike latency these add up: they show what a refused request costs.
+#[derive(Clone, Copy, Debug)]
+struct PhaseCpu {
+    generator: f64,
+    service: f64,
+    postgres: f64,
+}
+
+/// A CPU reading of the generator, one service process and PostgreSQL.
+#[derive(Clone, Copy)]
+struct CpuMark {
+    times: CpuTimes,
+    service: f64,
+}
+
+impl CpuMark {
+    fn now(service_pid: u32) -> Option<Self> {
+        Some(Self {
+            times: CpuTimes::now()?,
+            service: process_cpu(service_pid)?,
+        })
+    }
+
+    fn since(self, earlier: Self) -> PhaseCpu {
+        let times = self.times.since(earlier.times);
+        PhaseCpu {
+            generator: times.client,
+            service: self.service - earlier.service,
+            postgres: times.server,
+        }
+    }
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
@@ -359,6 +396,18 @@ impl PhaseResult {
             );
         }
         line("LOW", &self.low());
+        if let Some(cpu) = &self.cpu {
+            let per_k = |secs: f64| secs * 1e6 / self.samples.len().max(1) as f64;
+            println!(
+                "  CPU seconds: generator {:.2}, service {:.2}, postgres {:.2}  (per request: {:.0} / {:.0} / {:.0} µs)",
+                cpu.generator,
+                cpu.service,
+                cpu.postgres,
+                per_k(cpu.generator),
+                per_k(cpu.service),
+                per_k(cpu.postgres),
+            );
+        }
         for route in [
             Route::LoginComplete,
             Route::Refresh,
@@ -473,16 +522,20 @@ async fn critical_histogram(client: &reqwest::Client, base: &str) -> Option<Hist
     Some(Histogram::parse(&text))
 }
 
-/// Runs `phase` against `base` and adds the service's own view of it.
+/// Runs `phase` against the service at `base` (process `pid`) and adds the
+/// service's own view of it and the CPU time it cost.
 async fn with_server_view(
     client: &reqwest::Client,
-    base: &str,
+    (base, pid): (&str, u32),
     phase: impl std::future::Future<Output = PhaseResult>,
 ) -> PhaseResult {
     let before = critical_histogram(client, base).await;
+    let cpu_before = CpuMark::now(pid);
     let mut result = phase.await;
+    let cpu_after = CpuMark::now(pid);
     let after = critical_histogram(client, base).await;
     result.server = before.zip(after).map(|(b, a)| a.since(&b));
+    result.cpu = cpu_before.zip(cpu_after).map(|(b, a)| a.since(b));
     result
 }
 
@@ -533,6 +586,7 @@ async fn closed_loop(
         send_secs: secs,
         samples,
         server: None,
+        cpu: None,
     }
 }
 
@@ -575,6 +629,7 @@ async fn open_loop(
         send_secs,
         samples,
         server: None,
+        cpu: None,
     }
 }
 
@@ -649,6 +704,7 @@ fn settings(max_in_flight: Option<usize>, keys: &Keys, dir: &Path) -> Vec<(Strin
             ] {
                 settings.push((var.to_owned(), UNLIMITED.to_owned()));
             }
+            settings.push(("QUEUE_SHED_LOW_LATENCY_PCT".to_owned(), "0".to_owned()));
         }
     }
     settings
@@ -723,14 +779,14 @@ impl Services {
     }
 
     /// Starts `queue serve` as `name` and waits for its `/readyz`; returns
-    /// its base URL.
+    /// its base URL and process id.
     async fn start(
         &mut self,
         name: &str,
         max_in_flight: Option<usize>,
         extra: &[(String, String)],
         client: &reqwest::Client,
-    ) -> BenchResult<String> {
+    ) -> BenchResult<(String, u32)> {
         let mut url = self.database_url.clone();
         url.query_pairs_mut().append_pair("application_name", name);
         let mut env = settings(max_in_flight, &self.keys, &self.dir);
@@ -761,7 +817,7 @@ impl Services {
                 if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
                     if r.status().is_success() {
                         eprintln!("{name}: queue serve (pid {pid}) ready on {base}");
-                        return Ok(base);
+                        return Ok((base, pid));
                     }
                 }
                 let exited = match self.children.last_mut() {
@@ -845,14 +901,14 @@ async fn run_in(args: &Args, queue_bin: &Path, scratch: &ScratchDb) -> BenchResu
         .build()?;
     let mut services = Services::new(queue_bin, scratch)?;
     // One after the other: the second finds the store migrated.
-    let off_base = services
+    let (off_base, off_pid) = services
         .start("queue-bench-off", None, &[], &client)
         .await?;
     let on_env: Vec<(String, String)> =
         std::iter::once(("QUEUE_SHED_HOLD_MS".to_owned(), args.hold_ms.to_string()))
             .chain(args.on_env.iter().cloned())
             .collect();
-    let on_base = services
+    let (on_base, on_pid) = services
         .start("queue-bench-on", Some(args.max_in_flight), &on_env, &client)
         .await?;
     if args.nice > 0 {
@@ -887,6 +943,7 @@ async fn run_in(args: &Args, queue_bin: &Path, scratch: &ScratchDb) -> BenchResu
         refresh_tokens,
         secs: args.secs,
         max_requests: args.max_requests,
+        pids: vec![(off_base.clone(), off_pid), (on_base.clone(), on_pid)],
     };
     let mut results = Vec::new();
 
@@ -1128,6 +1185,8 @@ struct Phases {
     refresh_tokens: Vec<String>,
     secs: u64,
     max_requests: usize,
+    /// Each service's base URL and process id.
+    pids: Vec<(String, u32)>,
 }
 
 impl Phases {
@@ -1140,6 +1199,12 @@ impl Phases {
         pace: Pace,
         low_share: f64,
     ) -> BenchResult<PhaseResult> {
+        let pid = self
+            .pids
+            .iter()
+            .find(|(b, _)| b == base)
+            .map(|(_, pid)| *pid)
+            .ok_or("no such service")?;
         let assertions = sign_logins(&self.client, base, &mut self.customers).await?;
         let material = Arc::new(Material {
             client: self.client.clone(),
@@ -1153,7 +1218,7 @@ impl Phases {
             Pace::Closed { concurrency } => {
                 with_server_view(
                     &self.client,
-                    base,
+                    (base, pid),
                     closed_loop(
                         &name,
                         material.clone(),
@@ -1168,7 +1233,7 @@ impl Phases {
             Pace::Open { rps } => {
                 with_server_view(
                     &self.client,
-                    base,
+                    (base, pid),
                     open_loop(
                         &name,
                         material.clone(),

@@ -91,6 +91,11 @@ impl CpuTimes {
     }
 }
 
+/// CPU seconds (user + system) process `pid` has used so far.
+pub fn process_cpu(pid: u32) -> Option<f64> {
+    proc_stat(&format!("/proc/{pid}/stat")).map(|s| s.own)
+}
+
 struct ProcStat {
     command: String,
     own: f64,

@@ -101,12 +101,23 @@ pub async fn customer_history(
     at: DateTime<Utc>,
 ) -> StoreResult<CustomerHistory> {
     let mut rows = sqlx::query(
+        // The customer's own stream and the credential and session streams
+        // whose first event names it, found through the expression indexes
+        // `events_credential_customer` / `events_session_customer` (looking
+        // into every stream's first payload instead was a scan of the whole
+        // log: 0.8 s per request at 1 M events).
         "WITH streams AS ( \
-           SELECT s.aggregate_type, s.aggregate_id FROM events s WHERE s.sequence = 1 AND ( \
-             (s.aggregate_type = 'Customer' AND s.aggregate_id = $1) \
-             OR (s.aggregate_type IN ('Credential', 'Session') AND jsonb_typeof(s.payload) = 'object' \
-                 AND EXISTS (SELECT 1 FROM jsonb_each(s.payload) p \
-                     WHERE jsonb_typeof(p.value) = 'object' AND p.value->>'customer_id' = $1)))) \
+           SELECT 'Customer'::text AS aggregate_type, $1::text AS aggregate_id \
+           UNION ALL SELECT s.aggregate_type, s.aggregate_id FROM events s \
+             WHERE s.aggregate_type = 'Credential' \
+               AND s.event_type IN ('CredentialRegistered', 'CredentialImported') \
+               AND coalesce(s.payload->'CredentialRegistered'->>'customer_id', \
+                            s.payload->'CredentialImported'->>'customer_id') = $1 \
+           UNION ALL SELECT s.aggregate_type, s.aggregate_id FROM events s \
+             WHERE s.aggregate_type = 'Session' \
+               AND s.event_type IN ('SessionCreated', 'SessionImported') \
+               AND coalesce(s.payload->'SessionCreated'->>'customer_id', \
+                            s.payload->'SessionImported'->>'customer_id') = $1) \
          SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
                 e.payload, e.recorded_at, e.hash, l.seq AS ledger_seq \
          FROM events e JOIN streams USING (aggregate_type, aggregate_id) \

@@ -251,15 +251,21 @@ const ROLE_COLUMNS: &str = "row_id, grant_id, customer_id, role, is_default, tic
     granted_by, granted_at, expires_at, revoked_at, revoked_by, revoke_reason";
 const VERIFICATION_COLUMNS: &str = "customer_id, request_sequence, token_hash, requested_at, \
     expires_at, status, verified_at, superseded_at";
-const AUDIT_SELECT: &str = "SELECT a.event_id, a.aggregate_type, a.aggregate_id, a.sequence, \
+/// The audit columns and their event's, for the audit rows `a` the query
+/// chose: `{AUDIT_COLUMNS} FROM (<chosen rows>) a {AUDIT_JOINS}`. The rows
+/// are chosen (filtered, ordered, limited) on the audit table alone and only
+/// then joined: with the joins inside, the planner misjudged the
+/// three-column join as nearly empty and hash-joined the whole audit table
+/// with the whole event log for a page of 100 (3.2 s at 1 M events).
+const AUDIT_COLUMNS: &str = "SELECT a.event_id, a.aggregate_type, a.aggregate_id, a.sequence, \
     e.event_type, a.customer_id, a.service, a.actor, a.action, a.target, a.ticket_id, \
     a.metadata, a.occurred_at, e.recorded_at, encode(e.hash, 'hex') AS hash, \
     l.seq AS ledger_seq, \
     CASE WHEN l.seq IS NULL THEN NULL ELSE encode(e.mac, 'hex') END AS mac, \
     CASE WHEN l.seq IS NULL THEN NULL ELSE e.mac_key_id END AS mac_key_id, \
-    a.commit_xid, a.insert_id \
-    FROM customer_audit_events a \
-    LEFT JOIN ledger l ON l.aggregate_type = a.aggregate_type \
+    a.commit_xid, a.insert_id";
+
+const AUDIT_JOINS: &str = "LEFT JOIN ledger l ON l.aggregate_type = a.aggregate_type \
         AND l.aggregate_id = a.aggregate_id AND l.sequence = a.sequence \
     JOIN events e ON e.aggregate_type = a.aggregate_type \
         AND e.aggregate_id = a.aggregate_id AND e.sequence = a.sequence";
@@ -527,7 +533,10 @@ pub async fn email_verifications_of(
 
 /// One audit log entry by event id (e.g. an external event's stream id).
 pub async fn audit_event(pool: &PgPool, event_id: Uuid) -> ProjectionResult<Option<AuditEventRow>> {
-    let sql = format!("{AUDIT_SELECT} WHERE a.event_id = $1");
+    let sql = format!(
+        "{AUDIT_COLUMNS} FROM (SELECT * FROM customer_audit_events WHERE event_id = $1) a \
+         {AUDIT_JOINS}"
+    );
     Ok(sqlx::query_as(&sql)
         .bind(event_id)
         .fetch_optional(pool)
@@ -544,8 +553,8 @@ pub async fn audit_events(pool: &PgPool, filter: &AuditFilter) -> ProjectionResu
         Some(cursor) => Some(decode_cursor(cursor)?),
         None => None,
     };
-    let mut query = QueryBuilder::new(AUDIT_SELECT);
-    query.push(" WHERE TRUE");
+    let mut query = QueryBuilder::new(AUDIT_COLUMNS);
+    query.push(" FROM (SELECT * FROM customer_audit_events a WHERE TRUE");
     if let Some(customer_id) = filter.customer_id {
         query.push(" AND a.customer_id = ").push_bind(customer_id);
     }
@@ -568,7 +577,10 @@ pub async fn audit_events(pool: &PgPool, filter: &AuditFilter) -> ProjectionResu
     }
     query
         .push(" ORDER BY a.commit_xid, a.insert_id LIMIT ")
-        .push_bind(limit + 1);
+        .push_bind(limit + 1)
+        .push(") a ")
+        .push(AUDIT_JOINS)
+        .push(" ORDER BY a.commit_xid, a.insert_id");
     let rows: Vec<AuditRowWithPosition> = query.build_query_as().fetch_all(pool).await?;
     let more = rows.len() as i64 > limit;
     let mut events = Vec::with_capacity(rows.len());

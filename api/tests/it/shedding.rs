@@ -137,8 +137,16 @@ async fn low_and_normal_work_waits_while_urgent_work_is_in_flight(pool: PgPool) 
     release(held).await;
     assert_eq!(app.state.inner.in_flight.total(), 0);
     assert_eq!(audit_log(&app).await.status, StatusCode::OK);
-    metrics_show(&app, "queue_shed_requests_total{priority=\"low\"}").await;
-    metrics_show(&app, "queue_shed_requests_total{priority=\"normal\"}").await;
+    metrics_show(
+        &app,
+        "queue_shed_requests_total{priority=\"low\",rule=\"urgent\"}",
+    )
+    .await;
+    metrics_show(
+        &app,
+        "queue_shed_requests_total{priority=\"normal\",rule=\"urgent\"}",
+    )
+    .await;
 }
 
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
