@@ -18,12 +18,12 @@
 //! The third, for LOW only, is adaptive: LOW work may have at most a limit of
 //! requests in flight, and the limit follows what CRITICAL requests
 //! experience (AIMD, as in TCP congestion control): every 100 ms window whose
-//! mean CRITICAL latency is above `QUEUE_SHED_LOW_LATENCY_PCT` % (400) of the
-//! lowest window mean of the last 30 s halves it; every other window adds
-//! one, up to LOW's level. It needs no tuning to the machine — the baseline
-//! is CRITICAL's own recent best — and it does not refuse LOW when nothing
-//! urgent suffers (a fixed count or hold does either too much or too little:
-//! docs/decisions/1000).
+//! mean CRITICAL latency (successful answers only) is above
+//! `QUEUE_SHED_LOW_LATENCY_PCT` % (400) of the lowest window mean of the last
+//! 30 s halves it; every other window adds one, up to LOW's level. It needs
+//! no tuning to the machine — the baseline is CRITICAL's own recent best —
+//! and it does not refuse LOW when nothing urgent suffers (a fixed count or
+//! hold does either too much or too little: docs/decisions/1000).
 //!
 //! Health, metrics and JWKS are never shed. Counted as
 //! `queue_shed_requests_total{priority,rule}` (rule: `limit`, `urgent`,
@@ -364,7 +364,13 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
     let started = Instant::now();
     let response = next.run(request).await;
     drop(slot);
-    if priority == Priority::Critical && levels.low_latency_pct > 0 {
+    // Only answers that did the work count: fast refusals (401, or 503
+    // while the breaker is open) would drag the baseline down and make
+    // normal latency look slow for the next 30 s.
+    if priority == Priority::Critical
+        && levels.low_latency_pct > 0
+        && response.status().is_success()
+    {
         in_flight.low_limit().record(
             Instant::now(),
             started.elapsed(),
