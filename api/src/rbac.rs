@@ -85,7 +85,9 @@ pub(crate) async fn existing_customer(
     Ok(customer)
 }
 
-/// The customer that holds this grant, from the RoleGranted event itself.
+/// The customer that holds this grant, from the RoleGranted event itself,
+/// found through the expression index `events_role_grant` (migration 0302;
+/// keep the expression identical to the index's).
 async fn customer_of_grant(
     state: &AppState,
     grant_id: GrantId,
