@@ -228,6 +228,7 @@ pub async fn rebuild(
     // 3. Swap.
     progress.phase("swap", 0);
     let swap_started = Instant::now();
+    analyze_shadow(&mut control, &projections).await?;
     let (delta, _covered) = swap(&mut control, &projections, end, total).await?;
     report.delta_events = delta;
     report.swapped = true;
@@ -801,6 +802,28 @@ async fn validate(
 
 /// The swap transaction. Returns (events applied since `end`, total events
 /// the checkpoints now cover).
+/// Statistics for the shadow tables before they go live: new tables have
+/// none, and autovacuum analyzes them only later (or never, where it is
+/// off), so the API's plans on the swapped tables would be guesses (ADR 0103:
+/// several read queries are slower without statistics). Outside the swap's
+/// transaction, which stays short.
+async fn analyze_shadow(
+    conn: &mut PgConnection,
+    projections: &[Projection],
+) -> ProjectionResult<()> {
+    let tables: Vec<String> = projections
+        .iter()
+        .flat_map(|p| p.tables())
+        .map(|table| qualified(SHADOW_SCHEMA, table))
+        .collect();
+    if !tables.is_empty() {
+        sqlx::raw_sql(&format!("ANALYZE {}", tables.join(", ")))
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
 async fn swap(
     conn: &mut PgConnection,
     projections: &[Projection],

@@ -29,6 +29,20 @@ async fn rebuild_equals_live_projection_table_by_table(pool: PgPool) {
     let live_after = live_sums(&pool, Mode::Local).await;
     assert_same("before", &live_before, "after rebuild", &live_after);
     assert_eq!(live_after.len(), 8, "every read table is covered");
+    // The swapped tables come with statistics (pg_statistic rows, which
+    // only ANALYZE writes; an index build sets reltuples but not these), so
+    // plans on them are not guesses until autovacuum runs.
+    let unanalyzed: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.reltuples > 0 \
+         AND (c.relname LIKE 'queue\\_%' OR c.relname = 'customer_audit_events') \
+         AND NOT EXISTS (SELECT 1 FROM pg_stats s \
+             WHERE s.schemaname = 'public' AND s.tablename = c.relname) ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(unanalyzed.is_empty(), "no statistics: {unanalyzed:?}");
 
     // The runner continues on the swapped tables from the reset checkpoint.
     assert!(catch_up(&pool)
