@@ -371,12 +371,17 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         && levels.low_latency_pct > 0
         && response.status().is_success()
     {
-        in_flight.low_limit().record(
-            Instant::now(),
-            started.elapsed(),
-            low_level,
-            levels.low_latency_pct,
-        );
+        let limit = {
+            let mut low = in_flight.low_limit();
+            low.record(
+                Instant::now(),
+                started.elapsed(),
+                low_level,
+                levels.low_latency_pct,
+            );
+            low.limit()
+        };
+        metrics::gauge!("queue_shed_low_limit").set(limit as f64);
     }
     response
 }

@@ -147,6 +147,8 @@ async fn low_and_normal_work_waits_while_urgent_work_is_in_flight(pool: PgPool) 
         "queue_shed_requests_total{priority=\"normal\",rule=\"urgent\"}",
     )
     .await;
+    // The adaptive LOW limit is published (no CRITICAL window was slow here).
+    metrics_show(&app, "queue_shed_low_limit").await;
 }
 
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
