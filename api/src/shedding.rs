@@ -27,8 +27,8 @@
 //!
 //! Health, metrics and JWKS are never shed. Counted as
 //! `queue_shed_requests_total{priority,rule}` (rule: `limit`, `urgent`,
-//! `latency`); the adaptive limit is the gauge `queue_shed_low_limit`. (A busy DB pool is not a signal:
-//! measured with `queue-bench load`, every connection is busy much of the
+//! `latency`); the adaptive limit is the gauge `queue_shed_low_limit`. (A
+//! busy DB pool is not a signal: measured with `queue-bench load`, every connection is busy much of the
 //! time even at the sustainable rate, and shedding LOW on it refused most LOW
 //! work without any overload; see docs/decisions/1000.)
 
@@ -51,7 +51,8 @@ pub struct InFlight {
     since: Instant,
     /// Microseconds after `since`: LOW, NORMAL.
     yield_until: [AtomicU64; 2],
-    /// The adaptive LOW limit (starts at 64; clamped to LOW's level on use).
+    /// The adaptive LOW limit (starts unbounded; the first window that closes
+    /// clamps it to LOW's level).
     low_limit: std::sync::Mutex<LowLimit>,
 }
 
@@ -87,11 +88,30 @@ impl InFlight {
         self.of(Priority::Critical) + self.of(Priority::High)
     }
 
-    /// The adaptive LOW limit (a poisoned lock still holds a usable limit).
-    fn low_limit(&self) -> std::sync::MutexGuard<'_, LowLimit> {
-        self.low_limit
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// Moves the adaptive LOW limit on to `now` — with a CRITICAL answer
+    /// that took `answered`, or just the time passed — and returns it,
+    /// published as `queue_shed_low_limit`. (A poisoned lock still holds a
+    /// usable limit.)
+    fn adapt_low_limit(
+        &self,
+        now: Instant,
+        answered: Option<Duration>,
+        level: usize,
+        pct: u32,
+    ) -> usize {
+        let limit = {
+            let mut low = self
+                .low_limit
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match answered {
+                Some(latency) => low.record(now, latency, level, pct),
+                None => low.tick(now, level, pct),
+            }
+            low.limit()
+        };
+        metrics::gauge!("queue_shed_low_limit").set(limit as f64);
+        limit
     }
 
     fn now_micros(&self) -> u64 {
@@ -342,12 +362,8 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
     } else if in_flight.must_yield(in_flight.urgent(), levels, priority) {
         Some("urgent")
     } else if priority == Priority::Low && levels.low_latency_pct > 0 {
-        let limit = {
-            let mut low = in_flight.low_limit();
-            low.tick(Instant::now(), low_level, levels.low_latency_pct);
-            low.limit()
-        };
-        metrics::gauge!("queue_shed_low_limit").set(limit as f64);
+        let limit =
+            in_flight.adapt_low_limit(Instant::now(), None, low_level, levels.low_latency_pct);
         (in_flight.of(Priority::Low) > limit).then_some("latency")
     } else {
         None
@@ -371,17 +387,12 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         && levels.low_latency_pct > 0
         && response.status().is_success()
     {
-        let limit = {
-            let mut low = in_flight.low_limit();
-            low.record(
-                Instant::now(),
-                started.elapsed(),
-                low_level,
-                levels.low_latency_pct,
-            );
-            low.limit()
-        };
-        metrics::gauge!("queue_shed_low_limit").set(limit as f64);
+        in_flight.adapt_low_limit(
+            Instant::now(),
+            Some(started.elapsed()),
+            low_level,
+            levels.low_latency_pct,
+        );
     }
     response
 }

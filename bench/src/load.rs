@@ -255,14 +255,14 @@ struct PhaseResult {
     /// The service's own timing of the CRITICAL routes in this phase.
     server: Option<Histogram>,
     /// CPU seconds the phase cost, by process.
-    cpu: Option<PhaseCpu>,
+    cpu: Option<PhaseCost>,
 }
 
 /// CPU seconds (user + system) one phase cost: the generator (this
 /// process), the `queue serve` under test, and PostgreSQL (every backend).
 /// Unlike latency these add up: they show what a refused request costs.
 #[derive(Clone, Copy, Debug)]
-struct PhaseCpu {
+struct PhaseCost {
     generator: f64,
     service: f64,
     postgres: f64,
@@ -283,9 +283,9 @@ impl CpuMark {
         })
     }
 
-    fn since(self, earlier: Self) -> PhaseCpu {
+    fn since(self, earlier: Self) -> PhaseCost {
         let times = self.times.since(earlier.times);
-        PhaseCpu {
+        PhaseCost {
             generator: times.client,
             service: self.service - earlier.service,
             postgres: times.server,
@@ -397,15 +397,15 @@ impl PhaseResult {
         }
         line("LOW", &self.low());
         if let Some(cpu) = &self.cpu {
-            let per_k = |secs: f64| secs * 1e6 / self.samples.len().max(1) as f64;
+            let per_request_us = |secs: f64| secs * 1e6 / self.samples.len().max(1) as f64;
             println!(
                 "  CPU seconds: generator {:.2}, service {:.2}, postgres {:.2}  (per request: {:.0} / {:.0} / {:.0} µs)",
                 cpu.generator,
                 cpu.service,
                 cpu.postgres,
-                per_k(cpu.generator),
-                per_k(cpu.service),
-                per_k(cpu.postgres),
+                per_request_us(cpu.generator),
+                per_request_us(cpu.service),
+                per_request_us(cpu.postgres),
             );
         }
         for route in [
