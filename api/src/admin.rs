@@ -23,7 +23,7 @@ use crate::extract::Json;
 use crate::rbac::{existing_customer, parse_uuid};
 use crate::service::{Scope, ServiceCaller};
 use crate::state::AppState;
-use crate::store::Batch;
+use queue_eventstore::Batch;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct ReasonRequest {

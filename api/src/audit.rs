@@ -24,7 +24,7 @@ use crate::error::ApiError;
 use crate::extract::Json;
 use crate::service::{Scope, ServiceCaller};
 use crate::state::AppState;
-use crate::store::{Batch, Loaded};
+use queue_eventstore::{Batch, Loaded};
 
 /// Serialised `metadata` over this many bytes answers 413 payload_too_large.
 pub const MAX_METADATA_BYTES: usize = 16 * 1024;

@@ -12,8 +12,8 @@ use utoipa::ToSchema;
 use crate::error::ApiError;
 use crate::extract::{Authenticated, ClientAddress, Json};
 use crate::state::AppState;
-use crate::store::Batch;
 use crate::tokens::{self, TokenResponse};
+use queue_eventstore::Batch;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BackupCodes {

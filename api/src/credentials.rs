@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::extract::{Authenticated, Json};
 use crate::state::AppState;
-use crate::store::{Batch, Loaded};
+use queue_eventstore::{Batch, Loaded};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CredentialView {

@@ -12,8 +12,8 @@ use crate::error::ApiError;
 use crate::extract::{Authenticated, ClientAddress, Json};
 use crate::mailer::Message;
 use crate::state::AppState;
-use crate::store::Batch;
 use crate::tokens;
+use queue_eventstore::Batch;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct VerifyRequest {

@@ -66,6 +66,11 @@ pub enum ApiError {
     Unavailable { retry_after_secs: u64 },
     #[error("the service is shutting down")]
     ShuttingDown,
+    /// Stored history that the decision needs does not verify (link, hash
+    /// or MAC): nothing is decided and nothing appended. Details go to the
+    /// log only (stream, sequence, kind; never payload).
+    #[error("stored history does not verify; the request was refused")]
+    Integrity(String),
 }
 
 /// The error envelope, for the OpenAPI document.
@@ -121,6 +126,7 @@ impl ApiError {
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            Self::Integrity(_) => (StatusCode::SERVICE_UNAVAILABLE, "integrity_error"),
         }
     }
 
@@ -130,6 +136,8 @@ impl ApiError {
             | Self::Overloaded { retry_after_secs }
             | Self::Unavailable { retry_after_secs } => Some(*retry_after_secs),
             Self::ShuttingDown => Some(DEFAULT_RETRY_AFTER_SECS),
+            // Damage does not heal by retrying: no Retry-After.
+            Self::Integrity(_) => None,
             _ => None,
         }
     }
@@ -159,6 +167,10 @@ impl IntoResponse for ApiError {
             }
             Self::Unavailable { .. } => {
                 tracing::warn!(code, "store unavailable");
+                self.to_string()
+            }
+            Self::Integrity(details) => {
+                tracing::error!(code, details = %details, "request refused: stored history does not verify");
                 self.to_string()
             }
             other => other.to_string(),
@@ -302,6 +314,7 @@ impl From<StoreError> for ApiError {
                 Self::EmailTaken
             }
             StoreError::Unavailable(_) => Self::unavailable(),
+            StoreError::Integrity(err) => Self::Integrity(err.to_string()),
             other => Self::Internal(other.to_string()),
         }
     }

@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::error::ApiError;
 use crate::jwt::{self, Claims};
 use crate::state::AppState;
-use crate::store::Loaded;
+use queue_eventstore::Loaded;
 
 /// `axum::Json` with 400 invalid_request / 413 payload_too_large rejections
 /// in the contract's envelope. The body must be a JSON object, as the

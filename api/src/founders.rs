@@ -23,7 +23,7 @@ use sqlx::Acquire;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::store::{Batch, Loaded};
+use queue_eventstore::{Batch, Loaded};
 
 /// Queue's own audit event (service `queue`), ready to add to a batch.
 pub async fn queue_audit_event(

@@ -21,7 +21,7 @@ pub async fn healthz(State(state): State<AppState>) -> (StatusCode, Json<Value>)
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "the store answers and the breaker is closed; `keys` and `rate_limits` say whether it runs degraded"), (status = 503, description = "not ready")))]
+    responses((status = 200, description = "the store answers and the breaker is closed; `keys` and `rate_limits` say whether it runs degraded"), (status = 503, description = "not ready; `integrity_error` names the damaged event a load refused or the sealer stopped at")))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     if state.is_shutting_down() {
         return (
@@ -42,6 +42,19 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         // Still ready with the last good keys, or with per-process rate
         // limits while Redis is away, but say so.
         Ok(_) => {
+            let integrity = state.store().integrity().status();
+            if !integrity.is_intact() {
+                // Damaged history: this instance refuses decisions on it and
+                // the sealer has stopped (if it ran here). Operators must look.
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({
+                        "status": "integrity_error",
+                        "database": "ok",
+                        "integrity": integrity,
+                    })),
+                );
+            }
             let keys = state.keys_degraded();
             let word = |degraded: bool| if degraded { "degraded" } else { "ok" };
             (

@@ -26,7 +26,6 @@ pub mod service;
 pub mod sessions;
 pub mod shedding;
 pub mod state;
-pub mod store;
 pub mod tokens;
 
 use std::sync::Arc;

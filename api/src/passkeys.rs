@@ -29,8 +29,8 @@ use crate::error::ApiError;
 use crate::extract::{Authenticated, ClientAddress, Json};
 use crate::metrics;
 use crate::state::AppState;
-use crate::store::{Batch, Loaded};
 use crate::tokens::{self, TokenResponse};
+use queue_eventstore::{Batch, Loaded};
 
 /// The algorithms offered at registration, in order of preference.
 pub fn credential_algorithms() -> Vec<COSEAlgorithm> {

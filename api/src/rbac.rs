@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::extract::Json;
 use crate::service::{Scope, ServiceCaller};
 use crate::state::AppState;
-use crate::store::{Batch, Loaded};
+use queue_eventstore::{Batch, Loaded};
 
 /// The role catalogue when QUEUE_ROLE_CATALOGUE is unset.
 pub const DEFAULT_ROLE_CATALOGUE: &[&str] = &[
@@ -83,23 +83,6 @@ pub(crate) async fn existing_customer(
         return Err(ApiError::NotFound);
     }
     Ok(customer)
-}
-
-/// The customer that holds this grant, from the RoleGranted event itself,
-/// found through the expression index `events_role_grant` (migration 0302;
-/// keep the expression identical to the index's).
-async fn customer_of_grant(
-    state: &AppState,
-    grant_id: GrantId,
-) -> Result<Option<CustomerId>, ApiError> {
-    let id: Option<String> = sqlx::query_scalar(
-        "SELECT aggregate_id FROM events WHERE aggregate_type = 'Customer' \
-         AND event_type = 'RoleGranted' AND payload->'RoleGranted'->>'grant_id' = $1 LIMIT 1",
-    )
-    .bind(grant_id.to_string())
-    .fetch_optional(&state.pool)
-    .await?;
-    Ok(id.and_then(|id| id.parse().ok()))
 }
 
 #[utoipa::path(post, path = "/api/v1/rbac/grants", tag = "service",
@@ -174,7 +157,9 @@ pub async fn revoke(
     let grant_id = GrantId::from(parse_uuid("grant_id", &grant_id)?);
     let reason = Reason::parse(&request.reason)?;
     let actor = Actor::parse(caller.name.as_str())?;
-    let customer_id = customer_of_grant(&state, grant_id)
+    let customer_id = state
+        .store()
+        .customer_of_grant(grant_id)
         .await?
         .ok_or(ApiError::NotFound)?;
     let mut customer = existing_customer(&state, customer_id).await?;

@@ -13,8 +13,8 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::extract::{Authenticated, Json};
 use crate::state::AppState;
-use crate::store::Batch;
 use crate::tokens::{self, TokenResponse};
+use queue_eventstore::Batch;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RefreshRequest {

@@ -15,7 +15,7 @@ use crate::jwt::SharedJwtKeys;
 use crate::mailer::{LogMailer, Mailer};
 use crate::metrics::Metrics;
 use crate::ratelimit::{RateLimitMode, RateLimiter, SharedCounters};
-use crate::store::Store;
+use queue_eventstore::EventStore;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -27,7 +27,7 @@ pub struct AppState {
 
 pub struct Inner {
     pub config: Config,
-    pub store: Store,
+    pub store: EventStore,
     pub jwt_keys: SharedJwtKeys,
     pub webauthn: WebauthnCore,
     pub clock: ServiceClock,
@@ -111,7 +111,7 @@ impl AppState {
                 ),
                 shared_limits,
                 checkpoint_signer: std::sync::OnceLock::new(),
-                store: Store::new(repo),
+                store: EventStore::new(repo),
                 jwt_keys,
                 webauthn,
                 clock,
@@ -130,7 +130,7 @@ impl AppState {
         &self.inner.config
     }
 
-    pub fn store(&self) -> &Store {
+    pub fn store(&self) -> &EventStore {
         &self.inner.store
     }
 

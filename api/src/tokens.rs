@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::jwt::{self, Claims, ACCESS_TOKEN_TTL_SECS};
 use crate::state::AppState;
-use crate::store::{Batch, Loaded};
+use queue_eventstore::{Batch, Loaded};
 
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
@@ -174,11 +174,7 @@ pub async fn create_session(
 ) -> Result<NewSession, ApiError> {
     let session_id = SessionId::from(Uuid::now_v7());
     let refresh_token = new_refresh_token(session_id);
-    let mut session: Loaded<Session> = Loaded {
-        id: session_id.to_string(),
-        aggregate: Session::default(),
-        version: 0,
-    };
+    let mut session: Loaded<Session> = Loaded::new_stream(session_id.to_string());
     let events: Vec<SessionEvent> = session
         .execute(SessionCommand::Create {
             customer_id,

@@ -120,6 +120,7 @@ pub async fn run(args: Args) -> BenchResult<()> {
             batch_size: 10_000,
             ..SealerConfig::default()
         },
+        SharedMacKeys::new(mac.clone()),
     )
     .seal_pending(&pool)
     .await?;

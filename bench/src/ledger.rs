@@ -197,9 +197,13 @@ pub async fn run(args: Args) -> BenchResult<()> {
     }
     let signer = Arc::new(CheckpointSigner::generate("bench.queue/ledger")?);
     let sealed_at = Instant::now();
-    let sealed = Sealer::new(Arc::clone(&signer), SealerConfig::default())
-        .seal_pending(&pool)
-        .await?;
+    let sealed = Sealer::new(
+        Arc::clone(&signer),
+        SealerConfig::default(),
+        SharedMacKeys::new(keys.clone()),
+    )
+    .seal_pending(&pool)
+    .await?;
     let seal_rate = rate(sealed.sealed, sealed_at.elapsed().as_secs_f64());
 
     let scan_at = Instant::now();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use clap::Args;
 use queue_eventstore::export::{self, ExportFilter};
-use queue_eventstore::{db, NoteVerifier, Sealer, SealerConfig};
+use queue_eventstore::{db, NoteVerifier, Sealer, SealerConfig, SharedMacKeys};
 
 use crate::config::{self, Lookup};
 use crate::{progress, CliError};
@@ -59,7 +59,9 @@ pub async fn export(args: ExportArgs, json: bool, env: Lookup<'_>) -> Result<Exi
     let pool = db::connect(&config::database_url(env)?, 4).await?;
     if !args.no_seal {
         // Make sure a checkpoint covers every event exported.
-        Sealer::new(Arc::clone(&signer), SealerConfig::default())
+        // Sealing checks every row first, so it needs the MAC keys.
+        let mac = SharedMacKeys::new(config::mac_keys(env)?);
+        Sealer::new(Arc::clone(&signer), SealerConfig::default(), mac)
             .seal_pending(&pool)
             .await?;
     }

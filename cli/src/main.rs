@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use queue_eventstore::{db, verify_store, Sealer, SealerConfig, VerifyInput};
+use queue_eventstore::{db, verify_store, Sealer, SealerConfig, SharedMacKeys, VerifyInput};
 use serde::Serialize;
 
 use crate::config::{ConfigError, Lookup};
@@ -138,7 +138,9 @@ async fn run(cli: Cli, env: Lookup<'_>) -> Result<ExitCode, CliError> {
         Command::Seal => {
             let signer = Arc::new(config::checkpoint_signer(env)?);
             let pool = db::connect(&config::database_url(env)?, 2).await?;
-            let outcome = Sealer::new(signer, SealerConfig::default())
+            // Sealing checks every row first, so it needs the MAC keys.
+            let mac = SharedMacKeys::new(config::mac_keys(env)?);
+            let outcome = Sealer::new(signer, SealerConfig::default(), mac)
                 .seal_pending(&pool)
                 .await?;
             let text = format!(

@@ -61,10 +61,6 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
         sealer_stopped.clone(),
     ));
     let shared_signer = SharedCheckpointSigner::new(CheckpointSigner::clone(&signer));
-    let sealer = tokio::spawn(
-        Sealer::with_shared_signer(shared_signer.clone(), SealerConfig::default())
-            .run(db::connect_options(&database_url)?, sealer_stopped),
-    );
     // With a key file, `queue keys rotate --kind checkpoint` reaches the
     // sealer at once: the next checkpoint is signed with the new key.
     if let Some(path) =
@@ -89,8 +85,19 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
             reloader_stopped.clone(),
         ));
     }
-    let state = AppState::new(pool.clone(), api_config, shared_mac_keys)
+    let state = AppState::new(pool.clone(), api_config, shared_mac_keys.clone())
         .map_err(|e| CliError::Io(format!("cannot start the API: {e}")))?;
+    // The sealer checks every row before sealing it and reports damage
+    // through the same monitor as the API's loads (`/readyz`, metrics).
+    let sealer = tokio::spawn(
+        Sealer::with_shared_signer(
+            shared_signer.clone(),
+            SealerConfig::default(),
+            shared_mac_keys,
+        )
+        .with_integrity(state.store().integrity().clone())
+        .run(db::connect_options(&database_url)?, sealer_stopped),
+    );
     // Fresh state: the cell is empty, so this cannot fail.
     let _ = state.inner.checkpoint_signer.set(shared_signer);
     if let Some(path) = state.config().jwt_keys_file.clone() {

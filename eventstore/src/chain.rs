@@ -6,6 +6,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::error::{StoreError, StoreResult};
+use crate::integrity::DamageKind;
 use crate::keys::MacKeys;
 
 pub type Hash = [u8; 32];
@@ -211,6 +212,16 @@ pub struct MacVerifier {
     keyed: Vec<(String, Hmac<Sha256>)>,
 }
 
+/// Never prints key material.
+impl std::fmt::Debug for MacVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<&str> = self.keyed.iter().map(|(id, _)| id.as_str()).collect();
+        f.debug_struct("MacVerifier")
+            .field("key_ids", &ids)
+            .finish()
+    }
+}
+
 impl MacVerifier {
     pub fn new(keys: &MacKeys) -> Self {
         let keyed = keys
@@ -230,6 +241,72 @@ impl MacVerifier {
         let mut verifier = state.clone();
         verifier.update(hash);
         Some(verifier.verify_slice(mac).is_ok())
+    }
+}
+
+/// One stored event as read back, with its chain columns.
+#[derive(Clone, Debug)]
+pub struct StoredRow<'a> {
+    pub record: EventRecord<'a>,
+    pub prev_hash: &'a [u8],
+    pub hash: &'a [u8],
+    pub mac: &'a [u8],
+    pub mac_key_id: &'a str,
+}
+
+/// The expensive part of checking a row: `hash` is Err(canonicalisation
+/// error) or whether the stored hash recomputes from the row's fields and
+/// its stored `prev_hash`; `mac` is None for an unknown key id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RowCheck {
+    pub hash: Result<bool, String>,
+    pub mac: Option<bool>,
+}
+
+/// Recomputes a row's hash and checks its MAC (constant time).
+pub fn check_row(row: &StoredRow<'_>, mac: &MacVerifier) -> RowCheck {
+    let hash = match (canonical_record(&row.record), to_hash(row.prev_hash)) {
+        (Err(err), _) => Err(err.to_string()),
+        (Ok(canonical), Some(prev)) => Ok(event_hash(&prev, &canonical).as_slice() == row.hash),
+        (Ok(_), None) => Ok(false),
+    };
+    let stored = to_hash(row.hash).unwrap_or(ZERO_HASH);
+    RowCheck {
+        hash,
+        mac: mac.check(row.mac_key_id, &stored, row.mac),
+    }
+}
+
+/// The one link check (used by loads for decisions, the sealer, verify,
+/// export and extraction): the row continues `previous` (the stream's
+/// previous row's sequence and hash, `None` for the first row), its hash
+/// recomputes and its MAC verifies. Returns the row's hash, which the next
+/// row must name as its `prev_hash`.
+pub fn check_link(
+    previous: Option<(i64, Hash)>,
+    row: &StoredRow<'_>,
+    mac: &MacVerifier,
+) -> Result<Hash, DamageKind> {
+    let (expected_sequence, expected_prev) = match previous {
+        Some((sequence, hash)) => (sequence + 1, hash),
+        None => (1, ZERO_HASH),
+    };
+    if row.record.sequence != expected_sequence {
+        return Err(DamageKind::SequenceGap);
+    }
+    if row.prev_hash != expected_prev.as_slice() {
+        return Err(DamageKind::PrevHashMismatch);
+    }
+    let checked = check_row(row, mac);
+    match checked.hash {
+        Err(_) => return Err(DamageKind::InvalidPayload),
+        Ok(false) => return Err(DamageKind::HashMismatch),
+        Ok(true) => {}
+    }
+    match checked.mac {
+        None => Err(DamageKind::UnknownMacKey),
+        Some(false) => Err(DamageKind::MacInvalid),
+        Some(true) => to_hash(row.hash).ok_or(DamageKind::HashMismatch),
     }
 }
 

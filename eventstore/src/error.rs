@@ -21,6 +21,9 @@ pub enum StoreError {
     Database(String),
     #[error("ledger: {0}")]
     Ledger(String),
+    /// A stored event does not verify (link, hash or MAC): nothing is decided on it.
+    #[error(transparent)]
+    Integrity(#[from] crate::integrity::IntegrityError),
 }
 
 impl StoreError {

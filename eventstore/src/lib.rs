@@ -12,21 +12,26 @@ pub mod error;
 pub mod export;
 pub mod feed;
 pub mod history;
+pub mod integrity;
 pub mod keys;
+pub mod lookup;
 pub mod merkle;
 pub mod repository;
 pub mod rotation;
 pub mod sealer;
 pub mod strict_json;
+pub mod unit_of_work;
 pub mod vectors;
 pub mod verify;
 
 pub use checkpoint::Checkpoint;
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use error::{StoreError, StoreResult};
+pub use integrity::{DamageKind, IntegrityError, IntegrityMonitor, IntegrityStatus};
 pub use keys::{CheckpointSigner, MacKeys, NoteVerifier, SharedCheckpointSigner};
 pub use repository::{AppendedEvent, ChainedEventRepository, SharedMacKeys};
 pub use sealer::{SealOutcome, Sealer, SealerConfig};
+pub use unit_of_work::{Batch, EventStore, Loaded};
 pub use verify::{verify_store, Problem, ProblemKind, VerifyInput, VerifyProgress, VerifyReport};
 
 /// The one ordered set of migrations for the whole schema.

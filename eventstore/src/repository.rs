@@ -14,39 +14,66 @@ use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
 
-use crate::chain::{self, EventRecord, Hash, ZERO_HASH};
+use crate::chain::{self, EventRecord, Hash, MacVerifier, ZERO_HASH};
 use crate::clock::Clock;
 use crate::error::{StoreError, StoreResult};
+use crate::integrity::IntegrityMonitor;
 use crate::keys::MacKeys;
+use crate::unit_of_work::check_streams;
 
 /// MAC keys that can be swapped at run time (rotation) while readers keep
 /// the set they started with. `degraded` says the last reload failed and
 /// the keys in use are the last good ones.
 #[derive(Clone, Debug)]
 pub struct SharedMacKeys {
-    keys: Arc<RwLock<Arc<MacKeys>>>,
+    keys: Arc<RwLock<KeyedSet>>,
     degraded: Arc<AtomicBool>,
+}
+
+/// The keys and a verifier with every key already absorbed, swapped together.
+#[derive(Debug)]
+struct KeyedSet {
+    keys: Arc<MacKeys>,
+    verifier: Arc<MacVerifier>,
+}
+
+impl KeyedSet {
+    fn new(keys: MacKeys) -> Self {
+        Self {
+            verifier: Arc::new(MacVerifier::new(&keys)),
+            keys: Arc::new(keys),
+        }
+    }
 }
 
 impl SharedMacKeys {
     pub fn new(keys: MacKeys) -> Self {
         Self {
-            keys: Arc::new(RwLock::new(Arc::new(keys))),
+            keys: Arc::new(RwLock::new(KeyedSet::new(keys))),
             degraded: Arc::new(AtomicBool::new(false)),
         }
     }
 
     pub fn current(&self) -> Arc<MacKeys> {
         match self.keys.read() {
-            Ok(guard) => Arc::clone(&guard),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+            Ok(guard) => Arc::clone(&guard.keys),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner().keys),
+        }
+    }
+
+    /// A verifier for every current key (for checking stored MACs).
+    pub fn verifier(&self) -> Arc<MacVerifier> {
+        match self.keys.read() {
+            Ok(guard) => Arc::clone(&guard.verifier),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner().verifier),
         }
     }
 
     pub fn replace(&self, keys: MacKeys) {
+        let set = KeyedSet::new(keys);
         match self.keys.write() {
-            Ok(mut guard) => *guard = Arc::new(keys),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(keys),
+            Ok(mut guard) => *guard = set,
+            Err(poisoned) => *poisoned.into_inner() = set,
         }
         self.degraded.store(false, Ordering::SeqCst);
     }
@@ -109,7 +136,7 @@ impl ChainHeads {
 }
 
 /// The previous (sequence, hash) of each stream a batch continues.
-type Heads = HashMap<(String, String), (i64, Hash)>;
+pub(crate) type Heads = HashMap<(String, String), (i64, Hash)>;
 
 /// The chained, MAC-sealed event store.
 #[derive(Clone)]
@@ -118,12 +145,14 @@ pub struct ChainedEventRepository {
     keys: SharedMacKeys,
     clock: Arc<dyn Clock>,
     heads: Arc<ChainHeads>,
+    integrity: IntegrityMonitor,
 }
 
+/// The whole stream: a suffix cannot be checked without the rows before it.
 const SELECT_STREAM: &str =
-    "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, \
-     payload, metadata, hash FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 \
-     AND sequence > $3 ORDER BY sequence";
+    "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, \
+     metadata, recorded_at, prev_hash, hash, mac, mac_key_id FROM events \
+     WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence";
 
 const INSERT_EVENTS: &str = "INSERT INTO events (aggregate_type, aggregate_id, sequence, \
      event_type, event_version, payload, metadata, recorded_at, prev_hash, hash, mac, mac_key_id) \
@@ -137,7 +166,19 @@ impl ChainedEventRepository {
             keys,
             clock,
             heads: Arc::default(),
+            integrity: IntegrityMonitor::new(),
         }
+    }
+
+    /// Shares `monitor` for integrity findings (the API's `/readyz` and the
+    /// sealer report through the same one).
+    pub fn with_integrity(mut self, monitor: IntegrityMonitor) -> Self {
+        self.integrity = monitor;
+        self
+    }
+
+    pub fn integrity(&self) -> &IntegrityMonitor {
+        &self.integrity
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -173,7 +214,71 @@ impl ChainedEventRepository {
             }
         };
         // Committed: the new heads are facts now.
-        for event in &appended {
+        self.remember_appended(&appended);
+        Ok(appended)
+    }
+
+    /// Appends events whose streams' previous (sequence, hash) the caller
+    /// read and verified (the unit of work's loads): one INSERT, no read.
+    /// A stream missing from `heads` falls back to the cache or a read.
+    pub async fn append_after(
+        &self,
+        heads: Heads,
+        events: &[SerializedEvent],
+    ) -> StoreResult<Vec<AppendedEvent>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let appended = match self.complete_heads(heads, events) {
+            Some(previous) => {
+                let mut conn = self.pool.acquire().await?;
+                self.chain_and_insert(&mut conn, events, previous).await?
+            }
+            None => {
+                let mut tx = self.pool.begin().await?;
+                let appended = self.append_in(&mut tx, events).await?;
+                tx.commit().await?;
+                appended
+            }
+        };
+        self.remember_appended(&appended);
+        Ok(appended)
+    }
+
+    /// [`ChainedEventRepository::append_after`] inside the caller's transaction.
+    pub async fn append_after_in(
+        &self,
+        conn: &mut PgConnection,
+        heads: Heads,
+        events: &[SerializedEvent],
+    ) -> StoreResult<Vec<AppendedEvent>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self.complete_heads(heads, events) {
+            Some(previous) => self.chain_and_insert(conn, events, previous).await,
+            None => self.append_in(conn, events).await,
+        }
+    }
+
+    /// `heads` plus cached heads for the streams it lacks, if that covers
+    /// every stream the batch continues.
+    fn complete_heads(&self, mut heads: Heads, events: &[SerializedEvent]) -> Option<Heads> {
+        let missing = events.iter().any(|e| {
+            e.sequence > 1
+                && !heads.contains_key(&(e.aggregate_type.clone(), e.aggregate_id.clone()))
+        });
+        if missing {
+            let cached = self.known_heads(events)?;
+            for (key, head) in cached {
+                heads.entry(key).or_insert(head);
+            }
+        }
+        Some(heads)
+    }
+
+    fn remember_appended(&self, appended: &[AppendedEvent]) {
+        for event in appended {
             self.heads.remember(
                 &event.aggregate_type,
                 &event.aggregate_id,
@@ -181,7 +286,6 @@ impl ChainedEventRepository {
                 event.hash,
             );
         }
-        Ok(appended)
     }
 
     /// The previous hash of every stream the batch continues, if all are cached.
@@ -323,6 +427,7 @@ impl ChainedEventRepository {
             .collect()
     }
 
+    /// A whole stream, every row checked (cqrs-es loads come here too).
     async fn select_stream(
         &self,
         aggregate_type: &str,
@@ -332,18 +437,15 @@ impl ChainedEventRepository {
         let rows = sqlx::query(SELECT_STREAM)
             .bind(aggregate_type)
             .bind(aggregate_id)
-            .bind(after)
             .fetch_all(&self.pool)
             .await?;
-        if let Some(last) = rows.last() {
-            let sequence: i64 = last.try_get("sequence")?;
-            let hash: Vec<u8> = last.try_get("hash")?;
-            if let Some(hash) = chain::to_hash(&hash) {
-                self.heads
-                    .remember(aggregate_type, aggregate_id, sequence, hash);
-            }
+        let (events, heads) = check_streams(&rows, &self.keys.verifier(), &self.integrity)?;
+        for ((aggregate_type, aggregate_id), (sequence, hash)) in heads {
+            self.heads
+                .remember(&aggregate_type, &aggregate_id, sequence, hash);
         }
-        rows.iter().map(serialized_event).collect()
+        let after = usize::try_from(after).unwrap_or(usize::MAX);
+        Ok(events.into_iter().filter(|e| e.sequence > after).collect())
     }
 }
 

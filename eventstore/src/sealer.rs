@@ -14,11 +14,14 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use tokio::sync::watch;
 
-use crate::chain::{self, Hash};
+use crate::chain::{self, Hash, MacVerifier, ZERO_HASH};
 use crate::checkpoint::Checkpoint;
 use crate::error::{StoreError, StoreResult};
+use crate::integrity::{DamageKind, Finder, IntegrityError, IntegrityMonitor};
 use crate::keys::{CheckpointSigner, SharedCheckpointSigner};
 use crate::merkle::{self, Frontier};
+use crate::repository::SharedMacKeys;
+use crate::unit_of_work::ChainedRow;
 
 /// Advisory lock key held by the one active sealer ("queue.sealer").
 pub const SEALER_LOCK_KEY: i64 = 0x7175_6575_7365_616c;
@@ -55,6 +58,8 @@ impl Default for SealerConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SealOutcome {
     pub sealed: u64,
+    /// The first row that did not verify: sealing stopped before it.
+    pub halted: Option<IntegrityError>,
     pub tree_size: u64,
     pub checkpoint: Option<u64>,
     /// Every transaction id below this had finished when the batch was read.
@@ -66,6 +71,9 @@ pub struct Sealer {
     /// Swappable: a checkpoint key rotation reaches a running sealer.
     signer: SharedCheckpointSigner,
     config: SealerConfig,
+    /// Every row is checked (link, hash, MAC) before it is sealed.
+    mac: SharedMacKeys,
+    integrity: IntegrityMonitor,
 }
 
 struct SealerState {
@@ -76,16 +84,32 @@ struct SealerState {
 }
 
 impl Sealer {
-    pub fn new(signer: Arc<CheckpointSigner>, config: SealerConfig) -> Self {
+    pub fn new(signer: Arc<CheckpointSigner>, config: SealerConfig, mac: SharedMacKeys) -> Self {
         Self::with_shared_signer(
             SharedCheckpointSigner::new(CheckpointSigner::clone(&signer)),
             config,
+            mac,
         )
     }
 
     /// A sealer that signs with whatever key `signer` holds at each checkpoint.
-    pub fn with_shared_signer(signer: SharedCheckpointSigner, config: SealerConfig) -> Self {
-        Self { signer, config }
+    pub fn with_shared_signer(
+        signer: SharedCheckpointSigner,
+        config: SealerConfig,
+        mac: SharedMacKeys,
+    ) -> Self {
+        Self {
+            signer,
+            config,
+            mac,
+            integrity: IntegrityMonitor::new(),
+        }
+    }
+
+    /// Reports integrity findings through `monitor` (shared with `/readyz`).
+    pub fn with_integrity(mut self, monitor: IntegrityMonitor) -> Self {
+        self.integrity = monitor;
+        self
     }
 
     pub fn signer(&self) -> Arc<CheckpointSigner> {
@@ -107,10 +131,17 @@ impl Sealer {
                 .fetch_one(&mut *tx)
                 .await?;
         let state = load_state(&mut tx).await?;
+        // Each row comes with its stream predecessor's hash: the predecessor
+        // committed earlier (or earlier in the same transaction), so it was
+        // checked when it was sealed, and the chain of checks is unbroken.
         let rows = sqlx::query(
-            "SELECT aggregate_type, aggregate_id, sequence, hash, commit_xid, insert_id FROM events \
-             WHERE (commit_xid, insert_id) > ($1, $2) \
-             AND commit_xid < $3 ORDER BY commit_xid, insert_id LIMIT $4",
+            "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
+             e.payload, e.metadata, e.recorded_at, e.prev_hash, e.hash, e.mac, e.mac_key_id, \
+             e.commit_xid, e.insert_id, p.hash AS predecessor_hash FROM events e \
+             LEFT JOIN events p ON p.aggregate_type = e.aggregate_type \
+             AND p.aggregate_id = e.aggregate_id AND p.sequence = e.sequence - 1 \
+             WHERE (e.commit_xid, e.insert_id) > ($1, $2) \
+             AND e.commit_xid < $3 ORDER BY e.commit_xid, e.insert_id LIMIT $4",
         )
         .bind(state.last_xid)
         .bind(state.last_insert_id)
@@ -119,15 +150,22 @@ impl Sealer {
         .fetch_all(&mut *tx)
         .await?;
 
+        let mac = self.mac.verifier();
+        let mut halted = None;
         let mut frontier = state.frontier;
         let first_seq = frontier.size() as i64 + 1;
         let (mut types, mut ids, mut seqs, mut hashes, mut ledger_seqs) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut last_xid, mut last_insert_id) = (state.last_xid, state.last_insert_id);
         for (offset, row) in rows.iter().enumerate() {
-            let hash: Vec<u8> = row.try_get("hash")?;
-            let hash: Hash = chain::to_hash(&hash)
-                .ok_or_else(|| StoreError::Ledger("stored event hash is not 32 bytes".into()))?;
+            let hash = match check_sealing_row(row, &mac)? {
+                Ok(hash) => hash,
+                Err(err) => {
+                    self.integrity.record(Finder::Sealer, &err);
+                    halted = Some(err);
+                    break;
+                }
+            };
             frontier.push(merkle::leaf_hash(&hash));
             types.push(row.try_get::<String, _>("aggregate_type")?);
             ids.push(row.try_get::<String, _>("aggregate_id")?);
@@ -137,7 +175,8 @@ impl Sealer {
             last_xid = row.try_get("commit_xid")?;
             last_insert_id = row.try_get("insert_id")?;
         }
-        if !rows.is_empty() {
+        let sealed = types.len();
+        if sealed > 0 {
             sqlx::query(
                 "INSERT INTO ledger (seq, aggregate_type, aggregate_id, sequence, event_hash) \
                  SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bytea[])",
@@ -175,7 +214,7 @@ impl Sealer {
             checkpoint = Some(tree_size);
             last_checkpoint_size = tree_size as i64;
         }
-        if !rows.is_empty() || checkpoint.is_some() {
+        if sealed > 0 || checkpoint.is_some() {
             sqlx::query(
                 "UPDATE sealer_state SET last_xid = $1, last_insert_id = $2, tree_size = $3, \
                  frontier = $4, last_checkpoint_size = $5, updated_at = now() WHERE id = 1",
@@ -189,8 +228,12 @@ impl Sealer {
             .await?;
         }
         tx.commit().await?;
+        if halted.is_none() && sealed > 0 {
+            self.integrity.sealer_resumed();
+        }
         Ok(SealOutcome {
-            sealed: rows.len() as u64,
+            sealed: sealed as u64,
+            halted,
             tree_size,
             checkpoint,
             watermark,
@@ -211,6 +254,11 @@ impl Sealer {
         let mut total = SealOutcome::default();
         loop {
             let outcome = self.seal_batch(&mut conn, false).await?;
+            if let Some(err) = outcome.halted {
+                // Everything before the damaged row is sealed; nothing past it is.
+                let _ = self.seal_batch(&mut conn, true).await;
+                return Err(err.into());
+            }
             total.sealed += outcome.sealed;
             total.tree_size = outcome.tree_size;
             total.checkpoint = outcome.checkpoint.or(total.checkpoint);
@@ -297,6 +345,30 @@ async fn stop_requested_within(shutdown: &mut watch::Receiver<bool>, wait: Durat
         _ = tokio::time::sleep(wait) => *shutdown.borrow(),
         changed = shutdown.changed() => changed.is_err() || *shutdown.borrow(),
     }
+}
+
+/// Checks one row read for sealing against its stream predecessor: the
+/// outer error is a decoding failure, the inner one damage.
+fn check_sealing_row(
+    row: &sqlx::postgres::PgRow,
+    mac: &MacVerifier,
+) -> StoreResult<Result<Hash, IntegrityError>> {
+    let chained = ChainedRow::decode(row)?;
+    let sequence = chained.event.sequence as i64;
+    let predecessor: Option<Vec<u8>> = row.try_get("predecessor_hash")?;
+    let previous = match (sequence, predecessor) {
+        (1, _) => None,
+        (_, Some(hash)) => Some((sequence - 1, chain::to_hash(&hash).unwrap_or(ZERO_HASH))),
+        (_, None) => {
+            return Ok(Err(IntegrityError {
+                aggregate_type: chained.event.aggregate_type,
+                aggregate_id: chained.event.aggregate_id,
+                sequence,
+                kind: DamageKind::SequenceGap,
+            }))
+        }
+    };
+    Ok(chained.check(previous, mac))
 }
 
 async fn load_state(conn: &mut PgConnection) -> StoreResult<SealerState> {

@@ -226,35 +226,27 @@ struct StreamRow {
     computed: Option<Computed>,
 }
 
-/// Hash and MAC results of one row: `hash` is Err(canonicalisation error)
-/// or whether the stored hash recomputes; `mac` is None for an unknown key.
-struct Computed {
-    hash: Result<bool, String>,
-    mac: Option<bool>,
-}
+type Computed = chain::RowCheck;
 
 fn compute(row: &StreamRow, mac: &chain::MacVerifier) -> Computed {
-    let canonical = chain::canonical_record(&EventRecord {
-        aggregate_type: &row.key.aggregate_type,
-        aggregate_id: &row.key.aggregate_id,
-        sequence: row.key.sequence,
-        event_type: &row.event_type,
-        event_version: &row.event_version,
-        recorded_at: row.recorded_at,
-        payload: &row.payload,
-    });
-    let hash = match (canonical, chain::to_hash(&row.prev_hash)) {
-        (Err(err), _) => Err(err.to_string()),
-        (Ok(canonical), Some(prev)) => {
-            Ok(chain::event_hash(&prev, &canonical).as_slice() == row.hash.as_slice())
-        }
-        (Ok(_), None) => Ok(false),
-    };
-    let stored: Hash = chain::to_hash(&row.hash).unwrap_or(ZERO_HASH);
-    Computed {
-        hash,
-        mac: mac.check(&row.mac_key_id, &stored, &row.mac),
-    }
+    chain::check_row(
+        &chain::StoredRow {
+            record: EventRecord {
+                aggregate_type: &row.key.aggregate_type,
+                aggregate_id: &row.key.aggregate_id,
+                sequence: row.key.sequence,
+                event_type: &row.event_type,
+                event_version: &row.event_version,
+                recorded_at: row.recorded_at,
+                payload: &row.payload,
+            },
+            prev_hash: &row.prev_hash,
+            hash: &row.hash,
+            mac: &row.mac,
+            mac_key_id: &row.mac_key_id,
+        },
+        mac,
+    )
 }
 
 /// Walks events in (stream, sequence) order and checks each stream's chain.

@@ -497,7 +497,7 @@ pub async fn suspend(app: &TestApp, customer_id: &str) {
         })
         .await
         .unwrap();
-    let mut batch = queue_api::store::Batch::new();
+    let mut batch = queue_eventstore::Batch::new();
     batch.add(&mut customer, &events).unwrap();
     store.append(batch).await.unwrap();
 }

@@ -85,10 +85,14 @@ async fn seal_and_verify(app: &TestApp) {
     use queue_eventstore::{verify_store, CheckpointSigner, Sealer, SealerConfig, VerifyInput};
     let signer =
         std::sync::Arc::new(CheckpointSigner::from_seed("queue.test/api", [5; 32]).unwrap());
-    Sealer::new(signer.clone(), SealerConfig::default())
-        .seal_pending(&app.state.pool)
-        .await
-        .unwrap();
+    Sealer::new(
+        signer.clone(),
+        SealerConfig::default(),
+        crate::helpers::mac_keys(),
+    )
+    .seal_pending(&app.state.pool)
+    .await
+    .unwrap();
     let keys = crate::helpers::mac_keys().current();
     let verifier = signer.verifier();
     let report = verify_store(

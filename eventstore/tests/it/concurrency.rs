@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use queue_eventstore::{Sealer, SealerConfig};
+use queue_eventstore::{Sealer, SealerConfig, SharedMacKeys};
 use rand::Rng;
 use serde_json::json;
 use sqlx::PgPool;
@@ -116,6 +116,7 @@ async fn many_writers_with_delays_and_aborts_are_sealed_exactly_once(pool: PgPoo
             poll_interval: Duration::from_millis(2),
             ..SealerConfig::default()
         },
+        SharedMacKeys::new(mac_keys()),
     );
     let options = (*pool.connect_options()).clone();
     let sealing = tokio::spawn(sealer.clone().run(options, stopped));
@@ -154,8 +155,10 @@ async fn a_killed_sealer_is_replaced_without_loss_or_duplication(pool: PgPool) {
     };
     let options = (*pool.connect_options()).clone();
     let (_keep, never) = watch::channel(false);
-    let first =
-        tokio::spawn(Sealer::new(signer(), config.clone()).run(options.clone(), never.clone()));
+    let first = tokio::spawn(
+        Sealer::new(signer(), config.clone(), SharedMacKeys::new(mac_keys()))
+            .run(options.clone(), never.clone()),
+    );
 
     let writers: Vec<_> = (0..8)
         .map(|w| tokio::spawn(writer(pool.clone(), format!("w{w}"), 30)))
@@ -170,9 +173,13 @@ async fn a_killed_sealer_is_replaced_without_loss_or_duplication(pool: PgPool) {
 
     // Two standbys: exactly one becomes leader; both running is safe anyway.
     let (stop, stopped) = watch::channel(false);
-    let second =
-        tokio::spawn(Sealer::new(signer(), config.clone()).run(options.clone(), stopped.clone()));
-    let third = tokio::spawn(Sealer::new(signer(), config).run(options, stopped));
+    let second = tokio::spawn(
+        Sealer::new(signer(), config.clone(), SharedMacKeys::new(mac_keys()))
+            .run(options.clone(), stopped.clone()),
+    );
+    let third = tokio::spawn(
+        Sealer::new(signer(), config, SharedMacKeys::new(mac_keys())).run(options, stopped),
+    );
     let mut committed = 0;
     for w in writers {
         committed += w.await.unwrap();

@@ -45,6 +45,7 @@ pub fn sealer() -> Sealer {
             checkpoint_every: 5,
             ..SealerConfig::default()
         },
+        SharedMacKeys::new(mac_keys()),
     )
 }
 

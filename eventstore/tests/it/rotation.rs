@@ -198,6 +198,7 @@ async fn checkpoint_rotation_reaches_a_running_sealer_and_the_whole_ledger_verif
             poll_interval: Duration::from_millis(20),
             standby_interval: Duration::from_millis(100),
         },
+        SharedMacKeys::new(mac_keys()),
     );
     let running = tokio::spawn(sealer.run((*pool.connect_options()).clone(), stopped));
 

@@ -13,6 +13,7 @@ fn sealer() -> Sealer {
     Sealer::new(
         Arc::new(CheckpointSigner::from_seed("queue.test/extract", [9u8; 32]).unwrap()),
         SealerConfig::default(),
+        queue_eventstore::SharedMacKeys::new(mac_keys().unwrap()),
     )
 }
 

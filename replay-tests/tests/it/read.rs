@@ -334,6 +334,7 @@ async fn read_functions_answer_what_the_api_asks(pool: PgPool) {
     Sealer::new(
         Arc::new(CheckpointSigner::from_seed("queue.test/read", [3; 32]).unwrap()),
         SealerConfig::default(),
+        queue_eventstore::SharedMacKeys::new(queue_replay_tests::mac_keys().unwrap()),
     )
     .seal_pending(&pool)
     .await
