@@ -6,17 +6,15 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::SerializedEvent;
-use cqrs_es::{Aggregate, DomainEvent};
+use cqrs_es::Aggregate;
 use queue_domain::customer::CustomerCommand;
 use queue_domain::session::{SessionCommand, DEFAULT_IDLE_TIMEOUT_SECS};
 use queue_domain::types::{
     Actor, CredentialName, CustomerId, DisplayName, Email, GrantId, LegacyId, RawCredentialId,
     Reason, Role, SecretHash, SessionId, TicketId,
 };
-use queue_domain::{Credential, CredentialCommand, Customer, CustomerEvent, Session};
-use queue_eventstore::{ChainedEventRepository, StoreError};
+use queue_domain::{Credential, CredentialCommand, Customer, Session};
+use queue_eventstore::{Batch, ChainedEventRepository, EventStore, Loaded, StoreError};
 use serde_json::json;
 use sqlx::{PgPool, Row};
 
@@ -64,6 +62,7 @@ pub async fn backfill(
     }
     let mut run = Run {
         repo,
+        store: EventStore::new(repo.clone()),
         legacy: legacy_pool,
         options,
         same_db,
@@ -98,13 +97,15 @@ pub async fn backfill(
 struct Planned {
     /// The legacy ids it covers (several grants of one customer share a stream).
     ids: Vec<i64>,
-    events: Vec<SerializedEvent>,
+    events: Batch,
     /// For customers: the normalised email (the unique index's key).
     email: Option<String>,
 }
 
 struct Run<'a> {
     repo: &'a ChainedEventRepository,
+    /// The unit of work: checked loads, and appends that continue them.
+    store: EventStore,
     legacy: &'a PgPool,
     options: &'a Options,
     same_db: bool,
@@ -329,7 +330,7 @@ impl Run<'_> {
                 continue;
             };
             let stream = CustomerId::for_legacy_id(legacy_customer).to_string();
-            let Some((customer, version)) = loaded.get_mut(&stream) else {
+            let Some(customer) = loaded.get_mut(&stream) else {
                 // Dry run: the customer would be imported by this run.
                 if self.options.dry_run {
                     stream_plan(&mut by_stream, &mut order, &stream)
@@ -342,22 +343,18 @@ impl Run<'_> {
                 continue;
             };
             if customer
+                .aggregate
                 .state()
                 .is_some_and(|s| s.grant(*grant_id).is_some())
             {
                 skipped.push(row.id);
                 continue;
             }
-            match execute(customer, command).await {
+            match customer.execute(command).await {
                 Err(e) => out.reject(row.id, "grant_refused", e.to_string()),
                 Ok(events) => {
                     let entry = stream_plan(&mut by_stream, &mut order, &stream);
-                    for event in events {
-                        *version += 1;
-                        entry
-                            .events
-                            .push(serialize::<Customer>(&stream, *version, &event)?);
-                    }
+                    entry.events.add(customer, &events)?;
                     entry.ids.push(row.id);
                 }
             }
@@ -386,13 +383,13 @@ impl Run<'_> {
             out.skipped += skipped.len() as u64;
             return Ok(());
         }
-        let events: Vec<SerializedEvent> = planned
-            .iter()
-            .flat_map(|p| p.events.iter().cloned())
-            .collect();
+        let mut events = Batch::new();
+        for p in &planned {
+            events.extend(p.events.clone());
+        }
         let mut flags: Vec<i64> = planned.iter().flat_map(|p| p.ids.iter().copied()).collect();
         flags.extend(&skipped);
-        match self.write(table, &events, &flags).await {
+        match self.write(table, events, &flags).await {
             Ok(()) => {
                 out.imported += rows;
                 out.skipped += skipped.len() as u64;
@@ -403,10 +400,10 @@ impl Run<'_> {
             )) => {}
             Err(other) => return Err(other),
         }
-        self.write(table, &[], &skipped).await?;
+        self.write(table, Batch::new(), &skipped).await?;
         out.skipped += skipped.len() as u64;
         for p in planned {
-            match self.write(table, &p.events, &p.ids).await {
+            match self.write(table, p.events, &p.ids).await {
                 Ok(()) => out.imported += p.ids.len() as u64,
                 Err(BackfillError::Store(StoreError::UniqueViolation { constraint })) => {
                     for id in &p.ids {
@@ -440,26 +437,22 @@ impl Run<'_> {
     /// when the legacy tables share Queue's database; otherwise the flags
     /// right after the events commit (a crash in between leaves rows
     /// imported but unflagged, and the next run flags them as skipped).
-    async fn write(
-        &mut self,
-        table: Table,
-        events: &[SerializedEvent],
-        flags: &[i64],
-    ) -> BackfillResult<()> {
+    async fn write(&mut self, table: Table, events: Batch, flags: &[i64]) -> BackfillResult<()> {
+        let appended = events.len() as u64;
         let mut tx = self
             .repo
             .pool()
             .begin()
             .await
             .map_err(BackfillError::queue)?;
-        self.repo.append_in(&mut tx, events).await?;
+        self.store.append_in(&mut tx, events).await?;
         if self.same_db {
             legacy::mark_migrated(&mut tx, table, flags).await?;
         }
         tx.commit()
             .await
             .map_err(|e| BackfillError::Store(e.into()))?;
-        self.events_appended += events.len() as u64;
+        self.events_appended += appended;
         if !self.same_db {
             let mut conn = self.legacy.acquire().await.map_err(BackfillError::legacy)?;
             legacy::mark_migrated(&mut conn, table, flags).await?;
@@ -570,38 +563,22 @@ impl Run<'_> {
         })
     }
 
-    /// The Customer aggregates of these streams and their versions.
+    /// The Customer aggregates of these streams, every row checked (the
+    /// unit of work's load: a damaged stream fails the run, it is never
+    /// folded into a grant decision).
     async fn load_customers(
         &self,
         streams: &[String],
-    ) -> BackfillResult<HashMap<String, (Customer, usize)>> {
-        let mut out: HashMap<String, (Customer, usize)> = HashMap::new();
+    ) -> BackfillResult<HashMap<String, Loaded<Customer>>> {
         if streams.is_empty() {
-            return Ok(out);
+            return Ok(HashMap::new());
         }
-        let rows = sqlx::query(
-            "SELECT aggregate_id, sequence, payload FROM events \
-             WHERE aggregate_type = 'Customer' AND aggregate_id = ANY($1) ORDER BY aggregate_id, sequence",
-        )
-        // Planned with the real ids every time: a plan cached while the
-        // events table was small would scan it whole for every page.
-        .persistent(false)
-        .bind(streams)
-        .fetch_all(self.repo.pool())
-        .await
-        .map_err(BackfillError::queue)?;
-        for row in rows {
-            let id: String = row.try_get(0).map_err(BackfillError::queue)?;
-            let sequence: i64 = row.try_get(1).map_err(BackfillError::queue)?;
-            let payload: serde_json::Value = row.try_get(2).map_err(BackfillError::queue)?;
-            let event: CustomerEvent = serde_json::from_value(payload).map_err(|e| {
-                BackfillError::Queue(format!("customer {id} event {sequence}: {e}"))
-            })?;
-            let entry = out.entry(id).or_insert_with(|| (Customer::default(), 0));
-            entry.0.apply(event);
-            entry.1 = usize::try_from(sequence).unwrap_or(0);
-        }
-        Ok(out)
+        let loaded = self.store.load_many::<Customer>(streams).await?;
+        Ok(loaded
+            .into_iter()
+            .filter(|l| !l.is_new())
+            .map(|l| (l.id.clone(), l))
+            .collect())
     }
 }
 
@@ -616,7 +593,7 @@ fn stream_plan<'p>(
         order.push(stream.to_owned());
         Planned {
             ids: Vec::new(),
-            events: Vec::new(),
+            events: Batch::new(),
             email: None,
         }
     })
@@ -653,53 +630,24 @@ impl Customers {
 
 type Refusal = (&'static str, String);
 
-async fn execute<A: Aggregate<Services = ()>>(
-    aggregate: &mut A,
-    command: A::Command,
-) -> Result<Vec<A::Event>, A::Error> {
-    let sink = EventSink::default();
-    aggregate.handle(command, &(), &sink).await?;
-    Ok(sink.collect().await)
-}
-
-fn serialize<A: Aggregate>(
-    stream: &str,
-    sequence: usize,
-    event: &A::Event,
-) -> BackfillResult<SerializedEvent> {
-    let payload = serde_json::to_value(event).map_err(|e| {
-        BackfillError::Store(StoreError::InvalidEvent(format!(
-            "cannot serialise event: {e}"
-        )))
-    })?;
-    Ok(SerializedEvent {
-        aggregate_id: stream.to_owned(),
-        sequence,
-        aggregate_type: A::TYPE.to_owned(),
-        event_type: event.event_type(),
-        event_version: event.event_version(),
-        payload,
-        metadata: json!({}),
-    })
-}
-
 /// The events of a new stream, decided by the domain.
 async fn first_events<A: Aggregate<Services = ()> + Default>(
     stream: &str,
     command: A::Command,
-) -> Result<Vec<SerializedEvent>, Refusal>
+) -> Result<Batch, Refusal>
 where
     A::Error: std::fmt::Display,
 {
-    let mut aggregate = A::default();
-    let events = execute(&mut aggregate, command)
+    let mut loaded = Loaded::<A>::new_stream(stream);
+    let events = loaded
+        .execute(command)
         .await
         .map_err(|e| ("refused", e.to_string()))?;
-    events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| serialize::<A>(stream, i + 1, e).map_err(|e| ("refused", e.to_string())))
-        .collect()
+    let mut batch = Batch::new();
+    batch
+        .add(&mut loaded, &events)
+        .map_err(|e| ("refused", e.to_string()))?;
+    Ok(batch)
 }
 
 fn legacy_id(id: i64) -> Result<LegacyId, Refusal> {

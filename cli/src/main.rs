@@ -103,6 +103,12 @@ async fn main() -> ExitCode {
     let env = |k: &str| std::env::var(k).ok();
     match run(cli, &env).await {
         Ok(code) => code,
+        // Damage found (e.g. `queue seal` stopping at a row that does not
+        // verify) is exit 1, like `queue verify`'s findings.
+        Err(err @ CliError::Store(queue_eventstore::StoreError::Integrity(_))) => {
+            eprintln!("queue: error: {err}");
+            ExitCode::from(1)
+        }
         Err(err) => {
             eprintln!("queue: error: {err}");
             ExitCode::from(2)

@@ -63,7 +63,7 @@ impl<A: Aggregate<Services = ()>> Loaded<A> {
 
 /// Events of one or more streams that commit together, with the verified
 /// head each continued stream had when it was loaded.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Batch {
     events: Vec<SerializedEvent>,
     heads: Heads,
@@ -107,9 +107,12 @@ impl Batch {
         Ok(())
     }
 
-    /// Adds already serialised events (the backfill's imports).
-    pub fn add_serialized(&mut self, events: Vec<SerializedEvent>) {
-        self.events.extend(events);
+    /// Adds another batch's events (and the heads they continue) after these.
+    pub fn extend(&mut self, other: Batch) {
+        self.events.extend(other.events);
+        for (key, head) in other.heads {
+            self.heads.entry(key).or_insert(head);
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -38,6 +38,11 @@ pub fn fixed_repo(pool: &PgPool) -> ChainedEventRepository {
 }
 
 pub fn sealer() -> Sealer {
+    sealer_with(SharedMacKeys::new(mac_keys()))
+}
+
+/// A sealer that checks rows with these (possibly rotating) MAC keys.
+pub fn sealer_with(keys: SharedMacKeys) -> Sealer {
     Sealer::new(
         signer(),
         SealerConfig {
@@ -45,7 +50,7 @@ pub fn sealer() -> Sealer {
             checkpoint_every: 5,
             ..SealerConfig::default()
         },
-        SharedMacKeys::new(mac_keys()),
+        keys,
     )
 }
 

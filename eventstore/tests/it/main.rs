@@ -6,6 +6,7 @@ mod concurrency;
 mod export;
 mod helpers;
 mod history;
+mod lookup;
 mod rotation;
 mod tamper;
 mod vectors;
