@@ -681,6 +681,7 @@ pub fn reload(keys: &SharedJwtKeys, path: &std::path::Path) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use rsa::pkcs8::EncodePrivateKey as _;
 
     #[test]
     fn minted_tokens_verify_and_name_their_key() {
