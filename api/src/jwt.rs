@@ -19,7 +19,7 @@ use ed25519_dalek::pkcs8::EncodePrivateKey as _;
 use ed25519_dalek::SigningKey;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rsa::pkcs1::EncodeRsaPrivateKey as _;
-use rsa::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
+use rsa::pkcs8::DecodePrivateKey as _;
 use rsa::traits::PublicKeyParts as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -681,7 +681,6 @@ pub fn reload(keys: &SharedJwtKeys, path: &std::path::Path) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use rsa::pkcs8::EncodePrivateKey as _;
 
     #[test]
     fn minted_tokens_verify_and_name_their_key() {
