@@ -88,7 +88,11 @@ async fn discovery_names_the_issuer_the_jwks_and_every_published_algorithm(pool:
     // Every endpoint named is one this router serves (a POST route answers
     // a GET with 405, not 404).
     for (name, url) in doc.json.as_object().unwrap() {
-        let Some(path) = url.as_str().and_then(|u| u.strip_prefix(ISSUER)) else {
+        let Some(path) = url
+            .as_str()
+            .and_then(|u| u.strip_prefix(ISSUER))
+            .filter(|p| !p.is_empty())
+        else {
             continue;
         };
         let status = app.get(path).await.status;
