@@ -108,7 +108,12 @@ mod tests {
             issuer_base("https://example.com/queue").as_deref(),
             Some("https://example.com/queue")
         );
-        for bad in ["queue", "urn:queue", "https://x.example/?a=1", "ftp://x.example"] {
+        for bad in [
+            "queue",
+            "urn:queue",
+            "https://x.example/?a=1",
+            "ftp://x.example",
+        ] {
             assert_eq!(issuer_base(bad), None, "{bad}");
         }
     }

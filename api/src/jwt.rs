@@ -458,7 +458,10 @@ fn decode_base64(raw: &str) -> Option<Vec<u8>> {
             c => c,
         })
         .collect();
-    URL_SAFE_NO_PAD.decode(normal).ok().filter(|b| !b.is_empty())
+    URL_SAFE_NO_PAD
+        .decode(normal)
+        .ok()
+        .filter(|b| !b.is_empty())
 }
 
 /// Keys shared by the whole process and swappable at run time (rotation).
@@ -771,19 +774,43 @@ mod tests {
             jsonwebtoken::decode::<Claims>(&token, &decoding, &validation).unwrap();
             match alg {
                 JwtAlg::EdDSA => {
-                    assert_eq!((jwk["kty"].as_str(), jwk["crv"].as_str()), (Some("OKP"), Some("Ed25519")));
-                    assert_eq!(URL_SAFE_NO_PAD.decode(jwk["x"].as_str().unwrap()).unwrap().len(), 32);
+                    assert_eq!(
+                        (jwk["kty"].as_str(), jwk["crv"].as_str()),
+                        (Some("OKP"), Some("Ed25519"))
+                    );
+                    assert_eq!(
+                        URL_SAFE_NO_PAD
+                            .decode(jwk["x"].as_str().unwrap())
+                            .unwrap()
+                            .len(),
+                        32
+                    );
                 }
                 JwtAlg::ES256 => {
-                    assert_eq!((jwk["kty"].as_str(), jwk["crv"].as_str()), (Some("EC"), Some("P-256")));
+                    assert_eq!(
+                        (jwk["kty"].as_str(), jwk["crv"].as_str()),
+                        (Some("EC"), Some("P-256"))
+                    );
                     for c in ["x", "y"] {
-                        assert_eq!(URL_SAFE_NO_PAD.decode(jwk[c].as_str().unwrap()).unwrap().len(), 32);
+                        assert_eq!(
+                            URL_SAFE_NO_PAD
+                                .decode(jwk[c].as_str().unwrap())
+                                .unwrap()
+                                .len(),
+                            32
+                        );
                     }
                 }
                 JwtAlg::RS256 => {
                     assert_eq!(jwk["kty"], "RSA");
                     assert!(jwk.get("crv").is_none());
-                    assert_eq!(URL_SAFE_NO_PAD.decode(jwk["n"].as_str().unwrap()).unwrap().len(), 256);
+                    assert_eq!(
+                        URL_SAFE_NO_PAD
+                            .decode(jwk["n"].as_str().unwrap())
+                            .unwrap()
+                            .len(),
+                        256
+                    );
                     assert_eq!(jwk["e"], "AQAB");
                 }
             }
@@ -799,10 +826,16 @@ mod tests {
             .rotated(JwtKey::generate("mid", JwtAlg::ES256).unwrap())
             .rotated(JwtKey::generate("new", JwtAlg::RS256).unwrap());
         assert_eq!(mixed.kids(), vec!["new", "mid", "old"]);
-        assert_eq!(mixed.algs(), vec![JwtAlg::RS256, JwtAlg::ES256, JwtAlg::EdDSA]);
+        assert_eq!(
+            mixed.algs(),
+            vec![JwtAlg::RS256, JwtAlg::ES256, JwtAlg::EdDSA]
+        );
         let mixed = JwtKeySet::parse(&mixed.try_to_spec().unwrap()).unwrap();
         let new_token = mint(&mixed, &claims(now)).unwrap();
-        assert_eq!(jsonwebtoken::decode_header(&new_token).unwrap().alg, Algorithm::RS256);
+        assert_eq!(
+            jsonwebtoken::decode_header(&new_token).unwrap().alg,
+            Algorithm::RS256
+        );
         assert!(verify(&mixed, &old_token, "iss", "aud", now).is_ok());
         assert!(verify(&mixed, &new_token, "iss", "aud", now).is_ok());
         let kty: Vec<_> = mixed.jwks()["keys"]
@@ -821,7 +854,10 @@ mod tests {
         let es = JwtKeySet::generate_with("same", JwtAlg::ES256).unwrap();
         // Signed by an ES256 key that claims the EdDSA key's kid.
         let forged = mint(&es, &claims(now)).unwrap();
-        assert!(matches!(verify(&ed, &forged, "iss", "aud", now), Err(JwtError::Invalid)));
+        assert!(matches!(
+            verify(&ed, &forged, "iss", "aud", now),
+            Err(JwtError::Invalid)
+        ));
     }
 
     #[test]
@@ -836,9 +872,12 @@ mod tests {
 
         let short = rsa::RsaPrivateKey::new(&mut rng, 1024).unwrap();
         let der = short.to_pkcs8_der().unwrap();
-        let err = JwtKeySet::parse(&format!("a=rs256:{}", URL_SAFE_NO_PAD.encode(der.as_bytes())))
-            .err()
-            .unwrap();
+        let err = JwtKeySet::parse(&format!(
+            "a=rs256:{}",
+            URL_SAFE_NO_PAD.encode(der.as_bytes())
+        ))
+        .err()
+        .unwrap();
         assert!(err.contains("2048"), "{err}");
 
         // An explicit eddsa: prefix reads the same seed as the bare form.

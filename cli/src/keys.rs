@@ -11,8 +11,8 @@ use queue_eventstore::{CheckpointSigner, MacKeys};
 use rand::RngCore;
 
 use crate::config::{self, Lookup, DEV_CHECKPOINT_FILE, DEV_JWT_FILE, DEV_MAC_FILE};
-use queue_api::jwt::JwtAlg;
 use crate::CliError;
+use queue_api::jwt::JwtAlg;
 
 #[derive(Subcommand)]
 pub enum KeysCommand {

@@ -11,9 +11,7 @@ use queue_eventstore::{
 };
 use tokio::sync::watch;
 
-use crate::config::{
-    self, ConfigError, Lookup, DEV_CHECKPOINT_FILE, DEV_JWT_FILE, DEV_MAC_FILE,
-};
+use crate::config::{self, ConfigError, Lookup, DEV_CHECKPOINT_FILE, DEV_JWT_FILE, DEV_MAC_FILE};
 use crate::CliError;
 
 /// How long in-flight requests may drain after SIGTERM, and the hard limit.
@@ -214,7 +212,6 @@ fn dev_jwt_key_env(
         }
     })
 }
-
 
 async fn shutdown_signal() {
     let ctrl_c = async {

@@ -23,7 +23,10 @@ async fn tokens_of_every_algorithm_verify_against_the_served_jwks(pool: PgPool) 
         assert_eq!(key["kid"], "only");
         match alg {
             JwtAlg::EdDSA => {
-                assert_eq!((&key["kty"], &key["crv"]), (&json!("OKP"), &json!("Ed25519")));
+                assert_eq!(
+                    (&key["kty"], &key["crv"]),
+                    (&json!("OKP"), &json!("Ed25519"))
+                );
                 assert!(key["x"].is_string() && key.get("y").is_none());
             }
             JwtAlg::ES256 => {
@@ -80,9 +83,16 @@ async fn discovery_names_the_issuer_the_jwks_and_every_published_algorithm(pool:
         doc.json["queue_refresh_endpoint"],
         format!("{ISSUER}/api/v1/auth/session/refresh")
     );
-    assert_eq!(doc.json["queue_openapi_uri"], format!("{ISSUER}/openapi.json"));
+    assert_eq!(
+        doc.json["queue_openapi_uri"],
+        format!("{ISSUER}/openapi.json")
+    );
     // No OpenID Provider endpoint is claimed: Queue has none.
-    for absent in ["authorization_endpoint", "token_endpoint", "userinfo_endpoint"] {
+    for absent in [
+        "authorization_endpoint",
+        "token_endpoint",
+        "userinfo_endpoint",
+    ] {
         assert!(doc.json.get(absent).is_none(), "{absent}: {}", doc.text);
     }
     // Every endpoint named is one this router serves (a POST route answers
@@ -96,7 +106,11 @@ async fn discovery_names_the_issuer_the_jwks_and_every_published_algorithm(pool:
             continue;
         };
         let status = app.get(path).await.status;
-        assert_ne!(status, StatusCode::NOT_FOUND, "{name}: {path} is not a route");
+        assert_ne!(
+            status,
+            StatusCode::NOT_FOUND,
+            "{name}: {path} is not a route"
+        );
     }
 
     let jwks = app.get("/.well-known/jwks.json").await;
@@ -151,7 +165,11 @@ async fn discovery_lists_only_routes_that_are_served(pool: PgPool) {
     let app = TestApp::with(pool.clone(), &[("FLAG_QUEUE_V1", "0")]).await;
     let doc = app.get("/.well-known/openid-configuration").await;
     assert_eq!(doc.status, StatusCode::OK);
-    assert!(doc.json.get("queue_refresh_endpoint").is_none(), "{}", doc.text);
+    assert!(
+        doc.json.get("queue_refresh_endpoint").is_none(),
+        "{}",
+        doc.text
+    );
     assert!(doc.json["jwks_uri"].is_string());
 
     // An issuer that is not a URL cannot be discovered from.
@@ -159,5 +177,8 @@ async fn discovery_lists_only_routes_that_are_served(pool: PgPool) {
     app.get("/.well-known/openid-configuration")
         .await
         .assert_error(StatusCode::NOT_FOUND, "not_found");
-    assert_eq!(app.get("/.well-known/jwks.json").await.status, StatusCode::OK);
+    assert_eq!(
+        app.get("/.well-known/jwks.json").await.status,
+        StatusCode::OK
+    );
 }

@@ -136,11 +136,7 @@ enum Recipe {
 }
 
 async fn get_json(base: &str, path: &str) -> (Value, Option<String>) {
-    let response = client()
-        .get(format!("{base}{path}"))
-        .send()
-        .await
-        .unwrap();
+    let response = client().get(format!("{base}{path}")).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 200, "{path}");
     let cache = response
         .headers()
@@ -196,7 +192,11 @@ async fn register(base: &str) -> Value {
 fn tampered(token: &str) -> String {
     let signature_at = token.rfind('.').unwrap() + 4;
     let mut bytes = token.as_bytes().to_vec();
-    bytes[signature_at] = if bytes[signature_at] == b'A' { b'B' } else { b'A' };
+    bytes[signature_at] = if bytes[signature_at] == b'A' {
+        b'B'
+    } else {
+        b'A'
+    };
     String::from_utf8(bytes).unwrap()
 }
 
@@ -217,7 +217,10 @@ fn assert_jwk_shape(jwk: &Value, alg: &str) {
         assert!(jwk[*field].as_str().is_some_and(|v| !v.is_empty()), "{jwk}");
     }
     for private in ["d", "p", "q", "dp", "dq", "qi"] {
-        assert!(jwk.get(private).is_none(), "private part {private} published: {jwk}");
+        assert!(
+            jwk.get(private).is_none(),
+            "private part {private} published: {jwk}"
+        );
     }
 }
 
@@ -293,13 +296,17 @@ async fn recipes_verify_through_a_rotation(first: &str, then: &str) {
     assert_eq!(rotated["notified"], true, "{rotated}");
     let new_kid = rotated["kid"].as_str().unwrap().to_owned();
     assert_ne!(new_kid, first_kid);
-    let jwks = poll("the rotated key in the JWKS", Duration::from_secs(10), || {
-        let issuer = issuer.clone();
-        async move {
-            let (jwks, _) = get_json(&issuer, "/.well-known/jwks.json").await;
-            (jwks["keys"].as_array().unwrap().len() == 2).then_some(jwks)
-        }
-    })
+    let jwks = poll(
+        "the rotated key in the JWKS",
+        Duration::from_secs(10),
+        || {
+            let issuer = issuer.clone();
+            async move {
+                let (jwks, _) = get_json(&issuer, "/.well-known/jwks.json").await;
+                (jwks["keys"].as_array().unwrap().len() == 2).then_some(jwks)
+            }
+        },
+    )
     .await;
     assert_eq!(jwks["keys"][0]["kid"], new_kid.as_str());
     assert_jwk_shape(&jwks["keys"][0], then);
