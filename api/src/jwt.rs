@@ -588,6 +588,11 @@ pub fn rotate_key_file(path: &std::path::Path, keep: usize, alg: JwtAlg) -> Resu
     let fresh = JwtKey::generate(&kid, alg)?;
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A first install: the directory may be new too (owner-only).
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                create_private_dir(dir)
+                    .map_err(|e| format!("{}: cannot create: {}", dir.display(), e.kind()))?;
+            }
             let set = JwtKeySet { keys: vec![fresh] };
             queue_eventstore::keys::write_key_file(
                 path,
@@ -608,6 +613,20 @@ pub fn rotate_key_file(path: &std::path::Path, keep: usize, alg: JwtAlg) -> Resu
         queue_eventstore::keys::KeyFileWrite::Replace,
     )?;
     Ok(kid)
+}
+
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
 }
 
 /// Tells every instance listening on this database to reload its keys.
@@ -892,8 +911,8 @@ mod tests {
     #[test]
     fn rotating_a_missing_key_file_creates_it_with_the_chosen_type() {
         let dir = std::env::temp_dir().join(format!("queue-jwt-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("jwt_keys");
+        // Neither the file nor its directory exists yet.
+        let path = dir.join("keys").join("jwt_keys");
         let first = rotate_key_file(&path, 3, JwtAlg::ES256).unwrap();
         let set = read_key_file(&path).unwrap();
         assert_eq!(set.kids(), vec![first.as_str()]);
@@ -903,6 +922,11 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
+            let mode = std::fs::metadata(path.parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700);
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
         let second = rotate_key_file(&path, 3, JwtAlg::RS256).unwrap();
