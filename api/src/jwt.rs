@@ -87,20 +87,15 @@ impl std::str::FromStr for JwtAlg {
     }
 }
 
-/// The private half of a key (zeroized on drop by its crate).
-#[derive(Clone)]
-enum Private {
-    Ed25519(SigningKey),
-    P256(p256::SecretKey),
-    Rsa(Box<rsa::RsaPrivateKey>),
-}
-
 /// One signing key.
 #[derive(Clone)]
 pub struct JwtKey {
     pub kid: String,
     alg: JwtAlg,
-    private: Private,
+    /// This key's value in a key spec (the private key: never logged).
+    spec_value: String,
+    /// Key material for deriving other server secrets.
+    seed: [u8; 32],
     encoding: EncodingKey,
     decoding: DecodingKey,
     jwk: Value,
@@ -137,7 +132,8 @@ impl JwtKey {
         Ok(Self::assemble(
             kid,
             JwtAlg::EdDSA,
-            Private::Ed25519(signing),
+            // The 64-hex-digit seed: the form every earlier version reads.
+            (hex::encode(seed), seed),
             encoding,
             decoding,
             jwk,
@@ -165,10 +161,11 @@ impl JwtKey {
             "x": URL_SAFE_NO_PAD.encode(x),
             "y": URL_SAFE_NO_PAD.encode(y),
         });
+        let private = private_parts(JwtAlg::ES256, der.as_bytes());
         Ok(Self::assemble(
             kid,
             JwtAlg::ES256,
-            Private::P256(secret),
+            private,
             encoding,
             decoding,
             jwk,
@@ -200,10 +197,14 @@ impl JwtKey {
             "n": URL_SAFE_NO_PAD.encode(&n),
             "e": URL_SAFE_NO_PAD.encode(&e),
         });
+        let pkcs8 = private
+            .to_pkcs8_der()
+            .map_err(|_| "cannot encode the key".to_owned())?;
+        let private = private_parts(JwtAlg::RS256, pkcs8.as_bytes());
         Ok(Self::assemble(
             kid,
             JwtAlg::RS256,
-            Private::Rsa(Box::new(private)),
+            private,
             encoding,
             decoding,
             jwk,
@@ -213,7 +214,7 @@ impl JwtKey {
     fn assemble(
         kid: &str,
         alg: JwtAlg,
-        private: Private,
+        (spec_value, seed): (String, [u8; 32]),
         encoding: EncodingKey,
         decoding: DecodingKey,
         mut jwk: Value,
@@ -226,7 +227,8 @@ impl JwtKey {
         Self {
             kid: kid.to_owned(),
             alg,
-            private,
+            spec_value,
+            seed,
             encoding,
             decoding,
             jwk,
@@ -286,23 +288,6 @@ impl JwtKey {
         }
     }
 
-    /// This key's value in a key spec (Ed25519: the 64-hex-digit seed, the
-    /// form every earlier version reads).
-    fn spec_value(&self) -> Result<String, String> {
-        let fail = |_| format!("key {}: cannot encode the key", self.kid);
-        Ok(match &self.private {
-            Private::Ed25519(signing) => hex::encode(signing.to_bytes()),
-            Private::P256(secret) => format!(
-                "es256:{}",
-                URL_SAFE_NO_PAD.encode(secret.to_pkcs8_der().map_err(fail)?.as_bytes())
-            ),
-            Private::Rsa(private) => format!(
-                "rs256:{}",
-                URL_SAFE_NO_PAD.encode(private.to_pkcs8_der().map_err(fail)?.as_bytes())
-            ),
-        })
-    }
-
     pub fn alg(&self) -> JwtAlg {
         self.alg
     }
@@ -316,17 +301,26 @@ impl JwtKey {
     /// Key material for deriving other server secrets (never leaves the
     /// process): the Ed25519 seed, else SHA-256 over the PKCS#8 form.
     pub(crate) fn seed(&self) -> [u8; 32] {
-        let der = match &self.private {
-            Private::Ed25519(signing) => return signing.to_bytes(),
-            Private::P256(secret) => secret.to_pkcs8_der().map(|d| d.as_bytes().to_vec()),
-            Private::Rsa(private) => private.to_pkcs8_der().map(|d| d.as_bytes().to_vec()),
-        };
-        let mut hasher = Sha256::new();
-        hasher.update(b"queue jwt key seed\0");
-        hasher.update(self.alg.as_str());
-        hasher.update(der.unwrap_or_default());
-        hasher.finalize().into()
+        self.seed
     }
+}
+
+/// The spec value (`es256:`/`rs256:` + url-safe base64 of the PKCS#8 DER)
+/// and the derived seed of a P-256 or RSA key.
+fn private_parts(alg: JwtAlg, pkcs8: &[u8]) -> (String, [u8; 32]) {
+    let prefix = match alg {
+        JwtAlg::EdDSA => "eddsa",
+        JwtAlg::ES256 => "es256",
+        JwtAlg::RS256 => "rs256",
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(b"queue jwt key seed\0");
+    hasher.update(alg.as_str());
+    hasher.update(pkcs8);
+    (
+        format!("{prefix}:{}", URL_SAFE_NO_PAD.encode(pkcs8)),
+        hasher.finalize().into(),
+    )
 }
 
 /// The signing keys: the first signs, all verify and are published.
@@ -388,17 +382,11 @@ impl JwtKeySet {
     /// The spec form of this set (for writing a key file): one key a line,
     /// comma-terminated, so RSA keys stay readable.
     pub fn to_spec(&self) -> String {
-        self.try_to_spec().unwrap_or_default()
-    }
-
-    /// [`JwtKeySet::to_spec`], failing if a key cannot be encoded.
-    pub fn try_to_spec(&self) -> Result<String, String> {
-        let entries = self
-            .keys
+        self.keys
             .iter()
-            .map(|k| Ok(format!("{}={}", k.kid, k.spec_value()?)))
-            .collect::<Result<Vec<_>, String>>()?;
-        Ok(entries.join(",\n"))
+            .map(|k| format!("{}={}", k.kid, k.spec_value))
+            .collect::<Vec<_>>()
+            .join(",\n")
     }
 
     /// A new set whose current key is `key`, keeping the others (rotation).
@@ -596,7 +584,7 @@ pub fn rotate_key_file(path: &std::path::Path, keep: usize, alg: JwtAlg) -> Resu
             let set = JwtKeySet { keys: vec![fresh] };
             queue_eventstore::keys::write_key_file(
                 path,
-                &set.try_to_spec()?,
+                &set.to_spec(),
                 queue_eventstore::keys::KeyFileWrite::CreateNew,
             )?;
             return Ok(kid);
@@ -609,7 +597,7 @@ pub fn rotate_key_file(path: &std::path::Path, keep: usize, alg: JwtAlg) -> Resu
     rotated.keys.truncate(keep + 1);
     queue_eventstore::keys::write_key_file(
         path,
-        &rotated.try_to_spec()?,
+        &rotated.to_spec(),
         queue_eventstore::keys::KeyFileWrite::Replace,
     )?;
     Ok(kid)
@@ -770,7 +758,7 @@ mod tests {
             assert!(verify(&keys, &token, "iss", "aud", now).is_ok(), "{alg}");
 
             // The spec round-trips to the same public key and the same seed.
-            let spec = keys.try_to_spec().unwrap();
+            let spec = keys.to_spec();
             let again = JwtKeySet::parse(&spec).unwrap();
             assert_eq!(again.jwks(), keys.jwks(), "{alg}");
             assert_eq!(again.current().seed(), keys.current().seed(), "{alg}");
@@ -849,7 +837,7 @@ mod tests {
             mixed.algs(),
             vec![JwtAlg::RS256, JwtAlg::ES256, JwtAlg::EdDSA]
         );
-        let mixed = JwtKeySet::parse(&mixed.try_to_spec().unwrap()).unwrap();
+        let mixed = JwtKeySet::parse(&mixed.to_spec()).unwrap();
         let new_token = mint(&mixed, &claims(now)).unwrap();
         assert_eq!(
             jsonwebtoken::decode_header(&new_token).unwrap().alg,

@@ -266,7 +266,7 @@ pub fn generate_jwt(path: &Path, alg: JwtAlg, prefix: &str) -> Result<bool, CliE
     }
     let kid = format!("{prefix}{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
     let keys = queue_api::jwt::JwtKeySet::generate_with(&kid, alg).map_err(CliError::Io)?;
-    write_secret(path, &keys.try_to_spec().map_err(CliError::Io)?)?;
+    write_secret(path, &keys.to_spec())?;
     Ok(true)
 }
 
