@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod faults;
+mod jwt_keys;
 mod procs;
 mod recipes;
 mod verify;
