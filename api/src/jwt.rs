@@ -356,6 +356,12 @@ impl JwtKeySet {
                 return Err("expected kid=<key>[,kid=<key>…]".into());
             };
             let kid = kid.trim();
+            // Errors below name the kid: make sure it is one, and not key
+            // material that lost its `kid=` (a padded base64 key alone).
+            check_kid(kid)?;
+            if value.trim().trim_end_matches('=').is_empty() {
+                return Err(format!("entry {}: no key after kid=", keys.len() + 1));
+            }
             if keys.iter().any(|k| k.kid == kid) {
                 return Err(format!("key id {kid} appears twice"));
             }
@@ -852,6 +858,15 @@ mod tests {
             .map(|k| k["kty"].as_str().unwrap().to_owned())
             .collect();
         assert_eq!(kty, vec!["RSA", "EC", "OKP"]);
+    }
+
+    #[test]
+    fn a_key_without_its_kid_is_not_echoed_as_one() {
+        let seed = URL_SAFE_NO_PAD.encode([7u8; 32]);
+        for spec in [format!("{seed}="), format!("{seed}=="), "k1=".to_owned()] {
+            let err = JwtKeySet::parse(&spec).err().unwrap();
+            assert!(!err.contains(&seed), "{err}");
+        }
     }
 
     #[test]
