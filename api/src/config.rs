@@ -9,7 +9,7 @@ use url::Url;
 
 use queue_domain::types::Role;
 
-use crate::jwt::JwtKeySet;
+use crate::jwt::{JwtAlg, JwtKeySet};
 use crate::service::ServiceTokens;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -67,6 +67,10 @@ pub struct Config {
     pub issuer: String,
     pub audience: String,
     pub jwt_keys: JwtKeySet,
+    /// QUEUE_JWT_ALG: the type of the keys generated for this deployment
+    /// (dev mode, `queue keys generate` / `rotate`). What signs is the key
+    /// file's first key, whatever its type (ADR 0207).
+    pub jwt_alg: JwtAlg,
     /// Where the keys came from when given as a file: `queue keys rotate`
     /// rewrites it and running instances reload it.
     pub jwt_keys_file: Option<PathBuf>,
@@ -125,6 +129,7 @@ impl fmt::Debug for Config {
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .field("jwt_keys", &self.jwt_keys)
+            .field("jwt_alg", &self.jwt_alg)
             .field("jwt_keys_file", &self.jwt_keys_file)
             .field("refresh_grace_secs", &self.refresh_grace_secs)
             .field("idle_timeout_secs", &self.idle_timeout_secs)
@@ -234,6 +239,15 @@ fn redis_config(get: &impl Fn(&str) -> Option<String>) -> Result<Option<RedisCon
     }))
 }
 
+/// `QUEUE_JWT_ALG`: `EdDSA` (default), `ES256` or `RS256`, any case.
+pub fn jwt_alg(get: &impl Fn(&str) -> Option<String>) -> Result<JwtAlg, ConfigError> {
+    match text(get, "QUEUE_JWT_ALG") {
+        None => Ok(JwtAlg::default()),
+        Some(raw) => JwtAlg::parse(&raw)
+            .ok_or_else(|| invalid("QUEUE_JWT_ALG", "expected EdDSA, ES256 or RS256")),
+    }
+}
+
 impl Config {
     /// Reads the API settings. `QUEUE_DEV=1` (or `queue serve --dev`) supplies
     /// local defaults for the relying party, issuer and audience; production
@@ -317,6 +331,7 @@ impl Config {
             },
         };
         let jwt_keys = JwtKeySet::parse(&jwt_spec).map_err(|why| invalid("QUEUE_JWT_KEYS", why))?;
+        let jwt_alg = jwt_alg(&get)?;
 
         let refresh_grace_secs = number(&get, "QUEUE_REFRESH_REUSE_GRACE", 0, 0, 60)?;
         let idle_timeout_secs = number(
@@ -479,6 +494,7 @@ impl Config {
             issuer,
             audience,
             jwt_keys,
+            jwt_alg,
             jwt_keys_file,
             refresh_grace_secs,
             idle_timeout_secs,
@@ -730,6 +746,46 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.starts_with("QUEUE_SERVICE_SCOPES_OPS"), "{err}");
+    }
+
+    #[test]
+    fn the_jwt_algorithm_defaults_to_eddsa_and_names_its_variable() {
+        let base = [("QUEUE_DEV", "1"), ("QUEUE_JWT_KEYS", KEY)];
+        assert_eq!(
+            Config::from_lookup(lookup(&base)).unwrap().jwt_alg,
+            JwtAlg::EdDSA
+        );
+        for (raw, alg) in [
+            ("EdDSA", JwtAlg::EdDSA),
+            ("es256", JwtAlg::ES256),
+            (" RS256 ", JwtAlg::RS256),
+        ] {
+            let mut with = base.to_vec();
+            with.push(("QUEUE_JWT_ALG", raw));
+            assert_eq!(Config::from_lookup(lookup(&with)).unwrap().jwt_alg, alg);
+        }
+        for raw in ["HS256", "PS256", "none", "ES384"] {
+            let mut bad = base.to_vec();
+            bad.push(("QUEUE_JWT_ALG", raw));
+            let err = Config::from_lookup(lookup(&bad)).unwrap_err().to_string();
+            assert!(err.starts_with("QUEUE_JWT_ALG"), "{err}");
+            assert!(!err.contains(raw), "{err}");
+        }
+    }
+
+    #[test]
+    fn key_parse_errors_never_echo_the_key() {
+        for spec in [
+            "k1=es256:SECRETVALUEAAAA",
+            "k1=rs256:SECRETVALUEAAAA",
+            "k1=ps256:SECRETVALUEAAAA",
+        ] {
+            let err = Config::from_lookup(lookup(&[("QUEUE_DEV", "1"), ("QUEUE_JWT_KEYS", spec)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("QUEUE_JWT_KEYS"), "{err}");
+            assert!(!err.contains("SECRETVALUE"), "{err}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 #![forbid(unsafe_code)]
 //! Queue's HTTP surface: `app(state) -> Router`. Only this crate knows HTTP.
-//! The contract is ../shared/api-contract.md; the error table is `error.rs`.
+//! The contract is docs/api-contract.md (the project copy of
+//! ../shared/api-contract.md); the error table is `error.rs`.
 
 pub mod admin;
 pub mod audit;
@@ -10,6 +11,7 @@ pub mod challenges;
 pub mod clock;
 pub mod config;
 pub mod credentials;
+pub mod discovery;
 pub mod email;
 pub mod error;
 pub mod extract;
@@ -31,7 +33,6 @@ pub mod tokens;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, HeaderValue};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -81,6 +82,7 @@ fn v1_routes() -> OpenApiRouter<AppState> {
 fn operation_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(jwks))
+        .routes(routes!(discovery::openid_configuration))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
 }
@@ -164,17 +166,13 @@ async fn refuse_while_draining(
     next.run(request).await
 }
 
-/// `GET /.well-known/jwks.json`: current and previous signing keys. Served
-/// from memory, so it keeps answering while the store is down.
+/// `GET /.well-known/jwks.json`: current and previous signing keys, each
+/// with its own `kty`/`alg`. Served from memory, so it keeps answering while
+/// the store is down; `Cache-Control` as [`discovery::CACHE_CONTROL`].
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "operations",
     responses((status = 200, description = "JWK set", body = Object)))]
 pub async fn jwks(State(state): State<AppState>) -> Response {
-    let mut response = axum::Json(state.inner.jwt_keys.get().jwks()).into_response();
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=60"),
-    );
-    response
+    discovery::with_cache_control(axum::Json(state.inner.jwt_keys.get().jwks()).into_response())
 }
 
 /// Deletes expired challenges every `every` until the shutdown flag is set.

@@ -78,3 +78,18 @@ pub fn read_secret_file(path: &Path) -> Result<String, ConfigError> {
 
 pub const DEV_MAC_FILE: &str = "mac_keys";
 pub const DEV_CHECKPOINT_FILE: &str = "checkpoint.key";
+pub const DEV_JWT_FILE: &str = "jwt_keys";
+
+/// The type of new JWT keys: `given` (`--alg`), else `QUEUE_JWT_ALG`, else EdDSA.
+pub fn jwt_alg(
+    get: Lookup,
+    given: Option<queue_api::jwt::JwtAlg>,
+) -> Result<queue_api::jwt::JwtAlg, ConfigError> {
+    if let Some(alg) = given {
+        return Ok(alg);
+    }
+    queue_api::config::jwt_alg(&|k: &str| get(k)).map_err(|_| ConfigError::Invalid {
+        var: "QUEUE_JWT_ALG",
+        why: "expected EdDSA, ES256 or RS256".into(),
+    })
+}

@@ -10,18 +10,25 @@ use queue_eventstore::keys::{write_key_file, KeyFileWrite};
 use queue_eventstore::{CheckpointSigner, MacKeys};
 use rand::RngCore;
 
-use crate::config::{self, Lookup, DEV_CHECKPOINT_FILE, DEV_MAC_FILE};
+use crate::config::{self, Lookup, DEV_CHECKPOINT_FILE, DEV_JWT_FILE, DEV_MAC_FILE};
 use crate::CliError;
+use queue_api::jwt::JwtAlg;
 
 #[derive(Subcommand)]
 pub enum KeysCommand {
-    /// Write a new MAC key and checkpoint key into DIR (never overwrites).
+    /// Write a new MAC key, checkpoint key and JWT signing key into DIR
+    /// (`mac_keys`, `checkpoint.key`, `jwt_keys`); files already there are
+    /// left unchanged.
     Generate {
         #[arg(long, default_value = ".dev/keys")]
         dir: PathBuf,
         /// Log origin, the checkpoint key's name.
         #[arg(long, default_value = "queue.localhost/ledger")]
         origin: String,
+        /// The JWT key's algorithm: EdDSA, ES256 or RS256 (default:
+        /// QUEUE_JWT_ALG, else EdDSA).
+        #[arg(long)]
+        alg: Option<JwtAlg>,
     },
     /// Add a new signing key and make it current; what the previous keys
     /// signed keeps verifying. Running instances reload at once
@@ -31,9 +38,14 @@ pub enum KeysCommand {
         kind: RotateKind,
         /// The key file (default: QUEUE_JWT_KEYS_FILE, QUEUE_MAC_KEYS_FILE or
         /// QUEUE_CHECKPOINT_KEY_FILE, else jwt_keys, mac_keys or
-        /// checkpoint.key in QUEUE_DEV_KEY_DIR or .dev/keys).
+        /// checkpoint.key in QUEUE_DEV_KEY_DIR or .dev/keys). A missing
+        /// JWT key file is created.
         #[arg(long)]
         file: Option<PathBuf>,
+        /// `--kind jwt`: the new key's algorithm, EdDSA, ES256 or RS256
+        /// (default: QUEUE_JWT_ALG, else EdDSA). The older keys keep theirs.
+        #[arg(long)]
+        alg: Option<JwtAlg>,
     },
     /// Print a public key; its last line is the key itself.
     Public {
@@ -62,21 +74,37 @@ pub enum PublicKind {
 
 pub fn run(command: KeysCommand, json: bool, env: Lookup) -> Result<ExitCode, CliError> {
     match command {
-        KeysCommand::Generate { dir, origin } => {
-            let generated = generate(&dir, &origin)?;
-            let text = if generated {
-                format!("generated new keys in {}", dir.display())
-            } else {
+        KeysCommand::Generate { dir, origin, alg } => {
+            let alg = config::jwt_alg(env, alg)?;
+            let mut created = Vec::new();
+            if generate(&dir, &origin)? {
+                created.extend([DEV_MAC_FILE, DEV_CHECKPOINT_FILE]);
+            }
+            if generate_jwt(&dir.join(DEV_JWT_FILE), alg, "k")? {
+                created.push(DEV_JWT_FILE);
+            }
+            let text = if created.is_empty() {
                 format!("keys already present in {}; left unchanged", dir.display())
+            } else {
+                format!(
+                    "generated new keys in {}: {} (JWT: {alg})",
+                    dir.display(),
+                    created.join(", ")
+                )
             };
             crate::output(
                 json,
-                &serde_json::json!({"dir": dir.display().to_string(), "generated": generated}),
+                &serde_json::json!({
+                    "dir": dir.display().to_string(),
+                    "generated": !created.is_empty(),
+                    "files": created,
+                    "jwt_alg": alg.as_str(),
+                }),
                 &text,
             );
             Ok(ExitCode::SUCCESS)
         }
-        KeysCommand::Rotate { kind, file } => rotate(kind, file, json, env),
+        KeysCommand::Rotate { kind, file, alg } => rotate(kind, file, alg, json, env),
         KeysCommand::Public {
             kind: PublicKind::Checkpoint,
         } => {
@@ -108,14 +136,18 @@ pub fn run(command: KeysCommand, json: bool, env: Lookup) -> Result<ExitCode, Cl
 fn rotate(
     kind: RotateKind,
     file: Option<PathBuf>,
+    alg: Option<JwtAlg>,
     json: bool,
     env: Lookup,
 ) -> Result<ExitCode, CliError> {
+    if alg.is_some() && !matches!(kind, RotateKind::Jwt) {
+        return Err(CliError::Io("--alg applies to --kind jwt only".into()));
+    }
     let (inline_var, file_var, dev_name, notice) = match kind {
         RotateKind::Jwt => (
             "QUEUE_JWT_KEYS",
             "QUEUE_JWT_KEYS_FILE",
-            "jwt_keys",
+            DEV_JWT_FILE,
             Notice::Jwt,
         ),
         RotateKind::Mac => (
@@ -133,12 +165,19 @@ fn rotate(
     };
     let path = key_file(file, env, inline_var, file_var, dev_name)?;
     let (id_field, key_id, what, keeps) = match kind {
-        RotateKind::Jwt => (
-            "kid",
-            queue_api::jwt::rotate_key_file(&path, 3).map_err(CliError::Io)?,
-            "JWT signing key",
-            "",
-        ),
+        RotateKind::Jwt => {
+            let alg = config::jwt_alg(env, alg)?;
+            (
+                "kid",
+                queue_api::jwt::rotate_key_file(&path, 3, alg).map_err(CliError::Io)?,
+                match alg {
+                    JwtAlg::EdDSA => "JWT signing key (EdDSA)",
+                    JwtAlg::ES256 => "JWT signing key (ES256)",
+                    JwtAlg::RS256 => "JWT signing key (RS256)",
+                },
+                "",
+            )
+        }
         RotateKind::Mac => {
             let new_id = format!("k{}", chrono::Utc::now().format("%Y%m%d%H%M%S%3f"));
             (
@@ -213,6 +252,21 @@ pub fn generate(dir: &Path, origin: &str) -> Result<bool, CliError> {
     let signer = CheckpointSigner::generate(origin)?;
     write_secret(&mac_path, &mac_keys.to_spec())?;
     write_secret(&checkpoint_path, &signer.to_private_spec())?;
+    Ok(true)
+}
+
+/// Creates a JWT key file with one new key of `alg` (key id `<prefix><time>`)
+/// if absent; returns whether it created it.
+pub fn generate_jwt(path: &Path, alg: JwtAlg, prefix: &str) -> Result<bool, CliError> {
+    if path.exists() {
+        return Ok(false);
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(|e| CliError::Io(format!("{}: {e}", dir.display())))?;
+    }
+    let kid = format!("{prefix}{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
+    let keys = queue_api::jwt::JwtKeySet::generate_with(&kid, alg).map_err(CliError::Io)?;
+    write_secret(path, &keys.to_spec())?;
     Ok(true)
 }
 

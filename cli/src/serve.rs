@@ -11,7 +11,7 @@ use queue_eventstore::{
 };
 use tokio::sync::watch;
 
-use crate::config::{self, ConfigError, Lookup, DEV_CHECKPOINT_FILE, DEV_MAC_FILE};
+use crate::config::{self, ConfigError, Lookup, DEV_CHECKPOINT_FILE, DEV_JWT_FILE, DEV_MAC_FILE};
 use crate::CliError;
 
 /// How long in-flight requests may drain after SIGTERM, and the hard limit.
@@ -47,6 +47,18 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
         queue_api::ConfigError::Missing(var) => ConfigError::Missing(var),
         queue_api::ConfigError::Invalid { var, why } => ConfigError::Invalid { var, why },
     })?;
+    // The key file decides what signs (its first key); QUEUE_JWT_ALG only
+    // what new keys are. A difference is a migration half done, or a typo.
+    let signing = api_config.jwt_keys.current();
+    if signing.alg() != api_config.jwt_alg {
+        tracing::warn!(
+            kid = %signing.kid,
+            signing_alg = %signing.alg(),
+            configured_alg = %api_config.jwt_alg,
+            "the current JWT signing key is not of QUEUE_JWT_ALG's type; it signs anyway \
+             (rotate to make a key of the configured type current)"
+        );
+    }
 
     let database_url = config::database_url(env)?;
     let pool = db::connect(&database_url, 16).await?;
@@ -190,14 +202,10 @@ fn dev_jwt_key_env(
     let mut file = None;
     if dev && env("QUEUE_JWT_KEYS").is_none() && env("QUEUE_JWT_KEYS_FILE").is_none() {
         let path = dir.join(DEV_JWT_FILE);
-        if !path.exists() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| CliError::Io(format!("{}: {e}", dir.display())))?;
-            let kid = format!("dev-{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
-            let keys = queue_api::jwt::JwtKeySet::generate(&kid).map_err(CliError::Io)?;
-            crate::keys::write_secret(&path, &keys.to_spec())?;
+        let alg = crate::config::jwt_alg(env, None)?;
+        if crate::keys::generate_jwt(&path, alg, "dev-")? {
             eprintln!(
-                "!!! DEV MODE: generated a NEW JWT signing key in {} — never use it in production !!!",
+                "!!! DEV MODE: generated a NEW {alg} JWT signing key in {} — never use it in production !!!",
                 path.display()
             );
         }
@@ -211,9 +219,6 @@ fn dev_jwt_key_env(
         }
     })
 }
-
-/// The dev JWT key file inside the dev key directory.
-const DEV_JWT_FILE: &str = "jwt_keys";
 
 async fn shutdown_signal() {
     let ctrl_c = async {

@@ -4,6 +4,7 @@
 //! (webauthn-authenticator-rs `SoftPasskey`) doing real WebAuthn crypto.
 
 mod codes;
+mod discovery;
 mod errors;
 mod helpers;
 mod integrity;

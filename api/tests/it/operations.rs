@@ -18,12 +18,15 @@ pub async fn claims_via_jwks(app: &TestApp, token: &str) -> Value {
     verify_with(&jwks.json, token)
 }
 
-fn verify_with(jwks: &Value, token: &str) -> Value {
+pub fn verify_with(jwks: &Value, token: &str) -> Value {
     let set: JwkSet = serde_json::from_value(jwks.clone()).unwrap();
     let kid = decode_header(token).unwrap().kid.unwrap();
     let jwk = set.find(&kid).expect("kid in the JWKS");
     let key = DecodingKey::from_jwk(jwk).unwrap();
-    let mut validation = Validation::new(Algorithm::EdDSA);
+    // The algorithm comes from the published key, never from the token.
+    let alg = jwk.common.key_algorithm.expect("alg in the JWK");
+    let alg: Algorithm = serde_json::from_value(json!(alg)).unwrap();
+    let mut validation = Validation::new(alg);
     validation.set_issuer(&[ISSUER]);
     validation.set_audience(&[AUDIENCE]);
     decode::<Value>(token, &key, &validation).unwrap().claims
@@ -183,6 +186,7 @@ async fn openapi_describes_every_contract_route(pool: PgPool) {
         ("/api/v1/auth/email/verification", "post"),
         ("/api/v1/auth/email/verify", "post"),
         ("/.well-known/jwks.json", "get"),
+        ("/.well-known/openid-configuration", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/metrics", "get"),
@@ -220,7 +224,7 @@ async fn jwt_key_rotation_reaches_running_instances_and_keeps_old_tokens_valid(p
     let mut passkey = Passkey::new();
     let before = app.register(&mut passkey, "ada@example.com").await;
 
-    let kid = queue_api::jwt::rotate_key_file(&key_file, 3).unwrap();
+    let kid = queue_api::jwt::rotate_key_file(&key_file, 3, queue_api::jwt::JwtAlg::EdDSA).unwrap();
     queue_api::jwt::notify_rotation(&pool).await.unwrap();
     let jwks = crate::helpers::eventually("the rotated key in the JWKS", || async {
         let jwks = app.get("/.well-known/jwks.json").await;

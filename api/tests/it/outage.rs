@@ -143,9 +143,12 @@ async fn store_outage_answers_503_then_recovers(pool: PgPool) {
         .await;
     refresh.assert_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
     assert!(refresh.headers.contains_key("retry-after"));
-    // Offline verification keeps working: the JWKS is served from memory.
+    // Offline verification keeps working: the JWKS and the discovery
+    // document are served from memory.
     let jwks = app.get("/.well-known/jwks.json").await;
     assert_eq!(jwks.status, StatusCode::OK);
+    let discovery = app.get("/.well-known/openid-configuration").await;
+    assert_eq!(discovery.status, StatusCode::OK);
     assert_eq!(
         app.get("/readyz").await.status,
         StatusCode::SERVICE_UNAVAILABLE

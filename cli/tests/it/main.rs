@@ -1,10 +1,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The `queue` binary, run as a process: bad input gives one clear line and a
-//! non-zero exit, never a panic; verify's exit codes and JSON.
+//! non-zero exit, never a panic; verify's exit codes and JSON; the token
+//! verification recipes (docs/recipes/) against a running `queue serve`.
 
 mod bad_input;
 mod faults;
+mod jwt_keys;
 mod procs;
+mod recipes;
 mod verify;
 
 use std::process::{Command, Output};

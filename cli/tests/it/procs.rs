@@ -224,8 +224,18 @@ impl Keys {
 
     /// Runs `queue <args>` against `database_url` with the shared keys.
     pub async fn queue(&self, args: &[&str], database_url: &str) -> Output {
+        self.queue_with(args, database_url, &[]).await
+    }
+
+    /// [`Keys::queue`] with more environment variables.
+    pub async fn queue_with(
+        &self,
+        args: &[&str],
+        database_url: &str,
+        extra: &[(&str, &str)],
+    ) -> Output {
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        let env = vec![
+        let mut env = vec![
             ("DATABASE_URL".to_owned(), database_url.to_owned()),
             ("QUEUE_MAC_KEYS".to_owned(), MAC.to_owned()),
             (
@@ -238,6 +248,11 @@ impl Keys {
             ),
             ("QUEUE_LOG".to_owned(), "warn".to_owned()),
         ];
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         tokio::task::spawn_blocking(move || {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_queue"));
             cmd.args(&args)
@@ -276,14 +291,30 @@ pub struct Instance {
 impl Instance {
     /// Starts `queue serve` and waits until `/healthz` answers 200.
     pub async fn start(name: &str, database_url: &str, keys: &Keys) -> Self {
+        Self::start_with(name, database_url, keys, &[]).await
+    }
+
+    /// [`Instance::start`] with more (or other) environment variables;
+    /// `{base}` in a value becomes the instance's base URL.
+    pub async fn start_with(
+        name: &str,
+        database_url: &str,
+        keys: &Keys,
+        extra: &[(&str, &str)],
+    ) -> Self {
         // A free port can be taken between probing and binding: try again.
         for _ in 0..3 {
             let port = free_port();
             let log = keys.dir.join(format!("{name}.log"));
-            let child = Self::spawn(port, database_url, keys, &log);
+            let base = format!("http://127.0.0.1:{port}");
+            let extra: Vec<(&str, String)> = extra
+                .iter()
+                .map(|(k, v)| (*k, v.replace("{base}", &base)))
+                .collect();
+            let child = Self::spawn(port, database_url, keys, &log, &extra);
             let mut instance = Self {
                 name: name.to_owned(),
-                base: format!("http://127.0.0.1:{port}"),
+                base,
                 child,
                 log,
             };
@@ -297,7 +328,13 @@ impl Instance {
         panic!("{name}: no free port after 3 tries");
     }
 
-    fn spawn(port: u16, database_url: &str, keys: &Keys, log: &Path) -> Child {
+    fn spawn(
+        port: u16,
+        database_url: &str,
+        keys: &Keys,
+        log: &Path,
+        extra: &[(&str, String)],
+    ) -> Child {
         let stderr = std::fs::File::create(log).unwrap();
         Command::new(env!("CARGO_BIN_EXE_queue"))
             .arg("serve")
@@ -321,6 +358,7 @@ impl Instance {
             // A short open period so the cut test recovers in seconds, not 30.
             .env("QUEUE_BREAKER_OPEN_MS", "3000")
             .env("QUEUE_LOG", "info")
+            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
