@@ -20,10 +20,11 @@ pub async fn history(pool: &PgPool, customers: usize, seed: u64) -> Generated {
     .await
     .unwrap();
     eprintln!(
-        "generated {} customers, {} commands ({} refused) in {:?}",
+        "generated {} customers, {} commands ({} refused, {} multi-stream batches) in {:?}",
         generated.customers,
         generated.accepted,
         generated.refused,
+        generated.multi_stream_batches,
         started.elapsed()
     );
     generated
