@@ -31,7 +31,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use queue_eventstore::chain::{self, EventRecord, Hash, ZERO_HASH};
+use queue_eventstore::chain::{self, EventRecord, Hash, MacVerifier, StoredRow};
 use queue_eventstore::feed::Position;
 use queue_eventstore::merkle::{self, Frontier};
 use queue_eventstore::{MacKeys, NoteVerifier, VerifyInput};
@@ -385,6 +385,7 @@ async fn copy_events(
     options: &ExtractOptions,
     progress: &dyn Progress,
 ) -> ProjectionResult<u64> {
+    let mac = MacVerifier::new(keys);
     // The last (sequence, hash) of every stream copied by this run.
     let mut last: HashMap<StreamKey, (i64, Hash)> = HashMap::new();
     let mut position = resume;
@@ -429,7 +430,7 @@ async fn copy_events(
         }
         load_previous_hashes(dst, &batch, &mut last).await?;
         for event in &batch {
-            verify_event(event, keys, &mut last)?;
+            verify_event(event, &mac, &mut last)?;
         }
         insert_batch(dst, &batch).await?;
         copied += batch.len() as u64;
@@ -486,73 +487,38 @@ async fn load_previous_hashes(
     Ok(())
 }
 
+/// The one link check (`chain::check_link`, as every load and the sealer
+/// use) on a source row, against the previous row of its stream.
 fn verify_event(
     event: &SourceEvent,
-    keys: &MacKeys,
+    mac: &MacVerifier,
     last: &mut HashMap<StreamKey, (i64, Hash)>,
 ) -> ProjectionResult<()> {
-    let place = || {
-        format!(
-            "{}/{} sequence {}",
-            event.aggregate_type, event.aggregate_id, event.sequence
-        )
-    };
     let key = (event.aggregate_type.clone(), event.aggregate_id.clone());
-    let expected_prev = match last.get(&key) {
-        Some((sequence, hash)) if *sequence + 1 == event.sequence => *hash,
-        None if event.sequence == 1 => ZERO_HASH,
-        Some((sequence, _)) => {
-            return Err(extract_error(format!(
-                "{}: follows sequence {sequence} of its stream (events missing)",
-                place()
-            )))
-        }
-        None => {
-            return Err(extract_error(format!(
-                "{}: its previous event is missing",
-                place()
-            )))
-        }
+    let row = StoredRow {
+        record: EventRecord {
+            aggregate_type: &event.aggregate_type,
+            aggregate_id: &event.aggregate_id,
+            sequence: event.sequence,
+            event_type: &event.event_type,
+            event_version: &event.event_version,
+            recorded_at: event.recorded_at,
+            payload: &event.payload,
+        },
+        prev_hash: &event.prev_hash,
+        hash: &event.hash,
+        mac: &event.mac,
+        mac_key_id: &event.mac_key_id,
     };
-    if event.prev_hash.as_slice() != expected_prev.as_slice() {
-        return Err(extract_error(format!(
-            "{}: prev_hash does not match the previous event's hash",
-            place()
-        )));
-    }
-    let canonical = chain::canonical_record(&EventRecord {
-        aggregate_type: &event.aggregate_type,
-        aggregate_id: &event.aggregate_id,
-        sequence: event.sequence,
-        event_type: &event.event_type,
-        event_version: &event.event_version,
-        recorded_at: event.recorded_at,
-        payload: &event.payload,
+    let hash = chain::check_link(last.get(&key).copied(), &row, mac).map_err(|kind| {
+        extract_error(format!(
+            "{}/{} sequence {}: {} ({kind})",
+            event.aggregate_type,
+            event.aggregate_id,
+            event.sequence,
+            kind.describe()
+        ))
     })?;
-    let hash = chain::event_hash(&expected_prev, &canonical);
-    if hash.as_slice() != event.hash.as_slice() {
-        return Err(extract_error(format!(
-            "{}: the stored hash does not match the event's fields",
-            place()
-        )));
-    }
-    match chain::mac_matches(keys, &event.mac_key_id, &hash, &event.mac) {
-        Some(true) => {}
-        Some(false) => {
-            return Err(extract_error(format!(
-                "{}: the MAC does not verify under key {:?}",
-                place(),
-                event.mac_key_id
-            )))
-        }
-        None => {
-            return Err(extract_error(format!(
-                "{}: MAC key id {:?} is not among the configured keys",
-                place(),
-                event.mac_key_id
-            )))
-        }
-    }
     last.insert(key, (event.sequence, hash));
     Ok(())
 }
