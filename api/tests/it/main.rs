@@ -6,6 +6,7 @@
 mod codes;
 mod errors;
 mod helpers;
+mod hostile;
 mod key_reload;
 mod operations;
 mod outage;

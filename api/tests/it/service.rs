@@ -821,6 +821,7 @@ async fn the_founders_gate_is_exact_under_concurrent_registrations(pool: PgPool)
             SERVICES,
             &[
                 ("FLAG_FOUNDERS_GATE", "1"),
+                ("FOUNDERS_COUNT_VERIFIED_ONLY", "0"),
                 ("FOUNDERS_COHORT_THRESHOLD", "20"),
             ],
         ]
@@ -873,6 +874,7 @@ async fn the_founders_gate_counts_customers_from_before_it_ran(pool: PgPool) {
         pool,
         &[
             ("FLAG_FOUNDERS_GATE", "1"),
+            ("FOUNDERS_COUNT_VERIFIED_ONLY", "0"),
             ("FOUNDERS_COHORT_THRESHOLD", "2"),
         ],
     )
@@ -894,6 +896,7 @@ async fn the_founders_gate_fails_open_when_the_count_cannot_be_read(pool: PgPool
         pool,
         &[
             ("FLAG_FOUNDERS_GATE", "1"),
+            ("FOUNDERS_COUNT_VERIFIED_ONLY", "0"),
             ("FOUNDERS_COHORT_THRESHOLD", "1"),
         ],
     )
