@@ -156,7 +156,14 @@ impl FromRequestParts<AppState> for ClientAddress {
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip());
+            .map(|ConnectInfo(addr)| addr.ip())
+            // The router in tests (`MockConnectInfo`).
+            .or_else(|| {
+                parts
+                    .extensions
+                    .get::<axum::extract::connect_info::MockConnectInfo<SocketAddr>>()
+                    .map(|mock| mock.0.ip())
+            });
         let forwarded = parts
             .headers
             .get_all("x-forwarded-for")

@@ -75,20 +75,44 @@ async fn garbage_login_from(
 // ---------------------------------------------------------------------------
 // Item 1: slow clients.
 
-/// Serves the app on a real TCP listener (the server loop `queue serve`
-/// uses, with its header timeout); returns the address.
-async fn serve(app: &TestApp) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = queue_api::app(app.state.clone());
-    let header_timeout = app.state.config().timeouts.header;
-    tokio::spawn(queue_api::timeouts::serve(
-        listener,
-        router,
-        header_timeout,
-        std::future::pending(),
-    ));
-    addr
+/// A real TCP server (the server loop `queue serve` uses, with its header
+/// timeout) until [`Server::stop`].
+struct Server {
+    addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    async fn start(router: axum::Router, header_timeout: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(queue_api::timeouts::serve(
+            listener,
+            router,
+            header_timeout,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Self { addr, stop, task }
+    }
+
+    /// Stops accepting, lets open connections finish (so the test's
+    /// database can be dropped).
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+async fn serve(app: &TestApp) -> Server {
+    Server::start(
+        queue_api::app(app.state.clone()),
+        app.state.config().timeouts.header,
+    )
+    .await
 }
 
 /// A client that sends its headers, then one body byte every `every`;
@@ -170,7 +194,8 @@ async fn slow_body_clients_do_not_take_the_api_down(pool: PgPool) {
     .await;
     let mut passkey = Passkey::new();
     app.register(&mut passkey, "ada@example.com").await;
-    let addr = serve(&app).await;
+    let server = serve(&app).await;
+    let addr = server.addr;
     let base = format!("http://{addr}");
 
     let attack_started = Instant::now();
@@ -223,14 +248,15 @@ async fn slow_body_clients_do_not_take_the_api_down(pool: PgPool) {
     // And the service still answers afterwards.
     let statuses = login_and_refresh(&base, &mut passkey, "ada@example.com").await;
     assert_eq!(statuses, (200, 200, 200));
+    server.stop().await;
 }
 
 /// Slowloris on the headers: the connection is closed at the header timeout.
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn slow_headers_are_cut_off_at_the_header_timeout(pool: PgPool) {
     let app = TestApp::with(pool, &[("QUEUE_HEADER_TIMEOUT_MS", "1000")]).await;
-    let addr = serve(&app).await;
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let server = serve(&app).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: queue\r\n")
         .await
@@ -259,6 +285,7 @@ async fn slow_headers_are_cut_off_at_the_header_timeout(pool: PgPool) {
         "{closed_after:?}"
     );
     eprintln!("slow-header connection closed after {closed_after:?}");
+    server.stop().await;
 }
 
 /// A half-open probe that hangs on the store re-opens the breaker at its
@@ -689,14 +716,12 @@ async fn metrics_can_live_on_their_own_address(pool: PgPool) {
     app.get("/metrics")
         .await
         .assert_error(StatusCode::NOT_FOUND, "not_found");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(queue_api::timeouts::serve(
-        listener,
+    let server = Server::start(
         queue_api::metrics_app(app.state.clone()),
         Duration::from_secs(5),
-        std::future::pending(),
-    ));
+    )
+    .await;
+    let addr = server.addr;
     let scraped = reqwest::get(format!("http://{addr}/metrics"))
         .await
         .unwrap();
@@ -705,6 +730,7 @@ async fn metrics_can_live_on_their_own_address(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(other.status().as_u16(), 404);
+    server.stop().await;
 }
 
 #[cfg(unix)]
