@@ -68,7 +68,7 @@ async fn service_routes_answer_404_with_the_flag_off(pool: PgPool) {
         .assert_error(StatusCode::NOT_FOUND, "not_found");
 }
 
-fn audit_body(key: &str) -> serde_json::Value {
+pub fn audit_body(key: &str) -> serde_json::Value {
     json!({
         "actor": "ops@example.com",
         "action": "founders.gate.check_failed",
