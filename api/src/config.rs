@@ -889,6 +889,65 @@ mod tests {
     }
 
     #[test]
+    fn hostile_client_settings_have_defaults_and_are_checked() {
+        let base = [("QUEUE_DEV", "1"), ("QUEUE_JWT_KEYS", KEY)];
+        let config = Config::from_lookup(lookup(&base)).unwrap();
+        assert_eq!(config.timeouts, Timeouts::default());
+        assert_eq!(config.timeouts.body, Duration::from_secs(10));
+        assert!(config.trusted_proxies.is_empty());
+        assert_eq!(config.rate_limit_per_account_ceiling, 100);
+        assert_eq!(
+            (
+                config.rate_limit_register_per_address,
+                config.rate_limit_register_per_email
+            ),
+            (20, 5)
+        );
+        assert!(config.founders_count_verified_only);
+        assert_eq!(config.breaker.probe_timeout, Duration::from_secs(5));
+        assert_eq!(config.metrics_listen, None);
+
+        let mut with = base.to_vec();
+        with.extend([
+            ("QUEUE_TRUSTED_PROXIES", "10.0.0.0/8, 2001:db8::/32"),
+            ("QUEUE_BODY_TIMEOUT_MS", "2500"),
+            ("QUEUE_METRICS_LISTEN", "127.0.0.1:9100"),
+            ("QUEUE_METRICS_TOKEN", "scrape-SECRETVALUE-0123"),
+        ]);
+        let config = Config::from_lookup(lookup(&with)).unwrap();
+        assert!(!config.trusted_proxies.is_empty());
+        assert_eq!(config.timeouts.body, Duration::from_millis(2500));
+        assert!(config
+            .metrics_token
+            .as_ref()
+            .is_some_and(|t| t.matches("scrape-SECRETVALUE-0123") && !t.matches("nope")));
+        assert!(!format!("{config:?}").contains("SECRETVALUE"));
+
+        for (var, value) in [
+            ("QUEUE_TRUSTED_PROXIES", "10.0.0.0/8,not-a-cidr"),
+            ("QUEUE_TRUST_FORWARDED_FOR", "1"),
+            ("QUEUE_HEADER_TIMEOUT_MS", "0"),
+            ("QUEUE_BODY_TIMEOUT_MS", "many"),
+            ("QUEUE_HANDLER_TIMEOUT_MS", "600001"),
+            ("QUEUE_BREAKER_PROBE_TIMEOUT_MS", "0"),
+            ("QUEUE_METRICS_LISTEN", "nowhere"),
+            ("QUEUE_METRICS_TOKEN", "short"),
+            ("QUEUE_RATE_LIMIT_MAX_KEYS", "10"),
+            ("FOUNDERS_COUNT_VERIFIED_ONLY", "maybe"),
+        ] {
+            let mut bad = base.to_vec();
+            bad.push((var, value));
+            assert!(
+                matches!(
+                    Config::from_lookup(lookup(&bad)),
+                    Err(ConfigError::Invalid { var: v, .. }) if v == var
+                ),
+                "{var}={value}"
+            );
+        }
+    }
+
+    #[test]
     fn smtp_is_a_clear_error() {
         let err = Config::from_lookup(lookup(&[
             ("QUEUE_DEV", "1"),

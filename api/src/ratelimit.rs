@@ -540,4 +540,67 @@ mod tests {
         }
         assert!(limiter.check_local("b").is_ok());
     }
+
+    #[tokio::test]
+    async fn only_failures_charge_and_a_peek_takes_nothing() {
+        let limits = AccountLimits {
+            pair: RateLimiter::new(2),
+            ceiling: RateLimiter::new(3),
+        };
+        let limited = |r: Result<(), ApiError>| matches!(r, Err(ApiError::RateLimited { .. }));
+        for _ in 0..10 {
+            assert!(limits
+                .refuse_if_exhausted("s", "acct", "192.0.2.1", true)
+                .await
+                .is_ok());
+        }
+        assert!(limits
+            .record_failure("s", "acct", "192.0.2.1")
+            .await
+            .is_ok());
+        assert!(limits
+            .record_failure("s", "acct", "192.0.2.1")
+            .await
+            .is_ok());
+        // The pair is empty (the ceiling took its third).
+        assert!(limited(
+            limits.record_failure("s", "acct", "192.0.2.1").await
+        ));
+        assert!(limited(
+            limits
+                .refuse_if_exhausted("s", "acct", "192.0.2.1", false)
+                .await
+        ));
+        // Another address has its own pair, but the ceiling is now used up.
+        assert!(limits
+            .refuse_if_exhausted("s", "acct", "192.0.2.2", false)
+            .await
+            .is_ok());
+        assert!(limited(
+            limits.record_failure("s", "acct", "192.0.2.2").await
+        ));
+        assert!(limited(
+            limits
+                .refuse_if_exhausted("s", "acct", "192.0.2.3", true)
+                .await
+        ));
+        assert!(limits
+            .refuse_if_exhausted("s", "acct", "192.0.2.3", false)
+            .await
+            .is_ok());
+        // Another account is untouched.
+        assert!(limits
+            .refuse_if_exhausted("s", "other", "192.0.2.1", true)
+            .await
+            .is_ok());
+    }
+
+    #[test]
+    fn a_full_limiter_shares_one_overflow_bucket_and_stays_bounded() {
+        let limiter = RateLimiter::bounded("t", 60, 100, None);
+        for i in 0..10_000 {
+            let _ = limiter.check_local(&format!("k{i}"));
+            assert!(limiter.key_count() <= 101);
+        }
+    }
 }
