@@ -446,18 +446,20 @@ pub async fn login_begin(
                 })
                 .collect();
             drop(conn);
+            // Same shape for an unknown email: believable, stable fake ids,
+            // computed for every email so both take the same work.
+            let mut fake = state
+                .inner
+                .fake_credentials
+                .generate(email.as_str().as_bytes())
+                .map_err(|e| ApiError::internal(format!("fake credentials: {e}")))?;
+            if fake.is_empty() {
+                // The distribution may yield none; a real customer always has one.
+                let id = tokens::derive_key(&state.inner.fake_key, email.as_str().as_bytes());
+                fake = vec![id[..16].to_vec()];
+            }
             if ids.is_empty() {
-                // Same shape for an unknown email: believable, stable fake ids.
-                ids = state
-                    .inner
-                    .fake_credentials
-                    .generate(email.as_str().as_bytes())
-                    .map_err(|e| ApiError::internal(format!("fake credentials: {e}")))?;
-                if ids.is_empty() {
-                    // The distribution may yield none; a real customer always has one.
-                    let id = tokens::derive_key(&state.inner.fake_key, email.as_str().as_bytes());
-                    ids = vec![id[..16].to_vec()];
-                }
+                ids = fake;
             }
             options.public_key.allow_credentials = ids
                 .into_iter()
