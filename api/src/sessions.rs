@@ -35,7 +35,15 @@ pub async fn refresh(
         None => legacy_session(&state, &request.refresh_token).await?,
     };
     let mut session = store.session(session_id).await?;
-    let Some(session_state) = session.aggregate.state() else {
+    let presented = tokens::hash(&request.refresh_token);
+    // A token this session never issued gets the same answer as a token of
+    // a session that does not exist, whatever the session's state: the
+    // session id in a token is no oracle (issue 17).
+    let Some(session_state) = session
+        .aggregate
+        .state()
+        .filter(|session| session.knows(&presented))
+    else {
         return Err(ApiError::InvalidRefreshToken);
     };
     let customer = store.customer(session_state.customer_id).await?;
@@ -43,8 +51,7 @@ pub async fn refresh(
         .aggregate
         .state()
         .ok_or_else(|| ApiError::internal("session of an unknown customer"))?;
-    let presented = tokens::hash(&request.refresh_token);
-    if customer_state.is_suspended() && session_state.knows(&presented) {
+    if customer_state.is_suspended() {
         return Err(ApiError::CustomerSuspended);
     }
     let method = session_state.method;

@@ -7,6 +7,7 @@ mod codes;
 mod discovery;
 mod errors;
 mod helpers;
+mod hostile;
 mod integrity;
 mod key_reload;
 mod operations;
