@@ -31,12 +31,12 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use queue_eventstore::chain::{self, EventRecord, Hash, MacVerifier, StoredRow};
+use queue_eventstore::chain::{self, Hash, MacVerifier};
 use queue_eventstore::feed::Position;
 use queue_eventstore::merkle::{self, Frontier};
+use queue_eventstore::ChainedRow;
 use queue_eventstore::{MacKeys, NoteVerifier, VerifyInput};
 use serde::Serialize;
-use serde_json::Value;
 use sqlx::{Connection, PgConnection, PgPool, Row as _};
 
 use crate::checksum::{self, Mode, Sums, TableSum};
@@ -359,18 +359,7 @@ async fn resume_position(
 
 struct SourceEvent {
     position: Position,
-    aggregate_type: String,
-    aggregate_id: String,
-    sequence: i64,
-    event_type: String,
-    event_version: String,
-    payload: Value,
-    metadata: Value,
-    recorded_at: DateTime<Utc>,
-    prev_hash: Vec<u8>,
-    hash: Vec<u8>,
-    mac: Vec<u8>,
-    mac_key_id: String,
+    row: ChainedRow,
 }
 
 type StreamKey = (String, String);
@@ -414,18 +403,7 @@ async fn copy_events(
                     commit_xid: row.try_get("commit_xid")?,
                     insert_id: row.try_get("insert_id")?,
                 },
-                aggregate_type: row.try_get("aggregate_type")?,
-                aggregate_id: row.try_get("aggregate_id")?,
-                sequence: row.try_get("sequence")?,
-                event_type: row.try_get("event_type")?,
-                event_version: row.try_get("event_version")?,
-                payload: row.try_get("payload")?,
-                metadata: row.try_get("metadata")?,
-                recorded_at: row.try_get("recorded_at")?,
-                prev_hash: row.try_get("prev_hash")?,
-                hash: row.try_get("hash")?,
-                mac: row.try_get("mac")?,
-                mac_key_id: row.try_get("mac_key_id")?,
+                row: ChainedRow::decode(row)?,
             });
         }
         load_previous_hashes(dst, &batch, &mut last).await?;
@@ -453,8 +431,11 @@ async fn load_previous_hashes(
     let mut ids = Vec::new();
     let mut seqs = Vec::new();
     for event in batch {
-        let key = (event.aggregate_type.clone(), event.aggregate_id.clone());
-        if event.sequence > 1
+        let key = (
+            event.row.event.aggregate_type.clone(),
+            event.row.event.aggregate_id.clone(),
+        );
+        if event.row.sequence() > 1
             && !last.contains_key(&key)
             && !types
                 .iter()
@@ -463,7 +444,7 @@ async fn load_previous_hashes(
         {
             types.push(key.0);
             ids.push(key.1);
-            seqs.push(event.sequence - 1);
+            seqs.push(event.row.sequence() - 1);
         }
     }
     if types.is_empty() {
@@ -494,32 +475,15 @@ fn verify_event(
     mac: &MacVerifier,
     last: &mut HashMap<StreamKey, (i64, Hash)>,
 ) -> ProjectionResult<()> {
-    let key = (event.aggregate_type.clone(), event.aggregate_id.clone());
-    let row = StoredRow {
-        record: EventRecord {
-            aggregate_type: &event.aggregate_type,
-            aggregate_id: &event.aggregate_id,
-            sequence: event.sequence,
-            event_type: &event.event_type,
-            event_version: &event.event_version,
-            recorded_at: event.recorded_at,
-            payload: &event.payload,
-        },
-        prev_hash: &event.prev_hash,
-        hash: &event.hash,
-        mac: &event.mac,
-        mac_key_id: &event.mac_key_id,
-    };
-    let hash = chain::check_link(last.get(&key).copied(), &row, mac).map_err(|kind| {
-        extract_error(format!(
-            "{}/{} sequence {}: {} ({kind})",
-            event.aggregate_type,
-            event.aggregate_id,
-            event.sequence,
-            kind.describe()
-        ))
-    })?;
-    last.insert(key, (event.sequence, hash));
+    let key = (
+        event.row.event.aggregate_type.clone(),
+        event.row.event.aggregate_id.clone(),
+    );
+    let hash = event
+        .row
+        .check(last.get(&key).copied(), mac)
+        .map_err(|err| extract_error(format!("{err}: {}", err.kind.describe())))?;
+    last.insert(key, (event.row.sequence(), hash));
     Ok(())
 }
 
@@ -536,43 +500,53 @@ async fn insert_batch(dst: &mut PgConnection, batch: &[SourceEvent]) -> Projecti
     .bind(
         batch
             .iter()
-            .map(|e| e.aggregate_type.clone())
+            .map(|e| e.row.event.aggregate_type.clone())
             .collect::<Vec<_>>(),
     )
     .bind(
         batch
             .iter()
-            .map(|e| e.aggregate_id.clone())
+            .map(|e| e.row.event.aggregate_id.clone())
             .collect::<Vec<_>>(),
     )
-    .bind(batch.iter().map(|e| e.sequence).collect::<Vec<_>>())
+    .bind(batch.iter().map(|e| e.row.sequence()).collect::<Vec<_>>())
     .bind(
         batch
             .iter()
-            .map(|e| e.event_type.clone())
+            .map(|e| e.row.event.event_type.clone())
             .collect::<Vec<_>>(),
     )
     .bind(
         batch
             .iter()
-            .map(|e| e.event_version.clone())
+            .map(|e| e.row.event.event_version.clone())
             .collect::<Vec<_>>(),
     )
-    .bind(batch.iter().map(|e| e.payload.clone()).collect::<Vec<_>>())
-    .bind(batch.iter().map(|e| e.metadata.clone()).collect::<Vec<_>>())
-    .bind(batch.iter().map(|e| e.recorded_at).collect::<Vec<_>>())
     .bind(
         batch
             .iter()
-            .map(|e| e.prev_hash.clone())
+            .map(|e| e.row.event.payload.clone())
             .collect::<Vec<_>>(),
     )
-    .bind(batch.iter().map(|e| e.hash.clone()).collect::<Vec<_>>())
-    .bind(batch.iter().map(|e| e.mac.clone()).collect::<Vec<_>>())
     .bind(
         batch
             .iter()
-            .map(|e| e.mac_key_id.clone())
+            .map(|e| e.row.event.metadata.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(batch.iter().map(|e| e.row.recorded_at).collect::<Vec<_>>())
+    .bind(
+        batch
+            .iter()
+            .map(|e| e.row.prev_hash.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(batch.iter().map(|e| e.row.hash.clone()).collect::<Vec<_>>())
+    .bind(batch.iter().map(|e| e.row.mac.clone()).collect::<Vec<_>>())
+    .bind(
+        batch
+            .iter()
+            .map(|e| e.row.mac_key_id.clone())
             .collect::<Vec<_>>(),
     )
     .execute(&mut *tx)
