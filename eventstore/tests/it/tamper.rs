@@ -276,3 +276,63 @@ async fn edited_recorded_at_is_found(pool: PgPool) {
     let report = verify(&pool).await;
     assert_first(&report, ProblemKind::HashMismatch, Some("B"), Some(4));
 }
+
+/// A superuser moves the sealer's position forward: the events it jumps
+/// over would never be sealed or covered by a checkpoint.
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn sealer_position_moved_past_unsealed_events_is_found(pool: PgPool) {
+    history(&pool).await;
+    let repo = repo(&pool);
+    repo.append(&[ev("T", "A", 5, json!({"stream": "A", "n": 5}))])
+        .await
+        .unwrap();
+    repo.append(&[ev("T", "D", 1, json!({"stream": "D", "n": 1}))])
+        .await
+        .unwrap();
+    // Honest: two unsealed events after the sealer's position.
+    let report = verify(&pool).await;
+    assert!(report.ok, "{:?}", report.problems);
+    assert_eq!(report.unsealed, 2);
+    sqlx::query(
+        "UPDATE sealer_state SET (last_xid, last_insert_id) = \
+         (SELECT commit_xid, insert_id FROM events ORDER BY commit_xid DESC, insert_id DESC LIMIT 1)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let report = verify(&pool).await;
+    assert!(!report.ok);
+    let skipped: Vec<_> = report
+        .problems
+        .iter()
+        .filter(|p| p.kind == ProblemKind::SkippedBySealer)
+        .map(|p| (p.aggregate_id.clone().unwrap(), p.sequence.unwrap()))
+        .collect();
+    assert_eq!(skipped, [("A".to_owned(), 5), ("D".to_owned(), 1)]);
+}
+
+/// The event count is the ledger size plus the unsealed tail.
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn a_ledger_row_for_no_event_breaks_the_count(pool: PgPool) {
+    history(&pool).await;
+    // A ledger row whose event was removed with it (both tables edited).
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("ALTER TABLE events DISABLE TRIGGER events_append_only")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM events WHERE aggregate_id = 'C' AND sequence = 4")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE events ENABLE TRIGGER events_append_only")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let report = verify(&pool).await;
+    assert!(report
+        .problems
+        .iter()
+        .any(|p| p.kind == ProblemKind::EventCountMismatch));
+}
