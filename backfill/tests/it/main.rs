@@ -9,3 +9,6 @@ mod cose;
 mod helpers;
 mod import;
 mod login;
+/// The API tests' soft authenticator (every COSE algorithm).
+#[path = "../../../api/tests/it/soft.rs"]
+mod soft;
