@@ -192,11 +192,12 @@ fn register_ed25519(
                     ParsedAttestationData::Self_
                 }
             };
-            (
-                AttestationFormat::Packed,
-                data,
-                AttestationMetadata::Packed { aaguid },
-            )
+            // As the library: the AAGUID is attested only by a certificate.
+            let metadata = match data {
+                ParsedAttestationData::Basic(_) => AttestationMetadata::Packed { aaguid },
+                _ => AttestationMetadata::None,
+            };
+            (AttestationFormat::Packed, data, metadata)
         }
         _ => {
             return Err(PasskeyError::Attestation(

@@ -19,9 +19,7 @@ use base64::Engine;
 use crypto_glue::ecdsa_p256::{EcdsaP256DerSignature, EcdsaP256SigningKey};
 use crypto_glue::ecdsa_p384::{EcdsaP384DerSignature, EcdsaP384SigningKey};
 use crypto_glue::rsa::{RS256PrivateKey, RS256Signature, RS256SigningKey};
-use crypto_glue::traits::{
-    Generate, Pkcs8DecodePrivateKey, PublicKeyParts, SignatureEncoding, ToSec1Point,
-};
+use crypto_glue::traits::{Generate, Pkcs8DecodePrivateKey, PublicKeyParts, SignatureEncoding};
 use serde_cbor_2::Value as Cbor;
 use serde_json::{json, Value};
 use webauthn_rs_core::crypto::compute_sha256;
@@ -318,6 +316,7 @@ impl SoftAuthenticator {
         })
     }
 
+    #[allow(dead_code, reason = "the backfill tests use it")]
     /// A passkey made outside any Queue ceremony (at the legacy service):
     /// its raw id and the COSE_Key bytes py-webauthn stored for it.
     pub fn legacy_key(&mut self, user_handle: &[u8], counter: u32) -> (Vec<u8>, Vec<u8>) {
@@ -334,6 +333,10 @@ impl SoftAuthenticator {
     }
 
     /// `navigator.credentials.get()`: AuthenticationResponseJSON.
+    #[allow(
+        dead_code,
+        reason = "not every test binary that includes this file uses it"
+    )]
     pub fn get(&mut self, options: &Value) -> Value {
         self.get_with(options, &Tamper::default())
     }
