@@ -10,5 +10,6 @@ mod helpers;
 mod import;
 mod login;
 /// The API tests' soft authenticator (every COSE algorithm).
+#[allow(dead_code, reason = "the API tests use its registration side")]
 #[path = "../../../api/tests/it/soft.rs"]
 mod soft;
