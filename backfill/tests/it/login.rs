@@ -9,7 +9,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::helpers::*;
-use crate::soft::{Alg, Format, SoftAuthenticator, Tamper};
+use crate::soft::{Alg, Format, SoftAuthenticator, Tamper, UP, UV};
 
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn an_imported_passkey_logs_in_and_its_counter_continues(pool: PgPool) {
@@ -117,7 +117,8 @@ async fn an_imported_refresh_token_refreshes_and_then_rotates(pool: PgPool) {
 /// Every algorithm the API accepts (ES256, EdDSA, ES384, RS256) is
 /// imported from the legacy COSE key, agrees in parity, and logs in through
 /// the router, by email and discoverably (the user handle is the customer
-/// id Queue derives from the legacy id); a wrong signature is refused.
+/// id Queue derives from the legacy id); a wrong signature, rpId hash, UP
+/// or UV flag, crossOrigin or a counter that did not increase is refused.
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn imported_passkeys_of_every_algorithm_log_in(pool: PgPool) {
     use queue_domain::types::{CustomerId, LegacyId};
@@ -149,18 +150,65 @@ async fn imported_passkeys_of_every_algorithm_log_in(pool: PgPool) {
     let app = TestApp::new(pool.clone());
 
     for (alg, email, soft, credential) in &mut customers {
-        let wrong = Tamper {
-            bad_signature: true,
-            ..Tamper::default()
-        };
-        let refused = app.login_soft(soft, Some(email), &wrong).await;
-        assert_eq!(
-            refused.status,
-            StatusCode::UNAUTHORIZED,
-            "{alg:?}: {}",
-            refused.text
-        );
-        assert_eq!(refused.json["error"]["code"], "webauthn_failed");
+        // The same checks as for a passkey registered in Queue.
+        let cases = [
+            (
+                "wrong signature",
+                Tamper {
+                    bad_signature: true,
+                    ..Tamper::default()
+                },
+            ),
+            (
+                "wrong rpId hash",
+                Tamper {
+                    rp_id: Some("evil.example".into()),
+                    ..Tamper::default()
+                },
+            ),
+            (
+                "UP missing",
+                Tamper {
+                    flags: Some(UV),
+                    ..Tamper::default()
+                },
+            ),
+            (
+                "UV missing",
+                Tamper {
+                    flags: Some(UP),
+                    ..Tamper::default()
+                },
+            ),
+            (
+                "crossOrigin true",
+                Tamper {
+                    cross_origin: true,
+                    ..Tamper::default()
+                },
+            ),
+            // The legacy counter again: not an increase.
+            (
+                "counter regression",
+                Tamper {
+                    counter: Some(7),
+                    ..Tamper::default()
+                },
+            ),
+        ];
+        for (what, tamper) in cases {
+            let refused = app.login_soft(soft, Some(email), &tamper).await;
+            assert_eq!(
+                refused.status,
+                StatusCode::UNAUTHORIZED,
+                "{alg:?} {what}: {}",
+                refused.text
+            );
+            assert_eq!(
+                refused.json["error"]["code"], "webauthn_failed",
+                "{alg:?} {what}"
+            );
+        }
 
         for by_email in [Some(email.as_str()), None] {
             let login = app.login_soft(soft, by_email, &Tamper::default()).await;
@@ -181,9 +229,9 @@ async fn imported_passkeys_of_every_algorithm_log_in(pool: PgPool) {
         .fetch_one(&pool)
         .await
         .unwrap();
-        // 7 at the legacy service; the refused attempt moved the
-        // authenticator to 8, the two logins to 9 and 10.
-        assert_eq!(sign_count, 10, "{alg:?}");
+        // 7 at the legacy service; the six refused attempts moved the
+        // authenticator to 13, the two logins to 14 and 15.
+        assert_eq!(sign_count, 15, "{alg:?}");
     }
     legacy.drop().await;
 }
