@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::helpers::{bearer, TestApp, ORIGIN, RP_ID};
-use crate::soft::{Alg, Format, SoftAuthenticator, Tamper, AAGUID, AT, UP, UV};
+use crate::soft::{Alg, Format, SoftAuthenticator, Tamper, AAGUID, AT, BS, UP, UV};
 
 fn email(alg: Alg, format: Format) -> String {
     format!("{alg:?}-{format:?}@example.com").to_lowercase()
@@ -326,6 +326,14 @@ async fn wrong_registrations_are_refused_for_every_algorithm(pool: PgPool) {
                     ..Tamper::default()
                 },
             ),
+            (
+                "backed up but not backup eligible",
+                Format::None,
+                Tamper {
+                    flags: Some(UP | UV | AT | BS),
+                    ..Tamper::default()
+                },
+            ),
         ];
         for (what, format, tamper) in cases {
             let email = format!("{alg:?}-refused@example.com").to_lowercase();
@@ -377,4 +385,70 @@ async fn a_self_attestation_with_another_alg_is_refused(pool: PgPool) {
     register_complete(&app, &begin, credential)
         .await
         .assert_error(StatusCode::UNAUTHORIZED, "webauthn_failed");
+}
+
+/// A synced passkey (backup eligible and backed up) of every algorithm
+/// registers, logs in and is listed as such.
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn synced_passkeys_of_every_algorithm_register_and_log_in(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    for alg in Alg::ALL {
+        let email = format!("{alg:?}-synced@example.com").to_lowercase();
+        let mut soft = SoftAuthenticator::new(alg, Format::PackedSelf, RP_ID, ORIGIN);
+        soft.synced = true;
+        register(&app, &mut soft, &email).await;
+        let login = login_with(&app, &mut soft, Some(&email), &Tamper::default()).await;
+        assert_eq!(login.status, StatusCode::OK, "{alg:?}: {}", login.text);
+        app.catch_up().await;
+        let list = app
+            .get_auth("/api/v1/auth/credentials", &bearer(&login.json))
+            .await;
+        assert_eq!(
+            list.json["credentials"][0]["backup_eligible"], true,
+            "{}",
+            list.text
+        );
+        assert_eq!(
+            list.json["credentials"][0]["backup_state"], true,
+            "{}",
+            list.text
+        );
+    }
+}
+
+/// A credential in `excludeCredentials` is refused when added again, by
+/// the same step for every algorithm (the library's, or its copy for
+/// Ed25519 keys): 401 `webauthn_failed`.
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn an_excluded_credential_is_refused_for_every_algorithm(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    for alg in Alg::ALL {
+        let email = format!("{alg:?}-excluded@example.com").to_lowercase();
+        let mut soft = SoftAuthenticator::new(alg, Format::None, RP_ID, ORIGIN);
+        let tokens = register(&app, &mut soft, &email).await;
+        let begin = app
+            .post_auth(
+                "/api/v1/auth/webauthn/register/begin",
+                json!({}),
+                &bearer(&tokens),
+            )
+            .await;
+        assert_eq!(begin.status, StatusCode::OK, "{}", begin.text);
+        let excluded = &begin.json["options"]["publicKey"]["excludeCredentials"];
+        assert_eq!(excluded.as_array().map(Vec::len), Some(1), "{excluded}");
+        let again = Tamper {
+            credential_id: Some(soft.credentials[0].id.clone()),
+            ..Tamper::default()
+        };
+        let credential = soft.create_with(&begin.json["options"], &again);
+        let before = app.event_count().await;
+        app.post_auth(
+            "/api/v1/auth/webauthn/register/complete",
+            json!({"challenge_id": begin.json["challenge_id"], "credential": credential}),
+            &bearer(&tokens),
+        )
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "webauthn_failed");
+        assert_eq!(app.event_count().await, before, "{alg:?}");
+    }
 }

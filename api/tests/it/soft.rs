@@ -34,6 +34,8 @@ pub const AAGUID: [u8; 16] = *b"queue-soft-authn";
 /// authenticatorData flags.
 pub const UP: u8 = 0x01;
 pub const UV: u8 = 0x04;
+pub const BE: u8 = 0x08;
+pub const BS: u8 = 0x10;
 pub const AT: u8 = 0x40;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +84,8 @@ pub struct Tamper {
     pub cross_origin: bool,
     /// Flip one bit of the signature (assertion or attestation statement).
     pub bad_signature: bool,
+    /// Register this credential id instead of a new random one.
+    pub credential_id: Option<Vec<u8>>,
 }
 
 enum Key {
@@ -181,6 +185,9 @@ pub struct SoftAuthenticator {
     pub format: Format,
     pub rp_id: String,
     pub origin: String,
+    /// A synced passkey: backup eligible and backed up (BE | BS) in every
+    /// answer.
+    pub synced: bool,
     pub credentials: Vec<SoftCredential>,
 }
 
@@ -201,6 +208,7 @@ impl SoftAuthenticator {
             format,
             rp_id: rp_id.to_owned(),
             origin: origin.to_owned(),
+            synced: false,
             credentials: Vec::new(),
         }
     }
@@ -214,6 +222,14 @@ impl SoftAuthenticator {
         })
         .to_string()
         .into_bytes()
+    }
+
+    fn backup_flags(&self) -> u8 {
+        if self.synced {
+            BE | BS
+        } else {
+            0
+        }
     }
 
     fn rp_hash(&self, tamper: &Tamper) -> [u8; 32] {
@@ -238,13 +254,16 @@ impl SoftAuthenticator {
         );
         assert_eq!(public_key["rp"]["id"], self.rp_id.as_str());
         let key = Key::new(self.alg);
-        let id: Vec<u8> = rand::random::<[u8; 24]>().to_vec();
+        let id: Vec<u8> = tamper
+            .credential_id
+            .clone()
+            .unwrap_or_else(|| rand::random::<[u8; 24]>().to_vec());
         let user_handle = unb64(&public_key["user"]["id"]);
         let client_data = self.client_data("webauthn.create", &public_key["challenge"], tamper);
 
         let counter = tamper.counter.unwrap_or(0);
         let mut auth_data = self.rp_hash(tamper).to_vec();
-        auth_data.push(tamper.flags.unwrap_or(UP | UV | AT));
+        auth_data.push(tamper.flags.unwrap_or(UP | UV | AT | self.backup_flags()));
         auth_data.extend_from_slice(&counter.to_be_bytes());
         auth_data.extend_from_slice(&AAGUID);
         auth_data.extend_from_slice(&u16::try_from(id.len()).unwrap().to_be_bytes());
@@ -349,6 +368,7 @@ impl SoftAuthenticator {
             .unwrap_or_default();
         let client_data = self.client_data("webauthn.get", &public_key["challenge"], tamper);
         let rp_hash = self.rp_hash(tamper);
+        let backup_flags = self.backup_flags();
         let credential = self
             .credentials
             .iter_mut()
@@ -357,7 +377,7 @@ impl SoftAuthenticator {
         credential.counter += 1;
         let counter = tamper.counter.unwrap_or(credential.counter);
         let mut auth_data = rp_hash.to_vec();
-        auth_data.push(tamper.flags.unwrap_or(UP | UV));
+        auth_data.push(tamper.flags.unwrap_or(UP | UV | backup_flags));
         auth_data.extend_from_slice(&counter.to_be_bytes());
         let mut signed = auth_data.clone();
         signed.extend_from_slice(&compute_sha256(&client_data));
