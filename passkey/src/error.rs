@@ -34,13 +34,3 @@ pub enum PasskeyError {
     #[error("sign counter did not increase")]
     Counter,
 }
-
-impl PasskeyError {
-    /// The library's error, when it is one (tests pin which check refused).
-    pub fn webauthn(&self) -> Option<&WebauthnError> {
-        match self {
-            Self::Webauthn(e) => Some(e),
-            _ => None,
-        }
-    }
-}
