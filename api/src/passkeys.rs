@@ -1,5 +1,6 @@
 //! WebAuthn ceremonies: registration (new customer, extra passkey) and login
-//! (by email, discoverable). webauthn-rs-core verifies; the aggregates
+//! (by email, discoverable). webauthn-rs-core verifies, through
+//! queue-passkey for the Ed25519 signatures it cannot check; the aggregates
 //! decide (counter regression, suspension); every change is one atomic
 //! append.
 
@@ -32,14 +33,10 @@ use crate::state::AppState;
 use crate::tokens::{self, TokenResponse};
 use queue_eventstore::{Batch, Loaded};
 
-/// The algorithms offered at registration, in order of preference.
+/// The algorithms offered at registration, in order of preference: ES256,
+/// EdDSA (Ed25519), ES384, RS256 (ADR 0206).
 pub fn credential_algorithms() -> Vec<COSEAlgorithm> {
-    vec![
-        COSEAlgorithm::ES256,
-        COSEAlgorithm::EDDSA,
-        COSEAlgorithm::ES384,
-        COSEAlgorithm::RS256,
-    ]
+    queue_passkey::accepted_algorithms()
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -284,10 +281,7 @@ pub async fn register_complete(
     }
     let registration: RegistrationState =
         serde_json::from_value(challenge.state).map_err(internal("registration state"))?;
-    let passkey = state
-        .inner
-        .webauthn
-        .register_credential(&response, &registration, None)
+    let passkey = queue_passkey::register(&state.inner.webauthn, &response, &registration)
         .map_err(|e| {
             tracing::info!(error = %e, "passkey registration refused");
             ApiError::WebauthnFailed
@@ -602,7 +596,8 @@ async fn login(
     passkey.counter = 0;
     passkey.backup_state = credential_state.backup_state;
     passkey.backup_eligible = credential_state.backup_eligible;
-    let verified = match state.inner.webauthn.authenticate_single_credential(
+    let verified = match queue_passkey::authenticate(
+        &state.inner.webauthn,
         &response,
         &authentication,
         &passkey,
@@ -613,7 +608,7 @@ async fn login(
             return Err(failed("assertion refused").await);
         }
     };
-    if !verified.user_verified() {
+    if !verified.user_verified {
         return Err(failed("user not verified").await);
     }
 
@@ -628,8 +623,8 @@ async fn login(
 
     let used = credential
         .execute(CredentialCommand::RecordUse {
-            sign_count: verified.counter(),
-            backup_state: verified.backup_state(),
+            sign_count: verified.counter,
+            backup_state: verified.backup_state,
             at: now,
         })
         .await;
