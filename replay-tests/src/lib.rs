@@ -499,15 +499,13 @@ async fn customer_history(fw: &Frameworks, seed: u64, index: usize) -> Result<Ge
             actor: actor.clone(),
             at,
         };
-        if suspend(fw, &mut tally, &cid, &live_sessions, command, at).await? {
-            if rng.gen_bool(0.5) {
-                let command = CustomerCommand::Reinstate {
-                    reason: reason("resolved")?,
-                    actor,
-                    at: clock.tick(&mut rng),
-                };
-                tally.outcome(fw.execute::<Customer>(&cid, command).await)?;
-            }
+        if suspend(fw, &mut tally, &cid, &live_sessions, command, at).await? && rng.gen_bool(0.5) {
+            let command = CustomerCommand::Reinstate {
+                reason: reason("resolved")?,
+                actor,
+                at: clock.tick(&mut rng),
+            };
+            tally.outcome(fw.execute::<Customer>(&cid, command).await)?;
         }
     }
     Ok(tally.0)
