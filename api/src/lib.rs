@@ -11,6 +11,7 @@ pub mod challenges;
 pub mod client_address;
 pub mod clock;
 pub mod config;
+pub mod consistency;
 pub mod credentials;
 pub mod discovery;
 pub mod email;

@@ -10,11 +10,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::consistency::{await_projection, ConsistencyHeader};
 use crate::error::ApiError;
 use crate::extract::{Authenticated, Json};
 use crate::state::AppState;
 use crate::tokens::{self, TokenResponse};
 use queue_eventstore::Batch;
+use queue_projections::Projection;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RefreshRequest {
@@ -135,14 +137,16 @@ pub struct SessionList {
 }
 
 /// The customer's active sessions, newest first, from the `queue_sessions`
-/// read table (it trails the event log by the projection runner's poll
-/// interval).
+/// read table, once it has caught up with what was committed before the
+/// request (bounded: `X-Queue-Consistency` says whether it had).
 #[utoipa::path(get, path = "/api/v1/auth/sessions", tag = "sessions",
     responses((status = 200, body = SessionList), (status = 401, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Authenticated,
-) -> Result<Json<SessionList>, ApiError> {
+) -> Result<(ConsistencyHeader, Json<SessionList>), ApiError> {
+    // Read-your-writes: the session this login just created is listed.
+    let freshness = await_projection(&state, Projection::Sessions).await?;
     let now = state.now();
     let rows = queue_projections::read::sessions_of(
         state.store().pool(),
@@ -162,7 +166,7 @@ pub async fn list(
             current: row.session_id == current,
         })
         .collect();
-    Ok(Json(SessionList { sessions }))
+    Ok((freshness.header(), Json(SessionList { sessions })))
 }
 
 #[utoipa::path(delete, path = "/api/v1/auth/sessions/{session_id}", tag = "sessions",

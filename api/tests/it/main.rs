@@ -6,6 +6,7 @@
 
 mod algorithms;
 mod codes;
+mod consistency;
 mod discovery;
 mod errors;
 mod helpers;
