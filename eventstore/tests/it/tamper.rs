@@ -310,29 +310,3 @@ async fn sealer_position_moved_past_unsealed_events_is_found(pool: PgPool) {
         .collect();
     assert_eq!(skipped, [("A".to_owned(), 5), ("D".to_owned(), 1)]);
 }
-
-/// The event count is the ledger size plus the unsealed tail.
-#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
-async fn a_ledger_row_for_no_event_breaks_the_count(pool: PgPool) {
-    history(&pool).await;
-    // A ledger row whose event was removed with it (both tables edited).
-    let mut conn = pool.acquire().await.unwrap();
-    sqlx::query("ALTER TABLE events DISABLE TRIGGER events_append_only")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM events WHERE aggregate_id = 'C' AND sequence = 4")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    sqlx::query("ALTER TABLE events ENABLE TRIGGER events_append_only")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    drop(conn);
-    let report = verify(&pool).await;
-    assert!(report
-        .problems
-        .iter()
-        .any(|p| p.kind == ProblemKind::EventCountMismatch));
-}
