@@ -10,18 +10,24 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
-use crate::helpers::{bearer, Passkey, TestApp};
+use crate::helpers::{bearer, eventually, Passkey, TestApp};
 use crate::service::{audit_body, service_app, AUDITOR};
 
-/// Starts the projection runners as `queue serve` does; they stop when the
+/// Starts the projection runners as `queue serve` does and waits until each
+/// holds its leader lock (as a started instance would); they stop when the
 /// returned sender is dropped.
-fn runners(app: &TestApp) -> watch::Sender<bool> {
+async fn runners(app: &TestApp) -> watch::Sender<bool> {
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(queue_projections::run_all(
         app.state.pool.clone(),
         queue_projections::RunnerConfig::default(),
         stopped,
     ));
+    eventually("every projection runner to be active", || async {
+        let status = queue_projections::status(&app.state.pool).await.ok()?;
+        status.iter().all(|s| s.runner_active).then_some(())
+    })
+    .await;
     stop
 }
 
@@ -36,7 +42,7 @@ fn fresh(response: &crate::helpers::Response) -> &str {
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn the_sessions_list_shows_the_session_of_the_login_just_made(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    let _runners = runners(&app);
+    let _runners = runners(&app).await;
     let mut passkey = Passkey::new();
     app.register(&mut passkey, "ada@example.com").await;
     for _ in 0..3 {
@@ -60,7 +66,7 @@ async fn the_sessions_list_shows_the_session_of_the_login_just_made(pool: PgPool
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn the_passkey_list_shows_a_passkey_just_added(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    let _runners = runners(&app);
+    let _runners = runners(&app).await;
     let tokens = app.register(&mut Passkey::new(), "ada@example.com").await;
     let token = bearer(&tokens);
     let begin = app
@@ -117,7 +123,7 @@ async fn me_shows_a_verified_email_right_after_verification(pool: PgPool) {
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn a_service_reads_back_the_audit_event_it_just_wrote(pool: PgPool) {
     let app = service_app(pool).await;
-    let _runners = runners(&app);
+    let _runners = runners(&app).await;
     for n in 0..3 {
         let key = format!("k-{n}");
         let written = app
