@@ -144,6 +144,10 @@ pub struct Config {
     /// QUEUE_TRUSTED_PROXIES: proxies whose X-Forwarded-For entries are
     /// believed (walked from the right; see `client_address`).
     pub trusted_proxies: crate::client_address::TrustedProxies,
+    /// QUEUE_READ_WAIT_MS: how long a projection read waits for its
+    /// projection to pass what was committed before it (read-your-writes,
+    /// ADR 0210); 0: no wait.
+    pub read_wait: Duration,
     /// Failed verifications per minute per account across all addresses
     /// (QUEUE_RATE_LIMIT_PER_ACCOUNT_CEILING); the per-account limit itself
     /// is per (account, client address).
@@ -653,6 +657,13 @@ impl Config {
             rate_limit_per_account,
             rate_limit_per_service,
             trusted_proxies,
+            read_wait: Duration::from_millis(u64::from(number(
+                &get,
+                "QUEUE_READ_WAIT_MS",
+                1_000,
+                0,
+                60_000,
+            )?)),
             rate_limit_per_account_ceiling,
             rate_limit_register_per_address,
             rate_limit_register_per_email,

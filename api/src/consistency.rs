@@ -5,10 +5,11 @@
 //! passkey, a service's audit event) without sleeping or retrying. The
 //! reads that come from the event streams (`/me`) need no wait.
 //!
-//! Bounded: if the projection does not get there within [`MAX_WAIT`] (its
-//! runner is stopped, or an old transaction holds the watermark back), the
-//! read answers from what is there and says so in `X-Queue-Consistency:
-//! stale` (`fresh` otherwise).
+//! Bounded: if the projection does not get there within
+//! `QUEUE_READ_WAIT_MS` (default 1 s; its runner is stopped, or a long write
+//! transaction anywhere in the cluster holds the committed-transaction
+//! watermark back), the read answers from what is there and says so in
+//! `X-Queue-Consistency: stale` (`fresh` otherwise).
 
 use std::time::{Duration, Instant};
 
@@ -19,8 +20,6 @@ use queue_projections::Projection;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// The longest a read waits for its projection.
-pub const MAX_WAIT: Duration = Duration::from_secs(1);
 /// How often the projection's checkpoint is looked at while waiting.
 const POLL: Duration = Duration::from_millis(5);
 
@@ -47,7 +46,7 @@ impl Freshness {
 }
 
 /// Waits until `projection` has applied every event committed before this
-/// call (at most [`MAX_WAIT`]).
+/// call (at most `read_wait` of the configuration).
 pub async fn await_projection(
     state: &AppState,
     projection: Projection,
@@ -73,7 +72,7 @@ pub async fn await_projection(
         if at >= target {
             return Ok(Freshness::Fresh);
         }
-        if started.elapsed() >= MAX_WAIT {
+        if started.elapsed() >= state.config().read_wait {
             tracing::info!(
                 projection = projection.name(),
                 "read answered from a projection that has not caught up"
