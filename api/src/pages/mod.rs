@@ -197,8 +197,8 @@ pub async fn cookie_flow(State(state): State<AppState>, request: Request, next: 
 
     let response = next.run(request).await;
     let status = response.status();
-    let clear = (is_logout && status.is_success())
-        || (is_refresh && status == StatusCode::UNAUTHORIZED);
+    let clear =
+        (is_logout && status.is_success()) || (is_refresh && status == StatusCode::UNAUTHORIZED);
     if clear {
         let mut response = response;
         if let Some(value) = refresh_cookie("", 0, secure) {
