@@ -439,7 +439,9 @@
     const me = await call('GET', API + '/me');
     $('#me').textContent = me.email;
     const [passkeys, sessions] = await Promise.all([
-      call('GET', API + '/credentials'),
+      // A signed-in customer nearly always has a passkey; right after
+      // registering, the read table may not show it yet.
+      fetchUntil(API + '/credentials', (d) => d.credentials.length > 0),
       fetchUntil(API + '/sessions', (d) => d.sessions.some((s) => s.current)),
     ]);
     renderPasskeys(passkeys);

@@ -43,6 +43,12 @@ pub struct WebDriverError {
     pub message: String,
 }
 
+impl std::fmt::Display for WebDriverError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HTTP {} {}: {}", self.status, self.error, self.message)
+    }
+}
+
 impl Browser {
     pub async fn start() -> Self {
         let chromium = require("chromium");
@@ -109,7 +115,7 @@ impl Browser {
         let created = browser
             .raw("POST", "/session", Some(capabilities))
             .await
-            .unwrap_or_else(|e| panic!("chromium did not start: {e:?}"));
+            .unwrap_or_else(|e| panic!("chromium did not start: {e}"));
         browser.session = created["value"]["sessionId"].as_str().unwrap().to_owned();
         browser
     }
@@ -159,7 +165,7 @@ impl Browser {
     async fn must(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         self.cmd(method, path, body.clone())
             .await
-            .unwrap_or_else(|e| panic!("{method} {path} {body:?}: {e:?}"))
+            .unwrap_or_else(|e| panic!("{method} {path} {body:?}: {e}"))
     }
 
     pub async fn goto(&self, url: &str) {
@@ -214,15 +220,15 @@ impl Browser {
         self.find_all(css).await.len()
     }
 
-    /// Waits (10 s at most) for `css` to match; returns the first element.
+    /// Waits (20 s at most) for `css` to match; returns the first element.
     pub async fn wait_for(&self, css: &str) -> String {
         self.wait_for_count(css, |n| n > 0, "to appear").await;
         self.find_all(css).await.remove(0)
     }
 
-    /// Waits (10 s at most) until the number of matches passes `ok`.
+    /// Waits (20 s at most) until the number of matches passes `ok`.
     pub async fn wait_for_count(&self, css: &str, ok: impl Fn(usize) -> bool, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let n = self.count(css).await;
             if ok(n) {
@@ -238,9 +244,9 @@ impl Browser {
         }
     }
 
-    /// Waits (10 s at most) until the page's path is `path`.
+    /// Waits (20 s at most) until the page's path is `path`.
     pub async fn wait_path(&self, path: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let url = self.url().await;
             let here = url::Url::parse(&url)
