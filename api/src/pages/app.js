@@ -20,19 +20,16 @@
 
   // ---- messages -------------------------------------------------------
 
+  // #error is a live region that is always in the page (empty when there
+  // is nothing to say), so screen readers announce each new message.
   function showError(err) {
     const box = $('#error');
-    if (!box) return;
-    box.textContent = describe(err);
-    box.hidden = false;
+    if (box) box.textContent = describe(err);
   }
 
   function clearError() {
     const box = $('#error');
-    if (box) {
-      box.textContent = '';
-      box.hidden = true;
-    }
+    if (box) box.textContent = '';
   }
 
   function say(text) {

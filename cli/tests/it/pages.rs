@@ -217,6 +217,34 @@ async fn a_person_manages_passkeys_sessions_and_recovery_in_a_real_browser() {
     assert_eq!(browser.text_of("#me").await.as_deref(), Some(EMAIL));
     shoot(&browser, &shots, "account").await;
 
+    // Rename the passkey.
+    browser
+        .click("ul#passkeys > li[data-credential-id] button[data-action=\"rename\"]")
+        .await;
+    browser
+        .type_into(
+            "ul#passkeys > li[data-credential-id] form input",
+            "Work laptop",
+        )
+        .await;
+    browser
+        .click("ul#passkeys > li[data-credential-id] form button[type=\"submit\"]")
+        .await;
+    browser
+        .wait_for_count(
+            "ul#passkeys > li[data-credential-id] form",
+            |n| n == 0,
+            "to close",
+        )
+        .await;
+    assert_eq!(
+        browser
+            .text_of("ul#passkeys > li[data-credential-id] .name")
+            .await
+            .as_deref(),
+        Some("Work laptop")
+    );
+
     // A second passkey from a second authenticator (the first one gone).
     browser.remove_authenticator(&first).await;
     let second = browser.add_authenticator().await;
@@ -271,8 +299,7 @@ async fn a_person_manages_passkeys_sessions_and_recovery_in_a_real_browser() {
     browser
         .click("ul#passkeys > li[data-credential-id] button[data-action=\"delete\"]")
         .await;
-    browser.wait_for("#error:not([hidden])").await;
-    let error = browser.text_of("#error").await.unwrap();
+    let error = browser.wait_error().await;
     assert!(error.contains("last passkey"), "{error}");
     let alert = browser.wait_for("#error").await;
     assert_eq!(browser.attr(&alert, "role").await.as_deref(), Some("alert"));
@@ -303,7 +330,8 @@ async fn a_person_manages_passkeys_sessions_and_recovery_in_a_real_browser() {
     browser.type_into("#email", EMAIL).await;
     browser.type_into("#code", "not-a-code").await;
     browser.click("#redeem").await;
-    browser.wait_for("#error:not([hidden])").await;
+    let error = browser.wait_error().await;
+    assert!(error.contains("backup code"), "{error}");
     shoot(&browser, &shots, "recover").await;
     browser.type_into("#code", &code).await;
     browser.click("#redeem").await;

@@ -265,6 +265,22 @@ impl Browser {
         }
     }
 
+    /// Waits (20 s at most) for `#error` to say something; returns it.
+    pub async fn wait_error(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(text) = self.text_of("#error").await.filter(|t| !t.is_empty()) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for #error on {}",
+                self.url().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The visible text of the first match, when there is one.
     pub async fn text_of(&self, css: &str) -> Option<String> {
         let first = self.find_all(css).await.into_iter().next()?;
