@@ -119,6 +119,23 @@ async fn assert_refresh_token_hidden(browser: &Browser) {
     assert_eq!(cookie["secure"], false, "http://localhost: not Secure");
 }
 
+/// Takes the WebAuthn JSON helpers away from this page, so its next
+/// ceremony runs the script's base64url fallback (older browsers).
+async fn without_json_helpers(browser: &Browser) {
+    let gone = browser
+        .js(
+            "PublicKeyCredential.parseCreationOptionsFromJSON = undefined;\
+             PublicKeyCredential.parseRequestOptionsFromJSON = undefined;\
+             PublicKeyCredential.prototype.toJSON = undefined;\
+             return [typeof PublicKeyCredential.parseCreationOptionsFromJSON,\
+                     typeof PublicKeyCredential.parseRequestOptionsFromJSON,\
+                     typeof PublicKeyCredential.prototype.toJSON];",
+            json!([]),
+        )
+        .await;
+    assert_eq!(gone, json!(["undefined", "undefined", "undefined"]));
+}
+
 /// The page's console shows no CSP violation and no script error.
 async fn assert_clean_console(browser: &Browser) {
     let bad: Vec<Value> = browser
@@ -150,6 +167,17 @@ async fn a_person_manages_passkeys_sessions_and_recovery_in_a_real_browser() {
     browser.wait_path("/login").await;
     browser.wait_for("input#email").await;
     shoot(&browser, &shots, "login").await;
+    // This chromium has the WebAuthn JSON helpers, so the first ceremonies
+    // use them; the fallback is exercised below.
+    let native = browser
+        .js(
+            "return [typeof PublicKeyCredential.parseCreationOptionsFromJSON,\
+                     typeof PublicKeyCredential.parseRequestOptionsFromJSON,\
+                     typeof PublicKeyCredential.prototype.toJSON];",
+            json!([]),
+        )
+        .await;
+    assert_eq!(native, json!(["function", "function", "function"]));
 
     // Register with the first authenticator.
     browser.type_into("#email", EMAIL).await;
@@ -245,9 +273,11 @@ async fn a_person_manages_passkeys_sessions_and_recovery_in_a_real_browser() {
         Some("Work laptop")
     );
 
-    // A second passkey from a second authenticator (the first one gone).
+    // A second passkey from a second authenticator (the first one gone),
+    // through the script's fallback.
     browser.remove_authenticator(&first).await;
     let second = browser.add_authenticator().await;
+    without_json_helpers(&browser).await;
     browser.click("#add-passkey").await;
     browser
         .wait_for_count(
@@ -264,10 +294,11 @@ async fn a_person_manages_passkeys_sessions_and_recovery_in_a_real_browser() {
         .unwrap()
         .clone();
 
-    // Log in with the second alone.
+    // Log in with the second alone (fallback again, for the assertion).
     browser.click("#logout").await;
     browser.wait_path("/login").await;
     browser.type_into("#email", EMAIL).await;
+    without_json_helpers(&browser).await;
     browser.click("#login").await;
     browser.wait_path("/account").await;
     browser
