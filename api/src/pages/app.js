@@ -333,8 +333,9 @@
     return button;
   }
 
-  // Lists come from read tables that may trail a write by a moment: after a
-  // write whose effect is known, fetch again (bounded) until it shows.
+  // Lists come from read tables. Reads see our own writes unless the
+  // projection is over 1 s behind (X-Queue-Consistency: stale); then, after
+  // a write whose effect is known, fetch again (bounded) until it shows.
   async function fetchUntil(path, ready) {
     let data = await call('GET', path);
     for (let i = 0; i < 20 && !ready(data); i += 1) {
@@ -436,8 +437,7 @@
     const me = await call('GET', API + '/me');
     $('#me').textContent = me.email;
     const [passkeys, sessions] = await Promise.all([
-      // A signed-in customer nearly always has a passkey; right after
-      // registering, the read table may not show it yet.
+      // A signed-in customer nearly always has a passkey (see fetchUntil).
       fetchUntil(API + '/credentials', (d) => d.credentials.length > 0),
       fetchUntil(API + '/sessions', (d) => d.sessions.some((s) => s.current)),
     ]);

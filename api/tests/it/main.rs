@@ -1,12 +1,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! queue-api integration tests: the real router (oneshot and a TCP server),
 //! a fresh PostgreSQL database per test, and a software passkey
-//! (webauthn-authenticator-rs `SoftPasskey`) doing real WebAuthn crypto.
+//! (webauthn-authenticator-rs `SoftPasskey`, and `soft` for every COSE
+//! algorithm and attestation format) doing real WebAuthn crypto.
 
+mod algorithms;
 mod codes;
+mod consistency;
 mod discovery;
 mod errors;
 mod helpers;
+mod hostile;
 mod integrity;
 mod key_reload;
 mod operations;
@@ -18,3 +22,4 @@ mod schema_conformance;
 mod service;
 mod sessions;
 mod shedding;
+mod soft;
