@@ -23,6 +23,7 @@ pub mod jwt;
 pub mod mailer;
 pub mod metrics;
 pub mod openapi;
+pub mod pages;
 pub mod passkeys;
 pub mod ratelimit;
 pub mod rbac;
@@ -129,15 +130,18 @@ pub fn app(state: AppState) -> Router {
     );
     if state.config().flag_queue_v1 {
         let (v1, _) = v1_routes().split_for_parts();
-        router = router.merge(v1);
+        // The hosted pages only call /api/v1, so they share its flag.
+        router = router.merge(v1).merge(pages::routes());
     }
-    // Inside out: the handler's deadline, the breaker (which so times the
-    // handler's work only), shedding, and outside them the body read: a
+    // Inside out: the hosted pages' cookie flow, the handler's deadline, the
+    // breaker (which so times the handler's work only), shedding, and
+    // outside them the body read: a
     // request counts against shedding and the breaker only once its body
     // is in memory (issue 17).
     router
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(from_fn_with_state(state.clone(), pages::cookie_flow))
         .layer(from_fn_with_state(state.clone(), timeouts::deadline))
         .layer(from_fn_with_state(state.clone(), breaker::guard))
         .layer(from_fn_with_state(state.clone(), shedding::guard))

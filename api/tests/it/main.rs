@@ -15,6 +15,7 @@ mod integrity;
 mod key_reload;
 mod operations;
 mod outage;
+mod pages;
 mod passkeys;
 mod ratelimit_redis;
 mod schema_conformance;

@@ -6,9 +6,11 @@
 mod bad_input;
 mod faults;
 mod jwt_keys;
+mod pages;
 mod procs;
 mod recipes;
 mod verify;
+mod webdriver;
 
 use std::process::{Command, Output};
 
