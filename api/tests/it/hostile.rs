@@ -821,6 +821,11 @@ async fn login_begin_does_the_same_queries_for_unknown_and_known_emails(pool: Pg
     let statements = Statements::default();
     let subscriber = tracing_subscriber::registry().with(statements.clone());
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Other tests of this binary run on other threads and hit sqlx's
+    // callsites first; a callsite registered while no dispatcher wanted it
+    // can keep a cached "never" interest (tracing's cache is global). Have
+    // every callsite ask again now that this thread's capture exists.
+    tracing::callsite::rebuild_interest_cache();
 
     let known = app.login_begin(Some("ada@example.com")).await;
     let known_sql = statements.take();
