@@ -21,6 +21,7 @@ pub mod jwt;
 pub mod mailer;
 pub mod metrics;
 pub mod openapi;
+pub mod outbox;
 pub mod passkeys;
 pub mod ratelimit;
 pub mod rbac;
