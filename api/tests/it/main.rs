@@ -9,6 +9,7 @@ mod errors;
 mod helpers;
 mod integrity;
 mod key_reload;
+mod mail;
 mod operations;
 mod outage;
 mod passkeys;

@@ -6,6 +6,7 @@
 mod bad_input;
 mod faults;
 mod jwt_keys;
+mod mail;
 mod procs;
 mod recipes;
 mod verify;
