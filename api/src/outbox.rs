@@ -23,8 +23,8 @@ use crate::mailer::Message;
 use crate::state::AppState;
 use crate::tokens;
 
-/// Rows claimed at once.
-const CLAIM: i64 = 5;
+/// Rows claimed at once: one, so each lease covers one send only.
+const CLAIM: i64 = 1;
 /// Sleep between polls when nothing is due.
 const POLL: Duration = Duration::from_millis(200);
 
@@ -62,14 +62,17 @@ pub async fn deliver_due(state: &AppState) -> ProjectionResult<usize> {
     Ok(tried)
 }
 
-/// Long enough for every claimed row to time out in turn (connect, TLS,
-/// each SMTP command), with room to spare.
+/// How long a claimed row stays with this sender: one send's worst case
+/// (the SMTP timeout bounds each of connect, TLS and the commands), with
+/// room to spare. A sender that dies mid-send holds the row this long; then
+/// another sends it (same Message-ID). A send slower than this may be
+/// duplicated, never lost.
 fn lease_for(state: &AppState) -> Duration {
     let timeout = match &state.config().mailer {
         crate::config::MailerConfig::Smtp(smtp) => smtp.timeout,
         crate::config::MailerConfig::Log { .. } => Duration::from_secs(5),
     };
-    timeout * 4 * CLAIM as u32 + Duration::from_secs(30)
+    timeout * 6 * CLAIM as u32 + Duration::from_secs(5)
 }
 
 async fn deliver(state: &AppState, row: OutboxRow) -> ProjectionResult<()> {

@@ -106,7 +106,18 @@ fn smtp_env(port: u16) -> Vec<(&'static str, String)> {
 }
 
 async fn start(name: &str, db: &TestDb, keys: &Keys, port: u16) -> Instance {
-    let env = smtp_env(port);
+    start_with(name, db, keys, port, &[]).await
+}
+
+async fn start_with(
+    name: &str,
+    db: &TestDb,
+    keys: &Keys,
+    port: u16,
+    more: &[(&'static str, &str)],
+) -> Instance {
+    let mut env = smtp_env(port);
+    env.extend(more.iter().map(|(k, v)| (*k, (*v).to_owned())));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     Instance::start_with(name, &db.url(name), keys, &env).await
 }
@@ -318,7 +329,10 @@ async fn a_restart_between_enqueue_and_delivery_loses_nothing() {
     let keys = Keys::new("mail_restart");
     let port = free_port();
     let inbox = keys.dir.join("inbox");
-    let mut first = start("queue-mail-1", &db, &keys, port).await;
+    // A 1 s SMTP timeout: a row claimed by the killed instance is leased for
+    // 6 × 1 s + 5 s, then the second instance sends it.
+    let short = [("QUEUE_SMTP_TIMEOUT_MS", "1000")];
+    let mut first = start_with("queue-mail-1", &db, &keys, port, &short).await;
     let tokens = register_as(&first.base, "ada@example.com").await;
     assert_eq!(request_verification(&first.base, &tokens).await, 202);
     let (id, ..) = poll(
@@ -336,7 +350,7 @@ async fn a_restart_between_enqueue_and_delivery_loses_nothing() {
     first.kill9();
 
     let _smtp = Smtp::start(port, &inbox, None).await;
-    let second = start("queue-mail-2", &db, &keys, port).await;
+    let second = start_with("queue-mail-2", &db, &keys, port, &short).await;
     let mail = wait_for_mail(&inbox, 1).await;
     assert_eq!(mail[0]["message_id"], message_id_of(id));
     poll(
