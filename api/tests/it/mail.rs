@@ -250,3 +250,50 @@ async fn a_permanent_failure_dead_letters_at_once(pool: PgPool) {
     assert_eq!(rows[0].2, 1);
     assert_eq!(mailer.calls.load(Ordering::SeqCst), 1);
 }
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn adding_and_removing_a_passkey_send_notices(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let tokens = app.register(&mut Passkey::new(), "ada@example.com").await;
+    let token = bearer(&tokens);
+    let begin = app
+        .post_auth("/api/v1/auth/webauthn/register/begin", json!({}), &token)
+        .await;
+    let credential = Passkey::new().create(&begin.json["options"]);
+    let done = app
+        .post_auth(
+            "/api/v1/auth/webauthn/register/complete",
+            json!({"challenge_id": begin.json["challenge_id"], "credential": credential, "name": "phone <b>"}),
+            &token,
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::CREATED, "{}", done.text);
+    assert_eq!(app.deliver_mail().await, 1);
+    let added = app.last_mail().await;
+    assert!(added.contains("Subject: A passkey was added"), "{added}");
+    assert!(
+        added.contains("\u{201c}phone <b>\u{201d}"),
+        "text as is: {added}"
+    );
+    assert!(added.contains("phone &lt;b&gt;"), "HTML escaped: {added}");
+
+    let id = done.json["credential_id"].as_str().unwrap();
+    let deleted = app
+        .request(
+            axum::http::Method::DELETE,
+            &format!("/api/v1/auth/credentials/{id}"),
+            None,
+            Some(tokens["access_token"].as_str().unwrap()),
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text);
+    assert_eq!(app.deliver_mail().await, 1);
+    let removed = app.last_mail().await;
+    assert!(
+        removed.contains("Subject: A passkey was removed"),
+        "{removed}"
+    );
+    assert!(removed.contains("phone"), "{removed}");
+    let kinds: Vec<String> = outbox_rows(&app).await.into_iter().map(|r| r.0).collect();
+    assert_eq!(kinds, vec!["passkey_added", "passkey_removed"]);
+}
