@@ -363,3 +363,45 @@ async fn a_restart_between_enqueue_and_delivery_loses_nothing() {
     assert_eq!(received(&inbox).len(), 1);
     drop(second);
 }
+
+/// `smtps://` speaks TLS first (rustls with ring, no OpenSSL): against this
+/// plain-text server the handshake fails, which is a transient failure
+/// (retried, nothing sent in clear), and the instance keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implicit_tls_never_falls_back_to_clear_text() {
+    let db = TestDb::create("mail_tls").await;
+    let keys = Keys::new("mail_tls");
+    let port = free_port();
+    let inbox = keys.dir.join("inbox");
+    let _smtp = Smtp::start(port, &inbox, None).await;
+    let url = format!("smtps://user:S3CRETPASS@127.0.0.1:{port}");
+    let queue = start_with(
+        "queue-mail",
+        &db,
+        &keys,
+        port,
+        &[("QUEUE_SMTP_URL", url.as_str())],
+    )
+    .await;
+    let tokens = register_as(&queue.base, "ada@example.com").await;
+    assert_eq!(request_verification(&queue.base, &tokens).await, 202);
+    let (_, state, _, error) = poll(
+        "two failed TLS attempts",
+        Duration::from_secs(30),
+        || async { rows(&db).await.into_iter().next().filter(|r| r.2 >= 2) },
+    )
+    .await;
+    assert_eq!(state, "pending");
+    assert!(error.is_some_and(|e| !e.is_empty()));
+    assert!(received(&inbox).is_empty());
+    let health = client()
+        .get(format!("{}/healthz", queue.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    assert!(
+        !queue.log_text().contains("S3CRETPASS"),
+        "the password is never logged"
+    );
+}
