@@ -29,6 +29,8 @@ CREATE TABLE mail_outbox (
     -- Set while a sender holds the row; a crashed sender's lease runs out.
     leased_until    timestamptz,
     last_error      text,
+    -- When last_error was recorded (next_attempt_at − this = the backoff).
+    last_error_at   timestamptz,
     created_at      timestamptz NOT NULL DEFAULT now(),
     sent_at         timestamptz,
     dead_at         timestamptz,

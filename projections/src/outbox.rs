@@ -570,7 +570,8 @@ pub async fn mark_retry(
 ) -> ProjectionResult<()> {
     sqlx::query(
         "UPDATE mail_outbox SET next_attempt_at = now() + make_interval(secs => $3), \
-         leased_until = NULL, last_error = $2 WHERE id = $1 AND state = 'pending'",
+         leased_until = NULL, last_error = $2, last_error_at = now() \
+         WHERE id = $1 AND state = 'pending'",
     )
     .bind(id)
     .bind(error)
@@ -585,7 +586,7 @@ pub async fn mark_retry(
 pub async fn mark_dead(pool: &PgPool, id: Uuid, error: &str) -> ProjectionResult<()> {
     sqlx::query(
         "UPDATE mail_outbox SET state = 'dead', dead_at = now(), leased_until = NULL, \
-         last_error = $2 WHERE id = $1 AND state = 'pending'",
+         last_error = $2, last_error_at = now() WHERE id = $1 AND state = 'pending'",
     )
     .bind(id)
     .bind(error)

@@ -206,8 +206,15 @@ async fn transient_failures_back_off_and_then_deliver(pool: PgPool) {
     assert_eq!(rows[0].1, "pending");
     assert_eq!(rows[0].2, 1);
     assert_eq!(rows[0].3.as_deref(), Some("refused (call 0)"));
-    // Not due again at once: the backoff holds it back.
-    assert_eq!(app.deliver_mail().await, 0);
+    // Due again after the base delay (then 100, 200, 200 ms: the unit test
+    // of `backoff`), not at once.
+    let delay_ms: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM next_attempt_at - last_error_at)::float8 * 1000 FROM mail_outbox",
+    )
+    .fetch_one(&app.state.pool)
+    .await
+    .unwrap();
+    assert!((delay_ms - 50.0).abs() < 0.01, "{delay_ms}");
     drive_until(&app, "delivery", |rows| rows[0].1 == "sent").await;
     assert_eq!(mailer.calls.load(Ordering::SeqCst), 4);
     assert_eq!(outbox_rows(&app).await[0].2, 4);

@@ -4,6 +4,7 @@
 //! verification recipes (docs/recipes/) against a running `queue serve`.
 
 mod bad_input;
+mod client;
 mod faults;
 mod jwt_keys;
 mod mail;

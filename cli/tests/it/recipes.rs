@@ -146,7 +146,7 @@ async fn get_json(base: &str, path: &str) -> (Value, Option<String>) {
     (response.json().await.unwrap(), cache)
 }
 
-async fn post_json(base: &str, path: &str, body: Value) -> (u16, Value) {
+pub async fn post_json(base: &str, path: &str, body: Value) -> (u16, Value) {
     let response = client()
         .post(format!("{base}{path}"))
         .json(&body)
