@@ -6,6 +6,16 @@
 //! has while Queue is down (ADR 0068: in-flight tokens stay valid until they
 //! expire).
 //!
+//! The JWKS refresh is rate limited to one fetch per 30 s (configurable with
+//! [`TokenVerifier::with_refresh_interval`]), like `jose`'s
+//! `createRemoteJWKSet` cooldown: a token with a `kid` that appeared less
+//! than that after the last fetch is refused ([`ClientError::UnknownKey`])
+//! until the interval has passed. Tokens with made-up `kid`s therefore cost
+//! Queue at most one request per interval per verifier.
+//!
+//! Not here yet: RBAC, admin and founders-gate calls, and an axum/tower
+//! layer (issue 20 lists them).
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), queue_client::ClientError> {
 //! use queue_client::{AuditWrite, ServiceClient, TokenVerifier};
