@@ -304,3 +304,40 @@ async fn adding_and_removing_a_passkey_send_notices(pool: PgPool) {
     let kinds: Vec<String> = outbox_rows(&app).await.into_iter().map(|r| r.0).collect();
     assert_eq!(kinds, vec!["passkey_added", "passkey_removed"]);
 }
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn events_that_are_stale_when_the_outbox_reaches_them_are_not_mailed(pool: PgPool) {
+    // A log whose events are two days old when the outbox first runs (a new
+    // or extracted database, a runner stopped for days): an expired link and
+    // an old notice are not worth a message.
+    let app = TestApp::new(pool).await;
+    app.clock().advance(-2 * 86_400);
+    let mut passkey = Passkey::new();
+    let tokens = app.register(&mut passkey, "ada@example.com").await;
+    for path in [
+        "/api/v1/auth/backup-codes",
+        "/api/v1/auth/email/verification",
+    ] {
+        let done = app.post_auth(path, json!({}), &bearer(&tokens)).await;
+        assert!(done.status.is_success(), "{path}: {}", done.text);
+    }
+    app.clock().advance(2 * 86_400);
+    assert_eq!(app.deliver_mail().await, 0);
+    assert!(outbox_rows(&app).await.is_empty());
+    let status = queue_projections::outbox::status(&app.state.pool)
+        .await
+        .unwrap();
+    assert_eq!(status.events_behind, 0, "the outbox read past them");
+
+    // What happens now is mailed.
+    let tokens = app.login(&mut passkey, "ada@example.com").await;
+    let done = app
+        .post_auth("/api/v1/auth/backup-codes", json!({}), &bearer(&tokens))
+        .await;
+    assert!(done.status.is_success(), "{}", done.text);
+    assert_eq!(app.deliver_mail().await, 1);
+    assert_eq!(
+        outbox_rows(&app).await,
+        vec![("backup_codes_regenerated".into(), "sent".into(), 1, None)]
+    );
+}
