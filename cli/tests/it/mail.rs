@@ -168,8 +168,13 @@ async fn a_verification_email_arrives_over_smtp_with_a_working_link() {
     let queue = start("queue-mail", &db, &keys, port).await;
     let tokens = register_as(&queue.base, "ada@example.com").await;
 
+    let asked = std::time::Instant::now();
     assert_eq!(request_verification(&queue.base, &tokens).await, 202);
     let mail = wait_for_mail(&inbox, 1).await;
+    eprintln!(
+        "verification request → message at the SMTP server: {:?}",
+        asked.elapsed()
+    );
     let row = rows(&db).await[0].0;
     assert_eq!(mail[0]["message_id"], message_id_of(row), "{mail:?}");
     assert_eq!(mail[0]["to"], json!(["ada@example.com"]));
