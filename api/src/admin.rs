@@ -220,7 +220,7 @@ pub async fn history(
     };
     existing_customer(&state, customer_id).await?;
     let history =
-        queue_eventstore::history::customer_history(&state.pool, &customer_id.to_string(), at)
+        queue_eventstore::history::customer_history(state.store(), &customer_id.to_string(), at)
             .await?;
     Ok(axum::Json(history).into_response())
 }

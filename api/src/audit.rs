@@ -20,11 +20,13 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::consistency::{await_projection, ConsistencyHeader};
 use crate::error::ApiError;
 use crate::extract::Json;
 use crate::service::{Scope, ServiceCaller};
 use crate::state::AppState;
 use queue_eventstore::{Batch, Loaded};
+use queue_projections::Projection;
 
 /// Serialised `metadata` over this many bytes answers 413 payload_too_large.
 pub const MAX_METADATA_BYTES: usize = 16 * 1024;
@@ -234,7 +236,7 @@ pub async fn list(
     State(state): State<AppState>,
     caller: ServiceCaller,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<AuditPageResponse>, ApiError> {
+) -> Result<(ConsistencyHeader, Json<AuditPageResponse>), ApiError> {
     caller.require(Scope::AuditRead)?;
     let Query(query) =
         query.map_err(|e| ApiError::invalid(crate::error::redact_values(&e.body_text())))?;
@@ -266,9 +268,14 @@ pub async fn list(
         },
         cursor: query.cursor,
     };
+    // Read-your-writes: an audit event this service just wrote is found.
+    let freshness = await_projection(&state, Projection::Audit).await?;
     let page = queue_projections::read::audit_events(&state.pool, &filter).await?;
-    Ok(Json(AuditPageResponse {
-        events: page.events,
-        next_cursor: page.next_cursor,
-    }))
+    Ok((
+        freshness.header(),
+        Json(AuditPageResponse {
+            events: page.events,
+            next_cursor: page.next_cursor,
+        }),
+    ))
 }

@@ -66,18 +66,34 @@ pub async fn redeem(
         .check(&format!("redeem:{address}"))
         .await?;
     let email = Email::parse(&request.email)?;
+    // Codes can be guessed, so a used-up bucket refuses before the check,
+    // the ceiling included; only a wrong code charges them (issue 17).
+    let account = email.to_string();
     state
         .inner
-        .account_limiter
-        .check(&format!("redeem:{email}"))
+        .account_limits
+        .refuse_if_exhausted("redeem", &account, &address, true)
         .await?;
+    match redeem_code(&state, &email, &request.code).await {
+        Err(ApiError::InvalidCode) => {
+            Err(crate::passkeys::failed_verification(&state, "redeem", &account, &address).await)
+        }
+        other => other.map(Json),
+    }
+}
+
+async fn redeem_code(
+    state: &AppState,
+    email: &Email,
+    code: &str,
+) -> Result<TokenResponse, ApiError> {
     let now = state.now();
     let store = state.store();
-    let Some(customer_id) = store.customer_by_email(&email).await? else {
+    let Some(customer_id) = store.customer_by_email(email).await? else {
         return Err(ApiError::InvalidCode);
     };
     let mut customer = store.customer(customer_id).await?;
-    let code_hash = tokens::hash(&tokens::normalize_backup_code(&request.code));
+    let code_hash = tokens::hash(&tokens::normalize_backup_code(code));
     let Some(customer_state) = customer.aggregate.state() else {
         return Err(ApiError::InvalidCode);
     };
@@ -100,19 +116,18 @@ pub async fn redeem(
     let mut batch = Batch::new();
     batch.add(&mut customer, &events)?;
     let session =
-        tokens::create_session(&state, &mut batch, customer_id, AuthMethod::BackupCode, now)
-            .await?;
+        tokens::create_session(state, &mut batch, customer_id, AuthMethod::BackupCode, now).await?;
     store.append(batch).await?;
     let customer_state = customer
         .aggregate
         .state()
         .ok_or_else(|| ApiError::internal("customer without state"))?;
-    Ok(Json(tokens::token_response(
-        &state,
+    tokens::token_response(
+        state,
         customer_state,
         session.session_id,
         Some(&session.method),
         session.refresh_token,
         now,
-    )?))
+    )
 }

@@ -4,6 +4,14 @@
 //! answers 503 `unavailable` with Retry-After without touching the store;
 //! after 30 s one probe request is let through (half-open) and its outcome
 //! closes or re-opens the breaker. JWKS, health and metrics bypass it.
+//!
+//! It times the store's share of a request only (issue 17): the guard sits
+//! inside `timeouts::read_body`, so the clock starts once the client's body
+//! is in memory and a client that uploads slowly cannot make the store look
+//! slow. The half-open probe has its own deadline
+//! (`QUEUE_BREAKER_PROBE_TIMEOUT_MS`, 5 s): a probe that does not answer in
+//! time counts as a failure and re-opens the breaker, so one slow request
+//! cannot hold it half-open.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -23,6 +31,8 @@ pub struct BreakerConfig {
     pub latency_window: usize,
     pub max_mean_latency: Duration,
     pub open_for: Duration,
+    /// The half-open probe's deadline.
+    pub probe_timeout: Duration,
 }
 
 impl Default for BreakerConfig {
@@ -32,6 +42,7 @@ impl Default for BreakerConfig {
             latency_window: 20,
             max_mean_latency: Duration::from_secs(3),
             open_for: Duration::from_secs(30),
+            probe_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -163,14 +174,27 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
         return next.run(request).await;
     }
     let breaker = &state.inner.breaker;
-    match breaker.admit(state.now()) {
+    let probe = match breaker.admit(state.now()) {
         Admission::Refused { retry_after_secs } => {
             return ApiError::Unavailable { retry_after_secs }.into_response();
         }
-        Admission::Allowed | Admission::Probe => {}
-    }
+        Admission::Allowed => false,
+        Admission::Probe => true,
+    };
     let started = std::time::Instant::now();
-    let response = next.run(request).await;
+    let response = if probe {
+        let deadline = breaker.config.probe_timeout;
+        match tokio::time::timeout(deadline, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => {
+                tracing::warn!(?deadline, "circuit breaker probe did not answer in time");
+                breaker.record(state.now(), true, started.elapsed());
+                return ApiError::unavailable().into_response();
+            }
+        }
+    } else {
+        next.run(request).await
+    };
     let store_failed = response
         .extensions()
         .get::<ErrorBody>()

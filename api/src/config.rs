@@ -149,6 +149,46 @@ impl fmt::Debug for RedisConfig {
     }
 }
 
+/// How long a client may take to send its headers and its body, and how
+/// long a handler may run once the body is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub header: Duration,
+    pub body: Duration,
+    pub handler: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            header: Duration::from_secs(10),
+            body: Duration::from_secs(10),
+            handler: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The bearer token /metrics asks for; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MetricsToken(String);
+
+impl MetricsToken {
+    /// Constant-time comparison with a presented token.
+    pub fn matches(&self, presented: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        use subtle::ConstantTimeEq;
+        let a = Sha256::digest(self.0.as_bytes());
+        let b = Sha256::digest(presented.as_bytes());
+        a.ct_eq(&b).into()
+    }
+}
+
+impl fmt::Debug for MetricsToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MetricsToken(<redacted>)")
+    }
+}
+
 /// Everything the HTTP API needs besides the database and ledger keys.
 #[derive(Clone)]
 pub struct Config {
@@ -193,8 +233,35 @@ pub struct Config {
     pub breaker: crate::breaker::BreakerConfig,
     /// Rate limits shared through Redis; `None`: per-process limits.
     pub redis: Option<RedisConfig>,
-    /// Take the client address from the first X-Forwarded-For entry.
-    pub trust_forwarded_for: bool,
+    /// QUEUE_TRUSTED_PROXIES: proxies whose X-Forwarded-For entries are
+    /// believed (walked from the right; see `client_address`).
+    pub trusted_proxies: crate::client_address::TrustedProxies,
+    /// QUEUE_READ_WAIT_MS: how long a projection read waits for its
+    /// projection to pass what was committed before it (read-your-writes,
+    /// ADR 0210); 0: no wait.
+    pub read_wait: Duration,
+    /// Failed verifications per minute per account across all addresses
+    /// (QUEUE_RATE_LIMIT_PER_ACCOUNT_CEILING); the per-account limit itself
+    /// is per (account, client address).
+    pub rate_limit_per_account_ceiling: u32,
+    /// Registration begin/complete per minute per client address
+    /// (QUEUE_RATE_LIMIT_REGISTER_PER_ADDRESS).
+    pub rate_limit_register_per_address: u32,
+    /// Registration begin/complete per minute per email
+    /// (QUEUE_RATE_LIMIT_REGISTER_PER_EMAIL).
+    pub rate_limit_register_per_email: u32,
+    /// Keys one per-process limiter holds at most (QUEUE_RATE_LIMIT_MAX_KEYS).
+    pub rate_limit_max_keys: usize,
+    /// Header, body and handler deadlines (QUEUE_HEADER_TIMEOUT_MS,
+    /// QUEUE_BODY_TIMEOUT_MS, QUEUE_HANDLER_TIMEOUT_MS).
+    pub timeouts: Timeouts,
+    /// FOUNDERS_COUNT_VERIFIED_ONLY: the gate counts customers once their
+    /// email is verified (default), not at registration.
+    pub founders_count_verified_only: bool,
+    /// QUEUE_METRICS_LISTEN: serve /metrics on this address only.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// QUEUE_METRICS_TOKEN: /metrics needs `Authorization: Bearer <token>`.
+    pub metrics_token: Option<MetricsToken>,
     pub mailer: MailerConfig,
     /// The outbox sender (From, attempts, backoff).
     pub mail: MailConfig,
@@ -237,7 +304,27 @@ impl fmt::Debug for Config {
             .field("shed_past_urgent", &self.shed_past_urgent)
             .field("breaker", &self.breaker)
             .field("redis", &self.redis)
-            .field("trust_forwarded_for", &self.trust_forwarded_for)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field(
+                "rate_limit_per_account_ceiling",
+                &self.rate_limit_per_account_ceiling,
+            )
+            .field(
+                "rate_limit_register_per_address",
+                &self.rate_limit_register_per_address,
+            )
+            .field(
+                "rate_limit_register_per_email",
+                &self.rate_limit_register_per_email,
+            )
+            .field("rate_limit_max_keys", &self.rate_limit_max_keys)
+            .field("timeouts", &self.timeouts)
+            .field(
+                "founders_count_verified_only",
+                &self.founders_count_verified_only,
+            )
+            .field("metrics_listen", &self.metrics_listen)
+            .field("metrics_token", &self.metrics_token)
             .field("mailer", &self.mailer)
             .field("mail", &self.mail)
             .field("email_verify_url", &self.email_verify_url)
@@ -457,7 +544,63 @@ impl Config {
             number(&get, "QUEUE_RATE_LIMIT_PER_ACCOUNT", 10, 1, 1_000_000)?;
         let rate_limit_per_service =
             number(&get, "QUEUE_RATE_LIMIT_PER_SERVICE", 6000, 1, 10_000_000)?;
-        let trust_forwarded_for = flag(&get, "QUEUE_TRUST_FORWARDED_FOR")?.unwrap_or(false);
+        if get("QUEUE_TRUST_FORWARDED_FOR").is_some() {
+            return Err(invalid(
+                "QUEUE_TRUST_FORWARDED_FOR",
+                "replaced by QUEUE_TRUSTED_PROXIES (a CIDR list of the proxies in front of Queue)",
+            ));
+        }
+        let trusted_proxies = match text(&get, "QUEUE_TRUSTED_PROXIES") {
+            Some(list) => crate::client_address::TrustedProxies::parse(&list).ok_or_else(|| {
+                invalid(
+                    "QUEUE_TRUSTED_PROXIES",
+                    "expected comma-separated CIDR blocks (10.0.0.0/8, 2001:db8::/32)",
+                )
+            })?,
+            None => crate::client_address::TrustedProxies::default(),
+        };
+        let rate_limit_per_account_ceiling = number(
+            &get,
+            "QUEUE_RATE_LIMIT_PER_ACCOUNT_CEILING",
+            rate_limit_per_account.saturating_mul(10),
+            1,
+            10_000_000,
+        )?;
+        let rate_limit_register_per_address = number(
+            &get,
+            "QUEUE_RATE_LIMIT_REGISTER_PER_ADDRESS",
+            20,
+            1,
+            1_000_000,
+        )?;
+        let rate_limit_register_per_email =
+            number(&get, "QUEUE_RATE_LIMIT_REGISTER_PER_EMAIL", 5, 1, 1_000_000)?;
+        let rate_limit_max_keys =
+            number(&get, "QUEUE_RATE_LIMIT_MAX_KEYS", 100_000, 100, 10_000_000)? as usize;
+        let millis = |var: &'static str, default: u32, min: u32, max: u32| {
+            number(&get, var, default, min, max).map(|ms| Duration::from_millis(u64::from(ms)))
+        };
+        let timeouts = Timeouts {
+            header: millis("QUEUE_HEADER_TIMEOUT_MS", 10_000, 100, 600_000)?,
+            body: millis("QUEUE_BODY_TIMEOUT_MS", 10_000, 100, 600_000)?,
+            handler: millis("QUEUE_HANDLER_TIMEOUT_MS", 30_000, 100, 600_000)?,
+        };
+        let metrics_listen = text(&get, "QUEUE_METRICS_LISTEN")
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| invalid("QUEUE_METRICS_LISTEN", "expected host:port"))
+            })
+            .transpose()?;
+        let metrics_token = match text(&get, "QUEUE_METRICS_TOKEN") {
+            Some(token) if token.len() < 16 => {
+                return Err(invalid(
+                    "QUEUE_METRICS_TOKEN",
+                    "must be at least 16 characters",
+                ))
+            }
+            Some(token) => Some(MetricsToken(token)),
+            None => None,
+        };
         let max_in_flight = number(&get, "QUEUE_MAX_IN_FLIGHT", 256, 1, 1_000_000)? as usize;
         let urgent_defaults = crate::shedding::UrgentLevels::default();
         let shed_past_urgent = crate::shedding::UrgentLevels {
@@ -515,6 +658,13 @@ impl Config {
                 30_000,
                 10,
                 3_600_000,
+            )?)),
+            probe_timeout: Duration::from_millis(u64::from(number(
+                &get,
+                "QUEUE_BREAKER_PROBE_TIMEOUT_MS",
+                5_000,
+                10,
+                600_000,
             )?)),
         };
         let redis = redis_config(&get)?;
@@ -580,6 +730,8 @@ impl Config {
 
         let service_tokens = ServiceTokens::from_lookup(&get, names)?;
         let flag_founders_gate = flag(&get, "FLAG_FOUNDERS_GATE")?.unwrap_or(false);
+        let founders_count_verified_only =
+            flag(&get, "FOUNDERS_COUNT_VERIFIED_ONLY")?.unwrap_or(true);
         let founders_cohort_threshold = if flag_founders_gate {
             if text(&get, "FOUNDERS_COHORT_THRESHOLD").is_none() {
                 return Err(ConfigError::Missing("FOUNDERS_COHORT_THRESHOLD"));
@@ -628,7 +780,22 @@ impl Config {
             rate_limit_per_address,
             rate_limit_per_account,
             rate_limit_per_service,
-            trust_forwarded_for,
+            trusted_proxies,
+            read_wait: Duration::from_millis(u64::from(number(
+                &get,
+                "QUEUE_READ_WAIT_MS",
+                1_000,
+                0,
+                60_000,
+            )?)),
+            rate_limit_per_account_ceiling,
+            rate_limit_register_per_address,
+            rate_limit_register_per_email,
+            rate_limit_max_keys,
+            timeouts,
+            founders_count_verified_only,
+            metrics_listen,
+            metrics_token,
             max_in_flight,
             shed_past_urgent,
             breaker,
@@ -910,6 +1077,65 @@ mod tests {
                 .to_string();
             assert!(err.starts_with("QUEUE_JWT_KEYS"), "{err}");
             assert!(!err.contains("SECRETVALUE"), "{err}");
+        }
+    }
+
+    #[test]
+    fn hostile_client_settings_have_defaults_and_are_checked() {
+        let base = [("QUEUE_DEV", "1"), ("QUEUE_JWT_KEYS", KEY)];
+        let config = Config::from_lookup(lookup(&base)).unwrap();
+        assert_eq!(config.timeouts, Timeouts::default());
+        assert_eq!(config.timeouts.body, Duration::from_secs(10));
+        assert!(config.trusted_proxies.is_empty());
+        assert_eq!(config.rate_limit_per_account_ceiling, 100);
+        assert_eq!(
+            (
+                config.rate_limit_register_per_address,
+                config.rate_limit_register_per_email
+            ),
+            (20, 5)
+        );
+        assert!(config.founders_count_verified_only);
+        assert_eq!(config.breaker.probe_timeout, Duration::from_secs(5));
+        assert_eq!(config.metrics_listen, None);
+
+        let mut with = base.to_vec();
+        with.extend([
+            ("QUEUE_TRUSTED_PROXIES", "10.0.0.0/8, 2001:db8::/32"),
+            ("QUEUE_BODY_TIMEOUT_MS", "2500"),
+            ("QUEUE_METRICS_LISTEN", "127.0.0.1:9100"),
+            ("QUEUE_METRICS_TOKEN", "scrape-SECRETVALUE-0123"),
+        ]);
+        let config = Config::from_lookup(lookup(&with)).unwrap();
+        assert!(!config.trusted_proxies.is_empty());
+        assert_eq!(config.timeouts.body, Duration::from_millis(2500));
+        assert!(config
+            .metrics_token
+            .as_ref()
+            .is_some_and(|t| t.matches("scrape-SECRETVALUE-0123") && !t.matches("nope")));
+        assert!(!format!("{config:?}").contains("SECRETVALUE"));
+
+        for (var, value) in [
+            ("QUEUE_TRUSTED_PROXIES", "10.0.0.0/8,not-a-cidr"),
+            ("QUEUE_TRUST_FORWARDED_FOR", "1"),
+            ("QUEUE_HEADER_TIMEOUT_MS", "0"),
+            ("QUEUE_BODY_TIMEOUT_MS", "many"),
+            ("QUEUE_HANDLER_TIMEOUT_MS", "600001"),
+            ("QUEUE_BREAKER_PROBE_TIMEOUT_MS", "0"),
+            ("QUEUE_METRICS_LISTEN", "nowhere"),
+            ("QUEUE_METRICS_TOKEN", "short"),
+            ("QUEUE_RATE_LIMIT_MAX_KEYS", "10"),
+            ("FOUNDERS_COUNT_VERIFIED_ONLY", "maybe"),
+        ] {
+            let mut bad = base.to_vec();
+            bad.push((var, value));
+            assert!(
+                matches!(
+                    Config::from_lookup(lookup(&bad)),
+                    Err(ConfigError::Invalid { var: v, .. }) if v == var
+                ),
+                "{var}={value}"
+            );
         }
     }
 

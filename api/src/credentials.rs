@@ -11,10 +11,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::consistency::{await_projection, ConsistencyHeader};
 use crate::error::ApiError;
 use crate::extract::{Authenticated, Json};
 use crate::state::AppState;
 use queue_eventstore::{Batch, Loaded};
+use queue_projections::Projection;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CredentialView {
@@ -48,14 +50,17 @@ fn view(loaded: &Loaded<Credential>) -> Option<CredentialView> {
     })
 }
 
-/// The customer's passkeys, from the `queue_webauthn_credentials` read table
-/// (it trails the event log by the projection runner's poll interval).
+/// The customer's passkeys, from the `queue_webauthn_credentials` read
+/// table, once it has caught up with what was committed before the request
+/// (bounded: `X-Queue-Consistency` says whether it had).
 #[utoipa::path(get, path = "/api/v1/auth/credentials", tag = "credentials",
     responses((status = 200, body = CredentialList), (status = 401, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Authenticated,
-) -> Result<Json<CredentialList>, ApiError> {
+) -> Result<(ConsistencyHeader, Json<CredentialList>), ApiError> {
+    // Read-your-writes: a passkey just added is listed.
+    let freshness = await_projection(&state, Projection::Credentials).await?;
     let rows =
         queue_projections::read::credentials_of(state.store().pool(), Uuid::from(auth.customer_id))
             .await?;
@@ -70,7 +75,7 @@ pub async fn list(
             backup_state: row.backup_state,
         })
         .collect();
-    Ok(Json(CredentialList { credentials }))
+    Ok((freshness.header(), Json(CredentialList { credentials })))
 }
 
 /// The customer's own, usable passkey; anything else is 404.

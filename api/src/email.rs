@@ -75,13 +75,28 @@ pub async fn verify(
         .check(&format!("verify:{address}"))
         .await?;
     let customer_id = tokens::email_token_customer(&request.token).ok_or(ApiError::InvalidCode)?;
+    // Only a wrong token charges the account's buckets (issue 17).
+    let account = customer_id.to_string();
     state
         .inner
-        .account_limiter
-        .check(&format!("verify:{customer_id}"))
+        .account_limits
+        .refuse_if_exhausted("verify", &account, &address, true)
         .await?;
+    match verify_token(&state, customer_id, &request.token).await {
+        Err(ApiError::InvalidCode) => {
+            Err(crate::passkeys::failed_verification(&state, "verify", &account, &address).await)
+        }
+        other => other.map(Json),
+    }
+}
+
+async fn verify_token(
+    state: &AppState,
+    customer_id: queue_domain::types::CustomerId,
+    token: &str,
+) -> Result<Verified, ApiError> {
     let now = state.now();
-    let token_hash = tokens::hash(&request.token);
+    let token_hash = tokens::hash(token);
     let mut customer = state.store().customer(customer_id).await?;
     let Some(customer_state) = customer.aggregate.state() else {
         return Err(ApiError::InvalidCode);
@@ -106,8 +121,12 @@ pub async fn verify(
         })?;
     let mut batch = Batch::new();
     batch.add(&mut customer, &events)?;
-    state.store().append(batch).await?;
-    Ok(Json(Verified {
+    if state.config().flag_founders_gate && state.config().founders_count_verified_only {
+        crate::founders::append_verification(state, batch).await?;
+    } else {
+        state.store().append(batch).await?;
+    }
+    Ok(Verified {
         email_verified: true,
-    }))
+    })
 }

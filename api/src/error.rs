@@ -55,6 +55,8 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("metadata is larger than 16 KiB")]
     MetadataTooLarge,
+    #[error("the request was not received in time")]
+    RequestTimeout,
     #[error("too many requests")]
     RateLimited { retry_after_secs: u64 },
     #[error("overloaded")]
@@ -121,6 +123,7 @@ impl ApiError {
             Self::PayloadTooLarge | Self::MetadataTooLarge => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
+            Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Overloaded { .. } => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -185,6 +188,12 @@ impl IntoResponse for ApiError {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }
         }
+        if matches!(self, Self::RequestTimeout) {
+            // The rest of the body is not worth waiting for.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
             .extensions_mut()
             .insert(ErrorBody { code, message });
@@ -240,6 +249,7 @@ fn fallback_body(status: StatusCode) -> ErrorBody {
         StatusCode::UNSUPPORTED_MEDIA_TYPE => {
             ("invalid_request", "expected Content-Type: application/json")
         }
+        StatusCode::REQUEST_TIMEOUT => ("request_timeout", "the request was not received in time"),
         StatusCode::TOO_MANY_REQUESTS => ("rate_limited", "too many requests"),
         StatusCode::SERVICE_UNAVAILABLE => {
             ("unavailable", "the service is temporarily unavailable")

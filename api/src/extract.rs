@@ -145,30 +145,36 @@ impl OptionalFromRequestParts<AppState> for Authenticated {
 }
 
 /// The client's address, for per-address rate limits: the peer address, or
-/// the first X-Forwarded-For entry when QUEUE_TRUST_FORWARDED_FOR is on.
+/// what the trusted proxies say (`QUEUE_TRUSTED_PROXIES`, walked from the
+/// right; see `client_address`). IPv6 is keyed by its /64.
 pub struct ClientAddress(pub String);
 
 impl FromRequestParts<AppState> for ClientAddress {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if state.config().trust_forwarded_for {
-            let forwarded = parts
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
-                .map(str::trim)
-                .filter(|v| !v.is_empty());
-            if let Some(address) = forwarded {
-                return Ok(Self(address.to_owned()));
-            }
-        }
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip().to_string())
-            .unwrap_or_else(|| "unknown".to_owned());
-        Ok(Self(peer))
+            .map(|ConnectInfo(addr)| addr.ip())
+            // The router in tests (`MockConnectInfo`).
+            .or_else(|| {
+                parts
+                    .extensions
+                    .get::<axum::extract::connect_info::MockConnectInfo<SocketAddr>>()
+                    .map(|mock| mock.0.ip())
+            });
+        let forwarded = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            // A value that is not text is a malformed entry: the peer.
+            .map(|v| v.to_str().unwrap_or("!"));
+        let client =
+            crate::client_address::resolve(peer, forwarded, &state.config().trusted_proxies);
+        Ok(Self(client.map_or_else(
+            || "unknown".to_owned(),
+            crate::client_address::key_of,
+        )))
     }
 }

@@ -6,6 +6,16 @@
 //! place back and two registrations can never take the last place. Only
 //! gated registrations wait on that row lock; no other write does.
 //!
+//! With FOUNDERS_COUNT_VERIFIED_ONLY (the default, issue 17) the gate
+//! counts customers whose email is verified instead (row 2, migration 0304):
+//! a registration is admitted while fewer than the threshold are verified
+//! and takes no place itself; the count goes up in the same transaction as
+//! each EmailVerified append ([`append_verification`]), so it is exact under
+//! concurrency, and scripted sign-ups that never verify cannot fill the
+//! cohort. Customers who registered while it was open and verify after it
+//! filled are not turned away, so the cohort may end a little above the
+//! threshold (by the registrations pending verification at that moment).
+//!
 //! Refused: 403 founders_cohort_full and an audit event
 //! `founders.gate.rejected`. If the counter cannot be read or written (a
 //! statement error, not an outage) the registration fails open as ADR-0094
@@ -63,6 +73,46 @@ fn is_statement_error(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(_))
 }
 
+/// Seeds the verified-customer counter (row 2) from the log when it does
+/// not exist yet: `EmailVerified` events and customers imported verified.
+const SEED_VERIFIED: &str = "INSERT INTO founders_gate (id, used) \
+     SELECT 2, (SELECT count(*) FROM events \
+                WHERE aggregate_type = 'Customer' \
+                  AND (event_type = 'EmailVerified' \
+                       OR (event_type = 'CustomerImported' \
+                           AND payload #>> '{CustomerImported,email_verified_at}' IS NOT NULL))) \
+     WHERE NOT EXISTS (SELECT 1 FROM founders_gate WHERE id = 2) \
+     ON CONFLICT (id) DO NOTHING";
+
+/// Appends an email verification `batch`, counting the customer into the
+/// verified-founders counter in the same transaction. A statement error
+/// (not an outage) appends without counting, logged (fail open, as the gate).
+pub async fn append_verification(state: &AppState, batch: Batch) -> Result<(), ApiError> {
+    let mut tx = state.pool.begin().await?;
+    {
+        let mut savepoint = tx.begin().await?;
+        let result: Result<(), sqlx::Error> = async {
+            sqlx::query(SEED_VERIFIED).execute(&mut *savepoint).await?;
+            sqlx::query("UPDATE founders_gate SET used = used + 1 WHERE id = 2")
+                .execute(&mut *savepoint)
+                .await?;
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => savepoint.commit().await?,
+            Err(e) if is_statement_error(&e) => {
+                savepoint.rollback().await?;
+                tracing::warn!(error = %e, "founders gate: verified count not updated");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    state.store().append_in(&mut tx, batch).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Appends a new customer's registration `batch` through the founders gate.
 /// `attempt` identifies the attempt (the challenge id) for the audit keys.
 pub async fn append_registration(
@@ -76,7 +126,17 @@ pub async fn append_registration(
     let mut tx = state.pool.begin().await?;
     let admitted = {
         let mut savepoint = tx.begin().await?;
+        let verified_only = state.config().founders_count_verified_only;
         let result: Result<bool, sqlx::Error> = async {
+            if verified_only {
+                sqlx::query(SEED_VERIFIED).execute(&mut *savepoint).await?;
+                let open: Option<bool> =
+                    sqlx::query_scalar("SELECT used < $1 FROM founders_gate WHERE id = 2")
+                        .bind(threshold)
+                        .fetch_optional(&mut *savepoint)
+                        .await?;
+                return Ok(open.unwrap_or(true));
+            }
             // The count of customers seeds the counter once. It is a scalar
             // subquery behind `NOT EXISTS`, so it only runs while there is no
             // counter row: as `INSERT … SELECT count(*) … ON CONFLICT DO

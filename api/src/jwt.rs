@@ -638,40 +638,14 @@ pub async fn run_key_reloader(
     pool: sqlx::PgPool,
     keys: SharedJwtKeys,
     path: std::path::PathBuf,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    loop {
-        let mut listener = match sqlx::postgres::PgListener::connect_with(&pool).await {
-            Ok(listener) => listener,
-            Err(e) => {
-                tracing::warn!(error = %e, "JWT key reloader cannot listen; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => continue,
-                    _ = stop.changed() => return,
-                }
-            }
-        };
-        if let Err(e) = listener.listen(ROTATION_CHANNEL).await {
-            tracing::warn!(error = %e, "JWT key reloader cannot listen; retrying");
-            continue;
-        }
-        // A rotation may have happened while not listening.
-        reload(&keys, &path);
-        loop {
-            tokio::select! {
-                received = listener.recv() => match received {
-                    Ok(_) => {
-                        reload(&keys, &path);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "JWT key reloader lost its connection");
-                        break;
-                    }
-                },
-                _ = stop.changed() => return,
-            }
-        }
-    }
+    // The one reloader loop of every key set (listen, reload on each
+    // notification, reconnect with backoff).
+    queue_eventstore::rotation::run_reloader(pool, ROTATION_CHANNEL, "jwt", stop, move || {
+        reload(&keys, &path)
+    })
+    .await;
 }
 
 /// Re-reads the key file; on failure keeps the last good keys and marks

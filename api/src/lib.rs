@@ -8,8 +8,10 @@ pub mod audit;
 pub mod backup_codes;
 pub mod breaker;
 pub mod challenges;
+pub mod client_address;
 pub mod clock;
 pub mod config;
+pub mod consistency;
 pub mod credentials;
 pub mod discovery;
 pub mod email;
@@ -22,6 +24,7 @@ pub mod mailer;
 pub mod metrics;
 pub mod openapi;
 pub mod outbox;
+pub mod pages;
 pub mod passkeys;
 pub mod ratelimit;
 pub mod rbac;
@@ -29,6 +32,7 @@ pub mod service;
 pub mod sessions;
 pub mod shedding;
 pub mod state;
+pub mod timeouts;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -113,25 +117,36 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn app(state: AppState) -> Router {
     let doc = Arc::new(openapi());
     let (operations, _) = operation_routes().split_for_parts();
-    let mut router = Router::new()
-        .merge(operations)
-        .route("/metrics", get(metrics::render))
-        .route(
-            "/openapi.json",
-            get(move || {
-                let doc = Arc::clone(&doc);
-                async move { axum::Json(doc.as_ref().clone()) }
-            }),
-        );
+    let mut router = Router::new().merge(operations);
+    // QUEUE_METRICS_LISTEN: /metrics lives on its own listener only.
+    if state.config().metrics_listen.is_none() {
+        router = router.route("/metrics", get(metrics::render));
+    }
+    router = router.route(
+        "/openapi.json",
+        get(move || {
+            let doc = Arc::clone(&doc);
+            async move { axum::Json(doc.as_ref().clone()) }
+        }),
+    );
     if state.config().flag_queue_v1 {
         let (v1, _) = v1_routes().split_for_parts();
-        router = router.merge(v1);
+        // The hosted pages only call /api/v1, so they share its flag.
+        router = router.merge(v1).merge(pages::routes());
     }
+    // Inside out: the hosted pages' cookie flow, the handler's deadline, the
+    // breaker (which so times the handler's work only), shedding, and
+    // outside them the body read: a
+    // request counts against shedding and the breaker only once its body
+    // is in memory (issue 17).
     router
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(from_fn_with_state(state.clone(), pages::cookie_flow))
+        .layer(from_fn_with_state(state.clone(), timeouts::deadline))
         .layer(from_fn_with_state(state.clone(), breaker::guard))
         .layer(from_fn_with_state(state.clone(), shedding::guard))
+        .layer(from_fn_with_state(state.clone(), timeouts::read_body))
         .layer(from_fn(metrics::track))
         .layer(from_fn_with_state(state.clone(), refuse_while_draining))
         .with_state(state)
@@ -148,6 +163,16 @@ pub fn app(state: AppState) -> Router {
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// `/metrics` alone, for `QUEUE_METRICS_LISTEN` (an address only the
+/// scraper reaches); the token, when set, is still asked for.
+pub fn metrics_app(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics::render))
+        .fallback(not_found)
+        .with_state(state)
+        .layer(from_fn(error::error_envelope))
 }
 
 async fn not_found() -> ApiError {

@@ -56,7 +56,7 @@ pub trait Mailer: Send + Sync + 'static {
     async fn send(&self, message: &Message) -> Result<(), MailError>;
 }
 
-/// Writes `<dir>/<time>-<uuid>.eml`, one file per delivery.
+/// Writes `<dir>/<time>-<uuid>.eml`, one file per delivery, mode 0600.
 #[derive(Clone, Debug)]
 pub struct LogMailer {
     dir: PathBuf,
@@ -104,7 +104,19 @@ impl Mailer for LogMailer {
              --{boundary}\r\nContent-Type: text/html; charset=utf-8\r\n\r\n{}\r\n--{boundary}--\r\n",
             self.from, message.to, message.subject, message.message_id, message.body, message.html
         );
-        tokio::fs::write(&path, text)
+        // Messages hold secret links: readable by the service's user only.
+        let mut options = tokio::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        options.mode(0o600);
+        let mut file = options
+            .open(&path)
+            .await
+            .map_err(|e| MailError::transient(format!("{}: {}", path.display(), e.kind())))?;
+        tokio::io::AsyncWriteExt::write_all(&mut file, text.as_bytes())
+            .await
+            .map_err(|e| MailError::transient(format!("{}: {}", path.display(), e.kind())))?;
+        tokio::io::AsyncWriteExt::flush(&mut file)
             .await
             .map_err(|e| MailError::transient(format!("{}: {}", path.display(), e.kind())))?;
         // The path only: the body may hold a secret link.

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -82,8 +82,19 @@ pub async fn track(request: Request, next: Next) -> Response {
     response
 }
 
-/// `GET /metrics`: Prometheus text format.
-pub async fn render(State(state): State<AppState>) -> Response {
+/// `GET /metrics`: Prometheus text format. With `QUEUE_METRICS_TOKEN` set,
+/// only for `Authorization: Bearer <token>` (401 otherwise).
+pub async fn render(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(token) = &state.config().metrics_token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !token.matches(presented.trim()) {
+            return crate::error::ApiError::Unauthorized.into_response();
+        }
+    }
     let gauge = |degraded: bool| if degraded { 1.0 } else { 0.0 };
     let keys = state.keys_degraded();
     metrics::gauge!("queue_mac_keys_degraded").set(gauge(keys.mac));

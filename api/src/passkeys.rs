@@ -1,5 +1,6 @@
 //! WebAuthn ceremonies: registration (new customer, extra passkey) and login
-//! (by email, discoverable). webauthn-rs-core verifies; the aggregates
+//! (by email, discoverable). webauthn-rs-core verifies, through
+//! queue-passkey for the Ed25519 signatures it cannot check; the aggregates
 //! decide (counter regression, suspension); every change is one atomic
 //! append.
 
@@ -32,14 +33,10 @@ use crate::state::AppState;
 use crate::tokens::{self, TokenResponse};
 use queue_eventstore::{Batch, Loaded};
 
-/// The algorithms offered at registration, in order of preference.
+/// The algorithms offered at registration, in order of preference: ES256,
+/// EdDSA (Ed25519), ES384, RS256 (ADR 0206).
 pub fn credential_algorithms() -> Vec<COSEAlgorithm> {
-    vec![
-        COSEAlgorithm::ES256,
-        COSEAlgorithm::EDDSA,
-        COSEAlgorithm::ES384,
-        COSEAlgorithm::RS256,
-    ]
+    queue_passkey::accepted_algorithms()
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -140,12 +137,18 @@ fn internal(what: &str) -> impl FnOnce(serde_json::Error) -> ApiError + '_ {
 
 #[utoipa::path(post, path = "/api/v1/auth/webauthn/register/begin", tag = "passkeys",
     request_body = RegisterBeginRequest,
-    responses((status = 200, body = BeginResponse), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = BeginResponse), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope), (status = 429, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
 pub async fn register_begin(
     State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
     auth: Option<Authenticated>,
     Json(request): Json<RegisterBeginRequest>,
 ) -> Result<Json<BeginResponse>, ApiError> {
+    state
+        .inner
+        .register_address_limiter
+        .check(&format!("register:{address}"))
+        .await?;
     let now = state.now();
     let store = state.store();
     let (customer_id, user_name, display, exclude, context) = match auth {
@@ -188,6 +191,11 @@ pub async fn register_begin(
                     .as_deref()
                     .ok_or_else(|| ApiError::invalid("display_name is required"))?,
             )?;
+            state
+                .inner
+                .register_email_limiter
+                .check(&format!("register:{email}"))
+                .await?;
             let customer_id = CustomerId::from(Uuid::now_v7());
             (
                 customer_id,
@@ -229,12 +237,18 @@ pub async fn register_begin(
 #[utoipa::path(post, path = "/api/v1/auth/webauthn/register/complete", tag = "passkeys",
     request_body = RegisterCompleteRequest,
     responses((status = 201, body = TokenResponse, description = "new customer: tokens and credential_id; extra passkey: {credential_id}"),
-        (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope), (status = 409, body = crate::error::ErrorEnvelope), (status = 410, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
+        (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope), (status = 409, body = crate::error::ErrorEnvelope), (status = 410, body = crate::error::ErrorEnvelope), (status = 429, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
 pub async fn register_complete(
     State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
     auth: Option<Authenticated>,
     Json(request): Json<RegisterCompleteRequest>,
 ) -> Result<Response, ApiError> {
+    state
+        .inner
+        .register_address_limiter
+        .check(&format!("register:{address}"))
+        .await?;
     let now = state.now();
     let store = state.store();
     // Parse everything before the challenge is spent.
@@ -250,6 +264,14 @@ pub async fn register_complete(
         .customer_id
         .ok_or_else(|| ApiError::internal("register challenge without customer"))?;
     let adding = challenge.context.get("mode").and_then(Value::as_str) == Some("add");
+    if let Some(email) = challenge.context.get("email").and_then(Value::as_str) {
+        // `email_taken` is answered here only: throttled per email too.
+        state
+            .inner
+            .register_email_limiter
+            .check(&format!("register:{email}"))
+            .await?;
+    }
     if adding {
         match &auth {
             None => return Err(ApiError::Unauthorized),
@@ -259,10 +281,7 @@ pub async fn register_complete(
     }
     let registration: RegistrationState =
         serde_json::from_value(challenge.state).map_err(internal("registration state"))?;
-    let passkey = state
-        .inner
-        .webauthn
-        .register_credential(&response, &registration, None)
+    let passkey = queue_passkey::register(&state.inner.webauthn, &response, &registration)
         .map_err(|e| {
             tracing::info!(error = %e, "passkey registration refused");
             ApiError::WebauthnFailed
@@ -404,38 +423,37 @@ pub async fn login_begin(
     let (customer_id, context) = match &email {
         None => (None, json!({"mode": "discoverable"})),
         Some(email) => {
-            state
-                .inner
-                .account_limiter
-                .check(&format!("login:{email}"))
-                .await?;
+            // No per-account charge here: nothing is verified yet (issue 17).
+            // The same queries for an unknown email as for a known one: the
+            // credentials of an id no customer has are looked up.
             let customer_id = store.customer_by_email(email).await?;
-            let mut ids: Vec<Vec<u8>> = Vec::new();
-            if let Some(customer_id) = customer_id {
-                let mut conn = store.pool().acquire().await?;
-                ids = store
-                    .usable_credentials_of(&mut conn, customer_id)
-                    .await?
-                    .into_iter()
-                    .filter_map(|c| {
-                        c.aggregate
-                            .state()
-                            .map(|s| s.raw_credential_id.as_bytes().to_vec())
-                    })
-                    .collect();
+            let lookup = customer_id.unwrap_or_else(|| CustomerId::from(Uuid::nil()));
+            let mut conn = store.pool().acquire().await?;
+            let mut ids: Vec<Vec<u8>> = store
+                .usable_credentials_of(&mut conn, lookup)
+                .await?
+                .into_iter()
+                .filter_map(|c| {
+                    c.aggregate
+                        .state()
+                        .map(|s| s.raw_credential_id.as_bytes().to_vec())
+                })
+                .collect();
+            drop(conn);
+            // Same shape for an unknown email: believable, stable fake ids,
+            // computed for every email so both take the same work.
+            let mut fake = state
+                .inner
+                .fake_credentials
+                .generate(email.as_str().as_bytes())
+                .map_err(|e| ApiError::internal(format!("fake credentials: {e}")))?;
+            if fake.is_empty() {
+                // The distribution may yield none; a real customer always has one.
+                let id = tokens::derive_key(&state.inner.fake_key, email.as_str().as_bytes());
+                fake = vec![id[..16].to_vec()];
             }
             if ids.is_empty() {
-                // Same shape for an unknown email: believable, stable fake ids.
-                ids = state
-                    .inner
-                    .fake_credentials
-                    .generate(email.as_str().as_bytes())
-                    .map_err(|e| ApiError::internal(format!("fake credentials: {e}")))?;
-                if ids.is_empty() {
-                    // The distribution may yield none; a real customer always has one.
-                    let id = tokens::derive_key(&state.inner.fake_key, email.as_str().as_bytes());
-                    ids = vec![id[..16].to_vec()];
-                }
+                ids = fake;
             }
             options.public_key.allow_credentials = ids
                 .into_iter()
@@ -517,9 +535,34 @@ async fn login(
     if raw_id.is_err() {
         return Err(ApiError::WebauthnFailed);
     }
-    let Some(credential_state) = credential.aggregate.state().filter(|s| !s.is_revoked()) else {
-        tracing::info!("login with an unknown or revoked passkey");
-        return Err(ApiError::WebauthnFailed);
+    let known = credential.aggregate.state().filter(|s| !s.is_revoked());
+    // The account a failure is charged to: the one the login was begun
+    // for, else the passkey's owner.
+    let account = challenge
+        .customer_id
+        .or_else(|| known.map(|s| s.customer_id))
+        .map(|id| id.to_string());
+    if let Some(account) = &account {
+        // This address's failures on this account only: the ceiling never
+        // stands in the way of a valid passkey.
+        state
+            .inner
+            .account_limits
+            .refuse_if_exhausted("login", account, address, false)
+            .await?;
+    }
+    let failed = |why: &'static str| {
+        let account = account.clone();
+        async move {
+            tracing::info!(why, "login refused");
+            match account {
+                Some(account) => failed_verification(state, "login", &account, address).await,
+                None => ApiError::WebauthnFailed,
+            }
+        }
+    };
+    let Some(credential_state) = known else {
+        return Err(failed("unknown or revoked passkey").await);
     };
     let owner = credential_state.customer_id;
     let discoverable =
@@ -534,14 +577,11 @@ async fn login(
         challenge.customer_id == Some(owner)
     };
     if !owner_matches {
-        tracing::info!("passkey does not belong to the customer of the challenge");
-        return Err(ApiError::WebauthnFailed);
+        return Err(failed("passkey does not belong to the customer of the challenge").await);
     }
-    state
-        .inner
-        .account_limiter
-        .check(&format!("login:{owner}"))
-        .await?;
+    if is_cross_origin(&response) {
+        return Err(failed("crossOrigin assertion").await);
+    }
 
     let mut passkey: webauthn_rs_core::proto::Credential = serde_json::from_value(
         credential_state
@@ -556,16 +596,20 @@ async fn login(
     passkey.counter = 0;
     passkey.backup_state = credential_state.backup_state;
     passkey.backup_eligible = credential_state.backup_eligible;
-    let verified = state
-        .inner
-        .webauthn
-        .authenticate_single_credential(&response, &authentication, &passkey)
-        .map_err(|e| {
+    let verified = match queue_passkey::authenticate(
+        &state.inner.webauthn,
+        &response,
+        &authentication,
+        &passkey,
+    ) {
+        Ok(verified) => verified,
+        Err(e) => {
             tracing::info!(error = %e, "passkey assertion refused");
-            ApiError::WebauthnFailed
-        })?;
-    if !verified.user_verified() {
-        return Err(ApiError::WebauthnFailed);
+            return Err(failed("assertion refused").await);
+        }
+    };
+    if !verified.user_verified {
+        return Err(failed("user not verified").await);
     }
 
     let customer = store.customer(owner).await?;
@@ -579,8 +623,8 @@ async fn login(
 
     let used = credential
         .execute(CredentialCommand::RecordUse {
-            sign_count: verified.counter(),
-            backup_state: verified.backup_state(),
+            sign_count: verified.counter,
+            backup_state: verified.backup_state,
             at: now,
         })
         .await;
@@ -596,11 +640,11 @@ async fn login(
                 presented,
             )
             .await?;
-            return Err(ApiError::WebauthnFailed);
+            return Err(failed("sign counter regression").await);
         }
         Err(other) => {
             tracing::info!(error = %other, "passkey use refused");
-            return Err(ApiError::WebauthnFailed);
+            return Err(failed("passkey use refused").await);
         }
     };
     let mut batch = Batch::new();
@@ -622,6 +666,38 @@ async fn login(
         session.refresh_token,
         now,
     )
+}
+
+/// Charges a failed verification to (account, address) and the account's
+/// ceiling; the answer is the failure, or 429 once a bucket is empty.
+pub(crate) async fn failed_verification(
+    state: &AppState,
+    scope: &str,
+    account: &str,
+    address: &str,
+) -> ApiError {
+    let failure = match scope {
+        "login" => ApiError::WebauthnFailed,
+        _ => ApiError::InvalidCode,
+    };
+    match state
+        .inner
+        .account_limits
+        .record_failure(scope, account, address)
+        .await
+    {
+        Ok(()) => failure,
+        Err(limited) => limited,
+    }
+}
+
+/// `clientDataJSON.crossOrigin == true`: the assertion was made in a frame
+/// of another origin. webauthn-rs-core checks it only at registration.
+fn is_cross_origin(response: &PublicKeyCredential) -> bool {
+    serde_json::from_slice::<Value>(response.response.client_data_json.as_slice())
+        .ok()
+        .and_then(|data| data.get("crossOrigin").and_then(Value::as_bool))
+        == Some(true)
 }
 
 /// A sign counter that did not increase: possible cloned authenticator.

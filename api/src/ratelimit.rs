@@ -8,11 +8,26 @@
 //! allowed to fail a request: when it is down, slow or not yet connected, the
 //! call falls back to this process's buckets, the mode reads `degraded`, and
 //! a background task reconnects.
+//!
+//! The per-process buckets are `governor`'s keyed GCRA limiter (the same
+//! algorithm as the Redis script): a check is O(1) whatever the number of
+//! keys (a sharded hash map, no scan). Keys whose state is as good as fresh
+//! are evicted at most every second (`retain_recent`), from the check path,
+//! so memory follows the keys seen in the last few emission intervals; and a
+//! limiter never holds more than `QUEUE_RATE_LIMIT_MAX_KEYS` keys: past that
+//! (a flood of distinct keys faster than eviction drops them) every check of
+//! that limiter shares one overflow bucket until eviction makes room.
+//! Bounded memory wins over per-key fairness during such a flood.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::state::keyed::DashMapStateStore;
+use governor::Quota;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sha2::{Digest, Sha256};
@@ -20,8 +35,19 @@ use sha2::{Digest, Sha256};
 use crate::config::RedisConfig;
 use crate::error::ApiError;
 
-/// Drop full buckets once the map grows past this many keys.
-const SWEEP_ABOVE: usize = 10_000;
+/// Evict stale keys at most this often (from the check path).
+const EVICT_EVERY: Duration = Duration::from_secs(1);
+
+/// While a limiter is full, evict at most this often.
+const EVICT_WHEN_FULL_EVERY: Duration = Duration::from_millis(100);
+
+/// The one key every check uses while a limiter is full.
+const OVERFLOW_KEY: &str = "\u{0}overflow";
+
+/// Default for `QUEUE_RATE_LIMIT_MAX_KEYS`.
+pub const DEFAULT_MAX_KEYS: usize = 100_000;
+
+type KeyedLimiter = governor::RateLimiter<String, DashMapStateStore<String>, DefaultClock>;
 
 /// How often the background task checks (or re-establishes) the connection.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -32,7 +58,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// GCRA over Redis server time (one clock for every instance). KEYS[1] holds
 /// the theoretical arrival time in microseconds; ARGV[1] is the emission
 /// interval (µs per token), ARGV[2] the burst (bucket size). Returns 0 when
-/// a token was taken, else the microseconds until one is back. `%.0f` keeps
+/// a token was taken, else the microseconds until one is back; with ARGV[3]
+/// = 1 it only looks (a peek takes nothing). `%.0f` keeps
 /// the 16-digit integers exact (Lua's tostring would round them).
 const GCRA: &str = r"
 local t = redis.call('TIME')
@@ -45,6 +72,9 @@ local new_tat = tat + interval
 local allow_at = new_tat - burst * interval
 if now < allow_at then
   return allow_at - now
+end
+if ARGV[3] == '1' then
+  return 0
 end
 local ttl_ms = math.max(1, math.ceil((new_tat - now) / 1000))
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', string.format('%.0f', ttl_ms))
@@ -72,21 +102,33 @@ impl RateLimitMode {
     }
 }
 
-#[derive(Debug)]
 pub struct RateLimiter {
     /// Names this limiter's keys in Redis (the same key may be limited by
     /// several limiters with different sizes).
     name: &'static str,
     /// Bucket size and refill per minute.
     per_minute: u32,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    local: KeyedLimiter,
+    clock: DefaultClock,
+    /// Keys whose local bucket refused a token, and until when: what
+    /// [`RateLimiter::peek`] reads (governor has no look-without-taking).
+    refused_until: DashMap<String, Instant>,
+    max_keys: usize,
+    /// Microseconds after `epoch` of the last eviction.
+    last_evicted: AtomicU64,
+    epoch: Instant,
     shared: Option<Arc<SharedCounters>>,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("name", &self.name)
+            .field("per_minute", &self.per_minute)
+            .field("keys", &self.local.len())
+            .field("max_keys", &self.max_keys)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RateLimiter {
@@ -101,11 +143,86 @@ impl RateLimiter {
         per_minute: u32,
         shared: Option<Arc<SharedCounters>>,
     ) -> Self {
+        Self::bounded(name, per_minute, DEFAULT_MAX_KEYS, shared)
+    }
+
+    /// A limiter holding at most `max_keys` per-process keys.
+    pub fn bounded(
+        name: &'static str,
+        per_minute: u32,
+        max_keys: usize,
+        shared: Option<Arc<SharedCounters>>,
+    ) -> Self {
+        let per_minute = per_minute.max(1);
+        let quota = Quota::per_minute(NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN));
+        let clock = DefaultClock::default();
         Self {
             name,
-            per_minute: per_minute.max(1),
-            buckets: Mutex::new(HashMap::new()),
+            per_minute,
+            local: governor::RateLimiter::new(quota, DashMapStateStore::default(), clock.clone()),
+            clock,
+            refused_until: DashMap::new(),
+            max_keys: max_keys.max(1),
+            last_evicted: AtomicU64::new(0),
+            epoch: Instant::now(),
             shared,
+        }
+    }
+
+    /// Per-process keys held now (after the last eviction).
+    pub fn key_count(&self) -> usize {
+        self.local.len()
+    }
+
+    /// Drops every key whose bucket is as good as fresh, now.
+    pub fn evict(&self) {
+        self.local.retain_recent();
+        self.local.shrink_to_fit();
+        let now = Instant::now();
+        self.refused_until.retain(|_, until| *until > now);
+        self.refused_until.shrink_to_fit();
+        self.last_evicted
+            .store(self.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Evicts when the last eviction is older than `every` (one caller does
+    /// it; the others go on).
+    fn housekeeping(&self, every: Duration) {
+        let now = self.epoch.elapsed().as_micros() as u64;
+        let last = self.last_evicted.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= every.as_micros() as u64
+            && self
+                .last_evicted
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.evict();
+        }
+    }
+
+    /// Answers 429 when `key`'s bucket is known to be empty, without taking
+    /// a token (per process: known once a check was refused).
+    pub async fn peek(&self, key: &str) -> Result<(), ApiError> {
+        if let Some(shared) = &self.shared {
+            shared.supervise();
+            if shared.is_up() {
+                match shared.peek(self.name, key, self.per_minute).await {
+                    Ok(0) => return Ok(()),
+                    Ok(wait_us) => {
+                        return Err(ApiError::RateLimited {
+                            retry_after_secs: wait_us.div_ceil(1_000_000).max(1),
+                        })
+                    }
+                    Err(why) => shared.mark_down(&why),
+                }
+            }
+        }
+        let now = Instant::now();
+        match self.refused_until.get(key).map(|until| *until) {
+            Some(until) if until > now => Err(ApiError::RateLimited {
+                retry_after_secs: until.duration_since(now).as_secs().max(1),
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -130,49 +247,92 @@ impl RateLimiter {
         self.check_local(key)
     }
 
-    fn refill(&self, bucket: &mut Bucket, now: Instant) {
-        let capacity = f64::from(self.per_minute);
-        let rate = capacity / 60.0;
-        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * rate).min(capacity);
-        bucket.at = now;
-    }
-
     /// The per-process bucket for `key`.
     pub fn check_local(&self, key: &str) -> Result<(), ApiError> {
-        let now = Instant::now();
-        let capacity = f64::from(self.per_minute);
-        let mut buckets = match self.buckets.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if buckets.len() > SWEEP_ABOVE {
-            let mut full = Vec::new();
-            for (k, b) in buckets.iter_mut() {
-                self.refill(b, now);
-                if b.tokens >= capacity {
-                    full.push(k.clone());
+        self.housekeeping(EVICT_EVERY);
+        let mut bucket = key;
+        if self.local.len() >= self.max_keys {
+            // Full: evict sooner, but never on every check (that would be
+            // the O(keys) scan per request this limiter exists to avoid).
+            self.housekeeping(EVICT_WHEN_FULL_EVERY);
+            if self.local.len() >= self.max_keys {
+                metrics::counter!("queue_rate_limit_overflow_total", "limiter" => self.name)
+                    .increment(1);
+                bucket = OVERFLOW_KEY;
+            }
+        }
+        match self.local.check_key(&bucket.to_owned()) {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.clock.now());
+                if self.refused_until.len() < self.max_keys {
+                    self.refused_until
+                        .insert(key.to_owned(), Instant::now() + wait);
                 }
-            }
-            for k in full {
-                buckets.remove(&k);
+                Err(ApiError::RateLimited {
+                    retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+                })
             }
         }
-        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket {
-            tokens: capacity,
-            at: now,
-        });
-        self.refill(bucket, now);
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            let rate = capacity / 60.0;
-            let wait = ((1.0 - bucket.tokens) / rate).ceil().max(1.0);
-            Err(ApiError::RateLimited {
-                retry_after_secs: wait as u64,
-            })
+    }
+}
+
+/// Per-account limits that only failed verifications charge (issue 17,
+/// item 3): a bucket per (account, client address), so an attacker's
+/// failures cannot empty the victim's bucket, and a much higher ceiling per
+/// account across all addresses. A success is never charged; a caller
+/// decides whether the ceiling may refuse before the check (see
+/// [`AccountLimits::refuse_if_exhausted`]).
+#[derive(Debug)]
+pub struct AccountLimits {
+    pub pair: RateLimiter,
+    pub ceiling: RateLimiter,
+}
+
+impl AccountLimits {
+    fn pair_key(scope: &str, account: &str, address: &str) -> String {
+        format!("{scope}:{account}@{address}")
+    }
+
+    fn ceiling_key(scope: &str, account: &str) -> String {
+        format!("{scope}:{account}")
+    }
+
+    /// 429 when this address already used up its failures on this account
+    /// (and, with `ceiling`, when the account's ceiling is used up). Takes
+    /// nothing.
+    pub async fn refuse_if_exhausted(
+        &self,
+        scope: &str,
+        account: &str,
+        address: &str,
+        ceiling: bool,
+    ) -> Result<(), ApiError> {
+        self.pair
+            .peek(&Self::pair_key(scope, account, address))
+            .await?;
+        if ceiling {
+            self.ceiling
+                .peek(&Self::ceiling_key(scope, account))
+                .await?;
         }
+        Ok(())
+    }
+
+    /// Charges one failed verification; `Err(RateLimited)` when a bucket
+    /// was already empty (the caller answers 429 instead of its failure).
+    pub async fn record_failure(
+        &self,
+        scope: &str,
+        account: &str,
+        address: &str,
+    ) -> Result<(), ApiError> {
+        let pair = self
+            .pair
+            .check(&Self::pair_key(scope, account, address))
+            .await;
+        let ceiling = self.ceiling.check(&Self::ceiling_key(scope, account)).await;
+        pair.and(ceiling)
     }
 }
 
@@ -277,6 +437,21 @@ impl SharedCounters {
     /// One GCRA step in Redis: `Ok(0)` when a token was taken, `Ok(µs)` to
     /// wait, `Err` when Redis did not answer in time.
     async fn take(&self, limiter: &str, key: &str, per_minute: u32) -> Result<u64, String> {
+        self.gcra(limiter, key, per_minute, false).await
+    }
+
+    /// As `take`, without taking: `Ok(0)` when a token is there.
+    async fn peek(&self, limiter: &str, key: &str, per_minute: u32) -> Result<u64, String> {
+        self.gcra(limiter, key, per_minute, true).await
+    }
+
+    async fn gcra(
+        &self,
+        limiter: &str,
+        key: &str,
+        per_minute: u32,
+        peek: bool,
+    ) -> Result<u64, String> {
         let mut connection = self.connection().ok_or("not connected")?;
         // Hashed: account keys hold email addresses, which have no business
         // in a shared cache.
@@ -284,7 +459,10 @@ impl SharedCounters {
         let redis_key = format!("{}rl:{limiter}:{}", self.prefix, hex::encode(&digest[..16]));
         let interval_us = 60_000_000 / u64::from(per_minute.max(1));
         let mut invocation = self.script.key(redis_key);
-        invocation.arg(interval_us.max(1)).arg(per_minute);
+        invocation
+            .arg(interval_us.max(1))
+            .arg(per_minute)
+            .arg(if peek { 1 } else { 0 });
         match tokio::time::timeout(
             self.timeout,
             invocation.invoke_async::<i64>(&mut connection),
@@ -361,5 +539,68 @@ mod tests {
             other => panic!("expected 429, got {other:?}"),
         }
         assert!(limiter.check_local("b").is_ok());
+    }
+
+    #[tokio::test]
+    async fn only_failures_charge_and_a_peek_takes_nothing() {
+        let limits = AccountLimits {
+            pair: RateLimiter::new(2),
+            ceiling: RateLimiter::new(3),
+        };
+        let limited = |r: Result<(), ApiError>| matches!(r, Err(ApiError::RateLimited { .. }));
+        for _ in 0..10 {
+            assert!(limits
+                .refuse_if_exhausted("s", "acct", "192.0.2.1", true)
+                .await
+                .is_ok());
+        }
+        assert!(limits
+            .record_failure("s", "acct", "192.0.2.1")
+            .await
+            .is_ok());
+        assert!(limits
+            .record_failure("s", "acct", "192.0.2.1")
+            .await
+            .is_ok());
+        // The pair is empty (the ceiling took its third).
+        assert!(limited(
+            limits.record_failure("s", "acct", "192.0.2.1").await
+        ));
+        assert!(limited(
+            limits
+                .refuse_if_exhausted("s", "acct", "192.0.2.1", false)
+                .await
+        ));
+        // Another address has its own pair, but the ceiling is now used up.
+        assert!(limits
+            .refuse_if_exhausted("s", "acct", "192.0.2.2", false)
+            .await
+            .is_ok());
+        assert!(limited(
+            limits.record_failure("s", "acct", "192.0.2.2").await
+        ));
+        assert!(limited(
+            limits
+                .refuse_if_exhausted("s", "acct", "192.0.2.3", true)
+                .await
+        ));
+        assert!(limits
+            .refuse_if_exhausted("s", "acct", "192.0.2.3", false)
+            .await
+            .is_ok());
+        // Another account is untouched.
+        assert!(limits
+            .refuse_if_exhausted("s", "other", "192.0.2.1", true)
+            .await
+            .is_ok());
+    }
+
+    #[test]
+    fn a_full_limiter_shares_one_overflow_bucket_and_stays_bounded() {
+        let limiter = RateLimiter::bounded("t", 60, 100, None);
+        for i in 0..10_000 {
+            let _ = limiter.check_local(&format!("k{i}"));
+            assert!(limiter.key_count() <= 101);
+        }
     }
 }

@@ -26,6 +26,8 @@ use crate::jwt;
 use crate::state::AppState;
 
 pub const TOKEN_PREFIX: &str = "QUEUE_SERVICE_TOKEN_";
+/// The service name Queue records its own audit events under.
+pub const RESERVED_SERVICE: &str = "queue";
 pub const SCOPES_PREFIX: &str = "QUEUE_SERVICE_SCOPES_";
 /// Service tokens shorter than this are refused at startup.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -130,6 +132,14 @@ impl ServiceTokens {
                         .into(),
                 }
             })?;
+            if name.as_str() == RESERVED_SERVICE {
+                // Queue records its own audit events as service `queue`; a
+                // caller under that name could forge them.
+                return Err(ConfigError::Invalid {
+                    var: token_var,
+                    why: "the service name `queue` is reserved for Queue's own audit events".into(),
+                });
+            }
             let token = get(token_var)
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())

@@ -10,11 +10,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::consistency::{await_projection, ConsistencyHeader};
 use crate::error::ApiError;
 use crate::extract::{Authenticated, Json};
 use crate::state::AppState;
 use crate::tokens::{self, TokenResponse};
 use queue_eventstore::Batch;
+use queue_projections::Projection;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RefreshRequest {
@@ -35,7 +37,15 @@ pub async fn refresh(
         None => legacy_session(&state, &request.refresh_token).await?,
     };
     let mut session = store.session(session_id).await?;
-    let Some(session_state) = session.aggregate.state() else {
+    let presented = tokens::hash(&request.refresh_token);
+    // A token this session never issued gets the same answer as a token of
+    // a session that does not exist, whatever the session's state: the
+    // session id in a token is no oracle (issue 17).
+    let Some(session_state) = session
+        .aggregate
+        .state()
+        .filter(|session| session.knows(&presented))
+    else {
         return Err(ApiError::InvalidRefreshToken);
     };
     let customer = store.customer(session_state.customer_id).await?;
@@ -43,8 +53,7 @@ pub async fn refresh(
         .aggregate
         .state()
         .ok_or_else(|| ApiError::internal("session of an unknown customer"))?;
-    let presented = tokens::hash(&request.refresh_token);
-    if customer_state.is_suspended() && session_state.knows(&presented) {
+    if customer_state.is_suspended() {
         return Err(ApiError::CustomerSuspended);
     }
     let method = session_state.method;
@@ -128,14 +137,16 @@ pub struct SessionList {
 }
 
 /// The customer's active sessions, newest first, from the `queue_sessions`
-/// read table (it trails the event log by the projection runner's poll
-/// interval).
+/// read table, once it has caught up with what was committed before the
+/// request (bounded: `X-Queue-Consistency` says whether it had).
 #[utoipa::path(get, path = "/api/v1/auth/sessions", tag = "sessions",
     responses((status = 200, body = SessionList), (status = 401, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Authenticated,
-) -> Result<Json<SessionList>, ApiError> {
+) -> Result<(ConsistencyHeader, Json<SessionList>), ApiError> {
+    // Read-your-writes: the session this login just created is listed.
+    let freshness = await_projection(&state, Projection::Sessions).await?;
     let now = state.now();
     let rows = queue_projections::read::sessions_of(
         state.store().pool(),
@@ -155,7 +166,7 @@ pub async fn list(
             current: row.session_id == current,
         })
         .collect();
-    Ok(Json(SessionList { sessions }))
+    Ok((freshness.header(), Json(SessionList { sessions })))
 }
 
 #[utoipa::path(delete, path = "/api/v1/auth/sessions/{session_id}", tag = "sessions",

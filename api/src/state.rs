@@ -14,7 +14,7 @@ use crate::config::{Config, MailerConfig};
 use crate::jwt::SharedJwtKeys;
 use crate::mailer::{LogMailer, Mailer, SmtpMailer};
 use crate::metrics::Metrics;
-use crate::ratelimit::{RateLimitMode, RateLimiter, SharedCounters};
+use crate::ratelimit::{AccountLimits, RateLimitMode, RateLimiter, SharedCounters};
 use queue_eventstore::EventStore;
 
 #[derive(Clone)]
@@ -32,7 +32,12 @@ pub struct Inner {
     pub webauthn: WebauthnCore,
     pub clock: ServiceClock,
     pub address_limiter: RateLimiter,
-    pub account_limiter: RateLimiter,
+    /// Failed verifications per (account, address), with a per-account
+    /// ceiling: charged only when a verification fails.
+    pub account_limits: AccountLimits,
+    /// Registration begin/complete per client address and per email.
+    pub register_address_limiter: RateLimiter,
+    pub register_email_limiter: RateLimiter,
     /// Per calling service (audit writer).
     pub service_limiter: RateLimiter,
     /// The Redis counters the limiters share (`QUEUE_REDIS_URL`), if any.
@@ -93,25 +98,28 @@ impl AppState {
         if let Some(shared) = &shared_limits {
             shared.supervise();
         }
+        let max_keys = config.rate_limit_max_keys;
+        let limiter = |name: &'static str, per_minute: u32| {
+            RateLimiter::bounded(name, per_minute, max_keys, shared_limits.clone())
+        };
         Ok(Self {
             pool,
             shutting_down: Arc::new(AtomicBool::new(false)),
             inner: Arc::new(Inner {
-                address_limiter: RateLimiter::with_shared(
-                    "address",
-                    config.rate_limit_per_address,
-                    shared_limits.clone(),
+                address_limiter: limiter("address", config.rate_limit_per_address),
+                account_limits: AccountLimits {
+                    pair: limiter("account", config.rate_limit_per_account),
+                    ceiling: limiter("account_ceiling", config.rate_limit_per_account_ceiling),
+                },
+                register_address_limiter: limiter(
+                    "register_address",
+                    config.rate_limit_register_per_address,
                 ),
-                account_limiter: RateLimiter::with_shared(
-                    "account",
-                    config.rate_limit_per_account,
-                    shared_limits.clone(),
+                register_email_limiter: limiter(
+                    "register_email",
+                    config.rate_limit_register_per_email,
                 ),
-                service_limiter: RateLimiter::with_shared(
-                    "service",
-                    config.rate_limit_per_service,
-                    shared_limits.clone(),
-                ),
+                service_limiter: limiter("service", config.rate_limit_per_service),
                 shared_limits,
                 checkpoint_signer: std::sync::OnceLock::new(),
                 store: EventStore::new(repo),

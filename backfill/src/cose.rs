@@ -1,39 +1,18 @@
 //! Legacy passkeys: py-webauthn stores `credential_public_key`, the COSE_Key
 //! exactly as it appears in the authenticator data. Queue stores a
-//! webauthn-rs `Credential`; this converts one into the other with
-//! webauthn-rs-core's own COSE parser (ES256 and RS256 keys; EdDSA keys parse
-//! but webauthn-rs-core 0.6 cannot verify them, so they are refused).
+//! webauthn-rs `Credential`; this converts one into the other with the COSE
+//! parser the API registers with (queue-passkey: webauthn-rs-core's own for
+//! ES256, ES384 and RS256, ed25519-dalek's point checks for EdDSA). Keys of
+//! other algorithms are refused as unsupported: Queue could never verify
+//! a login with them.
 
 use serde_cbor_2::Value;
-use webauthn_rs_core::error::WebauthnError;
 use webauthn_rs_core::proto::{
-    AttestationFormat, AttestationMetadata, COSEKey, Credential, ParsedAttestation,
-    ParsedAttestationData, RegisteredExtensions, UserVerificationPolicy,
+    AttestationFormat, AttestationMetadata, Credential, ParsedAttestation, ParsedAttestationData,
+    RegisteredExtensions, UserVerificationPolicy,
 };
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum CoseError {
-    #[error("not a CBOR value: {0}")]
-    Cbor(String),
-    #[error("not a usable COSE key: {0}")]
-    Key(String),
-    /// A well-formed key of a kind Queue's WebAuthn library cannot verify
-    /// (webauthn-rs-core 0.6 has no Ed25519 verifier).
-    #[error("unsupported COSE key: {0}")]
-    Unsupported(String),
-}
-
-/// Parses COSE_Key bytes (and nothing after them).
-pub fn parse_cose_key(bytes: &[u8]) -> Result<COSEKey, CoseError> {
-    let value: Value =
-        serde_cbor_2::from_slice(bytes).map_err(|e| CoseError::Cbor(e.to_string()))?;
-    COSEKey::try_from(&value).map_err(|e| match e {
-        WebauthnError::SshPublicKeyEDUnsupported => CoseError::Unsupported(
-            "EdDSA (Ed25519) keys cannot be verified by webauthn-rs-core 0.6".into(),
-        ),
-        other => CoseError::Key(format!("{other:?}")),
-    })
-}
+pub use queue_passkey::{parse_cose_key, PasskeyError as CoseError};
 
 /// The webauthn-rs credential for a legacy passkey. The attestation was not
 /// kept by the legacy service, so it is `None`; user verification is Queue's

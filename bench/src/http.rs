@@ -267,6 +267,11 @@ async fn run_in(args: &Args, pool: &PgPool) -> BenchResult<()> {
         ("QUEUE_MAILER_DIR", mail_dir.display().to_string()),
         ("QUEUE_RATE_LIMIT_PER_ADDRESS", "1000000".to_owned()),
         ("QUEUE_RATE_LIMIT_PER_ACCOUNT", "1000000".to_owned()),
+        (
+            "QUEUE_RATE_LIMIT_REGISTER_PER_ADDRESS",
+            "1000000".to_owned(),
+        ),
+        ("QUEUE_RATE_LIMIT_REGISTER_PER_EMAIL", "1000000".to_owned()),
     ]
     .into_iter()
     .collect();

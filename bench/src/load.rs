@@ -684,6 +684,11 @@ fn settings(max_in_flight: Option<usize>, keys: &Keys, dir: &Path) -> Vec<(Strin
         ("QUEUE_LOG", "warn".to_owned()),
         ("QUEUE_RATE_LIMIT_PER_ADDRESS", "1000000".to_owned()),
         ("QUEUE_RATE_LIMIT_PER_ACCOUNT", "1000000".to_owned()),
+        (
+            "QUEUE_RATE_LIMIT_REGISTER_PER_ADDRESS",
+            "1000000".to_owned(),
+        ),
+        ("QUEUE_RATE_LIMIT_REGISTER_PER_EMAIL", "1000000".to_owned()),
         ("QUEUE_RATE_LIMIT_PER_SERVICE", "10000000".to_owned()),
         ("QUEUE_SERVICE_TOKEN_BENCH", TOKEN.to_owned()),
         (

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 use clap::Args;
-use queue_eventstore::db;
 use queue_eventstore::history::{self, CustomerHistory};
+use queue_eventstore::{db, ChainedEventRepository, EventStore, SharedMacKeys, SystemClock};
+use std::sync::Arc;
 
 use crate::config::{self, Lookup};
 use crate::CliError;
@@ -26,13 +27,19 @@ pub struct ReplayArgs {
 
 pub async fn run(args: ReplayArgs, json: bool, env: Lookup<'_>) -> Result<ExitCode, CliError> {
     let pool = db::connect(&config::database_url(env)?, 2).await?;
+    // Forensics fold checked history only: the MAC keys are needed.
+    let store = EventStore::new(ChainedEventRepository::new(
+        pool,
+        SharedMacKeys::new(config::mac_keys(env)?),
+        Arc::new(SystemClock),
+    ));
     if let Some(instants) = args.diff {
         let (from, to) = match instants.as_slice() {
             [from, to] => (*from, *to),
             _ => return Err(CliError::Io("--diff takes FROM and TO".into())),
         };
-        let before = history::customer_history(&pool, &args.customer, from).await?;
-        let after = history::customer_history(&pool, &args.customer, to).await?;
+        let before = history::customer_history(&store, &args.customer, from).await?;
+        let after = history::customer_history(&store, &args.customer, to).await?;
         let changes = history::diff(
             &serde_json::to_value(&before.state).unwrap_or_default(),
             &serde_json::to_value(&after.state).unwrap_or_default(),
@@ -62,7 +69,7 @@ pub async fn run(args: ReplayArgs, json: bool, env: Lookup<'_>) -> Result<ExitCo
         return Ok(ExitCode::SUCCESS);
     }
     let at = args.at.unwrap_or_else(Utc::now);
-    let history = history::customer_history(&pool, &args.customer, at).await?;
+    let history = history::customer_history(&store, &args.customer, at).await?;
     if json {
         crate::print_json(&history);
     } else {

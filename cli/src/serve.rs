@@ -140,8 +140,29 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
     eprintln!("queue: serving on http://{listen}  (try: curl http://{listen}/healthz)");
 
     let draining = state.clone();
-    let app = queue_api::app(state).into_make_service_with_connect_info::<SocketAddr>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let header_timeout = state.config().timeouts.header;
+    // QUEUE_METRICS_LISTEN: /metrics on its own address (and not on the API's).
+    let (metrics_stop, metrics_stopped) = tokio::sync::watch::channel(false);
+    let metrics_server = match state.config().metrics_listen {
+        Some(metrics_listen) => {
+            let metrics_listener = tokio::net::TcpListener::bind(metrics_listen)
+                .await
+                .map_err(|e| CliError::Io(format!("cannot listen on {metrics_listen}: {e}")))?;
+            tracing::info!(%metrics_listen, "metrics are served on their own address");
+            let mut stopped = metrics_stopped;
+            Some(tokio::spawn(queue_api::timeouts::serve(
+                metrics_listener,
+                queue_api::metrics_app(state.clone()),
+                header_timeout,
+                async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                },
+            )))
+        }
+        None => None,
+    };
+    let app = queue_api::app(state);
+    let server = queue_api::timeouts::serve(listener, app, header_timeout, async move {
         shutdown_signal().await;
         tracing::info!(
             "shutdown requested: draining for up to {}s",
@@ -158,6 +179,10 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
     server
         .await
         .map_err(|e| CliError::Io(format!("server: {e}")))?;
+    let _ = metrics_stop.send(true);
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
+    }
 
     let _ = stop_sealer.send(true);
     if tokio::time::timeout(DRAIN, sealer).await.is_err() {

@@ -26,21 +26,13 @@ pub async fn connect(database_url: &str, max_connections: u32) -> StoreResult<Pg
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(options)
         .await
-        .map_err(|e| {
-            StoreError::Unavailable(format!(
-                "cannot reach the database: {}",
-                first_line(&e.to_string())
-            ))
-        })?;
+        .map_err(StoreError::Unavailable)?;
     Ok(pool)
 }
 
 /// Applies every pending migration.
 pub async fn migrate(pool: &PgPool) -> StoreResult<()> {
-    crate::MIGRATOR
-        .run(pool)
-        .await
-        .map_err(|e| StoreError::Database(format!("migration failed: {e}")))
+    crate::MIGRATOR.run(pool).await.map_err(StoreError::from)
 }
 
 fn first_line(s: &str) -> &str {

@@ -15,10 +15,13 @@ pub enum StoreError {
     InvalidEvent(String),
     #[error("configuration: {0}")]
     Config(String),
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
+    /// The database cannot be reached (connection-class errors).
+    #[error("cannot reach the database: {}", first_line(.0))]
+    Unavailable(#[source] sqlx::Error),
     #[error("database: {0}")]
-    Database(String),
+    Database(#[source] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
     #[error("ledger: {0}")]
     Ledger(String),
     /// A stored event does not verify (link, hash or MAC): nothing is decided on it.
@@ -49,7 +52,7 @@ impl From<sqlx::Error> for StoreError {
                     c.starts_with("08") || c.starts_with("57P") || c == "53300"
                 }) =>
             {
-                Self::Unavailable(err.to_string())
+                Self::Unavailable(err)
             }
             // A connection cut mid-message surfaces as a protocol error.
             sqlx::Error::Io(_)
@@ -57,8 +60,8 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => Self::Unavailable(err.to_string()),
-            _ => Self::Database(err.to_string()),
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(err),
+            _ => Self::Database(err),
         }
     }
 }
@@ -74,6 +77,12 @@ impl From<StoreError> for PersistenceError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The first line of an error's text (driver errors can span several).
+fn first_line(err: &sqlx::Error) -> String {
+    let text = err.to_string();
+    text.lines().next().unwrap_or_default().to_owned()
+}
 
 #[cfg(test)]
 mod tests {

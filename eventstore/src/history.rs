@@ -5,18 +5,19 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use cqrs_es::persist::{EventUpcaster, SerializedEvent};
+use cqrs_es::persist::SerializedEvent;
 use cqrs_es::Aggregate;
-use futures::TryStreamExt;
 use queue_domain::customer::CustomerStatus;
 use queue_domain::session::SessionStatus;
 use queue_domain::{Credential, CredentialEvent, Customer, CustomerEvent, Session, SessionEvent};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{PgPool, Row};
+use sqlx::Row;
 
 use crate::chain;
 use crate::error::{StoreError, StoreResult};
+use crate::integrity::Finder;
+use crate::unit_of_work::{ChainedRow, EventStore};
 
 /// One event that shaped the state.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -93,10 +94,21 @@ pub struct CustomerHistory {
     pub checkpoint_tree_size: Option<i64>,
 }
 
-/// Loads every event of the customer's streams recorded at or before `at`,
-/// in global order, and folds them.
+/// One row of the customer's streams, checked, with what the report shows.
+struct HistoryRow {
+    position: (i64, i64),
+    event: SerializedEvent,
+    recorded_at: DateTime<Utc>,
+    ledger_seq: Option<i64>,
+    hash: Vec<u8>,
+}
+
+/// Loads every event of the customer's streams, checks each stream whole
+/// (link, hash, MAC: the unit of work's check, so a forensic answer is never
+/// built on a forged row), then folds those recorded at or before `at`, in
+/// global order.
 pub async fn customer_history(
-    pool: &PgPool,
+    store: &EventStore,
     customer_id: &str,
     at: DateTime<Utc>,
 ) -> StoreResult<CustomerHistory> {
@@ -104,16 +116,18 @@ pub async fn customer_history(
     // a few dozen rows through indexes (0.15 ms at 1 M events), but the
     // planner's estimate (~120 streams) made it start two workers, which
     // cost 6.5–10 ms per request.
-    let mut tx = pool.begin().await?;
+    let mut tx = store.pool().begin().await?;
     sqlx::query("SET LOCAL max_parallel_workers_per_gather = 0")
         .execute(&mut *tx)
         .await?;
-    let mut rows = sqlx::query(
+    let rows = sqlx::query(
         // The customer's own stream and the credential and session streams
         // whose first event names it, found through the expression indexes
-        // `events_credential_customer` / `events_session_customer` (looking
-        // into every stream's first payload instead was a scan of the whole
-        // log: 0.8 s per request at 1 M events).
+        // `events_credential_customer` / `events_session_customer` (the
+        // expressions of `lookup::CREDENTIAL_IDS_OF` / `SESSION_IDS_OF`;
+        // looking into every stream's first payload instead was a scan of
+        // the whole log: 0.8 s per request at 1 M events). Whole streams,
+        // in stream order, so every row can be checked against the last.
         "WITH streams AS ( \
            SELECT 'Customer'::text AS aggregate_type, $1::text AS aggregate_id \
            UNION ALL SELECT s.aggregate_type, s.aggregate_id FROM events s \
@@ -127,42 +141,62 @@ pub async fn customer_history(
                AND coalesce(s.payload->'SessionCreated'->>'customer_id', \
                             s.payload->'SessionImported'->>'customer_id') = $1) \
          SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
-                e.payload, e.recorded_at, e.hash, l.seq AS ledger_seq \
+                e.payload, e.metadata, e.recorded_at, e.prev_hash, e.hash, e.mac, e.mac_key_id, \
+                e.commit_xid, e.insert_id, l.seq AS ledger_seq \
          FROM events e JOIN streams USING (aggregate_type, aggregate_id) \
          LEFT JOIN ledger l USING (aggregate_type, aggregate_id, sequence) \
-         WHERE e.recorded_at <= $2 ORDER BY e.commit_xid, e.insert_id",
+         ORDER BY e.aggregate_type, e.aggregate_id, e.sequence",
     )
     .bind(customer_id)
-    .bind(at)
-    .fetch(&mut *tx);
+    .fetch_all(&mut *tx)
+    .await?;
+    let checkpoint: Option<i64> = sqlx::query_scalar("SELECT max(tree_size) FROM checkpoints")
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
 
-    let upcasters = queue_domain::upcasters();
+    let mac = store.repo().keys().verifier();
+    let mut previous: Option<(String, String, i64, chain::Hash)> = None;
+    let mut checked = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let chained = ChainedRow::decode(row)?;
+        let same_stream = previous.as_ref().filter(|(t, i, _, _)| {
+            *t == chained.event.aggregate_type && *i == chained.event.aggregate_id
+        });
+        let link = same_stream.map(|(_, _, seq, hash)| (*seq, *hash));
+        let hash = chained.check(link, &mac).inspect_err(|err| {
+            store.integrity().record(Finder::Load, err);
+        })?;
+        previous = Some((
+            chained.event.aggregate_type.clone(),
+            chained.event.aggregate_id.clone(),
+            chained.event.sequence as i64,
+            hash,
+        ));
+        if chained.recorded_at <= at {
+            checked.push(HistoryRow {
+                position: (row.try_get("commit_xid")?, row.try_get("insert_id")?),
+                ledger_seq: row.try_get("ledger_seq")?,
+                hash: chained.hash,
+                recorded_at: chained.recorded_at,
+                event: chained.event,
+            });
+        }
+    }
+    checked.sort_by_key(|r| r.position);
+
     let mut customer = Customer::default();
     let mut credentials: BTreeMap<String, Credential> = BTreeMap::new();
     let mut sessions: BTreeMap<String, Session> = BTreeMap::new();
     let mut events = Vec::new();
     let mut max_seq: Option<i64> = None;
     let mut unsealed = false;
-    while let Some(row) = rows.try_next().await? {
-        let aggregate_type: String = row.try_get("aggregate_type")?;
-        let aggregate_id: String = row.try_get("aggregate_id")?;
-        let sequence: i64 = row.try_get("sequence")?;
-        let event_type: String = row.try_get("event_type")?;
-        let recorded_at: DateTime<Utc> = row.try_get("recorded_at")?;
-        let ledger_seq: Option<i64> = row.try_get("ledger_seq")?;
-        let hash: Vec<u8> = row.try_get("hash")?;
-        let serialized = upcast(
-            &upcasters,
-            SerializedEvent::new(
-                aggregate_id.clone(),
-                sequence as usize,
-                aggregate_type.clone(),
-                event_type.clone(),
-                row.try_get("event_version")?,
-                row.try_get::<Value, _>("payload")?,
-                Value::Null,
-            ),
-        );
+    for row in checked {
+        let aggregate_type = row.event.aggregate_type.clone();
+        let aggregate_id = row.event.aggregate_id.clone();
+        let sequence = row.event.sequence as i64;
+        let event_type = row.event.event_type.clone();
+        let serialized = store.upcast(row.event);
         let decode_error = |e: serde_json::Error| {
             StoreError::Ledger(format!("{aggregate_type}/{aggregate_id} #{sequence}: {e}"))
         };
@@ -180,25 +214,20 @@ pub async fn customer_history(
             ),
             _ => {}
         }
-        match ledger_seq {
+        match row.ledger_seq {
             Some(seq) => max_seq = Some(max_seq.map_or(seq, |m| m.max(seq))),
             None => unsealed = true,
         }
         events.push(HistoryEvent {
-            ledger_seq,
+            ledger_seq: row.ledger_seq,
             aggregate_type,
             aggregate_id,
             sequence,
             event_type,
-            recorded_at: chain::format_time(&recorded_at),
-            hash: hex::encode(hash),
+            recorded_at: chain::format_time(&row.recorded_at),
+            hash: hex::encode(row.hash),
         });
     }
-    drop(rows);
-    let checkpoint: Option<i64> = sqlx::query_scalar("SELECT max(tree_size) FROM checkpoints")
-        .fetch_one(&mut *tx)
-        .await?;
-    tx.commit().await?;
     let covered = !unsealed && max_seq.is_none_or(|m| checkpoint.is_some_and(|c| c >= m));
     Ok(CustomerHistory {
         customer_id: customer_id.to_string(),
@@ -207,16 +236,6 @@ pub async fn customer_history(
         events,
         covered_by_checkpoint: covered,
         checkpoint_tree_size: checkpoint,
-    })
-}
-
-fn upcast(upcasters: &[Box<dyn EventUpcaster>], event: SerializedEvent) -> SerializedEvent {
-    upcasters.iter().fold(event, |event, upcaster| {
-        if upcaster.can_upcast(&event.event_type, &event.event_version) {
-            upcaster.upcast(event)
-        } else {
-            event
-        }
     })
 }
 

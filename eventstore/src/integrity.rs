@@ -41,6 +41,20 @@ impl DamageKind {
     }
 }
 
+impl DamageKind {
+    /// What the kind means, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::SequenceGap => "the previous event of its stream is missing",
+            Self::PrevHashMismatch => "prev_hash does not match the previous event's hash",
+            Self::HashMismatch => "the stored hash does not match the event's fields",
+            Self::MacInvalid => "the MAC does not verify under the key it names",
+            Self::UnknownMacKey => "the MAC key id is not among the configured keys",
+            Self::InvalidPayload => "the stored fields cannot be canonicalised",
+        }
+    }
+}
+
 impl std::fmt::Display for DamageKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

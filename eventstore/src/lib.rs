@@ -31,7 +31,7 @@ pub use integrity::{DamageKind, IntegrityError, IntegrityMonitor, IntegrityStatu
 pub use keys::{CheckpointSigner, MacKeys, NoteVerifier, SharedCheckpointSigner};
 pub use repository::{AppendedEvent, ChainedEventRepository, SharedMacKeys};
 pub use sealer::{SealOutcome, Sealer, SealerConfig};
-pub use unit_of_work::{Batch, EventStore, Loaded};
+pub use unit_of_work::{Batch, ChainedRow, EventStore, Loaded};
 pub use verify::{verify_store, Problem, ProblemKind, VerifyInput, VerifyProgress, VerifyReport};
 
 /// The one ordered set of migrations for the whole schema.

@@ -11,7 +11,6 @@ use cqrs_es::persist::{
 };
 use cqrs_es::Aggregate;
 use serde_json::Value;
-use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
 
 use crate::chain::{self, EventRecord, Hash, MacVerifier, ZERO_HASH};
@@ -198,24 +197,7 @@ impl ChainedEventRepository {
     /// is one INSERT statement and one round trip; otherwise the previous
     /// hashes are read in the same short transaction.
     pub async fn append(&self, events: &[SerializedEvent]) -> StoreResult<Vec<AppendedEvent>> {
-        if events.is_empty() {
-            return Ok(Vec::new());
-        }
-        let appended = match self.known_heads(events) {
-            Some(previous) => {
-                let mut conn = self.pool.acquire().await?;
-                self.chain_and_insert(&mut conn, events, previous).await?
-            }
-            None => {
-                let mut tx = self.pool.begin().await?;
-                let appended = self.append_in(&mut tx, events).await?;
-                tx.commit().await?;
-                appended
-            }
-        };
-        // Committed: the new heads are facts now.
-        self.remember_appended(&appended);
-        Ok(appended)
+        self.append_after(Heads::new(), events).await
     }
 
     /// Appends events whose streams' previous (sequence, hash) the caller
@@ -241,6 +223,7 @@ impl ChainedEventRepository {
                 appended
             }
         };
+        // Committed: the new heads are facts now.
         self.remember_appended(&appended);
         Ok(appended)
     }
@@ -528,20 +511,6 @@ impl InsertColumns {
     }
 }
 
-fn serialized_event(row: &PgRow) -> StoreResult<SerializedEvent> {
-    let sequence: i64 = row.try_get("sequence")?;
-    Ok(SerializedEvent {
-        aggregate_type: row.try_get("aggregate_type")?,
-        aggregate_id: row.try_get("aggregate_id")?,
-        sequence: usize::try_from(sequence)
-            .map_err(|_| StoreError::Ledger("negative sequence".into()))?,
-        event_type: row.try_get("event_type")?,
-        event_version: row.try_get("event_version")?,
-        payload: row.try_get("payload")?,
-        metadata: row.try_get("metadata")?,
-    })
-}
-
 fn replay(events: Vec<SerializedEvent>) -> ReplayStream {
     let (mut feed, stream) = ReplayStream::new(events.len().max(1));
     tokio::spawn(async move {
@@ -598,16 +567,15 @@ impl PersistedEventRepository for ChainedEventRepository {
     async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
         let rows = sqlx::query(
             "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, \
-             metadata FROM events WHERE aggregate_type = $1 ORDER BY commit_xid, insert_id",
+             metadata, recorded_at, prev_hash, hash, mac, mac_key_id FROM events \
+             WHERE aggregate_type = $1 ORDER BY aggregate_id, sequence",
         )
         .bind(A::TYPE)
         .fetch_all(&self.pool)
         .await
         .map_err(StoreError::from)?;
-        let events = rows
-            .iter()
-            .map(serialized_event)
-            .collect::<StoreResult<Vec<_>>>()?;
+        // Every row checked, as any other read of streams.
+        let (events, _) = check_streams(&rows, &self.keys.verifier(), &self.integrity)?;
         Ok(replay(events))
     }
 }

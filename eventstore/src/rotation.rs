@@ -151,31 +151,43 @@ pub async fn run_checkpoint_key_reloader(
     .await
 }
 
-/// LISTENs on `channel` and calls `reload` once listening (a rotation may
-/// have happened while not listening) and on every notification.
-async fn run_reloader(
+/// The one reloader loop of every key set (MAC, checkpoint, JWT): LISTENs
+/// on `channel` and calls `reload` once listening (a rotation may have
+/// happened while not listening) and on every notification. A failure to
+/// connect or listen is retried with exponential backoff (250 ms doubling to
+/// 30 s, reset once listening), never in a tight loop.
+pub async fn run_reloader(
     pool: PgPool,
     channel: &'static str,
     what: &'static str,
     mut stop: watch::Receiver<bool>,
     reload: impl Fn() -> bool,
 ) {
+    const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+    const MAX_BACKOFF: Duration = Duration::from_secs(30);
+    let mut backoff = FIRST_BACKOFF;
     while !*stop.borrow() {
-        let mut listener = match PgListener::connect_with(&pool).await {
+        let listening = match PgListener::connect_with(&pool).await {
+            Ok(mut listener) => match listener.listen(channel).await {
+                Ok(()) => Ok(listener),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        let mut listener = match listening {
             Ok(listener) => listener,
             Err(e) => {
-                tracing::warn!(error = %e, keys = what, "key reloader cannot listen; retrying");
+                tracing::warn!(error = %e, keys = what, retry_in_ms = backoff.as_millis() as u64,
+                    "key reloader cannot listen; retrying");
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                    _ = tokio::time::sleep(backoff) => {}
                     _ = stop.changed() => return,
                 }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
             }
         };
-        if let Err(e) = listener.listen(channel).await {
-            tracing::warn!(error = %e, keys = what, "key reloader cannot listen; retrying");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        }
+        backoff = FIRST_BACKOFF;
         reload();
         loop {
             tokio::select! {

@@ -136,8 +136,10 @@ pub struct EventStore {
     upcasters: Arc<Vec<Box<dyn EventUpcaster>>>,
 }
 
-/// One event row with its chain columns, decoded.
-pub(crate) struct ChainedRow {
+/// One event row with its chain columns, decoded (the columns of
+/// `SELECT aggregate_type, aggregate_id, sequence, event_type, event_version,
+/// payload, metadata, recorded_at, prev_hash, hash, mac, mac_key_id`).
+pub struct ChainedRow {
     pub event: SerializedEvent,
     pub recorded_at: DateTime<Utc>,
     pub prev_hash: Vec<u8>,
@@ -147,7 +149,7 @@ pub(crate) struct ChainedRow {
 }
 
 impl ChainedRow {
-    pub(crate) fn decode(row: &PgRow) -> StoreResult<Self> {
+    pub fn decode(row: &PgRow) -> StoreResult<Self> {
         let sequence: i64 = row.try_get("sequence")?;
         Ok(Self {
             event: SerializedEvent {
@@ -168,12 +170,12 @@ impl ChainedRow {
         })
     }
 
-    fn sequence(&self) -> i64 {
+    pub fn sequence(&self) -> i64 {
         self.event.sequence as i64
     }
 
     /// The one link check on this row, given the stream's previous row.
-    pub(crate) fn check(
+    pub fn check(
         &self,
         previous: Option<(i64, Hash)>,
         mac: &MacVerifier,

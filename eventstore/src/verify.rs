@@ -36,6 +36,11 @@ pub enum ProblemKind {
     LedgerDuplicate,
     LedgerOrder,
     UnsealedNotNewest,
+    /// An event at or before the sealer's recorded position that is not in
+    /// the ledger (the position was moved past it: it would never be sealed).
+    SkippedBySealer,
+    /// The event count is not the ledger size plus the unsealed tail.
+    EventCountMismatch,
     CheckpointSignature,
     CheckpointMismatch,
     CheckpointBeyondLedger,
@@ -176,6 +181,9 @@ pub async fn verify_store(
     let total_events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(pool)
         .await?;
+    let ledger_at_start: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
+        .fetch_one(pool)
+        .await?;
     let (events, streams, unsealed) = verify_streams(
         pool,
         input.mac_keys,
@@ -186,6 +194,25 @@ pub async fn verify_store(
     .await?;
     let (ledger_size, root, checkpoint_count, latest) =
         verify_ledger(pool, input, progress, &mut findings).await?;
+    // A safety net under the per-event checks (a ledger row without its
+    // event, an unsealed event behind the sealer's position, … are reported
+    // one by one and explain any difference): only meaningful on a store
+    // that did not change while it was read (a live sealer or writer moves
+    // both counts).
+    let unchanged = events == total_events as u64 && ledger_size == ledger_at_start as u64;
+    if unchanged && findings.count == 0 && events != ledger_size + unsealed {
+        findings.add(Problem {
+            kind: ProblemKind::EventCountMismatch,
+            aggregate_type: None,
+            aggregate_id: None,
+            sequence: None,
+            ledger_seq: None,
+            tree_size: Some(ledger_size),
+            detail: format!(
+                "{events} events, but the ledger holds {ledger_size} and {unsealed} are unsealed"
+            ),
+        });
+    }
 
     findings
         .problems
@@ -222,6 +249,8 @@ struct StreamRow {
     hash: Vec<u8>,
     mac: Vec<u8>,
     mac_key_id: String,
+    /// The event's place in the global order.
+    position: (i64, i64),
     /// The expensive part, computed off the checker's thread.
     computed: Option<Computed>,
 }
@@ -252,6 +281,8 @@ fn compute(row: &StreamRow, mac: &chain::MacVerifier) -> Computed {
 /// Walks events in (stream, sequence) order and checks each stream's chain.
 struct StreamChecker {
     mac: chain::MacVerifier,
+    /// The sealer's recorded position: every event at or before it must be sealed.
+    sealer_position: (i64, i64),
     findings: Findings,
     events: u64,
     streams: u64,
@@ -264,9 +295,10 @@ struct StreamChecker {
 }
 
 impl StreamChecker {
-    fn new(keys: &MacKeys) -> Self {
+    fn new(keys: &MacKeys, sealer_position: (i64, i64)) -> Self {
         Self {
             mac: chain::MacVerifier::new(keys),
+            sealer_position,
             findings: Findings {
                 problems: Vec::new(),
                 count: 0,
@@ -399,6 +431,16 @@ impl StreamChecker {
             None => {
                 self.unsealed += 1;
                 self.seen_unsealed = true;
+                if row.position <= self.sealer_position {
+                    self.findings.add(Problem::event(
+                        ProblemKind::SkippedBySealer,
+                        key,
+                        None,
+                        "the event is at or before the sealer's position but not in the ledger \
+                         (sealer_state was moved past it; no checkpoint will cover it)"
+                            .into(),
+                    ));
+                }
             }
         }
         self.last_sequence = key.sequence;
@@ -422,6 +464,7 @@ fn stream_row(row: &sqlx::postgres::PgRow) -> Result<StreamRow, sqlx::Error> {
         hash: row.try_get("hash")?,
         mac: row.try_get("mac")?,
         mac_key_id: row.try_get("mac_key_id")?,
+        position: (row.try_get("commit_xid")?, row.try_get("insert_id")?),
         computed: None,
     })
 }
@@ -439,12 +482,18 @@ async fn verify_streams(
     const BATCH: usize = 2048;
     /// Batches hashed concurrently on the blocking pool while rows decode.
     const IN_FLIGHT: usize = 3;
-    let mut checker = StreamChecker::new(keys);
+    let sealer_position: (i64, i64) =
+        sqlx::query_as("SELECT last_xid, last_insert_id FROM sealer_state WHERE id = 1")
+            .fetch_optional(pool)
+            .await?
+            .unwrap_or((0, 0));
+    let mut checker = StreamChecker::new(keys, sealer_position);
     let mac = Arc::new(checker.mac.clone());
     let mut hashing = futures::stream::FuturesOrdered::new();
     let mut rows = sqlx::query(
         "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
-         e.payload, e.recorded_at, e.prev_hash, e.hash, e.mac, e.mac_key_id, l.seq AS ledger_seq \
+         e.payload, e.recorded_at, e.prev_hash, e.hash, e.mac, e.mac_key_id, l.seq AS ledger_seq, \
+         e.commit_xid, e.insert_id \
          FROM events e LEFT JOIN ledger l USING (aggregate_type, aggregate_id, sequence) \
          ORDER BY e.aggregate_type, e.aggregate_id, e.sequence, l.seq",
     )

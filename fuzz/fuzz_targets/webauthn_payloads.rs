@@ -119,9 +119,8 @@ fn register_complete(body: &[u8]) -> bool {
     let Ok(response) = parse_credential::<RegisterPublicKeyCredential>(request.credential) else {
         return false;
     };
-    f.core
-        .register_credential(&response, &f.registration, None)
-        .is_ok()
+    // As passkeys::register_complete does (Ed25519 keys included).
+    queue_passkey::register(&f.core, &response, &f.registration).is_ok()
 }
 
 /// A login/complete body, as the handler receives it.
@@ -136,9 +135,7 @@ fn login_complete(body: &[u8]) -> bool {
     // As passkeys::login does: the aggregate owns the counter.
     let mut credential = f.credential.clone();
     credential.counter = 0;
-    f.core
-        .authenticate_single_credential(&response, &f.authentication, &credential)
-        .is_ok()
+    queue_passkey::authenticate(&f.core, &response, &f.authentication, &credential).is_ok()
 }
 
 /// Applies one edit from `data` to `bytes`; returns whether it changed them.

@@ -31,12 +31,12 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use queue_eventstore::chain::{self, EventRecord, Hash, ZERO_HASH};
+use queue_eventstore::chain::{self, Hash, MacVerifier};
 use queue_eventstore::feed::Position;
 use queue_eventstore::merkle::{self, Frontier};
+use queue_eventstore::ChainedRow;
 use queue_eventstore::{MacKeys, NoteVerifier, VerifyInput};
 use serde::Serialize;
-use serde_json::Value;
 use sqlx::{Connection, PgConnection, PgPool, Row as _};
 
 use crate::checksum::{self, Mode, Sums, TableSum};
@@ -359,18 +359,7 @@ async fn resume_position(
 
 struct SourceEvent {
     position: Position,
-    aggregate_type: String,
-    aggregate_id: String,
-    sequence: i64,
-    event_type: String,
-    event_version: String,
-    payload: Value,
-    metadata: Value,
-    recorded_at: DateTime<Utc>,
-    prev_hash: Vec<u8>,
-    hash: Vec<u8>,
-    mac: Vec<u8>,
-    mac_key_id: String,
+    row: ChainedRow,
 }
 
 type StreamKey = (String, String);
@@ -385,6 +374,7 @@ async fn copy_events(
     options: &ExtractOptions,
     progress: &dyn Progress,
 ) -> ProjectionResult<u64> {
+    let mac = MacVerifier::new(keys);
     // The last (sequence, hash) of every stream copied by this run.
     let mut last: HashMap<StreamKey, (i64, Hash)> = HashMap::new();
     let mut position = resume;
@@ -413,23 +403,12 @@ async fn copy_events(
                     commit_xid: row.try_get("commit_xid")?,
                     insert_id: row.try_get("insert_id")?,
                 },
-                aggregate_type: row.try_get("aggregate_type")?,
-                aggregate_id: row.try_get("aggregate_id")?,
-                sequence: row.try_get("sequence")?,
-                event_type: row.try_get("event_type")?,
-                event_version: row.try_get("event_version")?,
-                payload: row.try_get("payload")?,
-                metadata: row.try_get("metadata")?,
-                recorded_at: row.try_get("recorded_at")?,
-                prev_hash: row.try_get("prev_hash")?,
-                hash: row.try_get("hash")?,
-                mac: row.try_get("mac")?,
-                mac_key_id: row.try_get("mac_key_id")?,
+                row: ChainedRow::decode(row)?,
             });
         }
         load_previous_hashes(dst, &batch, &mut last).await?;
         for event in &batch {
-            verify_event(event, keys, &mut last)?;
+            verify_event(event, &mac, &mut last)?;
         }
         insert_batch(dst, &batch).await?;
         copied += batch.len() as u64;
@@ -452,8 +431,11 @@ async fn load_previous_hashes(
     let mut ids = Vec::new();
     let mut seqs = Vec::new();
     for event in batch {
-        let key = (event.aggregate_type.clone(), event.aggregate_id.clone());
-        if event.sequence > 1
+        let key = (
+            event.row.event.aggregate_type.clone(),
+            event.row.event.aggregate_id.clone(),
+        );
+        if event.row.sequence() > 1
             && !last.contains_key(&key)
             && !types
                 .iter()
@@ -462,7 +444,7 @@ async fn load_previous_hashes(
         {
             types.push(key.0);
             ids.push(key.1);
-            seqs.push(event.sequence - 1);
+            seqs.push(event.row.sequence() - 1);
         }
     }
     if types.is_empty() {
@@ -486,74 +468,22 @@ async fn load_previous_hashes(
     Ok(())
 }
 
+/// The one link check (`chain::check_link`, as every load and the sealer
+/// use) on a source row, against the previous row of its stream.
 fn verify_event(
     event: &SourceEvent,
-    keys: &MacKeys,
+    mac: &MacVerifier,
     last: &mut HashMap<StreamKey, (i64, Hash)>,
 ) -> ProjectionResult<()> {
-    let place = || {
-        format!(
-            "{}/{} sequence {}",
-            event.aggregate_type, event.aggregate_id, event.sequence
-        )
-    };
-    let key = (event.aggregate_type.clone(), event.aggregate_id.clone());
-    let expected_prev = match last.get(&key) {
-        Some((sequence, hash)) if *sequence + 1 == event.sequence => *hash,
-        None if event.sequence == 1 => ZERO_HASH,
-        Some((sequence, _)) => {
-            return Err(extract_error(format!(
-                "{}: follows sequence {sequence} of its stream (events missing)",
-                place()
-            )))
-        }
-        None => {
-            return Err(extract_error(format!(
-                "{}: its previous event is missing",
-                place()
-            )))
-        }
-    };
-    if event.prev_hash.as_slice() != expected_prev.as_slice() {
-        return Err(extract_error(format!(
-            "{}: prev_hash does not match the previous event's hash",
-            place()
-        )));
-    }
-    let canonical = chain::canonical_record(&EventRecord {
-        aggregate_type: &event.aggregate_type,
-        aggregate_id: &event.aggregate_id,
-        sequence: event.sequence,
-        event_type: &event.event_type,
-        event_version: &event.event_version,
-        recorded_at: event.recorded_at,
-        payload: &event.payload,
-    })?;
-    let hash = chain::event_hash(&expected_prev, &canonical);
-    if hash.as_slice() != event.hash.as_slice() {
-        return Err(extract_error(format!(
-            "{}: the stored hash does not match the event's fields",
-            place()
-        )));
-    }
-    match chain::mac_matches(keys, &event.mac_key_id, &hash, &event.mac) {
-        Some(true) => {}
-        Some(false) => {
-            return Err(extract_error(format!(
-                "{}: the MAC does not verify under key {:?}",
-                place(),
-                event.mac_key_id
-            )))
-        }
-        None => {
-            return Err(extract_error(format!(
-                "{}: MAC key id {:?} is not among the configured keys",
-                place(),
-                event.mac_key_id
-            )))
-        }
-    }
-    last.insert(key, (event.sequence, hash));
+    let key = (
+        event.row.event.aggregate_type.clone(),
+        event.row.event.aggregate_id.clone(),
+    );
+    let hash = event
+        .row
+        .check(last.get(&key).copied(), mac)
+        .map_err(|err| extract_error(format!("{err}: {}", err.kind.describe())))?;
+    last.insert(key, (event.row.sequence(), hash));
     Ok(())
 }
 
@@ -570,43 +500,53 @@ async fn insert_batch(dst: &mut PgConnection, batch: &[SourceEvent]) -> Projecti
     .bind(
         batch
             .iter()
-            .map(|e| e.aggregate_type.clone())
+            .map(|e| e.row.event.aggregate_type.clone())
             .collect::<Vec<_>>(),
     )
     .bind(
         batch
             .iter()
-            .map(|e| e.aggregate_id.clone())
+            .map(|e| e.row.event.aggregate_id.clone())
             .collect::<Vec<_>>(),
     )
-    .bind(batch.iter().map(|e| e.sequence).collect::<Vec<_>>())
+    .bind(batch.iter().map(|e| e.row.sequence()).collect::<Vec<_>>())
     .bind(
         batch
             .iter()
-            .map(|e| e.event_type.clone())
+            .map(|e| e.row.event.event_type.clone())
             .collect::<Vec<_>>(),
     )
     .bind(
         batch
             .iter()
-            .map(|e| e.event_version.clone())
+            .map(|e| e.row.event.event_version.clone())
             .collect::<Vec<_>>(),
     )
-    .bind(batch.iter().map(|e| e.payload.clone()).collect::<Vec<_>>())
-    .bind(batch.iter().map(|e| e.metadata.clone()).collect::<Vec<_>>())
-    .bind(batch.iter().map(|e| e.recorded_at).collect::<Vec<_>>())
     .bind(
         batch
             .iter()
-            .map(|e| e.prev_hash.clone())
+            .map(|e| e.row.event.payload.clone())
             .collect::<Vec<_>>(),
     )
-    .bind(batch.iter().map(|e| e.hash.clone()).collect::<Vec<_>>())
-    .bind(batch.iter().map(|e| e.mac.clone()).collect::<Vec<_>>())
     .bind(
         batch
             .iter()
-            .map(|e| e.mac_key_id.clone())
+            .map(|e| e.row.event.metadata.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(batch.iter().map(|e| e.row.recorded_at).collect::<Vec<_>>())
+    .bind(
+        batch
+            .iter()
+            .map(|e| e.row.prev_hash.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(batch.iter().map(|e| e.row.hash.clone()).collect::<Vec<_>>())
+    .bind(batch.iter().map(|e| e.row.mac.clone()).collect::<Vec<_>>())
+    .bind(
+        batch
+            .iter()
+            .map(|e| e.row.mac_key_id.clone())
             .collect::<Vec<_>>(),
     )
     .execute(&mut *tx)

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeSet;
 
-use sqlx::types::Json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -124,16 +123,19 @@ pub async fn upsert<R: Row>(
     } else {
         format!("DO UPDATE SET {}", updates.join(", "))
     };
+    // `json`, not `jsonb`: a `json` column then receives the very text
+    // serde_json wrote (compact, keys sorted), the same bytes the rebuild's
+    // COPY writes, so live and rebuilt tables are identical byte for byte
+    // (jsonb's text form would add spaces: `{"a": 1}`).
     let sql = format!(
         "INSERT INTO {table} ({columns}) SELECT {columns} \
-         FROM jsonb_populate_recordset(NULL::{table}, $1) \
+         FROM json_populate_recordset(NULL::{table}, $1::text::json) \
          ON CONFLICT ({}) {conflict}",
         R::KEY.join(", ")
     );
-    sqlx::query(&sql)
-        .bind(Json(rows))
-        .execute(&mut *conn)
-        .await?;
+    let text = serde_json::to_string(rows)
+        .map_err(|e| ProjectionError::Database(sqlx::Error::Encode(Box::new(e))))?;
+    sqlx::query(&sql).bind(text).execute(&mut *conn).await?;
     Ok(())
 }
 

@@ -1,8 +1,10 @@
 #![forbid(unsafe_code)]
 //! Generated histories for the replay tests, written through the real
-//! command path: cqrs-es frameworks over the chained event store, one
-//! command at a time, from several concurrent writers (so commits
-//! interleave across streams as they do in production).
+//! command path: the event store's unit of work (checked loads, commands,
+//! batched appends; the API's very path), one command at a time and
+//! multi-stream batches where the API makes them (a suspension and its
+//! session revokes commit together), from several concurrent writers (so
+//! commits interleave across streams as they do in production).
 //!
 //! Deterministic for a seed, except for commit order across writers and the
 //! store's `recorded_at`.
@@ -10,8 +12,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use cqrs_es::persist::PersistedEventStore;
-use cqrs_es::{AggregateError, CqrsFramework};
+use cqrs_es::Aggregate;
 use queue_domain::session::{AuthMethod, RevokeReason};
 use queue_domain::types::{
     Actor, AuditAction, AuditEventId, AuditTarget, CredentialId, CredentialName, CustomerId,
@@ -22,7 +23,9 @@ use queue_domain::{
     Audit, AuditCommand, Credential, CredentialCommand, Customer, CustomerCommand, Session,
     SessionCommand,
 };
-use queue_eventstore::{ChainedEventRepository, MacKeys, SharedMacKeys, SystemClock};
+use queue_eventstore::{
+    Batch, ChainedEventRepository, EventStore, MacKeys, SharedMacKeys, StoreError, SystemClock,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -47,28 +50,47 @@ pub fn repository(pool: &PgPool) -> Result<ChainedEventRepository> {
     ))
 }
 
-type Store<A> = PersistedEventStore<ChainedEventRepository, A>;
+/// A command's outcome: refused by the domain (expected now and then), or
+/// a store error (a failure of the run).
+#[derive(Debug)]
+pub enum CommandError<E> {
+    Domain(E),
+    Store(StoreError),
+}
 
-/// One cqrs-es framework per aggregate over the chained store.
+/// The command path over the unit of work: load and check the stream, run
+/// the command, append what it decided.
 pub struct Frameworks {
-    pub customers: CqrsFramework<Customer, Store<Customer>>,
-    pub credentials: CqrsFramework<Credential, Store<Credential>>,
-    pub sessions: CqrsFramework<Session, Store<Session>>,
-    pub audit: CqrsFramework<Audit, Store<Audit>>,
+    pub store: EventStore,
 }
 
 impl Frameworks {
     pub fn new(repo: &ChainedEventRepository) -> Self {
-        fn store<A: cqrs_es::Aggregate>(repo: &ChainedEventRepository) -> Store<A> {
-            PersistedEventStore::new_event_store(repo.clone())
-                .with_upcasters(queue_domain::upcasters())
-        }
         Self {
-            customers: CqrsFramework::new(store(repo), vec![], ()),
-            credentials: CqrsFramework::new(store(repo), vec![], ()),
-            sessions: CqrsFramework::new(store(repo), vec![], ()),
-            audit: CqrsFramework::new(store(repo), vec![], ()),
+            store: EventStore::new(repo.clone()),
         }
+    }
+
+    /// One command on one stream, in its own batch.
+    pub async fn execute<A: Aggregate<Services = ()>>(
+        &self,
+        id: &str,
+        command: A::Command,
+    ) -> std::result::Result<(), CommandError<A::Error>> {
+        let mut loaded = self
+            .store
+            .load::<A>(id)
+            .await
+            .map_err(CommandError::Store)?;
+        let events = loaded
+            .execute(command)
+            .await
+            .map_err(CommandError::Domain)?;
+        let mut batch = Batch::new();
+        batch
+            .add(&mut loaded, &events)
+            .map_err(CommandError::Store)?;
+        self.store.append(batch).await.map_err(CommandError::Store)
     }
 }
 
@@ -90,6 +112,9 @@ pub struct Generated {
     /// Commands the domain refused (expected now and then: a refresh of a
     /// revoked session, …); they write nothing.
     pub refused: u64,
+    /// Batches that committed events of several streams at once (a
+    /// suspension with the revokes of two or more sessions).
+    pub multi_stream_batches: u64,
 }
 
 impl Generated {
@@ -97,6 +122,7 @@ impl Generated {
         self.customers += other.customers;
         self.accepted += other.accepted;
         self.refused += other.refused;
+        self.multi_stream_batches += other.multi_stream_batches;
     }
 }
 
@@ -142,20 +168,17 @@ fn hash(parts: &str) -> SecretHash {
 struct Tally(Generated);
 
 impl Tally {
-    fn outcome<E: std::error::Error + Send + Sync + 'static>(
-        &mut self,
-        result: std::result::Result<(), AggregateError<E>>,
-    ) -> Result<bool> {
+    fn outcome<E>(&mut self, result: std::result::Result<(), CommandError<E>>) -> Result<bool> {
         match result {
             Ok(()) => {
                 self.0.accepted += 1;
                 Ok(true)
             }
-            Err(AggregateError::UserError(_)) => {
+            Err(CommandError::Domain(_)) => {
                 self.0.refused += 1;
                 Ok(false)
             }
-            Err(other) => Err(Box::new(other)),
+            Err(CommandError::Store(err)) => Err(Box::new(err)),
         }
     }
 }
@@ -203,7 +226,7 @@ async fn customer_history(fw: &Frameworks, seed: u64, index: usize) -> Result<Ge
             at: clock.tick(&mut rng),
         }
     };
-    tally.outcome(fw.customers.execute(&cid, command).await)?;
+    tally.outcome(fw.execute::<Customer>(&cid, command).await)?;
 
     // Passkeys.
     let mut credentials = Vec::new();
@@ -235,7 +258,7 @@ async fn customer_history(fw: &Frameworks, seed: u64, index: usize) -> Result<Ge
             at: clock.tick(&mut rng),
         };
         let cred = credential_id.to_string();
-        if !tally.outcome(fw.credentials.execute(&cred, command).await)? {
+        if !tally.outcome(fw.execute::<Credential>(&cred, command).await)? {
             continue;
         }
         let mut counter = 0u32;
@@ -246,7 +269,7 @@ async fn customer_history(fw: &Frameworks, seed: u64, index: usize) -> Result<Ge
                 backup_state: rng.gen_bool(0.5),
                 at: clock.tick(&mut rng),
             };
-            tally.outcome(fw.credentials.execute(&cred, command).await)?;
+            tally.outcome(fw.execute::<Credential>(&cred, command).await)?;
         }
         if rng.gen_bool(0.1) {
             // A cloned authenticator: the counter goes backwards; refused.
@@ -255,21 +278,21 @@ async fn customer_history(fw: &Frameworks, seed: u64, index: usize) -> Result<Ge
                 backup_state: false,
                 at: clock.tick(&mut rng),
             };
-            tally.outcome(fw.credentials.execute(&cred, command).await)?;
+            tally.outcome(fw.execute::<Credential>(&cred, command).await)?;
         }
         if rng.gen_bool(0.3) {
             let command = CredentialCommand::Rename {
                 name: CredentialName::parse(&format!("Renamed {n}"))?,
                 at: clock.tick(&mut rng),
             };
-            tally.outcome(fw.credentials.execute(&cred, command).await)?;
+            tally.outcome(fw.execute::<Credential>(&cred, command).await)?;
         }
         if n > 0 && rng.gen_bool(0.25) {
             let command = CredentialCommand::Revoke {
                 reason: reason("lost device")?,
                 at: clock.tick(&mut rng),
             };
-            tally.outcome(fw.credentials.execute(&cred, command).await)?;
+            tally.outcome(fw.execute::<Credential>(&cred, command).await)?;
         }
         credentials.push(credential_id);
     }
@@ -283,7 +306,7 @@ async fn customer_history(fw: &Frameworks, seed: u64, index: usize) -> Result<Ge
             expires_at: requested + Duration::hours(24),
             at: requested,
         };
-        tally.outcome(fw.customers.execute(&cid, command).await)?;
+        tally.outcome(fw.execute::<Customer>(&cid, command).await)?;
         if rng.gen_bool(0.3) {
             token = hash(&format!("{seed}/{index}/email/1"));
             let requested = clock.tick(&mut rng);
@@ -292,14 +315,14 @@ async fn customer_history(fw: &Frameworks, seed: u64, index: usize) -> Result<Ge
                 expires_at: requested + Duration::hours(24),
                 at: requested,
             };
-            tally.outcome(fw.customers.execute(&cid, command).await)?;
+            tally.outcome(fw.execute::<Customer>(&cid, command).await)?;
         }
         if rng.gen_bool(0.7) {
             let command = CustomerCommand::VerifyEmail {
                 token_hash: token,
                 at: clock.tick(&mut rng),
             };
-            tally.outcome(fw.customers.execute(&cid, command).await)?;
+            tally.outcome(fw.execute::<Customer>(&cid, command).await)?;
         }
     }
 
@@ -325,7 +348,7 @@ async fn customer_history(fw: &Frameworks, seed: u64, index: usize) -> Result<Ge
             },
             at: granted,
         };
-        tally.outcome(fw.customers.execute(&cid, command).await)?;
+        tally.outcome(fw.execute::<Customer>(&cid, command).await)?;
         if rng.gen_bool(0.35) {
             let command = CustomerCommand::RevokeRole {
                 grant_id,
@@ -333,7 +356,7 @@ async fn customer_history(fw: &Frameworks, seed: u64, index: usize) -> Result<Ge
                 actor: actor.clone(),
                 at: clock.tick(&mut rng),
             };
-            tally.outcome(fw.customers.execute(&cid, command).await)?;
+            tally.outcome(fw.execute::<Customer>(&cid, command).await)?;
         }
     }
 
@@ -347,13 +370,13 @@ async fn customer_history(fw: &Frameworks, seed: u64, index: usize) -> Result<Ge
             code_hashes: codes.clone(),
             at: clock.tick(&mut rng),
         };
-        tally.outcome(fw.customers.execute(&cid, command).await)?;
+        tally.outcome(fw.execute::<Customer>(&cid, command).await)?;
         for _ in 0..rng.gen_range(0..3) {
             let command = CustomerCommand::RedeemBackupCode {
                 code_hash: codes[rng.gen_range(0..codes.len())],
                 at: clock.tick(&mut rng),
             };
-            tally.outcome(fw.customers.execute(&cid, command).await)?;
+            tally.outcome(fw.execute::<Customer>(&cid, command).await)?;
         }
     }
 
@@ -383,7 +406,7 @@ async fn customer_history(fw: &Frameworks, seed: u64, index: usize) -> Result<Ge
             absolute_timeout_secs: 43_200,
             at: created,
         };
-        if !tally.outcome(fw.sessions.execute(&sid, command).await)? {
+        if !tally.outcome(fw.execute::<Session>(&sid, command).await)? {
             continue;
         }
         let mut current = 0;
@@ -394,7 +417,7 @@ async fn customer_history(fw: &Frameworks, seed: u64, index: usize) -> Result<Ge
                 grace_secs: 30,
                 at: clock.tick(&mut rng),
             };
-            tally.outcome(fw.sessions.execute(&sid, command).await)?;
+            tally.outcome(fw.execute::<Session>(&sid, command).await)?;
             current += 1;
         }
         let ending = rng.gen_range(0..10);
@@ -431,7 +454,7 @@ async fn customer_history(fw: &Frameworks, seed: u64, index: usize) -> Result<Ge
             _ => None,
         };
         if let Some(command) = command {
-            tally.outcome(fw.sessions.execute(&sid, command).await)?;
+            tally.outcome(fw.execute::<Session>(&sid, command).await)?;
         }
         live_sessions.push(sid);
     }
@@ -464,35 +487,68 @@ async fn customer_history(fw: &Frameworks, seed: u64, index: usize) -> Result<Ge
             idempotency_key: IdempotencyKey::parse(&key)?,
             at: occurred,
         };
-        tally.outcome(fw.audit.execute(&event_id.to_string(), command).await)?;
+        tally.outcome(fw.execute::<Audit>(&event_id.to_string(), command).await)?;
     }
 
-    // Suspension revokes the sessions; some are reinstated.
+    // Suspension revokes the sessions in the same batch, as the API does;
+    // some are reinstated.
     if rng.gen_bool(0.08) {
+        let at = clock.tick(&mut rng);
         let command = CustomerCommand::Suspend {
             reason: reason("chargeback")?,
             actor: actor.clone(),
-            at: clock.tick(&mut rng),
+            at,
         };
-        if tally.outcome(fw.customers.execute(&cid, command).await)? {
-            for sid in &live_sessions {
-                let command = SessionCommand::Revoke {
-                    reason: RevokeReason::Suspended,
-                    at: clock.tick(&mut rng),
-                };
-                tally.outcome(fw.sessions.execute(sid, command).await)?;
-            }
-            if rng.gen_bool(0.5) {
-                let command = CustomerCommand::Reinstate {
-                    reason: reason("resolved")?,
-                    actor,
-                    at: clock.tick(&mut rng),
-                };
-                tally.outcome(fw.customers.execute(&cid, command).await)?;
-            }
+        if suspend(fw, &mut tally, &cid, &live_sessions, command, at).await? && rng.gen_bool(0.5) {
+            let command = CustomerCommand::Reinstate {
+                reason: reason("resolved")?,
+                actor,
+                at: clock.tick(&mut rng),
+            };
+            tally.outcome(fw.execute::<Customer>(&cid, command).await)?;
         }
     }
     Ok(tally.0)
+}
+
+/// Suspends the customer and revokes its live sessions in one batch (one
+/// transaction over several streams). Returns whether it was accepted.
+async fn suspend(
+    fw: &Frameworks,
+    tally: &mut Tally,
+    cid: &str,
+    sessions: &[String],
+    command: CustomerCommand,
+    at: DateTime<Utc>,
+) -> Result<bool> {
+    let mut customer = fw.store.load::<Customer>(cid).await?;
+    let Ok(events) = customer.execute(command).await else {
+        tally.0.refused += 1;
+        return Ok(false);
+    };
+    let mut batch = Batch::new();
+    batch.add(&mut customer, &events)?;
+    let mut streams = 1;
+    for session in &mut fw.store.load_many::<Session>(sessions).await? {
+        let revoke = SessionCommand::Revoke {
+            reason: RevokeReason::Suspended,
+            at,
+        };
+        match session.execute(revoke).await {
+            Ok(events) if !events.is_empty() => {
+                batch.add(session, &events)?;
+                streams += 1;
+            }
+            Ok(_) => {}
+            Err(_) => tally.0.refused += 1,
+        }
+    }
+    fw.store.append(batch).await?;
+    tally.0.accepted += 1;
+    if streams > 2 {
+        tally.0.multi_stream_batches += 1;
+    }
+    Ok(true)
 }
 
 /// The generator's notion of now: a few seconds more per command.

@@ -69,6 +69,8 @@ pub fn config(mail_dir: &std::path::Path, overrides: &[(&str, &str)]) -> Config 
         ("FLAG_QUEUE_V1", "1"),
         ("QUEUE_RATE_LIMIT_PER_ADDRESS", "1000"),
         ("QUEUE_RATE_LIMIT_PER_ACCOUNT", "1000"),
+        ("QUEUE_RATE_LIMIT_REGISTER_PER_ADDRESS", "1000"),
+        ("QUEUE_RATE_LIMIT_REGISTER_PER_EMAIL", "1000"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))

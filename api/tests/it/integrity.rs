@@ -150,22 +150,31 @@ async fn sealed(pool: &PgPool, aggregate_type: &str, aggregate_id: &str, sequenc
     .unwrap()
 }
 
+/// A registered customer (Ada) with a forged `RoleGranted` of
+/// `support-admin` appended to her stream: the app, her passkey, her tokens,
+/// her customer id and the forged row's sequence.
+async fn forged_grant(pool: &PgPool, how: Forgery) -> (TestApp, Passkey, Value, String, i64) {
+    let app = TestApp::new(pool.clone()).await;
+    let mut passkey = Passkey::new();
+    let tokens = app.register(&mut passkey, "ada@example.com").await;
+    let customer = tokens["customer_id"].as_str().unwrap().to_owned();
+    let forged = forge(
+        pool,
+        "Customer",
+        &customer,
+        "RoleGranted",
+        role_granted("support-admin"),
+        how,
+    )
+    .await;
+    (app, passkey, tokens, customer, forged)
+}
+
 /// The control: with the MAC key, the same forged row is a real grant, so
 /// the refusal below is the MAC check's doing and nothing else's.
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn a_role_grant_made_with_the_key_reaches_the_jwt(pool: PgPool) {
-    let app = TestApp::new(pool.clone()).await;
-    let tokens = app.register(&mut Passkey::new(), "ada@example.com").await;
-    let customer = tokens["customer_id"].as_str().unwrap();
-    forge(
-        &pool,
-        "Customer",
-        customer,
-        "RoleGranted",
-        role_granted("support-admin"),
-        Forgery::RealKey,
-    )
-    .await;
+    let (app, _, tokens, _, _) = forged_grant(&pool, Forgery::RealKey).await;
     let refreshed = refresh(&app, &tokens["refresh_token"]).await;
     assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.text);
     let claims = claims_via_jwks(&app, refreshed.json["access_token"].as_str().unwrap()).await;
@@ -177,19 +186,8 @@ async fn a_role_grant_made_with_the_key_reaches_the_jwt(pool: PgPool) {
 
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn a_forged_role_grant_is_never_folded_sealed_or_minted(pool: PgPool) {
-    let app = TestApp::new(pool.clone()).await;
-    let mut passkey = Passkey::new();
-    let tokens = app.register(&mut passkey, "ada@example.com").await;
-    let customer = tokens["customer_id"].as_str().unwrap().to_owned();
-    let forged = forge(
-        &pool,
-        "Customer",
-        &customer,
-        "RoleGranted",
-        role_granted("support-admin"),
-        Forgery::UnknownKey,
-    )
-    .await;
+    let (app, mut passkey, tokens, customer, forged) =
+        forged_grant(&pool, Forgery::UnknownKey).await;
     let before = stream_len(&pool, "Customer", &customer).await;
 
     refresh(&app, &tokens["refresh_token"])
@@ -293,18 +291,7 @@ async fn a_forged_session_with_a_known_refresh_token_never_works(pool: PgPool) {
 
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn a_row_whose_prev_hash_breaks_the_link_is_refused(pool: PgPool) {
-    let app = TestApp::new(pool.clone()).await;
-    let tokens = app.register(&mut Passkey::new(), "ada@example.com").await;
-    let customer = tokens["customer_id"].as_str().unwrap();
-    forge(
-        &pool,
-        "Customer",
-        customer,
-        "RoleGranted",
-        role_granted("support-admin"),
-        Forgery::BrokenLink,
-    )
-    .await;
+    let (app, _, tokens, _, _) = forged_grant(&pool, Forgery::BrokenLink).await;
     refresh(&app, &tokens["refresh_token"])
         .await
         .assert_error(StatusCode::SERVICE_UNAVAILABLE, "integrity_error");

@@ -1,20 +1,26 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! queue-api integration tests: the real router (oneshot and a TCP server),
 //! a fresh PostgreSQL database per test, and a software passkey
-//! (webauthn-authenticator-rs `SoftPasskey`) doing real WebAuthn crypto.
+//! (webauthn-authenticator-rs `SoftPasskey`, and `soft` for every COSE
+//! algorithm and attestation format) doing real WebAuthn crypto.
 
+mod algorithms;
 mod codes;
+mod consistency;
 mod discovery;
 mod errors;
 mod helpers;
+mod hostile;
 mod integrity;
 mod key_reload;
 mod mail;
 mod operations;
 mod outage;
+mod pages;
 mod passkeys;
 mod ratelimit_redis;
 mod schema_conformance;
 mod service;
 mod sessions;
 mod shedding;
+mod soft;

@@ -35,26 +35,41 @@ async fn begin(app: &TestApp, email: &str) -> crate::helpers::Response {
         .await
 }
 
+/// login/begin from `client` (the test router's peer is a trusted proxy).
+async fn begin_from(app: &TestApp, email: &str, client: &str) -> crate::helpers::Response {
+    let request = axum::http::Request::builder()
+        .method(axum::http::Method::POST)
+        .uri("/api/v1/auth/webauthn/login/begin")
+        .header(axum::http::header::CONTENT_TYPE, "application/json")
+        .header("x-forwarded-for", client)
+        .body(axum::body::Body::from(json!({"email": email}).to_string()))
+        .unwrap();
+    app.send(request).await
+}
+
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn two_instances_share_one_limit_through_redis(pool: PgPool) {
     let prefix = prefix();
     let overrides = [
         ("QUEUE_REDIS_URL", REDIS),
         ("QUEUE_REDIS_PREFIX", prefix.as_str()),
-        ("QUEUE_RATE_LIMIT_PER_ACCOUNT", "3"),
+        // login/begin is limited per client address (since issue 17 the
+        // per-account buckets count failed verifications only).
+        ("QUEUE_RATE_LIMIT_PER_ADDRESS", "3"),
+        ("QUEUE_TRUSTED_PROXIES", "127.0.0.1/32"),
     ];
     let a = TestApp::with(pool.clone(), &overrides).await;
     let b = TestApp::with(pool.clone(), &overrides).await;
     rate_limits_become(&a, "shared").await;
     rate_limits_become(&b, "shared").await;
 
-    // Three tokens for the account between both instances, not three each.
+    // Three tokens for the address between both instances, not three each.
     for app in [&a, &b, &a] {
-        let ok = begin(app, "ada@example.com").await;
+        let ok = begin_from(app, "ada@example.com", "203.0.113.5").await;
         assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
     }
     for app in [&b, &a] {
-        let limited = begin(app, "ada@example.com").await;
+        let limited = begin_from(app, "ada@example.com", "203.0.113.5").await;
         limited.assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
         let retry: u64 = limited.headers["retry-after"]
             .to_str()
@@ -63,8 +78,13 @@ async fn two_instances_share_one_limit_through_redis(pool: PgPool) {
             .unwrap();
         assert!((1..=20).contains(&retry), "Retry-After {retry}");
     }
-    // Another account has its own bucket.
-    assert_eq!(begin(&b, "bob@example.com").await.status, StatusCode::OK);
+    // Another address has its own bucket.
+    assert_eq!(
+        begin_from(&b, "ada@example.com", "198.51.100.5")
+            .await
+            .status,
+        StatusCode::OK
+    );
 
     // The counters are under the prefix, and hold no email address.
     let client = redis::Client::open(REDIS).unwrap();
@@ -76,10 +96,14 @@ async fn two_instances_share_one_limit_through_redis(pool: PgPool) {
         .unwrap();
     assert!(
         keys.iter()
-            .any(|k| k.starts_with(&format!("{prefix}rl:account:"))),
+            .any(|k| k.starts_with(&format!("{prefix}rl:address:"))),
         "{keys:?}"
     );
-    assert!(keys.iter().all(|k| !k.contains("example.com")), "{keys:?}");
+    assert!(
+        keys.iter()
+            .all(|k| !k.contains("example.com") && !k.contains("203.0.113")),
+        "{keys:?}"
+    );
     let ttl: i64 = redis::cmd("PTTL")
         .arg(&keys[0])
         .query_async(&mut conn)
@@ -101,7 +125,7 @@ async fn an_unreachable_redis_falls_back_to_local_limits_and_logins_succeed(pool
         pool,
         &[
             ("QUEUE_REDIS_URL", "redis://127.0.0.1:1"),
-            ("QUEUE_RATE_LIMIT_PER_ACCOUNT", "3"),
+            ("QUEUE_RATE_LIMIT_PER_ADDRESS", "3"),
         ],
     )
     .await;
@@ -115,10 +139,9 @@ async fn an_unreachable_redis_falls_back_to_local_limits_and_logins_succeed(pool
     let tokens = app.login(&mut passkey, "ada@example.com").await;
     assert!(tokens["access_token"].is_string());
 
-    // The per-process limit still holds: the login took one of three tokens.
-    for _ in 0..2 {
-        assert_eq!(begin(&app, "ada@example.com").await.status, StatusCode::OK);
-    }
+    // The per-process limit still holds: the login took two of the
+    // address's three tokens (begin and complete).
+    assert_eq!(begin(&app, "ada@example.com").await.status, StatusCode::OK);
     begin(&app, "ada@example.com")
         .await
         .assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
@@ -309,4 +332,76 @@ async fn metrics_show(app: &TestApp, line: &str) {
         app.get("/metrics").await.text.contains(line).then_some(())
     })
     .await;
+}
+
+/// Failed verifications are counted through Redis too, and the look before
+/// a backup code is checked (a peek, which takes nothing) sees what another
+/// instance counted; the victim's own address is untouched.
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn failed_verifications_are_shared_and_peeked_through_redis(pool: PgPool) {
+    let prefix = prefix();
+    let overrides = [
+        ("QUEUE_REDIS_URL", REDIS),
+        ("QUEUE_REDIS_PREFIX", prefix.as_str()),
+        ("QUEUE_RATE_LIMIT_PER_ACCOUNT", "2"),
+        ("QUEUE_TRUSTED_PROXIES", "127.0.0.1/32"),
+    ];
+    let a = TestApp::with(pool.clone(), &overrides).await;
+    let b = TestApp::with(pool.clone(), &overrides).await;
+    rate_limits_become(&a, "shared").await;
+    rate_limits_become(&b, "shared").await;
+    let tokens = a.register(&mut Passkey::new(), "ada@example.com").await;
+    let codes = a
+        .post_auth(
+            "/api/v1/auth/backup-codes",
+            json!({}),
+            &crate::helpers::bearer(&tokens),
+        )
+        .await;
+    let code = codes.json["codes"][0].as_str().unwrap().to_owned();
+    let redeem = |app: &'static str, code: String, client: &'static str| {
+        let app = if app == "a" { &a } else { &b };
+        async move {
+            let request = axum::http::Request::builder()
+                .method(axum::http::Method::POST)
+                .uri("/api/v1/auth/backup-codes/redeem")
+                .header(axum::http::header::CONTENT_TYPE, "application/json")
+                .header("x-forwarded-for", client)
+                .body(axum::body::Body::from(
+                    json!({"email": "ada@example.com", "code": code}).to_string(),
+                ))
+                .unwrap();
+            app.send(request).await
+        }
+    };
+    for app in ["a", "a"] {
+        redeem(app, "WRONG-CODE-0000".into(), "203.0.113.9")
+            .await
+            .assert_error(StatusCode::UNAUTHORIZED, "invalid_code");
+    }
+    // Instance b never saw a failure, but the shared bucket is empty: the
+    // attacker's address is refused before its (now valid) code is checked.
+    redeem("b", code.clone(), "203.0.113.9")
+        .await
+        .assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    let ok = redeem("b", code, "198.51.100.9").await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
+
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        keys.iter()
+            .any(|k| k.starts_with(&format!("{prefix}rl:account:"))),
+        "{keys:?}"
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(keys)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
 }

@@ -68,7 +68,7 @@ async fn service_routes_answer_404_with_the_flag_off(pool: PgPool) {
         .assert_error(StatusCode::NOT_FOUND, "not_found");
 }
 
-fn audit_body(key: &str) -> serde_json::Value {
+pub fn audit_body(key: &str) -> serde_json::Value {
     json!({
         "actor": "ops@example.com",
         "action": "founders.gate.check_failed",
@@ -825,6 +825,7 @@ async fn the_founders_gate_is_exact_under_concurrent_registrations(pool: PgPool)
             SERVICES,
             &[
                 ("FLAG_FOUNDERS_GATE", "1"),
+                ("FOUNDERS_COUNT_VERIFIED_ONLY", "0"),
                 ("FOUNDERS_COHORT_THRESHOLD", "20"),
             ],
         ]
@@ -877,6 +878,7 @@ async fn the_founders_gate_counts_customers_from_before_it_ran(pool: PgPool) {
         pool,
         &[
             ("FLAG_FOUNDERS_GATE", "1"),
+            ("FOUNDERS_COUNT_VERIFIED_ONLY", "0"),
             ("FOUNDERS_COHORT_THRESHOLD", "2"),
         ],
     )
@@ -898,6 +900,7 @@ async fn the_founders_gate_fails_open_when_the_count_cannot_be_read(pool: PgPool
         pool,
         &[
             ("FLAG_FOUNDERS_GATE", "1"),
+            ("FOUNDERS_COUNT_VERIFIED_ONLY", "0"),
             ("FOUNDERS_COHORT_THRESHOLD", "1"),
         ],
     )

@@ -1,10 +1,11 @@
 //! Priority load shedding through the real router (issue 10, ADR 1000):
-//! requests held in flight by a request body that has not arrived yet, so
-//! the in-flight counts are exact and nothing depends on timing.
+//! requests held in flight by a store write waiting on a table lock the test
+//! holds, so the in-flight counts are exact and nothing depends on timing.
+//! (A request whose body has not arrived yet no longer counts at all, issue
+//! 17: see `hostile::slow_body_clients_do_not_take_the_api_down`.)
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use futures::channel::mpsc;
 use queue_api::shedding::Priority;
 use serde_json::json;
 use sqlx::PgPool;
@@ -13,27 +14,37 @@ use tower::ServiceExt;
 use crate::helpers::{eventually, metrics_show, Response, TestApp};
 use crate::service::{AUDITOR, SERVICES};
 
-type Chunk = Result<Bytes, std::io::Error>;
+/// Event writes wait while this is held (reads go on): `LOCK TABLE events
+/// IN SHARE MODE` in an open transaction.
+struct Stall(sqlx::Transaction<'static, sqlx::Postgres>);
 
-/// An audit write (CRITICAL) whose body never comes until dropped: it stays
-/// in flight, as one waiting for a connection or the CPU would.
+async fn stall_writes(app: &TestApp) -> Stall {
+    let mut tx = app.state.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN SHARE MODE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    Stall(tx)
+}
+
+/// An audit write (CRITICAL) whose append waits on the stalled store: it
+/// stays in flight, as one waiting for a connection or the CPU would.
 struct Held {
-    body: mpsc::UnboundedSender<Chunk>,
     answer: tokio::task::JoinHandle<StatusCode>,
 }
 
 fn hold_audit_write(app: &TestApp) -> Held {
-    let (tx, rx) = mpsc::unbounded::<Chunk>();
+    let body = crate::service::audit_body(&format!("held-{}", uuid::Uuid::new_v4().simple()));
     let request = Request::builder()
         .method(Method::POST)
         .uri("/api/v1/audit/events")
         .header(header::AUTHORIZATION, format!("Bearer {AUDITOR}"))
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from_stream(rx))
+        .body(Body::from(body.to_string()))
         .unwrap();
     let router = app.router.clone();
     let answer = tokio::spawn(async move { router.oneshot(request).await.unwrap().status() });
-    Held { body: tx, answer }
+    Held { answer }
 }
 
 async fn wait_for_critical(app: &TestApp, n: usize) {
@@ -73,11 +84,11 @@ async fn assert_normal_served(app: &TestApp) {
         .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
 }
 
-async fn release(held: Vec<Held>) {
+async fn release(held: Vec<Held>, stall: Stall) {
+    stall.0.rollback().await.unwrap();
     for h in held {
-        drop(h.body);
-        // The body ends empty: the write itself answers 400, never 429.
-        assert_eq!(h.answer.await.unwrap(), StatusCode::BAD_REQUEST);
+        // The store answers again: the write itself succeeds, never 429.
+        assert_eq!(h.answer.await.unwrap(), StatusCode::CREATED);
     }
 }
 
@@ -100,6 +111,7 @@ async fn low_and_normal_work_waits_while_urgent_work_is_in_flight(pool: PgPool) 
     assert_eq!(audit_log(&app).await.status, StatusCode::OK);
 
     // One CRITICAL request in flight, at the LOW level: LOW is still served.
+    let stall = stall_writes(&app).await;
     let mut held = vec![hold_audit_write(&app)];
     wait_for_critical(&app, 1).await;
     let res = audit_log(&app).await;
@@ -134,7 +146,7 @@ async fn low_and_normal_work_waits_while_urgent_work_is_in_flight(pool: PgPool) 
     .assert_error(StatusCode::UNAUTHORIZED, "invalid_refresh_token");
 
     // The urgent work finishes: LOW is served again, and no slot leaked.
-    release(held).await;
+    release(held, stall).await;
     assert_eq!(app.state.inner.in_flight.total(), 0);
     assert_eq!(audit_log(&app).await.status, StatusCode::OK);
     metrics_show(
@@ -165,12 +177,13 @@ async fn the_overall_limit_still_sheds_lowest_first(pool: PgPool) {
         ],
     )
     .await;
+    let stall = stall_writes(&app).await;
     let held = vec![hold_audit_write(&app)];
     wait_for_critical(&app, 1).await;
     // Two in flight with this one: past LOW's level, within NORMAL's.
     assert_shed(&audit_log(&app).await, "LOW past 1/4 of the limit");
     assert_normal_served(&app).await;
-    release(held).await;
+    release(held, stall).await;
     assert_eq!(audit_log(&app).await.status, StatusCode::OK);
 }
 
@@ -186,12 +199,13 @@ async fn a_level_of_zero_yields_to_any_urgent_request(pool: PgPool) {
     )
     .await;
     assert_eq!(audit_log(&app).await.status, StatusCode::OK);
+    let stall = stall_writes(&app).await;
     let held = vec![hold_audit_write(&app)];
     wait_for_critical(&app, 1).await;
     assert_shed(&audit_log(&app).await, "LOW with level 0");
     // NORMAL keeps its default level (8).
     assert_normal_served(&app).await;
-    release(held).await;
+    release(held, stall).await;
     assert_eq!(audit_log(&app).await.status, StatusCode::OK);
 }
 
@@ -207,6 +221,7 @@ async fn low_keeps_yielding_for_the_hold_after_urgent_work_went_past_its_level(p
         ],
     )
     .await;
+    let stall = stall_writes(&app).await;
     let mut held = vec![hold_audit_write(&app)];
     wait_for_critical(&app, 1).await;
     // At the level, with no hold started: LOW is served.
@@ -214,7 +229,7 @@ async fn low_keeps_yielding_for_the_hold_after_urgent_work_went_past_its_level(p
     held.push(hold_audit_write(&app));
     wait_for_critical(&app, 2).await;
     assert_shed(&audit_log(&app).await, "LOW past its urgent level");
-    release(held).await;
+    release(held, stall).await;
     assert_eq!(app.state.inner.in_flight.total(), 0);
     // Nothing urgent in flight, but the overload was a moment ago: LOW still
     // yields, while NORMAL (never past its level) is served.

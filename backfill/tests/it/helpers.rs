@@ -404,6 +404,28 @@ impl TestApp {
         }
     }
 
+    /// A login (by email, or discoverable) with a soft authenticator of any
+    /// algorithm.
+    pub async fn login_soft(
+        &self,
+        soft: &mut crate::soft::SoftAuthenticator,
+        email: Option<&str>,
+        tamper: &crate::soft::Tamper,
+    ) -> Response {
+        let body = match email {
+            Some(email) => json!({"email": email}),
+            None => json!({}),
+        };
+        let begin = self.post("/api/v1/auth/webauthn/login/begin", body).await;
+        assert_eq!(begin.status, StatusCode::OK, "{}", begin.text);
+        let credential = soft.get_with(&begin.json["options"], tamper);
+        self.post(
+            "/api/v1/auth/webauthn/login/complete",
+            json!({"challenge_id": begin.json["challenge_id"], "credential": credential}),
+        )
+        .await
+    }
+
     /// A login by email with this authenticator.
     pub async fn login(&self, authenticator: &mut Authenticator, email: &str) -> Response {
         let begin = self

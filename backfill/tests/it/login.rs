@@ -1,6 +1,7 @@
 //! What an imported customer does next, over HTTP through the real router:
 //! logs in with the same authenticator (the counter continues from the
-//! legacy value, a lower one is refused), refreshes with the legacy token.
+//! legacy value, a lower one is refused), refreshes with the legacy token;
+//! passkeys of every COSE algorithm the API accepts log in after import.
 
 use axum::http::StatusCode;
 use chrono::Duration;
@@ -8,6 +9,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::helpers::*;
+use crate::soft::{Alg, Format, SoftAuthenticator, Tamper, UP, UV};
 
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn an_imported_passkey_logs_in_and_its_counter_continues(pool: PgPool) {
@@ -109,5 +111,127 @@ async fn an_imported_refresh_token_refreshes_and_then_rotates(pool: PgPool) {
     let unknown = refresh("never-issued".into()).await;
     assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
     assert_eq!(unknown.json["error"]["code"], "invalid_refresh_token");
+    legacy.drop().await;
+}
+
+/// Every algorithm the API accepts (ES256, EdDSA, ES384, RS256) is
+/// imported from the legacy COSE key, agrees in parity, and logs in through
+/// the router, by email and discoverably (the user handle is the customer
+/// id Queue derives from the legacy id); a wrong signature, rpId hash, UP
+/// or UV flag, crossOrigin or a counter that did not increase is refused.
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn imported_passkeys_of_every_algorithm_log_in(pool: PgPool) {
+    use queue_domain::types::{CustomerId, LegacyId};
+
+    let legacy = LegacyDb::create(&pool).await;
+    let mut customers = Vec::new();
+    for alg in Alg::ALL {
+        let email = format!("{alg:?}@example.com").to_lowercase();
+        let id = legacy.customer(&email, Some("Ada"), "active").await;
+        let handle = CustomerId::for_legacy_id(LegacyId::try_from(id).unwrap());
+        let mut soft = SoftAuthenticator::new(alg, Format::None, RP_ID, ORIGIN);
+        let (raw_id, cose) = soft.legacy_key(handle.as_uuid().as_bytes(), 7);
+        let key = LegacyKey {
+            raw_id,
+            cose,
+            aaguid: None,
+            backup_eligible: false,
+            backup_state: false,
+        };
+        let credential = legacy.credential(id, &key, 7, Some("key")).await;
+        customers.push((alg, email, soft, credential));
+    }
+
+    let report = backfill(&pool, &legacy, &options()).await;
+    assert_eq!(report.rejected_count(), 0, "{report:#?}");
+    catch_up(&pool).await;
+    let parity = queue_backfill::parity(&pool, &legacy.pool).await.unwrap();
+    assert!(parity.agrees(), "{parity:#?}");
+    let app = TestApp::new(pool.clone());
+
+    for (alg, email, soft, credential) in &mut customers {
+        // The same checks as for a passkey registered in Queue.
+        let cases = [
+            (
+                "wrong signature",
+                Tamper {
+                    bad_signature: true,
+                    ..Tamper::default()
+                },
+            ),
+            (
+                "wrong rpId hash",
+                Tamper {
+                    rp_id: Some("evil.example".into()),
+                    ..Tamper::default()
+                },
+            ),
+            (
+                "UP missing",
+                Tamper {
+                    flags: Some(UV),
+                    ..Tamper::default()
+                },
+            ),
+            (
+                "UV missing",
+                Tamper {
+                    flags: Some(UP),
+                    ..Tamper::default()
+                },
+            ),
+            (
+                "crossOrigin true",
+                Tamper {
+                    cross_origin: true,
+                    ..Tamper::default()
+                },
+            ),
+            // The legacy counter again: not an increase.
+            (
+                "counter regression",
+                Tamper {
+                    counter: Some(7),
+                    ..Tamper::default()
+                },
+            ),
+        ];
+        for (what, tamper) in cases {
+            let refused = app.login_soft(soft, Some(email), &tamper).await;
+            assert_eq!(
+                refused.status,
+                StatusCode::UNAUTHORIZED,
+                "{alg:?} {what}: {}",
+                refused.text
+            );
+            assert_eq!(
+                refused.json["error"]["code"], "webauthn_failed",
+                "{alg:?} {what}"
+            );
+        }
+
+        for by_email in [Some(email.as_str()), None] {
+            let login = app.login_soft(soft, by_email, &Tamper::default()).await;
+            assert_eq!(login.status, StatusCode::OK, "{alg:?}: {}", login.text);
+            let me = app
+                .get_auth(
+                    "/api/v1/auth/me",
+                    login.json["access_token"].as_str().unwrap(),
+                )
+                .await;
+            assert_eq!(me.json["email"], email.as_str());
+        }
+        catch_up(&pool).await;
+        let sign_count: i64 = sqlx::query_scalar(
+            "SELECT sign_count FROM queue_webauthn_credentials WHERE legacy_id = $1",
+        )
+        .bind(*credential)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        // 7 at the legacy service; the six refused attempts moved the
+        // authenticator to 13, the two logins to 14 and 15.
+        assert_eq!(sign_count, 15, "{alg:?}");
+    }
     legacy.drop().await;
 }

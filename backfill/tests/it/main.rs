@@ -9,3 +9,7 @@ mod cose;
 mod helpers;
 mod import;
 mod login;
+/// The API tests' soft authenticator (every COSE algorithm).
+#[allow(dead_code, reason = "the API tests use its registration side")]
+#[path = "../../../api/tests/it/soft.rs"]
+mod soft;

@@ -8,9 +8,11 @@ mod client;
 mod faults;
 mod jwt_keys;
 mod mail;
+mod pages;
 mod procs;
 mod recipes;
 mod verify;
+mod webdriver;
 
 use std::process::{Command, Output};
 

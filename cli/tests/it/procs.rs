@@ -295,7 +295,7 @@ impl Instance {
     }
 
     /// [`Instance::start`] with more (or other) environment variables;
-    /// `{base}` in a value becomes the instance's base URL.
+    /// `{base}` in a value becomes the instance's base URL, `{port}` its port.
     pub async fn start_with(
         name: &str,
         database_url: &str,
@@ -309,7 +309,10 @@ impl Instance {
             let base = format!("http://127.0.0.1:{port}");
             let extra: Vec<(&str, String)> = extra
                 .iter()
-                .map(|(k, v)| (*k, v.replace("{base}", &base)))
+                .map(|(k, v)| {
+                    let v = v.replace("{base}", &base);
+                    (*k, v.replace("{port}", &port.to_string()))
+                })
                 .collect();
             let child = Self::spawn(port, database_url, keys, &log, &extra);
             let mut instance = Self {

@@ -14,7 +14,7 @@ use queue_domain::{
     Credential, CredentialCommand, Customer, CustomerCommand, Session, SessionCommand,
 };
 use queue_eventstore::history::{customer_history, diff};
-use queue_eventstore::{ChainedEventRepository, Clock, SharedMacKeys};
+use queue_eventstore::{ChainedEventRepository, Clock, EventStore, SharedMacKeys};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -203,14 +203,20 @@ async fn replay_at_several_instants_matches_the_script(pool: PgPool) {
     sealer().seal_pending(&pool).await.unwrap();
 
     // Before registration: nothing.
-    let before = customer_history(&pool, &cid, t(0) - Duration::seconds(1))
-        .await
-        .unwrap();
+    let before = customer_history(
+        &EventStore::new(repo.clone()),
+        &cid,
+        t(0) - Duration::seconds(1),
+    )
+    .await
+    .unwrap();
     assert!(before.state.is_none());
     assert!(before.events.is_empty());
 
     // Just after the grant: a passkey unused, two roles, no session.
-    let h = customer_history(&pool, &cid, t(2)).await.unwrap();
+    let h = customer_history(&EventStore::new(repo.clone()), &cid, t(2))
+        .await
+        .unwrap();
     let s = h.state.as_ref().unwrap();
     assert_eq!(s.email, "ada@example.com");
     assert_eq!(s.status, "active");
@@ -234,7 +240,9 @@ async fn replay_at_several_instants_matches_the_script(pool: PgPool) {
         .all(|e| e.ledger_seq.is_some() && e.hash.len() == 64));
 
     // After login and refresh: counter 5, one live session.
-    let h = customer_history(&pool, &cid, t(4)).await.unwrap();
+    let h = customer_history(&EventStore::new(repo.clone()), &cid, t(4))
+        .await
+        .unwrap();
     let s = h.state.as_ref().unwrap();
     assert_eq!(s.passkeys[0].sign_count, 5);
     assert_eq!(s.sessions.len(), 1);
@@ -243,14 +251,18 @@ async fn replay_at_several_instants_matches_the_script(pool: PgPool) {
     assert_eq!(s.sessions[0].amr.as_deref(), Some("webauthn"));
 
     // Suspended: the session was revoked with it.
-    let h = customer_history(&pool, &cid, t(5)).await.unwrap();
+    let h = customer_history(&EventStore::new(repo.clone()), &cid, t(5))
+        .await
+        .unwrap();
     let s = h.state.as_ref().unwrap();
     assert_eq!(s.status, "suspended");
     assert_eq!(s.sessions[0].status, "revoked:suspended");
     assert!(!s.sessions[0].live);
 
     // At the end: reinstated, grant revoked, session still dead.
-    let end = customer_history(&pool, &cid, t(8)).await.unwrap();
+    let end = customer_history(&EventStore::new(repo.clone()), &cid, t(8))
+        .await
+        .unwrap();
     let s = end.state.as_ref().unwrap();
     assert_eq!(s.status, "active");
     assert_eq!(s.roles.iter().filter(|r| r.active).count(), 1);
@@ -261,8 +273,13 @@ async fn replay_at_several_instants_matches_the_script(pool: PgPool) {
     assert_eq!(end.events.len(), 10);
 
     // The diff between the suspension and the end names what changed.
-    let from =
-        serde_json::to_value(&customer_history(&pool, &cid, t(5)).await.unwrap().state).unwrap();
+    let from = serde_json::to_value(
+        &customer_history(&EventStore::new(repo.clone()), &cid, t(5))
+            .await
+            .unwrap()
+            .state,
+    )
+    .unwrap();
     let to = serde_json::to_value(&end.state).unwrap();
     let changes = diff(&from, &to);
     assert!(changes
@@ -285,7 +302,9 @@ async fn replay_at_several_instants_matches_the_script(pool: PgPool) {
         )
         .await
         .unwrap();
-    let h = customer_history(&pool, &cid, t(9)).await.unwrap();
+    let h = customer_history(&EventStore::new(repo.clone()), &cid, t(9))
+        .await
+        .unwrap();
     assert!(!h.covered_by_checkpoint);
     assert_eq!(h.events.last().unwrap().ledger_seq, None);
 }

@@ -7,8 +7,9 @@ use queue_eventstore::lookup;
 use serde_json::Value;
 use sqlx::{PgPool, Postgres};
 
-/// The index names the plan uses for the lookup `name` (sequential scans
-/// are disabled for the session, so the planner takes any usable index).
+/// The indexes the plan searches by a condition for the lookup `name`
+/// (sequential scans are disabled for the session, so the planner takes any
+/// usable index).
 async fn indexes_used(pool: &PgPool, name: &str) -> Vec<String> {
     let sql = lookup::query_text(name).unwrap();
     let mut conn = pool.acquire().await.unwrap();
@@ -31,7 +32,12 @@ async fn indexes_used(pool: &PgPool, name: &str) -> Vec<String> {
 fn collect_index_names(plan: &Value, out: &mut Vec<String>) {
     match plan {
         Value::Object(map) => {
-            if let Some(Value::String(index)) = map.get("Index Name") {
+            // Used *through its expression*: an index scanned whole with a
+            // filter (a partial index whose predicate the query implies) has
+            // no "Index Cond" and does not count.
+            if let (Some(Value::String(index)), Some(_)) =
+                (map.get("Index Name"), map.get("Index Cond"))
+            {
                 out.push(index.clone());
             }
             map.values().for_each(|v| collect_index_names(v, out));
@@ -52,7 +58,9 @@ async fn every_lookup_uses_its_expression_index(pool: PgPool) {
     }
 }
 
-/// The check itself can fail: without its index a lookup is a scan.
+/// The check itself can fail: without its index a lookup is a scan. (And a
+/// renamed field fails it too: with `'grantId'` in `CUSTOMER_OF_GRANT` the
+/// plan scans `events_role_grant` whole with a filter, no index condition.)
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn a_dropped_index_is_noticed(pool: PgPool) {
     sqlx::query("DROP INDEX events_role_grant")

@@ -276,3 +276,37 @@ async fn edited_recorded_at_is_found(pool: PgPool) {
     let report = verify(&pool).await;
     assert_first(&report, ProblemKind::HashMismatch, Some("B"), Some(4));
 }
+
+/// A superuser moves the sealer's position forward: the events it jumps
+/// over would never be sealed or covered by a checkpoint.
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn sealer_position_moved_past_unsealed_events_is_found(pool: PgPool) {
+    history(&pool).await;
+    let repo = repo(&pool);
+    repo.append(&[ev("T", "A", 5, json!({"stream": "A", "n": 5}))])
+        .await
+        .unwrap();
+    repo.append(&[ev("T", "D", 1, json!({"stream": "D", "n": 1}))])
+        .await
+        .unwrap();
+    // Honest: two unsealed events after the sealer's position.
+    let report = verify(&pool).await;
+    assert!(report.ok, "{:?}", report.problems);
+    assert_eq!(report.unsealed, 2);
+    sqlx::query(
+        "UPDATE sealer_state SET (last_xid, last_insert_id) = \
+         (SELECT commit_xid, insert_id FROM events ORDER BY commit_xid DESC, insert_id DESC LIMIT 1)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let report = verify(&pool).await;
+    assert!(!report.ok);
+    let skipped: Vec<_> = report
+        .problems
+        .iter()
+        .filter(|p| p.kind == ProblemKind::SkippedBySealer)
+        .map(|p| (p.aggregate_id.clone().unwrap(), p.sequence.unwrap()))
+        .collect();
+    assert_eq!(skipped, [("A".to_owned(), 5), ("D".to_owned(), 1)]);
+}

@@ -7,7 +7,10 @@ use queue_domain::types::{
     IdempotencyKey, RawCredentialId, Reason, Role, SecretHash, ServiceName, SessionFamilyId,
     SessionId, TicketId,
 };
-use queue_domain::{AuditCommand, CredentialCommand, CustomerCommand, SessionCommand};
+use queue_domain::{
+    Audit, AuditCommand, Credential, CredentialCommand, Customer, CustomerCommand, Session,
+    SessionCommand,
+};
 use queue_eventstore::{CheckpointSigner, Sealer, SealerConfig};
 use queue_projections::read::{self, AuditFilter};
 use queue_projections::{catch_up, ProjectionError};
@@ -25,18 +28,17 @@ async fn read_functions_answer_what_the_api_asks(pool: PgPool) {
     let customer = CustomerId::from_uuid(Uuid::from_u128(1));
     let cid = customer.to_string();
     let actor = Actor::parse("ops@queue").unwrap();
-    fw.customers
-        .execute(
-            &cid,
-            CustomerCommand::Register {
-                customer_id: customer,
-                email: Email::parse("Ada@Example.com").unwrap(),
-                display_name: DisplayName::parse("Ada").unwrap(),
-                at: t0,
-            },
-        )
-        .await
-        .unwrap();
+    fw.execute::<Customer>(
+        &cid,
+        CustomerCommand::Register {
+            customer_id: customer,
+            email: Email::parse("Ada@Example.com").unwrap(),
+            display_name: DisplayName::parse("Ada").unwrap(),
+            at: t0,
+        },
+    )
+    .await
+    .unwrap();
     let grant = |n: u128, role: &str, expires: Option<i64>| CustomerCommand::GrantRole {
         grant_id: GrantId::from_uuid(Uuid::from_u128(n)),
         role: Role::parse(role).unwrap(),
@@ -46,162 +48,149 @@ async fn read_functions_answer_what_the_api_asks(pool: PgPool) {
         expires_at: expires.map(|h| t0 + Duration::hours(h)),
         at: t0 + Duration::minutes(1),
     };
-    fw.customers
-        .execute(&cid, grant(10, "auditor", Some(2)))
+    fw.execute::<Customer>(&cid, grant(10, "auditor", Some(2)))
         .await
         .unwrap();
-    fw.customers
-        .execute(&cid, grant(11, "admin", None))
+    fw.execute::<Customer>(&cid, grant(11, "admin", None))
         .await
         .unwrap();
-    fw.customers
-        .execute(&cid, grant(12, "support-agent", None))
+    fw.execute::<Customer>(&cid, grant(12, "support-agent", None))
         .await
         .unwrap();
-    fw.customers
-        .execute(
-            &cid,
-            CustomerCommand::RevokeRole {
-                grant_id: GrantId::from_uuid(Uuid::from_u128(12)),
-                reason: Reason::parse("done").unwrap(),
-                actor: actor.clone(),
-                at: t0 + Duration::minutes(2),
-            },
-        )
-        .await
-        .unwrap();
+    fw.execute::<Customer>(
+        &cid,
+        CustomerCommand::RevokeRole {
+            grant_id: GrantId::from_uuid(Uuid::from_u128(12)),
+            reason: Reason::parse("done").unwrap(),
+            actor: actor.clone(),
+            at: t0 + Duration::minutes(2),
+        },
+    )
+    .await
+    .unwrap();
     let codes: Vec<SecretHash> = (0..10).map(|i| SecretHash::of(&[i])).collect();
-    fw.customers
-        .execute(
-            &cid,
-            CustomerCommand::GenerateBackupCodes {
-                code_hashes: codes.clone(),
-                at: t0,
-            },
-        )
-        .await
-        .unwrap();
-    fw.customers
-        .execute(
-            &cid,
-            CustomerCommand::RedeemBackupCode {
-                code_hash: codes[4],
-                at: t0,
-            },
-        )
-        .await
-        .unwrap();
+    fw.execute::<Customer>(
+        &cid,
+        CustomerCommand::GenerateBackupCodes {
+            code_hashes: codes.clone(),
+            at: t0,
+        },
+    )
+    .await
+    .unwrap();
+    fw.execute::<Customer>(
+        &cid,
+        CustomerCommand::RedeemBackupCode {
+            code_hash: codes[4],
+            at: t0,
+        },
+    )
+    .await
+    .unwrap();
     let token = SecretHash::of(b"email-token");
-    fw.customers
-        .execute(
-            &cid,
-            CustomerCommand::RequestEmailVerification {
-                token_hash: token,
-                expires_at: t0 + Duration::hours(24),
-                at: t0,
-            },
-        )
-        .await
-        .unwrap();
+    fw.execute::<Customer>(
+        &cid,
+        CustomerCommand::RequestEmailVerification {
+            token_hash: token,
+            expires_at: t0 + Duration::hours(24),
+            at: t0,
+        },
+    )
+    .await
+    .unwrap();
     let raw = RawCredentialId::from_bytes(vec![7; 16]).unwrap();
-    fw.credentials
-        .execute(
-            &raw.credential_id().to_string(),
-            CredentialCommand::Register {
-                customer_id: customer,
-                raw_credential_id: raw.clone(),
-                passkey: json!({"cred": {"counter": 0}}),
-                name: None,
-                aaguid: None,
-                backup_eligible: true,
-                backup_state: true,
-                sign_count: 0,
-                transports: vec!["internal".into()],
-                at: t0,
-            },
-        )
-        .await
-        .unwrap();
+    fw.execute::<Credential>(
+        &raw.credential_id().to_string(),
+        CredentialCommand::Register {
+            customer_id: customer,
+            raw_credential_id: raw.clone(),
+            passkey: json!({"cred": {"counter": 0}}),
+            name: None,
+            aaguid: None,
+            backup_eligible: true,
+            backup_state: true,
+            sign_count: 0,
+            transports: vec!["internal".into()],
+            at: t0,
+        },
+    )
+    .await
+    .unwrap();
     let session = SessionId::from_uuid(Uuid::from_u128(77));
     let r0 = SecretHash::of(b"r0");
     let r1 = SecretHash::of(b"r1");
-    fw.sessions
-        .execute(
-            &session.to_string(),
-            SessionCommand::Create {
-                customer_id: customer,
-                method: AuthMethod::Webauthn {
-                    credential_id: raw.credential_id(),
-                },
-                refresh_hash: r0,
-                family_id: SessionFamilyId::from_uuid(Uuid::from_u128(5)),
-                idle_timeout_secs: 1800,
-                absolute_timeout_secs: 43_200,
-                at: t0,
+    fw.execute::<Session>(
+        &session.to_string(),
+        SessionCommand::Create {
+            customer_id: customer,
+            method: AuthMethod::Webauthn {
+                credential_id: raw.credential_id(),
             },
-        )
-        .await
-        .unwrap();
-    fw.sessions
-        .execute(
-            &session.to_string(),
-            SessionCommand::Refresh {
-                presented: r0,
-                new: r1,
-                grace_secs: 0,
-                at: t0 + Duration::minutes(10),
-            },
-        )
-        .await
-        .unwrap();
+            refresh_hash: r0,
+            family_id: SessionFamilyId::from_uuid(Uuid::from_u128(5)),
+            idle_timeout_secs: 1800,
+            absolute_timeout_secs: 43_200,
+            at: t0,
+        },
+    )
+    .await
+    .unwrap();
+    fw.execute::<Session>(
+        &session.to_string(),
+        SessionCommand::Refresh {
+            presented: r0,
+            new: r1,
+            grace_secs: 0,
+            at: t0 + Duration::minutes(10),
+        },
+    )
+    .await
+    .unwrap();
     let other = SessionId::from_uuid(Uuid::from_u128(78));
-    fw.sessions
-        .execute(
-            &other.to_string(),
-            SessionCommand::Create {
-                customer_id: customer,
-                method: AuthMethod::BackupCode,
-                refresh_hash: SecretHash::of(b"x0"),
-                family_id: SessionFamilyId::from_uuid(Uuid::from_u128(6)),
-                idle_timeout_secs: 1800,
-                absolute_timeout_secs: 43_200,
-                at: t0,
-            },
-        )
-        .await
-        .unwrap();
-    fw.sessions
-        .execute(
-            &other.to_string(),
-            SessionCommand::Revoke {
-                reason: RevokeReason::Logout,
-                at: t0,
-            },
-        )
-        .await
-        .unwrap();
+    fw.execute::<Session>(
+        &other.to_string(),
+        SessionCommand::Create {
+            customer_id: customer,
+            method: AuthMethod::BackupCode,
+            refresh_hash: SecretHash::of(b"x0"),
+            family_id: SessionFamilyId::from_uuid(Uuid::from_u128(6)),
+            idle_timeout_secs: 1800,
+            absolute_timeout_secs: 43_200,
+            at: t0,
+        },
+    )
+    .await
+    .unwrap();
+    fw.execute::<Session>(
+        &other.to_string(),
+        SessionCommand::Revoke {
+            reason: RevokeReason::Logout,
+            at: t0,
+        },
+    )
+    .await
+    .unwrap();
     let service = ServiceName::parse("billing").unwrap();
     for n in 0..3 {
         let key = format!("k{n}");
         let id = AuditEventId::for_idempotency_key("billing", &key);
-        fw.audit
-            .execute(
-                &id.to_string(),
-                AuditCommand::Record {
-                    service: service.clone(),
-                    actor: Actor::parse("svc").unwrap(),
-                    action: AuditAction::parse("founders.gate.rejected").unwrap(),
-                    target: AuditTarget::parse("seat").unwrap(),
-                    customer_id: Some(customer),
-                    ticket_id: None,
-                    occurred_at: t0 + Duration::hours(n),
-                    metadata: json!({"n": n}),
-                    idempotency_key: IdempotencyKey::parse(&key).unwrap(),
-                    at: t0,
-                },
-            )
-            .await
-            .unwrap();
+        fw.execute::<Audit>(
+            &id.to_string(),
+            AuditCommand::Record {
+                service: service.clone(),
+                actor: Actor::parse("svc").unwrap(),
+                action: AuditAction::parse("founders.gate.rejected").unwrap(),
+                target: AuditTarget::parse("seat").unwrap(),
+                customer_id: Some(customer),
+                ticket_id: None,
+                occurred_at: t0 + Duration::hours(n),
+                metadata: json!({"n": n}),
+                idempotency_key: IdempotencyKey::parse(&key).unwrap(),
+                at: t0,
+            },
+        )
+        .await
+        .unwrap();
     }
     catch_up(&pool).await.unwrap();
     let at = t0 + Duration::minutes(30);
