@@ -27,11 +27,103 @@ fn invalid(var: &'static str, why: impl Into<String>) -> ConfigError {
     }
 }
 
-/// Where verification emails go.
+/// How outbox messages are delivered (ADR 0208).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MailerConfig {
     /// Each message is written as a file into this directory (dev and tests).
     Log { dir: PathBuf },
+    /// Over SMTP (`QUEUE_SMTP_URL`).
+    Smtp(SmtpConfig),
+}
+
+/// `QUEUE_SMTP_URL` and `QUEUE_SMTP_TIMEOUT_MS`. The URL may hold a
+/// password: `Debug` shows only the scheme, host, port and TLS mode.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SmtpConfig {
+    /// `smtp://[user:pass@]host:port[?tls=required|opportunistic]` or
+    /// `smtps://[user:pass@]host:port` (implicit TLS).
+    pub url: String,
+    /// Connect, command and TLS timeout.
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for SmtpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = Url::parse(&self.url)
+            .map(|u| {
+                let tls = u
+                    .query_pairs()
+                    .find(|(k, _)| k == "tls")
+                    .map(|(_, v)| v.into_owned());
+                format!(
+                    "{}://{}:{} tls={} auth={}",
+                    u.scheme(),
+                    u.host_str().unwrap_or("?"),
+                    u.port()
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "default".into()),
+                    tls.as_deref().unwrap_or(if u.scheme() == "smtps" {
+                        "implicit"
+                    } else {
+                        "none"
+                    }),
+                    !u.username().is_empty()
+                )
+            })
+            .unwrap_or_else(|_| "<invalid>".into());
+        f.debug_struct("SmtpConfig")
+            .field("url", &shown)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// The outbox sender's settings (ADR 0208).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailConfig {
+    /// QUEUE_MAIL_FROM: the From address (`name <addr>` or `addr`).
+    pub from: String,
+    /// QUEUE_MAIL_MAX_ATTEMPTS: attempts before a message is dead.
+    pub max_attempts: u32,
+    /// QUEUE_MAIL_RETRY_BASE_MS: the first retry delay; doubles per attempt.
+    pub retry_base: Duration,
+    /// QUEUE_MAIL_RETRY_MAX_MS: the longest retry delay.
+    pub retry_max: Duration,
+}
+
+/// Checks `QUEUE_SMTP_URL` without ever echoing it (it may hold a password).
+fn smtp_url(get: &impl Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+    const VAR: &str = "QUEUE_SMTP_URL";
+    let raw = text(get, VAR).ok_or(ConfigError::Missing(VAR))?;
+    let url = Url::parse(&raw).map_err(|_| {
+        invalid(
+            VAR,
+            "expected smtp://[user:pass@]host:port[?tls=required|opportunistic] or smtps://[user:pass@]host:port",
+        )
+    })?;
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(VAR, "no host"));
+    }
+    let tls: Vec<String> = url
+        .query_pairs()
+        .filter(|(k, _)| k == "tls")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    if url.query_pairs().any(|(k, _)| k != "tls") {
+        return Err(invalid(VAR, "the only query parameter is tls="));
+    }
+    match (url.scheme(), tls.as_slice()) {
+        ("smtp", []) => {}
+        ("smtp", [mode]) if mode == "required" || mode == "opportunistic" => {}
+        ("smtp", _) => return Err(invalid(VAR, "tls= must be required or opportunistic")),
+        ("smtps", []) => {}
+        ("smtps", _) => return Err(invalid(VAR, "smtps:// is implicit TLS; drop tls=")),
+        _ => return Err(invalid(VAR, "the scheme must be smtp or smtps")),
+    }
+    if url.password().is_some() && url.username().is_empty() {
+        return Err(invalid(VAR, "a password needs a user name"));
+    }
+    Ok(raw)
 }
 
 /// `QUEUE_REDIS_URL` and friends: where rate-limit counters are shared.
@@ -171,6 +263,8 @@ pub struct Config {
     /// QUEUE_METRICS_TOKEN: /metrics needs `Authorization: Bearer <token>`.
     pub metrics_token: Option<MetricsToken>,
     pub mailer: MailerConfig,
+    /// The outbox sender (From, attempts, backoff).
+    pub mail: MailConfig,
     /// Base of the link in verification emails; `?token=…` is appended.
     pub email_verify_url: String,
     /// FLAG_FOUNDERS_GATE: refuse registrations past the cohort threshold.
@@ -232,6 +326,7 @@ impl fmt::Debug for Config {
             .field("metrics_listen", &self.metrics_listen)
             .field("metrics_token", &self.metrics_token)
             .field("mailer", &self.mailer)
+            .field("mail", &self.mail)
             .field("email_verify_url", &self.email_verify_url)
             .field("flag_founders_gate", &self.flag_founders_gate)
             .field("founders_cohort_threshold", &self.founders_cohort_threshold)
@@ -583,13 +678,42 @@ impl Config {
                 };
                 MailerConfig::Log { dir }
             }
-            Some("smtp") => {
-                return Err(invalid(
-                    "QUEUE_MAILER",
-                    "smtp is not available in this build (see docs/decisions/0201-api-mailer.md); use log",
-                ))
-            }
+            Some("smtp") => MailerConfig::Smtp(SmtpConfig {
+                url: smtp_url(&get)?,
+                timeout: Duration::from_millis(u64::from(number(
+                    &get,
+                    "QUEUE_SMTP_TIMEOUT_MS",
+                    10_000,
+                    100,
+                    300_000,
+                )?)),
+            }),
             Some(_) => return Err(invalid("QUEUE_MAILER", "expected log or smtp")),
+        };
+        let from = match (text(&get, "QUEUE_MAIL_FROM"), &mailer) {
+            (Some(from), _) => from,
+            (None, MailerConfig::Log { .. }) => "Queue <queue@localhost>".to_owned(),
+            (None, MailerConfig::Smtp(_)) => return Err(ConfigError::Missing("QUEUE_MAIL_FROM")),
+        };
+        if from.parse::<lettre::message::Mailbox>().is_err() {
+            return Err(invalid(
+                "QUEUE_MAIL_FROM",
+                "expected an address, e.g. Queue <no-reply@example.com>",
+            ));
+        }
+        let retry_base = number(&get, "QUEUE_MAIL_RETRY_BASE_MS", 5_000, 10, 3_600_000)?;
+        let retry_max = number(&get, "QUEUE_MAIL_RETRY_MAX_MS", 3_600_000, 10, 86_400_000)?;
+        if retry_max < retry_base {
+            return Err(invalid(
+                "QUEUE_MAIL_RETRY_MAX_MS",
+                "must not be below QUEUE_MAIL_RETRY_BASE_MS",
+            ));
+        }
+        let mail = MailConfig {
+            from,
+            max_attempts: number(&get, "QUEUE_MAIL_MAX_ATTEMPTS", 12, 1, 100)?,
+            retry_base: Duration::from_millis(u64::from(retry_base)),
+            retry_max: Duration::from_millis(u64::from(retry_max)),
         };
         let email_verify_url = match text(&get, "QUEUE_EMAIL_VERIFY_URL") {
             Some(url) => {
@@ -677,6 +801,7 @@ impl Config {
             breaker,
             redis,
             mailer,
+            mail,
             email_verify_url,
             flag_founders_gate,
             founders_cohort_threshold,
@@ -1015,14 +1140,60 @@ mod tests {
     }
 
     #[test]
-    fn smtp_is_a_clear_error() {
-        let err = Config::from_lookup(lookup(&[
+    fn smtp_needs_a_url_and_a_from_address() {
+        let base = [
             ("QUEUE_DEV", "1"),
             ("QUEUE_JWT_KEYS", KEY),
             ("QUEUE_MAILER", "smtp"),
-        ]))
-        .unwrap_err()
-        .to_string();
-        assert!(err.starts_with("QUEUE_MAILER"), "{err}");
+        ];
+        let err = Config::from_lookup(lookup(&base)).unwrap_err().to_string();
+        assert!(err.starts_with("QUEUE_SMTP_URL"), "{err}");
+        let mut with_url = base.to_vec();
+        with_url.push(("QUEUE_SMTP_URL", "smtp://127.0.0.1:2525"));
+        let err = Config::from_lookup(lookup(&with_url))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("QUEUE_MAIL_FROM"), "{err}");
+        with_url.push(("QUEUE_MAIL_FROM", "Queue <no-reply@example.com>"));
+        let config = Config::from_lookup(lookup(&with_url)).unwrap();
+        assert!(matches!(config.mailer, MailerConfig::Smtp(_)));
+        assert_eq!(config.mail.from, "Queue <no-reply@example.com>");
+        assert_eq!(config.mail.max_attempts, 12);
+    }
+
+    #[test]
+    fn smtp_urls_are_checked_and_never_shown_with_their_password() {
+        let with = |url: &'static str| {
+            let pairs = [
+                ("QUEUE_DEV", "1"),
+                ("QUEUE_JWT_KEYS", KEY),
+                ("QUEUE_MAILER", "smtp"),
+                ("QUEUE_MAIL_FROM", "no-reply@example.com"),
+                ("QUEUE_SMTP_URL", url),
+            ];
+            Config::from_lookup(lookup(&pairs))
+        };
+        for good in [
+            "smtp://relay.example.com:25",
+            "smtp://user:S3CRETPASS@relay.example.com:587?tls=required",
+            "smtp://user:S3CRETPASS@relay.example.com:587?tls=opportunistic",
+            "smtps://user:S3CRETPASS@relay.example.com:465",
+        ] {
+            let config = with(good).unwrap();
+            let shown = format!("{config:?}");
+            assert!(!shown.contains("S3CRETPASS"), "{shown}");
+            assert!(shown.contains("relay.example.com"), "{shown}");
+        }
+        for bad in [
+            "http://user:S3CRETPASS@relay.example.com",
+            "smtp://user:S3CRETPASS@relay.example.com:587?tls=maybe",
+            "smtps://user:S3CRETPASS@relay.example.com:465?tls=required",
+            "smtp://user:S3CRETPASS@relay.example.com:587?foo=bar",
+            "not a url S3CRETPASS",
+        ] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(err.starts_with("QUEUE_SMTP_URL"), "{bad}: {err}");
+            assert!(!err.contains("S3CRETPASS"), "{err}");
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! Email verification: a single-use link token valid 24 h, sent through the
-//! configured mailer; verifying it marks the email verified.
+//! Email verification: a single-use link token valid 24 h; the message goes
+//! out through the mail outbox (`crate::outbox`, ADR 0208); verifying the
+//! token marks the email verified.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -10,7 +11,6 @@ use utoipa::ToSchema;
 
 use crate::error::ApiError;
 use crate::extract::{Authenticated, ClientAddress, Json};
-use crate::mailer::Message;
 use crate::state::AppState;
 use crate::tokens;
 use queue_eventstore::Batch;
@@ -33,8 +33,18 @@ pub async fn request_verification(
     auth: Authenticated,
 ) -> Result<StatusCode, ApiError> {
     let now = state.now();
-    let token = tokens::new_email_token(auth.customer_id);
     let mut customer = state.store().customer(auth.customer_id).await?;
+    if customer.aggregate.state().is_none() {
+        return Err(ApiError::Unauthorized);
+    }
+    // The request's event is the next in the stream; the token is derived
+    // from it, so the outbox sender can derive it again (ADR 0208).
+    let sequence = customer.version as u64 + 1;
+    let token = tokens::email_token(
+        state.store().repo().keys().current().current_key(),
+        auth.customer_id,
+        sequence,
+    );
     let events = customer
         .execute(CustomerCommand::RequestEmailVerification {
             token_hash: tokens::hash(&token),
@@ -42,28 +52,11 @@ pub async fn request_verification(
             at: now,
         })
         .await?;
-    let email = customer
-        .aggregate
-        .state()
-        .map(|c| c.email.to_string())
-        .ok_or(ApiError::Unauthorized)?;
     let mut batch = Batch::new();
     batch.add(&mut customer, &events)?;
+    // The message is a projection of this event (the mail outbox): an SMTP
+    // outage never fails this request.
     state.store().append(batch).await?;
-    let link = format!("{}?token={token}", state.config().email_verify_url);
-    let message = Message {
-        to: email,
-        subject: "Confirm your email address".to_owned(),
-        body: format!(
-            "Open this link within 24 hours to confirm your email address:\r\n\r\n{link}\r\n\r\nIf you did not ask for this, ignore this message."
-        ),
-    };
-    state
-        .inner
-        .mailer
-        .send(&message)
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(StatusCode::ACCEPTED)
 }
 

@@ -23,6 +23,7 @@ pub mod jwt;
 pub mod mailer;
 pub mod metrics;
 pub mod openapi;
+pub mod outbox;
 pub mod pages;
 pub mod passkeys;
 pub mod ratelimit;

@@ -12,7 +12,7 @@ use webauthn_rs_core::WebauthnCore;
 use crate::clock::ServiceClock;
 use crate::config::{Config, MailerConfig};
 use crate::jwt::SharedJwtKeys;
-use crate::mailer::{LogMailer, Mailer};
+use crate::mailer::{LogMailer, Mailer, SmtpMailer};
 use crate::metrics::Metrics;
 use crate::ratelimit::{AccountLimits, RateLimitMode, RateLimiter, SharedCounters};
 use queue_eventstore::EventStore;
@@ -60,7 +60,10 @@ impl AppState {
     /// Builds the state with the system clock and the configured mailer.
     pub fn new(pool: PgPool, config: Config, mac_keys: SharedMacKeys) -> Result<Self, String> {
         let mailer: Arc<dyn Mailer> = match &config.mailer {
-            MailerConfig::Log { dir } => Arc::new(LogMailer::new(dir.clone())),
+            MailerConfig::Log { dir } => {
+                Arc::new(LogMailer::with_from(dir.clone(), config.mail.from.clone()))
+            }
+            MailerConfig::Smtp(smtp) => Arc::new(SmtpMailer::new(smtp, &config.mail.from)?),
         };
         Self::with_parts(pool, config, mac_keys, ServiceClock::new(), mailer)
     }

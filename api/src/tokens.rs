@@ -62,9 +62,41 @@ pub fn refresh_token_session(token: &str) -> Option<SessionId> {
     parse_id_token("qrt", token).map(SessionId::from)
 }
 
-/// A new email verification token for a customer.
-pub fn new_email_token(customer: CustomerId) -> String {
-    id_token("qev", customer.as_uuid())
+/// The email verification token of one request: `qev_<customer>_<43
+/// base64url chars>`, the secret part HMAC-SHA256(K, customer ‖ sequence)
+/// where `sequence` is the request event's place in the customer's stream
+/// and K is derived from a MAC key. Not random, so that neither the event
+/// log nor the mail outbox has to hold it: the outbox sender derives it
+/// again from the row (customer, sequence) and checks it against the hash
+/// in the event (ADR 0208). Whoever holds a MAC key can derive tokens, as
+/// they could already forge the events that these tokens are checked against.
+pub fn email_token(mac_key: &[u8], customer: CustomerId, sequence: u64) -> String {
+    use hmac::{Hmac, Mac};
+    let key = derive_key(mac_key, b"queue email verification token v1");
+    #[allow(clippy::expect_used, reason = "HMAC accepts keys of every length")]
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("an HMAC key");
+    mac.update(customer.as_uuid().as_bytes());
+    mac.update(&sequence.to_be_bytes());
+    format!(
+        "qev_{}_{}",
+        customer.as_uuid().simple(),
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    )
+}
+
+/// The token of a request whose event holds `token_hash`, derived with
+/// whichever of `keys` reproduces that hash (the current key, or an older
+/// one after a rotation); `None` when no key does.
+pub fn email_token_matching(
+    keys: &queue_eventstore::MacKeys,
+    customer: CustomerId,
+    sequence: u64,
+    token_hash: &SecretHash,
+) -> Option<String> {
+    keys.ids()
+        .filter_map(|id| keys.get(id))
+        .map(|key| email_token(key, customer, sequence))
+        .find(|token| hash(token) == *token_hash)
 }
 
 pub fn email_token_customer(token: &str) -> Option<CustomerId> {

@@ -77,16 +77,23 @@ pub async fn run(
         }
         ProjectionsCommand::Status => {
             let statuses = queue_projections::status(&pool).await?;
+            let outbox = queue_projections::outbox::status(&pool).await?;
             if json {
-                print_json(&statuses);
+                print_json(&serde_json::json!({
+                    "projections": statuses,
+                    "mail_outbox": outbox,
+                }));
             } else {
                 print_status(&statuses);
+                print_outbox(&outbox);
             }
-            Ok(if statuses.iter().any(|s| s.error.is_some()) {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(
+                if statuses.iter().any(|s| s.error.is_some()) || outbox.error.is_some() {
+                    ExitCode::from(1)
+                } else {
+                    ExitCode::SUCCESS
+                },
+            )
         }
         ProjectionsCommand::CatchUp => {
             let report = queue_projections::catch_up(&pool).await?;
@@ -147,6 +154,37 @@ pub fn print_rebuild(report: &RebuildReport) {
         for difference in &report.differences {
             out!("  {difference}");
         }
+    }
+}
+
+fn print_outbox(s: &queue_projections::outbox::OutboxStatus) {
+    out!(
+        "{:<12} {:>10} {:>8} {:>10.3}  {:<6}",
+        "outbox",
+        "-",
+        s.events_behind,
+        s.seconds_behind,
+        if s.runner_active { "active" } else { "none" },
+    );
+    if let Some(error) = &s.error {
+        out!("  STOPPED: {error}");
+    }
+    out!(
+        "mail: {} pending (oldest {:.0} s), {} sent, {} dead",
+        s.pending,
+        s.oldest_pending_seconds,
+        s.sent,
+        s.dead
+    );
+    for dead in &s.dead_letters {
+        out!(
+            "  dead {} {} after {} attempts at {}: {}",
+            dead.id,
+            dead.kind,
+            dead.attempts,
+            dead.dead_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            dead.last_error.as_deref().unwrap_or("-")
+        );
     }
 }
 

@@ -66,9 +66,17 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
 
     let (stop_sealer, sealer_stopped) = watch::channel(false);
     let reloader_stopped = sealer_stopped.clone();
+    let sender_stopped = sealer_stopped.clone();
     // Read tables (queue_*): one runner per projection, leader-elected.
     let projections = tokio::spawn(queue_projections::run_all(
         pool.clone(),
+        queue_projections::RunnerConfig::default(),
+        sealer_stopped.clone(),
+    ));
+    // The mail outbox: events that need a message become rows (leader-elected
+    // like the projections); the sender below delivers them (ADR 0208).
+    let outbox = tokio::spawn(queue_projections::outbox::run(
+        (*pool.connect_options()).clone(),
         queue_projections::RunnerConfig::default(),
         sealer_stopped.clone(),
     ));
@@ -120,6 +128,7 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
             reloader_stopped,
         ));
     }
+    let sender = tokio::spawn(queue_api::outbox::run_sender(state.clone(), sender_stopped));
     tokio::spawn(queue_api::run_challenge_sweeper(
         state.clone(),
         Duration::from_secs(60),
@@ -181,6 +190,14 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
     }
     if tokio::time::timeout(DRAIN, projections).await.is_err() {
         tracing::warn!("projection runners did not stop in time");
+    }
+    if tokio::time::timeout(DRAIN, outbox).await.is_err() {
+        tracing::warn!("the outbox runner did not stop in time");
+    }
+    // A message in flight finishes (or times out) and is marked; one cut
+    // short is sent again after its lease (same Message-ID).
+    if tokio::time::timeout(DRAIN, sender).await.is_err() {
+        tracing::warn!("the mail sender did not stop in time");
     }
     pool.close().await;
     tracing::info!("queue stopped cleanly");

@@ -11,6 +11,7 @@ pub mod events;
 pub mod extract;
 pub mod fold;
 pub mod metrics;
+pub mod outbox;
 pub mod projection;
 pub mod read;
 pub mod rebuild;

@@ -118,7 +118,7 @@ async fn email_verification_through_the_log_mailer(pool: PgPool) {
         )
         .await;
     assert_eq!(sent.status, StatusCode::ACCEPTED, "{}", sent.text);
-    let mail = app.last_mail();
+    let mail = app.last_mail().await;
     assert!(mail.contains("To: ada@example.com"), "{mail}");
     let token = mail
         .split("token=")
@@ -153,7 +153,7 @@ async fn an_expired_email_token_is_invalid(pool: PgPool) {
         &bearer(&tokens),
     )
     .await;
-    let mail = app.last_mail();
+    let mail = app.last_mail().await;
     let token = mail
         .split("token=")
         .nth(1)

@@ -114,7 +114,7 @@ async fn me_shows_a_verified_email_right_after_verification(pool: PgPool) {
         .post_auth("/api/v1/auth/email/verification", json!({}), &token)
         .await;
     assert!(asked.status.is_success(), "{}", asked.text);
-    let mail = app.last_mail();
+    let mail = app.last_mail().await;
     let link_token = mail
         .split("token=")
         .nth(1)

@@ -240,14 +240,27 @@ impl TestApp {
         done.json
     }
 
-    /// The newest message the log mailer wrote.
-    pub fn last_mail(&self) -> String {
+    /// Runs the mail outbox (events to rows, then one delivery round) and
+    /// returns the newest message the log mailer wrote.
+    pub async fn last_mail(&self) -> String {
+        self.deliver_mail().await;
         let mut files: Vec<_> = std::fs::read_dir(&self.mail_dir)
             .unwrap()
             .map(|e| e.unwrap().path())
             .collect();
         files.sort();
         std::fs::read_to_string(files.last().expect("no mail was written")).unwrap()
+    }
+}
+
+impl TestApp {
+    /// Drives the mail outbox as `queue serve` does: the outbox runner
+    /// turns committed events into rows, the sender delivers what is due.
+    pub async fn deliver_mail(&self) -> usize {
+        queue_projections::outbox::catch_up(&self.state.pool)
+            .await
+            .unwrap();
+        queue_api::outbox::deliver_due(&self.state).await.unwrap()
     }
 }
 

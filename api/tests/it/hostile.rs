@@ -635,7 +635,7 @@ async fn verification_token(app: &TestApp, tokens: &Value) -> String {
         )
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
-    let mail = app.last_mail();
+    let mail = app.last_mail().await;
     let start = mail.find("token=").unwrap() + "token=".len();
     mail[start..].split_whitespace().next().unwrap().to_owned()
 }
@@ -741,9 +741,11 @@ async fn the_log_mailer_writes_files_only_its_user_can_read() {
     let dir = TempDir::new();
     LogMailer::new(dir.0.clone())
         .send(&Message {
+            message_id: "<m@example.com>".into(),
             to: "ada@example.com".into(),
             subject: "s".into(),
             body: "secret link".into(),
+            html: "<p>secret link</p>".into(),
         })
         .await
         .unwrap();

@@ -13,6 +13,7 @@ mod helpers;
 mod hostile;
 mod integrity;
 mod key_reload;
+mod mail;
 mod operations;
 mod outage;
 mod pages;

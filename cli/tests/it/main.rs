@@ -4,8 +4,10 @@
 //! verification recipes (docs/recipes/) against a running `queue serve`.
 
 mod bad_input;
+mod client;
 mod faults;
 mod jwt_keys;
+mod mail;
 mod pages;
 mod procs;
 mod recipes;

@@ -146,7 +146,7 @@ async fn get_json(base: &str, path: &str) -> (Value, Option<String>) {
     (response.json().await.unwrap(), cache)
 }
 
-async fn post_json(base: &str, path: &str, body: Value) -> (u16, Value) {
+pub async fn post_json(base: &str, path: &str, body: Value) -> (u16, Value) {
     let response = client()
         .post(format!("{base}{path}"))
         .json(&body)
@@ -159,10 +159,15 @@ async fn post_json(base: &str, path: &str, body: Value) -> (u16, Value) {
 
 /// Registers a customer with a software passkey; the token response.
 async fn register(base: &str) -> Value {
+    register_as(base, "recipes@example.com").await
+}
+
+/// Registers `email` with a software passkey; the token response.
+pub async fn register_as(base: &str, email: &str) -> Value {
     let (status, begin) = post_json(
         base,
         "/api/v1/auth/webauthn/register/begin",
-        json!({"email": "recipes@example.com", "display_name": "Recipes"}),
+        json!({"email": email, "display_name": "Recipes"}),
     )
     .await;
     assert_eq!(status, 200, "{begin}");
