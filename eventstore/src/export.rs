@@ -190,19 +190,30 @@ async fn range_root_from_ledger(pool: &PgPool, (start, end): LeafRange) -> Store
     Ok(frontier.root())
 }
 
-/// The latest checkpoint, verified with `verifier`.
+/// The latest checkpoint that verifies with `verifier`. Rows that do not
+/// verify (written by someone else; `queue verify` reports them) are
+/// passed over, newest first, up to a few hundred.
 pub async fn latest_checkpoint(
     pool: &PgPool,
     verifier: &NoteVerifier,
 ) -> StoreResult<(Checkpoint, String)> {
-    let row = sqlx::query("SELECT note FROM checkpoints ORDER BY tree_size DESC LIMIT 1")
-        .fetch_optional(pool)
-        .await?
-        .ok_or_else(|| StoreError::Ledger("no checkpoint yet: seal first (queue seal)".into()))?;
-    let note: String = row.try_get("note")?;
-    let checkpoint = Checkpoint::open(&note, verifier)
-        .map_err(|e| StoreError::Ledger(format!("the latest checkpoint does not verify: {e}")))?;
-    Ok((checkpoint, note))
+    let notes: Vec<String> =
+        sqlx::query_scalar("SELECT note FROM checkpoints ORDER BY tree_size DESC LIMIT 256")
+            .fetch_all(pool)
+            .await?;
+    if notes.is_empty() {
+        return Err(StoreError::Ledger(
+            "no checkpoint yet: seal first (queue seal)".into(),
+        ));
+    }
+    notes
+        .into_iter()
+        .find_map(|note| Checkpoint::open(&note, verifier).ok().map(|cp| (cp, note)))
+        .ok_or_else(|| {
+            StoreError::Ledger(
+                "no recent checkpoint verifies with the checkpoint key (run queue verify)".into(),
+            )
+        })
 }
 
 /// A consistency proof from the tree of `from_size` leaves to that of `to_size`.

@@ -204,7 +204,7 @@ impl Sealer {
             };
             sqlx::query(
                 "INSERT INTO checkpoints (tree_size, root_hash, note) VALUES ($1, $2, $3) \
-                 ON CONFLICT (tree_size) DO NOTHING",
+                 ON CONFLICT (tree_size, note) DO NOTHING",
             )
             .bind(tree_size as i64)
             .bind(cp.root_hash.to_vec())

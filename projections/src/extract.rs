@@ -617,18 +617,19 @@ async fn copy_checkpoints(
     )
     .fetch_all(&mut *src)
     .await?;
-    let existing: HashMap<i64, (Vec<u8>, String)> = sqlx::query_as::<_, (i64, Vec<u8>, String)>(
+    // A checkpoint row is (tree size, note) (migration 0306).
+    let existing: HashMap<(i64, String), Vec<u8>> = sqlx::query_as::<_, (i64, Vec<u8>, String)>(
         "SELECT tree_size, root_hash, note FROM checkpoints",
     )
     .fetch_all(&mut *dst)
     .await?
     .into_iter()
-    .map(|(size, root, note)| (size, (root, note)))
+    .map(|(size, root, note)| ((size, note), root))
     .collect();
     let mut copied = 0u64;
     for (tree_size, root, note, created_at) in rows {
-        match existing.get(&tree_size) {
-            Some((r, n)) if *r == root && *n == note => {}
+        match existing.get(&(tree_size, note.clone())) {
+            Some(r) if *r == root => {}
             Some(_) => problems.push(format!(
                 "checkpoint {tree_size} differs between source and target"
             )),

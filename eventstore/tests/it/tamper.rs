@@ -310,3 +310,52 @@ async fn sealer_position_moved_past_unsealed_events_is_found(pool: PgPool) {
         .collect();
     assert_eq!(skipped, [("A".to_owned(), 5), ("D".to_owned(), 1)]);
 }
+
+/// A row pre-inserted at the tree size the sealer is about to reach (anyone
+/// with INSERT on `checkpoints` can) does not make the sealer drop its own
+/// signed checkpoint at that size; exports take the note that verifies and
+/// `queue verify` names the foreign row.
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn a_pre_inserted_checkpoint_row_does_not_displace_the_real_one(pool: PgPool) {
+    history(&pool).await;
+    let repo = repo(&pool);
+    for seq in 5..=7 {
+        repo.append(&[ev("T", "A", seq, json!({"stream": "A", "n": seq}))])
+            .await
+            .unwrap();
+    }
+    // The next checkpoint will be at tree size 15.
+    let forger = CheckpointSigner::from_seed("queue.test/ledger", [66u8; 32]).unwrap();
+    let forged = Checkpoint {
+        origin: "queue.test/ledger".into(),
+        tree_size: 15,
+        root_hash: [0u8; 32],
+    }
+    .sign(&forger);
+    sqlx::query("INSERT INTO checkpoints (tree_size, root_hash, note) VALUES (15, $1, $2)")
+        .bind(vec![0u8; 32])
+        .bind(&forged)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sealer().seal_pending(&pool).await.unwrap();
+
+    let notes: Vec<String> =
+        sqlx::query_scalar("SELECT note FROM checkpoints WHERE tree_size = 15")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let verifier = signer().verifier();
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(notes.iter().any(|n| Checkpoint::open(n, &verifier).is_ok()));
+    let (latest, _) = queue_eventstore::export::latest_checkpoint(&pool, &verifier)
+        .await
+        .unwrap();
+    assert_eq!(latest.tree_size, 15);
+    let report = verify(&pool).await;
+    assert!(!report.ok);
+    assert!(report
+        .problems
+        .iter()
+        .any(|p| p.kind == ProblemKind::CheckpointSignature && p.tree_size == Some(15)));
+}
