@@ -11,10 +11,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{FromRow, PgPool, QueryBuilder};
+use sqlx::{FromRow, PgPool, QueryBuilder, Row as _};
 use uuid::Uuid;
 
 use crate::error::{ProjectionError, ProjectionResult};
+use crate::events::{raw_from_row, Decoder, EVENT_COLUMNS};
+use crate::fold::AuditFold;
+use crate::rows::AuditRow;
+use std::collections::HashMap;
 
 /// Most audit events returned in one page.
 pub const MAX_AUDIT_PAGE: i64 = 1000;
@@ -612,10 +616,13 @@ pub async fn audit_events_with(
     let more = rows.len() as i64 > limit;
     let mut events = Vec::with_capacity(rows.len());
     let mut last = None;
+    let mut positions = Vec::with_capacity(rows.len());
     for row in rows.into_iter().take(limit as usize) {
         last = Some((row.commit_xid, row.insert_id));
+        positions.push((row.commit_xid, row.insert_id));
         events.push(row.event);
     }
+    serve_from_the_log(pool, &mut events, &positions).await?;
     let next_cursor = match (more, last) {
         (true, Some((xid, id))) => Some(encode_cursor(xid, id)),
         _ => None,
@@ -780,6 +787,105 @@ struct RangeRow {
     #[sqlx(flatten)]
     row: AuditRowWithPosition,
     range_rows: i64,
+}
+
+/// Every field of an audit entry comes from its event, not from the
+/// projection row (which the service role may UPDATE): the entries' events
+/// are read by position, folded by the audit projection's own mapping, and
+/// the event's values replace the row's. A row that differed is logged and
+/// counted (`queue_audit_rows_mismatched_total`): an edited projection row is
+/// never shown beside the event's valid MAC.
+async fn serve_from_the_log(
+    pool: &PgPool,
+    entries: &mut [AuditEventRow],
+    positions: &[(i64, i64)],
+) -> ProjectionResult<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let xids: Vec<i64> = positions.iter().map(|p| p.0).collect();
+    let ids: Vec<i64> = positions.iter().map(|p| p.1).collect();
+    let columns = EVENT_COLUMNS
+        .split(", ")
+        .map(|c| format!("e.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // The owner of a Credential or Session stream is named by its first
+    // event; the owner of the others is the stream itself or the payload.
+    let sql = format!(
+        "SELECT {columns}, f.payload -> f.event_type ->> 'customer_id' AS owner \
+         FROM events e JOIN UNNEST($1::bigint[], $2::bigint[]) AS k(x, i) \
+         ON e.commit_xid = k.x AND e.insert_id = k.i \
+         LEFT JOIN events f ON f.aggregate_type = e.aggregate_type \
+         AND f.aggregate_id = e.aggregate_id AND f.sequence = 1"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(&xids)
+        .bind(&ids)
+        .fetch_all(pool)
+        .await?;
+    let decoder = Decoder::new();
+    let mut fold = AuditFold::new();
+    let mut from_log: HashMap<(String, String, i64), AuditRow> = HashMap::new();
+    for row in &rows {
+        let raw = raw_from_row(row)?;
+        let owner: Option<String> = row.try_get("owner")?;
+        if let Some(owner) = owner.and_then(|o| Uuid::parse_str(&o).ok()) {
+            fold.remember_owner(&raw.meta.aggregate_type, &raw.meta.aggregate_id, owner);
+        }
+        let event = decoder.decode(raw)?;
+        if let Some(audit) = fold.apply(&event)? {
+            from_log.insert(
+                (
+                    audit.aggregate_type.clone(),
+                    audit.aggregate_id.clone(),
+                    audit.sequence,
+                ),
+                audit,
+            );
+        }
+    }
+    for entry in entries.iter_mut() {
+        let key = (
+            entry.aggregate_type.clone(),
+            entry.aggregate_id.clone(),
+            entry.sequence,
+        );
+        let Some(logged) = from_log.remove(&key) else {
+            return Err(ProjectionError::Rebuild(format!(
+                "audit entry {}/{} #{} has no event",
+                entry.aggregate_type, entry.aggregate_id, entry.sequence
+            )));
+        };
+        let differs = entry.event_id != logged.event_id
+            || entry.customer_id != logged.customer_id
+            || entry.service != logged.service
+            || entry.actor != logged.actor
+            || entry.action != logged.action
+            || entry.target != logged.target
+            || entry.ticket_id != logged.ticket_id
+            || entry.metadata != logged.metadata
+            || entry.occurred_at != logged.occurred_at;
+        if differs {
+            tracing::error!(
+                aggregate_type = %entry.aggregate_type,
+                aggregate_id = %entry.aggregate_id,
+                sequence = entry.sequence,
+                "audit projection row differs from its event; serving the event"
+            );
+            metrics::counter!("queue_audit_rows_mismatched_total").increment(1);
+        }
+        entry.event_id = logged.event_id;
+        entry.customer_id = logged.customer_id;
+        entry.service = logged.service;
+        entry.actor = logged.actor;
+        entry.action = logged.action;
+        entry.target = logged.target;
+        entry.ticket_id = logged.ticket_id;
+        entry.metadata = logged.metadata;
+        entry.occurred_at = logged.occurred_at;
+    }
+    Ok(())
 }
 
 #[derive(FromRow)]

@@ -360,3 +360,32 @@ async fn a_deleted_middle_row_makes_the_stream_unusable(pool: PgPool) {
     let ok = refresh(&app, &tokens["refresh_token"]).await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
 }
+
+/// The audit projection row is writable by the service role; the API serves
+/// every field of an entry from its event, so an edited row is never shown
+/// beside the event's valid MAC (issue 17, item 7).
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn an_edited_audit_projection_row_is_not_shown(pool: PgPool) {
+    use crate::service::{audit_body, AUDITOR, SERVICES};
+    let app = TestApp::with(pool.clone(), SERVICES).await;
+    let written = app
+        .post_auth("/api/v1/audit/events", audit_body("k-edit"), AUDITOR)
+        .await;
+    assert_eq!(written.status, StatusCode::CREATED, "{}", written.text);
+    app.register(&mut Passkey::new(), "ada@example.com").await;
+    app.catch_up().await;
+    let honest = app.get_auth("/api/v1/audit/events", AUDITOR).await;
+    assert_eq!(honest.status, StatusCode::OK, "{}", honest.text);
+
+    sqlx::query(
+        "UPDATE customer_audit_events SET actor = 'mallory', target = 'nothing', \
+         metadata = '{\"attempt\": 99}', ticket_id = NULL",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let served = app.get_auth("/api/v1/audit/events", AUDITOR).await;
+    assert_eq!(served.status, StatusCode::OK, "{}", served.text);
+    assert_eq!(served.json, honest.json);
+    assert!(!served.text.contains("mallory"));
+}
