@@ -12,13 +12,8 @@ use queue_domain::types::Role;
 use crate::jwt::{JwtAlg, JwtKeySet};
 use crate::service::ServiceTokens;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ConfigError {
-    #[error("{0} is not set")]
-    Missing(&'static str),
-    #[error("{var}: {why}")]
-    Invalid { var: &'static str, why: String },
-}
+pub use queue_eventstore::config::ConfigError;
+use queue_eventstore::config::{value_or_file, Source};
 
 fn invalid(var: &'static str, why: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -496,21 +491,10 @@ impl Config {
         let issuer = required("QUEUE_ISSUER", "http://localhost:8080")?;
         let audience = required("QUEUE_AUDIENCE", "queue")?;
 
-        let mut jwt_keys_file = None;
-        let jwt_spec = match text(&get, "QUEUE_JWT_KEYS") {
-            Some(spec) => spec,
-            None => match text(&get, "QUEUE_JWT_KEYS_FILE") {
-                Some(path) => std::fs::read_to_string(&path)
-                    .inspect(|_| jwt_keys_file = Some(PathBuf::from(&path)))
-                    .map(|s| s.trim().to_owned())
-                    .map_err(|e| {
-                        invalid(
-                            "QUEUE_JWT_KEYS_FILE",
-                            format!("cannot read the file: {}", e.kind()),
-                        )
-                    })?,
-                None => return Err(ConfigError::Missing("QUEUE_JWT_KEYS")),
-            },
+        let (jwt_spec, jwt_source) = value_or_file(&get, "QUEUE_JWT_KEYS", "QUEUE_JWT_KEYS_FILE")?;
+        let jwt_keys_file = match jwt_source {
+            Source::File(path) => Some(path),
+            Source::Value => None,
         };
         let jwt_keys = JwtKeySet::parse(&jwt_spec).map_err(|why| invalid("QUEUE_JWT_KEYS", why))?;
         let jwt_alg = jwt_alg(&get)?;

@@ -1,19 +1,9 @@
 //! Ledger configuration from the environment, read once. Errors name the
 //! variable, never its value.
 
-use std::path::Path;
-
 use queue_eventstore::{CheckpointSigner, MacKeys, NoteVerifier};
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{0} is not set")]
-    Missing(&'static str),
-    #[error("{var}: {why}")]
-    Invalid { var: &'static str, why: String },
-    #[error("{path}: {why}")]
-    File { path: String, why: String },
-}
+pub use queue_eventstore::config::ConfigError;
 
 pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
@@ -58,22 +48,7 @@ fn value_or_file(
     var: &'static str,
     file_var: &'static str,
 ) -> Result<String, ConfigError> {
-    if let Some(value) = get(var).filter(|v| !v.trim().is_empty()) {
-        return Ok(value);
-    }
-    match get(file_var) {
-        Some(path) => read_secret_file(Path::new(&path)),
-        None => Err(ConfigError::Missing(var)),
-    }
-}
-
-pub fn read_secret_file(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_string())
-        .map_err(|e| ConfigError::File {
-            path: path.display().to_string(),
-            why: e.kind().to_string(),
-        })
+    queue_eventstore::config::value_or_file(get, var, file_var).map(|(value, _)| value)
 }
 
 pub const DEV_MAC_FILE: &str = "mac_keys";

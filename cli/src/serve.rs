@@ -43,10 +43,8 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
     };
     let signer = Arc::new(config::checkpoint_signer(&lookup)?);
     let mac_keys = config::mac_keys(&lookup)?;
-    let api_config = queue_api::Config::from_lookup(lookup).map_err(|e| match e {
-        queue_api::ConfigError::Missing(var) => ConfigError::Missing(var),
-        queue_api::ConfigError::Invalid { var, why } => ConfigError::Invalid { var, why },
-    })?;
+    // One ConfigError for api and cli (queue_eventstore::config).
+    let api_config = queue_api::Config::from_lookup(lookup)?;
     // The key file decides what signs (its first key); QUEUE_JWT_ALG only
     // what new keys are. A difference is a migration half done, or a typo.
     let signing = api_config.jwt_keys.current();

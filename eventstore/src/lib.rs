@@ -7,6 +7,7 @@
 pub mod chain;
 pub mod checkpoint;
 pub mod clock;
+pub mod config;
 pub mod db;
 pub mod error;
 pub mod export;
