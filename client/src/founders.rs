@@ -49,6 +49,27 @@ impl GateDecision {
 
 /// The gate: a [`ServiceClient`] with the `internal` scope and the
 /// caller's threshold.
+///
+/// Fail-open, runnable without Queue (nothing listens on the address):
+///
+/// ```
+/// use std::time::Duration;
+/// use queue_client::{FoundersGate, GateDecision, ServiceClient};
+///
+/// #[tokio::main]
+/// async fn main() -> Result<(), queue_client::ClientError> {
+///     let service = ServiceClient::new("http://127.0.0.1:9", "signup-service-token-1")?;
+///     let gate = FoundersGate::new(service, 500).with_timeout(Duration::from_millis(500));
+///     let decision = gate.check().await?;
+///     assert_eq!(decision, GateDecision::Admit { degraded: true });
+///     if decision.is_degraded() {
+///         // Record it once Queue is back (ADR 0094's invariant).
+///         let audit = gate.check_failed_audit("signup", "challenge:42");
+///         assert_eq!(audit.action, "founders.gate.check_failed");
+///     }
+///     Ok(())
+/// }
+/// ```
 #[derive(Clone, Debug)]
 pub struct FoundersGate {
     service: ServiceClient,

@@ -25,7 +25,8 @@
 //! sent once.
 //!
 //! Guarding a route of an axum service with the verifier: the extractor in
-//! `client/examples/guard.rs` (`cargo run -p queue-client --example guard`).
+//! `client/examples/guard/` (`cargo run -p queue-client --example guard`;
+//! `cli/tests/it/client.rs` drives it with tokens from a real `queue serve`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), queue_client::ClientError> {

@@ -14,8 +14,16 @@ use queue_client::{
 };
 use serde_json::{json, Value};
 
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use tower::ServiceExt as _;
+
 use crate::procs::{client, poll, Instance, Keys, Proxy, TestDb, AUDITOR};
 use crate::recipes::{post_json, register_as};
+
+/// The axum guard of `client/examples/guard`, as its example serves it.
+#[path = "../../../client/examples/guard/extract.rs"]
+mod guard;
 
 const ISSUER: &str = "http://localhost:8080";
 const AUDIENCE: &str = "queue";
@@ -393,5 +401,92 @@ async fn the_founders_gate_admits_refuses_and_fails_open() {
         audit.idempotency_key,
         full.check_failed_audit("signup", "challenge:42")
             .idempotency_key
+    );
+}
+
+/// `GET path` through the guard example's router with `token` (if any).
+async fn guarded(
+    app: &axum::Router,
+    path: &str,
+    token: Option<&str>,
+) -> (StatusCode, String, String) {
+    let mut request = Request::get(path);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let challenge = response
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, challenge, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guard_example_admits_verified_tokens_and_checks_roles() {
+    let db = TestDb::create("client_guard").await;
+    let keys = Keys::new("client_guard");
+    let mut queue =
+        Instance::start_with("queue-client", &db.url("queue-client"), &keys, OPS_ENV).await;
+    let tokens = register_as(&queue.base, "ada@example.com").await;
+    let ada = customer_of(&tokens);
+    let token = tokens["access_token"].as_str().unwrap().to_owned();
+    let verifier = TokenVerifier::new(
+        &format!("{}/.well-known/jwks.json", queue.base),
+        ISSUER,
+        AUDIENCE,
+    )
+    .unwrap();
+    let app = guard::app(verifier);
+
+    let (status, challenge, _) = guarded(&app, "/me", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(challenge.starts_with("Bearer "), "{challenge}");
+    let (status, _, body) = guarded(&app, "/me", Some(&token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let me: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(me["customer_id"], tokens["customer_id"]);
+    let mut forged = token.clone();
+    forged.pop();
+    forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+    assert_eq!(
+        guarded(&app, "/me", Some(&forged)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // The role route: 403 until a grant is in a (refreshed) token.
+    assert_eq!(
+        guarded(&app, "/tickets", Some(&token)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let ops = ServiceClient::new(&queue.base, OPS).unwrap();
+    ops.grant_role(&GrantRole::new(ada, "support-agent", "on call"))
+        .await
+        .unwrap();
+    let (status, refreshed) = post_json(
+        &queue.base,
+        "/api/v1/auth/session/refresh",
+        json!({"refresh_token": tokens["refresh_token"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{refreshed}");
+    let agent = refreshed["access_token"].as_str().unwrap().to_owned();
+    let (status, _, body) = guarded(&app, "/tickets", Some(&agent)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Queue gone: the guard keeps admitting what verified (ADR 0068).
+    queue.kill9();
+    assert_eq!(
+        guarded(&app, "/tickets", Some(&agent)).await.0,
+        StatusCode::OK
     );
 }

@@ -1,20 +1,6 @@
-//! Guarding an axum route with Queue's access tokens, verified offline.
-//!
-//! `VerifiedCustomer` is an extractor: a handler that takes it runs only
-//! for a request with `Authorization: Bearer <access token>` that verifies
-//! against Queue's JWKS (cached; refreshed on an unknown `kid`, at most
-//! once per 30 s; tokens keep verifying while Queue is down, ADR 0068).
-//! Anything else is answered 401 with `WWW-Authenticate: Bearer`, before
-//! the handler runs. `RequireRole` does the same and answers 403 unless the
-//! token carries the role.
-//!
-//! ```sh
-//! QUEUE_URL=http://127.0.0.1:8080 QUEUE_ISSUER=http://localhost:8080 \
-//!   cargo run -p queue-client --example guard
-//! curl -H "Authorization: Bearer $ACCESS_TOKEN" http://127.0.0.1:3000/me
-//! ```
-
-use std::net::SocketAddr;
+//! The guard: extractors that admit a request only with a verified Queue
+//! access token (and a role), and a router that uses them. `main.rs` serves
+//! it; `cli/tests/it/client.rs` drives it with tokens from a real `queue serve`.
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
@@ -26,10 +12,10 @@ use axum::{Json, Router};
 use queue_client::{Claims, ClientError, TokenVerifier};
 
 /// The claims of a verified access token.
-struct VerifiedCustomer(Claims);
+pub struct VerifiedCustomer(pub Claims);
 
 /// Why a request was turned away.
-enum Rejection {
+pub enum Rejection {
     /// No token, or one that does not verify.
     Unauthorized(&'static str),
     /// A verified token without the role.
@@ -89,7 +75,7 @@ where
 }
 
 /// A verified customer holding the `support-agent` role.
-struct SupportAgent(Claims);
+pub struct SupportAgent(pub Claims);
 
 impl<S> FromRequestParts<S> for SupportAgent
 where
@@ -121,29 +107,10 @@ async fn queue_of_tickets(SupportAgent(claims): SupportAgent) -> String {
 /// The router: `/me` for any signed-in customer, `/tickets` for support
 /// agents, `/healthz` for anyone. The state is the verifier (a cheap
 /// clone; clones share the JWKS cache).
-fn app(verifier: TokenVerifier) -> Router {
+pub fn app(verifier: TokenVerifier) -> Router {
     Router::new()
         .route("/me", get(me))
         .route("/tickets", get(queue_of_tickets))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(verifier)
-}
-
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let queue = std::env::var("QUEUE_URL").unwrap_or_else(|_| "http://127.0.0.1:8080".into());
-    let issuer = std::env::var("QUEUE_ISSUER").unwrap_or_else(|_| queue.clone());
-    let audience = std::env::var("QUEUE_AUDIENCE").unwrap_or_else(|_| "queue".into());
-    let listen: SocketAddr = std::env::var("GUARD_LISTEN")
-        .unwrap_or_else(|_| "127.0.0.1:3000".into())
-        .parse()?;
-    let verifier = TokenVerifier::new(
-        &format!("{}/.well-known/jwks.json", queue.trim_end_matches('/')),
-        &issuer,
-        &audience,
-    )?;
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    println!("guarding http://{listen}/me and /tickets with {queue}'s tokens");
-    axum::serve(listener, app(verifier)).await?;
-    Ok(())
 }
