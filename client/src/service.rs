@@ -159,37 +159,56 @@ impl ServiceClient {
     /// answers 503 or 429 or cannot be reached.
     pub async fn write_audit(&self, event: &AuditWrite) -> Result<AuditWritten, ClientError> {
         let url = format!("{}/api/v1/audit/events", self.base);
+        let (response, attempts) = self
+            .send("audit write", Retry::Yes(&self.retry), || {
+                self.http.post(&url).json(event)
+            })
+            .await?;
+        let replayed = response.status() == StatusCode::OK;
+        let written: Written = body(response).await?;
+        Ok(AuditWritten {
+            event_id: written.event_id,
+            ledger_status: written.ledger_status,
+            hash: written.hash,
+            replayed,
+            attempts,
+        })
+    }
+
+    /// Sends the request `build` makes (again for each attempt) with the
+    /// service token. A 2xx is returned with the number of attempts; any
+    /// other answer is [`ClientError::Api`], except that with
+    /// [`Retry::Yes`] a 503, a 429 or an unreachable Queue is tried again,
+    /// waiting as `Retry-After` says, until the policy's attempts are spent
+    /// ([`ClientError::GaveUp`]). Only idempotent or idempotency-keyed calls
+    /// pass [`Retry::Yes`]: a call that Queue may have applied before the
+    /// connection broke must not be applied twice.
+    pub(crate) async fn send(
+        &self,
+        what: &'static str,
+        retry: Retry<'_>,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<(reqwest::Response, u32), ClientError> {
+        let policy = match retry {
+            Retry::Yes(policy) => Some(policy),
+            Retry::No => None,
+        };
+        let max_attempts = policy.map_or(1, |p| p.max_attempts.max(1));
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let sent = self
-                .http
-                .post(&url)
-                .bearer_auth(&self.token)
-                .json(event)
-                .send()
-                .await;
+            let sent = build().bearer_auth(&self.token).send().await;
             let (wait, last) = match sent {
                 Ok(response) => {
                     let status = response.status();
-                    if status == StatusCode::CREATED || status == StatusCode::OK {
-                        let written: Written = response
-                            .json()
-                            .await
-                            .map_err(|e| ClientError::Transport(e.to_string()))?;
-                        return Ok(AuditWritten {
-                            event_id: written.event_id,
-                            ledger_status: written.ledger_status,
-                            hash: written.hash,
-                            replayed: status == StatusCode::OK,
-                            attempts: attempt,
-                        });
+                    if status.is_success() {
+                        return Ok((response, attempt));
                     }
                     let retry_after = retry_after(response.headers());
                     let body: Envelope = response.json().await.unwrap_or_default();
-                    if status != StatusCode::SERVICE_UNAVAILABLE
-                        && status != StatusCode::TOO_MANY_REQUESTS
-                    {
+                    let retryable = status == StatusCode::SERVICE_UNAVAILABLE
+                        || status == StatusCode::TOO_MANY_REQUESTS;
+                    if !retryable || policy.is_none() {
                         return Err(ClientError::Api {
                             status: status.as_u16(),
                             code: body.error.code,
@@ -201,23 +220,52 @@ impl ServiceClient {
                         format!("{} {}", status.as_u16(), body.error.code),
                     )
                 }
+                Err(e) if policy.is_none() => return Err(ClientError::Transport(e.to_string())),
                 Err(e) => (None, e.to_string()),
             };
-            if attempt >= self.retry.max_attempts {
+            let Some(policy) = policy.filter(|_| attempt < max_attempts) else {
                 return Err(ClientError::GaveUp {
                     attempts: attempt,
                     last,
                 });
-            }
-            let backoff = self
-                .retry
+            };
+            let backoff = policy
                 .base_delay
                 .saturating_mul(1u32 << (attempt - 1).min(16));
-            let wait = wait.unwrap_or(backoff).min(self.retry.max_delay);
-            tracing::debug!(attempt, wait_ms = wait.as_millis() as u64, %last, "audit write: retrying");
+            let wait = wait.unwrap_or(backoff).min(policy.max_delay);
+            tracing::debug!(what, attempt, wait_ms = wait.as_millis() as u64, %last, "retrying");
             tokio::time::sleep(wait).await;
         }
     }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub(crate) fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+}
+
+/// Whether a call may be sent again (see [`ServiceClient::send`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Retry<'a> {
+    Yes(&'a RetryPolicy),
+    No,
+}
+
+/// A 2xx answer's JSON body.
+pub(crate) async fn body<T: serde::de::DeserializeOwned>(
+    response: reqwest::Response,
+) -> Result<T, ClientError> {
+    response
+        .json()
+        .await
+        .map_err(|e| ClientError::Transport(e.to_string()))
 }
 
 /// `Retry-After` in seconds (Queue sends seconds; an HTTP date is ignored).
