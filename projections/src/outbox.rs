@@ -12,9 +12,10 @@
 //! [`STALE_NOTICE_AFTER`]) gets no row, so a new or extracted database does
 //! not mail its past.
 
+use futures::future::BoxFuture;
 use std::fmt;
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use queue_domain::{CredentialEvent, CustomerEvent};
@@ -431,72 +432,42 @@ pub async fn catch_up(pool: &PgPool) -> ProjectionResult<u64> {
     }
 }
 
-/// The outbox runner: leader while it holds [`LOCK_KEY`], else standby.
-pub async fn run(
-    connect: PgConnectOptions,
-    config: RunnerConfig,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    while !stopping(&shutdown) {
-        if let Err(err) = lead(&connect, &config, &mut shutdown).await {
-            tracing::warn!(projection = NAME, error = %err, "outbox runner lost its connection; retrying");
-        }
-        if stop_requested_within(&mut shutdown, config.standby_interval).await {
-            break;
-        }
-    }
+/// The outbox runner: leader while it holds [`LOCK_KEY`], else standby (the
+/// projections' leader loop, `runner::run_leader`).
+pub async fn run(connect: PgConnectOptions, config: RunnerConfig, shutdown: watch::Receiver<bool>) {
+    let work = OutboxWork {
+        decoder: Decoder::new(),
+        batch_size: config.batch_size,
+    };
+    crate::runner::run_leader(NAME, LOCK_KEY, connect, config, shutdown, work).await;
 }
 
-fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
-    *shutdown.borrow() || shutdown.has_changed().is_err()
+struct OutboxWork {
+    decoder: Decoder,
+    batch_size: i64,
 }
 
-async fn stop_requested_within(shutdown: &mut watch::Receiver<bool>, wait: Duration) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(wait) => stopping(shutdown),
-        changed = shutdown.changed() => changed.is_err() || *shutdown.borrow(),
+impl crate::runner::LeaderWork for OutboxWork {
+    fn step<'a>(
+        &'a mut self,
+        conn: &'a mut PgConnection,
+    ) -> BoxFuture<'a, ProjectionResult<crate::runner::Step>> {
+        Box::pin(async move {
+            let done = step(conn, &self.decoder, self.batch_size).await?;
+            Ok(crate::runner::Step {
+                applied: done.applied,
+                full: done.full,
+                failed: done.failed,
+            })
+        })
     }
-}
 
-async fn lead(
-    connect: &PgConnectOptions,
-    config: &RunnerConfig,
-    shutdown: &mut watch::Receiver<bool>,
-) -> ProjectionResult<()> {
-    let mut conn = PgConnection::connect_with(connect).await?;
-    let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(LOCK_KEY)
-        .fetch_one(&mut conn)
-        .await?;
-    if !acquired {
-        return Ok(());
-    }
-    tracing::info!(projection = NAME, "outbox runner: this instance is active");
-    let decoder = Decoder::new();
-    let mut last_gauges = Instant::now() - Duration::from_secs(60);
-    loop {
-        if stopping(shutdown) {
-            let _ = conn.close().await;
-            return Ok(());
-        }
-        let step = step(&mut conn, &decoder, config.batch_size).await?;
-        if last_gauges.elapsed() >= Duration::from_secs(1) {
-            last_gauges = Instant::now();
-            if let Ok(status) = status_on(&mut conn).await {
+    fn every_second<'a>(&'a mut self, conn: &'a mut PgConnection) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Ok(status) = status_on(conn).await {
                 status.record();
             }
-        }
-        let wait = if step.failed.is_some() {
-            config.failed_retry_interval
-        } else if step.full {
-            continue;
-        } else {
-            config.poll_interval
-        };
-        if stop_requested_within(shutdown, wait).await {
-            let _ = conn.close().await;
-            return Ok(());
-        }
+        })
     }
 }
 

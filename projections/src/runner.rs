@@ -16,6 +16,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use queue_eventstore::feed::Position;
 use serde::Serialize;
 use sqlx::postgres::PgConnectOptions;
@@ -376,11 +377,70 @@ pub async fn run(
     projection: Projection,
     connect: PgConnectOptions,
     config: RunnerConfig,
+    shutdown: watch::Receiver<bool>,
+) {
+    let work = ProjectionWork {
+        projection,
+        decoder: Decoder::new(),
+        batch_size: config.batch_size,
+    };
+    run_leader(
+        projection.name(),
+        projection.lock_key(),
+        connect,
+        config,
+        shutdown,
+        work,
+    )
+    .await;
+}
+
+/// What a leader does on its connection: a step, and gauges about once a
+/// second. Boxed futures keep the loop `Send` for `tokio::spawn`.
+pub(crate) trait LeaderWork: Send {
+    fn step<'a>(&'a mut self, conn: &'a mut PgConnection) -> BoxFuture<'a, ProjectionResult<Step>>;
+    fn every_second<'a>(&'a mut self, conn: &'a mut PgConnection) -> BoxFuture<'a, ()>;
+}
+
+struct ProjectionWork {
+    projection: Projection,
+    decoder: Decoder,
+    batch_size: i64,
+}
+
+impl LeaderWork for ProjectionWork {
+    fn step<'a>(&'a mut self, conn: &'a mut PgConnection) -> BoxFuture<'a, ProjectionResult<Step>> {
+        Box::pin(step(conn, self.projection, &self.decoder, self.batch_size))
+    }
+
+    fn every_second<'a>(&'a mut self, conn: &'a mut PgConnection) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Ok(lag) = lag_of(conn, self.projection).await {
+                crate::metrics::record(self.projection, &lag);
+            }
+        })
+    }
+}
+
+/// The leader loop every runner of the log shares (the projections and the
+/// mail outbox): hold the advisory lock `lock_key` on a connection of its
+/// own (a standby retries every `standby_interval`; when the connection
+/// dies the lock goes with it and a standby takes over), then step `work`
+/// until it reads less than a full batch, wait `poll_interval` (or
+/// `failed_retry_interval` after a failure), and record gauges about once a
+/// second.
+pub(crate) async fn run_leader(
+    name: &'static str,
+    lock_key: i64,
+    connect: PgConnectOptions,
+    config: RunnerConfig,
     mut shutdown: watch::Receiver<bool>,
+    mut work: impl LeaderWork,
 ) {
     while !stopping(&shutdown) {
-        if let Err(err) = lead(projection, &connect, &config, &mut shutdown).await {
-            tracing::warn!(projection = %projection, error = %err, "projection runner lost its connection; retrying");
+        let led = lead(name, lock_key, &connect, &config, &mut shutdown, &mut work).await;
+        if let Err(err) = led {
+            tracing::warn!(runner = name, error = %err, "runner lost its connection; retrying");
         }
         if stop_requested_within(&mut shutdown, config.standby_interval).await {
             break;
@@ -393,34 +453,33 @@ fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
 }
 
 async fn lead(
-    projection: Projection,
+    name: &'static str,
+    lock_key: i64,
     connect: &PgConnectOptions,
     config: &RunnerConfig,
     shutdown: &mut watch::Receiver<bool>,
+    work: &mut impl LeaderWork,
 ) -> ProjectionResult<()> {
     let mut conn = PgConnection::connect_with(connect).await?;
     let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(projection.lock_key())
+        .bind(lock_key)
         .fetch_one(&mut conn)
         .await?;
     if !acquired {
         return Ok(());
     }
-    tracing::info!(projection = %projection, "projection runner: this instance is active");
-    let decoder = Decoder::new();
-    let mut last_lag = Instant::now() - Duration::from_secs(60);
+    tracing::info!(runner = name, "runner: this instance is active");
+    let mut last_tick = Instant::now() - Duration::from_secs(60);
     loop {
         if stopping(shutdown) {
             // Release the lock now rather than when the connection closes.
             let _ = conn.close().await;
             return Ok(());
         }
-        let step = step(&mut conn, projection, &decoder, config.batch_size).await?;
-        if last_lag.elapsed() >= Duration::from_secs(1) {
-            last_lag = Instant::now();
-            if let Ok(lag) = lag_of(&mut conn, projection).await {
-                crate::metrics::record(projection, &lag);
-            }
+        let step = work.step(&mut conn).await?;
+        if last_tick.elapsed() >= Duration::from_secs(1) {
+            last_tick = Instant::now();
+            work.every_second(&mut conn).await;
         }
         let wait = if step.failed.is_some() {
             config.failed_retry_interval
