@@ -175,7 +175,11 @@ impl Drop for TestDb {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                pool.close().await;
+                // Bounded: a connection still checked out by a task of the
+                // test's runtime (blocked right here, in this drop) is never
+                // returned, and an unbounded `close` waits for it forever.
+                // `DROP … WITH (FORCE)` ends whatever is left.
+                let _ = tokio::time::timeout(Duration::from_secs(2), pool.close()).await;
                 if let Ok(mut admin) = PgConnection::connect(base_url().as_str()).await {
                     let _ = admin
                         .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
