@@ -3,7 +3,6 @@
 //! PostgreSQL, and shows that it no longer works.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -780,36 +779,93 @@ fn the_service_name_queue_is_reserved() {
     assert!(!err.contains("0123456789abcdef0123"), "{err}");
 }
 
-/// Captures the SQL statements sqlx runs on this thread.
-#[derive(Clone, Default)]
-struct Statements(Arc<Mutex<Vec<String>>>);
+/// Captures the SQL statements sqlx runs on the threads that ask for it.
+///
+/// A *global* subscriber that routes `sqlx::query` events to a thread-local
+/// sink, installed once for the test binary. A thread-local default
+/// subscriber (`set_default`) raced tracing's global callsite-interest and
+/// level caches with the other tests' threads and sometimes captured
+/// nothing; a global one that always answers "sometimes" cannot.
+mod capture {
+    use std::cell::RefCell;
+    use std::sync::{Arc, Mutex, Once};
 
-struct StatementText(Option<String>);
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::subscriber::Interest;
+    use tracing::{Event, Metadata};
 
-impl tracing::field::Visit for StatementText {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "db.statement" || (field.name() == "summary" && self.0.is_none()) {
-            self.0 = Some(format!("{value:?}"));
+    thread_local! {
+        static SINK: RefCell<Option<Arc<Mutex<Vec<String>>>>> = const { RefCell::new(None) };
+    }
+
+    struct Router;
+
+    struct StatementText(Option<String>);
+
+    impl tracing::field::Visit for StatementText {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "db.statement" || (field.name() == "summary" && self.0.is_none()) {
+                self.0 = Some(format!("{value:?}"));
+            }
         }
     }
-}
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Statements {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        if event.metadata().target() != "sqlx::query" {
-            return;
+    impl tracing::Subscriber for Router {
+        fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
+            Interest::sometimes()
         }
-        let mut text = StatementText(None);
-        event.record(&mut text);
-        if let Some(text) = text.0 {
-            self.0.lock().unwrap().push(text);
+        fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+            Some(tracing::level_filters::LevelFilter::TRACE)
+        }
+        fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+            metadata.is_event()
+                && metadata.target() == "sqlx::query"
+                && SINK.with(|sink| sink.borrow().is_some())
+        }
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, event: &Event<'_>) {
+            let mut text = StatementText(None);
+            event.record(&mut text);
+            if let Some(text) = text.0 {
+                SINK.with(|sink| {
+                    if let Some(sink) = sink.borrow().as_ref() {
+                        sink.lock().unwrap().push(text);
+                    }
+                });
+            }
+        }
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+
+    /// Starts capturing this thread's statements.
+    pub fn statements() -> Statements {
+        static INSTALL: Once = Once::new();
+        INSTALL.call_once(|| {
+            tracing::subscriber::set_global_default(Router)
+                .expect("no other global subscriber in the api test binary");
+        });
+        let sink = Arc::new(Mutex::new(Vec::new()));
+        SINK.with(|s| *s.borrow_mut() = Some(Arc::clone(&sink)));
+        Statements(sink)
+    }
+
+    pub struct Statements(Arc<Mutex<Vec<String>>>);
+
+    impl Statements {
+        pub fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.0.lock().unwrap())
         }
     }
-}
 
-impl Statements {
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock().unwrap())
+    impl Drop for Statements {
+        fn drop(&mut self) {
+            SINK.with(|s| *s.borrow_mut() = None);
+        }
     }
 }
 
@@ -817,17 +873,9 @@ impl Statements {
 /// customer's, so neither its answer nor its timing tells them apart.
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn login_begin_does_the_same_queries_for_unknown_and_known_emails(pool: PgPool) {
-    use tracing_subscriber::layer::SubscriberExt;
     let app = TestApp::new(pool).await;
     app.register(&mut Passkey::new(), "ada@example.com").await;
-    let statements = Statements::default();
-    let subscriber = tracing_subscriber::registry().with(statements.clone());
-    let _guard = tracing::subscriber::set_default(subscriber);
-    // Other tests of this binary run on other threads and hit sqlx's
-    // callsites first; a callsite registered while no dispatcher wanted it
-    // can keep a cached "never" interest (tracing's cache is global). Have
-    // every callsite ask again now that this thread's capture exists.
-    tracing::callsite::rebuild_interest_cache();
+    let statements = capture::statements();
 
     let known = app.login_begin(Some("ada@example.com")).await;
     let known_sql = statements.take();
