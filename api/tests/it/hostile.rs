@@ -818,9 +818,8 @@ mod capture {
             Some(tracing::level_filters::LevelFilter::TRACE)
         }
         fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-            metadata.is_event()
-                && metadata.target() == "sqlx::query"
-                && SINK.with(|sink| sink.borrow().is_some())
+            // sqlx asks `enabled!` (a hint callsite, not an event) first.
+            metadata.target() == "sqlx::query" && SINK.with(|sink| sink.borrow().is_some())
         }
         fn new_span(&self, _: &Attributes<'_>) -> Id {
             Id::from_u64(1)
