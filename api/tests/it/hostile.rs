@@ -3,6 +3,8 @@
 //! PostgreSQL, and shows that it no longer works.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -15,7 +17,7 @@ use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::helpers::{bearer, Passkey, Response, TempDir, TestApp};
+use crate::helpers::{bearer, eventually, Passkey, Response, TempDir, TestApp};
 
 const LOGIN_BEGIN: &str = "/api/v1/auth/webauthn/login/begin";
 const LOGIN_COMPLETE: &str = "/api/v1/auth/webauthn/login/complete";
@@ -117,7 +119,12 @@ async fn serve(app: &TestApp) -> Server {
 /// A client that sends its headers, then one body byte every `every`;
 /// returns what the server answered (until it closed the connection, or
 /// `give_up`).
-async fn dribble_body(addr: SocketAddr, every: Duration, give_up: Duration) -> String {
+async fn dribble_body(
+    addr: SocketAddr,
+    every: Duration,
+    give_up: Duration,
+    dribbling: Arc<AtomicUsize>,
+) -> String {
     let Ok(mut stream) = TcpStream::connect(addr).await else {
         return "connect failed".to_owned();
     };
@@ -126,6 +133,7 @@ async fn dribble_body(addr: SocketAddr, every: Duration, give_up: Duration) -> S
     if stream.write_all(head.as_bytes()).await.is_err() {
         return "write failed".to_owned();
     }
+    dribbling.fetch_add(1, Ordering::SeqCst);
     let started = Instant::now();
     let mut answer = Vec::new();
     let mut writing = true;
@@ -198,17 +206,22 @@ async fn slow_body_clients_do_not_take_the_api_down(pool: PgPool) {
     let base = format!("http://{addr}");
 
     let attack_started = Instant::now();
+    let dribbling = Arc::new(AtomicUsize::new(0));
     let slow: Vec<_> = (0..SLOW)
         .map(|_| {
             tokio::spawn(dribble_body(
                 addr,
                 Duration::from_millis(250),
                 Duration::from_secs(20),
+                Arc::clone(&dribbling),
             ))
         })
         .collect();
-    // Every slow client is connected and dribbling.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Every slow client is connected and has sent its headers.
+    eventually("every slow client to be dribbling", || async {
+        (dribbling.load(Ordering::SeqCst) == SLOW).then_some(())
+    })
+    .await;
     assert_eq!(
         app.state.inner.in_flight.total(),
         0,
@@ -305,7 +318,8 @@ async fn a_hanging_half_open_probe_reopens_the_breaker_at_its_deadline(pool: PgP
         breaker.record(app.state.now(), true, Duration::ZERO);
     }
     assert!(!breaker.is_closed());
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Past the open time (the breaker reads the service clock).
+    app.clock().advance(1);
 
     // The store hangs: the events table is locked.
     let mut locker = pool.begin().await.unwrap();
@@ -333,8 +347,8 @@ async fn a_hanging_half_open_probe_reopens_the_breaker_at_its_deadline(pool: PgP
     );
     locker.rollback().await.unwrap();
 
-    // The store is back: the next probe closes it.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The store is back: the next probe, past the open time, closes it.
+    app.clock().advance(1);
     let again = app
         .post(
             "/api/v1/auth/session/refresh",
@@ -414,9 +428,12 @@ async fn a_flood_of_spoofed_addresses_keeps_the_limiter_bounded() {
     // A key GCRA has forgotten: one token used, 1 s per token: gone after
     // two emission intervals.
     // (The shared overflow bucket, used up, is the one key that may stay.)
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    limiter.evict();
-    assert!(limiter.key_count() <= 1, "{}", limiter.key_count());
+    // GCRA's own clock is real time: poll eviction until the keys are gone.
+    eventually("the forgotten keys to be evicted", || async {
+        limiter.evict();
+        (limiter.key_count() <= 1).then_some(())
+    })
+    .await;
     assert!(limiter.check_local("login:192.0.2.1").is_ok());
 }
 
