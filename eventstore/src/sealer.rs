@@ -126,10 +126,7 @@ impl Sealer {
     ) -> StoreResult<SealOutcome> {
         let mut tx = conn.begin().await?;
         // Read the watermark before this transaction takes an id of its own.
-        let watermark: i64 =
-            sqlx::query_scalar("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
-                .fetch_one(&mut *tx)
-                .await?;
+        let watermark = crate::feed::watermark(&mut tx).await?;
         let state = load_state(&mut tx).await?;
         // Each row comes with its stream predecessor's hash: the predecessor
         // committed earlier (or earlier in the same transaction), so it was
