@@ -41,9 +41,10 @@ REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON
     queue_webauthn_credentials, queue_sessions, queue_session_refresh_tokens,
     customer_audit_events, projection_checkpoints
     FROM queue_service;
--- The mail sender marks delivery (attempts, sent, dead); rows come from the
--- outbox runner, a projector.
-REVOKE INSERT, DELETE, TRUNCATE ON mail_outbox FROM queue_service;
+-- The mail sender marks delivery (attempts, lease, sent, retry, dead) and
+-- nothing else: it cannot change a message's recipient, token or details.
+-- Rows come from the outbox runner, a projector.
+REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON mail_outbox FROM queue_service;
 GRANT SELECT, INSERT ON events TO queue_service;
 GRANT SELECT ON ledger, checkpoints, sealer_state TO queue_service;
 GRANT SELECT ON
@@ -51,7 +52,9 @@ GRANT SELECT ON
     queue_webauthn_credentials, queue_sessions, queue_session_refresh_tokens,
     customer_audit_events, projection_checkpoints
     TO queue_service;
-GRANT SELECT, UPDATE ON mail_outbox TO queue_service;
+GRANT SELECT ON mail_outbox TO queue_service;
+GRANT UPDATE (state, attempts, next_attempt_at, leased_until, last_error, last_error_at,
+              sent_at, dead_at) ON mail_outbox TO queue_service;
 
 -- The sealer reads events (checking each before sealing it) and extends the
 -- ledger. The triggers of migration 0001 still refuse UPDATE/DELETE/TRUNCATE

@@ -46,20 +46,9 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A migrated database, with the development LOGIN roles in place.
     pub async fn create(tag: &str) -> Self {
-        let name = format!("queue_faults_{}", unique(tag));
-        let mut admin = PgConnection::connect(base_url().as_str()).await.unwrap();
-        admin
-            .execute(format!("CREATE DATABASE {name}").as_str())
-            .await
-            .unwrap();
-        admin.close().await.ok();
-        let db = Self {
-            pool: PgPool::connect(&Self::url_of(&name, None, None))
-                .await
-                .unwrap(),
-            name,
-        };
+        let db = Self::create_unmigrated(tag).await;
         queue_eventstore::MIGRATOR.run(&db.pool).await.unwrap();
         // `queue serve` runs as the restricted roles (ADR 0212).
         let mut conn = db.pool.acquire().await.unwrap();
@@ -68,6 +57,23 @@ impl TestDb {
             .unwrap();
         drop(conn);
         db
+    }
+
+    /// An empty database: nothing has migrated it.
+    pub async fn create_unmigrated(tag: &str) -> Self {
+        let name = format!("queue_faults_{}", unique(tag));
+        let mut admin = PgConnection::connect(base_url().as_str()).await.unwrap();
+        admin
+            .execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap();
+        admin.close().await.ok();
+        Self {
+            pool: PgPool::connect(&Self::url_of(&name, None, None))
+                .await
+                .unwrap(),
+            name,
+        }
     }
 
     fn url_of(name: &str, port: Option<u16>, application: Option<&str>) -> String {
@@ -354,7 +360,7 @@ impl Instance {
         panic!("{name}: no free port after 3 tries");
     }
 
-    fn spawn(
+    pub fn spawn(
         port: u16,
         database_url: &str,
         keys: &Keys,

@@ -111,6 +111,16 @@ async fn the_service_role_appends_and_reads_but_cannot_rewrite_or_seal(pool: PgP
         "INSERT INTO sealer_state VALUES (2, 0, 0, 0, ''::bytea, -1, now())",
     )
     .await;
+    // The mail sender's columns only: never a message's recipient or token.
+    sqlx::query("UPDATE mail_outbox SET state = state, attempts = attempts")
+        .execute(&service)
+        .await
+        .unwrap();
+    assert_refused(&service, "UPDATE mail_outbox SET recipient = 'eve@example.com'").await;
+    assert_refused(&service, "UPDATE mail_outbox SET token_hash = 'x'").await;
+    // Read tables are the projector's: the service only reads them.
+    assert_refused(&service, "UPDATE customer_audit_events SET action = 'x'").await;
+    assert_refused(&service, "UPDATE queue_sessions SET customer_id = customer_id").await;
     // Nor switch the append-only triggers off (only the owner can).
     let err = sqlx::query("ALTER TABLE events DISABLE TRIGGER USER")
         .execute(&service)
