@@ -142,8 +142,7 @@ async fn run(cli: Cli, env: Lookup<'_>) -> Result<ExitCode, CliError> {
             let pool = db::connect(&config::database_url(env)?, 2).await?;
             db::migrate(&pool).await?;
             if dev_logins {
-                let mut conn = pool.acquire().await.map_err(queue_eventstore::StoreError::from)?;
-                queue_eventstore::roles::ensure_dev_logins(&mut conn).await?;
+                queue_eventstore::roles::ensure_dev_logins(&pool).await?;
             }
             output(
                 cli.json,

@@ -72,7 +72,7 @@ pub async fn check_migrated(pool: &PgPool) -> StoreResult<()> {
         let problem = match applied.iter().find(|(v, _, _)| *v == migration.version) {
             None => "has not been applied",
             Some((_, _, false)) => "failed part-way",
-            Some((_, checksum, true)) if checksum.as_slice() != &*migration.checksum => {
+            Some((_, checksum, true)) if checksum[..] != migration.checksum[..] => {
                 "was applied from a different file than this release's"
             }
             Some(_) => continue,

@@ -6,7 +6,7 @@
 //! databases of one cluster at once: every step here is "create when
 //! missing", and a concurrent creation by another session is not an error.
 
-use sqlx::{Executor, PgConnection};
+use sqlx::PgPool;
 
 use crate::error::{StoreError, StoreResult};
 
@@ -40,13 +40,13 @@ const ATTEMPTS: usize = 5;
 /// Creates the LOGIN role `login` with `password` when it is missing, and
 /// makes it a member of `role`'s group (creating the group when missing,
 /// so this works before or after `queue migrate`). Idempotent and safe to
-/// run from many sessions at once. The connection needs CREATEROLE (or
+/// run from many sessions at once. The pool's role needs CREATEROLE (or
 /// superuser). An existing role keeps its password.
 ///
 /// `login` must be a plain lower-case identifier and `password` may hold
 /// only letters, digits, `-`, `_` and `.` (they are spelled into SQL).
 pub async fn ensure_login_role(
-    conn: &mut PgConnection,
+    pool: &PgPool,
     login: &str,
     password: &str,
     role: Role,
@@ -92,7 +92,7 @@ pub async fn ensure_login_role(
     );
     let mut last = None;
     for _ in 0..ATTEMPTS {
-        match conn.execute(sql.as_str()).await {
+        match sqlx::raw_sql(&sql).execute(pool).await {
             Ok(_) => return Ok(()),
             // Two sessions changing the same catalogue row at once: the
             // loser sees "tuple concurrently updated" (XX000). Run again:
@@ -125,9 +125,9 @@ pub fn dev_login(role: Role) -> &'static str {
 /// Creates the three development LOGIN roles ([`dev_login`], password
 /// [`DEV_PASSWORD`]) with their memberships: the one role set-up of
 /// `scripts/dev` and the tests. Idempotent and race-safe.
-pub async fn ensure_dev_logins(conn: &mut PgConnection) -> StoreResult<()> {
+pub async fn ensure_dev_logins(pool: &PgPool) -> StoreResult<()> {
     for role in Role::ALL {
-        ensure_login_role(conn, dev_login(role), DEV_PASSWORD, role).await?;
+        ensure_login_role(pool, dev_login(role), DEV_PASSWORD, role).await?;
     }
     Ok(())
 }

@@ -51,11 +51,9 @@ impl TestDb {
         let db = Self::create_unmigrated(tag).await;
         queue_eventstore::MIGRATOR.run(&db.pool).await.unwrap();
         // `queue serve` runs as the restricted roles (ADR 0212).
-        let mut conn = db.pool.acquire().await.unwrap();
-        queue_eventstore::roles::ensure_dev_logins(&mut conn)
+        queue_eventstore::roles::ensure_dev_logins(&db.pool)
             .await
             .unwrap();
-        drop(conn);
         db
     }
 

@@ -35,9 +35,7 @@ async fn serve_exit(url: &str, keys: &Keys, tag: &str) -> (Option<i32>, String) 
 async fn serve_refuses_a_schema_that_is_not_migrated() {
     let db = TestDb::create_unmigrated("roles_unmigrated").await;
     let keys = Keys::new("roles_unmigrated");
-    let mut conn = db.pool.acquire().await.unwrap();
-    ensure_dev_logins(&mut conn).await.unwrap();
-    drop(conn);
+    ensure_dev_logins(&db.pool).await.unwrap();
     let owner = db.url("queue-roles");
 
     // Nothing migrated: a clear refusal, not a migration as a role that cannot.

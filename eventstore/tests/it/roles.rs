@@ -12,9 +12,7 @@ use crate::helpers::*;
 
 /// A connection to this test's database as `role`'s development LOGIN role.
 async fn login(pool: &PgPool, role: Role) -> PgPool {
-    let mut conn = pool.acquire().await.unwrap();
-    ensure_dev_logins(&mut conn).await.unwrap();
-    drop(conn);
+    ensure_dev_logins(pool).await.unwrap();
     let options = (*pool.connect_options())
         .clone()
         .username(dev_login(role))
@@ -196,10 +194,7 @@ async fn login_role_set_up_is_idempotent_and_race_safe(pool: PgPool) {
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let pool = pool.clone();
-            tokio::spawn(async move {
-                let mut conn = pool.acquire().await.unwrap();
-                ensure_dev_logins(&mut conn).await
-            })
+            tokio::spawn(async move { ensure_dev_logins(&pool).await })
         })
         .collect();
     for task in tasks {
