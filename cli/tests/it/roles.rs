@@ -51,13 +51,17 @@ async fn serve_refuses_a_schema_that_is_not_migrated() {
     let migrate = keys
         .queue(&["migrate"], &as_role(&owner, Role::Service))
         .await;
-    assert_eq!(migrate.status.code(), Some(2), "{}", crate::stderr(&migrate));
-    let tables: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    assert_eq!(
+        migrate.status.code(),
+        Some(2),
+        "{}",
+        crate::stderr(&migrate)
+    );
+    let tables: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(tables, 0);
 
     // The owner migrates; then one migration is made to look unapplied.
@@ -90,20 +94,26 @@ async fn serve_runs_end_to_end_as_the_restricted_roles() {
     assert_eq!(written.status, 201, "{written:?}");
     let id = written.event_id.clone().unwrap();
     // ... sealed by the sealer (queue_sealer) ...
-    poll("the audit event to be sealed", Duration::from_secs(30), || async {
-        db.sealed_audit_ids().await.contains(&id).then_some(())
-    })
+    poll(
+        "the audit event to be sealed",
+        Duration::from_secs(30),
+        || async { db.sealed_audit_ids().await.contains(&id).then_some(()) },
+    )
     .await;
     // ... and folded into the read tables by the runners (queue_projector).
-    poll("the audit projection to apply it", Duration::from_secs(30), || async {
-        let applied: i64 = sqlx::query_scalar(
-            "SELECT events FROM projection_checkpoints WHERE name = 'audit'",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-        (applied >= 1).then_some(())
-    })
+    poll(
+        "the audit projection to apply it",
+        Duration::from_secs(30),
+        || async {
+            let applied: i64 = sqlx::query_scalar(
+                "SELECT events FROM projection_checkpoints WHERE name = 'audit'",
+            )
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+            (applied >= 1).then_some(())
+        },
+    )
     .await;
 
     // Every connection of the instance is one of the three LOGIN roles.
@@ -116,10 +126,7 @@ async fn serve_runs_end_to_end_as_the_restricted_roles() {
     .unwrap()
     .into_iter()
     .collect();
-    let expected: BTreeSet<String> = Role::ALL
-        .iter()
-        .map(|r| dev_login(*r).to_owned())
-        .collect();
+    let expected: BTreeSet<String> = Role::ALL.iter().map(|r| dev_login(*r).to_owned()).collect();
     assert_eq!(users, expected);
     // The sealer's lock is held by the sealer role.
     let holder: Option<String> = sqlx::query_scalar(

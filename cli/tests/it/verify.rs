@@ -167,7 +167,8 @@ async fn verify_fails_after_the_sealer_position_is_moved_forward(pool: PgPool) {
     };
     let run = |args: &'static [&'static str], env: Vec<(String, String)>| {
         tokio::task::spawn_blocking(move || {
-            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             queue(args, &env)
         })
     };
@@ -192,7 +193,10 @@ async fn verify_fails_after_the_sealer_position_is_moved_forward(pool: PgPool) {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["ok"], false);
-    assert_eq!(report["first_problem"]["kind"], "skipped_by_sealer", "{report}");
+    assert_eq!(
+        report["first_problem"]["kind"], "skipped_by_sealer",
+        "{report}"
+    );
     assert_eq!(report["first_problem"]["sequence"], 2, "{report}");
     // The human report says so too.
     let human = run(&["verify"], env()).await.unwrap();

@@ -114,11 +114,19 @@ async fn the_service_role_appends_and_reads_but_cannot_rewrite_or_seal(pool: PgP
         .execute(&service)
         .await
         .unwrap();
-    assert_refused(&service, "UPDATE mail_outbox SET recipient = 'eve@example.com'").await;
+    assert_refused(
+        &service,
+        "UPDATE mail_outbox SET recipient = 'eve@example.com'",
+    )
+    .await;
     assert_refused(&service, "UPDATE mail_outbox SET token_hash = 'x'").await;
     // Read tables are the projector's: the service only reads them.
     assert_refused(&service, "UPDATE customer_audit_events SET action = 'x'").await;
-    assert_refused(&service, "UPDATE queue_sessions SET customer_id = customer_id").await;
+    assert_refused(
+        &service,
+        "UPDATE queue_sessions SET customer_id = customer_id",
+    )
+    .await;
     // Nor switch the append-only triggers off (only the owner can).
     let err = sqlx::query("ALTER TABLE events DISABLE TRIGGER USER")
         .execute(&service)
