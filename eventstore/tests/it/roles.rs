@@ -4,6 +4,7 @@
 //! owner can disable).
 
 use queue_eventstore::roles::{dev_login, ensure_dev_logins, Role, DEV_PASSWORD};
+use queue_eventstore::{Checkpoint, CheckpointSigner, ProblemKind};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -148,11 +149,41 @@ async fn the_sealer_role_seals_and_cannot_write_events(pool: PgPool) {
         .append(&[ev("T", "b", 1, json!({"n": 1}))])
         .await
         .unwrap();
+    // A row pre-inserted (by the owner: no restricted role may) at the tree
+    // size the sealer is about to reach does not displace its real one.
+    let forger = CheckpointSigner::from_seed("queue.test/ledger", [66u8; 32]).unwrap();
+    let forged = Checkpoint {
+        origin: "queue.test/ledger".into(),
+        tree_size: 4,
+        root_hash: [0u8; 32],
+    }
+    .sign(&forger);
+    sqlx::query("INSERT INTO checkpoints (tree_size, root_hash, note) VALUES (4, $1, $2)")
+        .bind(vec![0u8; 32])
+        .bind(&forged)
+        .execute(&pool)
+        .await
+        .unwrap();
     let sealer_role = login(&pool, Role::Sealer).await;
     let outcome = sealer().seal_pending(&sealer_role).await.unwrap();
     assert_eq!(outcome.sealed, 1, "{outcome:?}");
+    assert_eq!(outcome.checkpoint, Some(4), "{outcome:?}");
+    let notes: Vec<String> = sqlx::query_scalar("SELECT note FROM checkpoints WHERE tree_size = 4")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    let (latest, _) = queue_eventstore::export::latest_checkpoint(&pool, &signer().verifier())
+        .await
+        .unwrap();
+    assert_eq!(latest.tree_size, 4);
+    // The forged row is reported; the store is otherwise intact.
     let report = verify(&pool).await;
-    assert!(report.ok, "{:?}", report.problems);
+    assert!(!report.ok);
+    assert!(report
+        .problems
+        .iter()
+        .all(|p| p.kind == ProblemKind::CheckpointSignature && p.tree_size == Some(4)));
     assert_eq!((report.events, report.ledger_size), (4, 4));
     assert_refused(
         &sealer_role,
