@@ -96,3 +96,8 @@ ensure_database() {
   fi
   echo "$base/$name"
 }
+
+# Prints URL with its user and password replaced: url_as USER PASSWORD URL.
+url_as() {
+  printf '%s\n' "$3" | sed -E "s#^([a-z]+://)([^@/]*@)?#\\1$1:$2@#"
+}

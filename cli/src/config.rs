@@ -13,6 +13,16 @@ pub fn database_url(get: Lookup) -> Result<String, ConfigError> {
         .ok_or(ConfigError::Missing("DATABASE_URL"))
 }
 
+/// `queue serve`'s URL for the sealer (`QUEUE_SEALER_DATABASE_URL`) or the
+/// projection runners (`QUEUE_PROJECTOR_DATABASE_URL`): that variable, else
+/// `DATABASE_URL` (one URL for everything in a dev set-up; ADR 0212).
+pub fn role_database_url(get: Lookup, var: &'static str) -> Result<String, ConfigError> {
+    match get(var).filter(|v| !v.trim().is_empty()) {
+        Some(url) => Ok(url),
+        None => database_url(get),
+    }
+}
+
 /// `QUEUE_MAC_KEYS=id=<hex>,…` (or `QUEUE_MAC_KEYS_FILE` naming a file holding it).
 pub fn mac_keys(get: Lookup) -> Result<MacKeys, ConfigError> {
     let spec = value_or_file(get, "QUEUE_MAC_KEYS", "QUEUE_MAC_KEYS_FILE")?;

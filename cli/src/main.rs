@@ -39,7 +39,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the HTTP API and the ledger sealer (migrates first).
+    /// Run the HTTP API, the ledger sealer and the projections (never
+    /// migrates: refuses a schema `queue migrate` has not brought up to date).
     Serve {
         /// Development mode: generate and use local keys if none are configured.
         #[arg(long)]
@@ -48,8 +49,14 @@ enum Command {
         #[arg(long, default_value = ".dev/keys", env = "QUEUE_DEV_KEY_DIR")]
         dev_key_dir: PathBuf,
     },
-    /// Apply database migrations.
-    Migrate,
+    /// Apply database migrations (as the schema's owner).
+    Migrate {
+        /// Also create the development LOGIN roles (`queue_dev_service`,
+        /// `queue_dev_sealer`, `queue_dev_projector`, password `queue-dev`)
+        /// in the three groups `queue serve` runs as. Never in production.
+        #[arg(long)]
+        dev_logins: bool,
+    },
     /// Seal every committed event into the ledger now and write a checkpoint.
     Seal,
     /// Recompute every hash, MAC, Merkle root and checkpoint signature.
@@ -131,13 +138,20 @@ async fn run(cli: Cli, env: Lookup<'_>) -> Result<ExitCode, CliError> {
             serve::run(serve::ServeArgs { dev, dev_key_dir }, env).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Migrate => {
+        Command::Migrate { dev_logins } => {
             let pool = db::connect(&config::database_url(env)?, 2).await?;
             db::migrate(&pool).await?;
+            if dev_logins {
+                queue_eventstore::roles::ensure_dev_logins(&pool).await?;
+            }
             output(
                 cli.json,
-                &serde_json::json!({"migrated": true}),
-                "migrations applied",
+                &serde_json::json!({"migrated": true, "dev_logins": dev_logins}),
+                if dev_logins {
+                    "migrations applied; dev login roles ready"
+                } else {
+                    "migrations applied"
+                },
             );
             Ok(ExitCode::SUCCESS)
         }

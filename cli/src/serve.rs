@@ -58,23 +58,49 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
         );
     }
 
+    // Three roles, three URLs (ADR 0212): the API as a member of
+    // queue_service, the sealer of queue_sealer, the projection and outbox
+    // runners of queue_projector. `queue serve` never migrates: the schema
+    // belongs to the owner, who runs `queue migrate`.
     let database_url = config::database_url(env)?;
-    let pool = db::connect(&database_url, 16).await?;
-    db::migrate(&pool).await?;
+    let sealer_url = config::role_database_url(env, "QUEUE_SEALER_DATABASE_URL")?;
+    let projector_url = config::role_database_url(env, "QUEUE_PROJECTOR_DATABASE_URL")?;
+    let pool = connect_as("DATABASE_URL", &database_url, 16).await?;
+    db::check_migrated(&pool).await?;
+    // The runners open their own connections from these options; the small
+    // pools check at start that each role can log in and read the schema.
+    let sealer_pool = connect_as("QUEUE_SEALER_DATABASE_URL", &sealer_url, 1).await?;
+    let projector_pool = connect_as("QUEUE_PROJECTOR_DATABASE_URL", &projector_url, 1).await?;
+    for (var, role_pool) in [
+        ("DATABASE_URL", &pool),
+        ("QUEUE_SEALER_DATABASE_URL", &sealer_pool),
+        ("QUEUE_PROJECTOR_DATABASE_URL", &projector_pool),
+    ] {
+        let excess = db::excess_privileges(role_pool).await?;
+        if !excess.is_empty() {
+            tracing::warn!(
+                variable = var,
+                privileges = %excess.join(", "),
+                "this connection's role may rewrite the ledger (the owner or a superuser); \
+                 in production connect as a member of queue_service, queue_sealer or \
+                 queue_projector (README: production set-up)"
+            );
+        }
+    }
 
     let (stop_sealer, sealer_stopped) = watch::channel(false);
     let reloader_stopped = sealer_stopped.clone();
     let sender_stopped = sealer_stopped.clone();
     // Read tables (queue_*): one runner per projection, leader-elected.
     let projections = tokio::spawn(queue_projections::run_all(
-        pool.clone(),
+        projector_pool.clone(),
         queue_projections::RunnerConfig::default(),
         sealer_stopped.clone(),
     ));
     // The mail outbox: events that need a message become rows (leader-elected
     // like the projections); the sender below delivers them (ADR 0208).
     let outbox = tokio::spawn(queue_projections::outbox::run(
-        (*pool.connect_options()).clone(),
+        (*projector_pool.connect_options()).clone(),
         queue_projections::RunnerConfig::default(),
         sealer_stopped.clone(),
     ));
@@ -114,7 +140,7 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
             shared_mac_keys,
         )
         .with_integrity(state.store().integrity().clone())
-        .run(db::connect_options(&database_url)?, sealer_stopped),
+        .run((*sealer_pool.connect_options()).clone(), sealer_stopped),
     );
     // Fresh state: the cell is empty, so this cannot fail.
     let _ = state.inner.checkpoint_signer.set(shared_signer);
@@ -198,8 +224,25 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
         tracing::warn!("the mail sender did not stop in time");
     }
     pool.close().await;
+    sealer_pool.close().await;
+    projector_pool.close().await;
     tracing::info!("queue stopped cleanly");
     Ok(())
+}
+
+/// Connects with the URL in `var`; errors name the variable, never the URL.
+async fn connect_as(
+    var: &'static str,
+    url: &str,
+    max_connections: u32,
+) -> Result<sqlx::PgPool, CliError> {
+    db::connect_options(url).map_err(|_| ConfigError::Invalid {
+        var,
+        why: "not a valid postgres URL".into(),
+    })?;
+    db::connect(url, max_connections)
+        .await
+        .map_err(|e| CliError::Io(format!("{var}: {e}")))
 }
 
 /// In dev mode, keys come from (and are generated into) a local directory.

@@ -18,6 +18,7 @@ pub mod keys;
 pub mod lookup;
 pub mod merkle;
 pub mod repository;
+pub mod roles;
 pub mod rotation;
 pub mod sealer;
 pub mod strict_json;

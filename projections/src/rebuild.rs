@@ -875,7 +875,8 @@ async fn swap(
         for table in projection.tables() {
             sql.push_str(&format!(
                 "DROP TABLE {live}; ALTER TABLE {shadow} SET SCHEMA {LIVE_SCHEMA}; \
-                 GRANT SELECT, INSERT, UPDATE ON {live} TO queue_service;",
+                 GRANT SELECT ON {live} TO queue_service; \
+                 GRANT SELECT, INSERT, UPDATE ON {live} TO queue_projector;",
                 live = qualified(LIVE_SCHEMA, table),
                 shadow = qualified(SHADOW_SCHEMA, table),
             ));

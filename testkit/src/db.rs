@@ -125,10 +125,19 @@ pub struct TestDb {
 impl TestDb {
     /// A new migrated database on the `DATABASE_URL` server.
     pub async fn create(prefix: &str) -> Self {
+        let db = Self::create_unmigrated(prefix).await;
+        db.db()
+            .migrate()
+            .await
+            .expect("migrate the scratch database");
+        db
+    }
+
+    /// A new empty database: nothing has migrated it.
+    pub async fn create_unmigrated(prefix: &str) -> Self {
         let db = ScratchDb::create(prefix, 10)
             .await
             .expect("create a scratch database");
-        db.migrate().await.expect("migrate the scratch database");
         Self { db: Some(db) }
     }
 

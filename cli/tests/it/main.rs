@@ -11,6 +11,7 @@ mod mail;
 mod pages;
 mod procs;
 mod recipes;
+mod roles;
 mod verify;
 mod webdriver;
 

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use queue_eventstore::roles::Role;
 use sqlx::PgPool;
 
 use crate::{CHECKPOINT_KEY, MAC};
@@ -26,8 +27,21 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A migrated database, with the development LOGIN roles in place.
     pub async fn create(tag: &str) -> Self {
-        let scratch = queue_testkit::db::TestDb::create(&format!("queue_faults_{tag}")).await;
+        let db = Self::create_unmigrated(tag).await;
+        queue_eventstore::MIGRATOR.run(&db.pool).await.unwrap();
+        // `queue serve` runs as the restricted roles (ADR 0212).
+        queue_eventstore::roles::ensure_dev_logins(&db.pool)
+            .await
+            .unwrap();
+        db
+    }
+
+    /// An empty database: nothing has migrated it.
+    pub async fn create_unmigrated(tag: &str) -> Self {
+        let scratch =
+            queue_testkit::db::TestDb::create_unmigrated(&format!("queue_faults_{tag}")).await;
         Self {
             pool: scratch.pool().clone(),
             scratch,
@@ -213,6 +227,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `url` (the owner's, as [`TestDb::url`] gives it) for `role`'s development
+/// LOGIN role, which [`TestDb::create`] sets up: every `queue serve` a test
+/// starts runs as the restricted roles, as in production (ADR 0212).
+pub fn as_role(url: &str, role: Role) -> String {
+    let mut url = url::Url::parse(url).unwrap();
+    url.set_username(queue_eventstore::roles::dev_login(role))
+        .unwrap();
+    url.set_password(Some(queue_eventstore::roles::DEV_PASSWORD))
+        .unwrap();
+    url.to_string()
+}
+
 /// A running `queue serve`; killed (SIGKILL) on drop.
 pub struct Instance {
     pub name: String,
@@ -264,7 +290,7 @@ impl Instance {
         panic!("{name}: no free port after 3 tries");
     }
 
-    fn spawn(
+    pub fn spawn(
         port: u16,
         database_url: &str,
         keys: &Keys,
@@ -276,7 +302,15 @@ impl Instance {
             .arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", database_url)
+            .env("DATABASE_URL", as_role(database_url, Role::Service))
+            .env(
+                "QUEUE_SEALER_DATABASE_URL",
+                as_role(database_url, Role::Sealer),
+            )
+            .env(
+                "QUEUE_PROJECTOR_DATABASE_URL",
+                as_role(database_url, Role::Projector),
+            )
             .env("QUEUE_LISTEN", format!("127.0.0.1:{port}"))
             .env("QUEUE_MAC_KEYS", MAC)
             .env("QUEUE_CHECKPOINT_KEY_FILE", keys.checkpoint_file())

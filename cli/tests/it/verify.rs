@@ -133,3 +133,77 @@ async fn export_then_verify_export_offline(pool: PgPool) {
     assert_eq!(report["first_bad_line"], 3);
     std::fs::remove_file(&file).ok();
 }
+
+/// Issue 17 item 8: a superuser moves `sealer_state` past unsealed events
+/// (they would never be sealed, checkpointed or exported as "complete");
+/// `queue verify` exits 1 naming them.
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn verify_fails_after_the_sealer_position_is_moved_forward(pool: PgPool) {
+    use cqrs_es::persist::SerializedEvent;
+    use queue_eventstore::{ChainedEventRepository, MacKeys, SharedMacKeys, SystemClock};
+    let repo = ChainedEventRepository::new(
+        pool.clone(),
+        SharedMacKeys::new(MacKeys::parse(MAC).unwrap()),
+        std::sync::Arc::new(SystemClock),
+    );
+    let append = |seq: usize| {
+        SerializedEvent::new(
+            "c1".into(),
+            seq,
+            "Customer".into(),
+            "E".into(),
+            "1.0".into(),
+            serde_json::json!({"n": seq}),
+            serde_json::json!({}),
+        )
+    };
+    let url = url_of(&pool);
+    let env = move || {
+        vec![
+            ("DATABASE_URL".to_owned(), url.clone()),
+            ("QUEUE_MAC_KEYS".to_owned(), MAC.to_owned()),
+            ("QUEUE_CHECKPOINT_KEY".to_owned(), CHECKPOINT_KEY.to_owned()),
+        ]
+    };
+    let run = |args: &'static [&'static str], env: Vec<(String, String)>| {
+        tokio::task::spawn_blocking(move || {
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            queue(args, &env)
+        })
+    };
+    repo.append(&[append(1)]).await.unwrap();
+    let seal = run(&["seal"], env()).await.unwrap();
+    assert!(seal.status.success(), "{}", stderr(&seal));
+    repo.append(&[append(2)]).await.unwrap();
+    repo.append(&[append(3)]).await.unwrap();
+    let honest = run(&["--json", "verify"], env()).await.unwrap();
+    assert_eq!(honest.status.code(), Some(0), "{}", stderr(&honest));
+    let report: serde_json::Value = serde_json::from_slice(&honest.stdout).unwrap();
+    assert_eq!(report["unsealed"], 2, "{report}");
+
+    sqlx::query(
+        "UPDATE sealer_state SET (last_xid, last_insert_id) = (SELECT commit_xid, insert_id \
+         FROM events ORDER BY commit_xid DESC, insert_id DESC LIMIT 1)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let out = run(&["--json", "verify"], env()).await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    assert_eq!(
+        report["first_problem"]["kind"], "skipped_by_sealer",
+        "{report}"
+    );
+    assert_eq!(report["first_problem"]["sequence"], 2, "{report}");
+    // The human report says so too.
+    let human = run(&["verify"], env()).await.unwrap();
+    assert_eq!(human.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains("FAILED") && text.contains("sealer's position"),
+        "{text}"
+    );
+}

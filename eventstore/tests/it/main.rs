@@ -7,6 +7,7 @@ mod export;
 mod helpers;
 mod history;
 mod lookup;
+mod roles;
 mod rotation;
 mod tamper;
 mod vectors;

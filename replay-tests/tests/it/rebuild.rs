@@ -50,6 +50,23 @@ async fn rebuild_equals_live_projection_table_by_table(pool: PgPool) {
     .await
     .unwrap();
     assert!(unanalyzed.is_empty(), "no statistics: {unanalyzed:?}");
+    // The swapped tables keep migration 0315's privileges: the projector
+    // writes them, the service only reads them (ADR 0212).
+    let wrong: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'public' AND c.relkind = 'r' \
+         AND (c.relname LIKE 'queue\\_%' OR c.relname = 'customer_audit_events') \
+         AND NOT (has_table_privilege('queue_projector', c.oid, 'SELECT') \
+              AND has_table_privilege('queue_projector', c.oid, 'INSERT') \
+              AND has_table_privilege('queue_projector', c.oid, 'UPDATE') \
+              AND has_table_privilege('queue_service', c.oid, 'SELECT') \
+              AND NOT has_table_privilege('queue_service', c.oid, 'INSERT, UPDATE, DELETE')) \
+         ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(wrong.is_empty(), "privileges after the swap: {wrong:?}");
 
     // The runner continues on the swapped tables from the reset checkpoint.
     assert!(catch_up(&pool)

@@ -1,0 +1,251 @@
+//! The database roles of migration 0315 (ADR 0212), tried over real LOGIN
+//! connections: what each role may write, and that the rest is refused by
+//! PostgreSQL's privileges (not only by the append-only triggers, which the
+//! owner can disable).
+
+use queue_eventstore::roles::{dev_login, ensure_dev_logins, Role, DEV_PASSWORD};
+use queue_eventstore::{Checkpoint, CheckpointSigner, ProblemKind};
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+use crate::helpers::*;
+
+/// A connection to this test's database as `role`'s development LOGIN role.
+async fn login(pool: &PgPool, role: Role) -> PgPool {
+    ensure_dev_logins(pool).await.unwrap();
+    let options = (*pool.connect_options())
+        .clone()
+        .username(dev_login(role))
+        .password(DEV_PASSWORD);
+    let as_role = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let user: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&as_role)
+        .await
+        .unwrap();
+    assert_eq!(user, dev_login(role));
+    as_role
+}
+
+/// `sql` run as the role fails with "permission denied" (SQLSTATE 42501
+/// from the privilege check: the append-only triggers raise the same code,
+/// but say "append-only").
+async fn assert_refused(pool: &PgPool, sql: &str) {
+    let err = sqlx::query(sql).execute(pool).await.unwrap_err();
+    let db = err
+        .as_database_error()
+        .unwrap_or_else(|| panic!("{sql}: {err}"));
+    assert_eq!(db.code().as_deref(), Some("42501"), "{sql}: {err}");
+    assert!(db.message().contains("permission denied"), "{sql}: {err}");
+}
+
+const LEDGER_TABLES: [&str; 4] = ["events", "ledger", "checkpoints", "sealer_state"];
+
+fn rewrites(table: &str) -> [String; 3] {
+    let column = match table {
+        "events" => "event_type = 'X'",
+        "ledger" => "seq = seq + 1000",
+        "checkpoints" => "note = ''",
+        _ => "last_xid = last_xid + 1000",
+    };
+    [
+        format!("UPDATE {table} SET {column}"),
+        format!("DELETE FROM {table}"),
+        format!("TRUNCATE {table}"),
+    ]
+}
+
+async fn sealed_history(pool: &PgPool) {
+    let repo = repo(pool);
+    for seq in 1..=3 {
+        repo.append(&[ev("T", "a", seq, json!({"n": seq}))])
+            .await
+            .unwrap();
+    }
+    sealer().seal_pending(pool).await.unwrap();
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn the_service_role_appends_and_reads_but_cannot_rewrite_or_seal(pool: PgPool) {
+    sealed_history(&pool).await;
+    let service = login(&pool, Role::Service).await;
+    // It appends (through the chained repository) and reads every table.
+    repo(&service)
+        .append(&[ev("T", "a", 4, json!({"n": 4}))])
+        .await
+        .unwrap();
+    for table in LEDGER_TABLES {
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&service)
+            .await
+            .unwrap();
+        assert!(n >= 1, "{table}");
+    }
+    // UPDATE, DELETE and TRUNCATE on every ledger table, refused.
+    for table in LEDGER_TABLES {
+        for sql in rewrites(table) {
+            assert_refused(&service, &sql).await;
+        }
+    }
+    // Nor can it seal, checkpoint or move the sealer: the sealer's tables
+    // are written by queue_sealer alone.
+    assert_refused(
+        &service,
+        "INSERT INTO ledger (seq, aggregate_type, aggregate_id, sequence, event_hash) \
+         SELECT 4, 'T', 'a', 4, hash FROM events WHERE sequence = 4",
+    )
+    .await;
+    assert_refused(
+        &service,
+        "INSERT INTO checkpoints (tree_size, root_hash, note) \
+         VALUES (99, decode(repeat('00', 32), 'hex'), 'forged')",
+    )
+    .await;
+    assert_refused(
+        &service,
+        "INSERT INTO sealer_state VALUES (2, 0, 0, 0, ''::bytea, -1, now())",
+    )
+    .await;
+    // The mail sender's columns only: never a message's recipient or token.
+    sqlx::query("UPDATE mail_outbox SET state = state, attempts = attempts")
+        .execute(&service)
+        .await
+        .unwrap();
+    assert_refused(
+        &service,
+        "UPDATE mail_outbox SET recipient = 'eve@example.com'",
+    )
+    .await;
+    assert_refused(&service, "UPDATE mail_outbox SET token_hash = 'x'").await;
+    // Read tables are the projector's: the service only reads them.
+    assert_refused(&service, "UPDATE customer_audit_events SET action = 'x'").await;
+    assert_refused(
+        &service,
+        "UPDATE queue_sessions SET customer_id = customer_id",
+    )
+    .await;
+    // Nor switch the append-only triggers off (only the owner can).
+    let err = sqlx::query("ALTER TABLE events DISABLE TRIGGER USER")
+        .execute(&service)
+        .await
+        .unwrap_err();
+    let db = err.as_database_error().unwrap();
+    assert_eq!(db.code().as_deref(), Some("42501"), "{err}");
+    assert!(db.message().contains("must be owner"), "{err}");
+    // The honest store still verifies, with the appended event unsealed.
+    let report = verify(&pool).await;
+    assert!(report.ok, "{:?}", report.problems);
+    assert_eq!((report.events, report.unsealed), (4, 1));
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn the_sealer_role_seals_and_cannot_write_events(pool: PgPool) {
+    sealed_history(&pool).await;
+    repo(&pool)
+        .append(&[ev("T", "b", 1, json!({"n": 1}))])
+        .await
+        .unwrap();
+    // A row pre-inserted (by the owner: no restricted role may) at the tree
+    // size the sealer is about to reach does not displace its real one.
+    let forger = CheckpointSigner::from_seed("queue.test/ledger", [66u8; 32]).unwrap();
+    let forged = Checkpoint {
+        origin: "queue.test/ledger".into(),
+        tree_size: 4,
+        root_hash: [0u8; 32],
+    }
+    .sign(&forger);
+    sqlx::query("INSERT INTO checkpoints (tree_size, root_hash, note) VALUES (4, $1, $2)")
+        .bind(vec![0u8; 32])
+        .bind(&forged)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let sealer_role = login(&pool, Role::Sealer).await;
+    let outcome = sealer().seal_pending(&sealer_role).await.unwrap();
+    assert_eq!(outcome.sealed, 1, "{outcome:?}");
+    assert_eq!(outcome.checkpoint, Some(4), "{outcome:?}");
+    let notes: Vec<String> = sqlx::query_scalar("SELECT note FROM checkpoints WHERE tree_size = 4")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    let (latest, _) = queue_eventstore::export::latest_checkpoint(&pool, &signer().verifier())
+        .await
+        .unwrap();
+    assert_eq!(latest.tree_size, 4);
+    // The forged row is reported; the store is otherwise intact.
+    let report = verify(&pool).await;
+    assert!(!report.ok);
+    assert!(report
+        .problems
+        .iter()
+        .all(|p| p.kind == ProblemKind::CheckpointSignature && p.tree_size == Some(4)));
+    assert_eq!((report.events, report.ledger_size), (4, 4));
+    assert_refused(
+        &sealer_role,
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, \
+         payload, recorded_at, prev_hash, hash, mac, mac_key_id) VALUES ('T', 'z', 1, 'E', '1', \
+         '{}', now(), decode(repeat('00', 32), 'hex'), decode(repeat('00', 32), 'hex'), \
+         decode(repeat('00', 32), 'hex'), 'k1')",
+    )
+    .await;
+    for table in LEDGER_TABLES {
+        for sql in rewrites(table) {
+            // The sealer updates its own position; everything else is refused.
+            if table == "sealer_state" && sql.starts_with("UPDATE") {
+                continue;
+            }
+            assert_refused(&sealer_role, &sql).await;
+        }
+    }
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn the_projector_role_cannot_write_the_ledger_tables(pool: PgPool) {
+    sealed_history(&pool).await;
+    let projector = login(&pool, Role::Projector).await;
+    for table in LEDGER_TABLES {
+        for sql in rewrites(table) {
+            assert_refused(&projector, &sql).await;
+        }
+    }
+    assert_refused(
+        &projector,
+        "INSERT INTO checkpoints (tree_size, root_hash, note) \
+         VALUES (99, decode(repeat('00', 32), 'hex'), 'forged')",
+    )
+    .await;
+    // Its own tables: projection positions (and the read tables).
+    sqlx::query("UPDATE projection_checkpoints SET events = events WHERE name = 'customers'")
+        .execute(&projector)
+        .await
+        .unwrap();
+}
+
+/// Role set-up runs from many test processes and databases at once (roles
+/// are cluster-wide): concurrent calls all succeed.
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn login_role_set_up_is_idempotent_and_race_safe(pool: PgPool) {
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { ensure_dev_logins(&pool).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    for role in Role::ALL {
+        let member: bool = sqlx::query_scalar("SELECT pg_has_role($1, $2, 'MEMBER')")
+            .bind(dev_login(role))
+            .bind(role.group())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert!(member, "{role:?}");
+    }
+}
