@@ -43,8 +43,8 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> BenchResult<()> {
-    let queue = ScratchDb::create(8).await?;
-    let legacy = ScratchDb::create(8).await?;
+    let queue = ScratchDb::create("queue_bench", 8).await?;
+    let legacy = ScratchDb::create("queue_bench", 8).await?;
     let result = bench(&queue.pool, &legacy.pool, &args).await;
     queue.drop_db().await?;
     legacy.drop_db().await?;

@@ -80,7 +80,7 @@ pub async fn run(args: Args) -> BenchResult<()> {
         )
         .into());
     }
-    let scratch = ScratchDb::create(8).await?;
+    let scratch = ScratchDb::create("queue_bench", 8).await?;
     let pool = scratch.pool.clone();
     db::migrate(&pool).await?;
     let mac = MacKeys::single("bench", vec![0x42; 32])?;

@@ -246,7 +246,7 @@ pub(crate) async fn serve(router: Router) -> BenchResult<(String, tokio::task::J
 }
 
 pub async fn run(args: Args) -> BenchResult<()> {
-    let db = ScratchDb::create(args.connections).await?;
+    let db = ScratchDb::create("queue_bench", args.connections).await?;
     let result = run_in(&args, &db.pool).await;
     db.drop_db().await?;
     result

@@ -112,7 +112,7 @@ async fn drive<R: PersistedEventRepository + 'static>(
 }
 
 pub async fn run(args: Args) -> BenchResult<()> {
-    let scratch = ScratchDb::create(40).await?;
+    let scratch = ScratchDb::create("queue_bench", 40).await?;
     let pool = scratch.pool.clone();
     db::migrate(&pool).await?;
     sqlx::raw_sql(

@@ -658,7 +658,7 @@ pub async fn run(args: Args) -> BenchResult<()> {
         )
         .into());
     }
-    let db = ScratchDb::create(2).await?;
+    let db = ScratchDb::create("queue_bench", 2).await?;
     let result = run_in(&args, &queue_bin, &db).await;
     db.drop_db().await?;
     result

@@ -56,7 +56,7 @@ pub async fn run(args: Args) -> BenchResult<()> {
         let pool = kept_database(name).await?;
         return bench(&pool, &args).await;
     }
-    let scratch = ScratchDb::create(16).await?;
+    let scratch = ScratchDb::create("queue_bench", 16).await?;
     let result = bench(&scratch.pool, &args).await;
     scratch.drop_db().await?;
     result

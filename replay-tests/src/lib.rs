@@ -569,43 +569,5 @@ fn pick(rng: &mut StdRng, items: &[CredentialId]) -> Option<CredentialId> {
     }
 }
 
-/// A scratch database on the same server, dropped by [`ScratchDb::drop_db`].
-pub struct ScratchDb {
-    admin: sqlx::postgres::PgConnectOptions,
-    pub name: String,
-    pub pool: PgPool,
-}
-
-impl ScratchDb {
-    /// Creates an empty database next to `pool`'s (same server and user).
-    pub async fn create(pool: &PgPool, prefix: &str) -> Result<Self> {
-        use sqlx::{ConnectOptions, Connection};
-        let admin = (*pool.connect_options()).clone();
-        let name = format!("{prefix}_{}", Uuid::from_u128(rand::random()).simple());
-        let mut conn = admin.connect().await?;
-        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await?;
-        conn.close().await?;
-        let options = admin.clone().database(&name);
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await?;
-        Ok(Self { admin, name, pool })
-    }
-
-    pub async fn drop_db(self) -> Result<()> {
-        use sqlx::{ConnectOptions, Connection};
-        self.pool.close().await;
-        let mut conn = self.admin.connect().await?;
-        sqlx::raw_sql(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut conn)
-        .await?;
-        conn.close().await?;
-        Ok(())
-    }
-}
+/// A scratch database on the same server (shared with every crate's tests).
+pub use queue_testkit::db::ScratchDb;

@@ -15,17 +15,6 @@ fn email(alg: Alg, format: Format) -> String {
     format!("{alg:?}-{format:?}@example.com").to_lowercase()
 }
 
-async fn register_begin(app: &TestApp, email: &str) -> Value {
-    let begin = app
-        .post(
-            "/api/v1/auth/webauthn/register/begin",
-            json!({"email": email, "display_name": "Ada"}),
-        )
-        .await;
-    assert_eq!(begin.status, StatusCode::OK, "{}", begin.text);
-    begin.json
-}
-
 async fn register_complete(
     app: &TestApp,
     begin: &Value,
@@ -40,7 +29,7 @@ async fn register_complete(
 
 /// Registers a new customer with this authenticator; returns the tokens.
 async fn register(app: &TestApp, soft: &mut SoftAuthenticator, email: &str) -> Value {
-    let begin = register_begin(app, email).await;
+    let begin = app.register_begin(email).await;
     let credential = soft.create(&begin["options"]);
     let done = register_complete(app, &begin, credential).await;
     assert_eq!(
@@ -52,17 +41,6 @@ async fn register(app: &TestApp, soft: &mut SoftAuthenticator, email: &str) -> V
         done.text
     );
     done.json
-}
-
-async fn login_with(
-    app: &TestApp,
-    soft: &mut SoftAuthenticator,
-    email: Option<&str>,
-    tamper: &Tamper,
-) -> crate::helpers::Response {
-    let begin = app.login_begin(email).await;
-    let assertion = soft.get_with(&begin["options"], tamper);
-    app.login_complete(&begin["challenge_id"], assertion).await
 }
 
 async fn stored_passkey(app: &TestApp, credential_id: &Value) -> (Value, Option<uuid::Uuid>, i64) {
@@ -108,7 +86,9 @@ async fn every_format_registers_and_logs_in(pool: PgPool, alg: Alg) {
 
         // By email, then discoverably; the counter follows the authenticator.
         for login_email in [Some(email.as_str()), None] {
-            let login = login_with(&app, &mut soft, login_email, &Tamper::default()).await;
+            let login = app
+                .login_soft(&mut soft, login_email, &Tamper::default())
+                .await;
             assert_eq!(
                 login.status,
                 StatusCode::OK,
@@ -167,13 +147,9 @@ async fn an_eddsa_passkey_is_added_to_a_signed_in_customer(pool: PgPool) {
         )
         .await;
     assert_eq!(added.status, StatusCode::CREATED, "{}", added.text);
-    let login = login_with(
-        &app,
-        &mut second,
-        Some("ada@example.com"),
-        &Tamper::default(),
-    )
-    .await;
+    let login = app
+        .login_soft(&mut second, Some("ada@example.com"), &Tamper::default())
+        .await;
     assert_eq!(login.status, StatusCode::OK, "{}", login.text);
     assert_eq!(login.json["customer_id"], tokens["customer_id"]);
 }
@@ -188,46 +164,10 @@ async fn wrong_assertions_are_refused_for_every_algorithm(pool: PgPool) {
         let email = email(alg, Format::PackedSelf);
         let mut soft = SoftAuthenticator::new(alg, Format::PackedSelf, RP_ID, ORIGIN);
         register(&app, &mut soft, &email).await;
-        let cases = [
-            (
-                "wrong signature",
-                Tamper {
-                    bad_signature: true,
-                    ..Tamper::default()
-                },
-            ),
-            (
-                "wrong rpId hash",
-                Tamper {
-                    rp_id: Some("evil.example".into()),
-                    ..Tamper::default()
-                },
-            ),
-            (
-                "UP missing",
-                Tamper {
-                    flags: Some(UV),
-                    ..Tamper::default()
-                },
-            ),
-            (
-                "UV missing",
-                Tamper {
-                    flags: Some(UP),
-                    ..Tamper::default()
-                },
-            ),
-            (
-                "crossOrigin true",
-                Tamper {
-                    cross_origin: true,
-                    ..Tamper::default()
-                },
-            ),
-        ];
+        let cases = Tamper::wrong_assertions();
         for (what, tamper) in cases {
             let before = app.event_count().await;
-            let refused = login_with(&app, &mut soft, Some(&email), &tamper).await;
+            let refused = app.login_soft(&mut soft, Some(&email), &tamper).await;
             assert_eq!(
                 refused.status,
                 StatusCode::UNAUTHORIZED,
@@ -239,7 +179,9 @@ async fn wrong_assertions_are_refused_for_every_algorithm(pool: PgPool) {
         }
 
         // A good login moves the stored counter to the authenticator's.
-        let ok = login_with(&app, &mut soft, Some(&email), &Tamper::default()).await;
+        let ok = app
+            .login_soft(&mut soft, Some(&email), &Tamper::default())
+            .await;
         assert_eq!(ok.status, StatusCode::OK, "{alg:?}: {}", ok.text);
         let counter = soft.credentials[0].counter;
         // The same counter again (a clone): refused and audited.
@@ -248,7 +190,7 @@ async fn wrong_assertions_are_refused_for_every_algorithm(pool: PgPool) {
             counter: Some(counter),
             ..Tamper::default()
         };
-        let refused = login_with(&app, &mut soft, Some(&email), &cloned).await;
+        let refused = app.login_soft(&mut soft, Some(&email), &cloned).await;
         refused.assert_error(StatusCode::UNAUTHORIZED, "webauthn_failed");
         assert_eq!(
             app.event_count().await,
@@ -265,7 +207,9 @@ async fn wrong_assertions_are_refused_for_every_algorithm(pool: PgPool) {
         .unwrap();
         assert_eq!(audited, 1, "{alg:?}");
 
-        let again = login_with(&app, &mut soft, Some(&email), &Tamper::default()).await;
+        let again = app
+            .login_soft(&mut soft, Some(&email), &Tamper::default())
+            .await;
         assert_eq!(again.status, StatusCode::OK, "{alg:?}: {}", again.text);
     }
 }
@@ -339,7 +283,7 @@ async fn wrong_registrations_are_refused_for_every_algorithm(pool: PgPool) {
             let email = format!("{alg:?}-refused@example.com").to_lowercase();
             let mut soft = SoftAuthenticator::new(alg, format, RP_ID, ORIGIN);
             let before = app.event_count().await;
-            let begin = register_begin(&app, &email).await;
+            let begin = app.register_begin(&email).await;
             let credential = soft.create_with(&begin["options"], &tamper);
             let refused = register_complete(&app, &begin, credential).await;
             assert_eq!(
@@ -363,7 +307,7 @@ async fn a_self_attestation_with_another_alg_is_refused(pool: PgPool) {
     use serde_cbor_2::Value as Cbor;
 
     let app = TestApp::new(pool).await;
-    let begin = register_begin(&app, "ada@example.com").await;
+    let begin = app.register_begin("ada@example.com").await;
     let mut soft = SoftAuthenticator::new(Alg::EdDsa, Format::PackedSelf, RP_ID, ORIGIN);
     let mut credential = soft.create(&begin["options"]);
     let object = URL_SAFE_NO_PAD
@@ -397,7 +341,9 @@ async fn synced_passkeys_of_every_algorithm_register_and_log_in(pool: PgPool) {
         let mut soft = SoftAuthenticator::new(alg, Format::PackedSelf, RP_ID, ORIGIN);
         soft.synced = true;
         register(&app, &mut soft, &email).await;
-        let login = login_with(&app, &mut soft, Some(&email), &Tamper::default()).await;
+        let login = app
+            .login_soft(&mut soft, Some(&email), &Tamper::default())
+            .await;
         assert_eq!(login.status, StatusCode::OK, "{alg:?}: {}", login.text);
         app.catch_up().await;
         let list = app

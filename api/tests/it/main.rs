@@ -23,4 +23,4 @@ mod schema_conformance;
 mod service;
 mod sessions;
 mod shedding;
-mod soft;
+use queue_testkit::soft;

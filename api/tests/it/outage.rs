@@ -2,7 +2,6 @@
 //! register/complete and refresh answer 503 with Retry-After; JWKS keeps
 //! being served; when the database is back, everything works again.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,72 +9,10 @@ use axum::http::StatusCode;
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
+
+use queue_testkit::proxy::Proxy;
 
 use crate::helpers::{Passkey, TempDir, TestApp};
-
-/// A TCP proxy to PostgreSQL that can be cut (every connection dropped,
-/// new ones refused) and restored.
-struct Proxy {
-    port: u16,
-    up: Arc<AtomicBool>,
-    cut: Arc<Notify>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(target: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(AtomicBool::new(true));
-        let cut = Arc::new(Notify::new());
-        let (up2, cut2) = (up.clone(), cut.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                if !up2.load(Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
-                let target = target.clone();
-                let cut = cut2.clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut.notified() => {}
-                    }
-                });
-            }
-        });
-        Self {
-            port,
-            up,
-            cut,
-            task,
-        }
-    }
-
-    fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.cut.notify_waiters();
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// An app whose pool goes through a proxy that the test can cut.
 async fn proxied_app(pool: &PgPool) -> (Proxy, TestApp) {

@@ -806,15 +806,9 @@ async fn customers_in_log(app: &TestApp) -> i64 {
 /// Begins a registration and answers it with a new passkey; returns the
 /// complete request's body.
 async fn prepared_registration(app: &TestApp, email: &str) -> serde_json::Value {
-    let begin = app
-        .post(
-            "/api/v1/auth/webauthn/register/begin",
-            json!({"email": email, "display_name": "Founder"}),
-        )
-        .await;
-    assert_eq!(begin.status, StatusCode::OK, "{}", begin.text);
-    let credential = Passkey::new().create(&begin.json["options"]);
-    json!({"challenge_id": begin.json["challenge_id"], "credential": credential, "name": "key"})
+    let begin = app.register_begin(email).await;
+    let credential = Passkey::new().create(&begin["options"]);
+    json!({"challenge_id": begin["challenge_id"], "credential": credential, "name": "key"})
 }
 
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]

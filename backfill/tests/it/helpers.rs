@@ -2,26 +2,16 @@
 //! software passkey registered the way the legacy service did, and the API
 //! router for what an imported customer does next.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::connect_info::MockConnectInfo;
-use axum::http::{header, Method, Request, StatusCode};
-use axum::Router;
 use chrono::{DateTime, Utc};
-use http_body_util::BodyExt;
-use queue_api::jwt::JwtKeySet;
-use queue_api::mailer::LogMailer;
-use queue_api::{AppState, Config, ServiceClock};
 use queue_backfill::{Options, Report};
-use queue_eventstore::{ChainedEventRepository, MacKeys, SharedMacKeys, SystemClock};
-use serde_json::{json, Value};
+use queue_eventstore::{ChainedEventRepository, SystemClock};
+use queue_testkit::db::ScratchDb;
+use serde_json::Value;
 use sha2::Digest;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
-use tower::ServiceExt;
 use url::Url;
 use uuid::Uuid;
 use webauthn_authenticator_rs::softpasskey::SoftPasskey;
@@ -31,12 +21,8 @@ use webauthn_rs_core::proto::{
 };
 use webauthn_rs_core::WebauthnCore;
 
-pub const RP_ID: &str = "queue.example";
-pub const ORIGIN: &str = "https://app.queue.example";
-
-pub fn mac_keys() -> SharedMacKeys {
-    SharedMacKeys::new(MacKeys::single("test", vec![7u8; 32]).unwrap())
-}
+pub use queue_testkit::app::{Response, TestApp, ORIGIN, RP_ID};
+pub use queue_testkit::keys::shared_mac_keys as mac_keys;
 
 pub fn repo(pool: &PgPool) -> ChainedEventRepository {
     ChainedEventRepository::new(pool.clone(), mac_keys(), Arc::new(SystemClock))
@@ -45,42 +31,24 @@ pub fn repo(pool: &PgPool) -> ChainedEventRepository {
 /// A second, fresh database holding the legacy tables.
 pub struct LegacyDb {
     pub pool: PgPool,
-    pub name: String,
-    admin: PgPool,
+    scratch: ScratchDb,
 }
 
 impl LegacyDb {
     pub async fn create(queue: &PgPool) -> Self {
-        let name = format!("legacy_{}", Uuid::new_v4().simple());
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(queue)
-            .await
-            .unwrap();
-        let options = queue.connect_options().as_ref().clone().database(&name);
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .unwrap();
+        let scratch = ScratchDb::beside(queue, "legacy", 4).await.unwrap();
         sqlx::raw_sql(queue_backfill::LEGACY_SCHEMA)
-            .execute(&pool)
+            .execute(&scratch.pool)
             .await
             .unwrap();
         Self {
-            pool,
-            name,
-            admin: queue.clone(),
+            pool: scratch.pool.clone(),
+            scratch,
         }
     }
 
     pub async fn drop(self) {
-        self.pool.close().await;
-        let _ = sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&self.admin)
-        .await;
+        let _ = self.scratch.drop_db().await;
     }
 
     pub async fn customer(&self, email: &str, display_name: Option<&str>, status: &str) -> i64 {
@@ -296,6 +264,13 @@ impl Authenticator {
             .unwrap();
     }
 
+    /// A login at Queue by email with this authenticator.
+    pub async fn login(&mut self, app: &TestApp, email: &str) -> Response {
+        let begin = app.login_begin(Some(email)).await;
+        let credential = self.get(&begin["options"]);
+        app.login_complete(&begin["challenge_id"], credential).await
+    }
+
     /// `navigator.credentials.get()` for Queue's login options.
     pub fn get(&mut self, options: &Value) -> Value {
         let rcr: RequestChallengeResponse = serde_json::from_value(options.clone()).unwrap();
@@ -305,138 +280,5 @@ impl Authenticator {
                 .unwrap(),
         )
         .unwrap()
-    }
-}
-
-/// The API on the test's Queue database.
-pub struct TestApp {
-    pub router: Router,
-    _mail: TempDir,
-}
-
-pub struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-pub struct Response {
-    pub status: StatusCode,
-    pub json: Value,
-    pub text: String,
-}
-
-impl TestApp {
-    pub fn new(pool: PgPool) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("queue-backfill-test-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let keys = JwtKeySet::generate("test-1").unwrap().to_spec();
-        let map: HashMap<String, String> = [
-            ("QUEUE_RP_ID", RP_ID),
-            ("QUEUE_RP_ORIGIN", ORIGIN),
-            ("QUEUE_ISSUER", "https://queue.example"),
-            ("QUEUE_AUDIENCE", "queue-tests"),
-            ("QUEUE_JWT_KEYS", keys.as_str()),
-            ("QUEUE_MAILER", "log"),
-            ("QUEUE_MAILER_DIR", dir.to_str().unwrap()),
-            ("FLAG_QUEUE_V1", "1"),
-            ("QUEUE_RATE_LIMIT_PER_ADDRESS", "1000"),
-            ("QUEUE_RATE_LIMIT_PER_ACCOUNT", "1000"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-        let names: Vec<String> = map.keys().cloned().collect();
-        let config = Config::from_lookup_with_names(
-            move |k| map.get(k).cloned(),
-            names.iter().map(String::as_str),
-        )
-        .unwrap();
-        let state = AppState::with_parts(
-            pool,
-            config,
-            mac_keys(),
-            ServiceClock::new(),
-            Arc::new(LogMailer::new(dir.clone())),
-        )
-        .unwrap();
-        let router = queue_api::app(state).layer(MockConnectInfo(std::net::SocketAddr::from((
-            [127, 0, 0, 1],
-            40000,
-        ))));
-        Self {
-            router,
-            _mail: TempDir(dir),
-        }
-    }
-
-    pub async fn post(&self, path: &str, body: Value) -> Response {
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(path)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap();
-        self.send(request).await
-    }
-
-    pub async fn get_auth(&self, path: &str, token: &str) -> Response {
-        let request = Request::builder()
-            .method(Method::GET)
-            .uri(path)
-            .header(header::AUTHORIZATION, format!("Bearer {token}"))
-            .body(Body::empty())
-            .unwrap();
-        self.send(request).await
-    }
-
-    async fn send(&self, request: Request<Body>) -> Response {
-        let response = self.router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        Response {
-            status,
-            json: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            text: String::from_utf8_lossy(&bytes).into_owned(),
-        }
-    }
-
-    /// A login (by email, or discoverable) with a soft authenticator of any
-    /// algorithm.
-    pub async fn login_soft(
-        &self,
-        soft: &mut crate::soft::SoftAuthenticator,
-        email: Option<&str>,
-        tamper: &crate::soft::Tamper,
-    ) -> Response {
-        let body = match email {
-            Some(email) => json!({"email": email}),
-            None => json!({}),
-        };
-        let begin = self.post("/api/v1/auth/webauthn/login/begin", body).await;
-        assert_eq!(begin.status, StatusCode::OK, "{}", begin.text);
-        let credential = soft.get_with(&begin.json["options"], tamper);
-        self.post(
-            "/api/v1/auth/webauthn/login/complete",
-            json!({"challenge_id": begin.json["challenge_id"], "credential": credential}),
-        )
-        .await
-    }
-
-    /// A login by email with this authenticator.
-    pub async fn login(&self, authenticator: &mut Authenticator, email: &str) -> Response {
-        let begin = self
-            .post("/api/v1/auth/webauthn/login/begin", json!({"email": email}))
-            .await;
-        assert_eq!(begin.status, StatusCode::OK, "{}", begin.text);
-        let credential = authenticator.get(&begin.json["options"]);
-        self.post(
-            "/api/v1/auth/webauthn/login/complete",
-            json!({"challenge_id": begin.json["challenge_id"], "credential": credential}),
-        )
-        .await
     }
 }

@@ -9,7 +9,5 @@ mod cose;
 mod helpers;
 mod import;
 mod login;
-/// The API tests' soft authenticator (every COSE algorithm).
-#[allow(dead_code, reason = "the API tests use its registration side")]
-#[path = "../../../api/tests/it/soft.rs"]
-mod soft;
+/// The soft authenticator for every COSE algorithm.
+use queue_testkit::soft;

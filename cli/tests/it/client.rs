@@ -165,7 +165,7 @@ async fn an_unknown_kid_during_an_outage_costs_one_failed_fetch() {
 async fn an_audit_write_is_retried_across_503s_and_stays_idempotent() {
     let db = TestDb::create("client_audit").await;
     let keys = Keys::new("client_audit");
-    let proxy = Proxy::start().await;
+    let proxy = Proxy::to_database().await;
     let queue = Instance::start(
         "queue-client",
         &db.url_via(proxy.port, "queue-client"),
@@ -333,7 +333,7 @@ async fn rbac_grants_and_admin_suspensions_through_the_client() {
 async fn the_founders_gate_admits_refuses_and_fails_open() {
     let db = TestDb::create("client_gate").await;
     let keys = Keys::new("client_gate");
-    let proxy = Proxy::start().await;
+    let proxy = Proxy::to_database().await;
     let mut queue = Instance::start_with(
         "queue-client",
         &db.url_via(proxy.port, "queue-client"),

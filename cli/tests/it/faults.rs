@@ -258,7 +258,7 @@ async fn kill_9_of_the_sealer_leader_hands_sealing_to_the_other_and_the_ledger_s
 async fn postgres_cut_under_load_gives_prompt_503s_and_no_accepted_write_is_lost() {
     let db = TestDb::create("cut").await;
     let keys = Keys::new("cut");
-    let proxy = Proxy::start().await;
+    let proxy = Proxy::to_database().await;
     let c = Instance::start("queue-c", &db.url_via(proxy.port, "queue-c"), &keys).await;
 
     let t0 = Instant::now();

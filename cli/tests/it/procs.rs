@@ -6,43 +6,24 @@ use std::collections::HashSet;
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use queue_eventstore::roles::Role;
-use sqlx::{Connection, Executor, PgConnection, PgPool};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
+use sqlx::PgPool;
 
 use crate::{CHECKPOINT_KEY, MAC};
 
 /// The audit writer's service token (at least 16 characters).
 pub const AUDITOR: &str = "auditor-token-faults-0001";
 
-/// A unique suffix per call in this test process.
-fn unique(tag: &str) -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "{tag}_{}_{}_{nanos}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-fn base_url() -> url::Url {
-    let raw = std::env::var("DATABASE_URL").expect("DATABASE_URL must be set for the fault tests");
-    url::Url::parse(&raw).unwrap()
-}
+use queue_testkit::db::unique_name as unique;
 
 /// A database of its own, dropped (connections and all) when this is dropped.
 pub struct TestDb {
-    pub name: String,
     pub pool: PgPool,
+    scratch: queue_testkit::db::TestDb,
 }
 
 impl TestDb {
@@ -59,44 +40,22 @@ impl TestDb {
 
     /// An empty database: nothing has migrated it.
     pub async fn create_unmigrated(tag: &str) -> Self {
-        let name = format!("queue_faults_{}", unique(tag));
-        let mut admin = PgConnection::connect(base_url().as_str()).await.unwrap();
-        admin
-            .execute(format!("CREATE DATABASE {name}").as_str())
-            .await
-            .unwrap();
-        admin.close().await.ok();
+        let scratch =
+            queue_testkit::db::TestDb::create_unmigrated(&format!("queue_faults_{tag}")).await;
         Self {
-            pool: PgPool::connect(&Self::url_of(&name, None, None))
-                .await
-                .unwrap(),
-            name,
+            pool: scratch.pool().clone(),
+            scratch,
         }
-    }
-
-    fn url_of(name: &str, port: Option<u16>, application: Option<&str>) -> String {
-        let mut url = base_url();
-        url.set_path(&format!("/{name}"));
-        if let Some(port) = port {
-            url.set_host(Some("127.0.0.1")).unwrap();
-            url.set_port(Some(port)).unwrap();
-        }
-        url.set_query(
-            application
-                .map(|a| format!("application_name={a}"))
-                .as_deref(),
-        );
-        url.to_string()
     }
 
     /// The URL an instance uses: its name shows in pg_stat_activity.
     pub fn url(&self, application: &str) -> String {
-        Self::url_of(&self.name, None, Some(application))
+        self.scratch.url(Some(application), None)
     }
 
     /// The same database reached through a local port (a proxy).
     pub fn url_via(&self, port: u16, application: &str) -> String {
-        Self::url_of(&self.name, Some(port), Some(application))
+        self.scratch.url(Some(application), Some(port))
     }
 
     /// Which instance (application name) holds the sealer's advisory lock.
@@ -172,33 +131,6 @@ impl TestDb {
             "accepted writes missing from the ledger: {lost:?}"
         );
         count
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        // Async drop is not a thing: a short-lived runtime on its own thread.
-        let name = self.name.clone();
-        let pool = self.pool.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                // Bounded: a connection still checked out by a task of the
-                // test's runtime (blocked right here, in this drop) is never
-                // returned, and an unbounded `close` waits for it forever.
-                // `DROP … WITH (FORCE)` ends whatever is left.
-                let _ = tokio::time::timeout(Duration::from_secs(2), pool.close()).await;
-                if let Ok(mut admin) = PgConnection::connect(base_url().as_str()).await {
-                    let _ = admin
-                        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-                        .await;
-                }
-            });
-        })
-        .join();
     }
 }
 
@@ -559,86 +491,6 @@ pub async fn two_instances(tag: &str) -> (TestDb, Keys, Instance, Instance) {
     (db, keys, a, b)
 }
 
-/// Polls `check` every 10 ms until it yields, or panics naming `what`.
-pub async fn poll<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+pub use queue_testkit::poll::eventually_within as poll;
 
-/// A TCP proxy in front of PostgreSQL that can be cut (every open connection
-/// dropped, new ones refused) and restored.
-pub struct Proxy {
-    pub port: u16,
-    up: Arc<AtomicBool>,
-    cut: Arc<Notify>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    pub async fn start() -> Self {
-        let base = base_url();
-        let target = format!(
-            "{}:{}",
-            base.host_str().unwrap_or("127.0.0.1"),
-            base.port().unwrap_or(5432)
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(AtomicBool::new(true));
-        let cut = Arc::new(Notify::new());
-        let (up2, cut2) = (up.clone(), cut.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                if !up2.load(Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
-                let target = target.clone();
-                let cut = cut2.clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut.notified() => {}
-                    }
-                });
-            }
-        });
-        Self {
-            port,
-            up,
-            cut,
-            task,
-        }
-    }
-
-    pub fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.cut.notify_waiters();
-    }
-
-    pub fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+pub use queue_testkit::proxy::Proxy;

@@ -1,6 +1,6 @@
 //! Global order under concurrency: late commits, aborts, and a sealer that dies.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use queue_eventstore::{Sealer, SealerConfig, SharedMacKeys};
 use rand::Rng;
@@ -10,12 +10,12 @@ use tokio::sync::watch;
 
 use crate::helpers::*;
 
-async fn eventually(what: &str, mut probe: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !probe().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Polls with the sealer's generous deadline (30 s).
+async fn eventually<F: std::future::Future<Output = Option<()>>>(
+    what: &str,
+    probe: impl FnMut() -> F,
+) {
+    queue_testkit::poll::eventually_within(what, Duration::from_secs(30), probe).await
 }
 
 /// Every committed event is in the ledger exactly once, seq 1..N without
@@ -132,8 +132,8 @@ async fn many_writers_with_delays_and_aborts_are_sealed_exactly_once(pool: PgPoo
         count(&pool, "SELECT count(*) FROM events").await as usize,
         committed
     );
-    eventually("the running sealer to catch up", async || {
-        count(&pool, "SELECT count(*) FROM ledger").await as usize == committed
+    eventually("the running sealer to catch up", || async {
+        (count(&pool, "SELECT count(*) FROM ledger").await as usize == committed).then_some(())
     })
     .await;
     stop.send(true).unwrap();
@@ -163,8 +163,8 @@ async fn a_killed_sealer_is_replaced_without_loss_or_duplication(pool: PgPool) {
     let writers: Vec<_> = (0..8)
         .map(|w| tokio::spawn(writer(pool.clone(), format!("w{w}"), 30)))
         .collect();
-    eventually("the first sealer to seal something", async || {
-        count(&pool, "SELECT count(*) FROM ledger").await > 10
+    eventually("the first sealer to seal something", || async {
+        (count(&pool, "SELECT count(*) FROM ledger").await > 10).then_some(())
     })
     .await;
     first.abort();
@@ -184,8 +184,8 @@ async fn a_killed_sealer_is_replaced_without_loss_or_duplication(pool: PgPool) {
     for w in writers {
         committed += w.await.unwrap();
     }
-    eventually("the new leader to seal everything", async || {
-        count(&pool, "SELECT count(*) FROM ledger").await as usize == committed
+    eventually("the new leader to seal everything", || async {
+        (count(&pool, "SELECT count(*) FROM ledger").await as usize == committed).then_some(())
     })
     .await;
     assert!(count(&pool, "SELECT count(*) FROM ledger").await > sealed_by_first);

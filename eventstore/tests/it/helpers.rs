@@ -4,8 +4,8 @@ use chrono::{TimeZone, Utc};
 use cqrs_es::persist::SerializedEvent;
 use queue_eventstore::verify::NoProgress;
 use queue_eventstore::{
-    verify_store, ChainedEventRepository, CheckpointSigner, FixedClock, MacKeys, Sealer,
-    SealerConfig, SharedMacKeys, SystemClock, VerifyInput, VerifyReport,
+    verify_store, ChainedEventRepository, FixedClock, MacKeys, Sealer, SealerConfig, SharedMacKeys,
+    SystemClock, VerifyInput, VerifyReport,
 };
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -16,9 +16,7 @@ pub fn mac_keys() -> MacKeys {
     MacKeys::single("k1", MAC_KEY.to_vec()).unwrap()
 }
 
-pub fn signer() -> Arc<CheckpointSigner> {
-    Arc::new(CheckpointSigner::from_seed("queue.test/ledger", [7u8; 32]).unwrap())
-}
+pub use queue_testkit::keys::checkpoint_signer as signer;
 
 pub fn repo(pool: &PgPool) -> ChainedEventRepository {
     ChainedEventRepository::new(

@@ -37,7 +37,9 @@ async fn extraction_into_a_second_database(source: PgPool) {
     history(&source, 15, 7).await;
     catch_up(&source).await.unwrap();
 
-    let target = ScratchDb::create(&source, "queue_extract").await.unwrap();
+    let target = ScratchDb::beside(&source, "queue_extract", 8)
+        .await
+        .unwrap();
     let keys = mac_keys().unwrap();
     let verifier = sealer().signer().verifier();
     let report = extract(
@@ -139,7 +141,9 @@ async fn extraction_refuses_a_tampered_log(source: PgPool) {
     .execute(&source)
     .await
     .unwrap();
-    let target = ScratchDb::create(&source, "queue_extract").await.unwrap();
+    let target = ScratchDb::beside(&source, "queue_extract", 8)
+        .await
+        .unwrap();
     let keys = mac_keys().unwrap();
     let err = extract(
         &source,

@@ -1,5 +1,5 @@
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use queue_projections::checksum::Mode;
 use queue_projections::{run_all, status, Projection, RunnerConfig};
@@ -8,18 +8,12 @@ use tokio::sync::watch;
 
 use crate::helpers::*;
 
+/// Polls with the runners' generous deadline (30 s).
 pub async fn eventually<T, F: Future<Output = Option<T>>>(
     what: &str,
-    mut probe: impl FnMut() -> F,
+    probe: impl FnMut() -> F,
 ) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    queue_testkit::poll::eventually_within(what, Duration::from_secs(30), probe).await
 }
 
 async fn caught_up(pool: &PgPool) -> Option<()> {

@@ -6,7 +6,7 @@
 //! crypto-glue (the RustCrypto facade webauthn-rs-core itself uses). Its
 //! [`Tamper`] knobs make the wrong answers the negative tests need.
 //!
-//! The backfill tests use this file too (`#[path]`), for legacy keys.
+//! The API and backfill tests use it (the backfill for legacy keys).
 //!
 //! Fixtures (`fixtures/`, made once with openssl): `attestation-p256.pk8` and
 //! `attestation-p256.der`, a P-256 attestation key and its self-signed
@@ -24,9 +24,9 @@ use serde_cbor_2::Value as Cbor;
 use serde_json::{json, Value};
 use webauthn_rs_core::crypto::compute_sha256;
 
-const ATTESTATION_KEY: &[u8] = include_bytes!("fixtures/attestation-p256.pk8");
-const ATTESTATION_CERT: &[u8] = include_bytes!("fixtures/attestation-p256.der");
-const RSA_KEY: &[u8] = include_bytes!("fixtures/rs256-2048.pk8");
+const ATTESTATION_KEY: &[u8] = include_bytes!("../fixtures/attestation-p256.pk8");
+const ATTESTATION_CERT: &[u8] = include_bytes!("../fixtures/attestation-p256.der");
+const RSA_KEY: &[u8] = include_bytes!("../fixtures/rs256-2048.pk8");
 
 /// The authenticator's AAGUID (packed formats report it).
 pub const AAGUID: [u8; 16] = *b"queue-soft-authn";
@@ -86,6 +86,49 @@ pub struct Tamper {
     pub bad_signature: bool,
     /// Register this credential id instead of a new random one.
     pub credential_id: Option<Vec<u8>>,
+}
+
+impl Tamper {
+    /// The wrong assertions every algorithm must refuse at login, named.
+    pub fn wrong_assertions() -> [(&'static str, Tamper); 5] {
+        [
+            (
+                "wrong signature",
+                Tamper {
+                    bad_signature: true,
+                    ..Tamper::default()
+                },
+            ),
+            (
+                "wrong rpId hash",
+                Tamper {
+                    rp_id: Some("evil.example".into()),
+                    ..Tamper::default()
+                },
+            ),
+            (
+                "UP missing",
+                Tamper {
+                    flags: Some(UV),
+                    ..Tamper::default()
+                },
+            ),
+            (
+                "UV missing",
+                Tamper {
+                    flags: Some(UP),
+                    ..Tamper::default()
+                },
+            ),
+            (
+                "crossOrigin true",
+                Tamper {
+                    cross_origin: true,
+                    ..Tamper::default()
+                },
+            ),
+        ]
+    }
 }
 
 enum Key {
