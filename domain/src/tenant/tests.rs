@@ -1,0 +1,346 @@
+use std::collections::{BTreeMap, BTreeSet};
+
+use cqrs_es::test::TestFramework;
+use cqrs_es::Aggregate;
+
+use super::*;
+use crate::test_support::{actor, reason, t};
+use crate::types::{
+    IdpMetadataXml, Role, SamlAttributeName, SamlGroup, TenantId, TenantName, TenantSlug,
+};
+
+type TenantTest = TestFramework<Tenant>;
+
+fn acme_id() -> TenantId {
+    "5d1c7a52-0a4e-4c43-9f1e-3b8f0e1d2c01".parse().unwrap()
+}
+
+fn name(text: &str) -> TenantName {
+    TenantName::parse(text).unwrap()
+}
+
+fn created() -> TenantEvent {
+    TenantEvent::TenantCreated {
+        tenant_id: acme_id(),
+        slug: TenantSlug::parse("acme").unwrap(),
+        name: name("Acme Inc."),
+        actor: actor("ops"),
+        at: t(0),
+    }
+}
+
+fn attribute(text: &str) -> SamlAttributeName {
+    SamlAttributeName::parse(text).unwrap()
+}
+
+fn connection() -> SamlConnection {
+    let mut group_roles = BTreeMap::new();
+    group_roles.insert(
+        SamlGroup::parse("Engineering").unwrap(),
+        BTreeSet::from([Role::parse("deployer").unwrap()]),
+    );
+    group_roles.insert(
+        SamlGroup::parse("Support").unwrap(),
+        BTreeSet::from([
+            Role::parse("support").unwrap(),
+            Role::parse("viewer").unwrap(),
+        ]),
+    );
+    SamlConnection {
+        idp_metadata: IdpMetadataXml::parse("<md:EntityDescriptor entityID=\"x\"/>").unwrap(),
+        email_attribute: Some(attribute("urn:oid:0.9.2342.19200300.100.1.3")),
+        display_name_attribute: Some(attribute("displayName")),
+        groups_attribute: Some(attribute("groups")),
+        group_roles,
+        allow_idp_initiated: false,
+        jit_provisioning: true,
+    }
+}
+
+fn configured() -> TenantEvent {
+    TenantEvent::SamlConnectionConfigured {
+        connection: connection(),
+        actor: actor("ops"),
+        at: t(10),
+    }
+}
+
+#[test]
+fn create_a_tenant() {
+    TenantTest::with(())
+        .given_no_previous_events()
+        .when(TenantCommand::Create {
+            tenant_id: acme_id(),
+            slug: TenantSlug::parse("acme").unwrap(),
+            name: name("Acme Inc."),
+            actor: actor("ops"),
+            at: t(0),
+        })
+        .then_expect_events(vec![created()]);
+
+    let mut tenant = Tenant::default();
+    tenant.apply(created());
+    let state = tenant.state().unwrap();
+    assert_eq!(state.slug.as_str(), "acme");
+    assert_eq!(state.created_at, t(0));
+    assert!(tenant.enabled_saml().is_none());
+}
+
+#[test]
+fn a_tenant_is_created_once() {
+    TenantTest::with(())
+        .given(vec![created()])
+        .when(TenantCommand::Create {
+            tenant_id: acme_id(),
+            slug: TenantSlug::parse("other").unwrap(),
+            name: name("Other"),
+            actor: actor("ops"),
+            at: t(5),
+        })
+        .then_expect_error(TenantError::AlreadyCreated);
+}
+
+#[test]
+fn the_default_slug_and_the_default_id_go_together() {
+    let create = |tenant_id: TenantId, slug: &str| TenantCommand::Create {
+        tenant_id,
+        slug: TenantSlug::parse(slug).unwrap(),
+        name: name("Default"),
+        actor: actor("ops"),
+        at: t(0),
+    };
+    TenantTest::with(())
+        .given_no_previous_events()
+        .when(create(acme_id(), "default"))
+        .then_expect_error(TenantError::ReservedSlug);
+    TenantTest::with(())
+        .given_no_previous_events()
+        .when(create(TenantId::DEFAULT, "acme"))
+        .then_expect_error(TenantError::ReservedSlug);
+    TenantTest::with(())
+        .given_no_previous_events()
+        .when(create(TenantId::DEFAULT, "default"))
+        .then_expect_events(vec![TenantEvent::TenantCreated {
+            tenant_id: TenantId::DEFAULT,
+            slug: TenantSlug::parse("default").unwrap(),
+            name: name("Default"),
+            actor: actor("ops"),
+            at: t(0),
+        }]);
+}
+
+#[test]
+fn commands_on_a_tenant_that_does_not_exist_are_refused() {
+    for command in [
+        TenantCommand::Rename {
+            name: name("New"),
+            actor: actor("ops"),
+            at: t(1),
+        },
+        TenantCommand::ConfigureSaml {
+            connection: connection(),
+            actor: actor("ops"),
+            at: t(1),
+        },
+        TenantCommand::DisableSaml {
+            reason: reason("offboarding"),
+            actor: actor("ops"),
+            at: t(1),
+        },
+    ] {
+        TenantTest::with(())
+            .given_no_previous_events()
+            .when(command)
+            .then_expect_error(TenantError::NotFound);
+    }
+}
+
+#[test]
+fn rename_a_tenant_and_renaming_to_the_same_name_appends_nothing() {
+    TenantTest::with(())
+        .given(vec![created()])
+        .when(TenantCommand::Rename {
+            name: name("Acme Corporation"),
+            actor: actor("ops"),
+            at: t(5),
+        })
+        .then_expect_events(vec![TenantEvent::TenantRenamed {
+            name: name("Acme Corporation"),
+            actor: actor("ops"),
+            at: t(5),
+        }]);
+    TenantTest::with(())
+        .given(vec![created()])
+        .when(TenantCommand::Rename {
+            name: name("Acme Inc."),
+            actor: actor("ops"),
+            at: t(5),
+        })
+        .then_expect_events(vec![]);
+
+    let mut tenant = Tenant::default();
+    tenant.apply(created());
+    tenant.apply(TenantEvent::TenantRenamed {
+        name: name("Acme Corporation"),
+        actor: actor("ops"),
+        at: t(5),
+    });
+    assert_eq!(tenant.state().unwrap().name.as_str(), "Acme Corporation");
+}
+
+#[test]
+fn configure_disable_and_reconfigure_saml() {
+    TenantTest::with(())
+        .given(vec![created()])
+        .when(TenantCommand::ConfigureSaml {
+            connection: connection(),
+            actor: actor("ops"),
+            at: t(10),
+        })
+        .then_expect_events(vec![configured()]);
+    let disabled = TenantEvent::SamlConnectionDisabled {
+        reason: reason("IdP migration"),
+        actor: actor("ops"),
+        at: t(20),
+    };
+    TenantTest::with(())
+        .given(vec![created(), configured()])
+        .when(TenantCommand::DisableSaml {
+            reason: reason("IdP migration"),
+            actor: actor("ops"),
+            at: t(20),
+        })
+        .then_expect_events(vec![disabled.clone()]);
+    TenantTest::with(())
+        .given(vec![created(), configured(), disabled.clone()])
+        .when(TenantCommand::DisableSaml {
+            reason: reason("again"),
+            actor: actor("ops"),
+            at: t(30),
+        })
+        .then_expect_error(TenantError::SamlNotEnabled);
+    TenantTest::with(())
+        .given(vec![created()])
+        .when(TenantCommand::DisableSaml {
+            reason: reason("never configured"),
+            actor: actor("ops"),
+            at: t(30),
+        })
+        .then_expect_error(TenantError::SamlNotEnabled);
+
+    let mut tenant = Tenant::default();
+    tenant.apply(created());
+    tenant.apply(configured());
+    assert_eq!(tenant.enabled_saml(), Some(&connection()));
+    tenant.apply(disabled);
+    assert!(tenant.enabled_saml().is_none());
+    // The last connection stays on record; configuring again enables it.
+    assert_eq!(tenant.state().unwrap().saml, Some(connection()));
+    tenant.apply(configured());
+    assert_eq!(tenant.enabled_saml(), Some(&connection()));
+}
+
+#[test]
+fn an_inconsistent_saml_connection_is_refused() {
+    let mut no_email = connection();
+    no_email.email_attribute = None;
+    let mut no_groups = connection();
+    no_groups.groups_attribute = None;
+    let mut empty_roles = connection();
+    empty_roles
+        .group_roles
+        .insert(SamlGroup::parse("Nobody").unwrap(), BTreeSet::new());
+    let mut too_many = connection();
+    too_many.group_roles = (0..=MAX_GROUP_MAPPINGS)
+        .map(|i| {
+            (
+                SamlGroup::parse(&format!("group-{i}")).unwrap(),
+                BTreeSet::from([Role::parse("viewer").unwrap()]),
+            )
+        })
+        .collect();
+    for (connection, reason) in [
+        (
+            no_email,
+            "just-in-time provisioning needs the email attribute",
+        ),
+        (no_groups, "a group to role map needs the groups attribute"),
+        (empty_roles, "every mapped group needs at least one role"),
+        (too_many, "at most 256 group to role mappings"),
+    ] {
+        TenantTest::with(())
+            .given(vec![created()])
+            .when(TenantCommand::ConfigureSaml {
+                connection,
+                actor: actor("ops"),
+                at: t(10),
+            })
+            .then_expect_error(TenantError::InvalidSamlConnection(reason));
+    }
+    // Without JIT provisioning the email attribute may be left out.
+    let mut no_jit = connection();
+    no_jit.email_attribute = None;
+    no_jit.jit_provisioning = false;
+    TenantTest::with(())
+        .given(vec![created()])
+        .when(TenantCommand::ConfigureSaml {
+            connection: no_jit.clone(),
+            actor: actor("ops"),
+            at: t(10),
+        })
+        .then_expect_events(vec![TenantEvent::SamlConnectionConfigured {
+            connection: no_jit,
+            actor: actor("ops"),
+            at: t(10),
+        }]);
+}
+
+#[test]
+fn slugs_are_parsed_strictly() {
+    for good in ["acme", "a1", "acme-eu-2", "default"] {
+        assert_eq!(TenantSlug::parse(good).unwrap().as_str(), good);
+    }
+    assert_eq!(TenantSlug::parse("  acme ").unwrap().as_str(), "acme");
+    assert!(TenantSlug::parse("default").unwrap().is_default());
+    for bad in [
+        "", "a", "Acme", "1acme", "acme-", "ac--me", "ac_me", "ac.me", "ac me", "açme",
+    ] {
+        let error = TenantSlug::parse(bad).unwrap_err();
+        assert_eq!(error.field(), "slug", "{bad}");
+    }
+    assert!(TenantSlug::parse(&"a".repeat(63)).is_ok());
+    assert!(TenantSlug::parse(&"a".repeat(64)).is_err());
+    // Serialised as the bare string, and parsed again on the way in.
+    assert_eq!(
+        serde_json::to_string(&TenantSlug::parse("acme").unwrap()).unwrap(),
+        "\"acme\""
+    );
+    assert!(serde_json::from_str::<TenantSlug>("\"Not A Slug\"").is_err());
+}
+
+#[test]
+fn the_default_tenant_id_is_fixed() {
+    assert_eq!(
+        TenantId::DEFAULT.to_string(),
+        "133a676a-c059-50aa-ac6a-729bcd49f90e"
+    );
+    assert_eq!(
+        *TenantId::DEFAULT.as_uuid(),
+        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, b"urn:queue:tenant:default")
+    );
+    assert!(TenantId::default_tenant().is_default());
+    assert!(!acme_id().is_default());
+}
+
+#[test]
+fn idp_metadata_and_attribute_names_are_bounded() {
+    assert!(IdpMetadataXml::parse("").is_err());
+    assert!(IdpMetadataXml::parse("not xml").is_err());
+    assert!(IdpMetadataXml::parse("<a>\u{0}</a>").is_err());
+    let huge = format!("<a>{}</a>", "x".repeat(crate::types::IDP_METADATA_MAX_BYTES));
+    assert!(IdpMetadataXml::parse(&huge).is_err());
+    assert!(IdpMetadataXml::parse("<a>\n\t</a>").is_ok());
+    assert!(SamlAttributeName::parse("has space").is_err());
+    assert!(SamlAttributeName::parse(&"a".repeat(257)).is_err());
+    assert!(SamlGroup::parse("  Engineering EU ").unwrap().as_str() == "Engineering EU");
+}
