@@ -28,6 +28,7 @@ pub fn parse(text: &str) -> Result<Document<'_>, roxmltree::Error> {
         ParsingOptions {
             allow_dtd: false,
             nodes_limit: 50_000,
+            ..ParsingOptions::default()
         },
     )
 }
