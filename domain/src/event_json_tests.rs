@@ -314,7 +314,10 @@ fn hashes_are_what_is_stored() {
 fn tenant_events() -> Vec<TenantEvent> {
     let group_roles = [(
         SamlGroup::parse("Engineering").unwrap(),
-        BTreeSet::from([Role::parse("viewer").unwrap(), Role::parse("deployer").unwrap()]),
+        BTreeSet::from([
+            Role::parse("viewer").unwrap(),
+            Role::parse("deployer").unwrap(),
+        ]),
     )]
     .into_iter()
     .collect();

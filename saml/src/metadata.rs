@@ -96,9 +96,9 @@ impl IdpMetadata {
                     .chars()
                     .filter(|c| !c.is_ascii_whitespace())
                     .collect();
-                let der = STANDARD.decode(base64).map_err(|_| {
-                    SamlError::InvalidIdpMetadata("X509Certificate is not base64")
-                })?;
+                let der = STANDARD
+                    .decode(base64)
+                    .map_err(|_| SamlError::InvalidIdpMetadata("X509Certificate is not base64"))?;
                 // A DER certificate is a SEQUENCE; xmlsec checks the rest
                 // when it loads the key.
                 if der.len() < 64 || der.first() != Some(&0x30) {

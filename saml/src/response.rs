@@ -6,7 +6,9 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
 use roxmltree::Node;
-use samael::crypto::{AllowedSignatureAlgorithm, CertificateDer, Crypto, CryptoProvider, ReduceMode};
+use samael::crypto::{
+    AllowedSignatureAlgorithm, CertificateDer, Crypto, CryptoProvider, ReduceMode,
+};
 
 use crate::xml::{self, child, children, NS_DS, NS_SAML, NS_SAMLP};
 use crate::{IdpMetadata, SamlError, SpConfig};
@@ -92,8 +94,7 @@ pub fn validate_response(
     let bytes = STANDARD
         .decode(compact)
         .map_err(|_| SamlError::ResponseMalformed("not base64"))?;
-    let text =
-        String::from_utf8(bytes).map_err(|_| SamlError::ResponseMalformed("not UTF-8"))?;
+    let text = String::from_utf8(bytes).map_err(|_| SamlError::ResponseMalformed("not UTF-8"))?;
     validate_response_xml(&text, ctx)
 }
 
@@ -223,7 +224,10 @@ fn check_raw_document(response_xml: &str, sp: &SpConfig) -> Result<RawFacts, Sam
             return Err(SamlError::DestinationMismatch);
         }
     }
-    if !doc.descendants().any(|node| xml::is(&node, NS_DS, "Signature")) {
+    if !doc
+        .descendants()
+        .any(|node| xml::is(&node, NS_DS, "Signature"))
+    {
         return Err(SamlError::Unsigned);
     }
     let assertion_id = assertion
@@ -242,7 +246,9 @@ fn required_time(node: Node<'_, '_>, name: &str) -> Result<Option<DateTime<Utc>>
         None => Ok(None),
         Some(value) => xml::time(value)
             .map(Some)
-            .ok_or(SamlError::ResponseMalformed("a time is not xs:dateTime with a zone")),
+            .ok_or(SamlError::ResponseMalformed(
+                "a time is not xs:dateTime with a zone",
+            )),
     }
 }
 
@@ -255,7 +261,9 @@ fn check_assertion(
     let skew = Duration::seconds(MAX_CLOCK_SKEW_SECS);
     let now = ctx.now;
     if assertion.attribute("Version") != Some("2.0") {
-        return Err(SamlError::ResponseMalformed("assertion Version must be 2.0"));
+        return Err(SamlError::ResponseMalformed(
+            "assertion Version must be 2.0",
+        ));
     }
     let assertion_id = assertion
         .attribute("ID")
@@ -268,8 +276,9 @@ fn check_assertion(
     if issuer != ctx.idp.entity_id {
         return Err(SamlError::IssuerMismatch);
     }
-    let issued = required_time(assertion, "IssueInstant")?
-        .ok_or(SamlError::ResponseMalformed("assertion without IssueInstant"))?;
+    let issued = required_time(assertion, "IssueInstant")?.ok_or(SamlError::ResponseMalformed(
+        "assertion without IssueInstant",
+    ))?;
     if issued > now + skew {
         return Err(SamlError::NotYetValid);
     }
@@ -329,7 +338,8 @@ fn check_assertion(
         }
     }
 
-    let authn = child(assertion, NS_SAML, "AuthnStatement").ok_or(SamlError::AuthnStatementMissing)?;
+    let authn =
+        child(assertion, NS_SAML, "AuthnStatement").ok_or(SamlError::AuthnStatementMissing)?;
     if let Some(session_until) = required_time(authn, "SessionNotOnOrAfter")? {
         if now - skew >= session_until {
             return Err(SamlError::Expired);

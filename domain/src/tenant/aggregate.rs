@@ -89,7 +89,11 @@ impl Tenant {
                 if !state.saml_enabled {
                     return Err(TenantError::SamlNotEnabled);
                 }
-                Ok(vec![TenantEvent::SamlConnectionDisabled { reason, actor, at }])
+                Ok(vec![TenantEvent::SamlConnectionDisabled {
+                    reason,
+                    actor,
+                    at,
+                }])
             }
         }
     }
@@ -106,12 +110,20 @@ fn check_connection(connection: &SamlConnection) -> Result<(), TenantError> {
             "a group to role map needs the groups attribute",
         ));
     }
-    if connection.group_roles.values().any(|roles| roles.is_empty()) {
+    if connection
+        .group_roles
+        .values()
+        .any(|roles| roles.is_empty())
+    {
         return Err(TenantError::InvalidSamlConnection(
             "every mapped group needs at least one role",
         ));
     }
-    let mappings: usize = connection.group_roles.values().map(|roles| roles.len()).sum();
+    let mappings: usize = connection
+        .group_roles
+        .values()
+        .map(|roles| roles.len())
+        .sum();
     if mappings > MAX_GROUP_MAPPINGS {
         return Err(TenantError::InvalidSamlConnection(
             "at most 256 group to role mappings",

@@ -337,7 +337,10 @@ fn idp_metadata_and_attribute_names_are_bounded() {
     assert!(IdpMetadataXml::parse("").is_err());
     assert!(IdpMetadataXml::parse("not xml").is_err());
     assert!(IdpMetadataXml::parse("<a>\u{0}</a>").is_err());
-    let huge = format!("<a>{}</a>", "x".repeat(crate::types::IDP_METADATA_MAX_BYTES));
+    let huge = format!(
+        "<a>{}</a>",
+        "x".repeat(crate::types::IDP_METADATA_MAX_BYTES)
+    );
     assert!(IdpMetadataXml::parse(&huge).is_err());
     assert!(IdpMetadataXml::parse("<a>\n\t</a>").is_ok());
     assert!(SamlAttributeName::parse("has space").is_err());

@@ -179,7 +179,10 @@ impl Setup {
         }
     }
 
-    pub fn validate(&self, response_xml: &str) -> Result<queue_saml::SamlLogin, queue_saml::SamlError> {
+    pub fn validate(
+        &self,
+        response_xml: &str,
+    ) -> Result<queue_saml::SamlLogin, queue_saml::SamlError> {
         let outstanding: Vec<&str> = self.outstanding.iter().map(String::as_str).collect();
         let ctx = ValidationContext {
             sp: &self.sp,

@@ -17,7 +17,10 @@ fn the_idps_metadata_gives_entity_id_sso_url_and_signing_certificate() {
 #[test]
 fn our_sp_metadata_is_what_the_idp_needs() {
     let sp = sp();
-    assert_eq!(sp.entity_id, "https://queue.example.test/saml/acme/metadata");
+    assert_eq!(
+        sp.entity_id,
+        "https://queue.example.test/saml/acme/metadata"
+    );
     assert_eq!(sp.acs_url, "https://queue.example.test/saml/acme/acs");
     let xml = sp.metadata_xml();
     assert!(xml.contains("entityID=\"https://queue.example.test/saml/acme/metadata\""));

@@ -31,7 +31,9 @@ fn the_redirect_carries_a_deflated_authn_request_and_the_relay_state() {
     assert_eq!(params[0].0, "SAMLRequest");
     let deflated = STANDARD.decode(&params[0].1).unwrap();
     let mut xml = String::new();
-    DeflateDecoder::new(&deflated[..]).read_to_string(&mut xml).unwrap();
+    DeflateDecoder::new(&deflated[..])
+        .read_to_string(&mut xml)
+        .unwrap();
     assert_eq!(xml, request.xml);
 
     assert!(xml.starts_with("<samlp:AuthnRequest "));
@@ -40,9 +42,13 @@ fn the_redirect_carries_a_deflated_authn_request_and_the_relay_state() {
     assert!(doc.contains(&format!("ID=\"{id}\"")));
     assert!(doc.contains("IssueInstant=\"2026-12-06T03:00:00Z\""));
     assert!(doc.contains(&format!("Destination=\"{IDP_SSO_URL}\"")));
-    assert!(doc.contains("AssertionConsumerServiceURL=\"https://queue.example.test/saml/acme/acs\""));
+    assert!(
+        doc.contains("AssertionConsumerServiceURL=\"https://queue.example.test/saml/acme/acs\"")
+    );
     assert!(doc.contains("ProtocolBinding=\"urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST\""));
-    assert!(doc.contains("<saml:Issuer>https://queue.example.test/saml/acme/metadata</saml:Issuer>"));
+    assert!(
+        doc.contains("<saml:Issuer>https://queue.example.test/saml/acme/metadata</saml:Issuer>")
+    );
 }
 
 #[test]
@@ -52,14 +58,23 @@ fn an_sso_url_with_a_query_keeps_it() {
     let id = request_id_from_random([1; 20]);
     let request = authn_request_redirect(&sp(), &idp, &id, Utc::now(), None).unwrap();
     let url = Url::parse(&request.url).unwrap();
-    let names: Vec<String> = url.query_pairs().map(|(name, _)| name.into_owned()).collect();
+    let names: Vec<String> = url
+        .query_pairs()
+        .map(|(name, _)| name.into_owned())
+        .collect();
     assert_eq!(names, vec!["tenant".to_owned(), "SAMLRequest".to_owned()]);
 }
 
 #[test]
 fn bad_request_ids_and_long_relay_states_are_refused() {
     let idp = idp();
-    for id in ["", "1abcdefabcdefabcdef", "_short", "_abcdefabcdefabcdef\"x", &format!("_{}", "a".repeat(200))] {
+    for id in [
+        "",
+        "1abcdefabcdefabcdef",
+        "_short",
+        "_abcdefabcdefabcdef\"x",
+        &format!("_{}", "a".repeat(200)),
+    ] {
         let error = authn_request_redirect(&sp(), &idp, id, Utc::now(), None).unwrap_err();
         assert_eq!(error.code(), "saml_request_id_invalid", "{id}");
     }

@@ -128,7 +128,11 @@ fn a_tampered_signed_assertion_is_refused() {
         1,
     );
     assert_ne!(tampered, xml);
-    refused(&Setup::new(&issued, &[RID]), &tampered, SamlError::SignatureInvalid);
+    refused(
+        &Setup::new(&issued, &[RID]),
+        &tampered,
+        SamlError::SignatureInvalid,
+    );
 }
 
 #[test]
@@ -193,7 +197,10 @@ fn a_comment_injected_name_id_is_refused() {
     ask.name_id = "ann@example.com.evil.test".to_owned();
     let (issued, xml) = one(ask);
     let setup = Setup::new(&issued, &[RID]);
-    assert_eq!(setup.validate(&xml).unwrap().name_id, "ann@example.com.evil.test");
+    assert_eq!(
+        setup.validate(&xml).unwrap().name_id,
+        "ann@example.com.evil.test"
+    );
     let injected = xml.replacen(
         ">ann@example.com.evil.test</ns1:NameID>",
         ">ann@example.com<!---->.evil.test</ns1:NameID>",
@@ -209,7 +216,11 @@ fn an_assertion_for_another_audience_is_refused() {
     ask.sp_entity_id = other_sp().entity_id;
     let (issued, xml) = one(ask);
     assert!(xml.contains(&sp().acs_url));
-    refused(&Setup::new(&issued, &[RID]), &xml, SamlError::AudienceMismatch);
+    refused(
+        &Setup::new(&issued, &[RID]),
+        &xml,
+        SamlError::AudienceMismatch,
+    );
 }
 
 #[test]
@@ -218,7 +229,11 @@ fn a_response_for_another_destination_is_refused() {
     ask.destination = other_sp().acs_url;
     ask.sign_response = true;
     let (issued, xml) = one(ask);
-    refused(&Setup::new(&issued, &[RID]), &xml, SamlError::DestinationMismatch);
+    refused(
+        &Setup::new(&issued, &[RID]),
+        &xml,
+        SamlError::DestinationMismatch,
+    );
 }
 
 #[test]
@@ -230,11 +245,7 @@ fn an_assertion_for_another_recipient_is_refused() {
     let (issued, xml) = one(ask);
     let setup = Setup::new(&issued, &[RID]);
     refused(&setup, &xml, SamlError::DestinationMismatch);
-    let no_destination = xml.replacen(
-        &format!(" Destination=\"{}\"", other_sp().acs_url),
-        "",
-        1,
-    );
+    let no_destination = xml.replacen(&format!(" Destination=\"{}\"", other_sp().acs_url), "", 1);
     assert_ne!(no_destination, xml);
     refused(&setup, &no_destination, SamlError::RecipientMismatch);
 }
@@ -260,8 +271,14 @@ fn the_validity_window_allows_sixty_seconds_of_skew_and_no_more() {
 
 #[test]
 fn a_response_to_a_request_we_did_not_make_is_refused() {
-    let (issued, xml) = one(Ask::login(Some("_ffffffffffffffffffffffffffffffffffffffff")));
-    refused(&Setup::new(&issued, &[RID]), &xml, SamlError::InResponseToMismatch);
+    let (issued, xml) = one(Ask::login(Some(
+        "_ffffffffffffffffffffffffffffffffffffffff",
+    )));
+    refused(
+        &Setup::new(&issued, &[RID]),
+        &xml,
+        SamlError::InResponseToMismatch,
+    );
     // Nor when nothing is outstanding, IdP-initiated allowed or not.
     let mut setup = Setup::new(&issued, &[]);
     refused(&setup, &xml, SamlError::InResponseToMismatch);
@@ -317,18 +334,27 @@ fn a_failed_status_in_the_envelope_is_refused() {
         "urn:oasis:names:tc:SAML:2.0:status:Requester",
         1,
     );
-    refused(&Setup::new(&issued, &[RID]), &failed, SamlError::StatusNotSuccess);
+    refused(
+        &Setup::new(&issued, &[RID]),
+        &failed,
+        SamlError::StatusNotSuccess,
+    );
 }
 
 #[test]
 fn malformed_input_is_refused_without_a_panic() {
     let (issued, xml) = one(Ask::login(Some(RID)));
     let setup = Setup::new(&issued, &[RID]);
-    let body = xml.trim_start_matches("<?xml version=\"1.0\"?>").trim_start();
-    let with_dtd = format!(
-        "<!DOCTYPE r [<!ENTITY x SYSTEM \"file:///etc/passwd\">]>{body}"
-    );
-    for attack in [with_dtd, String::new(), "<a/>".to_owned(), xml[..xml.len() / 2].to_owned()] {
+    let body = xml
+        .trim_start_matches("<?xml version=\"1.0\"?>")
+        .trim_start();
+    let with_dtd = format!("<!DOCTYPE r [<!ENTITY x SYSTEM \"file:///etc/passwd\">]>{body}");
+    for attack in [
+        with_dtd,
+        String::new(),
+        "<a/>".to_owned(),
+        xml[..xml.len() / 2].to_owned(),
+    ] {
         let error = setup.validate(&attack).unwrap_err();
         assert!(
             matches!(error, SamlError::ResponseMalformed(_)),
@@ -347,12 +373,16 @@ fn malformed_input_is_refused_without_a_panic() {
         now: setup.now,
     };
     assert_eq!(
-        queue_saml::validate_response("not base64!", &ctx).unwrap_err().code(),
+        queue_saml::validate_response("not base64!", &ctx)
+            .unwrap_err()
+            .code(),
         "saml_response_malformed"
     );
     let huge = "A".repeat(queue_saml::MAX_RESPONSE_BYTES * 2);
     assert_eq!(
-        queue_saml::validate_response(&huge, &ctx).unwrap_err().code(),
+        queue_saml::validate_response(&huge, &ctx)
+            .unwrap_err()
+            .code(),
         "saml_response_too_large"
     );
 }
