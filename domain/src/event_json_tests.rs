@@ -20,7 +20,9 @@ use crate::types::{
     DisplayName, Email, GrantId, IdempotencyKey, LegacyId, RawCredentialId, Role, SecretHash,
     ServiceName, SessionFamilyId, TicketId,
 };
-use crate::types::{IdpMetadataXml, SamlAttributeName, SamlGroup, TenantName, TenantSlug};
+use crate::types::{
+    IdpMetadataXml, SamlAttributeName, SamlGroup, TenantId, TenantName, TenantSlug,
+};
 
 /// Secrets as the API would hand them out; only their hashes may be stored.
 const EMAIL_TOKEN: &str = "email-token-Zq3xV9kP2mN8";
@@ -323,7 +325,7 @@ fn tenant_events() -> Vec<TenantEvent> {
     .collect();
     vec![
         TenantEvent::TenantCreated {
-            tenant_id: "5d1c7a52-0a4e-4c43-9f1e-3b8f0e1d2c01".parse().unwrap(),
+            tenant_id: TenantId::for_slug(&TenantSlug::parse("acme").unwrap()),
             slug: TenantSlug::parse("acme").unwrap(),
             name: TenantName::parse("Acme Inc.").unwrap(),
             actor: actor("ops"),

@@ -723,9 +723,19 @@ uuid_id!(
 );
 
 impl TenantId {
+    /// UUIDv5 namespace for tenant ids: UUIDv5(URL, "urn:queue:ns:tenant-slug").
+    pub const NAMESPACE: Uuid = Uuid::from_u128(0xef2c9e1d_99d1_5138_aaa9_798637bc5fa1);
+
     /// The tenant every customer registered or imported before tenants
-    /// existed belongs to: UUIDv5(URL, "urn:queue:tenant:default").
-    pub const DEFAULT: Self = Self(Uuid::from_u128(0x133a676a_c059_50aa_ac6a_729bcd49f90e));
+    /// existed belongs to: [`TenantId::for_slug`]`("default")`.
+    pub const DEFAULT: Self = Self(Uuid::from_u128(0xe02b51ee_91ce_59b2_8ff6_b3ef33a10a99));
+
+    /// The stream id of the tenant with this slug. Deterministic, so two
+    /// creations of one slug meet on one stream and the second is refused
+    /// (`AlreadyCreated`) with no cross-stream check; slugs never change.
+    pub fn for_slug(slug: &TenantSlug) -> Self {
+        Self(Uuid::new_v5(&Self::NAMESPACE, slug.as_str().as_bytes()))
+    }
 
     pub fn is_default(&self) -> bool {
         *self == Self::DEFAULT
@@ -771,7 +781,8 @@ fn parse_tenant_slug(raw: &str) -> Result<String, ParseError> {
 string_newtype!(
     /// A tenant's URL name (`/saml/{slug}/...`): 2 to 63 characters of
     /// `[a-z0-9-]`, starting with a letter, no trailing `-` and no `--`.
-    /// Unique among tenants; `default` belongs to [`TenantId::DEFAULT`].
+    /// Unique among tenants and never changed: the tenant's id is
+    /// [`TenantId::for_slug`]; `default` is [`TenantId::DEFAULT`]'s.
     TenantSlug,
     parse_tenant_slug
 );

@@ -53,8 +53,8 @@ impl Tenant {
             if self.state.is_some() {
                 return Err(TenantError::AlreadyCreated);
             }
-            if slug.is_default() != tenant_id.is_default() {
-                return Err(TenantError::ReservedSlug);
+            if tenant_id != TenantId::for_slug(&slug) {
+                return Err(TenantError::IdNotOfSlug);
             }
             return Ok(vec![TenantEvent::TenantCreated {
                 tenant_id,

@@ -8,8 +8,8 @@ use crate::types::{Actor, Reason, TenantId, TenantName, TenantSlug};
 pub const MAX_GROUP_MAPPINGS: usize = 256;
 
 /// Everything that can be asked of a tenant. `at` is the caller's clock.
-/// Slug uniqueness across tenants is the caller's concern (a unique index on
-/// the tenant read table, checked before `Create`).
+/// The stream id is [`TenantId::for_slug`]`(slug)`, which makes slugs unique
+/// by construction: creating a taken slug is `AlreadyCreated`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TenantCommand {
     Create {

@@ -5,10 +5,9 @@ pub enum TenantError {
     NotFound,
     #[error("tenant already created")]
     AlreadyCreated,
-    /// The slug `default` is the default tenant's, and the default tenant's
-    /// slug is `default`.
-    #[error("the slug default belongs to the default tenant only")]
-    ReservedSlug,
+    /// The stream id must be `TenantId::for_slug(slug)`.
+    #[error("tenant id is not the id of its slug")]
+    IdNotOfSlug,
     #[error("invalid SAML connection: {0}")]
     InvalidSamlConnection(&'static str),
     #[error("no SAML connection is enabled")]

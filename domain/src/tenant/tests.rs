@@ -12,7 +12,7 @@ use crate::types::{
 type TenantTest = TestFramework<Tenant>;
 
 fn acme_id() -> TenantId {
-    "5d1c7a52-0a4e-4c43-9f1e-3b8f0e1d2c01".parse().unwrap()
+    TenantId::for_slug(&TenantSlug::parse("acme").unwrap())
 }
 
 fn name(text: &str) -> TenantName {
@@ -101,7 +101,7 @@ fn a_tenant_is_created_once() {
 }
 
 #[test]
-fn the_default_slug_and_the_default_id_go_together() {
+fn the_tenant_id_is_the_id_of_its_slug() {
     let create = |tenant_id: TenantId, slug: &str| TenantCommand::Create {
         tenant_id,
         slug: TenantSlug::parse(slug).unwrap(),
@@ -112,11 +112,11 @@ fn the_default_slug_and_the_default_id_go_together() {
     TenantTest::with(())
         .given_no_previous_events()
         .when(create(acme_id(), "default"))
-        .then_expect_error(TenantError::ReservedSlug);
+        .then_expect_error(TenantError::IdNotOfSlug);
     TenantTest::with(())
         .given_no_previous_events()
         .when(create(TenantId::DEFAULT, "acme"))
-        .then_expect_error(TenantError::ReservedSlug);
+        .then_expect_error(TenantError::IdNotOfSlug);
     TenantTest::with(())
         .given_no_previous_events()
         .when(create(TenantId::DEFAULT, "default"))
@@ -321,12 +321,20 @@ fn slugs_are_parsed_strictly() {
 #[test]
 fn the_default_tenant_id_is_fixed() {
     assert_eq!(
-        TenantId::DEFAULT.to_string(),
-        "133a676a-c059-50aa-ac6a-729bcd49f90e"
+        TenantId::NAMESPACE,
+        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, b"urn:queue:ns:tenant-slug")
     );
     assert_eq!(
-        *TenantId::DEFAULT.as_uuid(),
-        uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, b"urn:queue:tenant:default")
+        TenantId::DEFAULT.to_string(),
+        "e02b51ee-91ce-59b2-8ff6-b3ef33a10a99"
+    );
+    assert_eq!(
+        TenantId::DEFAULT,
+        TenantId::for_slug(&TenantSlug::parse(TenantSlug::DEFAULT).unwrap())
+    );
+    assert_eq!(
+        acme_id().to_string(),
+        "197ddcde-baef-5e53-a9bc-724819abcd7e"
     );
     assert!(TenantId::default_tenant().is_default());
     assert!(!acme_id().is_default());
