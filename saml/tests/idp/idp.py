@@ -13,7 +13,8 @@ knows (their metadata XML, as Queue publishes it) and the responses to issue:
                   "name_id": "...", "attributes": {"mail": ["..."], ...},
                   "sign_response": bool, "sign_assertion": bool}]}
 
-The answer: {"metadata": "<IdP metadata XML>", "responses": ["<Response XML>", ...]}.
+The answer: {"metadata": "<IdP metadata XML>", "other_certificate_der_hex":
+"<the other key's certificate>", "responses": ["<Response XML>", ...]}.
 """
 
 import datetime
@@ -111,7 +112,13 @@ def main():
             sp_files.append(path)
         ensure_key(directory, "other")
         config, _ = server(request, directory, "idp", sp_files)
-        answer = {"metadata": str(entity_descriptor(config)), "responses": []}
+        with open(os.path.join(directory, "other.crt"), "rb") as f:
+            other = x509.load_pem_x509_certificate(f.read())
+        answer = {
+            "metadata": str(entity_descriptor(config)),
+            "other_certificate_der_hex": other.public_bytes(serialization.Encoding.DER).hex(),
+            "responses": [],
+        }
         servers = {}
         for spec in request.get("responses", []):
             key = spec.get("key", "idp")

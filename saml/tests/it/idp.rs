@@ -92,6 +92,8 @@ impl Ask {
 /// The IdP's metadata and the responses it issued (raw XML).
 pub struct Issued {
     pub metadata: String,
+    /// The DER certificate of the key the IdP's metadata does not list.
+    pub other_certificate: Vec<u8>,
     pub responses: Vec<String>,
 }
 
@@ -140,6 +142,7 @@ pub fn issue(asks: &[Ask]) -> Issued {
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
     Issued {
         metadata: answer["metadata"].as_str().unwrap().to_owned(),
+        other_certificate: hex_bytes(answer["other_certificate_der_hex"].as_str().unwrap()),
         responses: answer["responses"]
             .as_array()
             .unwrap()
@@ -194,4 +197,11 @@ impl Setup {
         };
         queue_saml::validate_response(&STANDARD.encode(response_xml), &ctx)
     }
+}
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
 }

@@ -1,6 +1,7 @@
 //! Responses from the real IdP: the good ones are accepted, every attack is
 //! refused with its own code.
 
+use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
 use queue_saml::{ReplayCache, SamlError};
 
@@ -385,4 +386,33 @@ fn malformed_input_is_refused_without_a_panic() {
             .code(),
         "saml_response_too_large"
     );
+}
+
+#[test]
+fn every_signing_certificate_in_the_metadata_is_trusted_for_key_rollover() {
+    let mut old_key = Ask::login(Some(RID));
+    old_key.key = "other";
+    let issued = issue(&[Ask::login(Some(RID)), old_key]);
+    let mut setup = Setup::new(&issued, &[RID]);
+    refused(&setup, &issued.responses[1], SamlError::SignatureInvalid);
+    setup
+        .idp
+        .signing_certificates
+        .push(issued.other_certificate.clone());
+    for xml in &issued.responses {
+        assert_eq!(setup.validate(xml).unwrap().name_id, "ann@example.com");
+    }
+    // And a metadata document listing both yields both.
+    let cert = |der: &[u8]| base64::engine::general_purpose::STANDARD.encode(der);
+    let listed = cert(&setup.idp.signing_certificates[0]);
+    let start = issued.metadata.find("<ns0:KeyDescriptor").unwrap();
+    let end = issued.metadata.find("</ns0:KeyDescriptor>").unwrap() + "</ns0:KeyDescriptor>".len();
+    let descriptor = &issued.metadata[start..end];
+    assert!(descriptor.contains(&listed));
+    let second = descriptor.replace(&listed, &cert(&issued.other_certificate));
+    let both = issued
+        .metadata
+        .replacen(descriptor, &format!("{descriptor}{second}"), 1);
+    let parsed = queue_saml::IdpMetadata::parse(&both).unwrap();
+    assert_eq!(parsed.signing_certificates, setup.idp.signing_certificates);
 }
