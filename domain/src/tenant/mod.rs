@@ -5,6 +5,7 @@ mod aggregate;
 mod command;
 mod error;
 mod event;
+mod roles;
 #[cfg(test)]
 mod tests;
 
@@ -12,3 +13,4 @@ pub use aggregate::{Tenant, TenantState};
 pub use command::{TenantCommand, MAX_GROUP_MAPPINGS};
 pub use error::TenantError;
 pub use event::{SamlConnection, TenantEvent};
+pub use roles::{saml_actor, SamlRoleChanges};

@@ -355,3 +355,168 @@ fn idp_metadata_and_attribute_names_are_bounded() {
     assert!(SamlAttributeName::parse(&"a".repeat(257)).is_err());
     assert!(SamlGroup::parse("  Engineering EU ").unwrap().as_str() == "Engineering EU");
 }
+
+mod roles {
+    use super::*;
+    use crate::customer::{Customer, CustomerEvent};
+    use crate::types::{CustomerId, DisplayName, Email, GrantId, Reason};
+
+    fn grant(id: u128, role: &str, by: &str, at: i64) -> CustomerEvent {
+        CustomerEvent::RoleGranted {
+            grant_id: GrantId::from_uuid(uuid::Uuid::from_u128(id)),
+            role: Role::parse(role).unwrap(),
+            ticket_id: None,
+            reason: reason("test"),
+            actor: actor(by),
+            expires_at: None,
+            at: t(at),
+        }
+    }
+
+    fn customer(events: Vec<CustomerEvent>) -> Customer {
+        let mut customer = Customer::default();
+        customer.apply(CustomerEvent::Registered {
+            customer_id: CustomerId::from_uuid(uuid::Uuid::from_u128(7)),
+            email: Email::parse("ann@example.com").unwrap(),
+            display_name: DisplayName::parse("Ann").unwrap(),
+            default_role: Role::default_role(),
+            at: t(0),
+        });
+        for event in events {
+            customer.apply(event);
+        }
+        customer
+    }
+
+    fn groups(list: &[&str]) -> Vec<String> {
+        list.iter().map(|group| (*group).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_saml_actor_names_the_tenant() {
+        let acme = TenantSlug::parse("acme").unwrap();
+        assert_eq!(saml_actor(&acme).unwrap().as_str(), "saml:acme");
+    }
+
+    #[test]
+    fn groups_give_roles_with_the_first_group_as_the_reason() {
+        let connection = connection();
+        let roles = connection.roles_for_groups(&groups(&["Support", "Engineering", "Unmapped"]));
+        let listed: Vec<(&str, &str)> = roles
+            .iter()
+            .map(|(role, group)| (role.as_str(), group.as_str()))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![
+                ("deployer", "Engineering"),
+                ("support", "Support"),
+                ("viewer", "Support"),
+            ]
+        );
+        // Exact comparison: case and spacing matter.
+        assert!(connection
+            .roles_for_groups(&groups(&["engineering", " Support"]))
+            .is_empty());
+    }
+
+    #[test]
+    fn a_first_login_grants_every_mapped_role() {
+        let saml = actor("saml:acme");
+        let customer = customer(vec![]);
+        let changes = connection()
+            .reconcile_roles(
+                customer.state().unwrap(),
+                &saml,
+                &groups(&["Engineering"]),
+                t(10),
+            )
+            .unwrap();
+        assert_eq!(
+            changes.grant,
+            vec![(
+                Role::parse("deployer").unwrap(),
+                Reason::parse("SAML group Engineering").unwrap()
+            )]
+        );
+        assert!(changes.revoke.is_empty());
+    }
+
+    #[test]
+    fn a_removed_group_revokes_only_the_roles_saml_granted() {
+        let saml = actor("saml:acme");
+        // SAML granted deployer (Engineering) and support+viewer (Support);
+        // an operator granted viewer by hand; another tenant's SAML actor
+        // granted auditor.
+        let customer = customer(vec![
+            grant(1, "deployer", "saml:acme", 1),
+            grant(2, "support", "saml:acme", 1),
+            grant(3, "viewer", "saml:acme", 1),
+            grant(4, "viewer", "ops", 2),
+            grant(5, "auditor", "saml:globex", 2),
+        ]);
+        // The IdP now only sends Engineering.
+        let changes = connection()
+            .reconcile_roles(
+                customer.state().unwrap(),
+                &saml,
+                &groups(&["Engineering"]),
+                t(10),
+            )
+            .unwrap();
+        assert!(changes.grant.is_empty());
+        let revoked: Vec<u128> = changes
+            .revoke
+            .iter()
+            .map(|(grant_id, _)| grant_id.as_uuid().as_u128())
+            .collect();
+        assert_eq!(revoked, vec![2, 3]);
+        assert_eq!(
+            changes.revoke[0].1.as_str(),
+            "no SAML group of the customer gives support any more"
+        );
+        // Nothing changes when the groups still match.
+        let same = connection()
+            .reconcile_roles(
+                customer.state().unwrap(),
+                &saml,
+                &groups(&["Engineering", "Support"]),
+                t(10),
+            )
+            .unwrap();
+        assert!(same.is_empty());
+    }
+
+    #[test]
+    fn a_duplicate_or_revoked_saml_grant_is_handled() {
+        let saml = actor("saml:acme");
+        let customer = customer(vec![
+            grant(1, "deployer", "saml:acme", 1),
+            grant(2, "deployer", "saml:acme", 2),
+            grant(3, "support", "saml:acme", 1),
+            CustomerEvent::RoleRevoked {
+                grant_id: GrantId::from_uuid(uuid::Uuid::from_u128(3)),
+                reason: reason("left support"),
+                actor: saml.clone(),
+                at: t(3),
+            },
+        ]);
+        let changes = connection()
+            .reconcile_roles(
+                customer.state().unwrap(),
+                &saml,
+                &groups(&["Engineering", "Support"]),
+                t(10),
+            )
+            .unwrap();
+        // The second deployer grant is redundant; support is granted anew.
+        assert_eq!(changes.revoke.len(), 1);
+        assert_eq!(changes.revoke[0].0.as_uuid().as_u128(), 2);
+        let granted: Vec<&str> = changes
+            .grant
+            .iter()
+            .map(|(role, _)| role.as_str())
+            .collect();
+        assert_eq!(granted, vec!["support", "viewer"]);
+    }
+}
