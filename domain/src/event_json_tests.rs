@@ -13,11 +13,15 @@ use crate::audit::AuditEvent;
 use crate::credential::CredentialEvent;
 use crate::customer::CustomerEvent;
 use crate::session::{AuthMethod, RevokeReason, SessionEvent};
+use crate::tenant::{SamlConnection, TenantEvent};
 use crate::test_support::{actor, reason, t};
 use crate::types::{
     check_ledger_json, AuditAction, AuditTarget, CredentialId, CredentialName, CustomerId,
     DisplayName, Email, GrantId, IdempotencyKey, LegacyId, RawCredentialId, Role, SecretHash,
     ServiceName, SessionFamilyId, TicketId,
+};
+use crate::types::{
+    IdpMetadataXml, SamlAttributeName, SamlGroup, TenantId, TenantName, TenantSlug,
 };
 
 /// Secrets as the API would hand them out; only their hashes may be stored.
@@ -306,5 +310,68 @@ fn hashes_are_what_is_stored() {
     assert_eq!(
         value["SessionRefreshed"]["new"],
         json!(hash(NEXT_REFRESH_TOKEN).to_hex())
+    );
+}
+
+fn tenant_events() -> Vec<TenantEvent> {
+    let group_roles = [(
+        SamlGroup::parse("Engineering").unwrap(),
+        BTreeSet::from([
+            Role::parse("viewer").unwrap(),
+            Role::parse("deployer").unwrap(),
+        ]),
+    )]
+    .into_iter()
+    .collect();
+    vec![
+        TenantEvent::TenantCreated {
+            tenant_id: TenantId::for_slug(&TenantSlug::parse("acme").unwrap()),
+            slug: TenantSlug::parse("acme").unwrap(),
+            name: TenantName::parse("Acme Inc.").unwrap(),
+            actor: actor("ops"),
+            at: t(0),
+        },
+        TenantEvent::TenantRenamed {
+            name: TenantName::parse("Acme Corporation").unwrap(),
+            actor: actor("ops"),
+            at: t(1),
+        },
+        TenantEvent::SamlConnectionConfigured {
+            connection: SamlConnection {
+                idp_metadata: IdpMetadataXml::parse("<md:EntityDescriptor/>").unwrap(),
+                email_attribute: Some(SamlAttributeName::parse("mail").unwrap()),
+                display_name_attribute: None,
+                groups_attribute: Some(SamlAttributeName::parse("groups").unwrap()),
+                group_roles,
+                allow_idp_initiated: true,
+                jit_provisioning: true,
+            },
+            actor: actor("ops"),
+            at: t(2),
+        },
+        TenantEvent::SamlConnectionDisabled {
+            reason: reason("IdP retired"),
+            actor: actor("ops"),
+            at: t(3),
+        },
+    ]
+}
+
+#[test]
+fn every_tenant_event_is_ledger_safe() {
+    assert_eq!(
+        check_events(&tenant_events()),
+        names(&[
+            "TenantCreated",
+            "TenantRenamed",
+            "SamlConnectionConfigured",
+            "SamlConnectionDisabled",
+        ])
+    );
+    // The group map is an object with sorted role arrays: one canonical form.
+    let value = serde_json::to_value(&tenant_events()[2]).unwrap();
+    assert_eq!(
+        value["SamlConnectionConfigured"]["connection"]["group_roles"],
+        json!({"Engineering": ["deployer", "viewer"]})
     );
 }

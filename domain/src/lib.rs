@@ -1,5 +1,5 @@
 #![forbid(unsafe_code)]
-//! Queue's domain: the customer, credential, session and audit aggregates.
+//! Queue's domain: the customer, credential, session, audit and tenant aggregates.
 //!
 //! Pure business rules: no IO, no clock, no randomness. Time, ids and secret
 //! hashes arrive as command fields, so replaying the same events and commands
@@ -13,6 +13,7 @@ pub mod audit;
 pub mod credential;
 pub mod customer;
 pub mod session;
+pub mod tenant;
 pub mod types;
 pub mod upcast;
 
@@ -27,4 +28,5 @@ pub use audit::{Audit, AuditCommand, AuditError, AuditEvent};
 pub use credential::{Credential, CredentialCommand, CredentialError, CredentialEvent};
 pub use customer::{Customer, CustomerCommand, CustomerError, CustomerEvent};
 pub use session::{RefreshOutcome, Session, SessionCommand, SessionError, SessionEvent};
+pub use tenant::{Tenant, TenantCommand, TenantError, TenantEvent};
 pub use upcast::upcasters;

@@ -714,6 +714,155 @@ impl From<RawCredentialId> for String {
     }
 }
 
+// --- tenants (issue 22) ---
+
+uuid_id!(
+    /// A tenant; the id of a `Tenant` stream.
+    TenantId,
+    "tenant_id"
+);
+
+impl TenantId {
+    /// UUIDv5 namespace for tenant ids: UUIDv5(URL, "urn:queue:ns:tenant-slug").
+    pub const NAMESPACE: Uuid = Uuid::from_u128(0xef2c9e1d_99d1_5138_aaa9_798637bc5fa1);
+
+    /// The tenant every customer registered or imported before tenants
+    /// existed belongs to: [`TenantId::for_slug`]`("default")`.
+    pub const DEFAULT: Self = Self(Uuid::from_u128(0xe02b51ee_91ce_59b2_8ff6_b3ef33a10a99));
+
+    /// The stream id of the tenant with this slug. Deterministic, so two
+    /// creations of one slug meet on one stream and the second is refused
+    /// (`AlreadyCreated`) with no cross-stream check; slugs never change.
+    pub fn for_slug(slug: &TenantSlug) -> Self {
+        Self(Uuid::new_v5(&Self::NAMESPACE, slug.as_str().as_bytes()))
+    }
+
+    pub fn is_default(&self) -> bool {
+        *self == Self::DEFAULT
+    }
+
+    /// For `#[serde(default = "TenantId::default_tenant")]` on events that
+    /// gain a `tenant_id` (see docs/decisions/0217-tenants-and-the-default-tenant.md).
+    pub fn default_tenant() -> Self {
+        Self::DEFAULT
+    }
+}
+
+fn parse_tenant_slug(raw: &str) -> Result<String, ParseError> {
+    const FIELD: &str = "slug";
+    let slug = raw.trim();
+    if slug.is_empty() {
+        return Err(ParseError::Empty { field: FIELD });
+    }
+    if slug.len() > 63 {
+        return Err(ParseError::TooLong {
+            field: FIELD,
+            max: 63,
+        });
+    }
+    if slug.len() < 2 {
+        return Err(invalid(FIELD, "must be at least 2 characters"));
+    }
+    if !slug
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(invalid(FIELD, "may only contain a-z, 0-9 and -"));
+    }
+    if !slug.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return Err(invalid(FIELD, "must start with a letter"));
+    }
+    if slug.ends_with('-') || slug.contains("--") {
+        return Err(invalid(FIELD, "must not end with - or contain --"));
+    }
+    Ok(slug.to_owned())
+}
+
+string_newtype!(
+    /// A tenant's URL name (`/saml/{slug}/...`): 2 to 63 characters of
+    /// `[a-z0-9-]`, starting with a letter, no trailing `-` and no `--`.
+    /// Unique among tenants and never changed: the tenant's id is
+    /// [`TenantId::for_slug`]; `default` is [`TenantId::DEFAULT`]'s.
+    TenantSlug,
+    parse_tenant_slug
+);
+
+impl TenantSlug {
+    /// The slug of [`TenantId::DEFAULT`].
+    pub const DEFAULT: &'static str = "default";
+
+    pub fn is_default(&self) -> bool {
+        self.0 == Self::DEFAULT
+    }
+}
+
+fn parse_tenant_name(raw: &str) -> Result<String, ParseError> {
+    free_text("name", raw, 128)
+}
+
+string_newtype!(
+    /// A tenant's display name: trimmed, 1 to 128 characters, no control characters.
+    TenantName,
+    parse_tenant_name
+);
+
+/// The largest IdP metadata document a SAML connection keeps.
+pub const IDP_METADATA_MAX_BYTES: usize = 512 * 1024;
+
+fn parse_idp_metadata_xml(raw: &str) -> Result<String, ParseError> {
+    const FIELD: &str = "idp_metadata";
+    let xml = raw.trim();
+    if xml.is_empty() {
+        return Err(ParseError::Empty { field: FIELD });
+    }
+    if xml.len() > IDP_METADATA_MAX_BYTES {
+        return Err(ParseError::TooLong {
+            field: FIELD,
+            max: IDP_METADATA_MAX_BYTES,
+        });
+    }
+    if xml
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(invalid(FIELD, "must not contain control characters"));
+    }
+    if !xml.starts_with('<') {
+        return Err(invalid(FIELD, "must be an XML document"));
+    }
+    Ok(xml.to_owned())
+}
+
+string_newtype!(
+    /// An IdP's SAML metadata XML as the tenant admin supplied it (at most
+    /// 512 KiB). Only its size and characters are checked here; the API
+    /// parses it with `queue-saml` before it becomes a command.
+    IdpMetadataXml,
+    parse_idp_metadata_xml
+);
+
+fn parse_saml_attribute_name(raw: &str) -> Result<String, ParseError> {
+    token("attribute", raw, 256)
+}
+
+string_newtype!(
+    /// The `Name` of a SAML attribute (e.g. `urn:oid:0.9.2342.19200300.100.1.3`
+    /// or `groups`): 1 to 256 printable characters, no whitespace.
+    SamlAttributeName,
+    parse_saml_attribute_name
+);
+
+fn parse_saml_group(raw: &str) -> Result<String, ParseError> {
+    free_text("group", raw, 256)
+}
+
+string_newtype!(
+    /// A group name as the IdP sends it in the groups attribute: trimmed, 1
+    /// to 256 characters, compared exactly (case-sensitive).
+    SamlGroup,
+    parse_saml_group
+);
+
 #[cfg(test)]
 #[path = "types_tests.rs"]
 mod tests;
