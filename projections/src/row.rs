@@ -97,6 +97,21 @@ pub fn select_list<R: Columns>(alias: Option<&str>) -> String {
     }
 }
 
+/// `SELECT <R's columns> FROM <R's table> <rest>`: a read of one table,
+/// `rest` being its `WHERE` / `ORDER BY` / `LIMIT`.
+pub fn select<R: Row>(rest: &str) -> String {
+    format!("SELECT {} FROM {} {rest}", select_list::<R>(None), R::TABLE)
+}
+
+/// [`select`] with the table named `alias` (`rest` then says `alias.column`).
+pub fn select_as<R: Row>(alias: &str, rest: &str) -> String {
+    format!(
+        "SELECT {} FROM {} {alias} {rest}",
+        select_list::<R>(Some(alias)),
+        R::TABLE
+    )
+}
+
 /// How a field of a given Rust type goes into a binary COPY tuple.
 pub trait CopyField {
     fn copy(&self, row: &mut CopyRow<'_>);

@@ -6,17 +6,16 @@ use uuid::Uuid;
 
 use super::CredentialRow;
 use crate::error::ProjectionResult;
-use crate::row::select_list;
+use crate::row::select;
 
 /// The customer's passkeys that are not revoked, oldest first.
 pub async fn credentials_of(
     pool: &PgPool,
     customer_id: Uuid,
 ) -> ProjectionResult<Vec<CredentialRow>> {
-    let columns = select_list::<CredentialRow>(None);
-    let sql = format!(
-        "SELECT {columns} FROM queue_webauthn_credentials \
-         WHERE customer_id = $1 AND revoked_at IS NULL ORDER BY created_at, credential_id"
+    let sql = select::<CredentialRow>(
+        "\
+         WHERE customer_id = $1 AND revoked_at IS NULL ORDER BY created_at, credential_id",
     );
     Ok(sqlx::query_as(&sql)
         .bind(customer_id)
@@ -29,10 +28,9 @@ pub async fn all_credentials_of(
     pool: &PgPool,
     customer_id: Uuid,
 ) -> ProjectionResult<Vec<CredentialRow>> {
-    let columns = select_list::<CredentialRow>(None);
-    let sql = format!(
-        "SELECT {columns} FROM queue_webauthn_credentials \
-         WHERE customer_id = $1 ORDER BY created_at, credential_id"
+    let sql = select::<CredentialRow>(
+        "\
+         WHERE customer_id = $1 ORDER BY created_at, credential_id",
     );
     Ok(sqlx::query_as(&sql)
         .bind(customer_id)
@@ -45,8 +43,7 @@ pub async fn credential(
     pool: &PgPool,
     credential_id: Uuid,
 ) -> ProjectionResult<Option<CredentialRow>> {
-    let columns = select_list::<CredentialRow>(None);
-    let sql = format!("SELECT {columns} FROM queue_webauthn_credentials WHERE credential_id = $1");
+    let sql = select::<CredentialRow>("WHERE credential_id = $1");
     Ok(sqlx::query_as(&sql)
         .bind(credential_id)
         .fetch_optional(pool)
@@ -58,9 +55,7 @@ pub async fn credential_by_raw_id(
     pool: &PgPool,
     raw_credential_id: &str,
 ) -> ProjectionResult<Option<CredentialRow>> {
-    let columns = select_list::<CredentialRow>(None);
-    let sql =
-        format!("SELECT {columns} FROM queue_webauthn_credentials WHERE raw_credential_id = $1");
+    let sql = select::<CredentialRow>("WHERE raw_credential_id = $1");
     Ok(sqlx::query_as(&sql)
         .bind(raw_credential_id)
         .fetch_optional(pool)

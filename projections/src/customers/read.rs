@@ -7,12 +7,11 @@ use uuid::Uuid;
 
 use super::{BackupCodeRow, CustomerRow, EmailVerificationRow, RoleRow};
 use crate::error::ProjectionResult;
-use crate::row::select_list;
+use crate::row::select;
 
 /// One customer by id.
 pub async fn customer(pool: &PgPool, customer_id: Uuid) -> ProjectionResult<Option<CustomerRow>> {
-    let columns = select_list::<CustomerRow>(None);
-    let sql = format!("SELECT {columns} FROM queue_customers WHERE customer_id = $1");
+    let sql = select::<CustomerRow>("WHERE customer_id = $1");
     Ok(sqlx::query_as(&sql)
         .bind(customer_id)
         .fetch_optional(pool)
@@ -24,8 +23,7 @@ pub async fn customer_by_email(
     pool: &PgPool,
     email: &str,
 ) -> ProjectionResult<Option<CustomerRow>> {
-    let columns = select_list::<CustomerRow>(None);
-    let sql = format!("SELECT {columns} FROM queue_customers WHERE email = lower($1)");
+    let sql = select::<CustomerRow>("WHERE email = lower($1)");
     Ok(sqlx::query_as(&sql)
         .bind(email)
         .fetch_optional(pool)
@@ -47,11 +45,10 @@ pub async fn roles_of(
     customer_id: Uuid,
     at: DateTime<Utc>,
 ) -> ProjectionResult<Vec<RoleRow>> {
-    let columns = select_list::<RoleRow>(None);
-    let sql = format!(
-        "SELECT {columns} FROM queue_customer_roles WHERE customer_id = $1 \
+    let sql = select::<RoleRow>(
+        "WHERE customer_id = $1 \
          AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2) \
-         ORDER BY is_default DESC, granted_at, row_id"
+         ORDER BY is_default DESC, granted_at, row_id",
     );
     Ok(sqlx::query_as(&sql)
         .bind(customer_id)
@@ -78,10 +75,9 @@ pub async fn role_names_of(
 
 /// Every role row of the customer (revoked and expired grants included).
 pub async fn grants_of(pool: &PgPool, customer_id: Uuid) -> ProjectionResult<Vec<RoleRow>> {
-    let columns = select_list::<RoleRow>(None);
-    let sql = format!(
-        "SELECT {columns} FROM queue_customer_roles WHERE customer_id = $1 \
-         ORDER BY is_default DESC, granted_at, row_id"
+    let sql = select::<RoleRow>(
+        "WHERE customer_id = $1 \
+         ORDER BY is_default DESC, granted_at, row_id",
     );
     Ok(sqlx::query_as(&sql)
         .bind(customer_id)
@@ -91,8 +87,7 @@ pub async fn grants_of(pool: &PgPool, customer_id: Uuid) -> ProjectionResult<Vec
 
 /// One grant by id (to find its customer on `DELETE /rbac/grants/{id}`).
 pub async fn grant(pool: &PgPool, grant_id: Uuid) -> ProjectionResult<Option<RoleRow>> {
-    let columns = select_list::<RoleRow>(None);
-    let sql = format!("SELECT {columns} FROM queue_customer_roles WHERE grant_id = $1");
+    let sql = select::<RoleRow>("WHERE grant_id = $1");
     Ok(sqlx::query_as(&sql)
         .bind(grant_id)
         .fetch_optional(pool)
@@ -115,10 +110,9 @@ pub async fn backup_codes_of(
     pool: &PgPool,
     customer_id: Uuid,
 ) -> ProjectionResult<Vec<BackupCodeRow>> {
-    let columns = select_list::<BackupCodeRow>(None);
-    let sql = format!(
-        "SELECT {columns} FROM queue_backup_codes WHERE customer_id = $1 AND NOT voided \
-         ORDER BY generation, code_index"
+    let sql = select::<BackupCodeRow>(
+        "WHERE customer_id = $1 AND NOT voided \
+         ORDER BY generation, code_index",
     );
     Ok(sqlx::query_as(&sql)
         .bind(customer_id)
@@ -133,10 +127,9 @@ pub async fn email_verification_by_token(
     pool: &PgPool,
     token_hash: &str,
 ) -> ProjectionResult<Option<EmailVerificationRow>> {
-    let columns = select_list::<EmailVerificationRow>(None);
-    let sql = format!(
-        "SELECT {columns} FROM queue_email_verifications WHERE token_hash = $1 \
-         ORDER BY requested_at DESC, request_sequence DESC LIMIT 1"
+    let sql = select::<EmailVerificationRow>(
+        "WHERE token_hash = $1 \
+         ORDER BY requested_at DESC, request_sequence DESC LIMIT 1",
     );
     Ok(sqlx::query_as(&sql)
         .bind(token_hash)
@@ -149,10 +142,9 @@ pub async fn email_verifications_of(
     pool: &PgPool,
     customer_id: Uuid,
 ) -> ProjectionResult<Vec<EmailVerificationRow>> {
-    let columns = select_list::<EmailVerificationRow>(None);
-    let sql = format!(
-        "SELECT {columns} FROM queue_email_verifications WHERE customer_id = $1 \
-         ORDER BY request_sequence DESC"
+    let sql = select::<EmailVerificationRow>(
+        "WHERE customer_id = $1 \
+         ORDER BY request_sequence DESC",
     );
     Ok(sqlx::query_as(&sql)
         .bind(customer_id)

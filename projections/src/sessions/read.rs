@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::SessionRow;
 use crate::error::ProjectionResult;
-use crate::row::select_list;
+use crate::row::{select_as, select_list};
 
 /// The customer's sessions that are active at `at` (not revoked, before
 /// both expiries), newest first.
@@ -16,11 +16,11 @@ pub async fn sessions_of(
     customer_id: Uuid,
     at: DateTime<Utc>,
 ) -> ProjectionResult<Vec<SessionRow>> {
-    let columns = select_list::<SessionRow>(Some("s"));
-    let sql = format!(
-        "SELECT {columns} FROM queue_sessions s WHERE s.customer_id = $1 \
+    let sql = select_as::<SessionRow>(
+        "s",
+        "WHERE s.customer_id = $1 \
          AND s.revoked_at IS NULL AND s.idle_expires_at > $2 AND s.expires_at > $2 \
-         ORDER BY s.created_at DESC, s.session_id"
+         ORDER BY s.created_at DESC, s.session_id",
     );
     Ok(sqlx::query_as(&sql)
         .bind(customer_id)
@@ -34,10 +34,10 @@ pub async fn all_sessions_of(
     pool: &PgPool,
     customer_id: Uuid,
 ) -> ProjectionResult<Vec<SessionRow>> {
-    let columns = select_list::<SessionRow>(Some("s"));
-    let sql = format!(
-        "SELECT {columns} FROM queue_sessions s WHERE s.customer_id = $1 \
-         ORDER BY s.created_at DESC, s.session_id"
+    let sql = select_as::<SessionRow>(
+        "s",
+        "WHERE s.customer_id = $1 \
+         ORDER BY s.created_at DESC, s.session_id",
     );
     Ok(sqlx::query_as(&sql)
         .bind(customer_id)
@@ -47,8 +47,7 @@ pub async fn all_sessions_of(
 
 /// One session by id.
 pub async fn session(pool: &PgPool, session_id: Uuid) -> ProjectionResult<Option<SessionRow>> {
-    let columns = select_list::<SessionRow>(Some("s"));
-    let sql = format!("SELECT {columns} FROM queue_sessions s WHERE s.session_id = $1");
+    let sql = select_as::<SessionRow>("s", "WHERE s.session_id = $1");
     Ok(sqlx::query_as(&sql)
         .bind(session_id)
         .fetch_optional(pool)
