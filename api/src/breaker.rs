@@ -1,9 +1,12 @@
-//! The database circuit breaker (DESIGN "Resilience"): open after 5
-//! consecutive store failures, or when the mean latency of the last 20
-//! store-backed requests exceeds 3 s; while open every `/api/*` request
-//! answers 503 `unavailable` with Retry-After without touching the store;
-//! after 30 s one probe request is let through (half-open) and its outcome
-//! closes or re-opens the breaker. JWKS, health and metrics bypass it.
+//! The database circuit breaker (docs/design.md "Resilience", ADR 0202):
+//! by default open after 5 consecutive store failures, or when the mean
+//! latency of the last 20 store-backed requests exceeds 3 s; while open
+//! every `/api/v1` request answers 503 `unavailable` with Retry-After
+//! without touching the store; after 30 s one probe request is let through
+//! (half-open) and its outcome closes or re-opens the breaker. Every
+//! threshold is a `QUEUE_BREAKER_*` setting (`BreakerConfig::from_lookup`).
+//! JWKS, health and metrics bypass it (it is layered on the `/api/v1`
+//! routes only).
 //!
 //! It times the store's share of a request only (issue 17): the guard sits
 //! inside `timeouts::read_body`, so the clock starts once the client's body
@@ -168,11 +171,9 @@ impl Breaker {
     }
 }
 
-/// Middleware on `/api/*`: refuses while open, records each outcome.
+/// Middleware on every `/api/v1` route (`crate::v1_routes`): refuses while
+/// open, records each outcome.
 pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if !request.uri().path().starts_with("/api/") {
-        return next.run(request).await;
-    }
     let breaker = &state.inner.breaker;
     let probe = match breaker.admit(state.now()) {
         Admission::Refused { retry_after_secs } => {

@@ -31,20 +31,35 @@ pub enum MailerConfig {
     Smtp(SmtpConfig),
 }
 
-/// `QUEUE_SMTP_URL` and `QUEUE_SMTP_TIMEOUT_MS`. The URL may hold a
-/// password: `Debug` shows only the scheme, host, port and TLS mode.
-#[derive(Clone, PartialEq, Eq)]
+/// `QUEUE_SMTP_URL` and `QUEUE_SMTP_TIMEOUT_MS`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SmtpConfig {
     /// `smtp://[user:pass@]host:port[?tls=required|opportunistic]` or
     /// `smtps://[user:pass@]host:port` (implicit TLS).
-    pub url: String,
+    pub url: SmtpUrl,
     /// Connect, command and TLS timeout.
     pub timeout: Duration,
 }
 
-impl fmt::Debug for SmtpConfig {
+/// An SMTP URL, which may hold a password: `Debug` shows only the scheme,
+/// host, port, TLS mode and whether there are credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SmtpUrl(Secret);
+
+impl SmtpUrl {
+    pub fn new(url: String) -> Self {
+        Self(Secret::new(url))
+    }
+
+    /// The URL, password included.
+    pub fn expose(&self) -> &str {
+        self.0.expose()
+    }
+}
+
+impl fmt::Debug for SmtpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shown = Url::parse(&self.url)
+        let shown = Url::parse(self.expose())
             .map(|u| {
                 let tls = u
                     .query_pairs()
@@ -66,10 +81,7 @@ impl fmt::Debug for SmtpConfig {
                 )
             })
             .unwrap_or_else(|_| "<invalid>".into());
-        f.debug_struct("SmtpConfig")
-            .field("url", &shown)
-            .field("timeout", &self.timeout)
-            .finish()
+        f.write_str(&shown)
     }
 }
 
@@ -122,26 +134,16 @@ fn smtp_url(get: &impl Fn(&str) -> Option<String>) -> Result<String, ConfigError
 }
 
 /// `QUEUE_REDIS_URL` and friends: where rate-limit counters are shared.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]` or `redis+unix:///path`.
-    pub url: String,
+    /// `redis://[user:password@]host:port[/db]` or `redis+unix:///path`; may
+    /// carry a password.
+    pub url: Secret,
     /// QUEUE_REDIS_PREFIX: prepended to every key (several deployments, or
     /// tests, can share one Redis).
     pub prefix: String,
     /// QUEUE_REDIS_TIMEOUT_MS: past this a call uses the local limiter.
     pub timeout: std::time::Duration,
-}
-
-impl fmt::Debug for RedisConfig {
-    // The URL may carry a password.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisConfig")
-            .field("url", &"<redacted>")
-            .field("prefix", &self.prefix)
-            .field("timeout", &self.timeout)
-            .finish()
-    }
 }
 
 /// How long a client may take to send its headers and its body, and how
@@ -164,11 +166,35 @@ impl Default for Timeouts {
 }
 
 /// The bearer token /metrics asks for; never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct MetricsToken(String);
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsToken(Secret);
 
 impl MetricsToken {
     /// Constant-time comparison with a presented token.
+    pub fn matches(&self, presented: &str) -> bool {
+        self.0.matches(presented)
+    }
+}
+
+/// A secret setting (a token, a URL holding a password): `Debug` prints
+/// `<redacted>`, equality is constant-time, and the value is read only
+/// through [`Secret::expose`]. A newtype rather than the `secrecy` crate:
+/// the settings need `Eq` (which `secrecy` leaves out on purpose) and no new
+/// dependency is needed for ten lines (ADR 0213).
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The secret value.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Constant-time comparison with a presented value.
     pub fn matches(&self, presented: &str) -> bool {
         use sha2::{Digest, Sha256};
         use subtle::ConstantTimeEq;
@@ -178,14 +204,24 @@ impl MetricsToken {
     }
 }
 
-impl fmt::Debug for MetricsToken {
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.matches(&other.0)
+    }
+}
+
+impl Eq for Secret {}
+
+impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("MetricsToken(<redacted>)")
+        f.write_str("<redacted>")
     }
 }
 
 /// Everything the HTTP API needs besides the database and ledger keys.
-#[derive(Clone)]
+/// Secrets are wrapped ([`Secret`], `JwtKeySet`, `ServiceTokens`), so
+/// `Debug` never prints them.
+#[derive(Clone, Debug)]
 pub struct Config {
     pub dev: bool,
     pub rp_id: String,
@@ -272,65 +308,6 @@ pub struct Config {
     pub service_tokens: ServiceTokens,
 }
 
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("dev", &self.dev)
-            .field("rp_id", &self.rp_id)
-            .field("rp_name", &self.rp_name)
-            .field(
-                "rp_origins",
-                &self.rp_origins.iter().map(Url::as_str).collect::<Vec<_>>(),
-            )
-            .field("issuer", &self.issuer)
-            .field("audience", &self.audience)
-            .field("jwt_keys", &self.jwt_keys)
-            .field("jwt_alg", &self.jwt_alg)
-            .field("jwt_keys_file", &self.jwt_keys_file)
-            .field("refresh_grace_secs", &self.refresh_grace_secs)
-            .field("idle_timeout_secs", &self.idle_timeout_secs)
-            .field("absolute_timeout_secs", &self.absolute_timeout_secs)
-            .field("challenge_ttl_secs", &self.challenge_ttl_secs)
-            .field("flag_queue_v1", &self.flag_queue_v1)
-            .field("rate_limit_per_address", &self.rate_limit_per_address)
-            .field("rate_limit_per_account", &self.rate_limit_per_account)
-            .field("rate_limit_per_service", &self.rate_limit_per_service)
-            .field("max_in_flight", &self.max_in_flight)
-            .field("shed_past_urgent", &self.shed_past_urgent)
-            .field("breaker", &self.breaker)
-            .field("redis", &self.redis)
-            .field("trusted_proxies", &self.trusted_proxies)
-            .field(
-                "rate_limit_per_account_ceiling",
-                &self.rate_limit_per_account_ceiling,
-            )
-            .field(
-                "rate_limit_register_per_address",
-                &self.rate_limit_register_per_address,
-            )
-            .field(
-                "rate_limit_register_per_email",
-                &self.rate_limit_register_per_email,
-            )
-            .field("rate_limit_max_keys", &self.rate_limit_max_keys)
-            .field("timeouts", &self.timeouts)
-            .field(
-                "founders_count_verified_only",
-                &self.founders_count_verified_only,
-            )
-            .field("metrics_listen", &self.metrics_listen)
-            .field("metrics_token", &self.metrics_token)
-            .field("mailer", &self.mailer)
-            .field("mail", &self.mail)
-            .field("email_verify_url", &self.email_verify_url)
-            .field("flag_founders_gate", &self.flag_founders_gate)
-            .field("founders_cohort_threshold", &self.founders_cohort_threshold)
-            .field("role_catalogue", &self.role_catalogue)
-            .field("service_tokens", &self.service_tokens)
-            .finish()
-    }
-}
-
 /// A boolean setting: `1/true/on/yes` or `0/false/off/no`.
 fn flag(
     get: &impl Fn(&str) -> Option<String>,
@@ -373,47 +350,49 @@ fn text(get: &impl Fn(&str) -> Option<String>, var: &'static str) -> Option<Stri
         .filter(|v| !v.is_empty())
 }
 
-/// `QUEUE_REDIS_URL` (optional), `QUEUE_REDIS_PREFIX`, `QUEUE_REDIS_TIMEOUT_MS`.
-fn redis_config(get: &impl Fn(&str) -> Option<String>) -> Result<Option<RedisConfig>, ConfigError> {
-    let Some(url) = text(get, "QUEUE_REDIS_URL") else {
-        return Ok(None);
-    };
-    let scheme = url.split_once("://").map(|(scheme, _)| scheme);
-    match scheme {
-        Some("redis" | "redis+unix" | "unix") => {}
-        Some("rediss") => {
-            return Err(invalid(
-                "QUEUE_REDIS_URL",
-                "TLS (rediss://) is not available in this build; use redis:// on a private network or a local TLS proxy",
-            ))
+impl RedisConfig {
+    /// `QUEUE_REDIS_URL` (optional), `QUEUE_REDIS_PREFIX`, `QUEUE_REDIS_TIMEOUT_MS`.
+    pub fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Option<Self>, ConfigError> {
+        let Some(url) = text(get, "QUEUE_REDIS_URL") else {
+            return Ok(None);
+        };
+        let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+        match scheme {
+            Some("redis" | "redis+unix" | "unix") => {}
+            Some("rediss") => {
+                return Err(invalid(
+                    "QUEUE_REDIS_URL",
+                    "TLS (rediss://) is not available in this build; use redis:// on a private network or a local TLS proxy",
+                ))
+            }
+            _ => {
+                return Err(invalid(
+                    "QUEUE_REDIS_URL",
+                    "expected redis://host:port[/db] or redis+unix:///path",
+                ))
+            }
         }
-        _ => {
-            return Err(invalid(
+        // Parsed here so a typo stops the start, not every request.
+        redis::Client::open(url.as_str()).map_err(|_| {
+            invalid(
                 "QUEUE_REDIS_URL",
                 "expected redis://host:port[/db] or redis+unix:///path",
-            ))
+            )
+        })?;
+        let prefix = text(get, "QUEUE_REDIS_PREFIX").unwrap_or_else(|| "queue:".to_owned());
+        if prefix.len() > 64 || prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(
+                "QUEUE_REDIS_PREFIX",
+                "at most 64 characters, without white space",
+            ));
         }
+        let timeout_ms = number(get, "QUEUE_REDIS_TIMEOUT_MS", 50, 1, 10_000)?;
+        Ok(Some(RedisConfig {
+            url: Secret::new(url),
+            prefix,
+            timeout: std::time::Duration::from_millis(u64::from(timeout_ms)),
+        }))
     }
-    // Parsed here so a typo stops the start, not every request.
-    redis::Client::open(url.as_str()).map_err(|_| {
-        invalid(
-            "QUEUE_REDIS_URL",
-            "expected redis://host:port[/db] or redis+unix:///path",
-        )
-    })?;
-    let prefix = text(get, "QUEUE_REDIS_PREFIX").unwrap_or_else(|| "queue:".to_owned());
-    if prefix.len() > 64 || prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(invalid(
-            "QUEUE_REDIS_PREFIX",
-            "at most 64 characters, without white space",
-        ));
-    }
-    let timeout_ms = number(get, "QUEUE_REDIS_TIMEOUT_MS", 50, 1, 10_000)?;
-    Ok(Some(RedisConfig {
-        url,
-        prefix,
-        timeout: std::time::Duration::from_millis(u64::from(timeout_ms)),
-    }))
 }
 
 /// `QUEUE_JWT_ALG`: `EdDSA` (default), `ES256` or `RS256`, any case.
@@ -425,46 +404,53 @@ pub fn jwt_alg(get: &impl Fn(&str) -> Option<String>) -> Result<JwtAlg, ConfigEr
     }
 }
 
-impl Config {
-    /// Reads the API settings. `QUEUE_DEV=1` (or `queue serve --dev`) supplies
-    /// local defaults for the relying party, issuer and audience; production
-    /// requires them. JWT keys come from `QUEUE_JWT_KEYS` or the file named by
-    /// `QUEUE_JWT_KEYS_FILE` (`queue serve --dev` generates one).
-    ///
-    /// Service tokens are found by the names of the process environment's
-    /// variables (their values still come from `get`); use
-    /// [`Config::from_lookup_with_names`] to give the names explicitly.
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let names: Vec<String> = std::env::vars_os()
-            .filter_map(|(k, _)| k.into_string().ok())
-            .collect();
-        Self::from_lookup_with_names(get, names.iter().map(String::as_str))
+/// A number of milliseconds as a `Duration` (see [`number`]).
+fn millis(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: u32,
+    min: u32,
+    max: u32,
+) -> Result<Duration, ConfigError> {
+    number(get, var, default, min, max).map(|ms| Duration::from_millis(u64::from(ms)))
+}
+
+/// A setting production must give and dev mode defaults.
+fn required(
+    get: &impl Fn(&str) -> Option<String>,
+    dev: bool,
+    var: &'static str,
+    dev_default: &str,
+) -> Result<String, ConfigError> {
+    match text(get, var) {
+        Some(v) => Ok(v),
+        None if dev => Ok(dev_default.to_owned()),
+        None => Err(ConfigError::Missing(var)),
     }
+}
 
-    /// [`Config::from_lookup`] with the variable names to scan for
-    /// `QUEUE_SERVICE_TOKEN_*` / `QUEUE_SERVICE_SCOPES_*` given explicitly.
-    pub fn from_lookup_with_names<'a>(
-        get: impl Fn(&str) -> Option<String>,
-        names: impl IntoIterator<Item = &'a str>,
-    ) -> Result<Self, ConfigError> {
-        let dev = flag(&get, "QUEUE_DEV")?.unwrap_or(false);
-        let required = |var: &'static str, dev_default: &str| -> Result<String, ConfigError> {
-            match text(&get, var) {
-                Some(v) => Ok(v),
-                None if dev => Ok(dev_default.to_owned()),
-                None => Err(ConfigError::Missing(var)),
-            }
-        };
+/// The WebAuthn relying party and the tokens' issuer and audience
+/// (QUEUE_RP_ID, QUEUE_RP_NAME, QUEUE_RP_ORIGIN, QUEUE_ISSUER,
+/// QUEUE_AUDIENCE).
+struct RelyingParty {
+    rp_id: String,
+    rp_name: String,
+    rp_origins: Vec<Url>,
+    issuer: String,
+    audience: String,
+}
 
-        let rp_id = required("QUEUE_RP_ID", "localhost")?;
+impl RelyingParty {
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>, dev: bool) -> Result<Self, ConfigError> {
+        let rp_id = required(get, dev, "QUEUE_RP_ID", "localhost")?;
         if rp_id.contains(['/', ':', ' ']) || rp_id.starts_with('.') || rp_id.ends_with('.') {
             return Err(invalid(
                 "QUEUE_RP_ID",
                 "expected a bare domain, e.g. example.com",
             ));
         }
-        let rp_name = text(&get, "QUEUE_RP_NAME").unwrap_or_else(|| "Queue".to_owned());
-        let origins_raw = required("QUEUE_RP_ORIGIN", "http://localhost:8080")?;
+        let rp_name = text(get, "QUEUE_RP_NAME").unwrap_or_else(|| "Queue".to_owned());
+        let origins_raw = required(get, dev, "QUEUE_RP_ORIGIN", "http://localhost:8080")?;
         let mut rp_origins = Vec::new();
         for part in origins_raw
             .split(',')
@@ -488,27 +474,61 @@ impl Config {
         if rp_origins.is_empty() {
             return Err(ConfigError::Missing("QUEUE_RP_ORIGIN"));
         }
-        let issuer = required("QUEUE_ISSUER", "http://localhost:8080")?;
-        let audience = required("QUEUE_AUDIENCE", "queue")?;
+        Ok(Self {
+            rp_id,
+            rp_name,
+            rp_origins,
+            issuer: required(get, dev, "QUEUE_ISSUER", "http://localhost:8080")?,
+            audience: required(get, dev, "QUEUE_AUDIENCE", "queue")?,
+        })
+    }
+}
 
-        let (jwt_spec, jwt_source) = value_or_file(&get, "QUEUE_JWT_KEYS", "QUEUE_JWT_KEYS_FILE")?;
-        let jwt_keys_file = match jwt_source {
+/// The signing keys (QUEUE_JWT_KEYS or QUEUE_JWT_KEYS_FILE, QUEUE_JWT_ALG).
+struct JwtSettings {
+    keys: JwtKeySet,
+    alg: JwtAlg,
+    keys_file: Option<PathBuf>,
+}
+
+impl JwtSettings {
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let (spec, source) = value_or_file(get, "QUEUE_JWT_KEYS", "QUEUE_JWT_KEYS_FILE")?;
+        let keys_file = match source {
             Source::File(path) => Some(path),
             Source::Value => None,
         };
-        let jwt_keys = JwtKeySet::parse(&jwt_spec).map_err(|why| invalid("QUEUE_JWT_KEYS", why))?;
-        let jwt_alg = jwt_alg(&get)?;
+        let keys = JwtKeySet::parse(&spec).map_err(|why| invalid("QUEUE_JWT_KEYS", why))?;
+        Ok(Self {
+            keys,
+            alg: jwt_alg(get)?,
+            keys_file,
+        })
+    }
+}
 
-        let refresh_grace_secs = number(&get, "QUEUE_REFRESH_REUSE_GRACE", 0, 0, 60)?;
+/// Session and challenge lifetimes (QUEUE_REFRESH_REUSE_GRACE,
+/// QUEUE_SESSION_IDLE_TIMEOUT, QUEUE_SESSION_ABSOLUTE_TIMEOUT,
+/// QUEUE_CHALLENGE_TTL), in seconds.
+struct Lifetimes {
+    refresh_grace_secs: u32,
+    idle_timeout_secs: u32,
+    absolute_timeout_secs: u32,
+    challenge_ttl_secs: u32,
+}
+
+impl Lifetimes {
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let refresh_grace_secs = number(get, "QUEUE_REFRESH_REUSE_GRACE", 0, 0, 60)?;
         let idle_timeout_secs = number(
-            &get,
+            get,
             "QUEUE_SESSION_IDLE_TIMEOUT",
             30 * 60,
             1,
             30 * 24 * 3600,
         )?;
         let absolute_timeout_secs = number(
-            &get,
+            get,
             "QUEUE_SESSION_ABSOLUTE_TIMEOUT",
             12 * 3600,
             1,
@@ -520,99 +540,145 @@ impl Config {
                 "must not exceed QUEUE_SESSION_ABSOLUTE_TIMEOUT",
             ));
         }
-        let challenge_ttl_secs = number(&get, "QUEUE_CHALLENGE_TTL", 300, 10, 3600)?;
-        let flag_queue_v1 = flag(&get, "FLAG_QUEUE_V1")?.unwrap_or(dev);
-        let rate_limit_per_address =
-            number(&get, "QUEUE_RATE_LIMIT_PER_ADDRESS", 60, 1, 1_000_000)?;
-        let rate_limit_per_account =
-            number(&get, "QUEUE_RATE_LIMIT_PER_ACCOUNT", 10, 1, 1_000_000)?;
-        let rate_limit_per_service =
-            number(&get, "QUEUE_RATE_LIMIT_PER_SERVICE", 6000, 1, 10_000_000)?;
-        if get("QUEUE_TRUST_FORWARDED_FOR").is_some() {
+        Ok(Self {
+            refresh_grace_secs,
+            idle_timeout_secs,
+            absolute_timeout_secs,
+            challenge_ttl_secs: number(get, "QUEUE_CHALLENGE_TTL", 300, 10, 3600)?,
+        })
+    }
+}
+
+/// Rate limits (QUEUE_RATE_LIMIT_*), per minute.
+struct RateLimits {
+    per_address: u32,
+    per_account: u32,
+    per_service: u32,
+    per_account_ceiling: u32,
+    register_per_address: u32,
+    register_per_email: u32,
+    max_keys: usize,
+}
+
+impl RateLimits {
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let per_account = number(get, "QUEUE_RATE_LIMIT_PER_ACCOUNT", 10, 1, 1_000_000)?;
+        Ok(Self {
+            per_address: number(get, "QUEUE_RATE_LIMIT_PER_ADDRESS", 60, 1, 1_000_000)?,
+            per_account,
+            per_service: number(get, "QUEUE_RATE_LIMIT_PER_SERVICE", 6000, 1, 10_000_000)?,
+            per_account_ceiling: number(
+                get,
+                "QUEUE_RATE_LIMIT_PER_ACCOUNT_CEILING",
+                per_account.saturating_mul(10),
+                1,
+                10_000_000,
+            )?,
+            register_per_address: number(
+                get,
+                "QUEUE_RATE_LIMIT_REGISTER_PER_ADDRESS",
+                20,
+                1,
+                1_000_000,
+            )?,
+            register_per_email: number(
+                get,
+                "QUEUE_RATE_LIMIT_REGISTER_PER_EMAIL",
+                5,
+                1,
+                1_000_000,
+            )?,
+            max_keys: number(get, "QUEUE_RATE_LIMIT_MAX_KEYS", 100_000, 100, 10_000_000)? as usize,
+        })
+    }
+}
+
+/// QUEUE_TRUSTED_PROXIES (and the refusal of the variable it replaced).
+fn trusted_proxies(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<crate::client_address::TrustedProxies, ConfigError> {
+    if get("QUEUE_TRUST_FORWARDED_FOR").is_some() {
+        return Err(invalid(
+            "QUEUE_TRUST_FORWARDED_FOR",
+            "replaced by QUEUE_TRUSTED_PROXIES (a CIDR list of the proxies in front of Queue)",
+        ));
+    }
+    Ok(match text(get, "QUEUE_TRUSTED_PROXIES") {
+        Some(list) => crate::client_address::TrustedProxies::parse(&list).ok_or_else(|| {
+            invalid(
+                "QUEUE_TRUSTED_PROXIES",
+                "expected comma-separated CIDR blocks (10.0.0.0/8, 2001:db8::/32)",
+            )
+        })?,
+        None => crate::client_address::TrustedProxies::default(),
+    })
+}
+
+impl Timeouts {
+    /// QUEUE_HEADER_TIMEOUT_MS, QUEUE_BODY_TIMEOUT_MS, QUEUE_HANDLER_TIMEOUT_MS.
+    pub fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            header: millis(get, "QUEUE_HEADER_TIMEOUT_MS", 10_000, 100, 600_000)?,
+            body: millis(get, "QUEUE_BODY_TIMEOUT_MS", 10_000, 100, 600_000)?,
+            handler: millis(get, "QUEUE_HANDLER_TIMEOUT_MS", 30_000, 100, 600_000)?,
+        })
+    }
+}
+
+/// QUEUE_METRICS_LISTEN and QUEUE_METRICS_TOKEN.
+fn metrics_settings(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<(Option<std::net::SocketAddr>, Option<MetricsToken>), ConfigError> {
+    let listen = text(get, "QUEUE_METRICS_LISTEN")
+        .map(|v| {
+            v.parse()
+                .map_err(|_| invalid("QUEUE_METRICS_LISTEN", "expected host:port"))
+        })
+        .transpose()?;
+    let token = match text(get, "QUEUE_METRICS_TOKEN") {
+        Some(token) if token.len() < 16 => {
             return Err(invalid(
-                "QUEUE_TRUST_FORWARDED_FOR",
-                "replaced by QUEUE_TRUSTED_PROXIES (a CIDR list of the proxies in front of Queue)",
-            ));
+                "QUEUE_METRICS_TOKEN",
+                "must be at least 16 characters",
+            ))
         }
-        let trusted_proxies = match text(&get, "QUEUE_TRUSTED_PROXIES") {
-            Some(list) => crate::client_address::TrustedProxies::parse(&list).ok_or_else(|| {
-                invalid(
-                    "QUEUE_TRUSTED_PROXIES",
-                    "expected comma-separated CIDR blocks (10.0.0.0/8, 2001:db8::/32)",
-                )
-            })?,
-            None => crate::client_address::TrustedProxies::default(),
-        };
-        let rate_limit_per_account_ceiling = number(
-            &get,
-            "QUEUE_RATE_LIMIT_PER_ACCOUNT_CEILING",
-            rate_limit_per_account.saturating_mul(10),
-            1,
-            10_000_000,
-        )?;
-        let rate_limit_register_per_address = number(
-            &get,
-            "QUEUE_RATE_LIMIT_REGISTER_PER_ADDRESS",
-            20,
-            1,
-            1_000_000,
-        )?;
-        let rate_limit_register_per_email =
-            number(&get, "QUEUE_RATE_LIMIT_REGISTER_PER_EMAIL", 5, 1, 1_000_000)?;
-        let rate_limit_max_keys =
-            number(&get, "QUEUE_RATE_LIMIT_MAX_KEYS", 100_000, 100, 10_000_000)? as usize;
-        let millis = |var: &'static str, default: u32, min: u32, max: u32| {
-            number(&get, var, default, min, max).map(|ms| Duration::from_millis(u64::from(ms)))
-        };
-        let timeouts = Timeouts {
-            header: millis("QUEUE_HEADER_TIMEOUT_MS", 10_000, 100, 600_000)?,
-            body: millis("QUEUE_BODY_TIMEOUT_MS", 10_000, 100, 600_000)?,
-            handler: millis("QUEUE_HANDLER_TIMEOUT_MS", 30_000, 100, 600_000)?,
-        };
-        let metrics_listen = text(&get, "QUEUE_METRICS_LISTEN")
-            .map(|v| {
-                v.parse()
-                    .map_err(|_| invalid("QUEUE_METRICS_LISTEN", "expected host:port"))
-            })
-            .transpose()?;
-        let metrics_token = match text(&get, "QUEUE_METRICS_TOKEN") {
-            Some(token) if token.len() < 16 => {
-                return Err(invalid(
-                    "QUEUE_METRICS_TOKEN",
-                    "must be at least 16 characters",
-                ))
-            }
-            Some(token) => Some(MetricsToken(token)),
-            None => None,
-        };
-        let max_in_flight = number(&get, "QUEUE_MAX_IN_FLIGHT", 256, 1, 1_000_000)? as usize;
-        let urgent_defaults = crate::shedding::UrgentLevels::default();
-        let shed_past_urgent = crate::shedding::UrgentLevels {
+        Some(token) => Some(MetricsToken(Secret::new(token))),
+        None => None,
+    };
+    Ok((listen, token))
+}
+
+impl crate::shedding::UrgentLevels {
+    /// QUEUE_SHED_LOW_PAST_URGENT, QUEUE_SHED_NORMAL_PAST_URGENT,
+    /// QUEUE_SHED_HOLD_MS, QUEUE_SHED_LOW_LATENCY_PCT.
+    pub fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        Ok(Self {
             low: number(
-                &get,
+                get,
                 "QUEUE_SHED_LOW_PAST_URGENT",
-                urgent_defaults.low as u32,
+                defaults.low as u32,
                 0,
                 1_000_000,
             )? as usize,
             normal: number(
-                &get,
+                get,
                 "QUEUE_SHED_NORMAL_PAST_URGENT",
-                urgent_defaults.normal as u32,
+                defaults.normal as u32,
                 0,
                 1_000_000,
             )? as usize,
-            hold: Duration::from_millis(u64::from(number(
-                &get,
+            hold: millis(
+                get,
                 "QUEUE_SHED_HOLD_MS",
-                urgent_defaults.hold.as_millis() as u32,
+                defaults.hold.as_millis() as u32,
                 0,
                 60_000,
-            )?)),
+            )?,
             low_latency_pct: match number(
-                &get,
+                get,
                 "QUEUE_SHED_LOW_LATENCY_PCT",
-                urgent_defaults.low_latency_pct,
+                defaults.low_latency_pct,
                 0,
                 100_000,
             )? {
@@ -625,56 +691,58 @@ impl Config {
                 }
                 pct => pct,
             },
-        };
-        let breaker = crate::breaker::BreakerConfig {
-            failure_threshold: number(&get, "QUEUE_BREAKER_FAILURES", 5, 1, 1000)?,
-            latency_window: number(&get, "QUEUE_BREAKER_LATENCY_WINDOW", 20, 1, 10_000)? as usize,
-            max_mean_latency: Duration::from_millis(u64::from(number(
-                &get,
-                "QUEUE_BREAKER_MAX_MEAN_LATENCY_MS",
-                3000,
-                1,
-                600_000,
-            )?)),
-            open_for: Duration::from_millis(u64::from(number(
-                &get,
-                "QUEUE_BREAKER_OPEN_MS",
-                30_000,
-                10,
-                3_600_000,
-            )?)),
-            probe_timeout: Duration::from_millis(u64::from(number(
-                &get,
-                "QUEUE_BREAKER_PROBE_TIMEOUT_MS",
-                5_000,
-                10,
-                600_000,
-            )?)),
-        };
-        let redis = redis_config(&get)?;
+        })
+    }
+}
 
-        let mailer = match text(&get, "QUEUE_MAILER").as_deref() {
+impl crate::breaker::BreakerConfig {
+    /// QUEUE_BREAKER_FAILURES, QUEUE_BREAKER_LATENCY_WINDOW,
+    /// QUEUE_BREAKER_MAX_MEAN_LATENCY_MS, QUEUE_BREAKER_OPEN_MS,
+    /// QUEUE_BREAKER_PROBE_TIMEOUT_MS.
+    pub fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            failure_threshold: number(get, "QUEUE_BREAKER_FAILURES", 5, 1, 1000)?,
+            latency_window: number(get, "QUEUE_BREAKER_LATENCY_WINDOW", 20, 1, 10_000)? as usize,
+            max_mean_latency: millis(get, "QUEUE_BREAKER_MAX_MEAN_LATENCY_MS", 3000, 1, 600_000)?,
+            open_for: millis(get, "QUEUE_BREAKER_OPEN_MS", 30_000, 10, 3_600_000)?,
+            probe_timeout: millis(get, "QUEUE_BREAKER_PROBE_TIMEOUT_MS", 5_000, 10, 600_000)?,
+        })
+    }
+}
+
+impl MailerConfig {
+    /// QUEUE_MAILER (`log`, the default, or `smtp`), QUEUE_MAILER_DIR,
+    /// QUEUE_SMTP_URL, QUEUE_SMTP_TIMEOUT_MS.
+    pub fn from_lookup(
+        get: &impl Fn(&str) -> Option<String>,
+        dev: bool,
+    ) -> Result<Self, ConfigError> {
+        match text(get, "QUEUE_MAILER").as_deref() {
             Some("log") | None => {
-                let dir = match text(&get, "QUEUE_MAILER_DIR") {
+                let dir = match text(get, "QUEUE_MAILER_DIR") {
                     Some(dir) => PathBuf::from(dir),
                     None if dev => PathBuf::from(".dev/mail"),
                     None => return Err(ConfigError::Missing("QUEUE_MAILER_DIR")),
                 };
-                MailerConfig::Log { dir }
+                Ok(MailerConfig::Log { dir })
             }
-            Some("smtp") => MailerConfig::Smtp(SmtpConfig {
-                url: smtp_url(&get)?,
-                timeout: Duration::from_millis(u64::from(number(
-                    &get,
-                    "QUEUE_SMTP_TIMEOUT_MS",
-                    10_000,
-                    100,
-                    300_000,
-                )?)),
-            }),
-            Some(_) => return Err(invalid("QUEUE_MAILER", "expected log or smtp")),
-        };
-        let from = match (text(&get, "QUEUE_MAIL_FROM"), &mailer) {
+            Some("smtp") => Ok(MailerConfig::Smtp(SmtpConfig {
+                url: SmtpUrl::new(smtp_url(get)?),
+                timeout: millis(get, "QUEUE_SMTP_TIMEOUT_MS", 10_000, 100, 300_000)?,
+            })),
+            Some(_) => Err(invalid("QUEUE_MAILER", "expected log or smtp")),
+        }
+    }
+}
+
+impl MailConfig {
+    /// QUEUE_MAIL_FROM (required with SMTP), QUEUE_MAIL_MAX_ATTEMPTS,
+    /// QUEUE_MAIL_RETRY_BASE_MS, QUEUE_MAIL_RETRY_MAX_MS.
+    pub fn from_lookup(
+        get: &impl Fn(&str) -> Option<String>,
+        mailer: &MailerConfig,
+    ) -> Result<Self, ConfigError> {
+        let from = match (text(get, "QUEUE_MAIL_FROM"), mailer) {
             (Some(from), _) => from,
             (None, MailerConfig::Log { .. }) => "Queue <queue@localhost>".to_owned(),
             (None, MailerConfig::Smtp(_)) => return Err(ConfigError::Missing("QUEUE_MAIL_FROM")),
@@ -685,99 +753,161 @@ impl Config {
                 "expected an address, e.g. Queue <no-reply@example.com>",
             ));
         }
-        let retry_base = number(&get, "QUEUE_MAIL_RETRY_BASE_MS", 5_000, 10, 3_600_000)?;
-        let retry_max = number(&get, "QUEUE_MAIL_RETRY_MAX_MS", 3_600_000, 10, 86_400_000)?;
+        let retry_base = number(get, "QUEUE_MAIL_RETRY_BASE_MS", 5_000, 10, 3_600_000)?;
+        let retry_max = number(get, "QUEUE_MAIL_RETRY_MAX_MS", 3_600_000, 10, 86_400_000)?;
         if retry_max < retry_base {
             return Err(invalid(
                 "QUEUE_MAIL_RETRY_MAX_MS",
                 "must not be below QUEUE_MAIL_RETRY_BASE_MS",
             ));
         }
-        let mail = MailConfig {
+        Ok(Self {
             from,
-            max_attempts: number(&get, "QUEUE_MAIL_MAX_ATTEMPTS", 12, 1, 100)?,
+            max_attempts: number(get, "QUEUE_MAIL_MAX_ATTEMPTS", 12, 1, 100)?,
             retry_base: Duration::from_millis(u64::from(retry_base)),
             retry_max: Duration::from_millis(u64::from(retry_max)),
-        };
-        let email_verify_url = match text(&get, "QUEUE_EMAIL_VERIFY_URL") {
-            Some(url) => {
-                Url::parse(&url)
-                    .map_err(|_| invalid("QUEUE_EMAIL_VERIFY_URL", "expected a URL"))?;
-                url
-            }
-            None => {
-                let mut base = rp_origins[0].clone();
-                base.set_path("/verify-email");
-                base.to_string()
-            }
-        };
+        })
+    }
+}
 
-        let service_tokens = ServiceTokens::from_lookup(&get, names)?;
-        let flag_founders_gate = flag(&get, "FLAG_FOUNDERS_GATE")?.unwrap_or(false);
-        let founders_count_verified_only =
-            flag(&get, "FOUNDERS_COUNT_VERIFIED_ONLY")?.unwrap_or(true);
-        let founders_cohort_threshold = if flag_founders_gate {
-            if text(&get, "FOUNDERS_COHORT_THRESHOLD").is_none() {
-                return Err(ConfigError::Missing("FOUNDERS_COHORT_THRESHOLD"));
+/// QUEUE_EMAIL_VERIFY_URL; by default `/verify-email` on the first origin.
+fn email_verify_url(
+    get: &impl Fn(&str) -> Option<String>,
+    first_origin: &Url,
+) -> Result<String, ConfigError> {
+    match text(get, "QUEUE_EMAIL_VERIFY_URL") {
+        Some(url) => {
+            Url::parse(&url).map_err(|_| invalid("QUEUE_EMAIL_VERIFY_URL", "expected a URL"))?;
+            Ok(url)
+        }
+        None => {
+            let mut base = first_origin.clone();
+            base.set_path("/verify-email");
+            Ok(base.to_string())
+        }
+    }
+}
+
+/// The founders gate (FLAG_FOUNDERS_GATE, FOUNDERS_COHORT_THRESHOLD,
+/// FOUNDERS_COUNT_VERIFIED_ONLY).
+struct Founders {
+    gate: bool,
+    count_verified_only: bool,
+    cohort_threshold: u32,
+}
+
+impl Founders {
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let gate = flag(get, "FLAG_FOUNDERS_GATE")?.unwrap_or(false);
+        let count_verified_only = flag(get, "FOUNDERS_COUNT_VERIFIED_ONLY")?.unwrap_or(true);
+        if gate && text(get, "FOUNDERS_COHORT_THRESHOLD").is_none() {
+            return Err(ConfigError::Missing("FOUNDERS_COHORT_THRESHOLD"));
+        }
+        Ok(Self {
+            gate,
+            count_verified_only,
+            cohort_threshold: number(get, "FOUNDERS_COHORT_THRESHOLD", 0, 0, u32::MAX)?,
+        })
+    }
+}
+
+/// QUEUE_ROLE_CATALOGUE: the roles RBAC grants may name.
+fn role_catalogue(get: &impl Fn(&str) -> Option<String>) -> Result<Vec<Role>, ConfigError> {
+    match text(get, "QUEUE_ROLE_CATALOGUE") {
+        Some(raw) => {
+            let mut roles = Vec::new();
+            for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                roles.push(Role::parse(part).map_err(|_| {
+                    invalid(
+                        "QUEUE_ROLE_CATALOGUE",
+                        "expected comma-separated role names of [a-z0-9._:-]",
+                    )
+                })?);
             }
-            number(&get, "FOUNDERS_COHORT_THRESHOLD", 0, 0, u32::MAX)?
-        } else {
-            number(&get, "FOUNDERS_COHORT_THRESHOLD", 0, 0, u32::MAX)?
-        };
-        let role_catalogue = match text(&get, "QUEUE_ROLE_CATALOGUE") {
-            Some(raw) => {
-                let mut roles = Vec::new();
-                for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                    roles.push(Role::parse(part).map_err(|_| {
-                        invalid(
-                            "QUEUE_ROLE_CATALOGUE",
-                            "expected comma-separated role names of [a-z0-9._:-]",
-                        )
-                    })?);
-                }
-                if roles.is_empty() {
-                    return Err(ConfigError::Missing("QUEUE_ROLE_CATALOGUE"));
-                }
-                roles
+            if roles.is_empty() {
+                return Err(ConfigError::Missing("QUEUE_ROLE_CATALOGUE"));
             }
-            None => crate::rbac::DEFAULT_ROLE_CATALOGUE
-                .iter()
-                .map(|r| Role::parse(r).map_err(|_| invalid("QUEUE_ROLE_CATALOGUE", "default")))
-                .collect::<Result<_, _>>()?,
-        };
+            Ok(roles)
+        }
+        None => crate::rbac::DEFAULT_ROLE_CATALOGUE
+            .iter()
+            .map(|r| Role::parse(r).map_err(|_| invalid("QUEUE_ROLE_CATALOGUE", "default")))
+            .collect(),
+    }
+}
+
+impl Config {
+    /// Reads the API settings. `QUEUE_DEV=1` (or `queue serve --dev`) supplies
+    /// local defaults for the relying party, issuer and audience; production
+    /// requires them. JWT keys come from `QUEUE_JWT_KEYS` or the file named by
+    /// `QUEUE_JWT_KEYS_FILE` (`queue serve --dev` generates one).
+    ///
+    /// Service tokens are found by the names of the process environment's
+    /// variables (their values still come from `get`); use
+    /// [`Config::from_lookup_with_names`] to give the names explicitly.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let names: Vec<String> = std::env::vars_os()
+            .filter_map(|(k, _)| k.into_string().ok())
+            .collect();
+        Self::from_lookup_with_names(get, names.iter().map(String::as_str))
+    }
+
+    /// [`Config::from_lookup`] with the variable names to scan for
+    /// `QUEUE_SERVICE_TOKEN_*` / `QUEUE_SERVICE_SCOPES_*` given explicitly.
+    /// Each concern reads its own variables (`RelyingParty`,
+    /// `BreakerConfig::from_lookup`, …); this only puts them together.
+    pub fn from_lookup_with_names<'a>(
+        get: impl Fn(&str) -> Option<String>,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, ConfigError> {
+        let get = &get;
+        let dev = flag(get, "QUEUE_DEV")?.unwrap_or(false);
+        let rp = RelyingParty::from_lookup(get, dev)?;
+        let jwt = JwtSettings::from_lookup(get)?;
+        let lifetimes = Lifetimes::from_lookup(get)?;
+        let flag_queue_v1 = flag(get, "FLAG_QUEUE_V1")?.unwrap_or(dev);
+        let limits = RateLimits::from_lookup(get)?;
+        let trusted_proxies = trusted_proxies(get)?;
+        let timeouts = Timeouts::from_lookup(get)?;
+        let (metrics_listen, metrics_token) = metrics_settings(get)?;
+        let max_in_flight = number(get, "QUEUE_MAX_IN_FLIGHT", 256, 1, 1_000_000)? as usize;
+        let shed_past_urgent = crate::shedding::UrgentLevels::from_lookup(get)?;
+        let breaker = crate::breaker::BreakerConfig::from_lookup(get)?;
+        let redis = RedisConfig::from_lookup(get)?;
+        let mailer = MailerConfig::from_lookup(get, dev)?;
+        let mail = MailConfig::from_lookup(get, &mailer)?;
+        let email_verify_url = email_verify_url(get, &rp.rp_origins[0])?;
+        let service_tokens = ServiceTokens::from_lookup(get, names)?;
+        let founders = Founders::from_lookup(get)?;
+        let role_catalogue = role_catalogue(get)?;
+        let read_wait = millis(get, "QUEUE_READ_WAIT_MS", 1_000, 0, 60_000)?;
 
         Ok(Self {
             dev,
-            rp_id,
-            rp_name,
-            rp_origins,
-            issuer,
-            audience,
-            jwt_keys,
-            jwt_alg,
-            jwt_keys_file,
-            refresh_grace_secs,
-            idle_timeout_secs,
-            absolute_timeout_secs,
-            challenge_ttl_secs,
+            rp_id: rp.rp_id,
+            rp_name: rp.rp_name,
+            rp_origins: rp.rp_origins,
+            issuer: rp.issuer,
+            audience: rp.audience,
+            jwt_keys: jwt.keys,
+            jwt_alg: jwt.alg,
+            jwt_keys_file: jwt.keys_file,
+            refresh_grace_secs: lifetimes.refresh_grace_secs,
+            idle_timeout_secs: lifetimes.idle_timeout_secs,
+            absolute_timeout_secs: lifetimes.absolute_timeout_secs,
+            challenge_ttl_secs: lifetimes.challenge_ttl_secs,
             flag_queue_v1,
-            rate_limit_per_address,
-            rate_limit_per_account,
-            rate_limit_per_service,
+            rate_limit_per_address: limits.per_address,
+            rate_limit_per_account: limits.per_account,
+            rate_limit_per_service: limits.per_service,
             trusted_proxies,
-            read_wait: Duration::from_millis(u64::from(number(
-                &get,
-                "QUEUE_READ_WAIT_MS",
-                1_000,
-                0,
-                60_000,
-            )?)),
-            rate_limit_per_account_ceiling,
-            rate_limit_register_per_address,
-            rate_limit_register_per_email,
-            rate_limit_max_keys,
+            read_wait,
+            rate_limit_per_account_ceiling: limits.per_account_ceiling,
+            rate_limit_register_per_address: limits.register_per_address,
+            rate_limit_register_per_email: limits.register_per_email,
+            rate_limit_max_keys: limits.max_keys,
             timeouts,
-            founders_count_verified_only,
+            founders_count_verified_only: founders.count_verified_only,
             metrics_listen,
             metrics_token,
             max_in_flight,
@@ -787,8 +917,8 @@ impl Config {
             mailer,
             mail,
             email_verify_url,
-            flag_founders_gate,
-            founders_cohort_threshold,
+            flag_founders_gate: founders.gate,
+            founders_cohort_threshold: founders.cohort_threshold,
             role_catalogue,
             service_tokens,
         })

@@ -141,8 +141,7 @@ pub async fn append_registration(
             // subquery behind `NOT EXISTS`, so it only runs while there is no
             // counter row: as `INSERT … SELECT count(*) … ON CONFLICT DO
             // NOTHING` it counted every customer on every registration
-            // (20–126 ms at 41.7k customers, growing with them) to insert
-            // nothing. Concurrent first registrations still meet at the
+            // (growing with them, ADR 0103) to insert nothing. Concurrent first registrations still meet at the
             // primary key (`ON CONFLICT`).
             sqlx::query(
                 "INSERT INTO founders_gate (id, used) \

@@ -1,7 +1,9 @@
 #![forbid(unsafe_code)]
 //! Queue's HTTP surface: `app(state) -> Router`. Only this crate knows HTTP.
-//! The contract is docs/api-contract.md (the project copy of
-//! ../shared/api-contract.md); the error table is `error.rs`.
+//! The contract is `docs/api-contract.md`, the design `docs/design.md`, and
+//! where to change what `docs/where-to-change-what.md`; the error table is
+//! `error.rs`. Routes and their load-shedding priorities are declared
+//! together in `v1_groups` below.
 
 pub mod admin;
 pub mod audit;
@@ -41,7 +43,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi as _;
@@ -51,37 +53,109 @@ use utoipa_axum::routes;
 pub use clock::ServiceClock;
 pub use config::{Config, ConfigError};
 pub use error::ApiError;
+pub use shedding::Priority;
 pub use state::AppState;
 
 /// Request bodies over this many bytes answer 413 payload_too_large.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-/// The v1 routes and their OpenAPI description.
-fn v1_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(passkeys::register_begin))
-        .routes(routes!(passkeys::register_complete))
+/// The layers every `/api/v1` route runs inside, applied per priority
+/// group by `v1_routes`; the OpenAPI document needs none.
+type Resilience<'a> = &'a dyn Fn(OpenApiRouter<AppState>) -> OpenApiRouter<AppState>;
+
+/// The v1 routes by load-shedding priority (see `shedding`): a route's
+/// priority is declared here, with the route, once for its group.
+fn v1_groups() -> [(Priority, OpenApiRouter<AppState>); 4] {
+    // Sign-in and staying signed in; audit writes (a caller cannot retry
+    // them later without losing the record).
+    let critical = OpenApiRouter::new()
         .routes(routes!(passkeys::login_begin))
         .routes(routes!(passkeys::login_complete))
-        .routes(routes!(credentials::list))
-        .routes(routes!(credentials::rename, credentials::delete))
         .routes(routes!(sessions::refresh))
         .routes(routes!(sessions::logout))
+        .routes(routes!(backup_codes::redeem))
+        .routes(routes!(audit::record));
+    // Sign-up, email verification, admin and RBAC writes.
+    let high = OpenApiRouter::new()
+        .routes(routes!(passkeys::register_begin))
+        .routes(routes!(passkeys::register_complete))
+        .routes(routes!(email::request_verification))
+        .routes(routes!(email::verify))
+        .routes(routes!(rbac::grant))
+        .routes(routes!(rbac::revoke))
+        .routes(routes!(admin::suspend))
+        .routes(routes!(admin::reinstate));
+    // Reads, renames, backup-code generation.
+    let normal = OpenApiRouter::new()
+        .routes(routes!(credentials::list))
+        .routes(routes!(credentials::rename, credentials::delete))
         .routes(routes!(sessions::list))
         .routes(routes!(sessions::revoke))
         .routes(routes!(sessions::me))
         .routes(routes!(backup_codes::generate))
-        .routes(routes!(backup_codes::redeem))
-        .routes(routes!(email::request_verification))
-        .routes(routes!(email::verify))
         .routes(routes!(service::customer_count))
-        .routes(routes!(audit::record, audit::list))
-        .routes(routes!(rbac::grant))
-        .routes(routes!(rbac::revoke))
-        .routes(routes!(rbac::roles))
-        .routes(routes!(admin::suspend))
-        .routes(routes!(admin::reinstate))
-        .routes(routes!(admin::history))
+        .routes(routes!(rbac::roles));
+    // Exports and history.
+    let low = OpenApiRouter::new()
+        .routes(routes!(audit::list))
+        .routes(routes!(admin::history));
+    [
+        (Priority::Critical, critical),
+        (Priority::High, high),
+        (Priority::Normal, normal),
+        (Priority::Low, low),
+    ]
+}
+
+/// The v1 routes and their OpenAPI description: each priority group
+/// wrapped in `resilience` (the layers only `/api/v1` runs inside:
+/// draining, shedding, breaker, deadline) and, outside that, its priority
+/// as a request extension the shedding guard reads. A route without one
+/// answers 500 (`shedding::guard`; a test sends every operation of the
+/// document through the app), so none is silently NORMAL.
+fn v1_routes(resilience: Resilience<'_>) -> OpenApiRouter<AppState> {
+    v1_groups()
+        .into_iter()
+        .fold(OpenApiRouter::new(), |v1, (priority, routes)| {
+            v1.merge(resilience(routes).route_layer(Extension(priority)))
+        })
+}
+
+/// Every `/api/v1` operation with its declared priority: `(method, path,
+/// priority)`, the method lowercase and the path as in the OpenAPI document.
+pub fn route_priorities() -> Vec<(String, String, Priority)> {
+    let mut out: Vec<(String, String, Priority)> = v1_groups()
+        .into_iter()
+        .flat_map(|(priority, routes)| {
+            let (_, doc) = routes.split_for_parts();
+            operations(&doc)
+                .into_iter()
+                .map(move |(method, path)| (method, path, priority))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The operations of an OpenAPI document: `(method, path)`, the method
+/// lowercase, sorted.
+pub fn operations(doc: &utoipa::openapi::OpenApi) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (path, item) in &doc.paths.paths {
+        for (method, operation) in [
+            ("get", &item.get),
+            ("post", &item.post),
+            ("put", &item.put),
+            ("patch", &item.patch),
+            ("delete", &item.delete),
+        ] {
+            if operation.is_some() {
+                out.push((method.to_owned(), path.clone()));
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 fn operation_routes() -> OpenApiRouter<AppState> {
@@ -94,11 +168,12 @@ fn operation_routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of every route (served whatever the feature flag).
 pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut v1) = v1_routes(&|routes| routes).split_for_parts();
+    openapi::add_shared_responses(&mut v1);
     let (_, mut doc) = OpenApiRouter::<AppState>::with_openapi(openapi::ApiDoc::openapi())
-        .merge(v1_routes())
         .merge(operation_routes())
         .split_for_parts();
-    openapi::add_shared_responses(&mut doc);
+    doc.merge(v1);
     doc.paths.paths.insert(
         "/metrics".to_owned(),
         utoipa::openapi::path::PathItem::new(
@@ -130,25 +205,31 @@ pub fn app(state: AppState) -> Router {
         }),
     );
     if state.config().flag_queue_v1 {
-        let (v1, _) = v1_routes().split_for_parts();
+        // Outside in: refused while draining, shed, the breaker (which so
+        // times the handler's work only), the handler's deadline, the hosted
+        // pages' cookie flow. The body is read before any of them (below):
+        // a request counts against shedding and the breaker only once its
+        // body is in memory (issue 17).
+        let resilience = |routes: OpenApiRouter<AppState>| {
+            routes
+                .route_layer(from_fn_with_state(state.clone(), pages::cookie_flow))
+                .route_layer(from_fn_with_state(state.clone(), timeouts::deadline))
+                .route_layer(from_fn_with_state(state.clone(), breaker::guard))
+                .route_layer(from_fn_with_state(state.clone(), shedding::guard))
+                .route_layer(from_fn_with_state(state.clone(), refuse_while_draining))
+        };
+        let (v1, _) = v1_routes(&resilience).split_for_parts();
         // The hosted pages only call /api/v1, so they share its flag.
-        router = router.merge(v1).merge(pages::routes());
+        router = router.merge(pages::routes());
+        router = with_deadline(&state, router).merge(v1);
+    } else {
+        router = with_deadline(&state, router);
     }
-    // Inside out: the hosted pages' cookie flow, the handler's deadline, the
-    // breaker (which so times the handler's work only), shedding, and
-    // outside them the body read: a
-    // request counts against shedding and the breaker only once its body
-    // is in memory (issue 17).
     router
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(from_fn_with_state(state.clone(), pages::cookie_flow))
-        .layer(from_fn_with_state(state.clone(), timeouts::deadline))
-        .layer(from_fn_with_state(state.clone(), breaker::guard))
-        .layer(from_fn_with_state(state.clone(), shedding::guard))
         .layer(from_fn_with_state(state.clone(), timeouts::read_body))
         .layer(from_fn(metrics::track))
-        .layer(from_fn_with_state(state.clone(), refuse_while_draining))
         .with_state(state)
         .layer(from_fn(error::error_envelope))
         .layer(
@@ -163,6 +244,15 @@ pub fn app(state: AppState) -> Router {
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// The routes outside `/api/v1` (operations, pages): the handler's
+/// deadline and the hosted pages' cookie flow, as on `/api/v1`, without
+/// the rest.
+fn with_deadline(state: &AppState, router: Router<AppState>) -> Router<AppState> {
+    router
+        .route_layer(from_fn_with_state(state.clone(), pages::cookie_flow))
+        .route_layer(from_fn_with_state(state.clone(), timeouts::deadline))
 }
 
 /// `/metrics` alone, for `QUEUE_METRICS_LISTEN` (an address only the
@@ -180,13 +270,14 @@ async fn not_found() -> ApiError {
 }
 
 /// While draining after SIGTERM, new API work is refused with 503
-/// shutting_down; health and metrics still answer.
+/// shutting_down; health and metrics still answer (only `/api/v1` routes
+/// run inside this).
 async fn refuse_while_draining(
     State(state): State<AppState>,
     request: Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if state.is_shutting_down() && request.uri().path().starts_with("/api/") {
+    if state.is_shutting_down() {
         return ApiError::ShuttingDown.into_response();
     }
     next.run(request).await

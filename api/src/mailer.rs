@@ -147,7 +147,7 @@ impl SmtpMailer {
         let from_box: Mailbox = from
             .parse()
             .map_err(|_| "QUEUE_MAIL_FROM: not an address".to_owned())?;
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&config.url)
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(config.url.expose())
             .map_err(|_| "QUEUE_SMTP_URL: not usable by the SMTP client".to_owned())?
             .timeout(Some(config.timeout))
             .build();

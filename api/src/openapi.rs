@@ -36,7 +36,8 @@ impl Modify for BearerAuth {
     }
 }
 
-/// Responses every `/api` operation can give whatever its handler says:
+/// Responses every operation of `doc` (the `/api/v1` routes, which run
+/// inside the resilience layers) can give whatever its handler says:
 /// 429 `overloaded` (load shedding, with Retry-After) and 503 `unavailable`
 /// / `shutting_down`; operations with a body also 400 (malformed JSON) and
 /// 413 `payload_too_large`. Added here, once, so the document matches what
@@ -60,10 +61,7 @@ pub fn add_shared_responses(doc: &mut utoipa::openapi::OpenApi) {
         }
         response.build()
     };
-    for (path, item) in doc.paths.paths.iter_mut() {
-        if !path.starts_with("/api/") {
-            continue;
-        }
+    for item in doc.paths.paths.values_mut() {
         let operations = [
             &mut item.get,
             &mut item.put,

@@ -362,7 +362,7 @@ impl std::fmt::Debug for SharedCounters {
 impl SharedCounters {
     /// Parses the URL (no I/O); the connection is made in the background.
     pub fn new(config: &RedisConfig) -> Result<Arc<Self>, String> {
-        let client = redis::Client::open(config.url.as_str())
+        let client = redis::Client::open(config.url.expose())
             .map_err(|e| format!("QUEUE_REDIS_URL: {}", e.category()))?;
         Ok(Arc::new(Self {
             client,

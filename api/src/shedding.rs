@@ -1,5 +1,6 @@
-//! Priority load shedding (DESIGN "Resilience", issue 10): every `/api/*`
-//! route has a priority, and each priority has an in-flight level past which
+//! Priority load shedding (docs/design.md "Resilience", issue 10): every `/api/v1`
+//! route has a priority, declared with the route (`v1_groups` in `lib.rs`),
+//! and each priority has an in-flight level past which
 //! it answers 429 `overloaded` with `Retry-After: 1`, lowest first:
 //!
 //! | priority | routes                                                   | shed past           |
@@ -36,14 +37,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
-use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// `/api/*` requests in flight, per priority, and until when LOW and NORMAL
+/// `/api/v1` requests in flight, per priority, and until when LOW and NORMAL
 /// keep yielding after urgent work last went past their levels.
 #[derive(Debug)]
 pub struct InFlight {
@@ -167,29 +167,6 @@ impl Priority {
             Self::Critical => max,
         };
         level.max(1)
-    }
-}
-
-/// The priority of an `/api/*` request.
-pub fn priority(method: &Method, path: &str) -> Priority {
-    let get = method == Method::GET;
-    match path {
-        "/api/v1/auth/webauthn/login/begin"
-        | "/api/v1/auth/webauthn/login/complete"
-        | "/api/v1/auth/session/refresh"
-        | "/api/v1/auth/logout"
-        | "/api/v1/auth/backup-codes/redeem" => Priority::Critical,
-        "/api/v1/audit/events" if !get => Priority::Critical,
-        "/api/v1/audit/events" => Priority::Low,
-        "/api/v1/auth/webauthn/register/begin"
-        | "/api/v1/auth/webauthn/register/complete"
-        | "/api/v1/auth/email/verification"
-        | "/api/v1/auth/email/verify" => Priority::High,
-        _ if path.starts_with("/api/v1/admin/") && path.ends_with("/history") => Priority::Low,
-        _ if !get && (path.starts_with("/api/v1/admin/") || path.starts_with("/api/v1/rbac/")) => {
-            Priority::High
-        }
-        _ => Priority::Normal,
     }
 }
 
@@ -344,12 +321,15 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// Middleware on every `/api/v1` route (`crate::v1_routes`): the route's
+/// priority is the [`Priority`] its group declared as a request extension.
 pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let path = request.uri().path();
-    if !path.starts_with("/api/") {
-        return next.run(request).await;
-    }
-    let priority = priority(request.method(), path);
+    let Some(&priority) = request.extensions().get::<Priority>() else {
+        // A route outside the priority groups: a bug, caught by the test that
+        // sends every operation through the app; never silently NORMAL.
+        tracing::error!(path = %request.uri().path(), "route has no declared shedding priority");
+        return ApiError::internal("route has no declared shedding priority").into_response();
+    };
     let in_flight = &state.inner.in_flight;
     let counter = in_flight.counter(priority);
     counter.fetch_add(1, Ordering::SeqCst);
@@ -420,32 +400,69 @@ mod tests {
 
     #[test]
     fn routes_have_the_issue_priorities() {
-        let post = Method::POST;
-        let get = Method::GET;
+        let declared = crate::route_priorities();
+        let of = |method: &str, path: &str| {
+            declared
+                .iter()
+                .find(|(m, p, _)| m == method && p == path)
+                .map(|(_, _, priority)| *priority)
+        };
         for path in [
             "/api/v1/auth/webauthn/login/begin",
             "/api/v1/auth/webauthn/login/complete",
             "/api/v1/auth/session/refresh",
+            "/api/v1/auth/logout",
+            "/api/v1/auth/backup-codes/redeem",
             "/api/v1/audit/events",
         ] {
-            assert_eq!(priority(&post, path), Priority::Critical, "{path}");
+            assert_eq!(of("post", path), Some(Priority::Critical), "{path}");
         }
         assert_eq!(
-            priority(&post, "/api/v1/auth/webauthn/register/complete"),
-            Priority::High
+            of("post", "/api/v1/auth/webauthn/register/complete"),
+            Some(Priority::High)
         );
-        assert_eq!(priority(&post, "/api/v1/auth/email/verify"), Priority::High);
         assert_eq!(
-            priority(&post, "/api/v1/admin/customers/x/suspend"),
-            Priority::High
+            of("post", "/api/v1/auth/email/verify"),
+            Some(Priority::High)
         );
-        assert_eq!(priority(&get, "/api/v1/auth/me"), Priority::Normal);
-        assert_eq!(priority(&get, "/api/v1/auth/sessions"), Priority::Normal);
-        assert_eq!(priority(&get, "/api/v1/audit/events"), Priority::Low);
         assert_eq!(
-            priority(&get, "/api/v1/admin/customers/x/history"),
-            Priority::Low
+            of("post", "/api/v1/admin/customers/{customer_id}/suspend"),
+            Some(Priority::High)
         );
+        assert_eq!(
+            of("delete", "/api/v1/rbac/grants/{grant_id}"),
+            Some(Priority::High)
+        );
+        assert_eq!(of("get", "/api/v1/auth/me"), Some(Priority::Normal));
+        assert_eq!(of("get", "/api/v1/auth/sessions"), Some(Priority::Normal));
+        assert_eq!(
+            of("get", "/api/v1/rbac/customers/{customer_id}/roles"),
+            Some(Priority::Normal)
+        );
+        assert_eq!(of("get", "/api/v1/audit/events"), Some(Priority::Low));
+        assert_eq!(
+            of("get", "/api/v1/admin/customers/{customer_id}/history"),
+            Some(Priority::Low)
+        );
+    }
+
+    /// Every operation of the OpenAPI document but the operations routes
+    /// (health, JWKS, discovery, metrics) has exactly one declared priority.
+    #[test]
+    fn every_v1_operation_has_one_declared_priority() {
+        let declared = crate::route_priorities();
+        let (_, others) = crate::operation_routes().split_for_parts();
+        let others = crate::operations(&others);
+        let operations: Vec<(String, String)> = crate::operations(&crate::openapi())
+            .into_iter()
+            .filter(|(_, path)| path != "/metrics")
+            .filter(|operation| !others.contains(operation))
+            .collect();
+        let named: Vec<(String, String)> = declared
+            .iter()
+            .map(|(m, p, _)| (m.clone(), p.clone()))
+            .collect();
+        assert_eq!(named, operations);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use queue_api::config::RedisConfig;
+use queue_api::config::{RedisConfig, Secret};
 use queue_api::ratelimit::{RateLimitMode, RateLimiter, SharedCounters};
 
 use crate::support::{rate, BenchResult};
@@ -85,7 +85,7 @@ pub async fn run(args: Args) -> BenchResult<()> {
 
 fn counters(url: &str, prefix: &str) -> BenchResult<Arc<SharedCounters>> {
     Ok(SharedCounters::new(&RedisConfig {
-        url: url.to_owned(),
+        url: Secret::new(url.to_owned()),
         prefix: prefix.to_owned(),
         timeout: Duration::from_millis(50),
     })?)

@@ -113,9 +113,9 @@ pub async fn customer_history(
     at: DateTime<Utc>,
 ) -> StoreResult<CustomerHistory> {
     // No parallel workers (`SET LOCAL`, so a transaction): the query reads
-    // a few dozen rows through indexes (0.15 ms at 1 M events), but the
-    // planner's estimate (~120 streams) made it start two workers, which
-    // cost 6.5–10 ms per request.
+    // a few dozen rows through indexes, but the planner's estimate (~120
+    // streams) made it start two workers, which cost forty times the query
+    // (measured in docs/decisions/0103).
     let mut tx = store.pool().begin().await?;
     sqlx::query("SET LOCAL max_parallel_workers_per_gather = 0")
         .execute(&mut *tx)
@@ -126,7 +126,7 @@ pub async fn customer_history(
         // `events_credential_customer` / `events_session_customer` (the
         // expressions of `lookup::CREDENTIAL_IDS_OF` / `SESSION_IDS_OF`;
         // looking into every stream's first payload instead was a scan of
-        // the whole log: 0.8 s per request at 1 M events). Whole streams,
+        // the whole log, ADR 0103). Whole streams,
         // in stream order, so every row can be checked against the last.
         "WITH streams AS ( \
            SELECT 'Customer'::text AS aggregate_type, $1::text AS aggregate_id \

@@ -1,24 +1,22 @@
 //! Order-independent content checksums of tables: the sum (mod 2^128) of
 //! the first 16 bytes of SHA-256 over each row's binary COPY tuple (fields
-//! in column order, JSON object keys sorted), with the row count. Equal tables give equal sums whatever order rows are
+//! in column order, JSON object keys sorted), with the row count. Equal
+//! tables give equal sums whatever order rows are
 //! read or written in; a changed, missing or extra row changes the sum.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use futures::future::BoxFuture;
 use futures::TryStreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
 use crate::error::ProjectionResult;
-use crate::fold::{CredentialsFold, CustomersFold, SessionsFold, Table};
 use crate::projection::Projection;
-use crate::rows::{
-    AuditRow, BackupCodeRow, CopyRow, CredentialRow, CustomerRow, EmailVerificationRow,
-    RefreshTokenRow, RoleRow, Row, SessionRow,
-};
-use crate::store::qualified;
+use crate::row::{select_list, CopyRow, Row};
+use crate::table::{qualified, Table};
 
 /// Whether storage positions count: `Local` compares two sets of tables
 /// over the same event table; `Portable` compares across databases.
@@ -78,7 +76,8 @@ pub fn to_report(sums: &Sums) -> Vec<TableSum> {
         .collect()
 }
 
-fn table_sum<R: Row>(table: &Table<R>, mode: Mode) -> Sum {
+/// The checksum of a table held in memory.
+pub(crate) fn table_sum<R: Row>(table: &Table<R>, mode: Mode) -> Sum {
     let mut sum = Sum::default();
     for row in table.values() {
         sum.add(row, mode);
@@ -86,25 +85,7 @@ fn table_sum<R: Row>(table: &Table<R>, mode: Mode) -> Sum {
     sum
 }
 
-pub fn customers_sums(fold: &CustomersFold, mode: Mode, out: &mut Sums) {
-    out.insert(CustomerRow::TABLE, table_sum(&fold.customers, mode));
-    out.insert(RoleRow::TABLE, table_sum(&fold.roles, mode));
-    out.insert(BackupCodeRow::TABLE, table_sum(&fold.codes, mode));
-    out.insert(
-        EmailVerificationRow::TABLE,
-        table_sum(&fold.verifications, mode),
-    );
-}
-
-pub fn credentials_sums(fold: &CredentialsFold, mode: Mode, out: &mut Sums) {
-    out.insert(CredentialRow::TABLE, table_sum(&fold.credentials, mode));
-}
-
-pub fn sessions_sums(fold: &SessionsFold, mode: Mode, out: &mut Sums) {
-    out.insert(SessionRow::TABLE, table_sum(&fold.sessions, mode));
-    out.insert(RefreshTokenRow::TABLE, table_sum(&fold.tokens, mode));
-}
-
+/// The checksum of a table as stored in `schema`.
 async fn db_sum<R: Row>(
     conn: &mut PgConnection,
     schema: &str,
@@ -112,7 +93,7 @@ async fn db_sum<R: Row>(
 ) -> ProjectionResult<Sum> {
     let sql = format!(
         "SELECT {} FROM {}",
-        R::COLUMNS.join(", "),
+        select_list::<R>(None),
         qualified(schema, R::TABLE)
     );
     let mut sum = Sum::default();
@@ -123,6 +104,23 @@ async fn db_sum<R: Row>(
     Ok(sum)
 }
 
+/// Reads one table as stored in a schema and checksums it: `(table, sum)`.
+/// Each projection lists one per table (`STORED_SUMS`).
+pub type StoredSum = for<'c> fn(
+    &'c mut PgConnection,
+    &'c str,
+    Mode,
+) -> BoxFuture<'c, ProjectionResult<(&'static str, Sum)>>;
+
+/// The [`StoredSum`] of `R`'s table.
+pub fn stored_sum<'c, R: Row>(
+    conn: &'c mut PgConnection,
+    schema: &'c str,
+    mode: Mode,
+) -> BoxFuture<'c, ProjectionResult<(&'static str, Sum)>> {
+    Box::pin(async move { Ok((R::TABLE, db_sum::<R>(conn, schema, mode).await?)) })
+}
+
 /// Reads the projection's tables in `schema` and checksums them.
 pub async fn database_sums(
     conn: &mut PgConnection,
@@ -131,44 +129,9 @@ pub async fn database_sums(
     mode: Mode,
     out: &mut Sums,
 ) -> ProjectionResult<()> {
-    match projection {
-        Projection::Customers => {
-            out.insert(
-                CustomerRow::TABLE,
-                db_sum::<CustomerRow>(conn, schema, mode).await?,
-            );
-            out.insert(RoleRow::TABLE, db_sum::<RoleRow>(conn, schema, mode).await?);
-            out.insert(
-                BackupCodeRow::TABLE,
-                db_sum::<BackupCodeRow>(conn, schema, mode).await?,
-            );
-            out.insert(
-                EmailVerificationRow::TABLE,
-                db_sum::<EmailVerificationRow>(conn, schema, mode).await?,
-            );
-        }
-        Projection::Credentials => {
-            out.insert(
-                CredentialRow::TABLE,
-                db_sum::<CredentialRow>(conn, schema, mode).await?,
-            );
-        }
-        Projection::Sessions => {
-            out.insert(
-                SessionRow::TABLE,
-                db_sum::<SessionRow>(conn, schema, mode).await?,
-            );
-            out.insert(
-                RefreshTokenRow::TABLE,
-                db_sum::<RefreshTokenRow>(conn, schema, mode).await?,
-            );
-        }
-        Projection::Audit => {
-            out.insert(
-                AuditRow::TABLE,
-                db_sum::<AuditRow>(conn, schema, mode).await?,
-            );
-        }
+    for stored_sum in projection.stored_sums() {
+        let (table, sum) = stored_sum(conn, schema, mode).await?;
+        out.insert(table, sum);
     }
     Ok(())
 }

@@ -1,11 +1,18 @@
-//! The projections by name, and their tables.
+//! The projections by name, their tables, and the one place that
+//! dispatches to each projection's module (`crate::customers`, …): applying
+//! a batch and checksumming. Adding a projection is a module like those plus
+//! a variant here.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
 use serde::Serialize;
+use sqlx::PgConnection;
+use uuid::Uuid;
 
-use crate::error::ProjectionError;
+use crate::error::{ProjectionError, ProjectionResult};
+use crate::events::Event;
 
 /// One projection: a set of read tables kept by one runner with one checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -37,15 +44,20 @@ impl Projection {
     /// The tables this projection owns.
     pub fn tables(self) -> &'static [&'static str] {
         match self {
-            Self::Customers => &[
-                "queue_customers",
-                "queue_customer_roles",
-                "queue_backup_codes",
-                "queue_email_verifications",
-            ],
-            Self::Credentials => &["queue_webauthn_credentials"],
-            Self::Sessions => &["queue_sessions", "queue_session_refresh_tokens"],
-            Self::Audit => &["customer_audit_events"],
+            Self::Customers => crate::customers::TABLES,
+            Self::Credentials => crate::credentials::TABLES,
+            Self::Sessions => crate::sessions::TABLES,
+            Self::Audit => crate::audit::TABLES,
+        }
+    }
+
+    /// How to checksum each of its tables as stored.
+    pub(crate) fn stored_sums(self) -> &'static [crate::checksum::StoredSum] {
+        match self {
+            Self::Customers => crate::customers::STORED_SUMS,
+            Self::Credentials => crate::credentials::STORED_SUMS,
+            Self::Sessions => crate::sessions::STORED_SUMS,
+            Self::Audit => crate::audit::STORED_SUMS,
         }
     }
 
@@ -87,4 +99,64 @@ impl FromStr for Projection {
             .find(|p| p.name() == name)
             .ok_or_else(|| ProjectionError::UnknownProjection(name.to_owned()))
     }
+}
+
+/// Why a batch could not be applied.
+#[derive(Debug)]
+pub enum BatchError {
+    /// Event `index` of the batch cannot be applied (deterministic).
+    Event {
+        index: usize,
+        error: ProjectionError,
+    },
+    /// Loading or writing failed.
+    Database(ProjectionError),
+}
+
+impl From<sqlx::Error> for BatchError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Database(e.into())
+    }
+}
+
+impl From<ProjectionError> for BatchError {
+    fn from(e: ProjectionError) -> Self {
+        Self::Database(e)
+    }
+}
+
+/// Applies `events` (already decoded) to the projection's tables in `schema`.
+pub async fn apply_batch(
+    conn: &mut PgConnection,
+    schema: &str,
+    projection: Projection,
+    events: &[Event],
+) -> Result<(), BatchError> {
+    match projection {
+        Projection::Customers => crate::customers::apply::apply(conn, schema, events).await,
+        Projection::Credentials => crate::credentials::apply::apply(conn, schema, events).await,
+        Projection::Sessions => crate::sessions::apply::apply(conn, schema, events).await,
+        Projection::Audit => crate::audit::apply::apply(conn, schema, events).await,
+    }
+}
+
+/// Folds every event of a batch, naming the first that fails.
+pub(crate) fn fold_all<F>(events: &[Event], mut apply: F) -> Result<(), BatchError>
+where
+    F: FnMut(&Event) -> ProjectionResult<()>,
+{
+    for (index, event) in events.iter().enumerate() {
+        apply(event).map_err(|error| BatchError::Event { index, error })?;
+    }
+    Ok(())
+}
+
+/// The distinct stream ids (UUIDs) of `aggregate_type` in a batch.
+pub(crate) fn stream_ids(events: &[Event], aggregate_type: &str) -> Vec<Uuid> {
+    let ids: BTreeSet<Uuid> = events
+        .iter()
+        .filter(|e| e.meta.aggregate_type == aggregate_type)
+        .filter_map(|e| Uuid::parse_str(&e.meta.aggregate_id).ok())
+        .collect();
+    ids.into_iter().collect()
 }

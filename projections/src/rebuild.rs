@@ -33,15 +33,16 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool, Row as _};
 use tokio::sync::mpsc;
 
+use crate::audit::{AuditFold, AuditRow};
 use crate::checksum::{self, Mode, Sums, TableSum};
 use crate::error::{ProjectionError, ProjectionResult};
 use crate::events::{read_batch, watermark, Decoder, Event, EVENT_COLUMNS};
-use crate::fold::{AuditFold, Table};
 use crate::projection::Projection;
+use crate::projection::{apply_batch, BatchError};
 use crate::replay::{decode_rows, stream_order_sums, FullFold};
-use crate::rows::{AuditRow, CopyRow, Row, COPY_BINARY_HEADER, COPY_BINARY_TRAILER};
+use crate::row::{Columns, CopyRow, Row, COPY_BINARY_HEADER, COPY_BINARY_TRAILER};
 use crate::runner::LIVE_SCHEMA;
-use crate::store::{apply_batch, qualified, BatchError};
+use crate::table::{qualified, Table};
 
 /// Where shadow tables are built.
 pub const SHADOW_SCHEMA: &str = "queue_rebuild";

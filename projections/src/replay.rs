@@ -10,12 +10,15 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row as _};
 use tokio::sync::mpsc;
 
-use crate::checksum::{self, Mode, Sum, Sums};
+use crate::audit::{AuditFold, AuditRow};
+use crate::checksum::{Mode, Sum, Sums};
+use crate::credentials::CredentialsFold;
+use crate::customers::CustomersFold;
 use crate::error::{ProjectionError, ProjectionResult};
 use crate::events::{raw_from_row, Decoder, Event, AGGREGATE_TYPE_COLUMN, EVENT_COLUMNS};
-use crate::fold::{AuditFold, CredentialsFold, CustomersFold, SessionsFold};
 use crate::projection::Projection;
-use crate::rows::{AuditRow, Row};
+use crate::row::Row;
+use crate::sessions::SessionsFold;
 
 /// The selected projections folded over events held in memory.
 pub struct FullFold {
@@ -77,13 +80,13 @@ impl FullFold {
     pub fn sums(&self, mode: Mode) -> Sums {
         let mut out = Sums::new();
         if let Some(fold) = &self.customers {
-            checksum::customers_sums(fold, mode, &mut out);
+            crate::customers::sums(fold, mode, &mut out);
         }
         if let Some(fold) = &self.credentials {
-            checksum::credentials_sums(fold, mode, &mut out);
+            crate::credentials::sums(fold, mode, &mut out);
         }
         if let Some(fold) = &self.sessions {
-            checksum::sessions_sums(fold, mode, &mut out);
+            crate::sessions::sums(fold, mode, &mut out);
         }
         if let (Some(_), Some((_, sum))) = (&self.audit, &self.audit_sum) {
             out.insert(AuditRow::TABLE, *sum);

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use crate::error::{ProjectionError, ProjectionResult};
 use crate::events::{read_batch, watermark, Decoder, Event, RawEvent};
 use crate::projection::Projection;
-use crate::store::{apply_batch, BatchError};
+use crate::projection::{apply_batch, BatchError};
 
 /// The schema the live tables are in.
 pub const LIVE_SCHEMA: &str = "public";

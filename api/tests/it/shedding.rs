@@ -236,3 +236,39 @@ async fn low_keeps_yielding_for_the_hold_after_urgent_work_went_past_its_level(p
     assert_shed(&audit_log(&app).await, "LOW within the hold");
     assert_normal_served(&app).await;
 }
+
+/// Every operation of the document runs with a declared priority: sent
+/// through the app (unauthenticated, so nothing is written), none answers
+/// the 500 the shedding guard gives a route outside the priority groups.
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn every_route_has_a_declared_priority(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let doc = app.get("/openapi.json").await.json;
+    let mut sent = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let uri = path
+            .split('/')
+            .map(|part| {
+                if part.starts_with('{') {
+                    uuid::Uuid::new_v4().to_string()
+                } else {
+                    part.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in item.as_object().unwrap().keys() {
+            let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let body = (method != Method::GET).then(|| json!({}));
+            let res = app.request(method.clone(), &uri, body, None).await;
+            assert_ne!(
+                res.status,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{method} {path}: {}",
+                res.text
+            );
+            sent += 1;
+        }
+    }
+    assert!(sent >= 29, "only {sent} operations in the document");
+}
