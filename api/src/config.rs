@@ -201,6 +201,9 @@ pub struct Config {
     /// Where the keys came from when given as a file: `queue keys rotate`
     /// rewrites it and running instances reload it.
     pub jwt_keys_file: Option<PathBuf>,
+    /// QUEUE_BACKUP_CODE_KEYS: the backup-code pepper keys, first current
+    /// (ADR 0211; `crate::backup_code_keys`).
+    pub backup_code_keys: queue_eventstore::MacKeys,
     /// QUEUE_REFRESH_REUSE_GRACE: 0 to 60 seconds.
     pub refresh_grace_secs: u32,
     pub idle_timeout_secs: u32,
@@ -287,6 +290,7 @@ impl fmt::Debug for Config {
             .field("jwt_keys", &self.jwt_keys)
             .field("jwt_alg", &self.jwt_alg)
             .field("jwt_keys_file", &self.jwt_keys_file)
+            .field("backup_code_keys", &self.backup_code_keys)
             .field("refresh_grace_secs", &self.refresh_grace_secs)
             .field("idle_timeout_secs", &self.idle_timeout_secs)
             .field("absolute_timeout_secs", &self.absolute_timeout_secs)
@@ -746,7 +750,10 @@ impl Config {
                 .collect::<Result<_, _>>()?,
         };
 
+        let backup_code_keys = crate::backup_code_keys::from_lookup(&get, dev)?;
+
         Ok(Self {
+            backup_code_keys,
             dev,
             rp_id,
             rp_name,

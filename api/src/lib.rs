@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod backup_code_keys;
 pub mod backup_codes;
 pub mod breaker;
 pub mod challenges;
@@ -27,6 +28,7 @@ pub mod outbox;
 pub mod pages;
 pub mod passkeys;
 pub mod ratelimit;
+pub mod reauth;
 pub mod rbac;
 pub mod service;
 pub mod sessions;
@@ -63,6 +65,8 @@ fn v1_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(passkeys::register_complete))
         .routes(routes!(passkeys::login_begin))
         .routes(routes!(passkeys::login_complete))
+        .routes(routes!(reauth::begin))
+        .routes(routes!(reauth::complete))
         .routes(routes!(credentials::list))
         .routes(routes!(credentials::rename, credentials::delete))
         .routes(routes!(sessions::refresh))

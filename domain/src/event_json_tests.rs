@@ -100,6 +100,7 @@ fn customer_events() -> Vec<CustomerEvent> {
         CustomerEvent::BackupCodesGenerated {
             generation: 1,
             code_hashes: BACKUP_CODES.iter().map(|code| hash(code)).collect(),
+            key_id: None,
             at: t(0),
         },
         CustomerEvent::BackupCodeRedeemed {

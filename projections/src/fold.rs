@@ -315,6 +315,7 @@ impl CustomersFold {
                 generation,
                 code_hashes,
                 at,
+                ..
             } => {
                 let generation =
                     i32::try_from(*generation).map_err(|_| meta.error("generation too large"))?;
@@ -684,6 +685,17 @@ impl SessionsFold {
                 row.last_sequence = meta.sequence;
                 Ok(())
             }
+            // Step-up facts (ADR 0211): nothing the sessions table shows,
+            // but the row has seen the event.
+            SessionEvent::Reauthenticated { at, .. } | SessionEvent::PasskeyAdded { at, .. } => {
+                let row = self
+                    .sessions
+                    .get_mut(&id)
+                    .ok_or_else(|| meta.error("event for a session that does not exist"))?;
+                row.updated_at = t(at);
+                row.last_sequence = meta.sequence;
+                Ok(())
+            }
         }
     }
 
@@ -836,6 +848,7 @@ impl AuditFold {
                         generation,
                         code_hashes,
                         at,
+                        ..
                     } => row(
                         id,
                         "customer.backup_codes_generated",
@@ -1000,6 +1013,22 @@ impl AuditFold {
                         None,
                         None,
                         json!({"reason": reason}),
+                        at,
+                    ),
+                    SessionEvent::Reauthenticated { credential_id, at } => row(
+                        id,
+                        "session.reauthenticated",
+                        None,
+                        None,
+                        json!({"credential_id": credential_id}),
+                        at,
+                    ),
+                    SessionEvent::PasskeyAdded { credential_id, at } => row(
+                        id,
+                        "session.passkey_added",
+                        None,
+                        None,
+                        json!({"credential_id": credential_id}),
                         at,
                     ),
                 }

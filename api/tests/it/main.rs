@@ -24,3 +24,4 @@ mod service;
 mod sessions;
 mod shedding;
 mod soft;
+mod stepup;

@@ -340,6 +340,10 @@ impl TestApp {
             ("QUEUE_ISSUER", "https://queue.example"),
             ("QUEUE_AUDIENCE", "queue-tests"),
             ("QUEUE_JWT_KEYS", keys.as_str()),
+            (
+                "QUEUE_BACKUP_CODE_KEYS",
+                "b1=2222222222222222222222222222222222222222222222222222222222222222",
+            ),
             ("QUEUE_MAILER", "log"),
             ("QUEUE_MAILER_DIR", dir.to_str().unwrap()),
             ("FLAG_QUEUE_V1", "1"),
