@@ -200,6 +200,14 @@ fn session_events() -> Vec<SessionEvent> {
             reason: RevokeReason::ReuseDetected,
             at: t(2),
         },
+        SessionEvent::Reauthenticated {
+            credential_id: CredentialId::for_raw_id(&[9; 16]),
+            at: t(3),
+        },
+        SessionEvent::PasskeyAdded {
+            credential_id: CredentialId::for_raw_id(&[8; 16]),
+            at: t(4),
+        },
     ]
 }
 
@@ -292,6 +300,8 @@ fn every_session_event_is_ledger_safe_and_secret_free() {
             "SessionImported",
             "SessionRefreshed",
             "SessionRevoked",
+            "SessionReauthenticated",
+            "SessionPasskeyAdded",
         ])
     );
 }
