@@ -397,8 +397,13 @@ async fn every_factor_change_is_mailed_and_audited(pool: PgPool) {
     .await;
     assert_eq!(own.status, StatusCode::NO_CONTENT, "{}", own.text);
 
-    // One notice per factor change, through the outbox.
-    app.deliver_mail().await;
+    // One notice per factor change, through the outbox (the sender claims
+    // one row a round).
+    let mut rounds = 0;
+    while app.deliver_mail().await > 0 {
+        rounds += 1;
+        assert!(rounds <= 10, "the outbox keeps finding work");
+    }
     let kinds: Vec<String> = sqlx::query_scalar(
         "SELECT kind FROM mail_outbox WHERE customer_id = $1::uuid ORDER BY kind",
     )
@@ -415,9 +420,17 @@ async fn every_factor_change_is_mailed_and_audited(pool: PgPool) {
             "session_revoked"
         ]
     );
-    let mail = app.last_mail().await;
-    assert!(mail.contains("was signed out from another session"), "{mail}");
-    assert!(mail.contains("ada@example.com"), "{mail}");
+    let mails: Vec<String> = std::fs::read_dir(&app.mail_dir)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(mails.len(), 4, "{mails:?}");
+    let notice = mails
+        .iter()
+        .find(|m| m.contains("Subject: A session of your account was signed out"))
+        .expect("the session notice was delivered");
+    assert!(notice.contains("To: ada@example.com"), "{notice}");
+    assert!(notice.contains("was signed out from another session"), "{notice}");
 
     // And an audit event for each, and for the reauth.
     app.catch_up().await;
