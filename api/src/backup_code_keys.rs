@@ -32,7 +32,10 @@ const LABEL: &[u8] = b"queue backup code v1";
 /// names). Required outside dev mode; in dev mode without either a random
 /// key lives as long as the process (`queue serve --dev` always gives one
 /// from its key directory, so codes survive restarts there).
-pub fn from_lookup(get: &impl Fn(&str) -> Option<String>, dev: bool) -> Result<MacKeys, ConfigError> {
+pub fn from_lookup(
+    get: &impl Fn(&str) -> Option<String>,
+    dev: bool,
+) -> Result<MacKeys, ConfigError> {
     match value_or_file(get, VAR, FILE_VAR) {
         Ok((spec, _)) => MacKeys::parse(&spec).map_err(|e| ConfigError::Invalid {
             var: VAR,
@@ -97,7 +100,9 @@ pub fn matching_hash(
     let normalized = normalize(code);
     let presented = match &set.key_id {
         Some(id) => {
-            let key = keys.get(id).ok_or_else(|| Unmatched::UnknownKey(id.clone()))?;
+            let key = keys
+                .get(id)
+                .ok_or_else(|| Unmatched::UnknownKey(id.clone()))?;
             keyed_hash(key, customer, &normalized)
         }
         // Legacy: unkeyed SHA-256 (events before ADR 0211, backfilled codes).
@@ -177,7 +182,10 @@ mod tests {
             from_lookup(&none, false),
             Err(ConfigError::Missing(VAR))
         ));
-        assert_eq!(from_lookup(&none, true).unwrap().current_id(), DEV_EPHEMERAL_ID);
+        assert_eq!(
+            from_lookup(&none, true).unwrap().current_id(),
+            DEV_EPHEMERAL_ID
+        );
         let short = |k: &str| (k == VAR).then(|| "k1=abcd".to_owned());
         let err = from_lookup(&short, false).unwrap_err().to_string();
         assert!(err.starts_with(VAR), "{err}");

@@ -39,8 +39,11 @@ pub async fn generate(
     let now = state.now();
     crate::reauth::require(&auth, FactorChange::RegenerateBackupCodes, now)?;
     let codes = backup_code_keys::new_codes();
-    let (code_hashes, key_id) =
-        backup_code_keys::hash_new_codes(&state.config().backup_code_keys, auth.customer_id, &codes);
+    let (code_hashes, key_id) = backup_code_keys::hash_new_codes(
+        &state.config().backup_code_keys,
+        auth.customer_id,
+        &codes,
+    );
     let mut customer = state.store().customer(auth.customer_id).await?;
     let events = customer
         .execute(CustomerCommand::GenerateBackupCodes {

@@ -27,7 +27,11 @@ use queue_eventstore::Batch;
 /// Refuses `change` unless the session of `auth` may make it at `now`:
 /// 401 `reauth_required` when its `auth_time` is too old, 403 `forbidden`
 /// for what a backup-code session may never do.
-pub fn require(auth: &Authenticated, change: FactorChange, now: DateTime<Utc>) -> Result<(), ApiError> {
+pub fn require(
+    auth: &Authenticated,
+    change: FactorChange,
+    now: DateTime<Utc>,
+) -> Result<(), ApiError> {
     let session = auth
         .session
         .aggregate
@@ -159,10 +163,11 @@ pub async fn complete(
     else {
         return Err(failed("not a usable passkey of this customer").await);
     };
-    let cross_origin = serde_json::from_slice::<Value>(response.response.client_data_json.as_slice())
-        .ok()
-        .and_then(|data| data.get("crossOrigin").and_then(Value::as_bool))
-        == Some(true);
+    let cross_origin =
+        serde_json::from_slice::<Value>(response.response.client_data_json.as_slice())
+            .ok()
+            .and_then(|data| data.get("crossOrigin").and_then(Value::as_bool))
+            == Some(true);
     if cross_origin {
         return Err(failed("crossOrigin assertion").await);
     }
@@ -194,11 +199,7 @@ pub async fn complete(
         return Err(failed("user not verified").await);
     }
     let customer = store.customer(auth.customer_id).await?;
-    if customer
-        .aggregate
-        .state()
-        .is_none_or(|c| c.is_suspended())
-    {
+    if customer.aggregate.state().is_none_or(|c| c.is_suspended()) {
         return Err(ApiError::CustomerSuspended);
     }
     let used = match credential
@@ -221,7 +222,10 @@ pub async fn complete(
     };
     let reauthenticated = auth
         .session
-        .execute(SessionCommand::Reauthenticate { credential_id, at: now })
+        .execute(SessionCommand::Reauthenticate {
+            credential_id,
+            at: now,
+        })
         .await?;
     let mut batch = Batch::new();
     batch.add(&mut credential, &used)?;

@@ -12,7 +12,8 @@ use queue_eventstore::{
 use tokio::sync::watch;
 
 use crate::config::{
-    self, ConfigError, Lookup, DEV_BACKUP_CODE_FILE, DEV_CHECKPOINT_FILE, DEV_JWT_FILE, DEV_MAC_FILE,
+    self, ConfigError, Lookup, DEV_BACKUP_CODE_FILE, DEV_CHECKPOINT_FILE, DEV_JWT_FILE,
+    DEV_MAC_FILE,
 };
 use crate::CliError;
 

@@ -96,9 +96,13 @@ async fn each_factor_change_needs_a_recent_passkey_and_works_after_reauth(pool: 
     app.post_auth(BEGIN_ADD, json!({}), &token)
         .await
         .assert_error(StatusCode::UNAUTHORIZED, "reauth_required");
-    delete(&app, &format!("/api/v1/auth/credentials/{phone_id}"), &token)
-        .await
-        .assert_error(StatusCode::UNAUTHORIZED, "reauth_required");
+    delete(
+        &app,
+        &format!("/api/v1/auth/credentials/{phone_id}"),
+        &token,
+    )
+    .await
+    .assert_error(StatusCode::UNAUTHORIZED, "reauth_required");
     app.post_auth(CODES, json!({}), &token)
         .await
         .assert_error(StatusCode::UNAUTHORIZED, "reauth_required");
@@ -142,8 +146,16 @@ async fn each_factor_change_needs_a_recent_passkey_and_works_after_reauth(pool: 
     let mut key = Passkey::new();
     let added = add_passkey(&app, &token, &mut key).await;
     assert_eq!(added.status, StatusCode::CREATED, "{}", added.text);
-    assert_eq!(codes_of(&app.post_auth(CODES, json!({}), &token).await).len(), 10);
-    let deleted = delete(&app, &format!("/api/v1/auth/credentials/{phone_id}"), &token).await;
+    assert_eq!(
+        codes_of(&app.post_auth(CODES, json!({}), &token).await).len(),
+        10
+    );
+    let deleted = delete(
+        &app,
+        &format!("/api/v1/auth/credentials/{phone_id}"),
+        &token,
+    )
+    .await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text);
     let revoked = delete(&app, &format!("/api/v1/auth/sessions/{other_id}"), &token).await;
     assert_eq!(revoked.status, StatusCode::NO_CONTENT, "{}", revoked.text);
@@ -163,11 +175,9 @@ async fn each_factor_change_needs_a_recent_passkey_and_works_after_reauth(pool: 
         )
         .await;
     assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.text);
-    let claims = crate::operations::claims_via_jwks(
-        &app,
-        refreshed.json["access_token"].as_str().unwrap(),
-    )
-    .await;
+    let claims =
+        crate::operations::claims_via_jwks(&app, refreshed.json["access_token"].as_str().unwrap())
+            .await;
     assert_eq!(claims["auth_time"], json!(at.timestamp()));
 
     // And five minutes later it is needed again.
@@ -194,9 +204,13 @@ async fn a_backup_code_session_adds_one_passkey_and_nothing_else(pool: PgPool) {
     assert_eq!(redeemed.status, StatusCode::OK, "{}", redeemed.text);
     let recovery = bearer(&redeemed.json);
 
-    delete(&app, &format!("/api/v1/auth/credentials/{laptop_id}"), &recovery)
-        .await
-        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    delete(
+        &app,
+        &format!("/api/v1/auth/credentials/{laptop_id}"),
+        &recovery,
+    )
+    .await
+    .assert_error(StatusCode::FORBIDDEN, "forbidden");
     app.post_auth(CODES, json!({}), &recovery)
         .await
         .assert_error(StatusCode::FORBIDDEN, "forbidden");
@@ -215,9 +229,13 @@ async fn a_backup_code_session_adds_one_passkey_and_nothing_else(pool: PgPool) {
     add_passkey(&app, &recovery, &mut another)
         .await
         .assert_error(StatusCode::FORBIDDEN, "forbidden");
-    delete(&app, &format!("/api/v1/auth/credentials/{laptop_id}"), &recovery)
-        .await
-        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    delete(
+        &app,
+        &format!("/api/v1/auth/credentials/{laptop_id}"),
+        &recovery,
+    )
+    .await
+    .assert_error(StatusCode::FORBIDDEN, "forbidden");
     app.post_auth(CODES, json!({}), &recovery)
         .await
         .assert_error(StatusCode::FORBIDDEN, "forbidden");
@@ -226,7 +244,10 @@ async fn a_backup_code_session_adds_one_passkey_and_nothing_else(pool: PgPool) {
     // It may sign the other sessions out (that is what recovery is for).
     let revoked = delete(
         &app,
-        &format!("/api/v1/auth/sessions/{}", tokens["session_id"].as_str().unwrap()),
+        &format!(
+            "/api/v1/auth/sessions/{}",
+            tokens["session_id"].as_str().unwrap()
+        ),
         &recovery,
     )
     .await;
@@ -270,7 +291,8 @@ async fn stored_backup_code_hashes_are_keyed_not_sha256(pool: PgPool) {
         let groups: Vec<&str> = code.split('-').collect();
         assert_eq!(groups.len(), 4, "{code}");
         assert!(groups.iter().all(|g| g.len() == 4
-            && g.bytes().all(|b| b"0123456789ABCDEFGHJKMNPQRSTVWXYZ".contains(&b))));
+            && g.bytes()
+                .all(|b| b"0123456789ABCDEFGHJKMNPQRSTVWXYZ".contains(&b))));
     }
     let payload: Value = sqlx::query_scalar(
         "SELECT payload FROM events WHERE aggregate_type = 'Customer' AND aggregate_id = $1 \
@@ -334,7 +356,10 @@ async fn legacy_unkeyed_codes_redeem_until_used_or_regenerated(pool: PgPool) {
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert!(payload["BackupCodesGenerated"].get("key_id").is_none(), "{payload}");
+    assert!(
+        payload["BackupCodesGenerated"].get("key_id").is_none(),
+        "{payload}"
+    );
 
     let redeem = |code: String| {
         let app = &app;
@@ -379,11 +404,19 @@ async fn every_factor_change_is_mailed_and_audited(pool: PgPool) {
     assert_eq!(added.status, StatusCode::CREATED, "{}", added.text);
     let phone_id = added.json["credential_id"].as_str().unwrap().to_owned();
     codes_of(&app.post_auth(CODES, json!({}), &token).await);
-    let deleted = delete(&app, &format!("/api/v1/auth/credentials/{phone_id}"), &token).await;
+    let deleted = delete(
+        &app,
+        &format!("/api/v1/auth/credentials/{phone_id}"),
+        &token,
+    )
+    .await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.text);
     let revoked = delete(
         &app,
-        &format!("/api/v1/auth/sessions/{}", other["session_id"].as_str().unwrap()),
+        &format!(
+            "/api/v1/auth/sessions/{}",
+            other["session_id"].as_str().unwrap()
+        ),
         &token,
     )
     .await;
@@ -391,7 +424,10 @@ async fn every_factor_change_is_mailed_and_audited(pool: PgPool) {
     // Signing out of the current session is a logout: no notice.
     let own = delete(
         &app,
-        &format!("/api/v1/auth/sessions/{}", tokens["session_id"].as_str().unwrap()),
+        &format!(
+            "/api/v1/auth/sessions/{}",
+            tokens["session_id"].as_str().unwrap()
+        ),
         &token,
     )
     .await;
@@ -430,7 +466,10 @@ async fn every_factor_change_is_mailed_and_audited(pool: PgPool) {
         .find(|m| m.contains("Subject: A session of your account was signed out"))
         .expect("the session notice was delivered");
     assert!(notice.contains("To: ada@example.com"), "{notice}");
-    assert!(notice.contains("was signed out from another session"), "{notice}");
+    assert!(
+        notice.contains("was signed out from another session"),
+        "{notice}"
+    );
 
     // And an audit event for each, and for the reauth.
     app.catch_up().await;
@@ -459,8 +498,9 @@ async fn every_factor_change_is_mailed_and_audited(pool: PgPool) {
         2
     );
     assert!(
-        rows.iter().any(|(action, metadata)| action == "session.revoked"
-            && metadata["reason"] == "revoked_by_customer"),
+        rows.iter()
+            .any(|(action, metadata)| action == "session.revoked"
+                && metadata["reason"] == "revoked_by_customer"),
         "{rows:?}"
     );
 }

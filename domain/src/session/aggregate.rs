@@ -180,7 +180,9 @@ impl SessionState {
             }
         }
         match self.auth_time {
-            Some(auth_time) if at - auth_time <= Duration::seconds(i64::from(STEP_UP_MAX_AGE_SECS)) => {
+            Some(auth_time)
+                if at - auth_time <= Duration::seconds(i64::from(STEP_UP_MAX_AGE_SECS)) =>
+            {
                 Ok(())
             }
             _ => Err(StepUpRefusal::ReauthRequired),

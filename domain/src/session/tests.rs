@@ -667,7 +667,10 @@ fn a_backup_code_session_adds_one_passkey_and_never_deletes() {
             Err(StepUpRefusal::BackupCodeSession)
         );
     }
-    assert_eq!(session.step_up(FactorChange::RevokeOtherSession, t(31)), Ok(()));
+    assert_eq!(
+        session.step_up(FactorChange::RevokeOtherSession, t(31)),
+        Ok(())
+    );
     // A passkey session adds as many as it likes (each within the window).
     SessionTest::with(())
         .given(vec![
