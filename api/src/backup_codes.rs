@@ -1,14 +1,16 @@
-//! Backup recovery codes: generate a set of ten (shown once, stored hashed),
-//! redeem one for a session with `amr ["backup_code"]`.
+//! Backup recovery codes: generate a set of ten (shown once, stored as
+//! HMACs under the backup-code key, ADR 0211), redeem one for a session
+//! with `amr ["backup_code"]`. Regenerating needs step-up.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use queue_domain::customer::{CustomerCommand, CustomerError};
-use queue_domain::session::AuthMethod;
+use queue_domain::session::{AuthMethod, FactorChange};
 use queue_domain::types::Email;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::backup_code_keys::{self, Unmatched};
 use crate::error::ApiError;
 use crate::extract::{Authenticated, ClientAddress, Json};
 use crate::state::AppState;
@@ -34,15 +36,20 @@ pub async fn generate(
     State(state): State<AppState>,
     auth: Authenticated,
 ) -> Result<(StatusCode, Json<BackupCodes>), ApiError> {
-    let codes = tokens::new_backup_codes();
+    let now = state.now();
+    crate::reauth::require(&auth, FactorChange::RegenerateBackupCodes, now)?;
+    let codes = backup_code_keys::new_codes();
+    let (code_hashes, key_id) = backup_code_keys::hash_new_codes(
+        &state.config().backup_code_keys,
+        auth.customer_id,
+        &codes,
+    );
     let mut customer = state.store().customer(auth.customer_id).await?;
     let events = customer
         .execute(CustomerCommand::GenerateBackupCodes {
-            code_hashes: codes
-                .iter()
-                .map(|c| tokens::hash(&tokens::normalize_backup_code(c)))
-                .collect(),
-            at: state.now(),
+            code_hashes,
+            key_id: Some(key_id),
+            at: now,
         })
         .await?;
     let mut batch = Batch::new();
@@ -93,19 +100,27 @@ async fn redeem_code(
         return Err(ApiError::InvalidCode);
     };
     let mut customer = store.customer(customer_id).await?;
-    let code_hash = tokens::hash(&tokens::normalize_backup_code(code));
     let Some(customer_state) = customer.aggregate.state() else {
         return Err(ApiError::InvalidCode);
     };
-    // Suspension is only revealed to someone holding a valid code.
-    let code_is_valid = customer_state.backup_codes.as_ref().is_some_and(|set| {
-        set.codes
-            .iter()
-            .any(|c| c.hash == code_hash && c.redeemed_at.is_none())
-    });
-    if !code_is_valid {
+    let Some(set) = customer_state.backup_codes.as_ref() else {
         return Err(ApiError::InvalidCode);
-    }
+    };
+    // Keyed (HMAC under the set's key) or legacy (SHA-256), compared in
+    // constant time. Suspension is only revealed to someone holding a valid code.
+    let code_hash = match backup_code_keys::matching_hash(
+        &state.config().backup_code_keys,
+        customer_id,
+        set,
+        code,
+    ) {
+        Ok(hash) => hash,
+        Err(Unmatched::Invalid) => return Err(ApiError::InvalidCode),
+        Err(Unmatched::UnknownKey(key_id)) => {
+            tracing::error!(%key_id, "backup codes keyed with a key that is no longer configured (QUEUE_BACKUP_CODE_KEYS)");
+            return Err(ApiError::InvalidCode);
+        }
+    };
     let events = customer
         .execute(CustomerCommand::RedeemBackupCode { code_hash, at: now })
         .await
@@ -127,6 +142,7 @@ async fn redeem_code(
         customer_state,
         session.session_id,
         Some(&session.method),
+        Some(now),
         session.refresh_token,
         now,
     )

@@ -14,6 +14,8 @@ use crate::error::ApiError;
 pub enum Kind {
     Register,
     Login,
+    /// Step-up in a signed-in session (ADR 0211); never usable to log in.
+    Reauth,
 }
 
 impl Kind {
@@ -21,6 +23,7 @@ impl Kind {
         match self {
             Self::Register => "register",
             Self::Login => "login",
+            Self::Reauth => "reauth",
         }
     }
 }

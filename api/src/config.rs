@@ -237,6 +237,9 @@ pub struct Config {
     /// Where the keys came from when given as a file: `queue keys rotate`
     /// rewrites it and running instances reload it.
     pub jwt_keys_file: Option<PathBuf>,
+    /// QUEUE_BACKUP_CODE_KEYS: the backup-code pepper keys, first current
+    /// (ADR 0211; `crate::backup_code_keys`).
+    pub backup_code_keys: queue_eventstore::MacKeys,
     /// QUEUE_REFRESH_REUSE_GRACE: 0 to 60 seconds.
     pub refresh_grace_secs: u32,
     pub idle_timeout_secs: u32,
@@ -882,7 +885,10 @@ impl Config {
         let role_catalogue = role_catalogue(get)?;
         let read_wait = millis(get, "QUEUE_READ_WAIT_MS", 1_000, 0, 60_000)?;
 
+        let backup_code_keys = crate::backup_code_keys::from_lookup(&get, dev)?;
+
         Ok(Self {
+            backup_code_keys,
             dev,
             rp_id: rp.rp_id,
             rp_name: rp.rp_name,

@@ -5,6 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use queue_domain::credential::CredentialCommand;
+use queue_domain::session::FactorChange;
 use queue_domain::types::{CredentialId, CredentialName, CustomerId, Reason};
 use queue_domain::Credential;
 use serde::{Deserialize, Serialize};
@@ -118,7 +119,7 @@ pub async fn rename(
 
 #[utoipa::path(delete, path = "/api/v1/auth/credentials/{credential_id}", tag = "credentials",
     params(("credential_id" = uuid::Uuid, Path)),
-    responses((status = 204), (status = 401, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope), (status = 409, body = crate::error::ErrorEnvelope, description = "last_credential"), (status = 503, body = crate::error::ErrorEnvelope)),
+    responses((status = 204), (status = 401, body = crate::error::ErrorEnvelope, description = "unauthorized, reauth_required"), (status = 403, body = crate::error::ErrorEnvelope, description = "a backup-code session"), (status = 404, body = crate::error::ErrorEnvelope), (status = 409, body = crate::error::ErrorEnvelope, description = "last_credential"), (status = 503, body = crate::error::ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -127,6 +128,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let store = state.store();
     let mut credential = own(&state, auth.customer_id, &credential_id).await?;
+    crate::reauth::require(&auth, FactorChange::DeletePasskey, state.now())?;
     // Serialise deletions per customer so two concurrent deletes cannot both
     // pass the last-passkey check.
     let mut tx = store.pool().begin().await?;

@@ -21,8 +21,17 @@ use crate::state::AppState;
 pub const CACHE_CONTROL: &str = "public, max-age=60";
 
 /// The claims every access token carries (contract "Tokens").
-const CLAIMS: [&str; 9] = [
-    "iss", "aud", "sub", "sid", "iat", "exp", "jti", "roles", "amr",
+const CLAIMS: [&str; 10] = [
+    "iss",
+    "aud",
+    "sub",
+    "sid",
+    "iat",
+    "exp",
+    "jti",
+    "roles",
+    "amr",
+    "auth_time",
 ];
 
 /// The issuer as a base URL for the documents published under it, when it is

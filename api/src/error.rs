@@ -12,7 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use queue_domain::credential::CredentialError;
 use queue_domain::customer::CustomerError;
-use queue_domain::session::{RevokeReason, SessionError};
+use queue_domain::session::{RevokeReason, SessionError, StepUpRefusal};
 use queue_domain::types::ParseError;
 use queue_eventstore::StoreError;
 use serde_json::json;
@@ -37,6 +37,14 @@ pub enum ApiError {
     InvalidCode,
     #[error("forbidden")]
     Forbidden,
+    /// A factor change needs a passkey assertion at most 5 minutes old in
+    /// this session (ADR 0211).
+    #[error("a recent passkey authentication is required: reauthenticate and retry")]
+    ReauthRequired,
+    /// A session created by a backup code may add one passkey and revoke
+    /// sessions, nothing more (ADR 0211).
+    #[error("not allowed in a session created by a backup code: sign in with a passkey")]
+    BackupCodeSession,
     #[error("the customer is suspended")]
     CustomerSuspended,
     #[error("the founders cohort is full")]
@@ -112,7 +120,8 @@ impl ApiError {
             Self::SessionExpired => (StatusCode::UNAUTHORIZED, "session_expired"),
             Self::SessionRevoked => (StatusCode::UNAUTHORIZED, "session_revoked"),
             Self::InvalidCode => (StatusCode::UNAUTHORIZED, "invalid_code"),
-            Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::Forbidden | Self::BackupCodeSession => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::ReauthRequired => (StatusCode::UNAUTHORIZED, "reauth_required"),
             Self::CustomerSuspended => (StatusCode::FORBIDDEN, "customer_suspended"),
             Self::FoundersCohortFull => (StatusCode::FORBIDDEN, "founders_cohort_full"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
@@ -359,10 +368,20 @@ impl From<SessionError> for ApiError {
             | SessionError::AlreadyRevoked {
                 reason: RevokeReason::Expired,
             } => Self::SessionExpired,
-            SessionError::Revoked { .. } | SessionError::AlreadyRevoked { .. } => {
-                Self::SessionRevoked
-            }
+            SessionError::Revoked { .. }
+            | SessionError::AlreadyRevoked { .. }
+            | SessionError::NotActive => Self::SessionRevoked,
+            SessionError::StepUp(refusal) => refusal.into(),
             other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<StepUpRefusal> for ApiError {
+    fn from(refusal: StepUpRefusal) -> Self {
+        match refusal {
+            StepUpRefusal::ReauthRequired => Self::ReauthRequired,
+            StepUpRefusal::BackupCodeSession => Self::BackupCodeSession,
         }
     }
 }

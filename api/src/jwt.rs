@@ -512,6 +512,12 @@ pub struct Claims {
     pub jti: String,
     pub roles: Vec<String>,
     pub amr: Vec<String>,
+    /// OIDC `auth_time`: the session's last authentication (login, backup
+    /// code, or reauth), seconds since the epoch. Informational for
+    /// callers: Queue itself checks step-up against the session's events
+    /// (ADR 0211). Absent for imported sessions until they reauthenticate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -686,6 +692,7 @@ mod tests {
             jti: "j".into(),
             roles: vec!["antlers-user".into()],
             amr: vec!["webauthn".into()],
+            auth_time: None,
         };
         let token = mint(&keys, &claims).unwrap();
         assert_eq!(
@@ -723,6 +730,7 @@ mod tests {
             jti: "j".into(),
             roles: vec![],
             amr: vec!["webauthn".into()],
+            auth_time: None,
         }
     }
 

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod backup_code_keys;
 pub mod backup_codes;
 pub mod breaker;
 pub mod challenges;
@@ -30,6 +31,7 @@ pub mod pages;
 pub mod passkeys;
 pub mod ratelimit;
 pub mod rbac;
+pub mod reauth;
 pub mod service;
 pub mod sessions;
 pub mod shedding;
@@ -71,6 +73,8 @@ fn v1_groups() -> [(Priority, OpenApiRouter<AppState>); 4] {
     let critical = OpenApiRouter::new()
         .routes(routes!(passkeys::login_begin))
         .routes(routes!(passkeys::login_complete))
+        .routes(routes!(reauth::begin))
+        .routes(routes!(reauth::complete))
         .routes(routes!(sessions::refresh))
         .routes(routes!(sessions::logout))
         .routes(routes!(backup_codes::redeem))

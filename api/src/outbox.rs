@@ -137,6 +137,10 @@ fn template(kind: MailKind) -> (&'static str, &'static str) {
             include_str!("../templates/mail/backup_codes_regenerated.txt"),
             include_str!("../templates/mail/backup_codes_regenerated.html"),
         ),
+        MailKind::SessionRevoked => (
+            include_str!("../templates/mail/session_revoked.txt"),
+            include_str!("../templates/mail/session_revoked.html"),
+        ),
     }
 }
 
@@ -250,6 +254,7 @@ mod tests {
             MailKind::PasskeyAdded,
             MailKind::PasskeyRemoved,
             MailKind::BackupCodesRegenerated,
+            MailKind::SessionRevoked,
         ];
         for kind in every {
             let (text, html) = template(kind);

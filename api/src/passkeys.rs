@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use queue_domain::audit::AuditCommand;
 use queue_domain::credential::{CredentialCommand, CredentialError};
 use queue_domain::customer::CustomerCommand;
+use queue_domain::session::{FactorChange, SessionCommand};
 use queue_domain::types::{
     Actor, AuditAction, AuditEventId, AuditTarget, CredentialId, CredentialName, CustomerId,
     DisplayName, Email, IdempotencyKey, RawCredentialId, ServiceName,
@@ -153,6 +154,8 @@ pub async fn register_begin(
     let store = state.store();
     let (customer_id, user_name, display, exclude, context) = match auth {
         Some(auth) => {
+            // Step-up before the passkey prompt, so the page can reauth first.
+            crate::reauth::require(&auth, FactorChange::AddPasskey, now)?;
             let customer = store.customer(auth.customer_id).await?;
             let customer_state = customer.aggregate.state().ok_or(ApiError::Unauthorized)?;
             if customer_state.is_suspended() {
@@ -241,7 +244,7 @@ pub async fn register_begin(
 pub async fn register_complete(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
-    auth: Option<Authenticated>,
+    mut auth: Option<Authenticated>,
     Json(request): Json<RegisterCompleteRequest>,
 ) -> Result<Response, ApiError> {
     state
@@ -351,6 +354,16 @@ pub async fn register_complete(
     batch.add(&mut credential, &events)?;
 
     if adding {
+        // Step-up, decided on the session's stream in the same append: a
+        // backup-code session adds one passkey only, however it races.
+        let session = &mut auth.as_mut().ok_or(ApiError::Unauthorized)?.session;
+        let events = session
+            .execute(SessionCommand::RecordPasskeyAdded {
+                credential_id,
+                at: now,
+            })
+            .await?;
+        batch.add(session, &events)?;
         store.append(batch).await?;
         return Ok((
             StatusCode::CREATED,
@@ -389,6 +402,7 @@ pub async fn register_complete(
         customer_state,
         session.session_id,
         Some(&session.method),
+        Some(now),
         session.refresh_token,
         now,
     )?;
@@ -663,6 +677,7 @@ async fn login(
         customer_state,
         session.session_id,
         Some(&session.method),
+        Some(now),
         session.refresh_token,
         now,
     )

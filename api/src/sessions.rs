@@ -4,7 +4,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use queue_domain::session::{RefreshOutcome, RevokeReason, SessionCommand};
+use queue_domain::session::{FactorChange, RefreshOutcome, RevokeReason, SessionCommand};
 use queue_domain::types::SessionId;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -57,6 +57,7 @@ pub async fn refresh(
         return Err(ApiError::CustomerSuspended);
     }
     let method = session_state.method;
+    let auth_time = session_state.auth_time;
     let new_token = tokens::new_refresh_token(session_id);
     let events = session
         .execute(SessionCommand::Refresh {
@@ -76,6 +77,7 @@ pub async fn refresh(
             customer_state,
             session_id,
             method.as_ref(),
+            auth_time,
             new_token,
             now,
         )?)),
@@ -171,7 +173,7 @@ pub async fn list(
 
 #[utoipa::path(delete, path = "/api/v1/auth/sessions/{session_id}", tag = "sessions",
     params(("session_id" = uuid::Uuid, Path)),
-    responses((status = 204), (status = 401, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)), security(("bearer" = [])))]
+    responses((status = 204), (status = 401, body = crate::error::ErrorEnvelope, description = "unauthorized, reauth_required (another session)"), (status = 404, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)), security(("bearer" = [])))]
 pub async fn revoke(
     State(state): State<AppState>,
     auth: Authenticated,
@@ -188,11 +190,17 @@ pub async fn revoke(
     if session_state.is_revoked() {
         return Ok(StatusCode::NO_CONTENT);
     }
+    let now = state.now();
+    // Ending the current session is a logout; ending another is a factor
+    // change: step-up, and the customer is told (ADR 0211).
+    let reason = if session_id == auth.session_id {
+        RevokeReason::Logout
+    } else {
+        crate::reauth::require(&auth, FactorChange::RevokeOtherSession, now)?;
+        RevokeReason::RevokedByCustomer
+    };
     let events = session
-        .execute(SessionCommand::Revoke {
-            reason: RevokeReason::Logout,
-            at: state.now(),
-        })
+        .execute(SessionCommand::Revoke { reason, at: now })
         .await?;
     let mut batch = Batch::new();
     batch.add(&mut session, &events)?;

@@ -353,6 +353,7 @@ fn customer_events(n: u64) -> BenchResult<Vec<SerializedEvent>> {
         CustomerEvent::BackupCodesGenerated {
             generation: 1,
             code_hashes: (0..10).map(|i| hash(&format!("code{i}"))).collect(),
+            key_id: None,
             at: at(base, 80),
         },
         CustomerEvent::BackupCodeRedeemed {

@@ -64,6 +64,8 @@ fn value_or_file(
 pub const DEV_MAC_FILE: &str = "mac_keys";
 pub const DEV_CHECKPOINT_FILE: &str = "checkpoint.key";
 pub const DEV_JWT_FILE: &str = "jwt_keys";
+/// The backup-code pepper keys (`QUEUE_BACKUP_CODE_KEYS_FILE`, ADR 0211).
+pub const DEV_BACKUP_CODE_FILE: &str = "backup_code_keys";
 
 /// The type of new JWT keys: `given` (`--alg`), else `QUEUE_JWT_ALG`, else EdDSA.
 pub fn jwt_alg(

@@ -10,15 +10,17 @@ use queue_eventstore::keys::{write_key_file, KeyFileWrite};
 use queue_eventstore::{CheckpointSigner, MacKeys};
 use rand::RngCore;
 
-use crate::config::{self, Lookup, DEV_CHECKPOINT_FILE, DEV_JWT_FILE, DEV_MAC_FILE};
+use crate::config::{
+    self, Lookup, DEV_BACKUP_CODE_FILE, DEV_CHECKPOINT_FILE, DEV_JWT_FILE, DEV_MAC_FILE,
+};
 use crate::CliError;
 use queue_api::jwt::JwtAlg;
 
 #[derive(Subcommand)]
 pub enum KeysCommand {
-    /// Write a new MAC key, checkpoint key and JWT signing key into DIR
-    /// (`mac_keys`, `checkpoint.key`, `jwt_keys`); files already there are
-    /// left unchanged.
+    /// Write a new MAC key, checkpoint key, JWT signing key and backup-code
+    /// key into DIR (`mac_keys`, `checkpoint.key`, `jwt_keys`,
+    /// `backup_code_keys`); files already there are left unchanged.
     Generate {
         #[arg(long, default_value = ".dev/keys")]
         dir: PathBuf,
@@ -63,6 +65,10 @@ pub enum RotateKind {
     /// The checkpoint signing key (QUEUE_CHECKPOINT_KEY_FILE); the replaced
     /// key's public half stays in the file to verify older checkpoints.
     Checkpoint,
+    /// The backup-code pepper keys (QUEUE_BACKUP_CODE_KEYS_FILE); old keys
+    /// stay so code sets keyed with them keep verifying. Instances pick the
+    /// new key up at restart.
+    BackupCode,
 }
 
 #[derive(Subcommand)]
@@ -82,6 +88,9 @@ pub fn run(command: KeysCommand, json: bool, env: Lookup) -> Result<ExitCode, Cl
             }
             if generate_jwt(&dir.join(DEV_JWT_FILE), alg, "k")? {
                 created.push(DEV_JWT_FILE);
+            }
+            if generate_backup_code_keys(&dir.join(DEV_BACKUP_CODE_FILE))? {
+                created.push(DEV_BACKUP_CODE_FILE);
             }
             let text = if created.is_empty() {
                 format!("keys already present in {}; left unchanged", dir.display())
@@ -162,6 +171,12 @@ fn rotate(
             DEV_CHECKPOINT_FILE,
             Notice::Checkpoint,
         ),
+        RotateKind::BackupCode => (
+            "QUEUE_BACKUP_CODE_KEYS",
+            "QUEUE_BACKUP_CODE_KEYS_FILE",
+            DEV_BACKUP_CODE_FILE,
+            Notice::None,
+        ),
     };
     let path = key_file(file, env, inline_var, file_var, dev_name)?;
     let (id_field, key_id, what, keeps) = match kind {
@@ -188,6 +203,16 @@ fn rotate(
                 "older keys stay for verification; ",
             )
         }
+        RotateKind::BackupCode => {
+            let new_id = format!("b{}", chrono::Utc::now().format("%Y%m%d%H%M%S%3f"));
+            (
+                "key_id",
+                queue_eventstore::rotation::rotate_mac_key_file(&path, &new_id)
+                    .map_err(|e| CliError::Io(e.replace("MAC key", "backup-code key")))?,
+                "backup-code key",
+                "older keys stay so their codes keep verifying; ",
+            )
+        }
         RotateKind::Checkpoint => (
             "key_id",
             queue_eventstore::rotation::rotate_checkpoint_key_file(&path).map_err(CliError::Io)?,
@@ -195,9 +220,10 @@ fn rotate(
             "older public keys stay for verification (publish them: queue keys public checkpoint); ",
         ),
     };
-    let notified = match config::database_url(env) {
-        Ok(url) => notify(url, notice)?,
-        Err(_) => false,
+    let notified = match (config::database_url(env), notice) {
+        (_, Notice::None) => false,
+        (Ok(url), notice) => notify(url, notice)?,
+        (Err(_), _) => false,
     };
     crate::output(
         json,
@@ -207,6 +233,8 @@ fn rotate(
             path.display(),
             if notified {
                 "running instances were told to reload"
+            } else if matches!(kind, RotateKind::BackupCode) {
+                "restart instances to pick it up"
             } else {
                 "DATABASE_URL not set: restart instances to pick it up"
             }
@@ -255,6 +283,22 @@ pub fn generate(dir: &Path, origin: &str) -> Result<bool, CliError> {
     Ok(true)
 }
 
+/// Creates a backup-code key file (`b<time>=<64 hex>`, ADR 0211) if
+/// absent; returns whether it created it.
+pub fn generate_backup_code_keys(path: &Path) -> Result<bool, CliError> {
+    if path.exists() {
+        return Ok(false);
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(|e| CliError::Io(format!("{}: {e}", dir.display())))?;
+    }
+    let mut key = vec![0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut key);
+    let key_id = format!("b{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
+    write_secret(path, &MacKeys::single(&key_id, key)?.to_spec())?;
+    Ok(true)
+}
+
 /// Creates a JWT key file with one new key of `alg` (key id `<prefix><time>`)
 /// if absent; returns whether it created it.
 pub fn generate_jwt(path: &Path, alg: JwtAlg, prefix: &str) -> Result<bool, CliError> {
@@ -275,11 +319,12 @@ pub(crate) fn write_secret(path: &Path, contents: &str) -> Result<(), CliError> 
     write_key_file(path, contents, KeyFileWrite::CreateNew).map_err(CliError::Io)
 }
 
-/// Which running-instance reloader to wake.
+/// Which running-instance reloader to wake (`None`: read at start only).
 enum Notice {
     Jwt,
     Mac,
     Checkpoint,
+    None,
 }
 
 /// NOTIFY on its own thread and runtime (this command runs inside the CLI's runtime).
@@ -299,6 +344,7 @@ fn notify(database_url: String, notice: Notice) -> Result<bool, CliError> {
                 Notice::Checkpoint => {
                     queue_eventstore::rotation::notify_checkpoint_rotation(&pool).await
                 }
+                Notice::None => Ok(()),
             }
             .map_err(|e| e.to_string())
         })

@@ -11,7 +11,10 @@ use queue_eventstore::{
 };
 use tokio::sync::watch;
 
-use crate::config::{self, ConfigError, Lookup, DEV_CHECKPOINT_FILE, DEV_JWT_FILE, DEV_MAC_FILE};
+use crate::config::{
+    self, ConfigError, Lookup, DEV_BACKUP_CODE_FILE, DEV_CHECKPOINT_FILE, DEV_JWT_FILE,
+    DEV_MAC_FILE,
+};
 use crate::CliError;
 
 /// How long in-flight requests may drain after SIGTERM, and the hard limit.
@@ -266,6 +269,19 @@ fn dev_key_env(
         }
         files.push(("QUEUE_MAC_KEYS_FILE", dir.join(DEV_MAC_FILE)));
         files.push(("QUEUE_CHECKPOINT_KEY_FILE", dir.join(DEV_CHECKPOINT_FILE)));
+    }
+    if dev
+        && env("QUEUE_BACKUP_CODE_KEYS").is_none()
+        && env("QUEUE_BACKUP_CODE_KEYS_FILE").is_none()
+    {
+        let path = dir.join(DEV_BACKUP_CODE_FILE);
+        if crate::keys::generate_backup_code_keys(&path)? {
+            eprintln!(
+                "!!! DEV MODE: generated a NEW backup-code key in {} — never use it in production !!!",
+                path.display()
+            );
+        }
+        files.push(("QUEUE_BACKUP_CODE_KEYS_FILE", path));
     }
     Ok(move |k: &str| {
         files

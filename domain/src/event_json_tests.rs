@@ -104,6 +104,7 @@ fn customer_events() -> Vec<CustomerEvent> {
         CustomerEvent::BackupCodesGenerated {
             generation: 1,
             code_hashes: BACKUP_CODES.iter().map(|code| hash(code)).collect(),
+            key_id: None,
             at: t(0),
         },
         CustomerEvent::BackupCodeRedeemed {
@@ -203,6 +204,14 @@ fn session_events() -> Vec<SessionEvent> {
             reason: RevokeReason::ReuseDetected,
             at: t(2),
         },
+        SessionEvent::Reauthenticated {
+            credential_id: CredentialId::for_raw_id(&[9; 16]),
+            at: t(3),
+        },
+        SessionEvent::PasskeyAdded {
+            credential_id: CredentialId::for_raw_id(&[8; 16]),
+            at: t(4),
+        },
     ]
 }
 
@@ -295,6 +304,8 @@ fn every_session_event_is_ledger_safe_and_secret_free() {
             "SessionImported",
             "SessionRefreshed",
             "SessionRevoked",
+            "SessionReauthenticated",
+            "SessionPasskeyAdded",
         ])
     );
 }

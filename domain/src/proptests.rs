@@ -307,6 +307,7 @@ proptest! {
             let command = match op {
                 CodeOp::Generate => CustomerCommand::GenerateBackupCodes {
                     code_hashes: (0..10).map(|i| code(generation + 1, i)).collect(),
+                    key_id: None,
                     at,
                 },
                 CodeOp::Redeem { back, index } => CustomerCommand::RedeemBackupCode {

@@ -18,7 +18,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use queue_domain::{CredentialEvent, CustomerEvent};
+use queue_domain::session::RevokeReason;
+use queue_domain::{CredentialEvent, CustomerEvent, SessionEvent};
 use queue_eventstore::feed::Position;
 use serde::Serialize;
 use sqlx::postgres::PgConnectOptions;
@@ -41,11 +42,12 @@ pub const STALE_NOTICE_AFTER: chrono::Duration = chrono::Duration::hours(24);
 
 /// The event types that need a message; every other event is passed over
 /// without being decoded.
-const MAILED_TYPES: [&str; 4] = [
+const MAILED_TYPES: [&str; 5] = [
     "EmailVerificationRequested",
     "BackupCodesGenerated",
     "CredentialRegistered",
     "CredentialRevoked",
+    "SessionRevoked",
 ];
 
 /// What a message is about (one template each).
@@ -56,6 +58,8 @@ pub enum MailKind {
     PasskeyAdded,
     PasskeyRemoved,
     BackupCodesRegenerated,
+    /// The customer ended another of their sessions (ADR 0211).
+    SessionRevoked,
 }
 
 impl MailKind {
@@ -65,6 +69,7 @@ impl MailKind {
             Self::PasskeyAdded => "passkey_added",
             Self::PasskeyRemoved => "passkey_removed",
             Self::BackupCodesRegenerated => "backup_codes_regenerated",
+            Self::SessionRevoked => "session_revoked",
         }
     }
 }
@@ -84,6 +89,7 @@ impl FromStr for MailKind {
             Self::PasskeyAdded,
             Self::PasskeyRemoved,
             Self::BackupCodesRegenerated,
+            Self::SessionRevoked,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -377,6 +383,28 @@ async fn enqueue(
                 customer_id,
                 *at,
                 serde_json::json!({ "name": name.map(|n| n.as_str().to_owned()) }),
+            )
+        }
+        Body::Session(SessionEvent::Revoked {
+            reason: RevokeReason::RevokedByCustomer,
+            at,
+        }) => {
+            if !fresh(at) {
+                return Ok(false);
+            }
+            let first = first_event(conn, decoder, "Session", &meta.aggregate_id).await?;
+            let customer_id = match first.map(|e| e.body) {
+                Some(Body::Session(SessionEvent::Created { customer_id, .. }))
+                | Some(Body::Session(SessionEvent::Imported { customer_id, .. })) => {
+                    *customer_id.as_uuid()
+                }
+                _ => return Err(meta.error("the session has no creation event")),
+            };
+            (
+                MailKind::SessionRevoked,
+                customer_id,
+                *at,
+                serde_json::json!({ "session_id": meta.aggregate_id }),
             )
         }
         _ => return Ok(false),

@@ -368,6 +368,7 @@ async fn customer_history(fw: &Frameworks, seed: u64, index: usize) -> Result<Ge
             .collect();
         let command = CustomerCommand::GenerateBackupCodes {
             code_hashes: codes.clone(),
+            key_id: None,
             at: clock.tick(&mut rng),
         };
         tally.outcome(fw.execute::<Customer>(&cid, command).await)?;

@@ -55,6 +55,10 @@ impl Drop for TempDir {
     }
 }
 
+/// The backup-code pepper of the tests (`QUEUE_BACKUP_CODE_KEYS`).
+pub const BACKUP_CODE_KEYS: &str =
+    "b1=2222222222222222222222222222222222222222222222222222222222222222";
+
 pub fn config(mail_dir: &std::path::Path, overrides: &[(&str, &str)]) -> Config {
     let keys = JwtKeySet::generate("test-1").unwrap().to_spec();
     let mut map: HashMap<String, String> = [
@@ -63,6 +67,7 @@ pub fn config(mail_dir: &std::path::Path, overrides: &[(&str, &str)]) -> Config 
         ("QUEUE_ISSUER", ISSUER),
         ("QUEUE_AUDIENCE", AUDIENCE),
         ("QUEUE_JWT_KEYS", keys.as_str()),
+        ("QUEUE_BACKUP_CODE_KEYS", BACKUP_CODE_KEYS),
         ("QUEUE_MAILER", "log"),
         ("QUEUE_MAILER_DIR", mail_dir.to_str().unwrap()),
         ("FLAG_QUEUE_V1", "1"),

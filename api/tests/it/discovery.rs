@@ -153,6 +153,7 @@ async fn discovery_names_the_issuer_the_jwks_and_every_published_algorithm(pool:
             jti: "j".into(),
             roles: vec![],
             amr: vec!["webauthn".into()],
+            auth_time: None,
         };
         let old_token = queue_api::jwt::mint(&older, &claims).unwrap();
         assert_eq!(claims_via_jwks(&app, &old_token).await["sub"], "someone");

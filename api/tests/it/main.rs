@@ -24,3 +24,4 @@ mod service;
 mod sessions;
 mod shedding;
 use queue_testkit::soft;
+mod stepup;

@@ -77,7 +77,7 @@ fn keys_generate_writes_a_jwt_key_file_of_the_chosen_type() {
         let keys = read_keys(&file);
         assert_eq!(keys.current().alg(), alg);
         assert_eq!(keys.kids().len(), 1);
-        for name in ["jwt_keys", "mac_keys", "checkpoint.key"] {
+        for name in ["jwt_keys", "mac_keys", "checkpoint.key", "backup_code_keys"] {
             assert!(dir.join(name).exists(), "{name}");
             #[cfg(unix)]
             assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
@@ -154,4 +154,46 @@ fn a_bad_jwt_algorithm_is_one_clear_line() {
         &[],
     );
     assert_clear_error(&out, "--alg applies to --kind jwt only");
+}
+
+/// `queue keys generate` writes the backup-code pepper (ADR 0211) and
+/// `rotate --kind backup-code` puts a new key first, keeping the old one.
+#[test]
+fn backup_code_keys_are_generated_and_rotated() {
+    let scratch = Scratch::new("backup-code");
+    let dir = scratch.0.join("keys");
+    let dir_arg = dir.display().to_string();
+    let out = queue(&["--json", "keys", "generate", "--dir", &dir_arg], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let file = dir.join("backup_code_keys");
+    let first = queue_eventstore::MacKeys::parse(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(first.ids().count(), 1);
+
+    let file_arg = file.display().to_string();
+    let out = queue(
+        &[
+            "--json",
+            "keys",
+            "rotate",
+            "--kind",
+            "backup-code",
+            "--file",
+            &file_arg,
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["notified"], false);
+    let rotated =
+        queue_eventstore::MacKeys::parse(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(report["key_id"], rotated.current_id());
+    let ids: Vec<&str> = rotated.ids().collect();
+    assert_eq!(ids, vec![rotated.current_id(), first.current_id()]);
+    assert_eq!(
+        rotated.get(first.current_id()),
+        first.get(first.current_id())
+    );
+    #[cfg(unix)]
+    assert_eq!(mode(&file), 0o600);
 }

@@ -313,6 +313,10 @@ impl Instance {
             )
             .env("QUEUE_LISTEN", format!("127.0.0.1:{port}"))
             .env("QUEUE_MAC_KEYS", MAC)
+            .env(
+                "QUEUE_BACKUP_CODE_KEYS",
+                "b1=2222222222222222222222222222222222222222222222222222222222222222",
+            )
             .env("QUEUE_CHECKPOINT_KEY_FILE", keys.checkpoint_file())
             .env("QUEUE_JWT_KEYS_FILE", keys.jwt_file())
             .env("QUEUE_RP_ID", "localhost")

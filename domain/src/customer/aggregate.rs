@@ -84,6 +84,9 @@ pub struct GrantRevocation {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupCodeSet {
     pub generation: u32,
+    /// The backup-code key of the hashes; `None`: unkeyed SHA-256 (legacy).
+    #[serde(default)]
+    pub key_id: Option<String>,
     pub generated_at: DateTime<Utc>,
     pub codes: Vec<BackupCode>,
 }
@@ -311,7 +314,11 @@ impl CustomerState {
                     at,
                 })
             }
-            CustomerCommand::GenerateBackupCodes { code_hashes, at } => {
+            CustomerCommand::GenerateBackupCodes {
+                code_hashes,
+                key_id,
+                at,
+            } => {
                 self.refuse_if_suspended()?;
                 if code_hashes.len() != BACKUP_CODE_COUNT {
                     return Err(CustomerError::InvalidBackupCodeSet(
@@ -330,6 +337,7 @@ impl CustomerState {
                 Ok(CustomerEvent::BackupCodesGenerated {
                     generation,
                     code_hashes,
+                    key_id,
                     at,
                 })
             }
@@ -421,10 +429,12 @@ impl CustomerState {
             CustomerEvent::BackupCodesGenerated {
                 generation,
                 code_hashes,
+                key_id,
                 at,
             } => {
                 self.backup_codes = Some(BackupCodeSet {
                     generation,
+                    key_id,
                     generated_at: at,
                     codes: code_hashes
                         .into_iter()

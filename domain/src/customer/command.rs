@@ -64,6 +64,9 @@ pub enum CustomerCommand {
     /// voids the previous set.
     GenerateBackupCodes {
         code_hashes: Vec<SecretHash>,
+        /// The id of the backup-code key that keyed `code_hashes` (`None`:
+        /// unkeyed SHA-256, kept for replays and tools of old histories).
+        key_id: Option<String>,
         at: DateTime<Utc>,
     },
     RedeemBackupCode {

@@ -57,7 +57,13 @@ pub enum CustomerEvent {
     BackupCodesGenerated {
         /// 1 for the first set, then one more per regeneration.
         generation: u32,
+        /// HMAC-SHA-256 of each code under the backup-code key `key_id`
+        /// (ADR 0211); without `key_id` (events before it, backfilled
+        /// codes) each is the code's unkeyed SHA-256 (legacy).
         code_hashes: Vec<SecretHash>,
+        /// The backup-code key the hashes are keyed with; absent: legacy.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_id: Option<String>,
         at: DateTime<Utc>,
     },
     BackupCodeRedeemed {

@@ -71,6 +71,7 @@ fn codes_generated(prefix: &str, generation: u32) -> CustomerEvent {
     CustomerEvent::BackupCodesGenerated {
         generation,
         code_hashes: code_hashes(prefix),
+        key_id: None,
         at: t(2),
     }
 }
@@ -200,6 +201,7 @@ fn every_other_command_on_an_unknown_customer_is_not_found() {
         },
         CustomerCommand::GenerateBackupCodes {
             code_hashes: code_hashes("c"),
+            key_id: None,
             at: t(1),
         },
         CustomerCommand::RedeemBackupCode {
@@ -523,6 +525,7 @@ fn generate_backup_codes_starts_at_generation_one() {
         .given(vec![registered()])
         .when(CustomerCommand::GenerateBackupCodes {
             code_hashes: code_hashes("a"),
+            key_id: None,
             at: t(2),
         })
         .then_expect_events(vec![codes_generated("a", 1)]);
@@ -536,6 +539,7 @@ fn generating_again_starts_a_new_generation() {
         .given(vec![registered(), codes_generated("a", 1)])
         .when(CustomerCommand::GenerateBackupCodes {
             code_hashes: code_hashes("b"),
+            key_id: None,
             at: t(2),
         })
         .then_expect_events(vec![codes_generated("b", 2)]);
@@ -549,6 +553,7 @@ fn generate_backup_codes_needs_ten_distinct_hashes() {
         .given(vec![registered()])
         .when(CustomerCommand::GenerateBackupCodes {
             code_hashes: nine,
+            key_id: None,
             at: t(2),
         })
         .then_expect_error(CustomerError::InvalidBackupCodeSet(
@@ -560,6 +565,7 @@ fn generate_backup_codes_needs_ten_distinct_hashes() {
         .given(vec![registered()])
         .when(CustomerCommand::GenerateBackupCodes {
             code_hashes: repeated,
+            key_id: None,
             at: t(2),
         })
         .then_expect_error(CustomerError::InvalidBackupCodeSet(
@@ -734,6 +740,7 @@ fn self_service_commands_on_a_suspended_customer_are_refused() {
         },
         CustomerCommand::GenerateBackupCodes {
             code_hashes: code_hashes("b"),
+            key_id: None,
             at: t(20),
         },
         CustomerCommand::RedeemBackupCode {

@@ -3,7 +3,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 
-use super::command::MAX_REFRESH_GRACE_SECS;
+use super::command::{MAX_REFRESH_GRACE_SECS, STEP_UP_MAX_AGE_SECS};
 use super::{AuthMethod, RevokeReason, SessionCommand, SessionError, SessionEvent};
 use crate::types::{CustomerId, LegacyId, SecretHash, SessionFamilyId};
 
@@ -38,6 +38,45 @@ pub struct SessionState {
     /// Every token this session has rotated out; presenting one is reuse.
     pub retired_refresh_hashes: Vec<SecretHash>,
     pub revocation: Option<SessionRevocation>,
+    /// The session's last authentication (OIDC `auth_time`): the passkey
+    /// login or backup-code redemption that created it, or its last
+    /// `SessionReauthenticated`. `None` for imported sessions until they
+    /// reauthenticate. Derived from the events; never stored in them for
+    /// creation, so every stored event keeps its meaning (ADR 0211).
+    #[serde(default)]
+    pub auth_time: Option<DateTime<Utc>>,
+    /// Passkeys this session has added (`SessionPasskeyAdded`).
+    #[serde(default)]
+    pub passkeys_added: u32,
+}
+
+/// A change of the customer's sign-in factors, which needs step-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FactorChange {
+    AddPasskey,
+    DeletePasskey,
+    RegenerateBackupCodes,
+    RevokeOtherSession,
+}
+
+/// Why a session may not make a factor change now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepUpRefusal {
+    /// The session's `auth_time` is older than [`STEP_UP_MAX_AGE_SECS`] (or
+    /// unknown): a reauthentication with a passkey is needed.
+    ReauthRequired,
+    /// A backup-code session may add one passkey and revoke sessions, and
+    /// nothing else, however recently it reauthenticated.
+    BackupCodeSession,
+}
+
+impl std::fmt::Display for StepUpRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::ReauthRequired => "a recent passkey authentication is required",
+            Self::BackupCodeSession => "not allowed in a backup-code session",
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +161,31 @@ impl SessionState {
             Some(SessionRevocation { reason, .. }) => SessionStatus::Revoked { reason },
             None if self.is_expired(at) => SessionStatus::Expired,
             None => SessionStatus::Active,
+        }
+    }
+
+    /// Whether this session may make `change` at `at` (ADR 0211): its
+    /// `auth_time` is at most [`STEP_UP_MAX_AGE_SECS`] old, and a
+    /// backup-code session adds at most one passkey and never deletes a
+    /// passkey or regenerates the codes.
+    pub fn step_up(&self, change: FactorChange, at: DateTime<Utc>) -> Result<(), StepUpRefusal> {
+        if self.method == Some(AuthMethod::BackupCode) {
+            let refused = match change {
+                FactorChange::DeletePasskey | FactorChange::RegenerateBackupCodes => true,
+                FactorChange::AddPasskey => self.passkeys_added >= 1,
+                FactorChange::RevokeOtherSession => false,
+            };
+            if refused {
+                return Err(StepUpRefusal::BackupCodeSession);
+            }
+        }
+        match self.auth_time {
+            Some(auth_time)
+                if at - auth_time <= Duration::seconds(i64::from(STEP_UP_MAX_AGE_SECS)) =>
+            {
+                Ok(())
+            }
+            _ => Err(StepUpRefusal::ReauthRequired),
         }
     }
 
@@ -299,6 +363,21 @@ impl Session {
                     at,
                 },
             ) => state.refresh(presented, new, grace_secs, at)?,
+            (Some(state), SessionCommand::Reauthenticate { credential_id, at }) => {
+                if !state.is_active(at) {
+                    return Err(SessionError::NotActive);
+                }
+                SessionEvent::Reauthenticated { credential_id, at }
+            }
+            (Some(state), SessionCommand::RecordPasskeyAdded { credential_id, at }) => {
+                if !state.is_active(at) {
+                    return Err(SessionError::NotActive);
+                }
+                state
+                    .step_up(FactorChange::AddPasskey, at)
+                    .map_err(SessionError::StepUp)?;
+                SessionEvent::PasskeyAdded { credential_id, at }
+            }
             (Some(state), SessionCommand::Revoke { reason, at }) => {
                 if let Some(revocation) = state.revocation {
                     return Err(SessionError::AlreadyRevoked {
@@ -359,6 +438,8 @@ impl Aggregate for Session {
                     grace_used: false,
                     retired_refresh_hashes: Vec::new(),
                     revocation: None,
+                    auth_time: Some(at),
+                    passkeys_added: 0,
                 });
             }
             (
@@ -388,6 +469,8 @@ impl Aggregate for Session {
                     grace_used: false,
                     retired_refresh_hashes: Vec::new(),
                     revocation: None,
+                    auth_time: None,
+                    passkeys_added: 0,
                 });
             }
             // Only a creation event can be decided on an empty session, and only once.
@@ -415,6 +498,12 @@ impl Aggregate for Session {
             }
             (Some(state), SessionEvent::Revoked { reason, at }) => {
                 state.revocation = Some(SessionRevocation { reason, at });
+            }
+            (Some(state), SessionEvent::Reauthenticated { at, .. }) => {
+                state.auth_time = Some(at);
+            }
+            (Some(state), SessionEvent::PasskeyAdded { .. }) => {
+                state.passkeys_added = state.passkeys_added.saturating_add(1);
             }
         }
     }

@@ -1,12 +1,14 @@
 use chrono::{DateTime, Utc};
 
 use super::{AuthMethod, RevokeReason};
-use crate::types::{CustomerId, LegacyId, SecretHash, SessionFamilyId};
+use crate::types::{CredentialId, CustomerId, LegacyId, SecretHash, SessionFamilyId};
 
 /// A session ends this long after the last refresh (30 minutes).
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u32 = 30 * 60;
 /// A session ends this long after creation, however active (12 hours).
 pub const DEFAULT_ABSOLUTE_TIMEOUT_SECS: u32 = 12 * 60 * 60;
+/// How old a session's `auth_time` may be for a factor change (5 minutes).
+pub const STEP_UP_MAX_AGE_SECS: u32 = 5 * 60;
 /// The longest window in which the previous refresh token may be retried once.
 pub const MAX_REFRESH_GRACE_SECS: u32 = 60;
 
@@ -66,6 +68,19 @@ pub enum SessionCommand {
     },
     Revoke {
         reason: RevokeReason,
+        at: DateTime<Utc>,
+    },
+    /// A user-verified assertion of one of the customer's passkeys, checked
+    /// by the caller: the session's `auth_time` becomes `at`. Refused
+    /// (`NotActive`) for a revoked or expired session.
+    Reauthenticate {
+        credential_id: CredentialId,
+        at: DateTime<Utc>,
+    },
+    /// This session added a passkey. Refused (`StepUp`) unless
+    /// [`super::SessionState::step_up`] allows [`super::FactorChange::AddPasskey`] at `at`.
+    RecordPasskeyAdded {
+        credential_id: CredentialId,
         at: DateTime<Utc>,
     },
 }

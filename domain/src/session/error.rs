@@ -1,4 +1,4 @@
-use super::RevokeReason;
+use super::{RevokeReason, StepUpRefusal};
 
 /// Why a session command was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -21,6 +21,12 @@ pub enum SessionError {
     /// The new hash was already used in this session (a caller bug).
     #[error("the new refresh token hash is not fresh")]
     RefreshHashNotFresh,
+    /// The session is revoked or expired.
+    #[error("session is not active")]
+    NotActive,
+    /// A factor change this session may not make now (ADR 0211).
+    #[error("step-up refused: {0}")]
+    StepUp(StepUpRefusal),
     #[error("refresh grace period of {grace_secs} s is over the maximum of 60 s")]
     InvalidGracePeriod { grace_secs: u32 },
 }

@@ -33,6 +33,9 @@ pub enum RevokeReason {
     ReuseDetected,
     Suspended,
     Expired,
+    /// Ended by the customer from another of their sessions (a factor
+    /// change: step-up and a notice, ADR 0211).
+    RevokedByCustomer,
 }
 
 impl fmt::Display for RevokeReason {
@@ -43,6 +46,7 @@ impl fmt::Display for RevokeReason {
             Self::ReuseDetected => "reuse_detected",
             Self::Suspended => "suspended",
             Self::Expired => "expired",
+            Self::RevokedByCustomer => "revoked_by_customer",
         })
     }
 }
@@ -86,6 +90,20 @@ pub enum SessionEvent {
         reason: RevokeReason,
         at: DateTime<Utc>,
     },
+    /// A user-verified assertion of `credential_id` in this session: its
+    /// `auth_time` is now `at` (step-up, ADR 0211).
+    #[serde(rename = "SessionReauthenticated")]
+    Reauthenticated {
+        credential_id: CredentialId,
+        at: DateTime<Utc>,
+    },
+    /// This session added the passkey `credential_id` (a backup-code
+    /// session may add one, ADR 0211).
+    #[serde(rename = "SessionPasskeyAdded")]
+    PasskeyAdded {
+        credential_id: CredentialId,
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for SessionEvent {
@@ -95,6 +113,8 @@ impl DomainEvent for SessionEvent {
             Self::Imported { .. } => "SessionImported",
             Self::Refreshed { .. } => "SessionRefreshed",
             Self::Revoked { .. } => "SessionRevoked",
+            Self::Reauthenticated { .. } => "SessionReauthenticated",
+            Self::PasskeyAdded { .. } => "SessionPasskeyAdded",
         }
         .to_owned()
     }

@@ -547,3 +547,156 @@ async fn refresh_outcome_through_the_framework() {
         }))
     ));
 }
+
+// ---- step-up (ADR 0211) ---------------------------------------------------
+
+fn backup_created() -> SessionEvent {
+    SessionEvent::Created {
+        customer_id: customer_id(),
+        method: AuthMethod::BackupCode,
+        refresh_hash: h("r1"),
+        family_id: family_id(),
+        idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+        absolute_timeout_secs: DEFAULT_ABSOLUTE_TIMEOUT_SECS,
+        at: t(0),
+    }
+}
+
+fn state_of(events: Vec<SessionEvent>) -> SessionState {
+    replay(events).state().cloned().unwrap()
+}
+
+const WINDOW: i64 = STEP_UP_MAX_AGE_SECS as i64;
+
+#[test]
+fn a_login_is_fresh_for_five_minutes_then_needs_a_reauth() {
+    let every = [
+        FactorChange::AddPasskey,
+        FactorChange::DeletePasskey,
+        FactorChange::RegenerateBackupCodes,
+        FactorChange::RevokeOtherSession,
+    ];
+    let session = state_of(vec![created()]);
+    assert_eq!(session.auth_time, Some(t(0)));
+    for change in every {
+        assert_eq!(session.step_up(change, t(WINDOW)), Ok(()));
+        assert_eq!(
+            session.step_up(change, t(WINDOW + 1)),
+            Err(StepUpRefusal::ReauthRequired)
+        );
+    }
+    let reauthenticated = state_of(vec![
+        created(),
+        SessionEvent::Reauthenticated {
+            credential_id: CredentialId::for_raw_id(b"key"),
+            at: t(1000),
+        },
+    ]);
+    assert_eq!(reauthenticated.auth_time, Some(t(1000)));
+    for change in every {
+        assert_eq!(reauthenticated.step_up(change, t(1000 + WINDOW)), Ok(()));
+    }
+}
+
+#[test]
+fn an_imported_session_has_no_auth_time_until_it_reauthenticates() {
+    let session = state_of(vec![imported()]);
+    assert_eq!(session.auth_time, None);
+    assert_eq!(
+        session.step_up(FactorChange::AddPasskey, t(0)),
+        Err(StepUpRefusal::ReauthRequired)
+    );
+}
+
+#[test]
+fn reauth_needs_an_active_session() {
+    SessionTest::with(())
+        .given(vec![created(), revoked(RevokeReason::Logout, 5)])
+        .when(SessionCommand::Reauthenticate {
+            credential_id: CredentialId::for_raw_id(b"key"),
+            at: t(10),
+        })
+        .then_expect_error(SessionError::NotActive);
+    SessionTest::with(())
+        .given(vec![created()])
+        .when(SessionCommand::Reauthenticate {
+            credential_id: CredentialId::for_raw_id(b"key"),
+            at: t(10),
+        })
+        .then_expect_events(vec![SessionEvent::Reauthenticated {
+            credential_id: CredentialId::for_raw_id(b"key"),
+            at: t(10),
+        }]);
+}
+
+#[test]
+fn a_backup_code_session_adds_one_passkey_and_never_deletes() {
+    let added = SessionEvent::PasskeyAdded {
+        credential_id: CredentialId::for_raw_id(b"new"),
+        at: t(10),
+    };
+    SessionTest::with(())
+        .given(vec![backup_created()])
+        .when(SessionCommand::RecordPasskeyAdded {
+            credential_id: CredentialId::for_raw_id(b"new"),
+            at: t(10),
+        })
+        .then_expect_events(vec![added.clone()]);
+    SessionTest::with(())
+        .given(vec![backup_created(), added.clone()])
+        .when(SessionCommand::RecordPasskeyAdded {
+            credential_id: CredentialId::for_raw_id(b"other"),
+            at: t(20),
+        })
+        .then_expect_error(SessionError::StepUp(StepUpRefusal::BackupCodeSession));
+    let session = state_of(vec![
+        backup_created(),
+        added,
+        SessionEvent::Reauthenticated {
+            credential_id: CredentialId::for_raw_id(b"new"),
+            at: t(30),
+        },
+    ]);
+    for change in [
+        FactorChange::AddPasskey,
+        FactorChange::DeletePasskey,
+        FactorChange::RegenerateBackupCodes,
+    ] {
+        assert_eq!(
+            session.step_up(change, t(31)),
+            Err(StepUpRefusal::BackupCodeSession)
+        );
+    }
+    assert_eq!(
+        session.step_up(FactorChange::RevokeOtherSession, t(31)),
+        Ok(())
+    );
+    // A passkey session adds as many as it likes (each within the window).
+    SessionTest::with(())
+        .given(vec![
+            created(),
+            SessionEvent::PasskeyAdded {
+                credential_id: CredentialId::for_raw_id(b"a"),
+                at: t(5),
+            },
+        ])
+        .when(SessionCommand::RecordPasskeyAdded {
+            credential_id: CredentialId::for_raw_id(b"b"),
+            at: t(6),
+        })
+        .then_expect_events(vec![SessionEvent::PasskeyAdded {
+            credential_id: CredentialId::for_raw_id(b"b"),
+            at: t(6),
+        }]);
+}
+
+#[test]
+fn stored_session_events_decode_as_before() {
+    // A SessionCreated written before ADR 0211: no field was added.
+    let old = serde_json::json!({"SessionCreated": {
+        "customer_id": customer_id(), "method": {"kind": "backup_code"},
+        "refresh_hash": h("r1"), "family_id": family_id(),
+        "idle_timeout_secs": 1800, "absolute_timeout_secs": 43200, "at": t(0)}});
+    let event: SessionEvent = serde_json::from_value(old).unwrap();
+    assert_eq!(event, backup_created());
+}

@@ -144,6 +144,7 @@ impl AuditFold {
                         generation,
                         code_hashes,
                         at,
+                        ..
                     } => row(
                         id,
                         "customer.backup_codes_generated",
@@ -308,6 +309,22 @@ impl AuditFold {
                         None,
                         None,
                         json!({"reason": reason}),
+                        at,
+                    ),
+                    SessionEvent::Reauthenticated { credential_id, at } => row(
+                        id,
+                        "session.reauthenticated",
+                        None,
+                        None,
+                        json!({"credential_id": credential_id}),
+                        at,
+                    ),
+                    SessionEvent::PasskeyAdded { credential_id, at } => row(
+                        id,
+                        "session.passkey_added",
+                        None,
+                        None,
+                        json!({"credential_id": credential_id}),
                         at,
                     ),
                 }

@@ -200,6 +200,7 @@ impl CustomersFold {
                 generation,
                 code_hashes,
                 at,
+                ..
             } => {
                 let generation =
                     i32::try_from(*generation).map_err(|_| meta.error("generation too large"))?;

@@ -147,6 +147,17 @@ impl SessionsFold {
                 row.last_sequence = meta.sequence;
                 Ok(())
             }
+            // Step-up facts (ADR 0211): nothing the sessions table shows,
+            // but the row has seen the event.
+            SessionEvent::Reauthenticated { at, .. } | SessionEvent::PasskeyAdded { at, .. } => {
+                let row = self
+                    .sessions
+                    .get_mut(&id)
+                    .ok_or_else(|| meta.error("event for a session that does not exist"))?;
+                row.updated_at = t(at);
+                row.last_sequence = meta.sequence;
+                Ok(())
+            }
         }
     }
 

@@ -73,6 +73,7 @@ async fn read_functions_answer_what_the_api_asks(pool: PgPool) {
         &cid,
         CustomerCommand::GenerateBackupCodes {
             code_hashes: codes.clone(),
+            key_id: None,
             at: t0,
         },
     )

@@ -1,0 +1,237 @@
+//! Step-up (ADR 0211): adding or deleting a passkey, regenerating backup
+//! codes and revoking another session need a session whose last
+//! authentication (`auth_time`, folded from the session's checked event
+//! stream, never taken from the client) is at most 5 minutes old, else 401
+//! `reauth_required`. The reauth ceremony refreshes it with a user-verified
+//! assertion of one of the customer's passkeys (`SessionReauthenticated`).
+
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use queue_domain::credential::{CredentialCommand, CredentialError};
+use queue_domain::session::{FactorChange, SessionCommand};
+use queue_domain::types::{CredentialId, RawCredentialId};
+use serde::Serialize;
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+use webauthn_rs_core::proto::{
+    AllowCredentials, AuthenticationState, PublicKeyCredential, UserVerificationPolicy,
+};
+
+use crate::challenges::{self, Kind};
+use crate::error::ApiError;
+use crate::extract::{Authenticated, ClientAddress, Json};
+use crate::passkeys::{parse_credential, BeginResponse, LoginCompleteRequest};
+use crate::state::AppState;
+use queue_eventstore::Batch;
+
+/// Refuses `change` unless the session of `auth` may make it at `now`:
+/// 401 `reauth_required` when its `auth_time` is too old, 403 `forbidden`
+/// for what a backup-code session may never do.
+pub fn require(
+    auth: &Authenticated,
+    change: FactorChange,
+    now: DateTime<Utc>,
+) -> Result<(), ApiError> {
+    let session = auth
+        .session
+        .aggregate
+        .state()
+        .ok_or(ApiError::Unauthorized)?;
+    session.step_up(change, now).map_err(ApiError::from)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Reauthenticated {
+    /// The session's new `auth_time`.
+    pub reauthenticated_at: DateTime<Utc>,
+}
+
+fn internal(what: &str) -> impl FnOnce(serde_json::Error) -> ApiError + '_ {
+    move |e| ApiError::internal(format!("{what}: {e}"))
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/webauthn/reauth/begin", tag = "passkeys",
+    responses((status = 200, body = BeginResponse), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope), (status = 429, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn begin(
+    State(state): State<AppState>,
+    auth: Authenticated,
+) -> Result<Json<BeginResponse>, ApiError> {
+    let now = state.now();
+    let store = state.store();
+    let customer = store.customer(auth.customer_id).await?;
+    let customer_state = customer.aggregate.state().ok_or(ApiError::Unauthorized)?;
+    if customer_state.is_suspended() {
+        return Err(ApiError::CustomerSuspended);
+    }
+    let mut conn = store.pool().acquire().await?;
+    let ids: Vec<Vec<u8>> = store
+        .usable_credentials_of(&mut conn, auth.customer_id)
+        .await?
+        .into_iter()
+        .filter_map(|c| {
+            c.aggregate
+                .state()
+                .map(|s| s.raw_credential_id.as_bytes().to_vec())
+        })
+        .collect();
+    drop(conn);
+    if ids.is_empty() {
+        // Nothing to reauthenticate with (a backup-code session of a
+        // customer without passkeys): it adds one without reauth instead.
+        return Err(ApiError::WebauthnFailed);
+    }
+    let webauthn = &state.inner.webauthn;
+    let builder = webauthn
+        .new_challenge_authenticate_builder(Vec::new(), Some(UserVerificationPolicy::Required))
+        .map_err(|e| ApiError::internal(format!("reauth builder: {e}")))?;
+    let (mut options, authentication) = webauthn
+        .generate_challenge_authenticate(builder)
+        .map_err(|e| ApiError::internal(format!("reauth challenge: {e}")))?;
+    options.public_key.allow_credentials = ids
+        .into_iter()
+        .map(|id| AllowCredentials {
+            type_: "public-key".to_owned(),
+            id,
+            transports: None,
+        })
+        .collect();
+    let challenge_id = challenges::store(
+        store.pool(),
+        Kind::Reauth,
+        Some(auth.customer_id),
+        json!({"mode": "reauth", "session_id": auth.session_id.to_string()}),
+        serde_json::to_value(&authentication).map_err(internal("authentication state"))?,
+        now,
+        state.config().challenge_ttl_secs,
+    )
+    .await?;
+    Ok(Json(BeginResponse {
+        challenge_id: challenge_id.to_string(),
+        options: serde_json::to_value(&options).map_err(internal("options"))?,
+    }))
+}
+
+#[utoipa::path(post, path = "/api/v1/auth/webauthn/reauth/complete", tag = "passkeys",
+    request_body = LoginCompleteRequest,
+    responses((status = 200, body = Reauthenticated), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope),
+        (status = 410, body = crate::error::ErrorEnvelope), (status = 429, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn complete(
+    State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
+    mut auth: Authenticated,
+    Json(request): Json<LoginCompleteRequest>,
+) -> Result<Json<Reauthenticated>, ApiError> {
+    let now = state.now();
+    let store = state.store();
+    let account = auth.customer_id.to_string();
+    state
+        .inner
+        .account_limits
+        .refuse_if_exhausted("login", &account, &address, false)
+        .await?;
+    let response: PublicKeyCredential = parse_credential(request.credential)?;
+    let challenge =
+        challenges::take(store.pool(), Kind::Reauth, &request.challenge_id, now).await?;
+    let failed = |why: &'static str| {
+        let account = account.clone();
+        let address = address.clone();
+        let state = state.clone();
+        async move {
+            tracing::info!(why, "reauth refused");
+            crate::passkeys::failed_verification(&state, "login", &account, &address).await
+        }
+    };
+    let session_matches = challenge.customer_id == Some(auth.customer_id)
+        && challenge.context.get("session_id").and_then(Value::as_str)
+            == Some(auth.session_id.to_string().as_str());
+    if !session_matches {
+        return Err(failed("challenge of another session").await);
+    }
+    let authentication: AuthenticationState =
+        serde_json::from_value(challenge.state).map_err(internal("authentication state"))?;
+    let Ok(raw_id) = RawCredentialId::from_bytes(response.raw_id.clone()) else {
+        return Err(failed("bad credential id").await);
+    };
+    let credential_id: CredentialId = raw_id.credential_id();
+    let mut credential = store.credential(credential_id).await?;
+    let Some(credential_state) = credential
+        .aggregate
+        .state()
+        .filter(|s| !s.is_revoked() && s.customer_id == auth.customer_id)
+    else {
+        return Err(failed("not a usable passkey of this customer").await);
+    };
+    let cross_origin =
+        serde_json::from_slice::<Value>(response.response.client_data_json.as_slice())
+            .ok()
+            .and_then(|data| data.get("crossOrigin").and_then(Value::as_bool))
+            == Some(true);
+    if cross_origin {
+        return Err(failed("crossOrigin assertion").await);
+    }
+    let mut passkey: webauthn_rs_core::proto::Credential = serde_json::from_value(
+        credential_state
+            .passkey
+            .get("cred")
+            .cloned()
+            .unwrap_or(Value::Null),
+    )
+    .map_err(internal("stored passkey"))?;
+    // The aggregate owns the counter check, as at login.
+    passkey.counter = 0;
+    passkey.backup_state = credential_state.backup_state;
+    passkey.backup_eligible = credential_state.backup_eligible;
+    let verified = match queue_passkey::authenticate(
+        &state.inner.webauthn,
+        &response,
+        &authentication,
+        &passkey,
+    ) {
+        Ok(verified) => verified,
+        Err(e) => {
+            tracing::info!(error = %e, "reauth assertion refused");
+            return Err(failed("assertion refused").await);
+        }
+    };
+    if !verified.user_verified {
+        return Err(failed("user not verified").await);
+    }
+    let customer = store.customer(auth.customer_id).await?;
+    if customer.aggregate.state().is_none_or(|c| c.is_suspended()) {
+        return Err(ApiError::CustomerSuspended);
+    }
+    let used = match credential
+        .execute(CredentialCommand::RecordUse {
+            sign_count: verified.counter,
+            backup_state: verified.backup_state,
+            at: now,
+        })
+        .await
+    {
+        Ok(events) => events,
+        Err(CredentialError::CounterRegression { stored, presented }) => {
+            tracing::warn!(%credential_id, stored, presented, "sign counter regression at reauth: possible cloned passkey");
+            return Err(failed("sign counter regression").await);
+        }
+        Err(other) => {
+            tracing::info!(error = %other, "passkey use refused at reauth");
+            return Err(failed("passkey use refused").await);
+        }
+    };
+    let reauthenticated = auth
+        .session
+        .execute(SessionCommand::Reauthenticate {
+            credential_id,
+            at: now,
+        })
+        .await?;
+    let mut batch = Batch::new();
+    batch.add(&mut credential, &used)?;
+    batch.add(&mut auth.session, &reauthenticated)?;
+    store.append(batch).await?;
+    Ok(Json(Reauthenticated {
+        reauthenticated_at: now,
+    }))
+}
