@@ -9,8 +9,6 @@
 //! white space ignored). ADR 0207.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -458,47 +456,11 @@ fn decode_base64(raw: &str) -> Option<Vec<u8>> {
         .filter(|b| !b.is_empty())
 }
 
-/// Keys shared by the whole process and swappable at run time (rotation).
-/// `degraded` is set when a reload failed and the last good keys stay in use.
-#[derive(Clone, Debug)]
-pub struct SharedJwtKeys {
-    keys: Arc<RwLock<Arc<JwtKeySet>>>,
-    degraded: Arc<AtomicBool>,
-}
-
-impl SharedJwtKeys {
-    pub fn new(keys: JwtKeySet) -> Self {
-        Self {
-            keys: Arc::new(RwLock::new(Arc::new(keys))),
-            degraded: Arc::new(AtomicBool::new(false)),
-        }
-    }
-
-    pub fn get(&self) -> Arc<JwtKeySet> {
-        match self.keys.read() {
-            Ok(guard) => Arc::clone(&guard),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
-    }
-
-    /// Swaps in freshly read keys; a good read ends a degraded spell.
-    pub fn replace(&self, keys: JwtKeySet) {
-        match self.keys.write() {
-            Ok(mut guard) => *guard = Arc::new(keys),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(keys),
-        }
-        self.degraded.store(false, Ordering::SeqCst);
-    }
-
-    /// Records that a reload failed; the current keys stay in use.
-    pub fn mark_degraded(&self) {
-        self.degraded.store(true, Ordering::SeqCst);
-    }
-
-    pub fn is_degraded(&self) -> bool {
-        self.degraded.load(Ordering::SeqCst)
-    }
-}
+/// Keys shared by the whole process and swappable at run time (rotation):
+/// the one reloadable shape (`queue_eventstore::Reloadable`, lock-free
+/// reads). `degraded` is set when a reload failed and the last good keys
+/// stay in use.
+pub type SharedJwtKeys = queue_eventstore::Reloadable<JwtKeySet>;
 
 /// The access token's claims (contract "Tokens").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -27,4 +27,4 @@ pub use audit::{Audit, AuditCommand, AuditError, AuditEvent};
 pub use credential::{Credential, CredentialCommand, CredentialError, CredentialEvent};
 pub use customer::{Customer, CustomerCommand, CustomerError, CustomerEvent};
 pub use session::{RefreshOutcome, Session, SessionCommand, SessionError, SessionEvent};
-pub use upcast::upcasters;
+pub use upcast::{upcasters, EventDecoder};

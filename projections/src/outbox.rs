@@ -626,16 +626,7 @@ pub async fn status(pool: &PgPool) -> ProjectionResult<OutboxStatus> {
 async fn status_on(conn: &mut PgConnection) -> ProjectionResult<OutboxStatus> {
     let below = watermark(conn).await?;
     let position = checkpoint(conn, false).await?;
-    let lag = sqlx::query(
-        "SELECT count(*) AS behind, \
-         coalesce(extract(epoch FROM now() - min(recorded_at))::float8, 0) AS seconds \
-         FROM events WHERE (commit_xid, insert_id) > ($1, $2) AND commit_xid < $3",
-    )
-    .bind(position.commit_xid)
-    .bind(position.insert_id)
-    .bind(below)
-    .fetch_one(&mut *conn)
-    .await?;
+    let lag = queue_eventstore::feed::backlog(conn, position, below).await?;
     let checkpoint = sqlx::query(
         "SELECT error, EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
             AND objsubid = 1 AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
@@ -675,8 +666,8 @@ async fn status_on(conn: &mut PgConnection) -> ProjectionResult<OutboxStatus> {
         })
         .collect::<ProjectionResult<Vec<_>>>()?;
     Ok(OutboxStatus {
-        events_behind: lag.try_get("behind")?,
-        seconds_behind: lag.try_get::<f64, _>("seconds")?.max(0.0),
+        events_behind: lag.events,
+        seconds_behind: lag.oldest_seconds,
         runner_active: checkpoint.try_get("active")?,
         error: checkpoint.try_get("error")?,
         pending: counts.try_get("pending")?,

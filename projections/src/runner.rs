@@ -515,19 +515,10 @@ pub struct Lag {
 pub async fn lag_of(conn: &mut PgConnection, projection: Projection) -> ProjectionResult<Lag> {
     let below = watermark(conn).await?;
     let cp = load_checkpoint(conn, projection, false).await?;
-    let row = sqlx::query(
-        "SELECT count(*) AS behind, \
-         coalesce(extract(epoch FROM now() - min(recorded_at))::float8, 0) AS seconds \
-         FROM events WHERE (commit_xid, insert_id) > ($1, $2) AND commit_xid < $3",
-    )
-    .bind(cp.position.commit_xid)
-    .bind(cp.position.insert_id)
-    .bind(below)
-    .fetch_one(&mut *conn)
-    .await?;
+    let backlog = queue_eventstore::feed::backlog(conn, cp.position, below).await?;
     Ok(Lag {
-        events_behind: row.try_get("behind")?,
-        seconds_behind: row.try_get::<f64, _>("seconds")?.max(0.0),
+        events_behind: backlog.events,
+        seconds_behind: backlog.oldest_seconds,
     })
 }
 
