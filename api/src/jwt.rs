@@ -587,11 +587,7 @@ fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 
 /// Tells every instance listening on this database to reload its keys.
 pub async fn notify_rotation(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_notify($1, 'rotated')")
-        .bind(ROTATION_CHANNEL)
-        .execute(pool)
-        .await?;
-    Ok(())
+    queue_eventstore::rotation::notify(pool, ROTATION_CHANNEL).await
 }
 
 /// Reloads `keys` from `path` whenever a rotation is announced; runs until

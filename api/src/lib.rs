@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod consistency;
 pub mod credentials;
+pub mod db;
 pub mod discovery;
 pub mod email;
 pub mod error;

@@ -69,6 +69,17 @@ pub async fn end(conn: &mut PgConnection) -> StoreResult<Position> {
     }
 }
 
+/// The position of the newest stored event, committed or not yet below the
+/// watermark (a reader waiting for "everything written before now").
+pub async fn newest(conn: &mut PgConnection) -> StoreResult<Option<Position>> {
+    let row = sqlx::query(
+        "SELECT commit_xid, insert_id FROM events ORDER BY commit_xid DESC, insert_id DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(Position::of).transpose()
+}
+
 /// How many events lie after `after` up to `until`.
 pub async fn count(conn: &mut PgConnection, after: Position, until: Until) -> StoreResult<i64> {
     const AFTER: &str = "SELECT count(*) FROM events WHERE (commit_xid, insert_id) > ($1, $2)";

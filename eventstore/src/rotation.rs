@@ -49,7 +49,8 @@ pub async fn notify_mac_rotation(pool: &PgPool) -> Result<(), sqlx::Error> {
     notify(pool, MAC_ROTATION_CHANNEL).await
 }
 
-async fn notify(pool: &PgPool, channel: &str) -> Result<(), sqlx::Error> {
+/// Announces a rotation on `channel` (MAC, checkpoint and JWT keys alike).
+pub async fn notify(pool: &PgPool, channel: &str) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_notify($1, 'rotated')")
         .bind(channel)
         .execute(pool)
