@@ -76,7 +76,7 @@ async fn suspend_once(
     let now = state.now();
     let store = state.store();
     let mut tx = state.pool.begin().await?;
-    crate::db::lock_customer_exclusive(&mut tx, &customer_id.to_string()).await?;
+    crate::db::lock(&mut tx, crate::db::Lock::Customer, &customer_id.to_string()).await?;
     let mut customer = store
         .load_many_in::<Customer>(&mut tx, &[customer_id.to_string()])
         .await?
@@ -126,7 +126,7 @@ pub async fn append_login(
 ) -> Result<(), ApiError> {
     let store = state.store();
     let mut tx = state.pool.begin().await?;
-    crate::db::lock_customer_shared(&mut tx, &customer_id.to_string()).await?;
+    crate::db::lock(&mut tx, crate::db::Lock::CustomerShared, &customer_id.to_string()).await?;
     let suspended = store
         .load_many_in::<Customer>(&mut tx, &[customer_id.to_string()])
         .await?

@@ -94,38 +94,42 @@ pub async fn delete_expired_challenges(
 
 // --- The founders counter (migrations/0204, 0304) -------------------------
 
-/// Seeds the customer counter (row 1) from the log when it does not exist
-/// yet. The count is a scalar subquery behind `NOT EXISTS`, so it only runs
-/// while there is no counter row (as `INSERT … SELECT count(*) … ON CONFLICT
-/// DO NOTHING` it counted every customer on every registration, 20–126 ms at
-/// 41.7k customers, to insert nothing); concurrent first registrations meet
-/// at the primary key (`ON CONFLICT`).
-static SEED_CUSTOMERS: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "INSERT INTO founders_gate (id, used) SELECT 1, ({}) \
-         WHERE NOT EXISTS (SELECT 1 FROM founders_gate WHERE id = 1) \
-         ON CONFLICT (id) DO NOTHING",
-        lookup::CUSTOMER_COUNT
-    )
-});
-
-/// Seeds the verified-customer counter (row 2) the same way.
-static SEED_VERIFIED: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "INSERT INTO founders_gate (id, used) SELECT 2, ({}) \
-         WHERE NOT EXISTS (SELECT 1 FROM founders_gate WHERE id = 2) \
-         ON CONFLICT (id) DO NOTHING",
-        lookup::VERIFIED_CUSTOMER_COUNT
-    )
-});
-
-pub async fn seed_customer_counter(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query(SEED_CUSTOMERS.as_str()).execute(conn).await?;
-    Ok(())
+/// The founders counters (rows of `founders_gate`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Row 1: customers registered or imported.
+    Customers,
+    /// Row 2: customers with a verified email.
+    Verified,
 }
 
-pub async fn seed_verified_counter(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query(SEED_VERIFIED.as_str()).execute(conn).await?;
+/// Each counter's seed statement, counting from the log when its row does
+/// not exist yet. The count is a scalar subquery behind `NOT EXISTS`, so it
+/// only runs while there is no counter row (as `INSERT … SELECT count(*) …
+/// ON CONFLICT DO NOTHING` it counted every customer on every registration,
+/// 20–126 ms at 41.7k customers, to insert nothing); concurrent first
+/// registrations meet at the primary key (`ON CONFLICT`).
+static SEEDS: LazyLock<[String; 2]> = LazyLock::new(|| {
+    [
+        (1, lookup::CUSTOMER_COUNT),
+        (2, lookup::VERIFIED_CUSTOMER_COUNT),
+    ]
+    .map(|(id, count)| {
+        format!(
+            "INSERT INTO founders_gate (id, used) SELECT {id}, ({count}) \
+             WHERE NOT EXISTS (SELECT 1 FROM founders_gate WHERE id = {id}) \
+             ON CONFLICT (id) DO NOTHING"
+        )
+    })
+});
+
+/// Seeds `counter` from the log if it has no row yet.
+pub async fn seed_counter(conn: &mut PgConnection, counter: Counter) -> Result<(), sqlx::Error> {
+    let sql = match counter {
+        Counter::Customers => &SEEDS[0],
+        Counter::Verified => &SEEDS[1],
+    };
+    sqlx::query(sql.as_str()).execute(conn).await?;
     Ok(())
 }
 
@@ -164,42 +168,35 @@ pub async fn take_founders_seat(
 
 // --- Advisory locks ------------------------------------------------------
 
-/// A suspension's lock on the customer (held to the end of the transaction).
-pub async fn lock_customer_exclusive(
-    conn: &mut PgConnection,
-    customer_id: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('queue.customer:' || $1, 0))")
-        .bind(customer_id)
-        .execute(conn)
-        .await?;
-    Ok(())
+/// The per-customer transaction locks (held to the end of the transaction).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lock {
+    /// A suspension's lock on the customer.
+    Customer,
+    /// A login's lock on the customer: shared with other logins, excluded
+    /// by a suspension.
+    CustomerShared,
+    /// Serialises passkey deletions of one customer.
+    Credentials,
 }
 
-/// A login's lock on the customer: shared with other logins, excluded by a
-/// suspension.
-pub async fn lock_customer_shared(
+pub async fn lock(
     conn: &mut PgConnection,
+    lock: Lock,
     customer_id: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock_shared(hashtextextended('queue.customer:' || $1, 0))",
-    )
-    .bind(customer_id)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Serialises passkey deletions of one customer.
-pub async fn lock_credentials_of(
-    conn: &mut PgConnection,
-    customer_id: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('queue.credentials:' || $1, 0))")
-        .bind(customer_id)
-        .execute(conn)
-        .await?;
+    let sql = match lock {
+        Lock::Customer => {
+            "SELECT pg_advisory_xact_lock(hashtextextended('queue.customer:' || $1, 0))"
+        }
+        Lock::CustomerShared => {
+            "SELECT pg_advisory_xact_lock_shared(hashtextextended('queue.customer:' || $1, 0))"
+        }
+        Lock::Credentials => {
+            "SELECT pg_advisory_xact_lock(hashtextextended('queue.credentials:' || $1, 0))"
+        }
+    };
+    sqlx::query(sql).bind(customer_id).execute(conn).await?;
     Ok(())
 }
 

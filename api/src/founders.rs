@@ -82,7 +82,7 @@ pub async fn append_verification(state: &AppState, batch: Batch) -> Result<(), A
     {
         let mut savepoint = tx.begin().await?;
         let result: Result<(), sqlx::Error> = async {
-            db::seed_verified_counter(&mut savepoint).await?;
+            db::seed_counter(&mut savepoint, db::Counter::Verified).await?;
             db::count_verified(&mut savepoint).await
         }
         .await;
@@ -116,13 +116,13 @@ pub async fn append_registration(
         let verified_only = state.config().founders_count_verified_only;
         let result: Result<bool, sqlx::Error> = async {
             if verified_only {
-                db::seed_verified_counter(&mut savepoint).await?;
+                db::seed_counter(&mut savepoint, db::Counter::Verified).await?;
                 let open = db::verified_below(&mut savepoint, threshold).await?;
                 return Ok(open.unwrap_or(true));
             }
             // The count of customers seeds the counter once (only while
-            // there is no counter row; see `db::seed_customer_counter`).
-            db::seed_customer_counter(&mut savepoint).await?;
+            // there is no counter row; see `db::seed_counter`).
+            db::seed_counter(&mut savepoint, db::Counter::Customers).await?;
             let used = db::take_founders_seat(&mut savepoint, threshold).await?;
             Ok(used.is_some())
         }
