@@ -61,9 +61,6 @@ pub async fn suspend(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Serialises suspension against passkey logins of the same customer: the
-/// suspension takes it exclusively, a login's session append shares it.
-
 /// One suspension attempt in one transaction: the customer and its
 /// sessions are read under the customer's exclusive lock, so no login can
 /// add a session that this suspension does not revoke.
@@ -126,7 +123,12 @@ pub async fn append_login(
 ) -> Result<(), ApiError> {
     let store = state.store();
     let mut tx = state.pool.begin().await?;
-    crate::db::lock(&mut tx, crate::db::Lock::CustomerShared, &customer_id.to_string()).await?;
+    crate::db::lock(
+        &mut tx,
+        crate::db::Lock::CustomerShared,
+        &customer_id.to_string(),
+    )
+    .await?;
     let suspended = store
         .load_many_in::<Customer>(&mut tx, &[customer_id.to_string()])
         .await?

@@ -130,7 +130,12 @@ pub async fn delete(
     // Serialise deletions per customer so two concurrent deletes cannot both
     // pass the last-passkey check.
     let mut tx = store.pool().begin().await?;
-    crate::db::lock(&mut tx, crate::db::Lock::Credentials, &auth.customer_id.to_string()).await?;
+    crate::db::lock(
+        &mut tx,
+        crate::db::Lock::Credentials,
+        &auth.customer_id.to_string(),
+    )
+    .await?;
     let usable = store
         .usable_credentials_of(&mut tx, auth.customer_id)
         .await?;

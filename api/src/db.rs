@@ -169,6 +169,9 @@ pub async fn take_founders_seat(
 // --- Advisory locks ------------------------------------------------------
 
 /// The per-customer transaction locks (held to the end of the transaction).
+/// The customer lock serialises suspension against passkey logins of the
+/// same customer: the suspension takes it exclusively, a login's session
+/// append shares it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lock {
     /// A suspension's lock on the customer.

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use queue_eventstore::feed::{Columns, FeedRead, Position, Until};
 use serde::Serialize;
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection, PgPool, Row as _};
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::mpsc;
 
 use crate::checksum::{self, Mode, Sums, TableSum};
@@ -138,12 +138,9 @@ pub async fn rebuild(
 
     crate::events::wait_for_watermark(&mut control, Duration::from_secs(60)).await?;
     let end = queue_eventstore::feed::end(&mut control).await?;
-    let total = queue_eventstore::feed::count(
-        &mut control,
-        Position::default(),
-        Until::Position(end),
-    )
-    .await?;
+    let total =
+        queue_eventstore::feed::count(&mut control, Position::default(), Until::Position(end))
+            .await?;
     prepare_shadow(&mut control, &projections).await?;
 
     // 1. Replay and load.
