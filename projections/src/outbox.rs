@@ -198,18 +198,7 @@ pub async fn step(
         applied += 1;
     }
     if let Some(last) = last {
-        sqlx::query(
-            "UPDATE projection_checkpoints SET commit_xid = $2, insert_id = $3, \
-             events = events + $4, updated_at = now(), failed_at = NULL, error = NULL, \
-             failed_aggregate_type = NULL, failed_aggregate_id = NULL, failed_sequence = NULL \
-             WHERE name = $1",
-        )
-        .bind(NAME)
-        .bind(last.commit_xid)
-        .bind(last.insert_id)
-        .bind(applied as i64)
-        .execute(&mut *tx)
-        .await?;
+        crate::runner::advance_checkpoint(&mut tx, NAME, last, applied).await?;
     }
     tx.commit().await?;
     if enqueued > 0 {
