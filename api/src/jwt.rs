@@ -609,20 +609,16 @@ pub async fn run_key_reloader(
 /// Re-reads the key file; on failure keeps the last good keys and marks
 /// them degraded (reported in `/readyz` and `queue_jwt_keys_degraded`).
 pub fn reload(keys: &SharedJwtKeys, path: &std::path::Path) -> bool {
-    match read_key_file(path) {
-        Ok(set) => {
-            if set.kids() != keys.get().kids() {
-                tracing::info!(kids = ?set.kids(), "JWT signing keys reloaded");
-            }
+    queue_eventstore::rotation::reload_keys(
+        "jwt",
+        || {
+            let set = read_key_file(path)?;
+            let changed = (set.kids() != keys.get().kids()).then(|| set.current().kid.clone());
             keys.replace(set);
-            true
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "JWT key file unreadable: keeping the last good keys (degraded)");
-            keys.mark_degraded();
-            false
-        }
-    }
+            Ok(changed)
+        },
+        || keys.mark_degraded(),
+    )
 }
 
 #[cfg(test)]
