@@ -61,13 +61,6 @@ pub async fn suspend(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Serialises suspension against passkey logins of the same customer: the
-/// suspension takes it exclusively, a login's session append shares it.
-const LOCK_EXCLUSIVE: &str =
-    "SELECT pg_advisory_xact_lock(hashtextextended('queue.customer:' || $1, 0))";
-const LOCK_SHARED: &str =
-    "SELECT pg_advisory_xact_lock_shared(hashtextextended('queue.customer:' || $1, 0))";
-
 /// One suspension attempt in one transaction: the customer and its
 /// sessions are read under the customer's exclusive lock, so no login can
 /// add a session that this suspension does not revoke.
@@ -80,10 +73,7 @@ async fn suspend_once(
     let now = state.now();
     let store = state.store();
     let mut tx = state.pool.begin().await?;
-    sqlx::query(LOCK_EXCLUSIVE)
-        .bind(customer_id.to_string())
-        .execute(&mut *tx)
-        .await?;
+    crate::db::lock(&mut tx, crate::db::Lock::Customer, &customer_id.to_string()).await?;
     let mut customer = store
         .load_many_in::<Customer>(&mut tx, &[customer_id.to_string()])
         .await?
@@ -133,10 +123,12 @@ pub async fn append_login(
 ) -> Result<(), ApiError> {
     let store = state.store();
     let mut tx = state.pool.begin().await?;
-    sqlx::query(LOCK_SHARED)
-        .bind(customer_id.to_string())
-        .execute(&mut *tx)
-        .await?;
+    crate::db::lock(
+        &mut tx,
+        crate::db::Lock::CustomerShared,
+        &customer_id.to_string(),
+    )
+    .await?;
     let suspended = store
         .load_many_in::<Customer>(&mut tx, &[customer_id.to_string()])
         .await?

@@ -79,14 +79,12 @@ async fn ledger_position(
     state: &AppState,
     event_id: AuditEventId,
 ) -> Result<(String, bool), ApiError> {
-    let row: Option<(String, Option<i64>)> = sqlx::query_as(
-        "SELECT encode(e.hash, 'hex'), l.seq FROM events e \
-         LEFT JOIN ledger l ON l.aggregate_type = e.aggregate_type \
-              AND l.aggregate_id = e.aggregate_id AND l.sequence = e.sequence \
-         WHERE e.aggregate_type = 'Audit' AND e.aggregate_id = $1 AND e.sequence = 1",
+    let row = queue_eventstore::lookup::event_hash_and_seal(
+        &state.pool,
+        "Audit",
+        &event_id.to_string(),
+        1,
     )
-    .bind(event_id.to_string())
-    .fetch_optional(&state.pool)
     .await?;
     let (hash, seq) = row.ok_or_else(|| ApiError::internal("recorded audit event not found"))?;
     Ok((hash, seq.is_some()))

@@ -5,9 +5,10 @@
 use chrono::{DateTime, Duration, Utc};
 use queue_domain::types::CustomerId;
 use serde_json::Value;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::db;
 use crate::error::ApiError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,19 +47,18 @@ pub async fn store(
     ttl_secs: u32,
 ) -> Result<Uuid, ApiError> {
     let id = Uuid::new_v4();
-    sqlx::query(
-        "INSERT INTO webauthn_challenges \
-         (challenge_id, kind, customer_id, context, state, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    db::insert_challenge(
+        pool,
+        db::NewChallenge {
+            id,
+            kind: kind.as_str(),
+            customer_id: customer_id.map(Uuid::from),
+            context,
+            state,
+            created_at: now,
+            expires_at: now + Duration::seconds(i64::from(ttl_secs)),
+        },
     )
-    .bind(id)
-    .bind(kind.as_str())
-    .bind(customer_id.map(Uuid::from))
-    .bind(context)
-    .bind(state)
-    .bind(now)
-    .bind(now + Duration::seconds(i64::from(ttl_secs)))
-    .execute(pool)
     .await?;
     Ok(id)
 }
@@ -74,34 +74,20 @@ pub async fn take(
     let Ok(id) = Uuid::try_parse(challenge_id) else {
         return Err(ApiError::ChallengeExpired);
     };
-    let row = sqlx::query(
-        "DELETE FROM webauthn_challenges WHERE challenge_id = $1 AND kind = $2 \
-         RETURNING customer_id, context, state, expires_at",
-    )
-    .bind(id)
-    .bind(kind.as_str())
-    .fetch_optional(pool)
-    .await?;
-    let Some(row) = row else {
+    let Some(row) = db::take_challenge(pool, id, kind.as_str()).await? else {
         return Err(ApiError::ChallengeExpired);
     };
-    let expires_at: DateTime<Utc> = row.try_get("expires_at")?;
-    if now >= expires_at {
+    if now >= row.expires_at {
         return Err(ApiError::ChallengeExpired);
     }
-    let customer_id: Option<Uuid> = row.try_get("customer_id")?;
     Ok(Challenge {
-        customer_id: customer_id.map(CustomerId::from),
-        context: row.try_get("context")?,
-        state: row.try_get("state")?,
+        customer_id: row.customer_id.map(CustomerId::from),
+        context: row.context,
+        state: row.state,
     })
 }
 
 /// Deletes expired challenges; returns how many.
 pub async fn sweep(pool: &PgPool, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM webauthn_challenges WHERE expires_at <= $1")
-        .bind(now)
-        .execute(pool)
-        .await?;
-    Ok(done.rows_affected())
+    db::delete_expired_challenges(pool, now).await
 }

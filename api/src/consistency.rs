@@ -54,11 +54,9 @@ pub async fn await_projection(
     let mut conn = state.pool.acquire().await?;
     // The newest committed event now: the caller's own writes are at or
     // before it (they committed before the request was sent).
-    let target: Option<(i64, i64)> = sqlx::query_as(
-        "SELECT commit_xid, insert_id FROM events ORDER BY commit_xid DESC, insert_id DESC LIMIT 1",
-    )
-    .fetch_optional(&mut *conn)
-    .await?;
+    let target = queue_eventstore::feed::newest(&mut conn)
+        .await?
+        .map(|p| (p.commit_xid, p.insert_id));
     let Some(target) = target else {
         return Ok(Freshness::Fresh);
     };

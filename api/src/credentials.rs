@@ -132,10 +132,12 @@ pub async fn delete(
     // Serialise deletions per customer so two concurrent deletes cannot both
     // pass the last-passkey check.
     let mut tx = store.pool().begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('queue.credentials:' || $1, 0))")
-        .bind(auth.customer_id.to_string())
-        .execute(&mut *tx)
-        .await?;
+    crate::db::lock(
+        &mut tx,
+        crate::db::Lock::Credentials,
+        &auth.customer_id.to_string(),
+    )
+    .await?;
     let usable = store
         .usable_credentials_of(&mut tx, auth.customer_id)
         .await?;

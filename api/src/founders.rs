@@ -31,6 +31,7 @@ use queue_domain::Audit;
 use serde_json::Value;
 use sqlx::Acquire;
 
+use crate::db;
 use crate::error::ApiError;
 use crate::state::AppState;
 use queue_eventstore::{Batch, Loaded};
@@ -73,17 +74,6 @@ fn is_statement_error(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(_))
 }
 
-/// Seeds the verified-customer counter (row 2) from the log when it does
-/// not exist yet: `EmailVerified` events and customers imported verified.
-const SEED_VERIFIED: &str = "INSERT INTO founders_gate (id, used) \
-     SELECT 2, (SELECT count(*) FROM events \
-                WHERE aggregate_type = 'Customer' \
-                  AND (event_type = 'EmailVerified' \
-                       OR (event_type = 'CustomerImported' \
-                           AND payload #>> '{CustomerImported,email_verified_at}' IS NOT NULL))) \
-     WHERE NOT EXISTS (SELECT 1 FROM founders_gate WHERE id = 2) \
-     ON CONFLICT (id) DO NOTHING";
-
 /// Appends an email verification `batch`, counting the customer into the
 /// verified-founders counter in the same transaction. A statement error
 /// (not an outage) appends without counting, logged (fail open, as the gate).
@@ -92,11 +82,8 @@ pub async fn append_verification(state: &AppState, batch: Batch) -> Result<(), A
     {
         let mut savepoint = tx.begin().await?;
         let result: Result<(), sqlx::Error> = async {
-            sqlx::query(SEED_VERIFIED).execute(&mut *savepoint).await?;
-            sqlx::query("UPDATE founders_gate SET used = used + 1 WHERE id = 2")
-                .execute(&mut *savepoint)
-                .await?;
-            Ok(())
+            db::seed_counter(&mut savepoint, db::Counter::Verified).await?;
+            db::count_verified(&mut savepoint).await
         }
         .await;
         match result {
@@ -129,35 +116,14 @@ pub async fn append_registration(
         let verified_only = state.config().founders_count_verified_only;
         let result: Result<bool, sqlx::Error> = async {
             if verified_only {
-                sqlx::query(SEED_VERIFIED).execute(&mut *savepoint).await?;
-                let open: Option<bool> =
-                    sqlx::query_scalar("SELECT used < $1 FROM founders_gate WHERE id = 2")
-                        .bind(threshold)
-                        .fetch_optional(&mut *savepoint)
-                        .await?;
+                db::seed_counter(&mut savepoint, db::Counter::Verified).await?;
+                let open = db::verified_below(&mut savepoint, threshold).await?;
                 return Ok(open.unwrap_or(true));
             }
-            // The count of customers seeds the counter once. It is a scalar
-            // subquery behind `NOT EXISTS`, so it only runs while there is no
-            // counter row: as `INSERT … SELECT count(*) … ON CONFLICT DO
-            // NOTHING` it counted every customer on every registration
-            // (growing with them, ADR 0103) to insert nothing. Concurrent first registrations still meet at the
-            // primary key (`ON CONFLICT`).
-            sqlx::query(
-                "INSERT INTO founders_gate (id, used) \
-                 SELECT 1, (SELECT count(*) FROM events \
-                            WHERE aggregate_type = 'Customer' AND sequence = 1) \
-                 WHERE NOT EXISTS (SELECT 1 FROM founders_gate WHERE id = 1) \
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .execute(&mut *savepoint)
-            .await?;
-            let used: Option<i64> = sqlx::query_scalar(
-                "UPDATE founders_gate SET used = used + 1 WHERE id = 1 AND used < $1 RETURNING used",
-            )
-            .bind(threshold)
-            .fetch_optional(&mut *savepoint)
-            .await?;
+            // The count of customers seeds the counter once (only while
+            // there is no counter row; see `db::seed_counter`).
+            db::seed_counter(&mut savepoint, db::Counter::Customers).await?;
+            let used = db::take_founders_seat(&mut savepoint, threshold).await?;
             Ok(used.is_some())
         }
         .await;

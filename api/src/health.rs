@@ -35,10 +35,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
             Json(json!({"status": "unavailable", "breaker": "open"})),
         );
     }
-    match sqlx::query_scalar::<_, i32>("SELECT 1")
-        .fetch_one(&state.pool)
-        .await
-    {
+    match crate::db::ping(&state.pool).await {
         // Still ready with the last good keys, or with per-process rate
         // limits while Redis is away, but say so.
         Ok(_) => {

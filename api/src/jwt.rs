@@ -9,8 +9,6 @@
 //! white space ignored). ADR 0207.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -458,47 +456,11 @@ fn decode_base64(raw: &str) -> Option<Vec<u8>> {
         .filter(|b| !b.is_empty())
 }
 
-/// Keys shared by the whole process and swappable at run time (rotation).
-/// `degraded` is set when a reload failed and the last good keys stay in use.
-#[derive(Clone, Debug)]
-pub struct SharedJwtKeys {
-    keys: Arc<RwLock<Arc<JwtKeySet>>>,
-    degraded: Arc<AtomicBool>,
-}
-
-impl SharedJwtKeys {
-    pub fn new(keys: JwtKeySet) -> Self {
-        Self {
-            keys: Arc::new(RwLock::new(Arc::new(keys))),
-            degraded: Arc::new(AtomicBool::new(false)),
-        }
-    }
-
-    pub fn get(&self) -> Arc<JwtKeySet> {
-        match self.keys.read() {
-            Ok(guard) => Arc::clone(&guard),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
-    }
-
-    /// Swaps in freshly read keys; a good read ends a degraded spell.
-    pub fn replace(&self, keys: JwtKeySet) {
-        match self.keys.write() {
-            Ok(mut guard) => *guard = Arc::new(keys),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(keys),
-        }
-        self.degraded.store(false, Ordering::SeqCst);
-    }
-
-    /// Records that a reload failed; the current keys stay in use.
-    pub fn mark_degraded(&self) {
-        self.degraded.store(true, Ordering::SeqCst);
-    }
-
-    pub fn is_degraded(&self) -> bool {
-        self.degraded.load(Ordering::SeqCst)
-    }
-}
+/// Keys shared by the whole process and swappable at run time (rotation):
+/// the one reloadable shape (`queue_eventstore::Reloadable`, lock-free
+/// reads). `degraded` is set when a reload failed and the last good keys
+/// stay in use.
+pub type SharedJwtKeys = queue_eventstore::Reloadable<JwtKeySet>;
 
 /// The access token's claims (contract "Tokens").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -631,11 +593,7 @@ fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 
 /// Tells every instance listening on this database to reload its keys.
 pub async fn notify_rotation(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_notify($1, 'rotated')")
-        .bind(ROTATION_CHANNEL)
-        .execute(pool)
-        .await?;
-    Ok(())
+    queue_eventstore::rotation::notify(pool, ROTATION_CHANNEL).await
 }
 
 /// Reloads `keys` from `path` whenever a rotation is announced; runs until
@@ -657,20 +615,16 @@ pub async fn run_key_reloader(
 /// Re-reads the key file; on failure keeps the last good keys and marks
 /// them degraded (reported in `/readyz` and `queue_jwt_keys_degraded`).
 pub fn reload(keys: &SharedJwtKeys, path: &std::path::Path) -> bool {
-    match read_key_file(path) {
-        Ok(set) => {
-            if set.kids() != keys.get().kids() {
-                tracing::info!(kids = ?set.kids(), "JWT signing keys reloaded");
-            }
+    queue_eventstore::rotation::reload_keys(
+        "jwt",
+        || {
+            let set = read_key_file(path)?;
+            let changed = (set.kids() != keys.get().kids()).then(|| set.current().kid.clone());
             keys.replace(set);
-            true
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "JWT key file unreadable: keeping the last good keys (degraded)");
-            keys.mark_degraded();
-            false
-        }
-    }
+            Ok(changed)
+        },
+        || keys.mark_degraded(),
+    )
 }
 
 #[cfg(test)]

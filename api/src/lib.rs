@@ -16,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod consistency;
 pub mod credentials;
+pub mod db;
 pub mod discovery;
 pub mod email;
 pub mod error;

@@ -250,11 +250,9 @@ fn load_average() -> String {
 /// Reads every event row in global order and does nothing with it.
 async fn scan(pool: &sqlx::PgPool) -> BenchResult<u64> {
     let mut conn = pool.acquire().await?;
-    let sql = format!(
-        "SELECT {} FROM events ORDER BY commit_xid, insert_id",
-        queue_projections::events::EVENT_COLUMNS
-    );
-    let mut rows = sqlx::query(&sql).fetch(&mut *conn);
+    use queue_eventstore::feed::{Columns, FeedRead, Position, Until};
+    let read = FeedRead::new(Columns::Payload, Position::default(), Until::Stored);
+    let mut rows = read.fetch(&mut conn);
     let mut n = 0u64;
     while let Some(row) = rows.try_next().await? {
         std::hint::black_box(&row);

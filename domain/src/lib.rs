@@ -29,4 +29,4 @@ pub use credential::{Credential, CredentialCommand, CredentialError, CredentialE
 pub use customer::{Customer, CustomerCommand, CustomerError, CustomerEvent};
 pub use session::{RefreshOutcome, Session, SessionCommand, SessionError, SessionEvent};
 pub use tenant::{Tenant, TenantCommand, TenantError, TenantEvent};
-pub use upcast::upcasters;
+pub use upcast::{upcasters, EventDecoder};

@@ -2,10 +2,12 @@
 //! on load, so the aggregates and projections only know the latest version.
 //! The ledger keeps the original bytes; upcasting never touches storage.
 //!
-//! Register them with the event store:
-//! `PersistedEventStore::new_event_store(repo).with_upcasters(queue_domain::upcasters())`.
+//! [`EventDecoder`] is the one path from a stored payload to a domain event
+//! (upcast, then deserialise): the unit of work, history and the
+//! projections all decode through it.
 
-use cqrs_es::persist::{EventUpcaster, SemanticVersionEventUpcaster};
+use cqrs_es::persist::{EventUpcaster, SemanticVersionEventUpcaster, SerializedEvent};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::credential::CREDENTIAL_REGISTERED_VERSION;
@@ -17,6 +19,81 @@ pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
         CREDENTIAL_REGISTERED_VERSION,
         Box::new(credential_registered_v1_to_v2),
     ))]
+}
+
+/// Decodes stored payloads into domain events, upcasting old versions first.
+pub struct EventDecoder {
+    upcasters: Vec<Box<dyn EventUpcaster>>,
+}
+
+impl Default for EventDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for EventDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventDecoder")
+            .field("upcasters", &self.upcasters.len())
+            .finish()
+    }
+}
+
+impl EventDecoder {
+    /// A decoder with every upcaster of this crate.
+    pub fn new() -> Self {
+        Self {
+            upcasters: upcasters(),
+        }
+    }
+
+    /// Whether an event of this type and version is rewritten on load.
+    pub fn needs_upcast(&self, event_type: &str, event_version: &str) -> bool {
+        self.upcasters
+            .iter()
+            .any(|u| u.can_upcast(event_type, event_version))
+    }
+
+    /// Applies every upcaster that applies to the event, in order.
+    pub fn upcast(&self, event: SerializedEvent) -> SerializedEvent {
+        let mut event = event;
+        for upcaster in &self.upcasters {
+            if upcaster.can_upcast(&event.event_type, &event.event_version) {
+                event = upcaster.upcast(event);
+            }
+        }
+        event
+    }
+
+    /// Upcasts a stored event and deserialises its payload.
+    pub fn decode<T: DeserializeOwned>(&self, event: SerializedEvent) -> serde_json::Result<T> {
+        serde_json::from_value(self.upcast(event).payload)
+    }
+
+    /// The same from the payload's JSON text: parsed straight into `T`
+    /// (no intermediate `Value`) when no upcaster applies.
+    pub fn decode_text<T: DeserializeOwned>(
+        &self,
+        event_type: &str,
+        event_version: &str,
+        payload: &str,
+    ) -> serde_json::Result<T> {
+        if !self.needs_upcast(event_type, event_version) {
+            return serde_json::from_str(payload);
+        }
+        // The upcasters read only the type, the version and the payload.
+        let event = SerializedEvent::new(
+            String::new(),
+            0,
+            String::new(),
+            event_type.to_owned(),
+            event_version.to_owned(),
+            serde_json::from_str(payload)?,
+            Value::Null,
+        );
+        self.decode(event)
+    }
 }
 
 /// `CredentialRegistered` 1.0 had no `backup_state` or `transports`. The

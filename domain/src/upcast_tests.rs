@@ -37,15 +37,9 @@ fn serialized(event_type: &str, version: &str, payload: Value) -> SerializedEven
     )
 }
 
-/// What cqrs-es does on load: every upcaster that accepts the event rewrites it.
+/// The one decoder's upcast step.
 fn upcast(event: SerializedEvent) -> SerializedEvent {
-    upcasters().iter().fold(event, |event, upcaster| {
-        if upcaster.can_upcast(&event.event_type, &event.event_version) {
-            upcaster.upcast(event)
-        } else {
-            event
-        }
-    })
+    EventDecoder::new().upcast(event)
 }
 
 fn expected_v2(backup_state: bool, transports: Vec<String>, passkey: Value) -> CredentialEvent {
@@ -113,6 +107,35 @@ fn current_and_other_events_are_left_alone() {
         json!({"CredentialUsed": {"sign_count": 1, "backup_state": false, "at": "2026-01-01T00:00:00Z"}}),
     );
     assert_eq!(upcast(used.clone()), used);
+}
+
+#[test]
+fn the_decoder_gives_the_same_event_from_text_and_from_a_value() {
+    let decoder = EventDecoder::new();
+    let passkey = json!({"cred": {"backup_state": true, "transports": ["NFC"]}});
+    let old = v1_payload(passkey.clone());
+    let expected = expected_v2(true, vec!["nfc".into()], passkey);
+    assert!(decoder.needs_upcast("CredentialRegistered", "1.0"));
+    let from_text: CredentialEvent = decoder
+        .decode_text("CredentialRegistered", "1.0", &old.to_string())
+        .unwrap();
+    let from_value: CredentialEvent = decoder
+        .decode(serialized("CredentialRegistered", "1.0", old.clone()))
+        .unwrap();
+    assert_eq!(from_text, expected);
+    assert_eq!(from_value, expected);
+
+    // A current event is parsed as it is; a v1 payload claiming to be
+    // current is refused rather than silently filled in.
+    let current = serde_json::to_string(&expected).unwrap();
+    assert!(!decoder.needs_upcast("CredentialRegistered", "2.0.0"));
+    let parsed: CredentialEvent = decoder
+        .decode_text("CredentialRegistered", "2.0.0", &current)
+        .unwrap();
+    assert_eq!(parsed, expected);
+    assert!(decoder
+        .decode_text::<CredentialEvent>("CredentialRegistered", "2.0.0", &old.to_string())
+        .is_err());
 }
 
 /// A repository holding one v1 event, to show the upcaster runs on a real load.

@@ -196,21 +196,25 @@ pub async fn customer_history(
         let aggregate_id = row.event.aggregate_id.clone();
         let sequence = row.event.sequence as i64;
         let event_type = row.event.event_type.clone();
-        let serialized = store.upcast(row.event);
+        let decoder = store.decoder();
         let decode_error = |e: serde_json::Error| {
             StoreError::Ledger(format!("{aggregate_type}/{aggregate_id} #{sequence}: {e}"))
         };
         match aggregate_type.as_str() {
             "Customer" => customer.apply(
-                serde_json::from_value::<CustomerEvent>(serialized.payload)
+                decoder
+                    .decode::<CustomerEvent>(row.event)
                     .map_err(decode_error)?,
             ),
             "Credential" => credentials.entry(aggregate_id.clone()).or_default().apply(
-                serde_json::from_value::<CredentialEvent>(serialized.payload)
+                decoder
+                    .decode::<CredentialEvent>(row.event)
                     .map_err(decode_error)?,
             ),
             "Session" => sessions.entry(aggregate_id.clone()).or_default().apply(
-                serde_json::from_value::<SessionEvent>(serialized.payload).map_err(decode_error)?,
+                decoder
+                    .decode::<SessionEvent>(row.event)
+                    .map_err(decode_error)?,
             ),
             _ => {}
         }

@@ -3,8 +3,7 @@
 //! live in the database, and `Debug` never prints them.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -12,6 +11,7 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 use crate::error::{StoreError, StoreResult};
+use crate::reloadable::Reloadable;
 
 /// Minimum MAC key length in bytes.
 pub const MIN_MAC_KEY_LEN: usize = 32;
@@ -316,54 +316,46 @@ impl CheckpointSigner {
 }
 
 /// The checkpoint signer of a running process, swappable at run time
-/// (`queue keys rotate --kind checkpoint`). `degraded` is set when a reload
-/// failed and the last good key stays in use.
+/// (`queue keys rotate --kind checkpoint`): a [`Reloadable`] signer that
+/// refuses a key for another log.
 #[derive(Clone, Debug)]
 pub struct SharedCheckpointSigner {
-    signer: Arc<RwLock<Arc<CheckpointSigner>>>,
-    degraded: Arc<AtomicBool>,
+    signer: Reloadable<CheckpointSigner>,
 }
 
 impl SharedCheckpointSigner {
     pub fn new(signer: CheckpointSigner) -> Self {
         Self {
-            signer: Arc::new(RwLock::new(Arc::new(signer))),
-            degraded: Arc::new(AtomicBool::new(false)),
+            signer: Reloadable::new(signer),
         }
     }
 
     pub fn current(&self) -> Arc<CheckpointSigner> {
-        match self.signer.read() {
-            Ok(guard) => Arc::clone(&guard),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
+        self.signer.get()
     }
 
     /// Swaps in a freshly read signer. One of another name is refused: the
     /// name is the log origin, and a log never changes its origin.
     pub fn replace(&self, signer: CheckpointSigner) -> Result<(), String> {
-        if signer.name() != self.current().name() {
+        let origin = self.current();
+        if signer.name() != origin.name() {
             return Err(format!(
                 "the new key is for log {:?}, this ledger is {:?}",
                 signer.name(),
-                self.current().name()
+                origin.name()
             ));
         }
-        match self.signer.write() {
-            Ok(mut guard) => *guard = Arc::new(signer),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(signer),
-        }
-        self.degraded.store(false, Ordering::SeqCst);
+        self.signer.replace(signer);
         Ok(())
     }
 
     /// Records that a reload failed; the current key stays in use.
     pub fn mark_degraded(&self) {
-        self.degraded.store(true, Ordering::SeqCst);
+        self.signer.mark_degraded();
     }
 
     pub fn is_degraded(&self) -> bool {
-        self.degraded.load(Ordering::SeqCst)
+        self.signer.is_degraded()
     }
 }
 

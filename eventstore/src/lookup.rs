@@ -7,6 +7,10 @@
 //!
 //! These return stream ids only. Nothing is decided on them: the streams
 //! are then loaded and checked through the unit of work.
+//!
+//! The other queries on `events` that services outside this crate need
+//! (the founders counter's seed counts, one event's hash and seal) are here
+//! too, so the API spells no query on `events` of its own.
 
 use sqlx::PgExecutor;
 
@@ -121,4 +125,37 @@ pub async fn customer_of_grant<'e>(
         .bind(grant_id)
         .fetch_optional(db)
         .await?)
+}
+
+/// How many Customer streams exist (registered or imported): the founders
+/// counter's seed (a scalar subquery the API embeds in its own statement).
+pub const CUSTOMER_COUNT: &str =
+    "SELECT count(*) FROM events WHERE aggregate_type = 'Customer' AND sequence = 1";
+
+/// How many customers are verified: `EmailVerified` events and customers
+/// imported verified (the verified founders counter's seed).
+pub const VERIFIED_CUSTOMER_COUNT: &str = "SELECT count(*) FROM events \
+     WHERE aggregate_type = 'Customer' \
+       AND (event_type = 'EmailVerified' \
+            OR (event_type = 'CustomerImported' \
+                AND payload #>> '{CustomerImported,email_verified_at}' IS NOT NULL))";
+
+/// The hash (hex) of one event and its ledger position, if sealed yet.
+pub async fn event_hash_and_seal<'e>(
+    db: impl PgExecutor<'e>,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    sequence: i64,
+) -> StoreResult<Option<(String, Option<i64>)>> {
+    Ok(sqlx::query_as(
+        "SELECT encode(e.hash, 'hex'), l.seq FROM events e \
+         LEFT JOIN ledger l ON l.aggregate_type = e.aggregate_type \
+              AND l.aggregate_id = e.aggregate_id AND l.sequence = e.sequence \
+         WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 AND e.sequence = $3",
+    )
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .bind(sequence)
+    .fetch_optional(db)
+    .await?)
 }

@@ -2,8 +2,7 @@
 //! locking, plus the per-stream hash chain, the MAC and the commit order.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use cqrs_es::persist::{
@@ -18,15 +17,14 @@ use crate::clock::Clock;
 use crate::error::{StoreError, StoreResult};
 use crate::integrity::IntegrityMonitor;
 use crate::keys::MacKeys;
+use crate::reloadable::Reloadable;
 use crate::unit_of_work::check_streams;
 
 /// MAC keys that can be swapped at run time (rotation) while readers keep
-/// the set they started with. `degraded` says the last reload failed and
-/// the keys in use are the last good ones.
+/// the set they started with: a [`Reloadable`] key set with its verifier.
 #[derive(Clone, Debug)]
 pub struct SharedMacKeys {
-    keys: Arc<RwLock<KeyedSet>>,
-    degraded: Arc<AtomicBool>,
+    keys: Reloadable<KeyedSet>,
 }
 
 /// The keys and a verifier with every key already absorbed, swapped together.
@@ -48,42 +46,31 @@ impl KeyedSet {
 impl SharedMacKeys {
     pub fn new(keys: MacKeys) -> Self {
         Self {
-            keys: Arc::new(RwLock::new(KeyedSet::new(keys))),
-            degraded: Arc::new(AtomicBool::new(false)),
+            keys: Reloadable::new(KeyedSet::new(keys)),
         }
     }
 
     pub fn current(&self) -> Arc<MacKeys> {
-        match self.keys.read() {
-            Ok(guard) => Arc::clone(&guard.keys),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner().keys),
-        }
+        self.keys.with(|set| Arc::clone(&set.keys))
     }
 
-    /// A verifier for every current key (for checking stored MACs).
+    /// A verifier for every current key (for checking stored MACs); a
+    /// lock-free read of the verifier built when the keys were loaded.
     pub fn verifier(&self) -> Arc<MacVerifier> {
-        match self.keys.read() {
-            Ok(guard) => Arc::clone(&guard.verifier),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner().verifier),
-        }
+        self.keys.with(|set| Arc::clone(&set.verifier))
     }
 
     pub fn replace(&self, keys: MacKeys) {
-        let set = KeyedSet::new(keys);
-        match self.keys.write() {
-            Ok(mut guard) => *guard = set,
-            Err(poisoned) => *poisoned.into_inner() = set,
-        }
-        self.degraded.store(false, Ordering::SeqCst);
+        self.keys.replace(KeyedSet::new(keys));
     }
 
     /// Records that a reload failed; the current keys stay in use.
     pub fn mark_degraded(&self) {
-        self.degraded.store(true, Ordering::SeqCst);
+        self.keys.mark_degraded();
     }
 
     pub fn is_degraded(&self) -> bool {
-        self.degraded.load(Ordering::SeqCst)
+        self.keys.is_degraded()
     }
 }
 

@@ -49,7 +49,8 @@ pub async fn notify_mac_rotation(pool: &PgPool) -> Result<(), sqlx::Error> {
     notify(pool, MAC_ROTATION_CHANNEL).await
 }
 
-async fn notify(pool: &PgPool, channel: &str) -> Result<(), sqlx::Error> {
+/// Announces a rotation on `channel` (MAC, checkpoint and JWT keys alike).
+pub async fn notify(pool: &PgPool, channel: &str) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_notify($1, 'rotated')")
         .bind(channel)
         .execute(pool)
@@ -57,21 +58,42 @@ async fn notify(pool: &PgPool, channel: &str) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-fn reload(keys: &SharedMacKeys, path: &Path) -> bool {
-    match read_mac_key_file(path) {
-        Ok(fresh) => {
-            if fresh.current_id() != keys.current().current_id() {
-                tracing::info!(key_id = fresh.current_id(), "MAC keys reloaded");
+/// One reload of a key set, the same for every kind: `read` re-reads the
+/// file and swaps the keys in, returning the new current key id when it
+/// changed (logged); on failure the last good keys stay in use, marked
+/// degraded (`/readyz`, the `*_degraded` gauges).
+pub fn reload_keys(
+    what: &str,
+    read: impl FnOnce() -> Result<Option<String>, String>,
+    mark_degraded: impl FnOnce(),
+) -> bool {
+    match read() {
+        Ok(changed) => {
+            if let Some(current) = changed {
+                tracing::info!(keys = what, current = %current, "keys reloaded");
             }
-            keys.replace(fresh);
             true
         }
         Err(e) => {
-            tracing::error!(error = %e, "MAC key file unreadable: keeping the last good keys (degraded)");
-            keys.mark_degraded();
+            tracing::error!(keys = what, error = %e, "key file unusable: keeping the last good keys (degraded)");
+            mark_degraded();
             false
         }
     }
+}
+
+fn reload(keys: &SharedMacKeys, path: &Path) -> bool {
+    reload_keys(
+        "MAC",
+        || {
+            let fresh = read_mac_key_file(path)?;
+            let changed = (fresh.current_id() != keys.current().current_id())
+                .then(|| fresh.current_id().to_owned());
+            keys.replace(fresh);
+            Ok(changed)
+        },
+        || keys.mark_degraded(),
+    )
 }
 
 /// Reloads `keys` from `path` on every announcement (and after every
@@ -113,24 +135,16 @@ pub async fn notify_checkpoint_rotation(pool: &PgPool) -> Result<(), sqlx::Error
 /// Re-reads the checkpoint key file; on failure (unreadable, unparsable, or
 /// a key for another log) keeps the last good key and marks it degraded.
 pub fn reload_checkpoint_signer(signer: &SharedCheckpointSigner, path: &Path) -> bool {
-    let fresh = read_checkpoint_key_file(path).and_then(|fresh| {
-        let (old, new) = (signer.current().key_id(), fresh.key_id());
-        signer.replace(fresh)?;
-        Ok((old, new))
-    });
-    match fresh {
-        Ok((old, new)) => {
-            if old != new {
-                tracing::info!(key_id = %format!("{new:08x}"), "checkpoint signing key reloaded");
-            }
-            true
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "checkpoint key file unusable: keeping the last good key (degraded)");
-            signer.mark_degraded();
-            false
-        }
-    }
+    reload_keys(
+        "checkpoint",
+        || {
+            let fresh = read_checkpoint_key_file(path)?;
+            let (old, new) = (signer.current().key_id(), fresh.key_id());
+            signer.replace(fresh)?;
+            Ok((old != new).then(|| format!("{new:08x}")))
+        },
+        || signer.mark_degraded(),
+    )
 }
 
 /// Reloads the checkpoint signer from `path` on every announcement and after

@@ -1,8 +1,9 @@
 //! The sealer: takes committed events in a stable global order and appends
 //! them to the gap-free ledger as Merkle leaves, writing signed checkpoints.
 //!
-//! Order: events are read by (commit_xid, insert_id), and only those whose
-//! transaction id is below `pg_snapshot_xmin(pg_current_snapshot())`: every
+//! Order: events are read through `feed::FeedRead` by (commit_xid,
+//! insert_id), and only those whose transaction id is below
+//! `pg_snapshot_xmin(pg_current_snapshot())`: every
 //! transaction below that watermark has finished, and any transaction that
 //! will still write gets a larger id. So a late commit is never skipped,
 //! and writers never take a global lock.
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 use crate::chain::{self, Hash, MacVerifier, ZERO_HASH};
 use crate::checkpoint::Checkpoint;
 use crate::error::{StoreError, StoreResult};
+use crate::feed::{Columns, FeedRead, Position, Until};
 use crate::integrity::{DamageKind, Finder, IntegrityError, IntegrityMonitor};
 use crate::keys::{CheckpointSigner, SharedCheckpointSigner};
 use crate::merkle::{self, Frontier};
@@ -131,20 +133,17 @@ impl Sealer {
         // Each row comes with its stream predecessor's hash: the predecessor
         // committed earlier (or earlier in the same transaction), so it was
         // checked when it was sealed, and the chain of checks is unbroken.
-        let rows = sqlx::query(
-            "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
-             e.payload, e.metadata, e.recorded_at, e.prev_hash, e.hash, e.mac, e.mac_key_id, \
-             e.commit_xid, e.insert_id, p.hash AS predecessor_hash FROM events e \
-             LEFT JOIN events p ON p.aggregate_type = e.aggregate_type \
-             AND p.aggregate_id = e.aggregate_id AND p.sequence = e.sequence - 1 \
-             WHERE (e.commit_xid, e.insert_id) > ($1, $2) \
-             AND e.commit_xid < $3 ORDER BY e.commit_xid, e.insert_id LIMIT $4",
+        let after = Position {
+            commit_xid: state.last_xid,
+            insert_id: state.last_insert_id,
+        };
+        let rows = FeedRead::new(
+            Columns::ChainedWithPredecessor,
+            after,
+            Until::Watermark(watermark),
         )
-        .bind(state.last_xid)
-        .bind(state.last_insert_id)
-        .bind(watermark)
-        .bind(self.config.batch_size)
-        .fetch_all(&mut *tx)
+        .limit(self.config.batch_size)
+        .fetch_all(&mut tx)
         .await?;
 
         let mac = self.mac.verifier();
@@ -243,10 +242,7 @@ impl Sealer {
     /// `PENDING_WAIT`.
     pub async fn seal_pending(&self, pool: &PgPool) -> StoreResult<SealOutcome> {
         let mut conn = pool.acquire().await?;
-        let target: i64 =
-            sqlx::query_scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
-                .fetch_one(&mut *conn)
-                .await?;
+        let target = crate::feed::horizon(&mut conn).await?;
         let deadline = Instant::now() + PENDING_WAIT;
         let mut total = SealOutcome::default();
         loop {

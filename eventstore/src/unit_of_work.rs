@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::{EventUpcaster, SerializedEvent};
+use cqrs_es::persist::SerializedEvent;
 use cqrs_es::{Aggregate, DomainEvent};
 use queue_domain::types::{CredentialId, CustomerId, Email, GrantId, SessionId};
-use queue_domain::{Credential, Customer, Session};
+use queue_domain::{Credential, Customer, EventDecoder, Session};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
 
@@ -133,7 +133,7 @@ impl Batch {
 #[derive(Clone)]
 pub struct EventStore {
     repo: ChainedEventRepository,
-    upcasters: Arc<Vec<Box<dyn EventUpcaster>>>,
+    decoder: Arc<EventDecoder>,
 }
 
 /// One event row with its chain columns, decoded (the columns of
@@ -244,7 +244,7 @@ impl EventStore {
     pub fn new(repo: ChainedEventRepository) -> Self {
         Self {
             repo,
-            upcasters: Arc::new(queue_domain::upcasters()),
+            decoder: Arc::new(EventDecoder::new()),
         }
     }
 
@@ -260,9 +260,9 @@ impl EventStore {
         self.repo.integrity()
     }
 
-    /// Applies every upcaster that applies to the event, in order.
-    pub fn upcast(&self, event: SerializedEvent) -> SerializedEvent {
-        upcast_with(&self.upcasters, event)
+    /// The one decoder (upcast, then deserialise) of stored events.
+    pub fn decoder(&self) -> &EventDecoder {
+        &self.decoder
     }
 
     /// Loads one stream (empty aggregate if it has no events).
@@ -297,12 +297,11 @@ impl EventStore {
         for event in events {
             let id = event.aggregate_id.clone();
             let sequence = event.sequence;
-            let event = self.upcast(event);
-            let domain_event: A::Event = serde_json::from_value(event.payload).map_err(|e| {
+            let event_type = event.event_type.clone();
+            let domain_event: A::Event = self.decoder.decode(event).map_err(|e| {
                 StoreError::Ledger(format!(
-                    "{} {id} event {sequence} ({}) does not deserialise: {e}",
+                    "{} {id} event {sequence} ({event_type}) does not deserialise: {e}",
                     A::TYPE,
-                    event.event_type
                 ))
             })?;
             if let Some(loaded) = folded.get_mut(id.as_str()) {
@@ -406,18 +405,4 @@ impl EventStore {
             .fetch_one(self.pool())
             .await?)
     }
-}
-
-/// Applies every upcaster that applies to the event, in order.
-pub fn upcast_with(
-    upcasters: &[Box<dyn EventUpcaster>],
-    event: SerializedEvent,
-) -> SerializedEvent {
-    let mut event = event;
-    for upcaster in upcasters {
-        if upcaster.can_upcast(&event.event_type, &event.event_version) {
-            event = upcaster.upcast(event);
-        }
-    }
-    event
 }

@@ -2,9 +2,8 @@
 //! domain event enums (after the domain's upcasters).
 
 use chrono::{DateTime, Utc};
-use cqrs_es::persist::{EventUpcaster, SerializedEvent};
-use queue_domain::{AuditEvent, CredentialEvent, CustomerEvent, SessionEvent};
-use queue_eventstore::feed::Position;
+use queue_domain::{AuditEvent, CredentialEvent, CustomerEvent, EventDecoder, SessionEvent};
+use queue_eventstore::feed::{Columns, FeedRead, Position, Until};
 use serde::de::DeserializeOwned;
 use sqlx::postgres::{PgRow, PgValueFormat};
 use sqlx::{PgConnection, Row};
@@ -66,9 +65,9 @@ pub struct RawEvent {
 /// The aggregate types the projections read.
 pub const KNOWN_TYPES: [&str; 4] = ["Customer", "Credential", "Session", "Audit"];
 
-/// Columns every event query selects, in `raw_from_row` order.
-pub const EVENT_COLUMNS: &str = "commit_xid, insert_id, aggregate_type, aggregate_id, sequence, \
-     event_type, event_version, payload, recorded_at, hash";
+/// Columns every event query selects, in `raw_from_row` order (the feed's
+/// payload columns).
+pub const EVENT_COLUMNS: &str = queue_eventstore::feed::PAYLOAD_COLUMNS;
 
 /// Where `aggregate_type` is among `EVENT_COLUMNS`.
 pub const AGGREGATE_TYPE_COLUMN: usize = 2;
@@ -113,22 +112,16 @@ fn jsonb_text(row: &PgRow, column: usize) -> ProjectionResult<String> {
     String::from_utf8(text.to_vec()).map_err(|e| sqlx::Error::Decode(Box::new(e)).into())
 }
 
-/// Decodes payloads, upcasting old versions first.
+/// Decodes payloads through the domain's one decoder (upcasting old
+/// versions first).
+#[derive(Debug, Default)]
 pub struct Decoder {
-    upcasters: Vec<Box<dyn EventUpcaster>>,
-}
-
-impl Default for Decoder {
-    fn default() -> Self {
-        Self::new()
-    }
+    inner: EventDecoder,
 }
 
 impl Decoder {
     pub fn new() -> Self {
-        Self {
-            upcasters: queue_domain::upcasters(),
-        }
+        Self::default()
     }
 
     pub fn decode(&self, raw: RawEvent) -> ProjectionResult<Event> {
@@ -147,32 +140,9 @@ impl Decoder {
 
     fn payload<T: DeserializeOwned>(&self, raw: &RawEvent) -> ProjectionResult<T> {
         let meta = &raw.meta;
-        let needs_upcast = self
-            .upcasters
-            .iter()
-            .any(|u| u.can_upcast(&meta.event_type, &meta.event_version));
-        let decoded = if needs_upcast {
-            let value: serde_json::Value = serde_json::from_str(&raw.payload)
-                .map_err(|e| meta.error(format!("payload is not JSON: {e}")))?;
-            let mut event = SerializedEvent::new(
-                meta.aggregate_id.clone(),
-                usize::try_from(meta.sequence).unwrap_or_default(),
-                meta.aggregate_type.clone(),
-                meta.event_type.clone(),
-                meta.event_version.clone(),
-                value,
-                serde_json::Value::Null,
-            );
-            for upcaster in &self.upcasters {
-                if upcaster.can_upcast(&event.event_type, &event.event_version) {
-                    event = upcaster.upcast(event);
-                }
-            }
-            serde_json::from_value(event.payload)
-        } else {
-            serde_json::from_str(&raw.payload)
-        };
-        decoded.map_err(|e| meta.error(format!("cannot decode payload: {e}")))
+        self.inner
+            .decode_text(&meta.event_type, &meta.event_version, &raw.payload)
+            .map_err(|e| meta.error(format!("cannot decode payload: {e}")))
     }
 }
 
@@ -190,10 +160,7 @@ pub async fn wait_for_watermark(
     conn: &mut PgConnection,
     timeout: std::time::Duration,
 ) -> ProjectionResult<()> {
-    let target: i64 =
-        sqlx::query_scalar("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
-            .fetch_one(&mut *conn)
-            .await?;
+    let target = queue_eventstore::feed::horizon(conn).await?;
     let deadline = std::time::Instant::now() + timeout;
     while watermark(conn).await? < target {
         if std::time::Instant::now() >= deadline {
@@ -209,22 +176,15 @@ pub async fn wait_for_watermark(
 }
 
 /// Up to `limit` committed events after `after` and below `below`
-/// (a watermark), in the global order.
+/// (a watermark), in the global order (the one feed read).
 pub async fn read_batch(
     conn: &mut PgConnection,
     after: Position,
     below: i64,
     limit: i64,
 ) -> ProjectionResult<Vec<RawEvent>> {
-    let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE (commit_xid, insert_id) > ($1, $2) \
-         AND commit_xid < $3 ORDER BY commit_xid, insert_id LIMIT $4"
-    );
-    let rows = sqlx::query(&sql)
-        .bind(after.commit_xid)
-        .bind(after.insert_id)
-        .bind(below)
-        .bind(limit)
+    let rows = FeedRead::new(Columns::Payload, after, Until::Watermark(below))
+        .limit(limit)
         .fetch_all(conn)
         .await?;
     rows.iter().map(raw_from_row).collect()

@@ -32,7 +32,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use queue_eventstore::chain::{self, Hash, MacVerifier};
-use queue_eventstore::feed::Position;
+use queue_eventstore::feed::{self, Columns, FeedRead, Position, Until};
 use queue_eventstore::merkle::{self, Frontier};
 use queue_eventstore::ChainedRow;
 use queue_eventstore::{MacKeys, NoteVerifier, VerifyInput};
@@ -41,7 +41,6 @@ use sqlx::{Connection, PgConnection, PgPool, Row as _};
 
 use crate::checksum::{self, Mode, Sums, TableSum};
 use crate::error::{ProjectionError, ProjectionResult};
-use crate::events::watermark;
 use crate::projection::Projection;
 use crate::rebuild::{self, Progress, RebuildOptions, RebuildReport};
 use crate::replay::stream_order_sums;
@@ -123,18 +122,9 @@ pub async fn extract(
 
     // Where this run ends and where the target stands.
     crate::events::wait_for_watermark(&mut src, std::time::Duration::from_secs(60)).await?;
-    let end = end_position(&mut src).await?;
+    let end = feed::end(&mut src).await?;
     let resume = resume_position(&mut src, &mut dst).await?;
-    let to_copy: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events WHERE (commit_xid, insert_id) > ($1, $2) \
-         AND (commit_xid, insert_id) <= ($3, $4)",
-    )
-    .bind(resume.commit_xid)
-    .bind(resume.insert_id)
-    .bind(end.commit_xid)
-    .bind(end.insert_id)
-    .fetch_one(&mut src)
-    .await?;
+    let to_copy = feed::count(&mut src, resume, Until::Position(end)).await?;
 
     // 2. Events.
     progress.phase("copy", to_copy.max(0) as u64);
@@ -169,15 +159,8 @@ pub async fn extract(
 
     // Counts and order.
     let source_events = count_up_to(&mut src, end).await?;
-    let target_events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&mut dst)
-        .await?;
-    let source_events_after: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM events WHERE (commit_xid, insert_id) > ($1, $2)")
-            .bind(end.commit_xid)
-            .bind(end.insert_id)
-            .fetch_one(&mut src)
-            .await?;
+    let target_events = feed::count(&mut dst, Position::default(), Until::Stored).await?;
+    let source_events_after = feed::count(&mut src, end, Until::Stored).await?;
     if source_events != target_events {
         problems.push(format!(
             "events: source has {source_events} up to the end position, target {target_events}"
@@ -282,32 +265,8 @@ fn extract_error(message: impl Into<String>) -> ProjectionError {
     ProjectionError::Extract(message.into())
 }
 
-async fn end_position(conn: &mut PgConnection) -> ProjectionResult<Position> {
-    let below = watermark(conn).await?;
-    let row = sqlx::query(
-        "SELECT commit_xid, insert_id FROM events WHERE commit_xid < $1 \
-         ORDER BY commit_xid DESC, insert_id DESC LIMIT 1",
-    )
-    .bind(below)
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(match row {
-        Some(row) => Position {
-            commit_xid: row.try_get("commit_xid")?,
-            insert_id: row.try_get("insert_id")?,
-        },
-        None => Position::default(),
-    })
-}
-
 async fn count_up_to(conn: &mut PgConnection, end: Position) -> ProjectionResult<i64> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM events WHERE (commit_xid, insert_id) <= ($1, $2)")
-            .bind(end.commit_xid)
-            .bind(end.insert_id)
-            .fetch_one(&mut *conn)
-            .await?,
-    )
+    Ok(feed::count(conn, Position::default(), Until::Position(end)).await?)
 }
 
 /// The source position of the target's last event (the copy resumes after
@@ -345,9 +304,7 @@ async fn resume_position(
         insert_id: row.try_get("insert_id")?,
     };
     let source_prefix = count_up_to(src, position).await?;
-    let target_count: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(&mut *dst)
-        .await?;
+    let target_count = feed::count(dst, Position::default(), Until::Stored).await?;
     if source_prefix != target_count {
         return Err(extract_error(format!(
             "the target holds {target_count} events but the source has {source_prefix} up to \
@@ -380,29 +337,17 @@ async fn copy_events(
     let mut position = resume;
     let mut copied = 0u64;
     loop {
-        let rows = sqlx::query(
-            "SELECT commit_xid, insert_id, aggregate_type, aggregate_id, sequence, event_type, \
-             event_version, payload, metadata, recorded_at, prev_hash, hash, mac, mac_key_id \
-             FROM events WHERE (commit_xid, insert_id) > ($1, $2) \
-             AND (commit_xid, insert_id) <= ($3, $4) ORDER BY commit_xid, insert_id LIMIT $5",
-        )
-        .bind(position.commit_xid)
-        .bind(position.insert_id)
-        .bind(end.commit_xid)
-        .bind(end.insert_id)
-        .bind(options.batch_size.max(1))
-        .fetch_all(&mut *src)
-        .await?;
+        let rows = FeedRead::new(Columns::Chained, position, Until::Position(end))
+            .limit(options.batch_size)
+            .fetch_all(src)
+            .await?;
         if rows.is_empty() {
             return Ok(copied);
         }
         let mut batch = Vec::with_capacity(rows.len());
         for row in &rows {
             batch.push(SourceEvent {
-                position: Position {
-                    commit_xid: row.try_get("commit_xid")?,
-                    insert_id: row.try_get("insert_id")?,
-                },
+                position: Position::of(row)?,
                 row: ChainedRow::decode(row)?,
             });
         }
@@ -723,25 +668,8 @@ async fn compare_order(
     let mut dst_after = Position::default();
     let mut rank = 0u64;
     loop {
-        let a: Vec<(i64, i64, String, String, i64)> = sqlx::query_as(
-            "SELECT commit_xid, insert_id, aggregate_type, aggregate_id, sequence FROM events \
-             WHERE (commit_xid, insert_id) > ($1, $2) AND (commit_xid, insert_id) <= ($3, $4) \
-             ORDER BY commit_xid, insert_id LIMIT 20000",
-        )
-        .bind(src_after.commit_xid)
-        .bind(src_after.insert_id)
-        .bind(end.commit_xid)
-        .bind(end.insert_id)
-        .fetch_all(&mut *src)
-        .await?;
-        let b: Vec<(i64, i64, String, String, i64)> = sqlx::query_as(
-            "SELECT commit_xid, insert_id, aggregate_type, aggregate_id, sequence FROM events \
-             WHERE (commit_xid, insert_id) > ($1, $2) ORDER BY commit_xid, insert_id LIMIT 20000",
-        )
-        .bind(dst_after.commit_xid)
-        .bind(dst_after.insert_id)
-        .fetch_all(&mut *dst)
-        .await?;
+        let a = order_batch(src, src_after, Until::Position(end)).await?;
+        let b = order_batch(dst, dst_after, Until::Stored).await?;
         if a.is_empty() && b.is_empty() {
             return Ok(None);
         }
@@ -776,6 +704,29 @@ async fn compare_order(
             };
         }
     }
+}
+
+/// Up to 20 000 (position, stream, sequence) of the feed after `after`.
+async fn order_batch(
+    conn: &mut PgConnection,
+    after: Position,
+    until: Until,
+) -> ProjectionResult<Vec<(i64, i64, String, String, i64)>> {
+    let rows = FeedRead::new(Columns::Order, after, until)
+        .limit(20_000)
+        .fetch_all(conn)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get(0)?,
+                row.try_get(1)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
+                row.try_get(4)?,
+            ))
+        })
+        .collect()
 }
 
 fn compare_tables(source: &Sums, target: &Sums) -> Vec<TableComparison> {

@@ -204,18 +204,7 @@ pub async fn step(
         applied += 1;
     }
     if let Some(last) = last {
-        sqlx::query(
-            "UPDATE projection_checkpoints SET commit_xid = $2, insert_id = $3, \
-             events = events + $4, updated_at = now(), failed_at = NULL, error = NULL, \
-             failed_aggregate_type = NULL, failed_aggregate_id = NULL, failed_sequence = NULL \
-             WHERE name = $1",
-        )
-        .bind(NAME)
-        .bind(last.commit_xid)
-        .bind(last.insert_id)
-        .bind(applied as i64)
-        .execute(&mut *tx)
-        .await?;
+        crate::runner::advance_checkpoint(&mut tx, NAME, last, applied).await?;
     }
     tx.commit().await?;
     if enqueued > 0 {
@@ -654,16 +643,7 @@ pub async fn status(pool: &PgPool) -> ProjectionResult<OutboxStatus> {
 async fn status_on(conn: &mut PgConnection) -> ProjectionResult<OutboxStatus> {
     let below = watermark(conn).await?;
     let position = checkpoint(conn, false).await?;
-    let lag = sqlx::query(
-        "SELECT count(*) AS behind, \
-         coalesce(extract(epoch FROM now() - min(recorded_at))::float8, 0) AS seconds \
-         FROM events WHERE (commit_xid, insert_id) > ($1, $2) AND commit_xid < $3",
-    )
-    .bind(position.commit_xid)
-    .bind(position.insert_id)
-    .bind(below)
-    .fetch_one(&mut *conn)
-    .await?;
+    let lag = queue_eventstore::feed::backlog(conn, position, below).await?;
     let checkpoint = sqlx::query(
         "SELECT error, EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
             AND objsubid = 1 AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
@@ -703,8 +683,8 @@ async fn status_on(conn: &mut PgConnection) -> ProjectionResult<OutboxStatus> {
         })
         .collect::<ProjectionResult<Vec<_>>>()?;
     Ok(OutboxStatus {
-        events_behind: lag.try_get("behind")?,
-        seconds_behind: lag.try_get::<f64, _>("seconds")?.max(0.0),
+        events_behind: lag.events,
+        seconds_behind: lag.oldest_seconds,
         runner_active: checkpoint.try_get("active")?,
         error: checkpoint.try_get("error")?,
         pending: counts.try_get("pending")?,

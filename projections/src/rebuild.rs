@@ -27,16 +27,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use queue_eventstore::feed::Position;
+use queue_eventstore::feed::{Columns as FeedColumns, FeedRead, Position, Until};
 use serde::Serialize;
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection, PgPool, Row as _};
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::mpsc;
 
 use crate::audit::{AuditFold, AuditRow};
 use crate::checksum::{self, Mode, Sums, TableSum};
 use crate::error::{ProjectionError, ProjectionResult};
-use crate::events::{read_batch, watermark, Decoder, Event, EVENT_COLUMNS};
+use crate::events::{read_batch, watermark, Decoder, Event};
 use crate::projection::Projection;
 use crate::projection::{apply_batch, BatchError};
 use crate::replay::{decode_rows, stream_order_sums, FullFold};
@@ -138,12 +138,9 @@ pub async fn rebuild(
     take_rebuild_lock(&mut control).await?;
 
     crate::events::wait_for_watermark(&mut control, Duration::from_secs(60)).await?;
-    let end = end_position(&mut control).await?;
-    let total: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM events WHERE (commit_xid, insert_id) <= ($1, $2)")
-            .bind(end.commit_xid)
-            .bind(end.insert_id)
-            .fetch_one(&mut control)
+    let end = queue_eventstore::feed::end(&mut control).await?;
+    let total =
+        queue_eventstore::feed::count(&mut control, Position::default(), Until::Position(end))
             .await?;
     prepare_shadow(&mut control, &projections).await?;
 
@@ -258,25 +255,6 @@ async fn take_rebuild_lock(conn: &mut PgConnection) -> ProjectionResult<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// The last event committed below the watermark now.
-async fn end_position(conn: &mut PgConnection) -> ProjectionResult<Position> {
-    let below = watermark(conn).await?;
-    let row = sqlx::query(
-        "SELECT commit_xid, insert_id FROM events WHERE commit_xid < $1 \
-         ORDER BY commit_xid DESC, insert_id DESC LIMIT 1",
-    )
-    .bind(below)
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(match row {
-        Some(row) => Position {
-            commit_xid: row.try_get("commit_xid")?,
-            insert_id: row.try_get("insert_id")?,
-        },
-        None => Position::default(),
-    })
 }
 
 async fn prepare_shadow(
@@ -423,14 +401,12 @@ async fn replay_into_shadow(
     let reader_connect = connect.clone();
     let reader = AbortOnDrop(tokio::spawn(async move {
         let mut conn = PgConnection::connect_with(&reader_connect).await?;
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE (commit_xid, insert_id) <= ($1, $2) \
-             ORDER BY commit_xid, insert_id"
+        let read = FeedRead::new(
+            FeedColumns::Payload,
+            Position::default(),
+            Until::Position(end),
         );
-        let rows = sqlx::query(&sql)
-            .bind(end.commit_xid)
-            .bind(end.insert_id)
-            .fetch(&mut conn);
+        let rows = read.fetch(&mut conn);
         let skipped = decode_rows(rows, &reader_projections, &event_tx).await?;
         let _ = skipped_tx.send(skipped);
         Ok::<(), ProjectionError>(())

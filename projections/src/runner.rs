@@ -250,18 +250,7 @@ async fn try_step(
     }
     let applied = positions.len() as u64;
     if let Some(last) = positions.last() {
-        sqlx::query(
-            "UPDATE projection_checkpoints SET commit_xid = $2, insert_id = $3, \
-             events = events + $4, updated_at = now(), failed_at = NULL, error = NULL, \
-             failed_aggregate_type = NULL, failed_aggregate_id = NULL, failed_sequence = NULL \
-             WHERE name = $1",
-        )
-        .bind(projection.name())
-        .bind(last.commit_xid)
-        .bind(last.insert_id)
-        .bind(applied as i64)
-        .execute(&mut *tx)
-        .await?;
+        advance_checkpoint(&mut tx, projection.name(), *last, applied).await?;
     }
     tx.commit().await?;
     let failed = match failure {
@@ -276,6 +265,29 @@ async fn try_step(
         full: full && failed.is_none(),
         failed,
     }))
+}
+
+/// Moves a feed reader's checkpoint to `last`, counting `applied` events
+/// and clearing any recorded failure (projection runners and the outbox).
+pub(crate) async fn advance_checkpoint(
+    conn: &mut PgConnection,
+    name: &str,
+    last: Position,
+    applied: u64,
+) -> ProjectionResult<()> {
+    sqlx::query(
+        "UPDATE projection_checkpoints SET commit_xid = $2, insert_id = $3, \
+         events = events + $4, updated_at = now(), failed_at = NULL, error = NULL, \
+         failed_aggregate_type = NULL, failed_aggregate_id = NULL, failed_sequence = NULL \
+         WHERE name = $1",
+    )
+    .bind(name)
+    .bind(last.commit_xid)
+    .bind(last.insert_id)
+    .bind(applied as i64)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 async fn record_failure(
@@ -515,19 +527,10 @@ pub struct Lag {
 pub async fn lag_of(conn: &mut PgConnection, projection: Projection) -> ProjectionResult<Lag> {
     let below = watermark(conn).await?;
     let cp = load_checkpoint(conn, projection, false).await?;
-    let row = sqlx::query(
-        "SELECT count(*) AS behind, \
-         coalesce(extract(epoch FROM now() - min(recorded_at))::float8, 0) AS seconds \
-         FROM events WHERE (commit_xid, insert_id) > ($1, $2) AND commit_xid < $3",
-    )
-    .bind(cp.position.commit_xid)
-    .bind(cp.position.insert_id)
-    .bind(below)
-    .fetch_one(&mut *conn)
-    .await?;
+    let backlog = queue_eventstore::feed::backlog(conn, cp.position, below).await?;
     Ok(Lag {
-        events_behind: row.try_get("behind")?,
-        seconds_behind: row.try_get::<f64, _>("seconds")?.max(0.0),
+        events_behind: backlog.events,
+        seconds_behind: backlog.oldest_seconds,
     })
 }
 

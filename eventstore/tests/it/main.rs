@@ -4,6 +4,7 @@
 mod append;
 mod concurrency;
 mod export;
+mod feed;
 mod helpers;
 mod history;
 mod lookup;

@@ -1,0 +1,214 @@
+//! The SQL of the API's own tables and locks, in one place: WebAuthn
+//! challenges (`webauthn_challenges`), the founders counter
+//! (`founders_gate`), the per-customer advisory locks and the readiness
+//! ping. The API spells no query on `events`: stream lookups and the counts
+//! it seeds from go through `queue_eventstore::lookup`, log positions
+//! through `queue_eventstore::feed`, streams through the unit of work.
+
+use std::sync::LazyLock;
+
+use chrono::{DateTime, Utc};
+use queue_eventstore::lookup;
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool, Row};
+use uuid::Uuid;
+
+// --- WebAuthn challenges (migrations/0200) -------------------------------
+
+/// A challenge row as taken out of the table.
+#[derive(Debug)]
+pub struct ChallengeRow {
+    pub customer_id: Option<Uuid>,
+    pub context: Value,
+    pub state: Value,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A new challenge row.
+#[derive(Debug)]
+pub struct NewChallenge<'a> {
+    pub id: Uuid,
+    pub kind: &'a str,
+    pub customer_id: Option<Uuid>,
+    pub context: Value,
+    pub state: Value,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+pub async fn insert_challenge(pool: &PgPool, new: NewChallenge<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO webauthn_challenges \
+         (challenge_id, kind, customer_id, context, state, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(new.id)
+    .bind(new.kind)
+    .bind(new.customer_id)
+    .bind(new.context)
+    .bind(new.state)
+    .bind(new.created_at)
+    .bind(new.expires_at)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Deletes the challenge of this id and kind and returns it (single use:
+/// gone whatever the caller decides next).
+pub async fn take_challenge(
+    pool: &PgPool,
+    id: Uuid,
+    kind: &str,
+) -> Result<Option<ChallengeRow>, sqlx::Error> {
+    let row = sqlx::query(
+        "DELETE FROM webauthn_challenges WHERE challenge_id = $1 AND kind = $2 \
+         RETURNING customer_id, context, state, expires_at",
+    )
+    .bind(id)
+    .bind(kind)
+    .fetch_optional(pool)
+    .await?;
+    row.map(|row| {
+        Ok(ChallengeRow {
+            customer_id: row.try_get("customer_id")?,
+            context: row.try_get("context")?,
+            state: row.try_get("state")?,
+            expires_at: row.try_get("expires_at")?,
+        })
+    })
+    .transpose()
+}
+
+/// Deletes expired challenges; returns how many.
+pub async fn delete_expired_challenges(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM webauthn_challenges WHERE expires_at <= $1")
+        .bind(now)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+// --- The founders counter (migrations/0204, 0304) -------------------------
+
+/// The founders counters (rows of `founders_gate`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Row 1: customers registered or imported.
+    Customers,
+    /// Row 2: customers with a verified email.
+    Verified,
+}
+
+/// Each counter's seed statement, counting from the log when its row does
+/// not exist yet. The count is a scalar subquery behind `NOT EXISTS`, so it
+/// only runs while there is no counter row (as `INSERT … SELECT count(*) …
+/// ON CONFLICT DO NOTHING` it counted every customer on every registration,
+/// 20–126 ms at 41.7k customers, to insert nothing); concurrent first
+/// registrations meet at the primary key (`ON CONFLICT`).
+static SEEDS: LazyLock<[String; 2]> = LazyLock::new(|| {
+    [
+        (1, lookup::CUSTOMER_COUNT),
+        (2, lookup::VERIFIED_CUSTOMER_COUNT),
+    ]
+    .map(|(id, count)| {
+        format!(
+            "INSERT INTO founders_gate (id, used) SELECT {id}, ({count}) \
+             WHERE NOT EXISTS (SELECT 1 FROM founders_gate WHERE id = {id}) \
+             ON CONFLICT (id) DO NOTHING"
+        )
+    })
+});
+
+/// Seeds `counter` from the log if it has no row yet.
+pub async fn seed_counter(conn: &mut PgConnection, counter: Counter) -> Result<(), sqlx::Error> {
+    let sql = match counter {
+        Counter::Customers => &SEEDS[0],
+        Counter::Verified => &SEEDS[1],
+    };
+    sqlx::query(sql.as_str()).execute(conn).await?;
+    Ok(())
+}
+
+/// Counts one more verified customer.
+pub async fn count_verified(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE founders_gate SET used = used + 1 WHERE id = 2")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Whether fewer than `threshold` customers are verified (None: no counter).
+pub async fn verified_below(
+    conn: &mut PgConnection,
+    threshold: i64,
+) -> Result<Option<bool>, sqlx::Error> {
+    sqlx::query_scalar("SELECT used < $1 FROM founders_gate WHERE id = 2")
+        .bind(threshold)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Takes a seat among the first `threshold` customers: the new count, or
+/// None when the cohort is full.
+pub async fn take_founders_seat(
+    conn: &mut PgConnection,
+    threshold: i64,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE founders_gate SET used = used + 1 WHERE id = 1 AND used < $1 RETURNING used",
+    )
+    .bind(threshold)
+    .fetch_optional(conn)
+    .await
+}
+
+// --- Advisory locks ------------------------------------------------------
+
+/// The per-customer transaction locks (held to the end of the transaction).
+/// The customer lock serialises suspension against passkey logins of the
+/// same customer: the suspension takes it exclusively, a login's session
+/// append shares it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lock {
+    /// A suspension's lock on the customer.
+    Customer,
+    /// A login's lock on the customer: shared with other logins, excluded
+    /// by a suspension.
+    CustomerShared,
+    /// Serialises passkey deletions of one customer.
+    Credentials,
+}
+
+pub async fn lock(
+    conn: &mut PgConnection,
+    lock: Lock,
+    customer_id: &str,
+) -> Result<(), sqlx::Error> {
+    let sql = match lock {
+        Lock::Customer => {
+            "SELECT pg_advisory_xact_lock(hashtextextended('queue.customer:' || $1, 0))"
+        }
+        Lock::CustomerShared => {
+            "SELECT pg_advisory_xact_lock_shared(hashtextextended('queue.customer:' || $1, 0))"
+        }
+        Lock::Credentials => {
+            "SELECT pg_advisory_xact_lock(hashtextextended('queue.credentials:' || $1, 0))"
+        }
+    };
+    sqlx::query(sql).bind(customer_id).execute(conn).await?;
+    Ok(())
+}
+
+// --- Readiness -----------------------------------------------------------
+
+/// One round trip to the database.
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query_scalar::<_, i32>("SELECT 1")
+        .fetch_one(pool)
+        .await?;
+    Ok(())
+}
