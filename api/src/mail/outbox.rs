@@ -19,9 +19,9 @@ use queue_projections::outbox::{self, MailKind, OutboxRow};
 use queue_projections::ProjectionResult;
 use tokio::sync::watch;
 
-use crate::mailer::Message;
+use crate::mail::mailer::Message;
 use crate::state::AppState;
-use crate::tokens;
+use crate::auth::tokens;
 
 /// Rows claimed at once: one, so each lease covers one send only.
 const CLAIM: i64 = 1;
@@ -122,24 +122,24 @@ pub fn message_id(row_id: uuid::Uuid, from: &str) -> String {
 fn template(kind: MailKind) -> (&'static str, &'static str) {
     match kind {
         MailKind::EmailVerification => (
-            include_str!("../templates/mail/email_verification.txt"),
-            include_str!("../templates/mail/email_verification.html"),
+            include_str!("../../templates/mail/email_verification.txt"),
+            include_str!("../../templates/mail/email_verification.html"),
         ),
         MailKind::PasskeyAdded => (
-            include_str!("../templates/mail/passkey_added.txt"),
-            include_str!("../templates/mail/passkey_added.html"),
+            include_str!("../../templates/mail/passkey_added.txt"),
+            include_str!("../../templates/mail/passkey_added.html"),
         ),
         MailKind::PasskeyRemoved => (
-            include_str!("../templates/mail/passkey_removed.txt"),
-            include_str!("../templates/mail/passkey_removed.html"),
+            include_str!("../../templates/mail/passkey_removed.txt"),
+            include_str!("../../templates/mail/passkey_removed.html"),
         ),
         MailKind::BackupCodesRegenerated => (
-            include_str!("../templates/mail/backup_codes_regenerated.txt"),
-            include_str!("../templates/mail/backup_codes_regenerated.html"),
+            include_str!("../../templates/mail/backup_codes_regenerated.txt"),
+            include_str!("../../templates/mail/backup_codes_regenerated.html"),
         ),
         MailKind::SessionRevoked => (
-            include_str!("../templates/mail/session_revoked.txt"),
-            include_str!("../templates/mail/session_revoked.html"),
+            include_str!("../../templates/mail/session_revoked.txt"),
+            include_str!("../../templates/mail/session_revoked.html"),
         ),
     }
 }

@@ -32,7 +32,7 @@ use serde_json::Value;
 use sqlx::Acquire;
 
 use crate::db;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::state::AppState;
 use queue_eventstore::{Batch, Loaded};
 

@@ -20,9 +20,9 @@ use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
 use crate::config::ConfigError;
-use crate::error::ApiError;
-use crate::extract::Json;
-use crate::jwt;
+use crate::http::error::ApiError;
+use crate::http::extract::Json;
+use crate::auth::jwt;
 use crate::state::AppState;
 
 pub const TOKEN_PREFIX: &str = "QUEUE_SERVICE_TOKEN_";
@@ -281,7 +281,7 @@ pub struct CountResponse {
 /// registered or imported, suspended included, from the read table.
 #[utoipa::path(get, path = "/api/v1/internal/customers/count", tag = "service",
     security(("bearer" = [])),
-    responses((status = 200, body = CountResponse), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = CountResponse), (status = 401, body = crate::http::error::ErrorEnvelope), (status = 403, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)))]
 pub async fn customer_count(
     State(state): State<AppState>,
     caller: ServiceCaller,

@@ -1,5 +1,5 @@
 //! Outgoing email transports. Messages come from the outbox
-//! (`crate::outbox`, ADR 0208); a transport only delivers one.
+//! (`crate::mail::outbox`, ADR 0208); a transport only delivers one.
 //! `LogMailer` writes each message as a file into a directory (dev and
 //! tests read it from there); `SmtpMailer` delivers over SMTP with `lettre`
 //! (rustls with ring: implicit TLS, STARTTLS, AUTH, timeouts).

@@ -17,7 +17,7 @@ use axum::http::{HeaderName, HeaderValue};
 use queue_projections::runner::load_checkpoint;
 use queue_projections::Projection;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::state::AppState;
 
 /// How often the projection's checkpoint is looked at while waiting.

@@ -11,8 +11,8 @@ use serde_json::{json, Map, Value};
 use url::Url;
 
 use crate::config::Config;
-use crate::error::ApiError;
-use crate::jwt::JwtKeySet;
+use crate::http::error::ApiError;
+use crate::auth::jwt::JwtKeySet;
 use crate::state::AppState;
 
 /// `Cache-Control` of the JWKS and of this document. A rotation shows in
@@ -86,7 +86,7 @@ pub fn document(config: &Config, keys: &JwtKeySet) -> Option<Value> {
 #[utoipa::path(get, path = "/.well-known/openid-configuration", tag = "operations",
     responses(
         (status = 200, description = "discovery document: issuer, jwks_uri, id_token_signing_alg_values_supported, subject_types_supported, claims_supported, queue_* endpoints", body = Object),
-        (status = 404, description = "QUEUE_ISSUER is not an http(s) URL", body = crate::error::ErrorEnvelope)))]
+        (status = 404, description = "QUEUE_ISSUER is not an http(s) URL", body = crate::http::error::ErrorEnvelope)))]
 pub async fn openid_configuration(State(state): State<AppState>) -> Response {
     let Some(doc) = document(state.config(), &state.inner.jwt_keys.get()) else {
         return ApiError::NotFound.into_response();

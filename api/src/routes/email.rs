@@ -1,5 +1,5 @@
 //! Email verification: a single-use link token valid 24 h; the message goes
-//! out through the mail outbox (`crate::outbox`, ADR 0208); verifying the
+//! out through the mail outbox (`crate::mail::outbox`, ADR 0208); verifying the
 //! token marks the email verified.
 
 use axum::extract::State;
@@ -9,10 +9,10 @@ use queue_domain::customer::{CustomerCommand, CustomerError, EMAIL_VERIFICATION_
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::error::ApiError;
-use crate::extract::{Authenticated, ClientAddress, Json};
+use crate::http::error::ApiError;
+use crate::http::extract::{Authenticated, ClientAddress, Json};
 use crate::state::AppState;
-use crate::tokens;
+use crate::auth::tokens;
 use queue_eventstore::Batch;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -26,7 +26,7 @@ pub struct Verified {
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/email/verification", tag = "email",
-    responses((status = 202), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope), (status = 409, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)),
+    responses((status = 202), (status = 401, body = crate::http::error::ErrorEnvelope), (status = 403, body = crate::http::error::ErrorEnvelope), (status = 409, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn request_verification(
     State(state): State<AppState>,
@@ -62,8 +62,8 @@ pub async fn request_verification(
 
 #[utoipa::path(post, path = "/api/v1/auth/email/verify", tag = "email",
     request_body = VerifyRequest,
-    responses((status = 200, body = Verified), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope),
-        (status = 429, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = Verified), (status = 400, body = crate::http::error::ErrorEnvelope), (status = 401, body = crate::http::error::ErrorEnvelope), (status = 403, body = crate::http::error::ErrorEnvelope),
+        (status = 429, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)))]
 pub async fn verify(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
@@ -84,7 +84,7 @@ pub async fn verify(
         .await?;
     match verify_token(&state, customer_id, &request.token).await {
         Err(ApiError::InvalidCode) => {
-            Err(crate::passkeys::failed_verification(&state, "verify", &account, &address).await)
+            Err(crate::routes::passkeys::failed_verification(&state, "verify", &account, &address).await)
         }
         other => other.map(Json),
     }
@@ -122,7 +122,7 @@ async fn verify_token(
     let mut batch = Batch::new();
     batch.add(&mut customer, &events)?;
     if state.config().flag_founders_gate && state.config().founders_count_verified_only {
-        crate::founders::append_verification(state, batch).await?;
+        crate::flows::founders::append_verification(state, batch).await?;
     } else {
         state.store().append(batch).await?;
     }

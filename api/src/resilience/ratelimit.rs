@@ -33,7 +33,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sha2::{Digest, Sha256};
 
 use crate::config::RedisConfig;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// Evict stale keys at most this often (from the check path).
 const EVICT_EVERY: Duration = Duration::from_secs(1);

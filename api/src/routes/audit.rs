@@ -20,10 +20,10 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::consistency::{await_projection, ConsistencyHeader};
-use crate::error::ApiError;
-use crate::extract::Json;
-use crate::service::{Scope, ServiceCaller};
+use crate::http::consistency::{await_projection, ConsistencyHeader};
+use crate::http::error::ApiError;
+use crate::http::extract::Json;
+use crate::auth::service::{Scope, ServiceCaller};
 use crate::state::AppState;
 use queue_eventstore::{Batch, Loaded};
 use queue_projections::Projection;
@@ -109,8 +109,8 @@ async fn replay(
     security(("bearer" = [])),
     request_body = AuditEventRequest,
     responses((status = 201, body = AuditEventCreated), (status = 200, description = "the idempotency key was used before: the original event", body = AuditEventCreated),
-        (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope),
-        (status = 413, body = crate::error::ErrorEnvelope), (status = 429, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
+        (status = 400, body = crate::http::error::ErrorEnvelope), (status = 401, body = crate::http::error::ErrorEnvelope), (status = 403, body = crate::http::error::ErrorEnvelope),
+        (status = 413, body = crate::http::error::ErrorEnvelope), (status = 429, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)))]
 pub async fn record(
     State(state): State<AppState>,
     caller: ServiceCaller,
@@ -228,8 +228,8 @@ pub struct AuditPageResponse {
 #[utoipa::path(get, path = "/api/v1/audit/events", tag = "service",
     security(("bearer" = [])),
     params(AuditQuery),
-    responses((status = 200, body = AuditPageResponse), (status = 400, body = crate::error::ErrorEnvelope),
-        (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = AuditPageResponse), (status = 400, body = crate::http::error::ErrorEnvelope),
+        (status = 401, body = crate::http::error::ErrorEnvelope), (status = 403, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: ServiceCaller,
@@ -237,7 +237,7 @@ pub async fn list(
 ) -> Result<(ConsistencyHeader, Json<AuditPageResponse>), ApiError> {
     caller.require(Scope::AuditRead)?;
     let Query(query) =
-        query.map_err(|e| ApiError::invalid(crate::error::redact_values(&e.body_text())))?;
+        query.map_err(|e| ApiError::invalid(crate::http::error::redact_values(&e.body_text())))?;
     let filter = AuditFilter {
         customer_id: match query.customer_id.as_deref() {
             Some(raw) => Some(parse_uuid("customer_id", raw)?),

@@ -17,7 +17,7 @@ use queue_eventstore::MacKeys;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::tokens::{random_bytes, CODE_ALPHABET};
+use crate::auth::tokens::{random_bytes, CODE_ALPHABET};
 
 pub const VAR: &str = "QUEUE_BACKUP_CODE_KEYS";
 pub const FILE_VAR: &str = "QUEUE_BACKUP_CODE_KEYS_FILE";
@@ -122,7 +122,7 @@ pub fn matching_hash(
 
 /// The form a code is hashed in: upper case, letters and digits only.
 pub fn normalize(code: &str) -> String {
-    crate::tokens::normalize_backup_code(code)
+    crate::auth::tokens::normalize_backup_code(code)
 }
 
 /// Ten distinct codes `XXXX-XXXX-XXXX-XXXX` of Crockford base32 (no I, L,

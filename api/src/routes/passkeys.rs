@@ -26,12 +26,12 @@ use webauthn_rs_core::proto::{
     UserVerificationPolicy,
 };
 
-use crate::challenges::{self, Kind};
-use crate::error::ApiError;
-use crate::extract::{Authenticated, ClientAddress, Json};
-use crate::metrics;
+use crate::auth::challenges::{self, Kind};
+use crate::http::error::ApiError;
+use crate::http::extract::{Authenticated, ClientAddress, Json};
+use crate::http::metrics;
 use crate::state::AppState;
-use crate::tokens::{self, TokenResponse};
+use crate::auth::tokens::{self, TokenResponse};
 use queue_eventstore::{Batch, Loaded};
 
 /// The algorithms offered at registration, in order of preference: ES256,
@@ -127,7 +127,7 @@ pub fn parse_credential<T: serde::de::DeserializeOwned>(mut value: Value) -> Res
     serde_json::from_value(value).map_err(|e| {
         ApiError::invalid(format!(
             "credential: {}",
-            crate::error::redact_values(&e.to_string())
+            crate::http::error::redact_values(&e.to_string())
         ))
     })
 }
@@ -138,7 +138,7 @@ fn internal(what: &str) -> impl FnOnce(serde_json::Error) -> ApiError + '_ {
 
 #[utoipa::path(post, path = "/api/v1/auth/webauthn/register/begin", tag = "passkeys",
     request_body = RegisterBeginRequest,
-    responses((status = 200, body = BeginResponse), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope), (status = 429, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = BeginResponse), (status = 400, body = crate::http::error::ErrorEnvelope), (status = 401, body = crate::http::error::ErrorEnvelope), (status = 403, body = crate::http::error::ErrorEnvelope), (status = 429, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)))]
 pub async fn register_begin(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
@@ -155,7 +155,7 @@ pub async fn register_begin(
     let (customer_id, user_name, display, exclude, context) = match auth {
         Some(auth) => {
             // Step-up before the passkey prompt, so the page can reauth first.
-            crate::reauth::require(&auth, FactorChange::AddPasskey, now)?;
+            crate::routes::reauth::require(&auth, FactorChange::AddPasskey, now)?;
             let customer = store.customer(auth.customer_id).await?;
             let customer_state = customer.aggregate.state().ok_or(ApiError::Unauthorized)?;
             if customer_state.is_suspended() {
@@ -240,7 +240,7 @@ pub async fn register_begin(
 #[utoipa::path(post, path = "/api/v1/auth/webauthn/register/complete", tag = "passkeys",
     request_body = RegisterCompleteRequest,
     responses((status = 201, body = TokenResponse, description = "new customer: tokens and credential_id; extra passkey: {credential_id}"),
-        (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope), (status = 409, body = crate::error::ErrorEnvelope), (status = 410, body = crate::error::ErrorEnvelope), (status = 429, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
+        (status = 400, body = crate::http::error::ErrorEnvelope), (status = 401, body = crate::http::error::ErrorEnvelope), (status = 403, body = crate::http::error::ErrorEnvelope), (status = 409, body = crate::http::error::ErrorEnvelope), (status = 410, body = crate::http::error::ErrorEnvelope), (status = 429, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)))]
 pub async fn register_complete(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
@@ -382,7 +382,7 @@ pub async fn register_complete(
     )
     .await?;
     if state.config().flag_founders_gate {
-        crate::founders::append_registration(
+        crate::flows::founders::append_registration(
             &state,
             batch,
             customer_id,
@@ -412,7 +412,7 @@ pub async fn register_complete(
 
 #[utoipa::path(post, path = "/api/v1/auth/webauthn/login/begin", tag = "passkeys",
     request_body = LoginBeginRequest,
-    responses((status = 200, body = BeginResponse), (status = 400, body = crate::error::ErrorEnvelope), (status = 429, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = BeginResponse), (status = 400, body = crate::http::error::ErrorEnvelope), (status = 429, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)))]
 pub async fn login_begin(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
@@ -498,8 +498,8 @@ pub async fn login_begin(
 
 #[utoipa::path(post, path = "/api/v1/auth/webauthn/login/complete", tag = "passkeys",
     request_body = LoginCompleteRequest,
-    responses((status = 200, body = TokenResponse), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope),
-        (status = 410, body = crate::error::ErrorEnvelope), (status = 429, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = TokenResponse), (status = 400, body = crate::http::error::ErrorEnvelope), (status = 401, body = crate::http::error::ErrorEnvelope), (status = 403, body = crate::http::error::ErrorEnvelope),
+        (status = 410, body = crate::http::error::ErrorEnvelope), (status = 429, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)))]
 pub async fn login_complete(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
@@ -671,7 +671,7 @@ async fn login(
         now,
     )
     .await?;
-    crate::admin::append_login(state, owner, batch).await?;
+    crate::routes::admin::append_login(state, owner, batch).await?;
     tokens::token_response(
         state,
         customer_state,

@@ -10,11 +10,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::consistency::{await_projection, ConsistencyHeader};
-use crate::error::ApiError;
-use crate::extract::{Authenticated, Json};
+use crate::http::consistency::{await_projection, ConsistencyHeader};
+use crate::http::error::ApiError;
+use crate::http::extract::{Authenticated, Json};
 use crate::state::AppState;
-use crate::tokens::{self, TokenResponse};
+use crate::auth::tokens::{self, TokenResponse};
 use queue_eventstore::Batch;
 use queue_projections::Projection;
 
@@ -25,7 +25,7 @@ pub struct RefreshRequest {
 
 #[utoipa::path(post, path = "/api/v1/auth/session/refresh", tag = "sessions",
     request_body = RefreshRequest,
-    responses((status = 200, body = TokenResponse), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = TokenResponse), (status = 400, body = crate::http::error::ErrorEnvelope), (status = 401, body = crate::http::error::ErrorEnvelope), (status = 403, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)))]
 pub async fn refresh(
     State(state): State<AppState>,
     Json(request): Json<RefreshRequest>,
@@ -105,7 +105,7 @@ async fn legacy_session(state: &AppState, token: &str) -> Result<SessionId, ApiE
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "sessions",
-    responses((status = 204), (status = 401, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)), security(("bearer" = [])))]
+    responses((status = 204), (status = 401, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)), security(("bearer" = [])))]
 pub async fn logout(
     State(state): State<AppState>,
     auth: Authenticated,
@@ -142,7 +142,7 @@ pub struct SessionList {
 /// read table, once it has caught up with what was committed before the
 /// request (bounded: `X-Queue-Consistency` says whether it had).
 #[utoipa::path(get, path = "/api/v1/auth/sessions", tag = "sessions",
-    responses((status = 200, body = SessionList), (status = 401, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)), security(("bearer" = [])))]
+    responses((status = 200, body = SessionList), (status = 401, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Authenticated,
@@ -173,7 +173,7 @@ pub async fn list(
 
 #[utoipa::path(delete, path = "/api/v1/auth/sessions/{session_id}", tag = "sessions",
     params(("session_id" = uuid::Uuid, Path)),
-    responses((status = 204), (status = 401, body = crate::error::ErrorEnvelope, description = "unauthorized, reauth_required (another session)"), (status = 404, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)), security(("bearer" = [])))]
+    responses((status = 204), (status = 401, body = crate::http::error::ErrorEnvelope, description = "unauthorized, reauth_required (another session)"), (status = 404, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)), security(("bearer" = [])))]
 pub async fn revoke(
     State(state): State<AppState>,
     auth: Authenticated,
@@ -196,7 +196,7 @@ pub async fn revoke(
     let reason = if session_id == auth.session_id {
         RevokeReason::Logout
     } else {
-        crate::reauth::require(&auth, FactorChange::RevokeOtherSession, now)?;
+        crate::routes::reauth::require(&auth, FactorChange::RevokeOtherSession, now)?;
         RevokeReason::RevokedByCustomer
     };
     let events = session
@@ -220,7 +220,7 @@ pub struct Me {
 }
 
 #[utoipa::path(get, path = "/api/v1/auth/me", tag = "sessions",
-    responses((status = 200, body = Me), (status = 401, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)), security(("bearer" = [])))]
+    responses((status = 200, body = Me), (status = 401, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)), security(("bearer" = [])))]
 pub async fn me(State(state): State<AppState>, auth: Authenticated) -> Result<Json<Me>, ApiError> {
     let now = state.now();
     let customer = state.store().customer(auth.customer_id).await?;

@@ -17,10 +17,10 @@ use webauthn_rs_core::proto::{
     AllowCredentials, AuthenticationState, PublicKeyCredential, UserVerificationPolicy,
 };
 
-use crate::challenges::{self, Kind};
-use crate::error::ApiError;
-use crate::extract::{Authenticated, ClientAddress, Json};
-use crate::passkeys::{parse_credential, BeginResponse, LoginCompleteRequest};
+use crate::auth::challenges::{self, Kind};
+use crate::http::error::ApiError;
+use crate::http::extract::{Authenticated, ClientAddress, Json};
+use crate::routes::passkeys::{parse_credential, BeginResponse, LoginCompleteRequest};
 use crate::state::AppState;
 use queue_eventstore::Batch;
 
@@ -51,7 +51,7 @@ fn internal(what: &str) -> impl FnOnce(serde_json::Error) -> ApiError + '_ {
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/webauthn/reauth/begin", tag = "passkeys",
-    responses((status = 200, body = BeginResponse), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope), (status = 429, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)),
+    responses((status = 200, body = BeginResponse), (status = 401, body = crate::http::error::ErrorEnvelope), (status = 403, body = crate::http::error::ErrorEnvelope), (status = 429, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn begin(
     State(state): State<AppState>,
@@ -114,8 +114,8 @@ pub async fn begin(
 
 #[utoipa::path(post, path = "/api/v1/auth/webauthn/reauth/complete", tag = "passkeys",
     request_body = LoginCompleteRequest,
-    responses((status = 200, body = Reauthenticated), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope),
-        (status = 410, body = crate::error::ErrorEnvelope), (status = 429, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)),
+    responses((status = 200, body = Reauthenticated), (status = 400, body = crate::http::error::ErrorEnvelope), (status = 401, body = crate::http::error::ErrorEnvelope), (status = 403, body = crate::http::error::ErrorEnvelope),
+        (status = 410, body = crate::http::error::ErrorEnvelope), (status = 429, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn complete(
     State(state): State<AppState>,
@@ -140,7 +140,7 @@ pub async fn complete(
         let state = state.clone();
         async move {
             tracing::info!(why, "reauth refused");
-            crate::passkeys::failed_verification(&state, "login", &account, &address).await
+            crate::routes::passkeys::failed_verification(&state, "login", &account, &address).await
         }
     };
     let session_matches = challenge.customer_id == Some(auth.customer_id)

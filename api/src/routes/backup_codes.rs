@@ -10,11 +10,11 @@ use queue_domain::types::Email;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::backup_code_keys::{self, Unmatched};
-use crate::error::ApiError;
-use crate::extract::{Authenticated, ClientAddress, Json};
+use crate::auth::backup_code_keys::{self, Unmatched};
+use crate::http::error::ApiError;
+use crate::http::extract::{Authenticated, ClientAddress, Json};
 use crate::state::AppState;
-use crate::tokens::{self, TokenResponse};
+use crate::auth::tokens::{self, TokenResponse};
 use queue_eventstore::Batch;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -30,14 +30,14 @@ pub struct RedeemRequest {
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/backup-codes", tag = "backup codes",
-    responses((status = 201, body = BackupCodes), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)),
+    responses((status = 201, body = BackupCodes), (status = 401, body = crate::http::error::ErrorEnvelope), (status = 403, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn generate(
     State(state): State<AppState>,
     auth: Authenticated,
 ) -> Result<(StatusCode, Json<BackupCodes>), ApiError> {
     let now = state.now();
-    crate::reauth::require(&auth, FactorChange::RegenerateBackupCodes, now)?;
+    crate::routes::reauth::require(&auth, FactorChange::RegenerateBackupCodes, now)?;
     let codes = backup_code_keys::new_codes();
     let (code_hashes, key_id) = backup_code_keys::hash_new_codes(
         &state.config().backup_code_keys,
@@ -60,8 +60,8 @@ pub async fn generate(
 
 #[utoipa::path(post, path = "/api/v1/auth/backup-codes/redeem", tag = "backup codes",
     request_body = RedeemRequest,
-    responses((status = 200, body = TokenResponse), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope),
-        (status = 429, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = TokenResponse), (status = 400, body = crate::http::error::ErrorEnvelope), (status = 401, body = crate::http::error::ErrorEnvelope), (status = 403, body = crate::http::error::ErrorEnvelope),
+        (status = 429, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)))]
 pub async fn redeem(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
@@ -83,7 +83,7 @@ pub async fn redeem(
         .await?;
     match redeem_code(&state, &email, &request.code).await {
         Err(ApiError::InvalidCode) => {
-            Err(crate::passkeys::failed_verification(&state, "redeem", &account, &address).await)
+            Err(crate::routes::passkeys::failed_verification(&state, "redeem", &account, &address).await)
         }
         other => other.map(Json),
     }

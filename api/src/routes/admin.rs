@@ -18,10 +18,10 @@ use queue_domain::Customer;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::error::ApiError;
-use crate::extract::Json;
-use crate::rbac::{existing_customer, parse_uuid};
-use crate::service::{Scope, ServiceCaller};
+use crate::http::error::ApiError;
+use crate::http::extract::Json;
+use crate::routes::rbac::{existing_customer, parse_uuid};
+use crate::auth::service::{Scope, ServiceCaller};
 use crate::state::AppState;
 use queue_eventstore::Batch;
 
@@ -34,9 +34,9 @@ pub struct ReasonRequest {
     security(("bearer" = [])),
     params(("customer_id" = uuid::Uuid, Path)),
     request_body = ReasonRequest,
-    responses((status = 204, description = "suspended; every live session revoked"), (status = 400, body = crate::error::ErrorEnvelope),
-        (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope),
-        (status = 409, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
+    responses((status = 204, description = "suspended; every live session revoked"), (status = 400, body = crate::http::error::ErrorEnvelope),
+        (status = 401, body = crate::http::error::ErrorEnvelope), (status = 403, body = crate::http::error::ErrorEnvelope), (status = 404, body = crate::http::error::ErrorEnvelope),
+        (status = 409, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)))]
 pub async fn suspend(
     State(state): State<AppState>,
     caller: ServiceCaller,
@@ -147,9 +147,9 @@ pub async fn append_login(
     security(("bearer" = [])),
     params(("customer_id" = uuid::Uuid, Path)),
     request_body(content = Option<ReasonRequest>, description = "optional; the reason defaults to `reinstated`"),
-    responses((status = 204, description = "reinstated"), (status = 400, body = crate::error::ErrorEnvelope),
-        (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope),
-        (status = 409, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
+    responses((status = 204, description = "reinstated"), (status = 400, body = crate::http::error::ErrorEnvelope),
+        (status = 401, body = crate::http::error::ErrorEnvelope), (status = 403, body = crate::http::error::ErrorEnvelope), (status = 404, body = crate::http::error::ErrorEnvelope),
+        (status = 409, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)))]
 pub async fn reinstate(
     State(state): State<AppState>,
     caller: ServiceCaller,
@@ -162,7 +162,7 @@ pub async fn reinstate(
         Reason::parse("reinstated")?
     } else {
         let request: ReasonRequest = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::invalid(crate::error::redact_values(&e.to_string())))?;
+            .map_err(|e| ApiError::invalid(crate::http::error::redact_values(&e.to_string())))?;
         Reason::parse(&request.reason)?
     };
     let actor = Actor::parse(caller.name.as_str())?;
@@ -192,8 +192,8 @@ pub struct HistoryQuery {
     security(("bearer" = [])),
     params(("customer_id" = uuid::Uuid, Path), HistoryQuery),
     responses((status = 200, description = "the customer's state at `at`, the events that led there, and whether a signed checkpoint covers them", body = Object),
-        (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope), (status = 403, body = crate::error::ErrorEnvelope),
-        (status = 404, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
+        (status = 400, body = crate::http::error::ErrorEnvelope), (status = 401, body = crate::http::error::ErrorEnvelope), (status = 403, body = crate::http::error::ErrorEnvelope),
+        (status = 404, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)))]
 pub async fn history(
     State(state): State<AppState>,
     caller: ServiceCaller,
@@ -203,7 +203,7 @@ pub async fn history(
     caller.require(Scope::Admin)?;
     let customer_id = CustomerId::from(parse_uuid("customer_id", &customer_id)?);
     let Query(query) =
-        query.map_err(|e| ApiError::invalid(crate::error::redact_values(&e.body_text())))?;
+        query.map_err(|e| ApiError::invalid(crate::http::error::redact_values(&e.body_text())))?;
     let at: DateTime<Utc> = match query.at.as_deref() {
         Some(raw) => DateTime::parse_from_rfc3339(raw.trim())
             .map(|t| t.with_timezone(&Utc))

@@ -10,7 +10,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::ratelimit::RateLimitMode;
+use crate::resilience::ratelimit::RateLimitMode;
 use crate::state::AppState;
 
 #[derive(Clone)]
@@ -92,7 +92,7 @@ pub async fn render(State(state): State<AppState>, headers: HeaderMap) -> Respon
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if !token.matches(presented.trim()) {
-            return crate::error::ApiError::Unauthorized.into_response();
+            return crate::http::error::ApiError::Unauthorized.into_response();
         }
     }
     let gauge = |degraded: bool| if degraded { 1.0 } else { 0.0 };

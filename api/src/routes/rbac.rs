@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::error::ApiError;
-use crate::extract::Json;
-use crate::service::{Scope, ServiceCaller};
+use crate::http::error::ApiError;
+use crate::http::extract::Json;
+use crate::auth::service::{Scope, ServiceCaller};
 use crate::state::AppState;
 use queue_eventstore::{Batch, Loaded};
 
@@ -88,8 +88,8 @@ pub(crate) async fn existing_customer(
 #[utoipa::path(post, path = "/api/v1/rbac/grants", tag = "service",
     security(("bearer" = [])),
     request_body = GrantRequest,
-    responses((status = 201, body = GrantCreated), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope),
-        (status = 403, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope), (status = 409, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
+    responses((status = 201, body = GrantCreated), (status = 400, body = crate::http::error::ErrorEnvelope), (status = 401, body = crate::http::error::ErrorEnvelope),
+        (status = 403, body = crate::http::error::ErrorEnvelope), (status = 404, body = crate::http::error::ErrorEnvelope), (status = 409, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)))]
 pub async fn grant(
     State(state): State<AppState>,
     caller: ServiceCaller,
@@ -144,8 +144,8 @@ pub async fn grant(
     security(("bearer" = [])),
     params(("grant_id" = uuid::Uuid, Path)),
     request_body = RevokeRequest,
-    responses((status = 204, description = "revoked"), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope),
-        (status = 403, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope), (status = 409, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
+    responses((status = 204, description = "revoked"), (status = 400, body = crate::http::error::ErrorEnvelope), (status = 401, body = crate::http::error::ErrorEnvelope),
+        (status = 403, body = crate::http::error::ErrorEnvelope), (status = 404, body = crate::http::error::ErrorEnvelope), (status = 409, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)))]
 pub async fn revoke(
     State(state): State<AppState>,
     caller: ServiceCaller,
@@ -180,8 +180,8 @@ pub async fn revoke(
 #[utoipa::path(get, path = "/api/v1/rbac/customers/{customer_id}/roles", tag = "service",
     security(("bearer" = [])),
     params(("customer_id" = uuid::Uuid, Path)),
-    responses((status = 200, body = RolesResponse), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope),
-        (status = 403, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)))]
+    responses((status = 200, body = RolesResponse), (status = 400, body = crate::http::error::ErrorEnvelope), (status = 401, body = crate::http::error::ErrorEnvelope),
+        (status = 403, body = crate::http::error::ErrorEnvelope), (status = 404, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)))]
 pub async fn roles(
     State(state): State<AppState>,
     caller: ServiceCaller,

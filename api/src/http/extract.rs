@@ -18,8 +18,8 @@ use queue_domain::Session;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::error::ApiError;
-use crate::jwt::{self, Claims};
+use crate::http::error::ApiError;
+use crate::auth::jwt::{self, Claims};
 use crate::state::AppState;
 use queue_eventstore::Loaded;
 
@@ -38,7 +38,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge
             } else {
-                ApiError::invalid(crate::error::redact_values(&e.body_text()))
+                ApiError::invalid(crate::http::error::redact_values(&e.body_text()))
             }
         })?;
         // axum::Json on the buffered body keeps its Content-Type check and
@@ -171,10 +171,10 @@ impl FromRequestParts<AppState> for ClientAddress {
             // A value that is not text is a malformed entry: the peer.
             .map(|v| v.to_str().unwrap_or("!"));
         let client =
-            crate::client_address::resolve(peer, forwarded, &state.config().trusted_proxies);
+            crate::http::client_address::resolve(peer, forwarded, &state.config().trusted_proxies);
         Ok(Self(client.map_or_else(
             || "unknown".to_owned(),
-            crate::client_address::key_of,
+            crate::http::client_address::key_of,
         )))
     }
 }

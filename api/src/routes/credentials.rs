@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::consistency::{await_projection, ConsistencyHeader};
-use crate::error::ApiError;
-use crate::extract::{Authenticated, Json};
+use crate::http::consistency::{await_projection, ConsistencyHeader};
+use crate::http::error::ApiError;
+use crate::http::extract::{Authenticated, Json};
 use crate::state::AppState;
 use queue_eventstore::{Batch, Loaded};
 use queue_projections::Projection;
@@ -55,7 +55,7 @@ fn view(loaded: &Loaded<Credential>) -> Option<CredentialView> {
 /// table, once it has caught up with what was committed before the request
 /// (bounded: `X-Queue-Consistency` says whether it had).
 #[utoipa::path(get, path = "/api/v1/auth/credentials", tag = "credentials",
-    responses((status = 200, body = CredentialList), (status = 401, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)), security(("bearer" = [])))]
+    responses((status = 200, body = CredentialList), (status = 401, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)), security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     auth: Authenticated,
@@ -95,7 +95,7 @@ async fn own(
 
 #[utoipa::path(patch, path = "/api/v1/auth/credentials/{credential_id}", tag = "credentials",
     params(("credential_id" = uuid::Uuid, Path)), request_body = RenameRequest,
-    responses((status = 200, body = CredentialView), (status = 400, body = crate::error::ErrorEnvelope), (status = 401, body = crate::error::ErrorEnvelope), (status = 404, body = crate::error::ErrorEnvelope), (status = 503, body = crate::error::ErrorEnvelope)),
+    responses((status = 200, body = CredentialView), (status = 400, body = crate::http::error::ErrorEnvelope), (status = 401, body = crate::http::error::ErrorEnvelope), (status = 404, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn rename(
     State(state): State<AppState>,
@@ -119,7 +119,7 @@ pub async fn rename(
 
 #[utoipa::path(delete, path = "/api/v1/auth/credentials/{credential_id}", tag = "credentials",
     params(("credential_id" = uuid::Uuid, Path)),
-    responses((status = 204), (status = 401, body = crate::error::ErrorEnvelope, description = "unauthorized, reauth_required"), (status = 403, body = crate::error::ErrorEnvelope, description = "a backup-code session"), (status = 404, body = crate::error::ErrorEnvelope), (status = 409, body = crate::error::ErrorEnvelope, description = "last_credential"), (status = 503, body = crate::error::ErrorEnvelope)),
+    responses((status = 204), (status = 401, body = crate::http::error::ErrorEnvelope, description = "unauthorized, reauth_required"), (status = 403, body = crate::http::error::ErrorEnvelope, description = "a backup-code session"), (status = 404, body = crate::http::error::ErrorEnvelope), (status = 409, body = crate::http::error::ErrorEnvelope, description = "last_credential"), (status = 503, body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = [])))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -128,7 +128,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let store = state.store();
     let mut credential = own(&state, auth.customer_id, &credential_id).await?;
-    crate::reauth::require(&auth, FactorChange::DeletePasskey, state.now())?;
+    crate::routes::reauth::require(&auth, FactorChange::DeletePasskey, state.now())?;
     // Serialise deletions per customer so two concurrent deletes cannot both
     // pass the last-passkey check.
     let mut tx = store.pool().begin().await?;
