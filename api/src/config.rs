@@ -607,12 +607,14 @@ fn trusted_proxies(
         ));
     }
     Ok(match text(get, "QUEUE_TRUSTED_PROXIES") {
-        Some(list) => crate::http::client_address::TrustedProxies::parse(&list).ok_or_else(|| {
-            invalid(
-                "QUEUE_TRUSTED_PROXIES",
-                "expected comma-separated CIDR blocks (10.0.0.0/8, 2001:db8::/32)",
-            )
-        })?,
+        Some(list) => {
+            crate::http::client_address::TrustedProxies::parse(&list).ok_or_else(|| {
+                invalid(
+                    "QUEUE_TRUSTED_PROXIES",
+                    "expected comma-separated CIDR blocks (10.0.0.0/8, 2001:db8::/32)",
+                )
+            })?
+        }
         None => crate::http::client_address::TrustedProxies::default(),
     })
 }
@@ -990,7 +992,10 @@ mod tests {
     fn breaker_thresholds_are_configurable_and_checked() {
         let base = [("QUEUE_DEV", "1"), ("QUEUE_JWT_KEYS", KEY)];
         let defaults = Config::from_lookup(lookup(&base)).unwrap().breaker;
-        assert_eq!(defaults, crate::resilience::breaker::BreakerConfig::default());
+        assert_eq!(
+            defaults,
+            crate::resilience::breaker::BreakerConfig::default()
+        );
 
         let mut with = base.to_vec();
         with.extend([
@@ -1020,7 +1025,10 @@ mod tests {
     fn shedding_levels_for_urgent_work_are_configurable_and_checked() {
         let base = [("QUEUE_DEV", "1"), ("QUEUE_JWT_KEYS", KEY)];
         let defaults = Config::from_lookup(lookup(&base)).unwrap().shed_past_urgent;
-        assert_eq!(defaults, crate::resilience::shedding::UrgentLevels::default());
+        assert_eq!(
+            defaults,
+            crate::resilience::shedding::UrgentLevels::default()
+        );
 
         let mut with = base.to_vec();
         with.extend([

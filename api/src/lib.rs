@@ -8,12 +8,12 @@
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod db;
 pub mod flows;
 pub mod http;
 pub mod mail;
 pub mod resilience;
 pub mod routes;
-pub mod db;
 pub mod state;
 
 use std::sync::Arc;
@@ -69,7 +69,10 @@ fn v1_groups() -> [(Priority, OpenApiRouter<AppState>); 4] {
     // Reads, renames, backup-code generation.
     let normal = OpenApiRouter::new()
         .routes(routes!(routes::credentials::list))
-        .routes(routes!(routes::credentials::rename, routes::credentials::delete))
+        .routes(routes!(
+            routes::credentials::rename,
+            routes::credentials::delete
+        ))
         .routes(routes!(routes::sessions::list))
         .routes(routes!(routes::sessions::revoke))
         .routes(routes!(routes::sessions::me))
@@ -195,8 +198,14 @@ pub fn app(state: AppState) -> Router {
             routes
                 .route_layer(from_fn_with_state(state.clone(), http::pages::cookie_flow))
                 .route_layer(from_fn_with_state(state.clone(), http::timeouts::deadline))
-                .route_layer(from_fn_with_state(state.clone(), resilience::breaker::guard))
-                .route_layer(from_fn_with_state(state.clone(), resilience::shedding::guard))
+                .route_layer(from_fn_with_state(
+                    state.clone(),
+                    resilience::breaker::guard,
+                ))
+                .route_layer(from_fn_with_state(
+                    state.clone(),
+                    resilience::shedding::guard,
+                ))
                 .route_layer(from_fn_with_state(state.clone(), refuse_while_draining))
         };
         let (v1, _) = v1_routes(&resilience).split_for_parts();
@@ -270,7 +279,9 @@ async fn refuse_while_draining(
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "operations",
     responses((status = 200, description = "JWK set", body = Object)))]
 pub async fn jwks(State(state): State<AppState>) -> Response {
-    http::discovery::with_cache_control(axum::Json(state.inner.jwt_keys.get().jwks()).into_response())
+    http::discovery::with_cache_control(
+        axum::Json(state.inner.jwt_keys.get().jwks()).into_response(),
+    )
 }
 
 /// Deletes expired challenges every `every` until the shutdown flag is set.

@@ -9,11 +9,11 @@ use sqlx::PgPool;
 use webauthn_rs_core::fake::{FakePasskeyDistribution, WebauthnFakeCredentialGenerator};
 use webauthn_rs_core::WebauthnCore;
 
+use crate::auth::jwt::SharedJwtKeys;
 use crate::clock::ServiceClock;
 use crate::config::{Config, MailerConfig};
-use crate::auth::jwt::SharedJwtKeys;
-use crate::mail::mailer::{LogMailer, Mailer, SmtpMailer};
 use crate::http::metrics::Metrics;
+use crate::mail::mailer::{LogMailer, Mailer, SmtpMailer};
 use crate::resilience::ratelimit::{AccountLimits, RateLimitMode, RateLimiter, SharedCounters};
 use queue_eventstore::EventStore;
 

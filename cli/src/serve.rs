@@ -155,7 +155,10 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
             reloader_stopped,
         ));
     }
-    let sender = tokio::spawn(queue_api::mail::outbox::run_sender(state.clone(), sender_stopped));
+    let sender = tokio::spawn(queue_api::mail::outbox::run_sender(
+        state.clone(),
+        sender_stopped,
+    ));
     tokio::spawn(queue_api::run_challenge_sweeper(
         state.clone(),
         Duration::from_secs(60),

@@ -282,7 +282,9 @@ impl TestApp {
         queue_projections::outbox::catch_up(&self.state.pool)
             .await
             .unwrap();
-        queue_api::mail::outbox::deliver_due(&self.state).await.unwrap()
+        queue_api::mail::outbox::deliver_due(&self.state)
+            .await
+            .unwrap()
     }
 }
 

@@ -19,10 +19,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use utoipa::ToSchema;
 
+use crate::auth::jwt;
 use crate::config::ConfigError;
 use crate::http::error::ApiError;
 use crate::http::extract::Json;
-use crate::auth::jwt;
 use crate::state::AppState;
 
 pub const TOKEN_PREFIX: &str = "QUEUE_SERVICE_TOKEN_";

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::http::error::ApiError;
 use crate::auth::jwt::{self, Claims, ACCESS_TOKEN_TTL_SECS};
+use crate::http::error::ApiError;
 use crate::state::AppState;
 use queue_eventstore::{Batch, Loaded};
 

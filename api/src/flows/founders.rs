@@ -23,50 +23,14 @@
 //! transaction.
 
 use chrono::{DateTime, Utc};
-use queue_domain::audit::{AuditCommand, AuditEvent};
-use queue_domain::types::{
-    Actor, AuditAction, AuditEventId, AuditTarget, CustomerId, IdempotencyKey, ServiceName,
-};
-use queue_domain::Audit;
-use serde_json::Value;
+use queue_domain::types::CustomerId;
 use sqlx::Acquire;
 
 use crate::db;
+use crate::flows::queue_audit::{self, QueueAudit};
 use crate::http::error::ApiError;
 use crate::state::AppState;
-use queue_eventstore::{Batch, Loaded};
-
-/// Queue's own audit event (service `queue`), ready to add to a batch.
-pub async fn queue_audit_event(
-    state: &AppState,
-    key: &str,
-    action: &str,
-    target: &str,
-    customer_id: Option<CustomerId>,
-    metadata: Value,
-    now: DateTime<Utc>,
-) -> Result<(Loaded<Audit>, Vec<AuditEvent>), ApiError> {
-    let key = IdempotencyKey::parse(key)?;
-    let service = ServiceName::parse("queue")?;
-    let id = AuditEventId::for_idempotency_key(service.as_str(), key.as_str());
-    let mut audit: Loaded<Audit> = state.store().load(&id.to_string()).await?;
-    let events = audit
-        .execute(AuditCommand::Record {
-            service,
-            actor: Actor::parse("queue")?,
-            action: AuditAction::parse(action)?,
-            target: AuditTarget::parse(target)?,
-            customer_id,
-            ticket_id: None,
-            occurred_at: now,
-            metadata,
-            idempotency_key: key,
-            at: now,
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("audit: {e}")))?;
-    Ok((audit, events))
-}
+use queue_eventstore::Batch;
 
 /// Whether the error is the statement's (fail open) rather than the
 /// store's (unavailable: the caller retries).
@@ -144,32 +108,33 @@ pub async fn append_registration(
         Some(true) => {}
         Some(false) => {
             tx.rollback().await?;
-            let (mut audit, events) = queue_audit_event(
+            queue_audit::record(
                 state,
-                &format!("founders-gate-rejected:{attempt}"),
-                "founders.gate.rejected",
-                "registration",
-                None,
-                serde_json::json!({
-                    "threshold": threshold,
-                    "customer_id": customer_id.to_string(),
-                }),
+                QueueAudit {
+                    key: &format!("founders-gate-rejected:{attempt}"),
+                    action: "founders.gate.rejected",
+                    target: "registration",
+                    customer_id: None,
+                    metadata: serde_json::json!({
+                        "threshold": threshold,
+                        "customer_id": customer_id.to_string(),
+                    }),
+                },
                 now,
             )
             .await?;
-            let mut rejected = Batch::new();
-            rejected.add(&mut audit, &events)?;
-            state.store().append(rejected).await?;
             return Err(ApiError::FoundersCohortFull);
         }
         None => {
-            let (mut audit, events) = queue_audit_event(
+            let (mut audit, events) = queue_audit::event(
                 state,
-                &format!("founders-gate-check-failed:{attempt}"),
-                "founders.gate.check_failed",
-                &format!("customer:{customer_id}"),
-                Some(customer_id),
-                serde_json::json!({ "threshold": threshold }),
+                QueueAudit {
+                    key: &format!("founders-gate-check-failed:{attempt}"),
+                    action: "founders.gate.check_failed",
+                    target: &format!("customer:{customer_id}"),
+                    customer_id: Some(customer_id),
+                    metadata: serde_json::json!({ "threshold": threshold }),
+                },
                 now,
             )
             .await?;

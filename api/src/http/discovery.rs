@@ -10,9 +10,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 use url::Url;
 
+use crate::auth::jwt::JwtKeySet;
 use crate::config::Config;
 use crate::http::error::ApiError;
-use crate::auth::jwt::JwtKeySet;
 use crate::state::AppState;
 
 /// `Cache-Control` of the JWKS and of this document. A rotation shows in

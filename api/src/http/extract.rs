@@ -18,8 +18,8 @@ use queue_domain::Session;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::http::error::ApiError;
 use crate::auth::jwt::{self, Claims};
+use crate::http::error::ApiError;
 use crate::state::AppState;
 use queue_eventstore::Loaded;
 

@@ -19,9 +19,9 @@ use queue_projections::outbox::{self, MailKind, OutboxRow};
 use queue_projections::ProjectionResult;
 use tokio::sync::watch;
 
+use crate::auth::tokens;
 use crate::mail::mailer::Message;
 use crate::state::AppState;
-use crate::auth::tokens;
 
 /// Rows claimed at once: one, so each lease covers one send only.
 const CLAIM: i64 = 1;

@@ -20,10 +20,10 @@ use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::auth::service::{Scope, ServiceCaller};
 use crate::http::consistency::{await_projection, ConsistencyHeader};
 use crate::http::error::ApiError;
 use crate::http::extract::Json;
-use crate::auth::service::{Scope, ServiceCaller};
 use crate::state::AppState;
 use queue_eventstore::{Batch, Loaded};
 use queue_projections::Projection;

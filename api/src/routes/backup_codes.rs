@@ -11,10 +11,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::backup_code_keys::{self, Unmatched};
+use crate::auth::tokens::{self, TokenResponse};
 use crate::http::error::ApiError;
 use crate::http::extract::{Authenticated, ClientAddress, Json};
 use crate::state::AppState;
-use crate::auth::tokens::{self, TokenResponse};
 use queue_eventstore::Batch;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -82,9 +82,10 @@ pub async fn redeem(
         .refuse_if_exhausted("redeem", &account, &address, true)
         .await?;
     match redeem_code(&state, &email, &request.code).await {
-        Err(ApiError::InvalidCode) => {
-            Err(crate::routes::passkeys::failed_verification(&state, "redeem", &account, &address).await)
-        }
+        Err(ApiError::InvalidCode) => Err(crate::flows::login::failed_verification(
+            &state, "redeem", &account, &address,
+        )
+        .await),
         other => other.map(Json),
     }
 }

@@ -9,10 +9,10 @@ use queue_domain::customer::{CustomerCommand, CustomerError, EMAIL_VERIFICATION_
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::auth::tokens;
 use crate::http::error::ApiError;
 use crate::http::extract::{Authenticated, ClientAddress, Json};
 use crate::state::AppState;
-use crate::auth::tokens;
 use queue_eventstore::Batch;
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -83,9 +83,10 @@ pub async fn verify(
         .refuse_if_exhausted("verify", &account, &address, true)
         .await?;
     match verify_token(&state, customer_id, &request.token).await {
-        Err(ApiError::InvalidCode) => {
-            Err(crate::routes::passkeys::failed_verification(&state, "verify", &account, &address).await)
-        }
+        Err(ApiError::InvalidCode) => Err(crate::flows::login::failed_verification(
+            &state, "verify", &account, &address,
+        )
+        .await),
         other => other.map(Json),
     }
 }

@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::auth::service::{Scope, ServiceCaller};
 use crate::http::error::ApiError;
 use crate::http::extract::Json;
-use crate::auth::service::{Scope, ServiceCaller};
 use crate::state::AppState;
 use queue_eventstore::{Batch, Loaded};
 

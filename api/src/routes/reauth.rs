@@ -7,22 +7,18 @@
 
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use queue_domain::credential::{CredentialCommand, CredentialError};
-use queue_domain::session::{FactorChange, SessionCommand};
-use queue_domain::types::{CredentialId, RawCredentialId};
+use queue_domain::session::FactorChange;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use utoipa::ToSchema;
-use webauthn_rs_core::proto::{
-    AllowCredentials, AuthenticationState, PublicKeyCredential, UserVerificationPolicy,
-};
+use webauthn_rs_core::proto::{AllowCredentials, UserVerificationPolicy};
 
 use crate::auth::challenges::{self, Kind};
+use crate::flows;
 use crate::http::error::ApiError;
 use crate::http::extract::{Authenticated, ClientAddress, Json};
-use crate::routes::passkeys::{parse_credential, BeginResponse, LoginCompleteRequest};
+use crate::routes::passkeys::{BeginResponse, LoginCompleteRequest};
 use crate::state::AppState;
-use queue_eventstore::Batch;
 
 /// Refuses `change` unless the session of `auth` may make it at `now`:
 /// 401 `reauth_required` when its `auth_time` is too old, 403 `forbidden`
@@ -123,115 +119,13 @@ pub async fn complete(
     mut auth: Authenticated,
     Json(request): Json<LoginCompleteRequest>,
 ) -> Result<Json<Reauthenticated>, ApiError> {
-    let now = state.now();
-    let store = state.store();
-    let account = auth.customer_id.to_string();
-    state
-        .inner
-        .account_limits
-        .refuse_if_exhausted("login", &account, &address, false)
-        .await?;
-    let response: PublicKeyCredential = parse_credential(request.credential)?;
-    let challenge =
-        challenges::take(store.pool(), Kind::Reauth, &request.challenge_id, now).await?;
-    let failed = |why: &'static str| {
-        let account = account.clone();
-        let address = address.clone();
-        let state = state.clone();
-        async move {
-            tracing::info!(why, "reauth refused");
-            crate::routes::passkeys::failed_verification(&state, "login", &account, &address).await
-        }
-    };
-    let session_matches = challenge.customer_id == Some(auth.customer_id)
-        && challenge.context.get("session_id").and_then(Value::as_str)
-            == Some(auth.session_id.to_string().as_str());
-    if !session_matches {
-        return Err(failed("challenge of another session").await);
-    }
-    let authentication: AuthenticationState =
-        serde_json::from_value(challenge.state).map_err(internal("authentication state"))?;
-    let Ok(raw_id) = RawCredentialId::from_bytes(response.raw_id.clone()) else {
-        return Err(failed("bad credential id").await);
-    };
-    let credential_id: CredentialId = raw_id.credential_id();
-    let mut credential = store.credential(credential_id).await?;
-    let Some(credential_state) = credential
-        .aggregate
-        .state()
-        .filter(|s| !s.is_revoked() && s.customer_id == auth.customer_id)
-    else {
-        return Err(failed("not a usable passkey of this customer").await);
-    };
-    let cross_origin =
-        serde_json::from_slice::<Value>(response.response.client_data_json.as_slice())
-            .ok()
-            .and_then(|data| data.get("crossOrigin").and_then(Value::as_bool))
-            == Some(true);
-    if cross_origin {
-        return Err(failed("crossOrigin assertion").await);
-    }
-    let mut passkey: webauthn_rs_core::proto::Credential = serde_json::from_value(
-        credential_state
-            .passkey
-            .get("cred")
-            .cloned()
-            .unwrap_or(Value::Null),
+    let reauthenticated_at = flows::login::reauthenticate(
+        &state,
+        &address,
+        &mut auth,
+        &request.challenge_id,
+        request.credential,
     )
-    .map_err(internal("stored passkey"))?;
-    // The aggregate owns the counter check, as at login.
-    passkey.counter = 0;
-    passkey.backup_state = credential_state.backup_state;
-    passkey.backup_eligible = credential_state.backup_eligible;
-    let verified = match queue_passkey::authenticate(
-        &state.inner.webauthn,
-        &response,
-        &authentication,
-        &passkey,
-    ) {
-        Ok(verified) => verified,
-        Err(e) => {
-            tracing::info!(error = %e, "reauth assertion refused");
-            return Err(failed("assertion refused").await);
-        }
-    };
-    if !verified.user_verified {
-        return Err(failed("user not verified").await);
-    }
-    let customer = store.customer(auth.customer_id).await?;
-    if customer.aggregate.state().is_none_or(|c| c.is_suspended()) {
-        return Err(ApiError::CustomerSuspended);
-    }
-    let used = match credential
-        .execute(CredentialCommand::RecordUse {
-            sign_count: verified.counter,
-            backup_state: verified.backup_state,
-            at: now,
-        })
-        .await
-    {
-        Ok(events) => events,
-        Err(CredentialError::CounterRegression { stored, presented }) => {
-            tracing::warn!(%credential_id, stored, presented, "sign counter regression at reauth: possible cloned passkey");
-            return Err(failed("sign counter regression").await);
-        }
-        Err(other) => {
-            tracing::info!(error = %other, "passkey use refused at reauth");
-            return Err(failed("passkey use refused").await);
-        }
-    };
-    let reauthenticated = auth
-        .session
-        .execute(SessionCommand::Reauthenticate {
-            credential_id,
-            at: now,
-        })
-        .await?;
-    let mut batch = Batch::new();
-    batch.add(&mut credential, &used)?;
-    batch.add(&mut auth.session, &reauthenticated)?;
-    store.append(batch).await?;
-    Ok(Json(Reauthenticated {
-        reauthenticated_at: now,
-    }))
+    .await?;
+    Ok(Json(Reauthenticated { reauthenticated_at }))
 }

@@ -10,11 +10,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::auth::tokens::{self, TokenResponse};
 use crate::http::consistency::{await_projection, ConsistencyHeader};
 use crate::http::error::ApiError;
 use crate::http::extract::{Authenticated, Json};
 use crate::state::AppState;
-use crate::auth::tokens::{self, TokenResponse};
 use queue_eventstore::Batch;
 use queue_projections::Projection;
 

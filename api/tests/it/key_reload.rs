@@ -56,7 +56,9 @@ async fn a_failed_jwt_key_reload_keeps_the_last_good_keys_and_reports_degraded(p
 
     // A good file (a rotation) ends the degraded spell.
     std::fs::write(&key_file, keys.to_spec()).unwrap();
-    let kid = queue_api::auth::jwt::rotate_key_file(&key_file, 3, queue_api::auth::jwt::JwtAlg::EdDSA).unwrap();
+    let kid =
+        queue_api::auth::jwt::rotate_key_file(&key_file, 3, queue_api::auth::jwt::JwtAlg::EdDSA)
+            .unwrap();
     queue_api::auth::jwt::notify_rotation(&pool).await.unwrap();
     eventually("readyz to report the JWT keys ok again", || async {
         let ready = app.get("/readyz").await;

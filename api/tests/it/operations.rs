@@ -224,7 +224,9 @@ async fn jwt_key_rotation_reaches_running_instances_and_keeps_old_tokens_valid(p
     let mut passkey = Passkey::new();
     let before = app.register(&mut passkey, "ada@example.com").await;
 
-    let kid = queue_api::auth::jwt::rotate_key_file(&key_file, 3, queue_api::auth::jwt::JwtAlg::EdDSA).unwrap();
+    let kid =
+        queue_api::auth::jwt::rotate_key_file(&key_file, 3, queue_api::auth::jwt::JwtAlg::EdDSA)
+            .unwrap();
     queue_api::auth::jwt::notify_rotation(&pool).await.unwrap();
     let jwks = crate::helpers::eventually("the rotated key in the JWKS", || async {
         let jwks = app.get("/.well-known/jwks.json").await;
