@@ -9,8 +9,8 @@ use url::Url;
 
 use queue_domain::types::Role;
 
-use crate::jwt::{JwtAlg, JwtKeySet};
-use crate::service::ServiceTokens;
+use crate::auth::jwt::{JwtAlg, JwtKeySet};
+use crate::auth::service::ServiceTokens;
 
 pub use queue_eventstore::config::ConfigError;
 use queue_eventstore::config::{value_or_file, Source};
@@ -238,7 +238,7 @@ pub struct Config {
     /// rewrites it and running instances reload it.
     pub jwt_keys_file: Option<PathBuf>,
     /// QUEUE_BACKUP_CODE_KEYS: the backup-code pepper keys, first current
-    /// (ADR 0211; `crate::backup_code_keys`).
+    /// (ADR 0211; `crate::auth::backup_code_keys`).
     pub backup_code_keys: queue_eventstore::MacKeys,
     /// QUEUE_REFRESH_REUSE_GRACE: 0 to 60 seconds.
     pub refresh_grace_secs: u32,
@@ -262,14 +262,14 @@ pub struct Config {
     /// are shed whatever the total, and for how long after
     /// (QUEUE_SHED_LOW_PAST_URGENT, QUEUE_SHED_NORMAL_PAST_URGENT,
     /// QUEUE_SHED_HOLD_MS).
-    pub shed_past_urgent: crate::shedding::UrgentLevels,
+    pub shed_past_urgent: crate::resilience::shedding::UrgentLevels,
     /// The store circuit breaker's thresholds (QUEUE_BREAKER_*).
-    pub breaker: crate::breaker::BreakerConfig,
+    pub breaker: crate::resilience::breaker::BreakerConfig,
     /// Rate limits shared through Redis; `None`: per-process limits.
     pub redis: Option<RedisConfig>,
     /// QUEUE_TRUSTED_PROXIES: proxies whose X-Forwarded-For entries are
     /// believed (walked from the right; see `client_address`).
-    pub trusted_proxies: crate::client_address::TrustedProxies,
+    pub trusted_proxies: crate::http::client_address::TrustedProxies,
     /// QUEUE_READ_WAIT_MS: how long a projection read waits for its
     /// projection to pass what was committed before it (read-your-writes,
     /// ADR 0210); 0: no wait.
@@ -599,7 +599,7 @@ impl RateLimits {
 /// QUEUE_TRUSTED_PROXIES (and the refusal of the variable it replaced).
 fn trusted_proxies(
     get: &impl Fn(&str) -> Option<String>,
-) -> Result<crate::client_address::TrustedProxies, ConfigError> {
+) -> Result<crate::http::client_address::TrustedProxies, ConfigError> {
     if get("QUEUE_TRUST_FORWARDED_FOR").is_some() {
         return Err(invalid(
             "QUEUE_TRUST_FORWARDED_FOR",
@@ -607,13 +607,15 @@ fn trusted_proxies(
         ));
     }
     Ok(match text(get, "QUEUE_TRUSTED_PROXIES") {
-        Some(list) => crate::client_address::TrustedProxies::parse(&list).ok_or_else(|| {
-            invalid(
-                "QUEUE_TRUSTED_PROXIES",
-                "expected comma-separated CIDR blocks (10.0.0.0/8, 2001:db8::/32)",
-            )
-        })?,
-        None => crate::client_address::TrustedProxies::default(),
+        Some(list) => {
+            crate::http::client_address::TrustedProxies::parse(&list).ok_or_else(|| {
+                invalid(
+                    "QUEUE_TRUSTED_PROXIES",
+                    "expected comma-separated CIDR blocks (10.0.0.0/8, 2001:db8::/32)",
+                )
+            })?
+        }
+        None => crate::http::client_address::TrustedProxies::default(),
     })
 }
 
@@ -651,7 +653,7 @@ fn metrics_settings(
     Ok((listen, token))
 }
 
-impl crate::shedding::UrgentLevels {
+impl crate::resilience::shedding::UrgentLevels {
     /// QUEUE_SHED_LOW_PAST_URGENT, QUEUE_SHED_NORMAL_PAST_URGENT,
     /// QUEUE_SHED_HOLD_MS, QUEUE_SHED_LOW_LATENCY_PCT.
     pub fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
@@ -698,7 +700,7 @@ impl crate::shedding::UrgentLevels {
     }
 }
 
-impl crate::breaker::BreakerConfig {
+impl crate::resilience::breaker::BreakerConfig {
     /// QUEUE_BREAKER_FAILURES, QUEUE_BREAKER_LATENCY_WINDOW,
     /// QUEUE_BREAKER_MAX_MEAN_LATENCY_MS, QUEUE_BREAKER_OPEN_MS,
     /// QUEUE_BREAKER_PROBE_TIMEOUT_MS.
@@ -832,7 +834,7 @@ fn role_catalogue(get: &impl Fn(&str) -> Option<String>) -> Result<Vec<Role>, Co
             }
             Ok(roles)
         }
-        None => crate::rbac::DEFAULT_ROLE_CATALOGUE
+        None => crate::routes::rbac::DEFAULT_ROLE_CATALOGUE
             .iter()
             .map(|r| Role::parse(r).map_err(|_| invalid("QUEUE_ROLE_CATALOGUE", "default")))
             .collect(),
@@ -874,8 +876,8 @@ impl Config {
         let timeouts = Timeouts::from_lookup(get)?;
         let (metrics_listen, metrics_token) = metrics_settings(get)?;
         let max_in_flight = number(get, "QUEUE_MAX_IN_FLIGHT", 256, 1, 1_000_000)? as usize;
-        let shed_past_urgent = crate::shedding::UrgentLevels::from_lookup(get)?;
-        let breaker = crate::breaker::BreakerConfig::from_lookup(get)?;
+        let shed_past_urgent = crate::resilience::shedding::UrgentLevels::from_lookup(get)?;
+        let breaker = crate::resilience::breaker::BreakerConfig::from_lookup(get)?;
         let redis = RedisConfig::from_lookup(get)?;
         let mailer = MailerConfig::from_lookup(get, dev)?;
         let mail = MailConfig::from_lookup(get, &mailer)?;
@@ -885,7 +887,7 @@ impl Config {
         let role_catalogue = role_catalogue(get)?;
         let read_wait = millis(get, "QUEUE_READ_WAIT_MS", 1_000, 0, 60_000)?;
 
-        let backup_code_keys = crate::backup_code_keys::from_lookup(&get, dev)?;
+        let backup_code_keys = crate::auth::backup_code_keys::from_lookup(&get, dev)?;
 
         Ok(Self {
             backup_code_keys,
@@ -990,7 +992,10 @@ mod tests {
     fn breaker_thresholds_are_configurable_and_checked() {
         let base = [("QUEUE_DEV", "1"), ("QUEUE_JWT_KEYS", KEY)];
         let defaults = Config::from_lookup(lookup(&base)).unwrap().breaker;
-        assert_eq!(defaults, crate::breaker::BreakerConfig::default());
+        assert_eq!(
+            defaults,
+            crate::resilience::breaker::BreakerConfig::default()
+        );
 
         let mut with = base.to_vec();
         with.extend([
@@ -1020,7 +1025,10 @@ mod tests {
     fn shedding_levels_for_urgent_work_are_configurable_and_checked() {
         let base = [("QUEUE_DEV", "1"), ("QUEUE_JWT_KEYS", KEY)];
         let defaults = Config::from_lookup(lookup(&base)).unwrap().shed_past_urgent;
-        assert_eq!(defaults, crate::shedding::UrgentLevels::default());
+        assert_eq!(
+            defaults,
+            crate::resilience::shedding::UrgentLevels::default()
+        );
 
         let mut with = base.to_vec();
         with.extend([
@@ -1032,7 +1040,7 @@ mod tests {
         let levels = Config::from_lookup(lookup(&with)).unwrap().shed_past_urgent;
         assert_eq!(
             levels,
-            crate::shedding::UrgentLevels {
+            crate::resilience::shedding::UrgentLevels {
                 low: 0,
                 normal: 12,
                 hold: Duration::from_millis(250),

@@ -5,40 +5,16 @@
 //! `error.rs`. Routes and their load-shedding priorities are declared
 //! together in `v1_groups` below.
 
-pub mod admin;
-pub mod audit;
-pub mod backup_code_keys;
-pub mod backup_codes;
-pub mod breaker;
-pub mod challenges;
-pub mod client_address;
+pub mod auth;
 pub mod clock;
 pub mod config;
-pub mod consistency;
-pub mod credentials;
 pub mod db;
-pub mod discovery;
-pub mod email;
-pub mod error;
-pub mod extract;
-pub mod founders;
-pub mod health;
-pub mod jwt;
-pub mod mailer;
-pub mod metrics;
-pub mod openapi;
-pub mod outbox;
-pub mod pages;
-pub mod passkeys;
-pub mod ratelimit;
-pub mod rbac;
-pub mod reauth;
-pub mod service;
-pub mod sessions;
-pub mod shedding;
+pub mod flows;
+pub mod http;
+pub mod mail;
+pub mod resilience;
+pub mod routes;
 pub mod state;
-pub mod timeouts;
-pub mod tokens;
 
 use std::sync::Arc;
 
@@ -55,8 +31,8 @@ use utoipa_axum::routes;
 
 pub use clock::ServiceClock;
 pub use config::{Config, ConfigError};
-pub use error::ApiError;
-pub use shedding::Priority;
+pub use http::error::ApiError;
+pub use resilience::shedding::Priority;
 pub use state::AppState;
 
 /// Request bodies over this many bytes answer 413 payload_too_large.
@@ -72,38 +48,41 @@ fn v1_groups() -> [(Priority, OpenApiRouter<AppState>); 4] {
     // Sign-in and staying signed in; audit writes (a caller cannot retry
     // them later without losing the record).
     let critical = OpenApiRouter::new()
-        .routes(routes!(passkeys::login_begin))
-        .routes(routes!(passkeys::login_complete))
-        .routes(routes!(reauth::begin))
-        .routes(routes!(reauth::complete))
-        .routes(routes!(sessions::refresh))
-        .routes(routes!(sessions::logout))
-        .routes(routes!(backup_codes::redeem))
-        .routes(routes!(audit::record));
+        .routes(routes!(routes::passkeys::login_begin))
+        .routes(routes!(routes::passkeys::login_complete))
+        .routes(routes!(routes::reauth::begin))
+        .routes(routes!(routes::reauth::complete))
+        .routes(routes!(routes::sessions::refresh))
+        .routes(routes!(routes::sessions::logout))
+        .routes(routes!(routes::backup_codes::redeem))
+        .routes(routes!(routes::audit::record));
     // Sign-up, email verification, admin and RBAC writes.
     let high = OpenApiRouter::new()
-        .routes(routes!(passkeys::register_begin))
-        .routes(routes!(passkeys::register_complete))
-        .routes(routes!(email::request_verification))
-        .routes(routes!(email::verify))
-        .routes(routes!(rbac::grant))
-        .routes(routes!(rbac::revoke))
-        .routes(routes!(admin::suspend))
-        .routes(routes!(admin::reinstate));
+        .routes(routes!(routes::passkeys::register_begin))
+        .routes(routes!(routes::passkeys::register_complete))
+        .routes(routes!(routes::email::request_verification))
+        .routes(routes!(routes::email::verify))
+        .routes(routes!(routes::rbac::grant))
+        .routes(routes!(routes::rbac::revoke))
+        .routes(routes!(routes::admin::suspend))
+        .routes(routes!(routes::admin::reinstate));
     // Reads, renames, backup-code generation.
     let normal = OpenApiRouter::new()
-        .routes(routes!(credentials::list))
-        .routes(routes!(credentials::rename, credentials::delete))
-        .routes(routes!(sessions::list))
-        .routes(routes!(sessions::revoke))
-        .routes(routes!(sessions::me))
-        .routes(routes!(backup_codes::generate))
-        .routes(routes!(service::customer_count))
-        .routes(routes!(rbac::roles));
+        .routes(routes!(routes::credentials::list))
+        .routes(routes!(
+            routes::credentials::rename,
+            routes::credentials::delete
+        ))
+        .routes(routes!(routes::sessions::list))
+        .routes(routes!(routes::sessions::revoke))
+        .routes(routes!(routes::sessions::me))
+        .routes(routes!(routes::backup_codes::generate))
+        .routes(routes!(auth::service::customer_count))
+        .routes(routes!(routes::rbac::roles));
     // Exports and history.
     let low = OpenApiRouter::new()
-        .routes(routes!(audit::list))
-        .routes(routes!(admin::history));
+        .routes(routes!(routes::audit::list))
+        .routes(routes!(routes::admin::history));
     [
         (Priority::Critical, critical),
         (Priority::High, high),
@@ -116,7 +95,7 @@ fn v1_groups() -> [(Priority, OpenApiRouter<AppState>); 4] {
 /// wrapped in `resilience` (the layers only `/api/v1` runs inside:
 /// draining, shedding, breaker, deadline) and, outside that, its priority
 /// as a request extension the shedding guard reads. A route without one
-/// answers 500 (`shedding::guard`; a test sends every operation of the
+/// answers 500 (`resilience::shedding::guard`; a test sends every operation of the
 /// document through the app), so none is silently NORMAL.
 fn v1_routes(resilience: Resilience<'_>) -> OpenApiRouter<AppState> {
     v1_groups()
@@ -166,16 +145,16 @@ pub fn operations(doc: &utoipa::openapi::OpenApi) -> Vec<(String, String)> {
 fn operation_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(jwks))
-        .routes(routes!(discovery::openid_configuration))
-        .routes(routes!(health::healthz))
-        .routes(routes!(health::readyz))
+        .routes(routes!(http::discovery::openid_configuration))
+        .routes(routes!(http::health::healthz))
+        .routes(routes!(http::health::readyz))
 }
 
 /// The OpenAPI document of every route (served whatever the feature flag).
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, mut v1) = v1_routes(&|routes| routes).split_for_parts();
-    openapi::add_shared_responses(&mut v1);
-    let (_, mut doc) = OpenApiRouter::<AppState>::with_openapi(openapi::ApiDoc::openapi())
+    http::openapi::add_shared_responses(&mut v1);
+    let (_, mut doc) = OpenApiRouter::<AppState>::with_openapi(http::openapi::ApiDoc::openapi())
         .merge(operation_routes())
         .split_for_parts();
     doc.merge(v1);
@@ -200,7 +179,7 @@ pub fn app(state: AppState) -> Router {
     let mut router = Router::new().merge(operations);
     // QUEUE_METRICS_LISTEN: /metrics lives on its own listener only.
     if state.config().metrics_listen.is_none() {
-        router = router.route("/metrics", get(metrics::render));
+        router = router.route("/metrics", get(http::metrics::render));
     }
     router = router.route(
         "/openapi.json",
@@ -217,15 +196,21 @@ pub fn app(state: AppState) -> Router {
         // body is in memory (issue 17).
         let resilience = |routes: OpenApiRouter<AppState>| {
             routes
-                .route_layer(from_fn_with_state(state.clone(), pages::cookie_flow))
-                .route_layer(from_fn_with_state(state.clone(), timeouts::deadline))
-                .route_layer(from_fn_with_state(state.clone(), breaker::guard))
-                .route_layer(from_fn_with_state(state.clone(), shedding::guard))
+                .route_layer(from_fn_with_state(state.clone(), http::pages::cookie_flow))
+                .route_layer(from_fn_with_state(state.clone(), http::timeouts::deadline))
+                .route_layer(from_fn_with_state(
+                    state.clone(),
+                    resilience::breaker::guard,
+                ))
+                .route_layer(from_fn_with_state(
+                    state.clone(),
+                    resilience::shedding::guard,
+                ))
                 .route_layer(from_fn_with_state(state.clone(), refuse_while_draining))
         };
         let (v1, _) = v1_routes(&resilience).split_for_parts();
         // The hosted pages only call /api/v1, so they share its flag.
-        router = router.merge(pages::routes());
+        router = router.merge(http::pages::routes());
         router = with_deadline(&state, router).merge(v1);
     } else {
         router = with_deadline(&state, router);
@@ -233,10 +218,10 @@ pub fn app(state: AppState) -> Router {
     router
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(from_fn_with_state(state.clone(), timeouts::read_body))
-        .layer(from_fn(metrics::track))
+        .layer(from_fn_with_state(state.clone(), http::timeouts::read_body))
+        .layer(from_fn(http::metrics::track))
         .with_state(state)
-        .layer(from_fn(error::error_envelope))
+        .layer(from_fn(http::error::error_envelope))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request| {
                 let id = request
@@ -256,18 +241,18 @@ pub fn app(state: AppState) -> Router {
 /// the rest.
 fn with_deadline(state: &AppState, router: Router<AppState>) -> Router<AppState> {
     router
-        .route_layer(from_fn_with_state(state.clone(), pages::cookie_flow))
-        .route_layer(from_fn_with_state(state.clone(), timeouts::deadline))
+        .route_layer(from_fn_with_state(state.clone(), http::pages::cookie_flow))
+        .route_layer(from_fn_with_state(state.clone(), http::timeouts::deadline))
 }
 
 /// `/metrics` alone, for `QUEUE_METRICS_LISTEN` (an address only the
 /// scraper reaches); the token, when set, is still asked for.
 pub fn metrics_app(state: AppState) -> Router {
     Router::new()
-        .route("/metrics", get(metrics::render))
+        .route("/metrics", get(http::metrics::render))
         .fallback(not_found)
         .with_state(state)
-        .layer(from_fn(error::error_envelope))
+        .layer(from_fn(http::error::error_envelope))
 }
 
 async fn not_found() -> ApiError {
@@ -290,11 +275,13 @@ async fn refuse_while_draining(
 
 /// `GET /.well-known/jwks.json`: current and previous signing keys, each
 /// with its own `kty`/`alg`. Served from memory, so it keeps answering while
-/// the store is down; `Cache-Control` as [`discovery::CACHE_CONTROL`].
+/// the store is down; `Cache-Control` as [`http::discovery::CACHE_CONTROL`].
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "operations",
     responses((status = 200, description = "JWK set", body = Object)))]
 pub async fn jwks(State(state): State<AppState>) -> Response {
-    discovery::with_cache_control(axum::Json(state.inner.jwt_keys.get().jwks()).into_response())
+    http::discovery::with_cache_control(
+        axum::Json(state.inner.jwt_keys.get().jwks()).into_response(),
+    )
 }
 
 /// Deletes expired challenges every `every` until the shutdown flag is set.
@@ -305,7 +292,7 @@ pub async fn run_challenge_sweeper(state: AppState, every: std::time::Duration) 
         if state.is_shutting_down() {
             return;
         }
-        match challenges::sweep(&state.pool, state.now()).await {
+        match auth::challenges::sweep(&state.pool, state.now()).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(swept = n, "expired challenges deleted"),
             Err(e) => tracing::warn!(error = %e, "challenge sweep failed"),

@@ -9,12 +9,12 @@ use sqlx::PgPool;
 use webauthn_rs_core::fake::{FakePasskeyDistribution, WebauthnFakeCredentialGenerator};
 use webauthn_rs_core::WebauthnCore;
 
+use crate::auth::jwt::SharedJwtKeys;
 use crate::clock::ServiceClock;
 use crate::config::{Config, MailerConfig};
-use crate::jwt::SharedJwtKeys;
-use crate::mailer::{LogMailer, Mailer, SmtpMailer};
-use crate::metrics::Metrics;
-use crate::ratelimit::{AccountLimits, RateLimitMode, RateLimiter, SharedCounters};
+use crate::http::metrics::Metrics;
+use crate::mail::mailer::{LogMailer, Mailer, SmtpMailer};
+use crate::resilience::ratelimit::{AccountLimits, RateLimitMode, RateLimiter, SharedCounters};
 use queue_eventstore::EventStore;
 
 #[derive(Clone)]
@@ -47,8 +47,8 @@ pub struct Inner {
     pub checkpoint_signer: std::sync::OnceLock<SharedCheckpointSigner>,
     pub mailer: Arc<dyn Mailer>,
     pub metrics: Metrics,
-    pub breaker: crate::breaker::Breaker,
-    pub in_flight: crate::shedding::InFlight,
+    pub breaker: crate::resilience::breaker::Breaker,
+    pub in_flight: crate::resilience::shedding::InFlight,
     /// Keyed from the JWT signing key at start: believable credential ids for
     /// unknown emails at login/begin.
     pub fake_credentials: WebauthnFakeCredentialGenerator<FakePasskeyDistribution>,
@@ -85,7 +85,7 @@ impl AppState {
             Some(false),
             Some(false),
         );
-        let fake_key = crate::tokens::derive_key(
+        let fake_key = crate::auth::tokens::derive_key(
             &config.jwt_keys.current().seed(),
             b"queue fake credential ids",
         );
@@ -128,8 +128,8 @@ impl AppState {
                 clock,
                 mailer,
                 metrics: Metrics::global(),
-                breaker: crate::breaker::Breaker::new(config.breaker),
-                in_flight: crate::shedding::InFlight::default(),
+                breaker: crate::resilience::breaker::Breaker::new(config.breaker),
+                in_flight: crate::resilience::shedding::InFlight::default(),
                 fake_credentials,
                 fake_key,
                 config,

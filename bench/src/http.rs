@@ -16,7 +16,7 @@ use axum::extract::{Path, State};
 use axum::routing::post;
 use axum::Router;
 use futures::stream::{self, StreamExt};
-use queue_api::mailer::LogMailer;
+use queue_api::mail::mailer::LogMailer;
 use queue_api::{AppState, Config, ServiceClock};
 use queue_eventstore::{MacKeys, SharedMacKeys};
 use serde_json::{json, Value};
@@ -258,7 +258,7 @@ async fn run_in(args: &Args, pool: &PgPool) -> BenchResult<()> {
         "queue-bench-mail-{}",
         uuid::Uuid::new_v4().simple()
     ));
-    let jwt = queue_api::jwt::JwtKeySet::generate("bench")?.to_spec();
+    let jwt = queue_api::auth::jwt::JwtKeySet::generate("bench")?.to_spec();
     let settings: HashMap<&str, String> = [
         ("QUEUE_DEV", "1".to_owned()),
         ("QUEUE_RP_ID", "localhost".to_owned()),

@@ -730,7 +730,7 @@ impl Keys {
         Ok(Self {
             mac: MacKeys::single("bench", mac.to_vec())?.to_spec(),
             checkpoint: CheckpointSigner::generate("bench.queue/ledger")?.to_private_spec(),
-            jwt: queue_api::jwt::JwtKeySet::generate("bench")?.to_spec(),
+            jwt: queue_api::auth::jwt::JwtKeySet::generate("bench")?.to_spec(),
         })
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use queue_api::config::{RedisConfig, Secret};
-use queue_api::ratelimit::{RateLimitMode, RateLimiter, SharedCounters};
+use queue_api::resilience::ratelimit::{RateLimitMode, RateLimiter, SharedCounters};
 
 use crate::support::{rate, BenchResult};
 

@@ -70,8 +70,8 @@ pub const DEV_BACKUP_CODE_FILE: &str = "backup_code_keys";
 /// The type of new JWT keys: `given` (`--alg`), else `QUEUE_JWT_ALG`, else EdDSA.
 pub fn jwt_alg(
     get: Lookup,
-    given: Option<queue_api::jwt::JwtAlg>,
-) -> Result<queue_api::jwt::JwtAlg, ConfigError> {
+    given: Option<queue_api::auth::jwt::JwtAlg>,
+) -> Result<queue_api::auth::jwt::JwtAlg, ConfigError> {
     if let Some(alg) = given {
         return Ok(alg);
     }

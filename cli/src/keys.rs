@@ -14,7 +14,7 @@ use crate::config::{
     self, Lookup, DEV_BACKUP_CODE_FILE, DEV_CHECKPOINT_FILE, DEV_JWT_FILE, DEV_MAC_FILE,
 };
 use crate::CliError;
-use queue_api::jwt::JwtAlg;
+use queue_api::auth::jwt::JwtAlg;
 
 #[derive(Subcommand)]
 pub enum KeysCommand {
@@ -184,7 +184,7 @@ fn rotate(
             let alg = config::jwt_alg(env, alg)?;
             (
                 "kid",
-                queue_api::jwt::rotate_key_file(&path, 3, alg).map_err(CliError::Io)?,
+                queue_api::auth::jwt::rotate_key_file(&path, 3, alg).map_err(CliError::Io)?,
                 match alg {
                     JwtAlg::EdDSA => "JWT signing key (EdDSA)",
                     JwtAlg::ES256 => "JWT signing key (ES256)",
@@ -309,7 +309,7 @@ pub fn generate_jwt(path: &Path, alg: JwtAlg, prefix: &str) -> Result<bool, CliE
         fs::create_dir_all(dir).map_err(|e| CliError::Io(format!("{}: {e}", dir.display())))?;
     }
     let kid = format!("{prefix}{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
-    let keys = queue_api::jwt::JwtKeySet::generate_with(&kid, alg).map_err(CliError::Io)?;
+    let keys = queue_api::auth::jwt::JwtKeySet::generate_with(&kid, alg).map_err(CliError::Io)?;
     write_secret(path, &keys.to_spec())?;
     Ok(true)
 }
@@ -339,7 +339,7 @@ fn notify(database_url: String, notice: Notice) -> Result<bool, CliError> {
                 .await
                 .map_err(|e| e.to_string())?;
             match notice {
-                Notice::Jwt => queue_api::jwt::notify_rotation(&pool).await,
+                Notice::Jwt => queue_api::auth::jwt::notify_rotation(&pool).await,
                 Notice::Mac => queue_eventstore::rotation::notify_mac_rotation(&pool).await,
                 Notice::Checkpoint => {
                     queue_eventstore::rotation::notify_checkpoint_rotation(&pool).await

@@ -148,14 +148,17 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
     // Fresh state: the cell is empty, so this cannot fail.
     let _ = state.inner.checkpoint_signer.set(shared_signer);
     if let Some(path) = state.config().jwt_keys_file.clone() {
-        tokio::spawn(queue_api::jwt::run_key_reloader(
+        tokio::spawn(queue_api::auth::jwt::run_key_reloader(
             pool.clone(),
             state.inner.jwt_keys.clone(),
             path,
             reloader_stopped,
         ));
     }
-    let sender = tokio::spawn(queue_api::outbox::run_sender(state.clone(), sender_stopped));
+    let sender = tokio::spawn(queue_api::mail::outbox::run_sender(
+        state.clone(),
+        sender_stopped,
+    ));
     tokio::spawn(queue_api::run_challenge_sweeper(
         state.clone(),
         Duration::from_secs(60),
@@ -177,7 +180,7 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
                 .map_err(|e| CliError::Io(format!("cannot listen on {metrics_listen}: {e}")))?;
             tracing::info!(%metrics_listen, "metrics are served on their own address");
             let mut stopped = metrics_stopped;
-            Some(tokio::spawn(queue_api::timeouts::serve(
+            Some(tokio::spawn(queue_api::http::timeouts::serve(
                 metrics_listener,
                 queue_api::metrics_app(state.clone()),
                 header_timeout,
@@ -189,7 +192,7 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
         None => None,
     };
     let app = queue_api::app(state);
-    let server = queue_api::timeouts::serve(listener, app, header_timeout, async move {
+    let server = queue_api::http::timeouts::serve(listener, app, header_timeout, async move {
         shutdown_signal().await;
         tracing::info!(
             "shutdown requested: draining for up to {}s",

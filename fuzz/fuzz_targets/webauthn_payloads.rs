@@ -20,7 +20,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use libfuzzer_sys::fuzz_target;
-use queue_api::passkeys::{
+use queue_api::routes::passkeys::{
     credential_algorithms, parse_credential, LoginCompleteRequest, RegisterCompleteRequest,
 };
 use serde_json::{json, Value};

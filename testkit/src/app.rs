@@ -12,8 +12,8 @@ use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
-use queue_api::jwt::JwtKeySet;
-use queue_api::mailer::LogMailer;
+use queue_api::auth::jwt::JwtKeySet;
+use queue_api::mail::mailer::LogMailer;
 use queue_api::{AppState, Config, ServiceClock};
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -282,7 +282,9 @@ impl TestApp {
         queue_projections::outbox::catch_up(&self.state.pool)
             .await
             .unwrap();
-        queue_api::outbox::deliver_due(&self.state).await.unwrap()
+        queue_api::mail::outbox::deliver_due(&self.state)
+            .await
+            .unwrap()
     }
 }
 

@@ -3,7 +3,7 @@
 
 use axum::http::StatusCode;
 use jsonwebtoken::decode_header;
-use queue_api::jwt::{JwtAlg, JwtKey, JwtKeySet};
+use queue_api::auth::jwt::{JwtAlg, JwtKey, JwtKeySet};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -67,7 +67,7 @@ async fn discovery_names_the_issuer_the_jwks_and_every_published_algorithm(pool:
     assert_eq!(doc.status, StatusCode::OK, "{}", doc.text);
     assert_eq!(
         doc.headers.get("cache-control").unwrap(),
-        queue_api::discovery::CACHE_CONTROL
+        queue_api::http::discovery::CACHE_CONTROL
     );
     assert_eq!(doc.json["issuer"], ISSUER);
     assert_eq!(
@@ -116,7 +116,7 @@ async fn discovery_names_the_issuer_the_jwks_and_every_published_algorithm(pool:
     let jwks = app.get("/.well-known/jwks.json").await;
     assert_eq!(
         jwks.headers.get("cache-control").unwrap(),
-        queue_api::discovery::CACHE_CONTROL
+        queue_api::http::discovery::CACHE_CONTROL
     );
     let kty: Vec<_> = jwks.json["keys"]
         .as_array()
@@ -143,7 +143,7 @@ async fn discovery_names_the_issuer_the_jwks_and_every_published_algorithm(pool:
         let older = JwtKeySet::parse(&spec)
             .unwrap()
             .rotated(keys.find(kid).unwrap().clone());
-        let claims = queue_api::jwt::Claims {
+        let claims = queue_api::auth::jwt::Claims {
             iss: ISSUER.into(),
             aud: AUDIENCE.into(),
             sub: "someone".into(),
@@ -155,7 +155,7 @@ async fn discovery_names_the_issuer_the_jwks_and_every_published_algorithm(pool:
             amr: vec!["webauthn".into()],
             auth_time: None,
         };
-        let old_token = queue_api::jwt::mint(&older, &claims).unwrap();
+        let old_token = queue_api::auth::jwt::mint(&older, &claims).unwrap();
         assert_eq!(claims_via_jwks(&app, &old_token).await["sub"], "someone");
     }
 }

@@ -89,7 +89,7 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(queue_api::timeouts::serve(
+        let task = tokio::spawn(queue_api::http::timeouts::serve(
             listener,
             router,
             header_timeout,
@@ -340,7 +340,7 @@ async fn a_hanging_half_open_probe_reopens_the_breaker_at_its_deadline(pool: PgP
     assert!(
         matches!(
             breaker.state(),
-            queue_api::breaker::BreakerState::Open { .. }
+            queue_api::resilience::breaker::BreakerState::Open { .. }
         ),
         "{:?}",
         breaker.state()
@@ -407,16 +407,16 @@ async fn spoofed_forwarded_for_does_not_escape_the_address_limit(pool: PgPool) {
 async fn a_flood_of_spoofed_addresses_keeps_the_limiter_bounded() {
     const FLOOD: u32 = 100_000;
     const CAP: usize = 20_000;
-    let trusted = queue_api::client_address::TrustedProxies::parse("10.0.0.0/8").unwrap();
-    let limiter = queue_api::ratelimit::RateLimiter::bounded("address", 60, CAP, None);
+    let trusted = queue_api::http::client_address::TrustedProxies::parse("10.0.0.0/8").unwrap();
+    let limiter = queue_api::resilience::ratelimit::RateLimiter::bounded("address", 60, CAP, None);
     let peer = Some("10.0.0.1".parse().unwrap());
     let mut max_keys = 0;
     let started = Instant::now();
     for i in 0..FLOOD {
         let spoofed = format!("198.{}.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
         let client =
-            queue_api::client_address::resolve(peer, [spoofed.as_str()], &trusted).unwrap();
-        let key = queue_api::client_address::key_of(client);
+            queue_api::http::client_address::resolve(peer, [spoofed.as_str()], &trusted).unwrap();
+        let key = queue_api::http::client_address::key_of(client);
         let _ = limiter.check_local(&format!("login:{key}"));
         max_keys = max_keys.max(limiter.key_count());
     }
@@ -752,7 +752,7 @@ async fn metrics_can_live_on_their_own_address(pool: PgPool) {
 #[cfg(unix)]
 #[tokio::test]
 async fn the_log_mailer_writes_files_only_its_user_can_read() {
-    use queue_api::mailer::{LogMailer, Mailer, Message};
+    use queue_api::mail::mailer::{LogMailer, Mailer, Message};
     use std::os::unix::fs::PermissionsExt;
     let dir = TempDir::new();
     LogMailer::new(dir.0.clone())

@@ -267,10 +267,10 @@ async fn a_forged_session_with_a_known_refresh_token_never_works(pool: PgPool) {
     .await
     .unwrap();
     let forged_session = queue_domain::types::SessionId::from(Uuid::now_v7());
-    let attacker_token = queue_api::tokens::new_refresh_token(forged_session);
+    let attacker_token = queue_api::auth::tokens::new_refresh_token(forged_session);
     let mut payload = template.clone();
     payload["SessionCreated"]["refresh_hash"] =
-        serde_json::to_value(queue_api::tokens::hash(&attacker_token)).unwrap();
+        serde_json::to_value(queue_api::auth::tokens::hash(&attacker_token)).unwrap();
     forge(
         &pool,
         "Session",

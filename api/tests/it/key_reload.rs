@@ -12,7 +12,7 @@ use crate::helpers::{eventually, metrics_show, Passkey, TempDir, TestApp};
 async fn a_failed_jwt_key_reload_keeps_the_last_good_keys_and_reports_degraded(pool: PgPool) {
     let dir = TempDir::new();
     let key_file = dir.0.join("jwt_keys");
-    let keys = queue_api::jwt::JwtKeySet::generate("first").unwrap();
+    let keys = queue_api::auth::jwt::JwtKeySet::generate("first").unwrap();
     std::fs::write(&key_file, keys.to_spec()).unwrap();
     let file = key_file.display().to_string();
     let app = TestApp::with(
@@ -21,7 +21,7 @@ async fn a_failed_jwt_key_reload_keeps_the_last_good_keys_and_reports_degraded(p
     )
     .await;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let reloader = tokio::spawn(queue_api::jwt::run_key_reloader(
+    let reloader = tokio::spawn(queue_api::auth::jwt::run_key_reloader(
         pool.clone(),
         app.state.inner.jwt_keys.clone(),
         key_file.clone(),
@@ -34,7 +34,7 @@ async fn a_failed_jwt_key_reload_keeps_the_last_good_keys_and_reports_degraded(p
     // Give the listener a moment to subscribe, then break the file.
     tokio::time::sleep(Duration::from_millis(200)).await;
     std::fs::write(&key_file, "first=not-a-key").unwrap();
-    queue_api::jwt::notify_rotation(&pool).await.unwrap();
+    queue_api::auth::jwt::notify_rotation(&pool).await.unwrap();
     eventually("readyz to report degraded JWT keys", || async {
         let ready = app.get("/readyz").await;
         assert_eq!(ready.status, StatusCode::OK, "{}", ready.text);
@@ -56,8 +56,10 @@ async fn a_failed_jwt_key_reload_keeps_the_last_good_keys_and_reports_degraded(p
 
     // A good file (a rotation) ends the degraded spell.
     std::fs::write(&key_file, keys.to_spec()).unwrap();
-    let kid = queue_api::jwt::rotate_key_file(&key_file, 3, queue_api::jwt::JwtAlg::EdDSA).unwrap();
-    queue_api::jwt::notify_rotation(&pool).await.unwrap();
+    let kid =
+        queue_api::auth::jwt::rotate_key_file(&key_file, 3, queue_api::auth::jwt::JwtAlg::EdDSA)
+            .unwrap();
+    queue_api::auth::jwt::notify_rotation(&pool).await.unwrap();
     eventually("readyz to report the JWT keys ok again", || async {
         let ready = app.get("/readyz").await;
         (ready.json["key_sets"]["jwt"] == "ok").then_some(())

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::http::StatusCode;
-use queue_api::mailer::{MailError, Mailer, Message};
+use queue_api::mail::mailer::{MailError, Mailer, Message};
 use queue_api::{AppState, ServiceClock};
 use serde_json::json;
 use sqlx::PgPool;

@@ -202,7 +202,7 @@ async fn openapi_describes_every_contract_route(pool: PgPool) {
 async fn jwt_key_rotation_reaches_running_instances_and_keeps_old_tokens_valid(pool: PgPool) {
     let dir = crate::helpers::TempDir::new();
     let key_file = dir.0.join("jwt_keys");
-    let keys = queue_api::jwt::JwtKeySet::generate("first").unwrap();
+    let keys = queue_api::auth::jwt::JwtKeySet::generate("first").unwrap();
     std::fs::write(&key_file, keys.to_spec()).unwrap();
     let file = key_file.display().to_string();
     let app = TestApp::with(
@@ -215,7 +215,7 @@ async fn jwt_key_rotation_reaches_running_instances_and_keeps_old_tokens_valid(p
         Some(key_file.as_path())
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let reloader = tokio::spawn(queue_api::jwt::run_key_reloader(
+    let reloader = tokio::spawn(queue_api::auth::jwt::run_key_reloader(
         pool.clone(),
         app.state.inner.jwt_keys.clone(),
         key_file.clone(),
@@ -224,8 +224,10 @@ async fn jwt_key_rotation_reaches_running_instances_and_keeps_old_tokens_valid(p
     let mut passkey = Passkey::new();
     let before = app.register(&mut passkey, "ada@example.com").await;
 
-    let kid = queue_api::jwt::rotate_key_file(&key_file, 3, queue_api::jwt::JwtAlg::EdDSA).unwrap();
-    queue_api::jwt::notify_rotation(&pool).await.unwrap();
+    let kid =
+        queue_api::auth::jwt::rotate_key_file(&key_file, 3, queue_api::auth::jwt::JwtAlg::EdDSA)
+            .unwrap();
+    queue_api::auth::jwt::notify_rotation(&pool).await.unwrap();
     let jwks = crate::helpers::eventually("the rotated key in the JWKS", || async {
         let jwks = app.get("/.well-known/jwks.json").await;
         (jwks.json["keys"].as_array().unwrap().len() == 2).then_some(jwks.json)

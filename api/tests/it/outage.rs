@@ -36,7 +36,7 @@ async fn proxied_app_with(pool: &PgPool, overrides: &[(&str, &str)]) -> (Proxy, 
         config,
         crate::helpers::mac_keys(),
         queue_api::ServiceClock::new(),
-        Arc::new(queue_api::mailer::LogMailer::new(tmp.0.clone())),
+        Arc::new(queue_api::mail::mailer::LogMailer::new(tmp.0.clone())),
     )
     .unwrap();
     (proxy, TestApp::from_state(state, tmp))

@@ -260,14 +260,14 @@ async fn the_pages_are_served_with_a_strict_policy(pool: PgPool) {
         assert!(content_type.starts_with(kind), "{path}: {content_type}");
         assert_eq!(
             page.headers[header::CONTENT_SECURITY_POLICY],
-            queue_api::pages::CONTENT_SECURITY_POLICY,
+            queue_api::http::pages::CONTENT_SECURITY_POLICY,
             "{path}"
         );
         assert_eq!(page.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
         assert_eq!(page.headers[header::REFERRER_POLICY], "no-referrer");
         assert_eq!(page.headers[header::X_FRAME_OPTIONS], "DENY");
     }
-    let policy = queue_api::pages::CONTENT_SECURITY_POLICY;
+    let policy = queue_api::http::pages::CONTENT_SECURITY_POLICY;
     for directive in [
         "default-src 'none'",
         "script-src 'self'",

@@ -6,7 +6,7 @@
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use queue_api::shedding::Priority;
+use queue_api::resilience::shedding::Priority;
 use serde_json::json;
 use sqlx::PgPool;
 use tower::ServiceExt;

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use queue_api::jwt::{JwtAlg, JwtKeySet};
+use queue_api::auth::jwt::{JwtAlg, JwtKeySet};
 
 use crate::*;
 

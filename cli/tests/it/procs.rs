@@ -146,7 +146,9 @@ impl Keys {
         let dir = std::env::temp_dir().join(format!("queue-{}", unique(tag)));
         std::fs::create_dir_all(dir.join("mail")).unwrap();
         let keys = Self { dir };
-        let spec = queue_api::jwt::JwtKeySet::generate("k0").unwrap().to_spec();
+        let spec = queue_api::auth::jwt::JwtKeySet::generate("k0")
+            .unwrap()
+            .to_spec();
         for (path, spec) in [
             (keys.jwt_file(), spec.as_str()),
             (keys.checkpoint_file(), CHECKPOINT_KEY),
