@@ -4,6 +4,7 @@
 mod append;
 mod concurrency;
 mod export;
+mod folds;
 mod helpers;
 mod history;
 mod lookup;
