@@ -467,7 +467,19 @@ mod history {
         base: &str,
         customer: &mut Customer,
     ) -> BenchResult<(Duration, Value)> {
+        let (_, complete, tokens) = timed_login_parts(client, base, customer).await?;
+        Ok((complete, tokens))
+    }
+
+    /// (begin by email + signing, complete, tokens).
+    async fn timed_login_parts(
+        client: &reqwest::Client,
+        base: &str,
+        customer: &mut Customer,
+    ) -> BenchResult<(Duration, Duration, Value)> {
+        let begun = Instant::now();
         let body = assertion(client, base, customer).await?;
+        let begin = begun.elapsed();
         let started = Instant::now();
         let tokens = post_json(
             client,
@@ -475,7 +487,7 @@ mod history {
             body,
         )
         .await?;
-        Ok((started.elapsed(), tokens))
+        Ok((begin, started.elapsed(), tokens))
     }
 
     async fn timed_refresh(
@@ -534,9 +546,11 @@ mod history {
             aging.elapsed().as_secs_f64()
         );
         // The first login with each after the uses were written elsewhere:
-        // the service reads the aged stream whole once (nothing cached).
-        let (first_fresh, _) = timed_login(client, base, &mut fresh).await?;
-        let (first_aged, aged_tokens) = timed_login(client, base, &mut aged).await?;
+        // its begin (by email: the customer's passkeys are loaded) reads the
+        // aged stream whole once (nothing cached yet); complete continues
+        // the fold that begin left.
+        let (first_fresh, _, _) = timed_login_parts(client, base, &mut fresh).await?;
+        let (first_aged, _, aged_tokens) = timed_login_parts(client, base, &mut aged).await?;
 
         let mut token = aged_tokens["refresh_token"].clone();
         for _ in 0..args.history_rotations {
@@ -580,7 +594,7 @@ mod history {
             aged_refresh_ms / fresh_refresh_ms.max(1e-9)
         );
         println!(
-            "  first login after the uses were written elsewhere (whole stream read once): fresh {:.2} ms, aged {:.2} ms",
+            "  first login/begin + signing after the uses were written elsewhere (whole stream read once): fresh {:.2} ms, aged {:.2} ms",
             first_fresh.as_secs_f64() * 1e3,
             first_aged.as_secs_f64() * 1e3
         );
