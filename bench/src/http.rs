@@ -39,6 +39,18 @@ pub struct Args {
     /// Database connections of the service (and of the baseline).
     #[arg(long, default_value_t = 16)]
     connections: u32,
+    /// History growth: uses recorded on the long-used passkey (0: skip the case).
+    #[arg(long, default_value_t = 10_000)]
+    history_uses: usize,
+    /// History growth: rotations of the long-lived session.
+    #[arg(long, default_value_t = 1_000)]
+    history_rotations: usize,
+    /// History growth: timed requests of each kind (one at a time, alternating).
+    #[arg(long, default_value_t = 200)]
+    history_samples: usize,
+    /// Run only the history-growth case.
+    #[arg(long)]
+    history_only: bool,
 }
 
 pub(crate) const ORIGIN: &str = "http://localhost:8080";
@@ -276,10 +288,11 @@ async fn run_in(args: &Args, pool: &PgPool) -> BenchResult<()> {
     .into_iter()
     .collect();
     let config = Config::from_lookup(|k| settings.get(k).cloned())?;
+    let mac_keys = SharedMacKeys::new(MacKeys::single("bench", vec![9u8; 32])?);
     let state = AppState::with_parts(
         pool.clone(),
         config,
-        SharedMacKeys::new(MacKeys::single("bench", vec![9u8; 32])?),
+        mac_keys.clone(),
         ServiceClock::new(),
         Arc::new(LogMailer::new(mail_dir)),
     )?;
@@ -287,6 +300,13 @@ async fn run_in(args: &Args, pool: &PgPool) -> BenchResult<()> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency * 2)
         .build()?;
+    if args.history_uses > 0 {
+        history::run(args, &client, &base, pool, mac_keys).await?;
+    }
+    if args.history_only {
+        queue_server.abort();
+        return Ok(());
+    }
 
     eprintln!("registering {} customers…", args.logins);
     let mut customers = register_all(&client, &base, args.logins, args.concurrency).await?;
@@ -370,4 +390,214 @@ async fn run_in(args: &Args, pool: &PgPool) -> BenchResult<()> {
         );
     }
     Ok(())
+}
+
+/// Flat in history: login with a passkey used `history_uses` times and
+/// refresh of a session rotated `history_rotations` times, against fresh
+/// ones, one request at a time (a stream's requests are sequential anyway:
+/// its sign counter and refresh token change with each), alternating so
+/// both see the same machine.
+mod history {
+    use std::time::{Duration, Instant};
+
+    use queue_domain::types::Email;
+    use queue_domain::{Credential, CredentialCommand};
+    use queue_eventstore::{Batch, ChainedEventRepository, EventStore, SharedMacKeys, SystemClock};
+    use serde_json::{json, Value};
+    use sqlx::PgPool;
+
+    use super::{assertion, post_json, register, Args, Customer, Stats};
+    use crate::support::BenchResult;
+
+    /// Appends `uses` passkey uses (sign count 0: a counterless
+    /// authenticator, as the soft passkey's counter is still 0) through
+    /// the domain and the verified store of another instance, so the
+    /// service under test has never folded them.
+    async fn age_passkey(
+        pool: &PgPool,
+        keys: SharedMacKeys,
+        email: &str,
+        uses: usize,
+    ) -> BenchResult<()> {
+        let store = EventStore::new(ChainedEventRepository::new(
+            pool.clone(),
+            keys,
+            std::sync::Arc::new(SystemClock),
+        ));
+        let customer = store
+            .customer_by_email(&Email::parse(email)?)
+            .await?
+            .ok_or("the aged customer is not registered")?;
+        let mut conn = pool.acquire().await?;
+        let credential = store
+            .usable_credentials_of(&mut conn, customer)
+            .await?
+            .pop()
+            .ok_or("the aged customer has no passkey")?;
+        drop(conn);
+        let id = credential.id;
+        let mut done = 0;
+        while done < uses {
+            let mut loaded = store.load::<Credential>(&id).await?;
+            let backup_state = loaded
+                .aggregate
+                .state()
+                .map(|s| s.backup_state)
+                .unwrap_or(false);
+            let mut batch = Batch::new();
+            for _ in 0..(uses - done).min(500) {
+                let events = loaded
+                    .execute(CredentialCommand::RecordUse {
+                        sign_count: 0,
+                        backup_state,
+                        at: chrono::Utc::now(),
+                    })
+                    .await
+                    .map_err(|e| format!("record use: {e}"))?;
+                batch.add(&mut loaded, &events)?;
+                done += 1;
+            }
+            store.append(batch).await?;
+        }
+        Ok(())
+    }
+
+    async fn timed_login(
+        client: &reqwest::Client,
+        base: &str,
+        customer: &mut Customer,
+    ) -> BenchResult<(Duration, Value)> {
+        let (_, complete, tokens) = timed_login_parts(client, base, customer).await?;
+        Ok((complete, tokens))
+    }
+
+    /// (begin by email + signing, complete, tokens).
+    async fn timed_login_parts(
+        client: &reqwest::Client,
+        base: &str,
+        customer: &mut Customer,
+    ) -> BenchResult<(Duration, Duration, Value)> {
+        let begun = Instant::now();
+        let body = assertion(client, base, customer).await?;
+        let begin = begun.elapsed();
+        let started = Instant::now();
+        let tokens = post_json(
+            client,
+            format!("{base}/api/v1/auth/webauthn/login/complete"),
+            body,
+        )
+        .await?;
+        Ok((begin, started.elapsed(), tokens))
+    }
+
+    async fn timed_refresh(
+        client: &reqwest::Client,
+        base: &str,
+        token: &Value,
+    ) -> BenchResult<(Duration, Value)> {
+        let started = Instant::now();
+        let tokens = post_json(
+            client,
+            format!("{base}/api/v1/auth/session/refresh"),
+            json!({"refresh_token": token}),
+        )
+        .await?;
+        Ok((started.elapsed(), tokens))
+    }
+
+    fn mean_ms(latencies: &[Duration]) -> f64 {
+        latencies.iter().map(Duration::as_secs_f64).sum::<f64>() * 1e3
+            / latencies.len().max(1) as f64
+    }
+
+    fn line(name: &str, latencies: Vec<Duration>) -> (String, f64) {
+        let mean = mean_ms(&latencies);
+        let secs = latencies.iter().map(Duration::as_secs_f64).sum();
+        let stats = Stats::from(latencies, secs);
+        (
+            format!(
+                "{name:<34} mean {mean:>6.2} ms  p50 {:>6.2} ms  p99 {:>6.2} ms",
+                stats.p50.as_secs_f64() * 1e3,
+                stats.p99.as_secs_f64() * 1e3
+            ),
+            mean,
+        )
+    }
+
+    pub(super) async fn run(
+        args: &Args,
+        client: &reqwest::Client,
+        base: &str,
+        pool: &PgPool,
+        keys: SharedMacKeys,
+    ) -> BenchResult<()> {
+        let samples = args.history_samples.max(1);
+        eprintln!(
+            "history: a passkey used {} times, a session rotated {} times…",
+            args.history_uses, args.history_rotations
+        );
+        let mut fresh = register(client, base, 1_000_000).await?;
+        let mut aged = register(client, base, 1_000_001).await?;
+        let aging = Instant::now();
+        age_passkey(pool, keys, &aged.email, args.history_uses).await?;
+        eprintln!(
+            "  {} uses appended in {:.1} s",
+            args.history_uses,
+            aging.elapsed().as_secs_f64()
+        );
+        // The first login with each after the uses were written elsewhere:
+        // its begin (by email: the customer's passkeys are loaded) reads the
+        // aged stream whole once (nothing cached yet); complete continues
+        // the fold that begin left.
+        let (first_fresh, _, _) = timed_login_parts(client, base, &mut fresh).await?;
+        let (first_aged, _, aged_tokens) = timed_login_parts(client, base, &mut aged).await?;
+
+        let mut token = aged_tokens["refresh_token"].clone();
+        for _ in 0..args.history_rotations {
+            let (_, tokens) = timed_refresh(client, base, &token).await?;
+            token = tokens["refresh_token"].clone();
+        }
+        // Fresh sessions to refresh once each (created untimed).
+        let mut fresh_tokens = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            let (_, tokens) = timed_login(client, base, &mut fresh).await?;
+            fresh_tokens.push(tokens["refresh_token"].clone());
+        }
+
+        let (mut login_fresh, mut login_aged) = (Vec::new(), Vec::new());
+        let (mut refresh_fresh, mut refresh_aged) = (Vec::new(), Vec::new());
+        for fresh_token in &fresh_tokens {
+            login_fresh.push(timed_login(client, base, &mut fresh).await?.0);
+            login_aged.push(timed_login(client, base, &mut aged).await?.0);
+            refresh_fresh.push(timed_refresh(client, base, fresh_token).await?.0);
+            let (took, tokens) = timed_refresh(client, base, &token).await?;
+            refresh_aged.push(took);
+            token = tokens["refresh_token"].clone();
+        }
+        println!("history growth: one request at a time, {samples} of each, alternating");
+        let (a, fresh_login_ms) = line("login, fresh passkey", login_fresh);
+        let (b, aged_login_ms) = line(
+            &format!("login, passkey used {}x", args.history_uses),
+            login_aged,
+        );
+        let (c, fresh_refresh_ms) = line("refresh, fresh session", refresh_fresh);
+        let (d, aged_refresh_ms) = line(
+            &format!("refresh, session rotated {}x", args.history_rotations),
+            refresh_aged,
+        );
+        for l in [a, b, c, d] {
+            println!("  {l}");
+        }
+        println!(
+            "  ratio aged/fresh (mean latency): login {:.2}x, refresh {:.2}x",
+            aged_login_ms / fresh_login_ms.max(1e-9),
+            aged_refresh_ms / fresh_refresh_ms.max(1e-9)
+        );
+        println!(
+            "  first login/begin + signing after the uses were written elsewhere (whole stream read once): fresh {:.2} ms, aged {:.2} ms",
+            first_fresh.as_secs_f64() * 1e3,
+            first_aged.as_secs_f64() * 1e3
+        );
+        Ok(())
+    }
 }

@@ -235,6 +235,36 @@ pub async fn run(args: Args) -> BenchResult<()> {
         scan_rate,
         report.events_per_second as f64 / scan_rate
     );
+    canonical_forms(&pool).await?;
     scratch.drop_db().await?;
+    Ok(())
+}
+
+/// The canonicalisation step alone, on the stored payloads: through a
+/// parsed `serde_json::Value` (how loads and the old verify did it) against
+/// streaming from the JSON text (verify and verify-export now), one thread.
+async fn canonical_forms(pool: &sqlx::PgPool) -> BenchResult<()> {
+    let texts: Vec<String> = sqlx::query_scalar("SELECT payload::text FROM events LIMIT 200000")
+        .fetch_all(pool)
+        .await?;
+    let mut out = Vec::with_capacity(512);
+    let value_at = Instant::now();
+    for text in &texts {
+        let value = queue_eventstore::strict_json::parse(text)?;
+        out.clear();
+        queue_eventstore::chain::write_canonical(&value, &mut out)?;
+    }
+    let value_rate = rate(texts.len() as u64, value_at.elapsed().as_secs_f64());
+    let text_at = Instant::now();
+    for text in &texts {
+        out.clear();
+        queue_eventstore::strict_json::canonicalise(text, &mut out)?;
+    }
+    let text_rate = rate(texts.len() as u64, text_at.elapsed().as_secs_f64());
+    println!(
+        "canonical form of {} payloads: via Value {value_rate:.0}/s, streamed from text {text_rate:.0}/s ({:.2}x)",
+        texts.len(),
+        text_rate / value_rate.max(1e-9)
+    );
     Ok(())
 }

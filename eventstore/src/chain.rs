@@ -8,24 +8,45 @@ use sha2::{Digest, Sha256};
 use crate::error::{StoreError, StoreResult};
 use crate::integrity::DamageKind;
 use crate::keys::MacKeys;
+use crate::strict_json;
 
 pub type Hash = [u8; 32];
 pub const ZERO_HASH: Hash = [0u8; 32];
 const EVENT_DOMAIN: &[u8] = b"queue.event.v1\x00";
 /// Largest magnitude a payload integer may have (2^53 − 1): beyond it JSON
 /// numbers do not survive canonicalisation unchanged.
-const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+pub(crate) const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
-/// The hashed fields of one event.
+/// The hashed fields of one event. The payload is a [`Value`], or (`P =
+/// str`) its JSON text, canonicalised as it is read.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EventRecord<'a> {
+pub struct EventRecord<'a, P: ?Sized = Value> {
     pub aggregate_type: &'a str,
     pub aggregate_id: &'a str,
     pub sequence: i64,
     pub event_type: &'a str,
     pub event_version: &'a str,
     pub recorded_at: DateTime<Utc>,
-    pub payload: &'a Value,
+    pub payload: &'a P,
+}
+
+/// A payload that can be written in canonical form: a parsed [`Value`], or
+/// JSON text ([`strict_json::canonicalise`], the same bytes without
+/// building a `Value`: what `queue verify` and `verify-export` use).
+pub trait CanonicalPayload {
+    fn write_canonical(&self, out: &mut Vec<u8>) -> StoreResult<()>;
+}
+
+impl CanonicalPayload for Value {
+    fn write_canonical(&self, out: &mut Vec<u8>) -> StoreResult<()> {
+        write_canonical(self, out)
+    }
+}
+
+impl CanonicalPayload for str {
+    fn write_canonical(&self, out: &mut Vec<u8>) -> StoreResult<()> {
+        strict_json::canonicalise(self, out).map_err(StoreError::InvalidEvent)
+    }
 }
 
 /// Truncates a clock reading to whole microseconds, as stored and hashed.
@@ -92,25 +113,37 @@ fn check_text(s: &str) -> StoreResult<()> {
 /// recorded_at, sequence, v) directly; only the payload goes through the
 /// generic canonicaliser. A test checks this against serde_jcs on the whole
 /// object.
-pub fn canonical_record(record: &EventRecord<'_>) -> StoreResult<Vec<u8>> {
+pub fn canonical_record<P: CanonicalPayload + ?Sized>(
+    record: &EventRecord<'_, P>,
+) -> StoreResult<Vec<u8>> {
     let mut out = Vec::with_capacity(256);
+    write_record(record, &mut out)?;
+    Ok(out)
+}
+
+/// [`canonical_record`] into a buffer the caller reuses (cleared first).
+pub fn write_record<P: CanonicalPayload + ?Sized>(
+    record: &EventRecord<'_, P>,
+    out: &mut Vec<u8>,
+) -> StoreResult<()> {
+    out.clear();
     let fail = |e: serde_json::Error| StoreError::InvalidEvent(format!("canonical JSON: {e}"));
     out.extend_from_slice(b"{\"aggregate_id\":");
-    serde_json::to_writer(&mut out, record.aggregate_id).map_err(fail)?;
+    serde_json::to_writer(&mut *out, record.aggregate_id).map_err(fail)?;
     out.extend_from_slice(b",\"aggregate_type\":");
-    serde_json::to_writer(&mut out, record.aggregate_type).map_err(fail)?;
+    serde_json::to_writer(&mut *out, record.aggregate_type).map_err(fail)?;
     out.extend_from_slice(b",\"event_type\":");
-    serde_json::to_writer(&mut out, record.event_type).map_err(fail)?;
+    serde_json::to_writer(&mut *out, record.event_type).map_err(fail)?;
     out.extend_from_slice(b",\"event_version\":");
-    serde_json::to_writer(&mut out, record.event_version).map_err(fail)?;
+    serde_json::to_writer(&mut *out, record.event_version).map_err(fail)?;
     out.extend_from_slice(b",\"payload\":");
-    write_canonical(record.payload, &mut out)?;
+    record.payload.write_canonical(out)?;
     out.extend_from_slice(b",\"recorded_at\":\"");
     out.extend_from_slice(format_time(&record.recorded_at).as_bytes());
     out.extend_from_slice(b"\",\"sequence\":");
     out.extend_from_slice(record.sequence.to_string().as_bytes());
     out.extend_from_slice(b",\"v\":1}");
-    Ok(out)
+    Ok(())
 }
 
 /// RFC 8785 serialisation of a JSON value without intermediate buffers:
@@ -246,8 +279,8 @@ impl MacVerifier {
 
 /// One stored event as read back, with its chain columns.
 #[derive(Clone, Debug)]
-pub struct StoredRow<'a> {
-    pub record: EventRecord<'a>,
+pub struct StoredRow<'a, P: ?Sized = Value> {
+    pub record: EventRecord<'a, P>,
     pub prev_hash: &'a [u8],
     pub hash: &'a [u8],
     pub mac: &'a [u8],
@@ -264,11 +297,23 @@ pub struct RowCheck {
 }
 
 /// Recomputes a row's hash and checks its MAC (constant time).
-pub fn check_row(row: &StoredRow<'_>, mac: &MacVerifier) -> RowCheck {
-    let hash = match (canonical_record(&row.record), to_hash(row.prev_hash)) {
+pub fn check_row<P: CanonicalPayload + ?Sized>(
+    row: &StoredRow<'_, P>,
+    mac: &MacVerifier,
+) -> RowCheck {
+    check_row_with(row, mac, &mut Vec::with_capacity(256))
+}
+
+/// [`check_row`] canonicalising into a buffer the caller reuses.
+pub fn check_row_with<P: CanonicalPayload + ?Sized>(
+    row: &StoredRow<'_, P>,
+    mac: &MacVerifier,
+    buf: &mut Vec<u8>,
+) -> RowCheck {
+    let hash = match (write_record(&row.record, buf), to_hash(row.prev_hash)) {
         (Err(err), _) => Err(err.to_string()),
-        (Ok(canonical), Some(prev)) => Ok(event_hash(&prev, &canonical).as_slice() == row.hash),
-        (Ok(_), None) => Ok(false),
+        (Ok(()), Some(prev)) => Ok(event_hash(&prev, buf).as_slice() == row.hash),
+        (Ok(()), None) => Ok(false),
     };
     let stored = to_hash(row.hash).unwrap_or(ZERO_HASH);
     RowCheck {
@@ -282,9 +327,9 @@ pub fn check_row(row: &StoredRow<'_>, mac: &MacVerifier) -> RowCheck {
 /// previous row's sequence and hash, `None` for the first row), its hash
 /// recomputes and its MAC verifies. Returns the row's hash, which the next
 /// row must name as its `prev_hash`.
-pub fn check_link(
+pub fn check_link<P: CanonicalPayload + ?Sized>(
     previous: Option<(i64, Hash)>,
-    row: &StoredRow<'_>,
+    row: &StoredRow<'_, P>,
     mac: &MacVerifier,
 ) -> Result<Hash, DamageKind> {
     let (expected_sequence, expected_prev) = match previous {

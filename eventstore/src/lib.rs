@@ -12,6 +12,7 @@ pub mod db;
 pub mod error;
 pub mod export;
 pub mod feed;
+pub mod fold_cache;
 pub mod history;
 pub mod integrity;
 pub mod keys;

@@ -21,6 +21,7 @@ use sqlx::{PgConnection, PgPool, Row};
 
 use crate::chain::{self, EventRecord, Hash, MacVerifier, StoredRow, ZERO_HASH};
 use crate::error::{StoreError, StoreResult};
+use crate::fold_cache::{self, Fold, FoldCache};
 use crate::integrity::{Finder, IntegrityError, IntegrityMonitor};
 use crate::lookup;
 use crate::repository::{ChainedEventRepository, Heads};
@@ -134,6 +135,8 @@ impl Batch {
 pub struct EventStore {
     repo: ChainedEventRepository,
     decoder: Arc<EventDecoder>,
+    /// Verified folds, so a load reads only the rows after them (ADR 0215).
+    folds: Arc<FoldCache>,
 }
 
 /// One event row with its chain columns, decoded (the columns of
@@ -235,16 +238,33 @@ pub(crate) fn check_streams(
     Ok((events, heads))
 }
 
-const SELECT_STREAMS: &str = "SELECT aggregate_type, aggregate_id, sequence, event_type, \
-     event_version, payload, metadata, recorded_at, prev_hash, hash, mac, mac_key_id \
-     FROM events WHERE aggregate_type = $1 AND aggregate_id = ANY($2) \
-     ORDER BY aggregate_id, sequence";
+/// The rows of several streams of one type from a sequence on each: `$2`
+/// the ids, `$3` where each starts (0: the whole stream; a cached fold's
+/// version: its anchor row and what follows). An index scan of the
+/// primary key per id (`unit_of_work::load_uses_the_primary_key` checks
+/// the plan).
+pub const SELECT_STREAMS_FROM: &str = "SELECT e.aggregate_type, e.aggregate_id, e.sequence, \
+     e.event_type, e.event_version, e.payload, e.metadata, e.recorded_at, e.prev_hash, e.hash, \
+     e.mac, e.mac_key_id \
+     FROM unnest($2::text[], $3::bigint[]) AS w(id, start) \
+     JOIN events e ON e.aggregate_type = $1 AND e.aggregate_id = w.id AND e.sequence >= w.start \
+     ORDER BY e.aggregate_id, e.sequence";
+
+/// A load that found a cached fold it cannot continue (see `fold_cache`).
+struct InDoubt;
 
 impl EventStore {
     pub fn new(repo: ChainedEventRepository) -> Self {
+        Self::with_fold_cache(repo, fold_cache::DEFAULT_CAPACITY)
+    }
+
+    /// A store that keeps up to `capacity` verified folds (0: none, every
+    /// load folds whole streams).
+    pub fn with_fold_cache(repo: ChainedEventRepository, capacity: usize) -> Self {
         Self {
             repo,
             decoder: Arc::new(EventDecoder::new()),
+            folds: Arc::new(FoldCache::new(capacity)),
         }
     }
 
@@ -266,58 +286,176 @@ impl EventStore {
     }
 
     /// Loads one stream (empty aggregate if it has no events).
-    pub async fn load<A: Aggregate>(&self, id: &str) -> StoreResult<Loaded<A>> {
+    pub async fn load<A: Aggregate + Clone + 'static>(&self, id: &str) -> StoreResult<Loaded<A>> {
         let mut conn = self.pool().acquire().await?;
         let mut all = self.load_many_in::<A>(&mut conn, &[id.to_owned()]).await?;
         Ok(all.pop().unwrap_or_else(|| Loaded::new_stream(id)))
     }
 
     /// Loads several streams of one type in one query, in the order of `ids`.
-    pub async fn load_many<A: Aggregate>(&self, ids: &[String]) -> StoreResult<Vec<Loaded<A>>> {
+    pub async fn load_many<A: Aggregate + Clone + 'static>(
+        &self,
+        ids: &[String],
+    ) -> StoreResult<Vec<Loaded<A>>> {
         let mut conn = self.pool().acquire().await?;
         self.load_many_in(&mut conn, ids).await
     }
 
     /// [`EventStore::load_many`] on the caller's connection (or transaction).
-    pub async fn load_many_in<A: Aggregate>(
+    ///
+    /// A stream with a cached verified fold is read from that fold's
+    /// version on: its anchor row must still carry the fold's hash and every
+    /// newer row is checked from it; otherwise (or with no fold) the whole
+    /// stream is read and checked. Either way only checked rows are folded.
+    pub async fn load_many_in<A: Aggregate + Clone + 'static>(
         &self,
         conn: &mut PgConnection,
         ids: &[String],
     ) -> StoreResult<Vec<Loaded<A>>> {
-        let rows = sqlx::query(SELECT_STREAMS)
+        // Each id once, in the order given.
+        let mut seen = std::collections::HashSet::with_capacity(ids.len());
+        let unique: Vec<&String> = ids.iter().filter(|id| seen.insert(*id)).collect();
+        let verifier = self.repo.keys().verifier();
+        let starts: Vec<Loaded<A>> = unique
+            .iter()
+            .map(|id| match self.folds.get::<A>(A::TYPE, id, &verifier) {
+                Some(fold) => Loaded {
+                    id: (*id).clone(),
+                    aggregate: fold.aggregate,
+                    version: fold.version,
+                    head: fold.head,
+                },
+                None => Loaded::new_stream((*id).clone()),
+            })
+            .collect();
+        let cached = starts.iter().any(|l| l.version > 0);
+        let loaded = match self.load_from(conn, starts, &verifier).await {
+            Ok(Ok(loaded)) => loaded,
+            Ok(Err(InDoubt)) if cached => {
+                for id in &unique {
+                    self.folds.forget(A::TYPE, id);
+                }
+                let fresh = unique
+                    .iter()
+                    .map(|id| Loaded::new_stream((*id).clone()))
+                    .collect();
+                match self.load_from(conn, fresh, &verifier).await {
+                    Ok(Ok(loaded)) => loaded,
+                    Ok(Err(InDoubt)) => {
+                        return Err(StoreError::Ledger(
+                            "a stream load without cached folds was in doubt".into(),
+                        ))
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+            Ok(Err(InDoubt)) => {
+                return Err(StoreError::Ledger(
+                    "a stream load without cached folds was in doubt".into(),
+                ))
+            }
+            Err(err) => {
+                for id in &unique {
+                    self.folds.forget(A::TYPE, id);
+                }
+                return Err(err);
+            }
+        };
+        Ok(loaded)
+    }
+
+    /// Reads each stream from `start.version` on (its anchor row, then the
+    /// rows to check), checks every row after the anchor from the one
+    /// before it, and folds them onto `start`. Caches what it folded.
+    async fn load_from<A: Aggregate + Clone + 'static>(
+        &self,
+        conn: &mut PgConnection,
+        mut loaded: Vec<Loaded<A>>,
+        verifier: &Arc<MacVerifier>,
+    ) -> StoreResult<Result<Vec<Loaded<A>>, InDoubt>> {
+        let ids: Vec<&str> = loaded.iter().map(|l| l.id.as_str()).collect();
+        let from: Vec<i64> = loaded.iter().map(|l| l.version as i64).collect();
+        let rows = sqlx::query(SELECT_STREAMS_FROM)
             .bind(A::TYPE)
-            .bind(ids)
+            .bind(&ids)
+            .bind(&from)
             .fetch_all(&mut *conn)
             .await?;
-        let (events, heads) = check_streams(&rows, &self.repo.keys().verifier(), self.integrity())?;
-        let mut folded: HashMap<&str, Loaded<A>> = ids
+        let index: HashMap<&str, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        // Whether each stream still waits for its anchor row.
+        let mut anchor_due: Vec<bool> = loaded.iter().map(|l| l.version > 0).collect();
+        let mut changed = vec![false; loaded.len()];
+        // Check every row first: a damaged row fails the whole load before
+        // anything of it is folded.
+        let mut checked: Vec<(usize, ChainedRow)> = Vec::with_capacity(rows.len());
+        let mut heads: Vec<Option<(i64, Hash)>> = loaded
             .iter()
-            .map(|id| (id.as_str(), Loaded::new_stream(id.clone())))
+            .map(|l| (l.version > 0).then_some((l.version as i64, l.head)))
             .collect();
-        for event in events {
-            let id = event.aggregate_id.clone();
-            let sequence = event.sequence;
-            let event_type = event.event_type.clone();
-            let domain_event: A::Event = self.decoder.decode(event).map_err(|e| {
+        for row in &rows {
+            let id: &str = row.try_get("aggregate_id")?;
+            let Some(&i) = index.get(id) else {
+                return Err(StoreError::Ledger(format!(
+                    "unexpected stream {id} in a load"
+                )));
+            };
+            if anchor_due[i] {
+                let sequence: i64 = row.try_get("sequence")?;
+                let hash: &[u8] = row.try_get("hash")?;
+                if sequence != from[i] || hash != loaded[i].head.as_slice() {
+                    return Ok(Err(InDoubt));
+                }
+                anchor_due[i] = false;
+                continue;
+            }
+            let row = ChainedRow::decode(row)?;
+            let hash = match row.check(heads[i], verifier) {
+                Ok(hash) => hash,
+                Err(err) => {
+                    self.integrity().record(Finder::Load, &err);
+                    return Err(err.into());
+                }
+            };
+            heads[i] = Some((row.sequence(), hash));
+            checked.push((i, row));
+        }
+        if anchor_due.iter().any(|due| *due) {
+            return Ok(Err(InDoubt));
+        }
+        drop(index);
+        for (i, row) in checked {
+            let sequence = row.event.sequence;
+            let event_type = row.event.event_type.clone();
+            let domain_event: A::Event = self.decoder.decode(row.event).map_err(|e| {
                 StoreError::Ledger(format!(
-                    "{} {id} event {sequence} ({event_type}) does not deserialise: {e}",
+                    "{} {} event {sequence} ({event_type}) does not deserialise: {e}",
                     A::TYPE,
+                    loaded[i].id,
                 ))
             })?;
-            if let Some(loaded) = folded.get_mut(id.as_str()) {
-                loaded.aggregate.apply(domain_event);
-                loaded.version = sequence;
+            let target = &mut loaded[i];
+            target.aggregate.apply(domain_event);
+            target.version = sequence;
+            changed[i] = true;
+        }
+        for (i, target) in loaded.iter_mut().enumerate() {
+            if let Some((_, hash)) = heads[i] {
+                target.head = hash;
+            }
+            if changed[i] {
+                self.folds.put(
+                    A::TYPE,
+                    &target.id,
+                    Fold {
+                        version: target.version,
+                        head: target.head,
+                        aggregate: &target.aggregate,
+                    },
+                    verifier,
+                );
             }
         }
-        for ((_, id), (_, hash)) in heads {
-            if let Some(loaded) = folded.get_mut(id.as_str()) {
-                loaded.head = hash;
-            }
-        }
-        Ok(ids
-            .iter()
-            .filter_map(|id| folded.remove(id.as_str()))
-            .collect())
+        Ok(Ok(loaded))
     }
 
     /// Appends a batch atomically (one statement; the previous hashes come

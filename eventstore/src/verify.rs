@@ -4,12 +4,11 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
-use serde_json::Value;
+use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
 use crate::chain::{self, EventRecord, Hash, ZERO_HASH};
@@ -68,11 +67,25 @@ pub struct Problem {
 
 impl Problem {
     fn event(kind: ProblemKind, ev: &EventKey, ledger_seq: Option<i64>, detail: String) -> Self {
+        Self::at(
+            kind,
+            (&ev.aggregate_type, &ev.aggregate_id, ev.sequence),
+            ledger_seq,
+            detail,
+        )
+    }
+
+    fn at(
+        kind: ProblemKind,
+        (aggregate_type, aggregate_id, sequence): (&str, &str, i64),
+        ledger_seq: Option<i64>,
+        detail: String,
+    ) -> Self {
         Self {
             kind,
-            aggregate_type: Some(ev.aggregate_type.clone()),
-            aggregate_id: Some(ev.aggregate_id.clone()),
-            sequence: Some(ev.sequence),
+            aggregate_type: Some(aggregate_type.to_owned()),
+            aggregate_id: Some(aggregate_id.to_owned()),
+            sequence: Some(sequence),
             ledger_seq,
             tree_size: None,
             detail,
@@ -184,16 +197,30 @@ pub async fn verify_store(
     let ledger_at_start: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
         .fetch_one(pool)
         .await?;
-    let (events, streams, unsealed) = verify_streams(
-        pool,
-        input.mac_keys,
-        total_events as u64,
-        progress,
-        &mut findings,
-    )
-    .await?;
-    let (ledger_size, root, checkpoint_count, latest) =
-        verify_ledger(pool, input, progress, &mut findings).await?;
+    // The two passes read different tables: they run at the same time (the
+    // streams pass is bound by the server's ordered read, the ledger pass
+    // by Merkle hashing here).
+    let ledger_pass = tokio::spawn(verify_ledger(
+        pool.clone(),
+        input.checkpoint_key.clone(),
+        input.external_checkpoints.to_vec(),
+    ));
+    let streams_pass = verify_streams(pool, input.mac_keys, total_events as u64, progress).await;
+    let ledger_pass = ledger_pass
+        .await
+        .map_err(|e| StoreError::Ledger(format!("ledger pass failed: {e}")))?;
+    let (checker, (ledger_findings, ledger_size, root, checkpoint_count, latest)) =
+        (streams_pass?, ledger_pass?);
+    let (events, streams, unsealed) = (checker.events, checker.streams, checker.unsealed);
+    findings.count += checker.findings.count + ledger_findings.count;
+    findings.problems.extend(checker.findings.problems);
+    findings.problems.extend(ledger_findings.problems);
+    // Ledger rows whose event is gone: the streams pass joined every event
+    // with its ledger rows; when fewer joined than the ledger holds (or an
+    // event had two), look for the rows without an event.
+    if checker.ledger_joined != ledger_size || checker.duplicates > 0 {
+        missing_events(pool, ledger_size, &mut findings).await?;
+    }
     // A safety net under the per-event checks (a ledger row without its
     // event, an unsealed event behind the sealer's position, … are reported
     // one by one and explain any difference): only meaningful on a store
@@ -237,56 +264,135 @@ pub async fn verify_store(
     })
 }
 
-/// One event row as pass 1 needs it.
-struct StreamRow {
-    key: EventKey,
-    ledger_seq: Option<i64>,
-    event_type: String,
-    event_version: String,
-    payload: Value,
-    recorded_at: DateTime<Utc>,
-    prev_hash: Vec<u8>,
-    hash: Vec<u8>,
-    mac: Vec<u8>,
-    mac_key_id: String,
-    /// The event's place in the global order.
-    position: (i64, i64),
-    /// The expensive part, computed off the checker's thread.
-    computed: Option<Computed>,
+/// Ledger rows (up to `size`) that name an event the store does not hold.
+async fn missing_events(pool: &PgPool, size: u64, findings: &mut Findings) -> StoreResult<()> {
+    let mut rows = sqlx::query(
+        "SELECT l.seq, l.aggregate_type, l.aggregate_id, l.sequence FROM ledger l \
+         WHERE l.seq <= $1 AND NOT EXISTS (SELECT 1 FROM events e \
+           WHERE e.aggregate_type = l.aggregate_type AND e.aggregate_id = l.aggregate_id \
+           AND e.sequence = l.sequence) \
+         ORDER BY l.seq",
+    )
+    .bind(size as i64)
+    .fetch(pool);
+    while let Some(row) = rows.try_next().await? {
+        let key = EventKey {
+            aggregate_type: row.try_get("aggregate_type")?,
+            aggregate_id: row.try_get("aggregate_id")?,
+            sequence: row.try_get("sequence")?,
+        };
+        findings.add(Problem::event(
+            ProblemKind::LedgerMissingEvent,
+            &key,
+            Some(row.try_get("seq")?),
+            "the ledger names an event that is not in the store (deleted)".into(),
+        ));
+    }
+    Ok(())
 }
+
+/// The columns of the streams pass, by position (see `STREAMS_QUERY`).
+mod col {
+    pub const TYPE: usize = 0;
+    pub const ID: usize = 1;
+    pub const SEQUENCE: usize = 2;
+    pub const EVENT_TYPE: usize = 3;
+    pub const EVENT_VERSION: usize = 4;
+    pub const PAYLOAD: usize = 5;
+    pub const RECORDED_AT: usize = 6;
+    pub const PREV_HASH: usize = 7;
+    pub const HASH: usize = 8;
+    pub const MAC: usize = 9;
+    pub const MAC_KEY_ID: usize = 10;
+    pub const LEDGER_SEQ: usize = 11;
+    pub const COMMIT_XID: usize = 12;
+    pub const INSERT_ID: usize = 13;
+    pub const LEAF: usize = 14;
+}
+
+/// Every event with its ledger row(s), in stream order. The payload comes
+/// as JSON text and is canonicalised as it is read (no `Value` is built).
+const STREAMS_QUERY: &str = "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, \
+     e.event_version, e.payload::text, e.recorded_at, e.prev_hash, e.hash, e.mac, e.mac_key_id, \
+     l.seq, e.commit_xid, e.insert_id, l.event_hash \
+     FROM events e LEFT JOIN ledger l USING (aggregate_type, aggregate_id, sequence) \
+     ORDER BY e.aggregate_type, e.aggregate_id, e.sequence, l.seq";
 
 type Computed = chain::RowCheck;
 
-fn compute(row: &StreamRow, mac: &chain::MacVerifier) -> Computed {
-    chain::check_row(
-        &chain::StoredRow {
-            record: EventRecord {
-                aggregate_type: &row.key.aggregate_type,
-                aggregate_id: &row.key.aggregate_id,
-                sequence: row.key.sequence,
-                event_type: &row.event_type,
-                event_version: &row.event_version,
-                recorded_at: row.recorded_at,
-                payload: &row.payload,
-            },
-            prev_hash: &row.prev_hash,
-            hash: &row.hash,
-            mac: &row.mac,
-            mac_key_id: &row.mac_key_id,
+/// The expensive part of a row (canonical form, hash, MAC), decoded in
+/// place from the row (nothing copied), on a worker thread.
+fn compute(
+    row: &PgRow,
+    mac: &chain::MacVerifier,
+    buf: &mut Vec<u8>,
+) -> Result<Computed, sqlx::Error> {
+    let stored = chain::StoredRow::<str> {
+        record: EventRecord {
+            aggregate_type: row.try_get(col::TYPE)?,
+            aggregate_id: row.try_get(col::ID)?,
+            sequence: row.try_get(col::SEQUENCE)?,
+            event_type: row.try_get(col::EVENT_TYPE)?,
+            event_version: row.try_get(col::EVENT_VERSION)?,
+            recorded_at: row.try_get(col::RECORDED_AT)?,
+            payload: row.try_get::<&str, _>(col::PAYLOAD)?,
         },
-        mac,
-    )
+        prev_hash: row.try_get(col::PREV_HASH)?,
+        hash: row.try_get(col::HASH)?,
+        mac: row.try_get(col::MAC)?,
+        mac_key_id: row.try_get(col::MAC_KEY_ID)?,
+    };
+    Ok(chain::check_row_with(&stored, mac, buf))
+}
+
+/// What the sequential checker reads of a row (borrowed from it).
+struct RowView<'r> {
+    aggregate_type: &'r str,
+    aggregate_id: &'r str,
+    sequence: i64,
+    prev_hash: &'r [u8],
+    hash: &'r [u8],
+    mac_key_id: &'r str,
+    ledger_seq: Option<i64>,
+    /// The ledger row's `event_hash`, when the event is sealed.
+    leaf: Option<&'r [u8]>,
+    /// The event's place in the global order.
+    position: (i64, i64),
+}
+
+impl<'r> RowView<'r> {
+    fn decode(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            aggregate_type: row.try_get(col::TYPE)?,
+            aggregate_id: row.try_get(col::ID)?,
+            sequence: row.try_get(col::SEQUENCE)?,
+            prev_hash: row.try_get(col::PREV_HASH)?,
+            hash: row.try_get(col::HASH)?,
+            mac_key_id: row.try_get(col::MAC_KEY_ID)?,
+            ledger_seq: row.try_get(col::LEDGER_SEQ)?,
+            leaf: row.try_get(col::LEAF)?,
+            position: (row.try_get(col::COMMIT_XID)?, row.try_get(col::INSERT_ID)?),
+        })
+    }
+
+    fn key(&self) -> (&'r str, &'r str, i64) {
+        (self.aggregate_type, self.aggregate_id, self.sequence)
+    }
 }
 
 /// Walks events in (stream, sequence) order and checks each stream's chain.
 struct StreamChecker {
-    mac: chain::MacVerifier,
     /// The sealer's recorded position: every event at or before it must be sealed.
     sealer_position: (i64, i64),
     findings: Findings,
     events: u64,
     streams: u64,
     unsealed: u64,
+    /// Event rows joined with a ledger row (one per ledger row that names
+    /// an existing event).
+    ledger_joined: u64,
+    /// Events named by more than one ledger row.
+    duplicates: u64,
     current: Option<(String, String)>,
     last_sequence: i64,
     last_hash: Hash,
@@ -295,9 +401,8 @@ struct StreamChecker {
 }
 
 impl StreamChecker {
-    fn new(keys: &MacKeys, sealer_position: (i64, i64)) -> Self {
+    fn new(sealer_position: (i64, i64)) -> Self {
         Self {
-            mac: chain::MacVerifier::new(keys),
             sealer_position,
             findings: Findings {
                 problems: Vec::new(),
@@ -306,6 +411,8 @@ impl StreamChecker {
             events: 0,
             streams: 0,
             unsealed: 0,
+            ledger_joined: 0,
+            duplicates: 0,
             current: None,
             last_sequence: 0,
             last_hash: ZERO_HASH,
@@ -314,23 +421,27 @@ impl StreamChecker {
         }
     }
 
-    fn check(&mut self, row: StreamRow) {
-        let key = &row.key;
+    fn check(&mut self, row: &RowView<'_>, computed: &Computed) {
+        let key = row.key();
         let ledger_seq = row.ledger_seq;
+        if ledger_seq.is_some() {
+            self.ledger_joined += 1;
+        }
         let same_stream = self
             .current
             .as_ref()
-            .is_some_and(|(t, i)| *t == key.aggregate_type && *i == key.aggregate_id);
+            .is_some_and(|(t, i)| t == row.aggregate_type && i == row.aggregate_id);
         if !same_stream {
-            self.current = Some((key.aggregate_type.clone(), key.aggregate_id.clone()));
+            self.current = Some((row.aggregate_type.to_owned(), row.aggregate_id.to_owned()));
             self.streams += 1;
             self.last_sequence = 0;
             self.last_hash = ZERO_HASH;
             self.last_ledger = 0;
             self.seen_unsealed = false;
-        } else if key.sequence == self.last_sequence {
+        } else if row.sequence == self.last_sequence {
             // The join produced the same event twice: two ledger rows name it.
-            self.findings.add(Problem::event(
+            self.duplicates += 1;
+            self.findings.add(Problem::at(
                 ProblemKind::LedgerDuplicate,
                 key,
                 ledger_seq,
@@ -339,56 +450,52 @@ impl StreamChecker {
             return;
         }
         self.events += 1;
-        if key.sequence != self.last_sequence + 1 {
-            self.findings.add(Problem::event(
+        if row.sequence != self.last_sequence + 1 {
+            self.findings.add(Problem::at(
                 ProblemKind::SequenceGap,
                 key,
                 ledger_seq,
                 format!(
                     "expected sequence {}, found {} (events missing)",
                     self.last_sequence + 1,
-                    key.sequence
+                    row.sequence
                 ),
             ));
         }
-        let expected_prev = if key.sequence == self.last_sequence + 1 {
+        let expected_prev = if row.sequence == self.last_sequence + 1 {
             self.last_hash
-        } else if key.sequence == 1 {
+        } else if row.sequence == 1 {
             ZERO_HASH
         } else {
             // After a gap the predecessor is unknown; the gap is the finding.
-            chain::to_hash(&row.prev_hash).unwrap_or(ZERO_HASH)
+            chain::to_hash(row.prev_hash).unwrap_or(ZERO_HASH)
         };
-        if row.prev_hash.as_slice() != expected_prev.as_slice() {
-            self.findings.add(Problem::event(
+        if row.prev_hash != expected_prev.as_slice() {
+            self.findings.add(Problem::at(
                 ProblemKind::PrevHashMismatch,
                 key,
                 ledger_seq,
                 "prev_hash does not equal the previous event's hash".into(),
             ));
         }
-        let computed = match &row.computed {
-            Some(c) => c,
-            None => &compute(&row, &self.mac),
-        };
         match &computed.hash {
-            Err(err) => self.findings.add(Problem::event(
+            Err(err) => self.findings.add(Problem::at(
                 ProblemKind::InvalidPayload,
                 key,
                 ledger_seq,
                 err.clone(),
             )),
             Ok(true) => {}
-            Ok(false) => self.findings.add(Problem::event(
+            Ok(false) => self.findings.add(Problem::at(
                 ProblemKind::HashMismatch,
                 key,
                 ledger_seq,
                 "the stored hash does not match the event's fields".into(),
             )),
         }
-        let stored: Hash = chain::to_hash(&row.hash).unwrap_or(ZERO_HASH);
+        let stored: Hash = chain::to_hash(row.hash).unwrap_or(ZERO_HASH);
         match computed.mac {
-            None => self.findings.add(Problem::event(
+            None => self.findings.add(Problem::at(
                 ProblemKind::UnknownMacKey,
                 key,
                 ledger_seq,
@@ -397,7 +504,7 @@ impl StreamChecker {
                     row.mac_key_id
                 ),
             )),
-            Some(false) => self.findings.add(Problem::event(
+            Some(false) => self.findings.add(Problem::at(
                 ProblemKind::MacInvalid,
                 key,
                 ledger_seq,
@@ -407,8 +514,16 @@ impl StreamChecker {
         }
         match ledger_seq {
             Some(seq) => {
+                if row.leaf != Some(row.hash) {
+                    self.findings.add(Problem::at(
+                        ProblemKind::LedgerHashMismatch,
+                        key,
+                        Some(seq),
+                        "the event's hash differs from the sealed leaf".into(),
+                    ));
+                }
                 if self.seen_unsealed {
-                    self.findings.add(Problem::event(
+                    self.findings.add(Problem::at(
                         ProblemKind::UnsealedNotNewest,
                         key,
                         Some(seq),
@@ -416,7 +531,7 @@ impl StreamChecker {
                     ));
                 }
                 if seq <= self.last_ledger {
-                    self.findings.add(Problem::event(
+                    self.findings.add(Problem::at(
                         ProblemKind::LedgerOrder,
                         key,
                         Some(seq),
@@ -432,7 +547,7 @@ impl StreamChecker {
                 self.unsealed += 1;
                 self.seen_unsealed = true;
                 if row.position <= self.sealer_position {
-                    self.findings.add(Problem::event(
+                    self.findings.add(Problem::at(
                         ProblemKind::SkippedBySealer,
                         key,
                         None,
@@ -443,67 +558,48 @@ impl StreamChecker {
                 }
             }
         }
-        self.last_sequence = key.sequence;
+        self.last_sequence = row.sequence;
         self.last_hash = stored;
     }
 }
 
-fn stream_row(row: &sqlx::postgres::PgRow) -> Result<StreamRow, sqlx::Error> {
-    Ok(StreamRow {
-        key: EventKey {
-            aggregate_type: row.try_get("aggregate_type")?,
-            aggregate_id: row.try_get("aggregate_id")?,
-            sequence: row.try_get("sequence")?,
-        },
-        ledger_seq: row.try_get("ledger_seq")?,
-        event_type: row.try_get("event_type")?,
-        event_version: row.try_get("event_version")?,
-        payload: row.try_get("payload")?,
-        recorded_at: row.try_get("recorded_at")?,
-        prev_hash: row.try_get("prev_hash")?,
-        hash: row.try_get("hash")?,
-        mac: row.try_get("mac")?,
-        mac_key_id: row.try_get("mac_key_id")?,
-        position: (row.try_get("commit_xid")?, row.try_get("insert_id")?),
-        computed: None,
-    })
-}
+/// Rows per batch handed to a worker.
+const BATCH: usize = 2048;
 
 /// Pass 1: every stream's chain and MACs, and how each event sits in the
-/// ledger. Decoding rows (here) and hashing (on a blocking thread) overlap.
+/// ledger. A pipeline over both cores: this task reads rows off the
+/// connection (no decoding), worker threads canonicalise, hash and check
+/// MACs batch by batch, and the chain is walked in order as batches come
+/// back (each field borrowed from its row).
 async fn verify_streams(
     pool: &PgPool,
     keys: &MacKeys,
     total: u64,
     progress: &dyn VerifyProgress,
-    findings: &mut Findings,
-) -> StoreResult<(u64, u64, u64)> {
+) -> StoreResult<StreamChecker> {
     progress.phase("streams", total);
-    const BATCH: usize = 2048;
-    /// Batches hashed concurrently on the blocking pool while rows decode.
-    const IN_FLIGHT: usize = 3;
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    // Batches being hashed while rows keep arriving.
+    let in_flight = workers + 1;
     let sealer_position: (i64, i64) =
         sqlx::query_as("SELECT last_xid, last_insert_id FROM sealer_state WHERE id = 1")
             .fetch_optional(pool)
             .await?
             .unwrap_or((0, 0));
-    let mut checker = StreamChecker::new(keys, sealer_position);
-    let mac = Arc::new(checker.mac.clone());
+    let mut checker = StreamChecker::new(sealer_position);
+    let mac = Arc::new(chain::MacVerifier::new(keys));
     let mut hashing = futures::stream::FuturesOrdered::new();
-    let mut rows = sqlx::query(
-        "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
-         e.payload, e.recorded_at, e.prev_hash, e.hash, e.mac, e.mac_key_id, l.seq AS ledger_seq, \
-         e.commit_xid, e.insert_id \
-         FROM events e LEFT JOIN ledger l USING (aggregate_type, aggregate_id, sequence) \
-         ORDER BY e.aggregate_type, e.aggregate_id, e.sequence, l.seq",
-    )
-    .fetch(pool);
-    let spawn = |mut batch: Vec<StreamRow>, mac: Arc<chain::MacVerifier>| {
+    let mut rows = sqlx::query(STREAMS_QUERY).fetch(pool);
+    let spawn = |batch: Vec<PgRow>, mac: Arc<chain::MacVerifier>| {
         tokio::task::spawn_blocking(move || {
-            for row in &mut batch {
-                row.computed = Some(compute(row, &mac));
-            }
-            batch
+            let mut buf = Vec::with_capacity(1024);
+            let computed: Result<Vec<Computed>, sqlx::Error> = batch
+                .iter()
+                .map(|row| compute(row, &mac, &mut buf))
+                .collect();
+            computed.map(|computed| (batch, computed))
         })
     };
     let mut batch = Vec::with_capacity(BATCH);
@@ -511,39 +607,44 @@ async fn verify_streams(
         let next = rows.try_next().await?;
         let done = next.is_none();
         if let Some(row) = next {
-            batch.push(stream_row(&row)?);
+            batch.push(row);
         }
         if batch.len() == BATCH || (done && !batch.is_empty()) {
             progress.advance(batch.len() as u64);
             let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
             hashing.push_back(spawn(full, Arc::clone(&mac)));
         }
-        while hashing.len() >= IN_FLIGHT || (done && !hashing.is_empty()) {
+        while hashing.len() >= in_flight || (done && !hashing.is_empty()) {
             let Some(result) = hashing.next().await else {
                 break;
             };
-            let hashed =
-                result.map_err(|e| StoreError::Ledger(format!("verify worker failed: {e}")))?;
-            for row in hashed {
-                checker.check(row);
+            let (rows, computed) =
+                result.map_err(|e| StoreError::Ledger(format!("verify worker failed: {e}")))??;
+            for (row, computed) in rows.iter().zip(&computed) {
+                checker.check(&RowView::decode(row)?, computed);
             }
         }
         if done {
             break;
         }
     }
-    findings.count += checker.findings.count;
-    findings.problems.extend(checker.findings.problems);
-    Ok((checker.events, checker.streams, checker.unsealed))
+    Ok(checker)
 }
 
 /// Pass 2: the ledger rows, the Merkle roots and every checkpoint.
+/// Runs beside pass 1 on its own task (and connection); its progress is
+/// not reported separately (it reads the smaller table and finishes first).
 async fn verify_ledger(
-    pool: &PgPool,
-    input: &VerifyInput<'_>,
-    progress: &dyn VerifyProgress,
-    findings: &mut Findings,
-) -> StoreResult<(u64, Hash, u64, Option<u64>)> {
+    pool: PgPool,
+    checkpoint_key: NoteVerifier,
+    external_checkpoints: Vec<String>,
+) -> StoreResult<(Findings, u64, Hash, u64, Option<u64>)> {
+    let pool = &pool;
+    let mut findings = Findings {
+        problems: Vec::new(),
+        count: 0,
+    };
+    let findings = &mut findings;
     // Checkpoints to check, by tree size: (stored?, note, stored root).
     let mut wanted: BTreeMap<u64, Vec<(bool, Checkpoint)>> = BTreeMap::new();
     let stored =
@@ -556,7 +657,7 @@ async fn verify_ledger(
         let root: Vec<u8> = row.try_get("root_hash")?;
         let note: String = row.try_get("note")?;
         let size = tree_size.max(0) as u64;
-        match Checkpoint::open(&note, input.checkpoint_key) {
+        match Checkpoint::open(&note, &checkpoint_key) {
             Ok(cp) => {
                 if cp.tree_size != size || cp.root_hash.as_slice() != root.as_slice() {
                     findings.add(Problem::checkpoint(
@@ -575,8 +676,8 @@ async fn verify_ledger(
             )),
         }
     }
-    for (index, note) in input.external_checkpoints.iter().enumerate() {
-        match Checkpoint::open(note, input.checkpoint_key) {
+    for (index, note) in external_checkpoints.iter().enumerate() {
+        match Checkpoint::open(note, &checkpoint_key) {
             Ok(cp) => wanted.entry(cp.tree_size).or_default().push((false, cp)),
             Err(err) => findings.add(Problem {
                 kind: ProblemKind::ExternalCheckpointSignature,
@@ -590,14 +691,11 @@ async fn verify_ledger(
         }
     }
 
-    let ledger_total: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
-        .fetch_one(pool)
-        .await?;
-    progress.phase("ledger", ledger_total as u64);
+    // Whether each row names an existing event with that hash is checked
+    // by the streams pass (which joins events with their ledger rows).
     let mut rows = sqlx::query(
-        "SELECT l.seq, l.aggregate_type, l.aggregate_id, l.sequence, l.event_hash, e.hash \
-         FROM ledger l LEFT JOIN events e USING (aggregate_type, aggregate_id, sequence) \
-         ORDER BY l.seq",
+        "SELECT l.seq, l.aggregate_type, l.aggregate_id, l.sequence, l.event_hash \
+         FROM ledger l ORDER BY l.seq",
     )
     .fetch(pool);
     let mut frontier = Frontier::new();
@@ -622,49 +720,21 @@ async fn verify_ledger(
         }
     };
     check_at(&frontier, findings);
-    let mut pending = 0u64;
     while let Some(row) = rows.try_next().await? {
-        let seq: i64 = row.try_get("seq")?;
-        let key = EventKey {
-            aggregate_type: row.try_get("aggregate_type")?,
-            aggregate_id: row.try_get("aggregate_id")?,
-            sequence: row.try_get("sequence")?,
-        };
+        let seq: i64 = row.try_get(0)?;
         let expected = frontier.size() as i64 + 1;
         if seq != expected {
-            findings.add(Problem::event(
+            findings.add(Problem::at(
                 ProblemKind::LedgerGap,
-                &key,
+                (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?),
                 Some(seq),
                 format!("expected ledger seq {expected}, found {seq}"),
             ));
         }
-        let leaf: Vec<u8> = row.try_get("event_hash")?;
-        let event_hash: Option<Vec<u8>> = row.try_get("hash")?;
-        match event_hash {
-            None => findings.add(Problem::event(
-                ProblemKind::LedgerMissingEvent,
-                &key,
-                Some(seq),
-                "the ledger names an event that is not in the store (deleted)".into(),
-            )),
-            Some(h) if h != leaf => findings.add(Problem::event(
-                ProblemKind::LedgerHashMismatch,
-                &key,
-                Some(seq),
-                "the event's hash differs from the sealed leaf".into(),
-            )),
-            Some(_) => {}
-        }
-        frontier.push(merkle::leaf_hash(&leaf));
+        let leaf: &[u8] = row.try_get(4)?;
+        frontier.push(merkle::leaf_hash(leaf));
         check_at(&frontier, findings);
-        pending += 1;
-        if pending == 4096 {
-            progress.advance(pending);
-            pending = 0;
-        }
     }
-    progress.advance(pending);
     let size = frontier.size();
     for (tree_size, list) in wanted {
         for (stored, _) in list {
@@ -680,5 +750,18 @@ async fn verify_ledger(
             ));
         }
     }
-    Ok((size, frontier.root(), stored.len() as u64, latest))
+    let root = frontier.root();
+    Ok((
+        std::mem::replace(
+            findings,
+            Findings {
+                problems: Vec::new(),
+                count: 0,
+            },
+        ),
+        size,
+        root,
+        stored.len() as u64,
+        latest,
+    ))
 }

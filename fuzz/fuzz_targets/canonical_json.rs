@@ -10,7 +10,10 @@
 //!   value, canonicalising it again gives the same bytes, and the bytes are
 //!   serde_jcs's for the same value;
 //! - the record writer (fixed keys written by hand) equals the generic
-//!   serde_jcs reference on the same record.
+//!   serde_jcs reference on the same record;
+//! - the streaming canonicaliser (`strict_json::canonicalise`, straight
+//!   from the text) accepts exactly what the strict parser and the writer
+//!   accept together, with the same bytes.
 #![no_main]
 
 use chrono::{DateTime, Utc};
@@ -26,6 +29,16 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let strict = strict_json::parse(text);
+    let mut streamed = Vec::new();
+    let streamed_ok = strict_json::canonicalise(text, &mut streamed).is_ok();
+    let mut via_value = Vec::new();
+    let via_value_ok = strict
+        .as_ref()
+        .is_ok_and(|v| write_canonical(v, &mut via_value).is_ok());
+    assert_eq!(streamed_ok, via_value_ok, "streamed and Value paths disagree");
+    if streamed_ok {
+        assert_eq!(streamed, via_value, "streamed canonical bytes differ");
+    }
     let lax = serde_json::from_str::<Value>(text);
     match (&strict, &lax) {
         (Ok(s), Ok(l)) => assert_eq!(s, l, "strict and lax parsers disagree"),

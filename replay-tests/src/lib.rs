@@ -72,7 +72,7 @@ impl Frameworks {
     }
 
     /// One command on one stream, in its own batch.
-    pub async fn execute<A: Aggregate<Services = ()>>(
+    pub async fn execute<A: Aggregate<Services = ()> + Clone + 'static>(
         &self,
         id: &str,
         command: A::Command,

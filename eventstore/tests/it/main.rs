@@ -5,6 +5,7 @@ mod append;
 mod concurrency;
 mod export;
 mod feed;
+mod folds;
 mod helpers;
 mod history;
 mod lookup;
