@@ -30,10 +30,6 @@ use crate::http::metrics;
 use crate::routes::passkeys::parse_credential;
 use crate::state::AppState;
 
-fn internal(what: &str) -> impl FnOnce(serde_json::Error) -> ApiError + '_ {
-    move |e| ApiError::internal(format!("{what}: {e}"))
-}
-
 /// `login/complete`: a verified assertion of a passkey of the customer the
 /// challenge was begun for (or, discoverable, whose user handle it
 /// carries) starts a session.
@@ -65,7 +61,7 @@ pub async fn login(
     let challenge = challenge?;
     let mut credential = credential?;
     let authentication: AuthenticationState = serde_json::from_value(challenge.state.clone())
-        .map_err(internal("authentication state"))?;
+        .map_err(ApiError::internal_json("authentication state"))?;
     if raw_id.is_err() {
         return Err(ApiError::WebauthnFailed);
     }
@@ -182,8 +178,8 @@ pub async fn reauthenticate(
     if !session_matches {
         return Err(failed("challenge of another session").await);
     }
-    let authentication: AuthenticationState =
-        serde_json::from_value(challenge.state).map_err(internal("authentication state"))?;
+    let authentication: AuthenticationState = serde_json::from_value(challenge.state)
+        .map_err(ApiError::internal_json("authentication state"))?;
     let Ok(raw_id) = RawCredentialId::from_bytes(response.raw_id.clone()) else {
         return Err(failed("bad credential id").await);
     };

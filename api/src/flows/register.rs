@@ -31,10 +31,6 @@ pub enum Registered {
     Passkey(CredentialId),
 }
 
-fn internal(what: &str) -> impl FnOnce(serde_json::Error) -> ApiError + '_ {
-    move |e| ApiError::internal(format!("{what}: {e}"))
-}
-
 /// `register/complete`.
 pub async fn complete(
     state: &AppState,
@@ -74,8 +70,8 @@ pub async fn complete(
             Some(_) => {}
         }
     }
-    let registration: RegistrationState =
-        serde_json::from_value(challenge.state).map_err(internal("registration state"))?;
+    let registration: RegistrationState = serde_json::from_value(challenge.state)
+        .map_err(ApiError::internal_json("registration state"))?;
     let passkey = queue_passkey::register(&state.inner.webauthn, &response, &registration)
         .map_err(|e| {
             tracing::info!(error = %e, "passkey registration refused");
@@ -115,10 +111,10 @@ pub async fn complete(
             return Err(ApiError::Conflict);
         }
         let email: Email = serde_json::from_value(challenge.context["email"].clone())
-            .map_err(internal("challenge email"))?;
+            .map_err(ApiError::internal_json("challenge email"))?;
         let display_name: DisplayName =
             serde_json::from_value(challenge.context["display_name"].clone())
-                .map_err(internal("challenge display name"))?;
+                .map_err(ApiError::internal_json("challenge display name"))?;
         let events = customer
             .execute(CustomerCommand::Register {
                 customer_id,
@@ -133,7 +129,7 @@ pub async fn complete(
         .execute(CredentialCommand::Register {
             customer_id,
             raw_credential_id: raw_id,
-            passkey: json!({ "cred": serde_json::to_value(&passkey).map_err(internal("passkey"))? }),
+            passkey: json!({ "cred": serde_json::to_value(&passkey).map_err(ApiError::internal_json("passkey"))? }),
             name,
             aaguid,
             backup_eligible: passkey.backup_eligible,

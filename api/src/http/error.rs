@@ -164,6 +164,12 @@ impl ApiError {
         Self::Internal(details.into())
     }
 
+    /// `map_err` for a (de)serialisation of our own data that cannot fail
+    /// unless something is broken: 500, naming `what`.
+    pub fn internal_json(what: &str) -> impl FnOnce(serde_json::Error) -> Self + '_ {
+        move |e| Self::Internal(format!("{what}: {e}"))
+    }
+
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::InvalidRequest(message.into())
     }

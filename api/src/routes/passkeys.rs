@@ -124,10 +124,6 @@ pub fn parse_credential<T: serde::de::DeserializeOwned>(mut value: Value) -> Res
     })
 }
 
-fn internal(what: &str) -> impl FnOnce(serde_json::Error) -> ApiError + '_ {
-    move |e| ApiError::internal(format!("{what}: {e}"))
-}
-
 #[utoipa::path(post, path = "/api/v1/auth/webauthn/register/begin", tag = "passkeys",
     request_body = RegisterBeginRequest,
     responses((status = 200, body = BeginResponse), (status = 400, body = crate::http::error::ErrorEnvelope), (status = 401, body = crate::http::error::ErrorEnvelope), (status = 403, body = crate::http::error::ErrorEnvelope), (status = 429, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)))]
@@ -218,14 +214,15 @@ pub async fn register_begin(
         Kind::Register,
         Some(customer_id),
         context,
-        serde_json::to_value(&registration).map_err(internal("registration state"))?,
+        serde_json::to_value(&registration)
+            .map_err(ApiError::internal_json("registration state"))?,
         now,
         state.config().challenge_ttl_secs,
     )
     .await?;
     Ok(Json(BeginResponse {
         challenge_id: challenge_id.to_string(),
-        options: serde_json::to_value(&options).map_err(internal("options"))?,
+        options: serde_json::to_value(&options).map_err(ApiError::internal_json("options"))?,
     }))
 }
 
@@ -273,7 +270,6 @@ pub async fn login_begin(
         .address_limiter
         .check(&format!("login:{address}"))
         .await?;
-    let now = state.now();
     let store = state.store();
     let email = request.email.as_deref().map(Email::parse).transpose()?;
     let webauthn = &state.inner.webauthn;
@@ -330,19 +326,41 @@ pub async fn login_begin(
             (customer_id, json!({"mode": "email"}))
         }
     };
-    let challenge_id = challenges::store(
-        store.pool(),
+    begin_assertion(
+        &state,
         Kind::Login,
         customer_id,
         context,
-        serde_json::to_value(&authentication).map_err(internal("authentication state"))?,
-        now,
+        &authentication,
+        &options,
+    )
+    .await
+}
+
+/// Stores an assertion ceremony's state as a single-use challenge and
+/// answers `{challenge_id, options}` (login and reauth begin).
+pub(crate) async fn begin_assertion(
+    state: &AppState,
+    kind: Kind,
+    customer_id: Option<CustomerId>,
+    context: Value,
+    authentication: &webauthn_rs_core::proto::AuthenticationState,
+    options: &webauthn_rs_core::proto::RequestChallengeResponse,
+) -> Result<Json<BeginResponse>, ApiError> {
+    let challenge_id = challenges::store(
+        state.store().pool(),
+        kind,
+        customer_id,
+        context,
+        serde_json::to_value(authentication)
+            .map_err(ApiError::internal_json("authentication state"))?,
+        state.now(),
         state.config().challenge_ttl_secs,
     )
     .await?;
     Ok(Json(BeginResponse {
         challenge_id: challenge_id.to_string(),
-        options: serde_json::to_value(&options).map_err(internal("options"))?,
+        options: serde_json::to_value(options).map_err(ApiError::internal_json("options"))?,
     }))
 }
 

@@ -13,11 +13,11 @@ use serde_json::json;
 use utoipa::ToSchema;
 use webauthn_rs_core::proto::{AllowCredentials, UserVerificationPolicy};
 
-use crate::auth::challenges::{self, Kind};
+use crate::auth::challenges::Kind;
 use crate::flows;
 use crate::http::error::ApiError;
 use crate::http::extract::{Authenticated, ClientAddress, Json};
-use crate::routes::passkeys::{BeginResponse, LoginCompleteRequest};
+use crate::routes::passkeys::{begin_assertion, BeginResponse, LoginCompleteRequest};
 use crate::state::AppState;
 
 /// Refuses `change` unless the session of `auth` may make it at `now`:
@@ -42,10 +42,6 @@ pub struct Reauthenticated {
     pub reauthenticated_at: DateTime<Utc>,
 }
 
-fn internal(what: &str) -> impl FnOnce(serde_json::Error) -> ApiError + '_ {
-    move |e| ApiError::internal(format!("{what}: {e}"))
-}
-
 #[utoipa::path(post, path = "/api/v1/auth/webauthn/reauth/begin", tag = "passkeys",
     responses((status = 200, body = BeginResponse), (status = 401, body = crate::http::error::ErrorEnvelope), (status = 403, body = crate::http::error::ErrorEnvelope), (status = 429, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)),
     security(("bearer" = [])))]
@@ -53,7 +49,6 @@ pub async fn begin(
     State(state): State<AppState>,
     auth: Authenticated,
 ) -> Result<Json<BeginResponse>, ApiError> {
-    let now = state.now();
     let store = state.store();
     let customer = store.customer(auth.customer_id).await?;
     let customer_state = customer.aggregate.state().ok_or(ApiError::Unauthorized)?;
@@ -92,20 +87,15 @@ pub async fn begin(
             transports: None,
         })
         .collect();
-    let challenge_id = challenges::store(
-        store.pool(),
+    begin_assertion(
+        &state,
         Kind::Reauth,
         Some(auth.customer_id),
         json!({"mode": "reauth", "session_id": auth.session_id.to_string()}),
-        serde_json::to_value(&authentication).map_err(internal("authentication state"))?,
-        now,
-        state.config().challenge_ttl_secs,
+        &authentication,
+        &options,
     )
-    .await?;
-    Ok(Json(BeginResponse {
-        challenge_id: challenge_id.to_string(),
-        options: serde_json::to_value(&options).map_err(internal("options"))?,
-    }))
+    .await
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/webauthn/reauth/complete", tag = "passkeys",
