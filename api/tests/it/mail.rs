@@ -14,7 +14,7 @@ use queue_api::{AppState, ServiceClock};
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::helpers::{bearer, config, mac_keys, Passkey, TempDir, TestApp};
+use crate::helpers::{bearer, config, mac_keys, Passkey, RolePools, TempDir, TestApp};
 
 fn mail_files(app: &TestApp) -> Vec<String> {
     let mut files: Vec<_> = std::fs::read_dir(&app.mail_dir)
@@ -154,9 +154,16 @@ async fn app_with(pool: PgPool, mailer: Arc<FailingMailer>, max_attempts: &str) 
             ("QUEUE_MAIL_RETRY_MAX_MS", "200"),
         ],
     );
-    let state =
-        AppState::with_parts(pool, config, mac_keys(), ServiceClock::new(), mailer).unwrap();
-    TestApp::from_state(state, tmp)
+    let pools = RolePools::of(&pool).await;
+    let state = AppState::with_parts(
+        pools.service.clone(),
+        config,
+        mac_keys(),
+        ServiceClock::new(),
+        mailer,
+    )
+    .unwrap();
+    TestApp::from_state_with(state, tmp, pools)
 }
 
 async fn request_verification(app: &TestApp) {
