@@ -94,6 +94,14 @@ pub fn role_pool(owner: &PgPool, role: Role) -> PgPool {
         .connect_lazy_with(options)
 }
 
+/// [`role_pool`] after setting up the development LOGIN roles: for a test
+/// that runs one part of `queue serve` (or a `queue` command) by itself.
+/// Close it when done (the test's database is dropped next).
+pub async fn connect_as(owner: &PgPool, role: Role) -> PgPool {
+    ensure_dev_logins(owner).await.unwrap();
+    role_pool(owner, role)
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         // Close this app's own pools now (a server task may still hold a

@@ -238,7 +238,7 @@ async fn the_last_attempt_dead_letters(pool: PgPool) {
     request_verification(&app).await;
     drive_until(&app, "the dead-letter state", |rows| rows[0].1 == "dead").await;
     assert_eq!(mailer.calls.load(Ordering::SeqCst), 3);
-    let status = queue_projections::outbox::status(&app.state.pool)
+    let status = queue_projections::outbox::status(&app.projector)
         .await
         .unwrap();
     assert_eq!((status.pending, status.sent, status.dead), (0, 0, 1));
@@ -331,7 +331,7 @@ async fn events_that_are_stale_when_the_outbox_reaches_them_are_not_mailed(pool:
     app.clock().advance(2 * 86_400);
     assert_eq!(app.deliver_mail().await, 0);
     assert!(outbox_rows(&app).await.is_empty());
-    let status = queue_projections::outbox::status(&app.state.pool)
+    let status = queue_projections::outbox::status(&app.projector)
         .await
         .unwrap();
     assert_eq!(status.events_behind, 0, "the outbox read past them");
