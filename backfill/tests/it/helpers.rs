@@ -21,8 +21,8 @@ use webauthn_rs_core::proto::{
 };
 use webauthn_rs_core::WebauthnCore;
 
-pub use queue_testkit::app::{connect_as, Response, TestApp, ORIGIN, RP_ID};
 use queue_eventstore::roles::Role;
+pub use queue_testkit::app::{connect_as, Response, TestApp, ORIGIN, RP_ID};
 pub use queue_testkit::keys::shared_mac_keys as mac_keys;
 
 pub fn repo(pool: &PgPool) -> ChainedEventRepository {
