@@ -397,4 +397,21 @@ async fn every_relation_grants_each_role_exactly_its_declared_rights(pool: PgPoo
         ));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // Nor may a restricted role add objects of its own beside them (a
+    // function or operator an owner's query could resolve to). PostgreSQL
+    // 15 no longer lets PUBLIC create in `public`; an older server needs
+    // `REVOKE CREATE ON SCHEMA public FROM PUBLIC` (README, production
+    // set-up).
+    let creators: Vec<String> = sqlx::query_scalar(
+        "SELECT r FROM unnest(ARRAY['queue_service', 'queue_sealer', 'queue_projector']) r \
+         WHERE has_schema_privilege(r, current_schema(), 'CREATE') \
+            OR has_database_privilege(r, current_database(), 'CREATE')",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        creators.is_empty(),
+        "{creators:?} may create objects in the schema or database"
+    );
 }
