@@ -1,6 +1,16 @@
 //! The API under test: an app on a given database, JSON requests through
 //! the router (`oneshot`), the customer flows every test needs (register,
 //! log in), and the mail the log mailer wrote.
+//!
+//! The app runs as `queue serve` does in production (ADR 0212): its
+//! requests and the mail sender on a connection as the development LOGIN
+//! role of `queue_service`, the projection and outbox runners
+//! ([`TestApp::catch_up`], [`TestApp::deliver_mail`]) as `queue_projector`'s,
+//! sealing ([`TestApp::sealer`]) as `queue_sealer`'s. A grant missing for a
+//! new table or column fails the router tests that use it. The pool a test
+//! was handed (the database's owner, a superuser) stays at hand as
+//! [`TestApp::owner`] for what an attacker with owner rights, or an
+//! operator, does to the database.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -15,7 +25,9 @@ use http_body_util::BodyExt;
 use queue_api::auth::jwt::JwtKeySet;
 use queue_api::mail::mailer::LogMailer;
 use queue_api::{AppState, Config, ServiceClock};
+use queue_eventstore::roles::{dev_login, ensure_dev_logins, Role, DEV_PASSWORD};
 use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tower::ServiceExt;
 
@@ -25,10 +37,81 @@ pub const ISSUER: &str = "https://queue.example";
 pub const AUDIENCE: &str = "queue-tests";
 
 pub struct TestApp {
+    /// The app; its pool is the service role's (or, from
+    /// [`TestApp::from_state`], whatever pool the state was given).
     pub state: AppState,
     pub router: Router,
     pub mail_dir: PathBuf,
+    /// The database's owner (the superuser pool the test was handed): for
+    /// forging, editing or breaking what the service roles cannot.
+    pub owner: PgPool,
+    /// The projection and outbox runners' pool (`queue_projector`).
+    pub projector: PgPool,
+    /// The sealer's pool (`queue_sealer`).
+    pub sealer: PgPool,
+    /// The pools this app opened, closed when it is dropped.
+    opened: Vec<PgPool>,
     _mail_tmp: TempDir,
+}
+
+/// The pools of one database the parts of `queue serve` use, each as its
+/// role's development LOGIN role, and the owner's.
+#[derive(Clone)]
+pub struct RolePools {
+    pub owner: PgPool,
+    pub service: PgPool,
+    pub projector: PgPool,
+    pub sealer: PgPool,
+}
+
+impl RolePools {
+    /// Sets up the development LOGIN roles (race-safe) and opens a pool
+    /// (lazily) as each on `owner`'s database.
+    pub async fn of(owner: &PgPool) -> Self {
+        ensure_dev_logins(owner).await.unwrap();
+        Self {
+            owner: owner.clone(),
+            service: role_pool(owner, Role::Service),
+            projector: role_pool(owner, Role::Projector),
+            sealer: role_pool(owner, Role::Sealer),
+        }
+    }
+}
+
+/// A pool on `owner`'s database as `role`'s development LOGIN role (which
+/// [`ensure_dev_logins`] sets up), sized like `owner`. Connections open on
+/// first use and close a second after they go idle, so the test's database
+/// can be dropped when the test ends.
+pub fn role_pool(owner: &PgPool, role: Role) -> PgPool {
+    let options = (*owner.connect_options())
+        .clone()
+        .username(dev_login(role))
+        .password(DEV_PASSWORD);
+    PgPoolOptions::new()
+        .max_connections(owner.options().get_max_connections())
+        .acquire_timeout(owner.options().get_acquire_timeout())
+        .idle_timeout(Some(std::time::Duration::from_secs(1)))
+        .connect_lazy_with(options)
+}
+
+/// [`role_pool`] after setting up the development LOGIN roles: for a test
+/// that runs one part of `queue serve` (or a `queue` command) by itself.
+/// Close it when done (the test's database is dropped next).
+pub async fn connect_as(owner: &PgPool, role: Role) -> PgPool {
+    ensure_dev_logins(owner).await.unwrap();
+    role_pool(owner, role)
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        // Close this app's own pools now (a server task may still hold a
+        // clone of the state): the test's database is dropped next.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            for pool in std::mem::take(&mut self.opened) {
+                runtime.spawn(async move { pool.close().await });
+            }
+        }
+    }
 }
 
 /// A directory removed when dropped.
@@ -97,21 +180,58 @@ impl TestApp {
         Self::with(pool, &[]).await
     }
 
+    /// The app on `pool`'s database as the service role; `pool` (the
+    /// owner's) is kept as [`TestApp::owner`].
     pub async fn with(pool: PgPool, overrides: &[(&str, &str)]) -> Self {
         let tmp = TempDir::new();
         let config = config(&tmp.0, overrides);
+        let pools = RolePools::of(&pool).await;
         let state = AppState::with_parts(
-            pool,
+            pools.service.clone(),
             config,
             mac_keys(),
             ServiceClock::new(),
             Arc::new(LogMailer::new(tmp.0.clone())),
         )
         .unwrap();
-        Self::from_state(state, tmp)
+        Self::from_state_with(state, tmp, pools)
     }
 
+    /// An app on a state the test built itself, every part on the state's
+    /// pool (a single-URL deployment). Prefer [`TestApp::from_state_with`]
+    /// and a state on [`RolePools::service`].
     pub fn from_state(state: AppState, tmp: TempDir) -> Self {
+        let pool = state.pool.clone();
+        Self::assemble(state, tmp, pool.clone(), pool.clone(), pool, Vec::new())
+    }
+
+    /// An app on a state the test built itself (on `pools.service`, or a
+    /// pool that reaches the same database as the service role), with the
+    /// runners on `pools.projector` and sealing on `pools.sealer`.
+    pub fn from_state_with(state: AppState, tmp: TempDir, pools: RolePools) -> Self {
+        let opened = vec![
+            pools.service.clone(),
+            pools.projector.clone(),
+            pools.sealer.clone(),
+        ];
+        Self::assemble(
+            state,
+            tmp,
+            pools.owner,
+            pools.projector,
+            pools.sealer,
+            opened,
+        )
+    }
+
+    fn assemble(
+        state: AppState,
+        tmp: TempDir,
+        owner: PgPool,
+        projector: PgPool,
+        sealer: PgPool,
+        opened: Vec<PgPool>,
+    ) -> Self {
         let router = queue_api::app(state.clone()).layer(MockConnectInfo(
             std::net::SocketAddr::from(([127, 0, 0, 1], 40000)),
         ));
@@ -119,6 +239,10 @@ impl TestApp {
             mail_dir: tmp.0.clone(),
             state,
             router,
+            owner,
+            projector,
+            sealer,
+            opened,
             _mail_tmp: tmp,
         }
     }
@@ -183,7 +307,7 @@ impl TestApp {
     /// Brings the read tables up to every committed event (the list
     /// endpoints read them).
     pub async fn catch_up(&self) {
-        for projection in queue_projections::catch_up(&self.state.pool).await.unwrap() {
+        for projection in queue_projections::catch_up(&self.projector).await.unwrap() {
             assert!(projection.error.is_none(), "{:?}", projection.error);
         }
     }
@@ -279,7 +403,7 @@ impl TestApp {
     /// Drives the mail outbox as `queue serve` does: the outbox runner
     /// turns committed events into rows, the sender delivers what is due.
     pub async fn deliver_mail(&self) -> usize {
-        queue_projections::outbox::catch_up(&self.state.pool)
+        queue_projections::outbox::catch_up(&self.projector)
             .await
             .unwrap();
         queue_api::mail::outbox::deliver_due(&self.state)

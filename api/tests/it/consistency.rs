@@ -29,12 +29,12 @@ async fn app_with_wait(pool: PgPool) -> TestApp {
 async fn runners(app: &TestApp) -> watch::Sender<bool> {
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(queue_projections::run_all(
-        app.state.pool.clone(),
+        app.projector.clone(),
         queue_projections::RunnerConfig::default(),
         stopped,
     ));
     eventually("every projection runner to be active", || async {
-        let status = queue_projections::status(&app.state.pool).await.ok()?;
+        let status = queue_projections::status(&app.projector).await.ok()?;
         status.iter().all(|s| s.runner_active).then_some(())
     })
     .await;

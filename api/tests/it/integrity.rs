@@ -202,7 +202,7 @@ async fn a_forged_role_grant_is_never_folded_sealed_or_minted(pool: PgPool) {
     assert_eq!(stream_len(&pool, "Customer", &customer).await, before);
 
     // The sealer seals everything before the row and stops there.
-    let err = sealer(&app).seal_pending(&pool).await.unwrap_err();
+    let err = sealer(&app).seal_pending(&app.sealer).await.unwrap_err();
     let StoreError::Integrity(found) = err else {
         panic!("expected an integrity error, got {err}")
     };
@@ -215,7 +215,7 @@ async fn a_forged_role_grant_is_never_folded_sealed_or_minted(pool: PgPool) {
     assert!(sealed(&pool, "Customer", &customer, forged - 1).await);
     // Later events of other streams are not sealed past it either.
     app.register(&mut Passkey::new(), "bob@example.com").await;
-    assert!(sealer(&app).seal_pending(&pool).await.is_err());
+    assert!(sealer(&app).seal_pending(&app.sealer).await.is_err());
     let sealed_total: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
         .fetch_one(&pool)
         .await
@@ -300,7 +300,7 @@ async fn a_row_whose_prev_hash_breaks_the_link_is_refused(pool: PgPool) {
         ready.json["integrity"]["last_refused"]["kind"],
         "prev_hash_mismatch"
     );
-    let err = sealer(&app).seal_pending(&pool).await.unwrap_err();
+    let err = sealer(&app).seal_pending(&app.sealer).await.unwrap_err();
     assert!(matches!(
         err,
         StoreError::Integrity(ref e) if e.kind == queue_eventstore::DamageKind::PrevHashMismatch

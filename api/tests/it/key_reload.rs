@@ -34,7 +34,9 @@ async fn a_failed_jwt_key_reload_keeps_the_last_good_keys_and_reports_degraded(p
     // Give the listener a moment to subscribe, then break the file.
     tokio::time::sleep(Duration::from_millis(200)).await;
     std::fs::write(&key_file, "first=not-a-key").unwrap();
-    queue_api::auth::jwt::notify_rotation(&pool).await.unwrap();
+    queue_api::auth::jwt::notify_rotation(&app.state.pool)
+        .await
+        .unwrap();
     eventually("readyz to report degraded JWT keys", || async {
         let ready = app.get("/readyz").await;
         assert_eq!(ready.status, StatusCode::OK, "{}", ready.text);
@@ -59,7 +61,9 @@ async fn a_failed_jwt_key_reload_keeps_the_last_good_keys_and_reports_degraded(p
     let kid =
         queue_api::auth::jwt::rotate_key_file(&key_file, 3, queue_api::auth::jwt::JwtAlg::EdDSA)
             .unwrap();
-    queue_api::auth::jwt::notify_rotation(&pool).await.unwrap();
+    queue_api::auth::jwt::notify_rotation(&app.state.pool)
+        .await
+        .unwrap();
     eventually("readyz to report the JWT keys ok again", || async {
         let ready = app.get("/readyz").await;
         (ready.json["key_sets"]["jwt"] == "ok").then_some(())

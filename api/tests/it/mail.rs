@@ -14,7 +14,7 @@ use queue_api::{AppState, ServiceClock};
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::helpers::{bearer, config, mac_keys, Passkey, TempDir, TestApp};
+use crate::helpers::{bearer, config, mac_keys, Passkey, RolePools, TempDir, TestApp};
 
 fn mail_files(app: &TestApp) -> Vec<String> {
     let mut files: Vec<_> = std::fs::read_dir(&app.mail_dir)
@@ -154,9 +154,16 @@ async fn app_with(pool: PgPool, mailer: Arc<FailingMailer>, max_attempts: &str) 
             ("QUEUE_MAIL_RETRY_MAX_MS", "200"),
         ],
     );
-    let state =
-        AppState::with_parts(pool, config, mac_keys(), ServiceClock::new(), mailer).unwrap();
-    TestApp::from_state(state, tmp)
+    let pools = RolePools::of(&pool).await;
+    let state = AppState::with_parts(
+        pools.service.clone(),
+        config,
+        mac_keys(),
+        ServiceClock::new(),
+        mailer,
+    )
+    .unwrap();
+    TestApp::from_state_with(state, tmp, pools)
 }
 
 async fn request_verification(app: &TestApp) {
@@ -231,7 +238,7 @@ async fn the_last_attempt_dead_letters(pool: PgPool) {
     request_verification(&app).await;
     drive_until(&app, "the dead-letter state", |rows| rows[0].1 == "dead").await;
     assert_eq!(mailer.calls.load(Ordering::SeqCst), 3);
-    let status = queue_projections::outbox::status(&app.state.pool)
+    let status = queue_projections::outbox::status(&app.projector)
         .await
         .unwrap();
     assert_eq!((status.pending, status.sent, status.dead), (0, 0, 1));
@@ -324,7 +331,7 @@ async fn events_that_are_stale_when_the_outbox_reaches_them_are_not_mailed(pool:
     app.clock().advance(2 * 86_400);
     assert_eq!(app.deliver_mail().await, 0);
     assert!(outbox_rows(&app).await.is_empty());
-    let status = queue_projections::outbox::status(&app.state.pool)
+    let status = queue_projections::outbox::status(&app.projector)
         .await
         .unwrap();
     assert_eq!(status.events_behind, 0, "the outbox read past them");

@@ -227,7 +227,9 @@ async fn jwt_key_rotation_reaches_running_instances_and_keeps_old_tokens_valid(p
     let kid =
         queue_api::auth::jwt::rotate_key_file(&key_file, 3, queue_api::auth::jwt::JwtAlg::EdDSA)
             .unwrap();
-    queue_api::auth::jwt::notify_rotation(&pool).await.unwrap();
+    queue_api::auth::jwt::notify_rotation(&app.state.pool)
+        .await
+        .unwrap();
     let jwks = crate::helpers::eventually("the rotated key in the JWKS", || async {
         let jwks = app.get("/.well-known/jwks.json").await;
         (jwks.json["keys"].as_array().unwrap().len() == 2).then_some(jwks.json)

@@ -20,7 +20,9 @@ async fn proxied_app(pool: &PgPool) -> (Proxy, TestApp) {
 }
 
 async fn proxied_app_with(pool: &PgPool, overrides: &[(&str, &str)]) -> (Proxy, TestApp) {
-    let options = (*pool.connect_options()).clone();
+    // The service role's connection, through the proxy (ADR 0212).
+    let pools = crate::helpers::RolePools::of(pool).await;
+    let options = (*pools.service.connect_options()).clone();
     let target = format!("{}:{}", options.get_host(), options.get_port());
     let proxy = Proxy::start(target).await;
     let proxied = PgPoolOptions::new()
@@ -39,7 +41,7 @@ async fn proxied_app_with(pool: &PgPool, overrides: &[(&str, &str)]) -> (Proxy, 
         Arc::new(queue_api::mail::mailer::LogMailer::new(tmp.0.clone())),
     )
     .unwrap();
-    (proxy, TestApp::from_state(state, tmp))
+    (proxy, TestApp::from_state_with(state, tmp, pools))
 }
 
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]

@@ -397,7 +397,7 @@ async fn an_expired_challenge_is_gone_and_swept(pool: PgPool) {
         )
         .await;
     app.clock().advance(301);
-    let swept = queue_api::auth::challenges::sweep(&pool, app.state.now())
+    let swept = queue_api::auth::challenges::sweep(&app.state.pool, app.state.now())
         .await
         .unwrap();
     assert!(swept >= 1);

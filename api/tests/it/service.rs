@@ -90,7 +90,7 @@ async fn seal_and_verify(app: &TestApp) {
         SealerConfig::default(),
         crate::helpers::mac_keys(),
     )
-    .seal_pending(&app.state.pool)
+    .seal_pending(&app.sealer)
     .await
     .unwrap();
     let keys = crate::helpers::mac_keys().current();
@@ -899,8 +899,9 @@ async fn the_founders_gate_fails_open_when_the_count_cannot_be_read(pool: PgPool
         ],
     )
     .await;
+    // An operator's mistake (only the owner can rename a table).
     sqlx::query("ALTER TABLE founders_gate RENAME TO founders_gate_gone")
-        .execute(&app.state.pool)
+        .execute(&app.owner)
         .await
         .unwrap();
     app.register(&mut Passkey::new(), "a@example.com").await;

@@ -19,7 +19,8 @@ use crate::service::{AUDITOR, SERVICES};
 struct Stall(sqlx::Transaction<'static, sqlx::Postgres>);
 
 async fn stall_writes(app: &TestApp) -> Stall {
-    let mut tx = app.state.pool.begin().await.unwrap();
+    // Not something the service role may do: the owner stalls the store.
+    let mut tx = app.owner.begin().await.unwrap();
     sqlx::query("LOCK TABLE events IN SHARE MODE")
         .execute(&mut *tx)
         .await

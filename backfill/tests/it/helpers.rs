@@ -21,7 +21,8 @@ use webauthn_rs_core::proto::{
 };
 use webauthn_rs_core::WebauthnCore;
 
-pub use queue_testkit::app::{Response, TestApp, ORIGIN, RP_ID};
+use queue_eventstore::roles::Role;
+pub use queue_testkit::app::{connect_as, Response, TestApp, ORIGIN, RP_ID};
 pub use queue_testkit::keys::shared_mac_keys as mac_keys;
 
 pub fn repo(pool: &PgPool) -> ChainedEventRepository {
@@ -155,15 +156,20 @@ pub fn options() -> Options {
     }
 }
 
+/// Runs the backfill as `queue backfill` runs in production: appending as
+/// the service role (ADR 0212), given the owner's pool.
 pub async fn backfill(queue: &PgPool, legacy: &LegacyDb, options: &Options) -> Report {
-    queue_backfill::backfill(
-        &repo(queue),
+    let service = connect_as(queue, Role::Service).await;
+    let report = queue_backfill::backfill(
+        &repo(&service),
         &legacy.pool,
         options,
         &queue_backfill::run::NoProgress,
     )
     .await
-    .unwrap()
+    .unwrap();
+    service.close().await;
+    report
 }
 
 pub async fn event_count(pool: &PgPool) -> i64 {
@@ -173,10 +179,13 @@ pub async fn event_count(pool: &PgPool) -> i64 {
         .unwrap()
 }
 
+/// Runs the projections as the projector role, given the owner's pool.
 pub async fn catch_up(pool: &PgPool) {
-    for projection in queue_projections::catch_up(pool).await.unwrap() {
+    let projector = connect_as(pool, Role::Projector).await;
+    for projection in queue_projections::catch_up(&projector).await.unwrap() {
         assert!(projection.error.is_none(), "{:?}", projection.error);
     }
+    projector.close().await;
 }
 
 /// The legacy relying party: a webauthn-rs ceremony standing in for
