@@ -30,6 +30,11 @@ use crate::http::metrics;
 use crate::routes::passkeys::parse_credential;
 use crate::state::AppState;
 
+/// How often a login whose append lost a race with another use of the same
+/// passkey decides again. Each retry follows another login's commit, so
+/// this bounds a burst of simultaneous logins with one passkey.
+const MAX_LOGIN_ATTEMPTS: u32 = 10;
+
 /// `login/complete`: a verified assertion of a passkey of the customer the
 /// challenge was begun for (or, discoverable, whose user handle it
 /// carries) starts a session.
@@ -110,30 +115,48 @@ pub async fn login(
     if customer_state.is_suspended() {
         return Err(ApiError::CustomerSuspended);
     }
-    let used = match record_use(
-        state,
-        &mut credential,
-        credential_id,
-        &assertion,
-        challenge_id,
-        owner,
-    )
-    .await?
-    {
-        Ok(events) => events,
-        Err(why) => return Err(failed(why).await),
+    // Two logins with the same passkey may load the same version of its
+    // stream; the one that appends second is told by the store. It reads
+    // the passkey again and lets the aggregate decide once more (the other
+    // login's counter makes this assertion's a regression, or not), so a
+    // race answers as a login, never 409 (the challenge is already spent).
+    let mut attempt = 0;
+    let session = loop {
+        attempt += 1;
+        let used = match record_use(
+            state,
+            &mut credential,
+            credential_id,
+            &assertion,
+            challenge_id,
+            owner,
+        )
+        .await?
+        {
+            Ok(events) => events,
+            Err(why) => return Err(failed(why).await),
+        };
+        let mut batch = Batch::new();
+        batch.add(&mut credential, &used)?;
+        let session = tokens::create_session(
+            state,
+            &mut batch,
+            owner,
+            tokens::webauthn_method(credential_id),
+            now,
+        )
+        .await?;
+        match append_login(state, owner, batch).await {
+            Ok(()) => break session,
+            Err(ApiError::Conflict) if attempt < MAX_LOGIN_ATTEMPTS => {
+                credential = store.credential(credential_id).await?;
+                if credential.aggregate.state().is_none_or(|s| s.is_revoked()) {
+                    return Err(failed("passkey revoked during the login").await);
+                }
+            }
+            Err(other) => return Err(other),
+        }
     };
-    let mut batch = Batch::new();
-    batch.add(&mut credential, &used)?;
-    let session = tokens::create_session(
-        state,
-        &mut batch,
-        owner,
-        tokens::webauthn_method(credential_id),
-        now,
-    )
-    .await?;
-    append_login(state, owner, batch).await?;
     tokens::token_response(
         state,
         customer_state,

@@ -501,3 +501,35 @@ pub async fn suspend(app: &TestApp, customer_id: &str) {
     batch.add(&mut customer, &events).unwrap();
     store.append(batch).await.unwrap();
 }
+
+/// Logins racing with one passkey: each answers as a login (200, or 401
+/// when the aggregate sees its counter as a regression after the other's
+/// use), never 409: a login whose append loses the race reads the passkey
+/// again and decides once more (its challenge is already spent).
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn racing_logins_with_one_passkey_never_answer_conflict(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let mut passkey = Passkey::new();
+    app.register(&mut passkey, "ada@example.com").await;
+    let mut assertions = Vec::new();
+    for _ in 0..8 {
+        let begin = app.login_begin(Some("ada@example.com")).await;
+        let credential = passkey.get(&begin["options"]);
+        assertions.push((begin["challenge_id"].clone(), credential));
+    }
+    let logins = futures::future::join_all(
+        assertions
+            .iter()
+            .map(|(challenge, credential)| app.login_complete(challenge, credential.clone())),
+    )
+    .await;
+    let ok = logins.iter().filter(|l| l.status == StatusCode::OK).count();
+    for login in &logins {
+        assert!(
+            [StatusCode::OK, StatusCode::UNAUTHORIZED].contains(&login.status),
+            "{}",
+            login.text
+        );
+    }
+    assert!(ok >= 1, "at least the first login to append succeeds");
+}
