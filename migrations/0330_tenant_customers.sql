@@ -16,4 +16,7 @@ CREATE UNIQUE INDEX events_customer_email ON events (
 -- before tenants are the default tenant's, as their events are).
 ALTER TABLE queue_customers
     ADD COLUMN tenant_id uuid NOT NULL DEFAULT 'e02b51ee-91ce-59b2-8ff6-b3ef33a10a99';
+ALTER TABLE queue_customers DROP CONSTRAINT queue_customers_email_key;
+ALTER TABLE queue_customers
+    ADD CONSTRAINT queue_customers_email_tenant_key UNIQUE (email, tenant_id);
 CREATE INDEX queue_customers_tenant ON queue_customers (tenant_id);

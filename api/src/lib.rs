@@ -65,7 +65,9 @@ fn v1_groups() -> [(Priority, OpenApiRouter<AppState>); 4] {
         .routes(routes!(routes::rbac::grant))
         .routes(routes!(routes::rbac::revoke))
         .routes(routes!(routes::admin::suspend))
-        .routes(routes!(routes::admin::reinstate));
+        .routes(routes!(routes::admin::reinstate))
+        .routes(routes!(routes::tenants::create))
+        .routes(routes!(routes::tenants::configure_saml));
     // Reads, renames, backup-code generation.
     let normal = OpenApiRouter::new()
         .routes(routes!(routes::credentials::list))
@@ -78,7 +80,8 @@ fn v1_groups() -> [(Priority, OpenApiRouter<AppState>); 4] {
         .routes(routes!(routes::sessions::me))
         .routes(routes!(routes::backup_codes::generate))
         .routes(routes!(auth::service::customer_count))
-        .routes(routes!(routes::rbac::roles));
+        .routes(routes!(routes::rbac::roles))
+        .routes(routes!(routes::tenants::get));
     // Exports and history.
     let low = OpenApiRouter::new()
         .routes(routes!(routes::audit::list))

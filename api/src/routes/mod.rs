@@ -10,3 +10,4 @@ pub mod passkeys;
 pub mod rbac;
 pub mod reauth;
 pub mod sessions;
+pub mod tenants;
