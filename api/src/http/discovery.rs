@@ -32,6 +32,7 @@ const CLAIMS: [&str; 10] = [
     "roles",
     "amr",
     "auth_time",
+    "tid",
 ];
 
 /// The issuer as a base URL for the documents published under it, when it is

@@ -67,6 +67,7 @@ pub struct SamlView {
 pub struct SamlConfigRequest {
     /// The IdP's SAML metadata XML (entityID, HTTP-Redirect SSO URL,
     /// signing certificates).
+    #[serde(alias = "idp_metadata_xml")]
     pub idp_metadata: String,
     #[serde(default)]
     pub email_attribute: Option<String>,
@@ -79,7 +80,7 @@ pub struct SamlConfigRequest {
     pub group_roles: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub allow_idp_initiated: bool,
-    #[serde(default)]
+    #[serde(default, alias = "jit")]
     pub jit_provisioning: bool,
 }
 

@@ -18,7 +18,11 @@ const DEFAULT_TENANT: &str = "e02b51ee-91ce-59b2-8ff6-b3ef33a10a99";
 
 pub async fn create_tenant(app: &TestApp, slug: &str) -> String {
     let created = app
-        .post_auth("/api/v1/tenants", json!({"slug": slug, "name": "Acme Inc."}), OPS)
+        .post_auth(
+            "/api/v1/tenants",
+            json!({"slug": slug, "name": "Acme Inc."}),
+            OPS,
+        )
         .await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
     created.json["tenant_id"].as_str().unwrap().to_owned()
@@ -54,9 +58,13 @@ async fn an_admin_creates_and_reads_a_tenant(pool: PgPool) {
 
     // The same slug again: 409 tenant_exists, and nothing appended.
     let before = app.event_count().await;
-    app.post_auth("/api/v1/tenants", json!({"slug": "acme", "name": "Other"}), OPS)
-        .await
-        .assert_error(StatusCode::CONFLICT, "tenant_exists");
+    app.post_auth(
+        "/api/v1/tenants",
+        json!({"slug": "acme", "name": "Other"}),
+        OPS,
+    )
+    .await
+    .assert_error(StatusCode::CONFLICT, "tenant_exists");
     assert_eq!(app.event_count().await, before);
 
     // Bad slugs and names: 400, nothing appended.
@@ -75,20 +83,21 @@ async fn an_admin_creates_and_reads_a_tenant(pool: PgPool) {
     assert_eq!(app.event_count().await, before);
 
     // Unknown or malformed ids: 404 / 400.
-    app.get_auth(
-        "/api/v1/tenants/0b0e5c9e-8f4e-4a4b-9d55-2f7f0a1e0c01",
-        OPS,
-    )
-    .await
-    .assert_error(StatusCode::NOT_FOUND, "not_found");
+    app.get_auth("/api/v1/tenants/0b0e5c9e-8f4e-4a4b-9d55-2f7f0a1e0c01", OPS)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
     app.get_auth("/api/v1/tenants/nope", OPS)
         .await
         .assert_error(StatusCode::BAD_REQUEST, "invalid_request");
 
     // Without the admin scope: 403; a customer's token: 403; none: 401.
-    app.post_auth("/api/v1/tenants", json!({"slug": "beta", "name": "B"}), READER)
-        .await
-        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    app.post_auth(
+        "/api/v1/tenants",
+        json!({"slug": "beta", "name": "B"}),
+        READER,
+    )
+    .await
+    .assert_error(StatusCode::FORBIDDEN, "forbidden");
     app.get_auth(&format!("/api/v1/tenants/{tenant_id}"), READER)
         .await
         .assert_error(StatusCode::FORBIDDEN, "forbidden");
@@ -121,9 +130,17 @@ async fn an_admin_configures_a_tenants_saml_connection(pool: PgPool) {
     assert_eq!(saml["idp_entity_id"], "https://idp.example.test/metadata");
     assert_eq!(
         saml["sp_entity_id"],
-        format!("{}/saml/acme/metadata", app.state.config().rp_origins[0].as_str().trim_end_matches('/'))
+        format!(
+            "{}/saml/acme/metadata",
+            app.state.config().rp_origins[0]
+                .as_str()
+                .trim_end_matches('/')
+        )
     );
-    assert!(saml["acs_url"].as_str().unwrap().ends_with("/saml/acme/acs"));
+    assert!(saml["acs_url"]
+        .as_str()
+        .unwrap()
+        .ends_with("/saml/acme/acs"));
     assert_eq!(
         saml["group_roles"],
         json!({"leads": ["support-admin", "support-agent"], "support": ["support-agent"]})
@@ -193,7 +210,11 @@ async fn a_customer_sees_its_tenant_in_me_and_the_jwt(pool: PgPool) {
     );
     // Once the default tenant's stream exists, its name shows.
     let created = app
-        .post_auth("/api/v1/tenants", json!({"slug": "default", "name": "Antlers"}), OPS)
+        .post_auth(
+            "/api/v1/tenants",
+            json!({"slug": "default", "name": "Antlers"}),
+            OPS,
+        )
         .await;
     assert_eq!(created.json["tenant_id"], DEFAULT_TENANT);
     let me = app.get_auth("/api/v1/auth/me", &bearer(&tokens)).await;

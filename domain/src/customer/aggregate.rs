@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use super::command::BACKUP_CODE_COUNT;
 use super::{CustomerCommand, CustomerError, CustomerEvent};
 use crate::types::{
-    Actor, CustomerId, DisplayName, Email, GrantId, LegacyId, Reason, Role, SecretHash, TenantId, TicketId,
+    Actor, CustomerId, DisplayName, Email, GrantId, LegacyId, Reason, Role, SecretHash, TenantId,
+    TicketId,
 };
 
 /// The customer aggregate. Empty until registered or imported; read it
