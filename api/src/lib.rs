@@ -214,6 +214,8 @@ pub fn app(state: AppState) -> Router {
         let (v1, _) = v1_routes(&resilience).split_for_parts();
         // The hosted pages only call /api/v1, so they share its flag.
         router = router.merge(http::pages::routes());
+        // The tenants' SAML service providers (issue 22), beside the pages.
+        router = router.merge(routes::saml::routes());
         router = with_deadline(&state, router).merge(v1);
     } else {
         router = with_deadline(&state, router);

@@ -283,3 +283,111 @@ async fn an_email_is_unique_per_tenant(pool: PgPool) {
     assert!(tenants.iter().any(|(_, t)| t.to_string() == DEFAULT_TENANT));
     assert!(tenants.iter().any(|(_, t)| *t == *acme.as_uuid()));
 }
+
+async fn saml_tenant(app: &TestApp) -> String {
+    let tenant_id = create_tenant(app, "acme").await;
+    let put = put_saml(
+        app,
+        &tenant_id,
+        json!({"idp_metadata": IDP_METADATA, "email_attribute": "mail",
+               "groups_attribute": "groups", "group_roles": {"support": ["support-agent"]},
+               "jit_provisioning": true}),
+    )
+    .await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.text);
+    tenant_id
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn the_sp_metadata_names_the_tenants_entity_id_and_acs(pool: PgPool) {
+    let app = service_app(pool).await;
+    // No tenant, or a tenant without a connection: 404 alike.
+    app.get("/saml/acme/metadata")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    app.get("/saml/NOT-A-SLUG/metadata")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    create_tenant(&app, "beta").await;
+    app.get("/saml/beta/metadata")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+
+    saml_tenant(&app).await;
+    let base = app.state.config().rp_origins[0]
+        .as_str()
+        .trim_end_matches('/')
+        .to_owned();
+    let got = app.get("/saml/acme/metadata").await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    assert_eq!(
+        got.headers[axum::http::header::CONTENT_TYPE],
+        "application/samlmetadata+xml"
+    );
+    assert!(got
+        .text
+        .contains(&format!("entityID=\"{base}/saml/acme/metadata\"")));
+    assert!(got
+        .text
+        .contains(&format!("Location=\"{base}/saml/acme/acs\"")));
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn sp_initiated_login_redirects_to_the_idp_and_stores_the_request(pool: PgPool) {
+    let app = service_app(pool).await;
+    saml_tenant(&app).await;
+    let base = app.state.config().rp_origins[0]
+        .as_str()
+        .trim_end_matches('/')
+        .to_owned();
+    let return_to = format!("{base}/account?tab=sessions");
+    let got = app
+        .get(&format!(
+            "/saml/acme/login?return_to={}",
+            url::form_urlencoded::byte_serialize(return_to.as_bytes()).collect::<String>()
+        ))
+        .await;
+    assert_eq!(got.status, StatusCode::SEE_OTHER, "{}", got.text);
+    let location =
+        url::Url::parse(got.headers[axum::http::header::LOCATION].to_str().unwrap()).unwrap();
+    assert_eq!(location.host_str(), Some("idp.example.test"));
+    assert_eq!(location.path(), "/sso");
+    let params: std::collections::HashMap<String, String> =
+        location.query_pairs().into_owned().collect();
+    assert!(!params["SAMLRequest"].is_empty());
+    // The RelayState is the opaque request id, never the URL.
+    let relay = &params["RelayState"];
+    assert!(!relay.contains("account"));
+    let stored: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT request_id, return_to FROM saml_requests")
+            .fetch_all(app.state.store().pool())
+            .await
+            .unwrap();
+    assert_eq!(stored, vec![(relay.clone(), Some(return_to))]);
+
+    // return_to on another origin (or not a URL): 400, nothing stored.
+    for bad in [
+        "https://evil.example/account",
+        "javascript:alert(1)",
+        "//evil.example/",
+        "/account",
+    ] {
+        app.get(&format!(
+            "/saml/acme/login?return_to={}",
+            url::form_urlencoded::byte_serialize(bad.as_bytes()).collect::<String>()
+        ))
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM saml_requests")
+        .fetch_one(app.state.store().pool())
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
+    // Without return_to: the hosted account page.
+    let got = app.get("/saml/acme/login").await;
+    assert_eq!(got.status, StatusCode::SEE_OTHER, "{}", got.text);
+    app.get("/saml/nobody/login")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+}
