@@ -67,7 +67,10 @@ fn v1_groups() -> [(Priority, OpenApiRouter<AppState>); 4] {
         .routes(routes!(routes::admin::suspend))
         .routes(routes!(routes::admin::reinstate))
         .routes(routes!(routes::tenants::create))
-        .routes(routes!(routes::tenants::configure_saml));
+        .routes(routes!(
+            routes::tenants::configure_saml,
+            routes::tenants::disable_saml
+        ));
     // Reads, renames, backup-code generation.
     let normal = OpenApiRouter::new()
         .routes(routes!(routes::credentials::list))

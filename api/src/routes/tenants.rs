@@ -291,3 +291,41 @@ pub async fn configure_saml(
     tracing::info!(tenant = %tenant_id, service = caller.name.as_str(), "SAML connection configured");
     Ok(Json(view(&state, &tenant.aggregate)?))
 }
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct DisableSamlRequest {
+    pub reason: String,
+}
+
+#[utoipa::path(delete, path = "/api/v1/tenants/{tenant_id}/saml", tag = "service",
+    security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path)),
+    request_body = DisableSamlRequest,
+    responses((status = 200, body = TenantView), (status = 400, body = crate::http::error::ErrorEnvelope),
+        (status = 401, body = crate::http::error::ErrorEnvelope), (status = 403, body = crate::http::error::ErrorEnvelope),
+        (status = 404, body = crate::http::error::ErrorEnvelope), (status = 409, body = crate::http::error::ErrorEnvelope),
+        (status = 503, body = crate::http::error::ErrorEnvelope)))]
+pub async fn disable_saml(
+    State(state): State<AppState>,
+    caller: ServiceCaller,
+    Path(tenant_id): Path<String>,
+    Json(request): Json<DisableSamlRequest>,
+) -> Result<Json<TenantView>, ApiError> {
+    caller.require(Scope::Admin)?;
+    let tenant_id = TenantId::from(parse_uuid("tenant_id", &tenant_id)?);
+    let reason = queue_domain::types::Reason::parse(&request.reason)?;
+    let actor = Actor::parse(caller.name.as_str())?;
+    let mut tenant = existing_tenant(&state, tenant_id).await?;
+    let events = tenant
+        .execute(TenantCommand::DisableSaml {
+            reason,
+            actor,
+            at: state.now(),
+        })
+        .await?;
+    let mut batch = Batch::new();
+    batch.add(&mut tenant, &events)?;
+    state.store().append(batch).await?;
+    tracing::info!(tenant = %tenant_id, service = caller.name.as_str(), "SAML connection disabled");
+    Ok(Json(view(&state, &tenant.aggregate)?))
+}

@@ -391,3 +391,59 @@ async fn sp_initiated_login_redirects_to_the_idp_and_stores_the_request(pool: Pg
         .await
         .assert_error(StatusCode::NOT_FOUND, "not_found");
 }
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn a_disabled_connection_serves_nothing_until_configured_again(pool: PgPool) {
+    let app = service_app(pool).await;
+    let tenant_id = saml_tenant(&app).await;
+    let path = format!("/api/v1/tenants/{tenant_id}/saml");
+    let disabled = app
+        .request(
+            Method::DELETE,
+            &path,
+            Some(json!({"reason": "IdP migration"})),
+            Some(OPS),
+        )
+        .await;
+    assert_eq!(disabled.status, StatusCode::OK, "{}", disabled.text);
+    assert_eq!(disabled.json["saml"]["enabled"], false);
+    app.get("/saml/acme/metadata")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    app.get("/saml/acme/login")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    // Disabling twice: 409, nothing appended.
+    let before = app.event_count().await;
+    app.request(
+        Method::DELETE,
+        &path,
+        Some(json!({"reason": "again"})),
+        Some(OPS),
+    )
+    .await
+    .assert_error(StatusCode::CONFLICT, "conflict");
+    app.request(
+        Method::DELETE,
+        &path,
+        Some(json!({"reason": "x"})),
+        Some(READER),
+    )
+    .await
+    .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(app.event_count().await, before);
+    // A new PUT enables it again.
+    saml_tenant_again(&app, &tenant_id).await;
+    assert_eq!(app.get("/saml/acme/metadata").await.status, StatusCode::OK);
+}
+
+async fn saml_tenant_again(app: &TestApp, tenant_id: &str) {
+    let put = put_saml(
+        app,
+        tenant_id,
+        json!({"idp_metadata": IDP_METADATA, "email_attribute": "mail"}),
+    )
+    .await;
+    assert_eq!(put.status, StatusCode::OK, "{}", put.text);
+    assert_eq!(put.json["saml"]["enabled"], true);
+}
