@@ -80,7 +80,8 @@ pub async fn take_challenge(
     .transpose()
 }
 
-/// Deletes expired challenges; returns how many.
+/// Deletes expired challenges and expired SAML requests and used
+/// assertions; returns how many rows.
 pub async fn delete_expired_challenges(
     pool: &PgPool,
     now: DateTime<Utc>,
@@ -89,7 +90,19 @@ pub async fn delete_expired_challenges(
         .bind(now)
         .execute(pool)
         .await?;
-    Ok(done.rows_affected())
+    // The SAML working state (migrations/0331) expires the same way: an
+    // outstanding request past its TTL, a used assertion past its lifetime
+    // (which the replay check no longer needs: validation refuses it as
+    // expired anyway).
+    let requests = sqlx::query("DELETE FROM saml_requests WHERE expires_at <= $1")
+        .bind(now)
+        .execute(pool)
+        .await?;
+    let assertions = sqlx::query("DELETE FROM saml_assertions WHERE expires_at <= $1")
+        .bind(now)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() + requests.rows_affected() + assertions.rows_affected())
 }
 
 // --- The founders counter (migrations/0204, 0304) -------------------------

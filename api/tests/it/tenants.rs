@@ -387,6 +387,17 @@ async fn sp_initiated_login_redirects_to_the_idp_and_stores_the_request(pool: Pg
     // Without return_to: the hosted account page.
     let got = app.get("/saml/acme/login").await;
     assert_eq!(got.status, StatusCode::SEE_OTHER, "{}", got.text);
+    // Unanswered requests expire after 5 minutes and the sweeper deletes them.
+    app.clock().advance(301);
+    let swept = queue_api::auth::challenges::sweep(app.state.store().pool(), app.state.now())
+        .await
+        .unwrap();
+    assert_eq!(swept, 2);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM saml_requests")
+        .fetch_one(app.state.store().pool())
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
     app.get("/saml/nobody/login")
         .await
         .assert_error(StatusCode::NOT_FOUND, "not_found");
