@@ -80,7 +80,8 @@ pub async fn take_challenge(
     .transpose()
 }
 
-/// Deletes expired challenges; returns how many.
+/// Deletes expired challenges and expired SAML requests and used
+/// assertions; returns how many rows.
 pub async fn delete_expired_challenges(
     pool: &PgPool,
     now: DateTime<Utc>,
@@ -89,7 +90,19 @@ pub async fn delete_expired_challenges(
         .bind(now)
         .execute(pool)
         .await?;
-    Ok(done.rows_affected())
+    // The SAML working state (migrations/0331) expires the same way: an
+    // outstanding request past its TTL, a used assertion past its lifetime
+    // (which the replay check no longer needs: validation refuses it as
+    // expired anyway).
+    let requests = sqlx::query("DELETE FROM saml_requests WHERE expires_at <= $1")
+        .bind(now)
+        .execute(pool)
+        .await?;
+    let assertions = sqlx::query("DELETE FROM saml_assertions WHERE expires_at <= $1")
+        .bind(now)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() + requests.rows_affected() + assertions.rows_affected())
 }
 
 // --- The founders counter (migrations/0204, 0304) -------------------------
@@ -211,4 +224,80 @@ pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
         .fetch_one(pool)
         .await?;
     Ok(())
+}
+
+// --- SAML working state (migrations/0331) ---------------------------------
+
+/// Stores an outstanding AuthnRequest (single use, until `expires_at`).
+pub async fn insert_saml_request(
+    pool: &PgPool,
+    request_id: &str,
+    tenant_id: Uuid,
+    return_to: Option<&str>,
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO saml_requests (request_id, tenant_id, return_to, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(request_id)
+    .bind(tenant_id)
+    .bind(return_to)
+    .bind(created_at)
+    .bind(expires_at)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The tenant's outstanding request ids that have not expired at `now`.
+pub async fn outstanding_saml_requests(
+    pool: &PgPool,
+    tenant_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT request_id FROM saml_requests WHERE tenant_id = $1 AND expires_at > $2 \
+         ORDER BY created_at DESC LIMIT 256",
+    )
+    .bind(tenant_id)
+    .bind(now)
+    .fetch_all(pool)
+    .await
+}
+
+/// Takes the outstanding request (single use) and returns its `return_to`;
+/// `None` when it was already used or never existed.
+pub async fn take_saml_request(
+    conn: &mut PgConnection,
+    request_id: &str,
+    tenant_id: Uuid,
+) -> Result<Option<Option<String>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "DELETE FROM saml_requests WHERE request_id = $1 AND tenant_id = $2 RETURNING return_to",
+    )
+    .bind(request_id)
+    .bind(tenant_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Records a used assertion; `false` when it was already recorded (replay).
+pub async fn record_saml_assertion(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+    assertion_id: &str,
+    expires_at: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO saml_assertions (tenant_id, assertion_id, expires_at) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(tenant_id)
+    .bind(assertion_id)
+    .bind(expires_at)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }

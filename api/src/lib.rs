@@ -65,7 +65,12 @@ fn v1_groups() -> [(Priority, OpenApiRouter<AppState>); 4] {
         .routes(routes!(routes::rbac::grant))
         .routes(routes!(routes::rbac::revoke))
         .routes(routes!(routes::admin::suspend))
-        .routes(routes!(routes::admin::reinstate));
+        .routes(routes!(routes::admin::reinstate))
+        .routes(routes!(routes::tenants::create))
+        .routes(routes!(
+            routes::tenants::configure_saml,
+            routes::tenants::disable_saml
+        ));
     // Reads, renames, backup-code generation.
     let normal = OpenApiRouter::new()
         .routes(routes!(routes::credentials::list))
@@ -78,7 +83,8 @@ fn v1_groups() -> [(Priority, OpenApiRouter<AppState>); 4] {
         .routes(routes!(routes::sessions::me))
         .routes(routes!(routes::backup_codes::generate))
         .routes(routes!(auth::service::customer_count))
-        .routes(routes!(routes::rbac::roles));
+        .routes(routes!(routes::rbac::roles))
+        .routes(routes!(routes::tenants::get));
     // Exports and history.
     let low = OpenApiRouter::new()
         .routes(routes!(routes::audit::list))
@@ -211,6 +217,8 @@ pub fn app(state: AppState) -> Router {
         let (v1, _) = v1_routes(&resilience).split_for_parts();
         // The hosted pages only call /api/v1, so they share its flag.
         router = router.merge(http::pages::routes());
+        // The tenants' SAML service providers (issue 22), beside the pages.
+        router = router.merge(routes::saml::routes());
         router = with_deadline(&state, router).merge(v1);
     } else {
         router = with_deadline(&state, router);

@@ -327,6 +327,7 @@ fn customer_events(n: u64) -> BenchResult<Vec<SerializedEvent>> {
     let mut out = Vec::with_capacity(24);
     let customer = [
         CustomerEvent::Registered {
+            tenant_id: queue_domain::types::TenantId::DEFAULT,
             customer_id,
             email: Email::parse(&format!("bench{n}@example.com"))?,
             display_name: DisplayName::parse(&format!("Bench {n}"))?,

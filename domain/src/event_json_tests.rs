@@ -64,6 +64,7 @@ fn customer_events() -> Vec<CustomerEvent> {
     let grant_id = GrantId::for_legacy_id(legacy_id());
     vec![
         CustomerEvent::Registered {
+            tenant_id: crate::types::TenantId::DEFAULT,
             customer_id: customer_id(),
             email: email.clone(),
             display_name: DisplayName::parse("Ada").unwrap(),
@@ -71,6 +72,7 @@ fn customer_events() -> Vec<CustomerEvent> {
             at: t(0),
         },
         CustomerEvent::Imported {
+            tenant_id: crate::types::TenantId::DEFAULT,
             customer_id: customer_id(),
             legacy_id: legacy_id(),
             email,

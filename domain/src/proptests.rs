@@ -22,6 +22,7 @@ fn customer_id() -> CustomerId {
 fn registered_customer() -> Customer {
     let mut customer = Customer::default();
     customer.apply(CustomerEvent::Registered {
+        tenant_id: crate::types::TenantId::DEFAULT,
         customer_id: customer_id(),
         email: Email::parse("p@example.com").unwrap(),
         display_name: DisplayName::parse("P").unwrap(),

@@ -25,18 +25,26 @@ pub const INDEXED: &[(&str, &str)] = &[
     ("customer_of_grant", "events_role_grant"),
 ];
 
-/// migrations/0002 `events_customer_email` (unique).
+/// migrations/0330 `events_customer_email` (unique per tenant): the
+/// normalised email, then the tenant (absent = the default tenant, ADR 0217).
 pub const CUSTOMER_BY_EMAIL: &str = "SELECT aggregate_id FROM events \
      WHERE aggregate_type = 'Customer' AND event_type IN ('CustomerRegistered', 'CustomerImported') \
      AND lower(coalesce(payload->'CustomerRegistered'->>'email', \
-                        payload->'CustomerImported'->>'email')) = $1";
+                        payload->'CustomerImported'->>'email')) = $1 \
+     AND coalesce(payload->'CustomerRegistered'->>'tenant_id', \
+                  payload->'CustomerImported'->>'tenant_id', \
+                  'e02b51ee-91ce-59b2-8ff6-b3ef33a10a99') = $2";
 
-/// migrations/0002 `events_customer_email`, for many emails at once.
+/// migrations/0330 `events_customer_email`, for many emails at once, in the
+/// default tenant (the backfill's).
 pub const CUSTOMERS_BY_EMAILS: &str = "SELECT lower(coalesce(payload->'CustomerRegistered'->>'email', \
                         payload->'CustomerImported'->>'email')), aggregate_id FROM events \
      WHERE aggregate_type = 'Customer' AND event_type IN ('CustomerRegistered', 'CustomerImported') \
      AND lower(coalesce(payload->'CustomerRegistered'->>'email', \
-                        payload->'CustomerImported'->>'email')) = ANY($1)";
+                        payload->'CustomerImported'->>'email')) = ANY($1) \
+     AND coalesce(payload->'CustomerRegistered'->>'tenant_id', \
+                  payload->'CustomerImported'->>'tenant_id', \
+                  'e02b51ee-91ce-59b2-8ff6-b3ef33a10a99') = 'e02b51ee-91ce-59b2-8ff6-b3ef33a10a99'";
 
 /// migrations/0200 `events_credential_customer`.
 pub const CREDENTIAL_IDS_OF: &str = "SELECT aggregate_id FROM events \
@@ -69,13 +77,16 @@ pub fn query_text(name: &str) -> Option<&'static str> {
     }
 }
 
-/// The Customer stream registered or imported with this (normalised) email.
+/// The Customer stream registered or imported with this (normalised) email
+/// in this tenant (emails are unique per tenant).
 pub async fn customer_by_email<'e>(
     db: impl PgExecutor<'e>,
     email_lower: &str,
+    tenant_id: &str,
 ) -> StoreResult<Option<String>> {
     Ok(sqlx::query_scalar(CUSTOMER_BY_EMAIL)
         .bind(email_lower)
+        .bind(tenant_id)
         .fetch_optional(db)
         .await?)
 }

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::SerializedEvent;
 use cqrs_es::{Aggregate, DomainEvent};
-use queue_domain::types::{CredentialId, CustomerId, Email, GrantId, SessionId};
+use queue_domain::types::{CredentialId, CustomerId, Email, GrantId, SessionId, TenantId};
 use queue_domain::{Credential, Customer, EventDecoder, Session};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
@@ -492,10 +492,23 @@ impl EventStore {
         self.load(&id.to_string()).await
     }
 
-    /// The customer registered (or imported) with this email (the unique
-    /// email index on the events makes this consistent).
+    /// The customer of the default tenant registered (or imported) with
+    /// this email (the unique email index on the events makes this
+    /// consistent). The public passkey and backup-code logins are the
+    /// default tenant's; other tenants' customers sign in through SAML.
     pub async fn customer_by_email(&self, email: &Email) -> StoreResult<Option<CustomerId>> {
-        let id = lookup::customer_by_email(self.pool(), email.as_str()).await?;
+        self.customer_by_email_in(TenantId::DEFAULT, email).await
+    }
+
+    /// The customer of `tenant` registered (or imported) with this email;
+    /// emails are unique per tenant.
+    pub async fn customer_by_email_in(
+        &self,
+        tenant: TenantId,
+        email: &Email,
+    ) -> StoreResult<Option<CustomerId>> {
+        let id =
+            lookup::customer_by_email(self.pool(), email.as_str(), &tenant.to_string()).await?;
         Ok(id.and_then(|id| id.parse().ok()))
     }
 

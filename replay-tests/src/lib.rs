@@ -220,6 +220,7 @@ async fn customer_history(fw: &Frameworks, seed: u64, index: usize) -> Result<Ge
         }
     } else {
         CustomerCommand::Register {
+            tenant_id: queue_domain::types::TenantId::DEFAULT,
             customer_id,
             email,
             display_name: DisplayName::parse(&format!("User {index}"))?,

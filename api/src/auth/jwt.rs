@@ -474,12 +474,20 @@ pub struct Claims {
     pub jti: String,
     pub roles: Vec<String>,
     pub amr: Vec<String>,
+    /// The customer's tenant (issue 22). Tokens minted before tenants
+    /// existed carry none and are the default tenant's.
+    #[serde(default = "default_tid")]
+    pub tid: String,
     /// OIDC `auth_time`: the session's last authentication (login, backup
     /// code, or reauth), seconds since the epoch. Informational for
     /// callers: Queue itself checks step-up against the session's events
     /// (ADR 0211). Absent for imported sessions until they reauthenticate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_time: Option<i64>,
+}
+
+fn default_tid() -> String {
+    queue_domain::types::TenantId::DEFAULT.to_string()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -646,6 +654,7 @@ mod tests {
             jti: "j".into(),
             roles: vec!["antlers-user".into()],
             amr: vec!["webauthn".into()],
+            tid: default_tid(),
             auth_time: None,
         };
         let token = mint(&keys, &claims).unwrap();
@@ -684,6 +693,7 @@ mod tests {
             jti: "j".into(),
             roles: vec![],
             amr: vec!["webauthn".into()],
+            tid: default_tid(),
             auth_time: None,
         }
     }

@@ -160,6 +160,7 @@ pub fn token_response(
             .map(String::from)
             .collect(),
         amr: vec![amr.to_owned()],
+        tid: customer.tenant_id.to_string(),
         auth_time: auth_time.map(|t| t.timestamp()),
     };
     let access_token = jwt::mint(&state.inner.jwt_keys.get(), &claims)

@@ -118,6 +118,9 @@ pub async fn complete(
         let events = customer
             .execute(CustomerCommand::Register {
                 customer_id,
+                // The public registration is the default tenant's; other
+                // tenants' customers come from their IdP (ADR 0218).
+                tenant_id: queue_domain::types::TenantId::DEFAULT,
                 email,
                 display_name,
                 at: now,

@@ -21,7 +21,7 @@ use crate::state::AppState;
 pub const CACHE_CONTROL: &str = "public, max-age=60";
 
 /// The claims every access token carries (contract "Tokens").
-const CLAIMS: [&str; 10] = [
+const CLAIMS: [&str; 11] = [
     "iss",
     "aud",
     "sub",
@@ -32,6 +32,7 @@ const CLAIMS: [&str; 10] = [
     "roles",
     "amr",
     "auth_time",
+    "tid",
 ];
 
 /// The issuer as a base URL for the documents published under it, when it is

@@ -55,6 +55,11 @@ pub enum ApiError {
     Conflict,
     #[error("this email cannot be registered")]
     EmailTaken,
+    #[error("a tenant with this slug exists")]
+    TenantExists,
+    /// A SAML refusal (issue 22, ADR 0216): the crate's stable `saml_*` code.
+    #[error("{0}")]
+    Saml(queue_saml::SamlError),
     #[error("the last passkey cannot be deleted while no unused backup code remains")]
     LastCredential,
     #[error("the challenge has expired or was already used")]
@@ -127,6 +132,8 @@ impl ApiError {
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict => (StatusCode::CONFLICT, "conflict"),
             Self::EmailTaken => (StatusCode::CONFLICT, "email_taken"),
+            Self::TenantExists => (StatusCode::CONFLICT, "tenant_exists"),
+            Self::Saml(err) => (saml_status(err), err.code()),
             Self::LastCredential => (StatusCode::CONFLICT, "last_credential"),
             Self::ChallengeExpired => (StatusCode::GONE, "challenge_expired"),
             Self::PayloadTooLarge | Self::MetadataTooLarge => {
@@ -213,6 +220,19 @@ impl IntoResponse for ApiError {
             .extensions_mut()
             .insert(ErrorBody { code, message });
         response
+    }
+}
+
+/// Configuration mistakes are the caller's bad request; every refusal of
+/// a response or a login is an authentication failure.
+fn saml_status(err: &queue_saml::SamlError) -> StatusCode {
+    use queue_saml::SamlError;
+    match err {
+        SamlError::InvalidIdpMetadata(_)
+        | SamlError::InvalidSpConfig(_)
+        | SamlError::InvalidRequestId(_)
+        | SamlError::RelayStateTooLong => StatusCode::BAD_REQUEST,
+        _ => StatusCode::UNAUTHORIZED,
     }
 }
 

@@ -9,4 +9,6 @@ pub mod email;
 pub mod passkeys;
 pub mod rbac;
 pub mod reauth;
+pub mod saml;
 pub mod sessions;
+pub mod tenants;

@@ -217,6 +217,16 @@ pub struct Me {
     pub roles: Vec<String>,
     /// `active` or `suspended`.
     pub status: String,
+    /// The customer's tenant (issue 22).
+    pub tenant: MeTenant,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MeTenant {
+    pub tenant_id: String,
+    /// `default` for the default tenant, also before its stream exists.
+    pub slug: String,
+    pub name: Option<String>,
 }
 
 #[utoipa::path(get, path = "/api/v1/auth/me", tag = "sessions",
@@ -225,7 +235,23 @@ pub async fn me(State(state): State<AppState>, auth: Authenticated) -> Result<Js
     let now = state.now();
     let customer = state.store().customer(auth.customer_id).await?;
     let c = customer.aggregate.state().ok_or(ApiError::Unauthorized)?;
+    let tenant: queue_eventstore::Loaded<queue_domain::Tenant> =
+        state.store().load(&c.tenant_id.to_string()).await?;
+    let tenant = match tenant.aggregate.state() {
+        Some(t) => MeTenant {
+            tenant_id: t.tenant_id.to_string(),
+            slug: t.slug.to_string(),
+            name: Some(t.name.to_string()),
+        },
+        None if c.tenant_id.is_default() => MeTenant {
+            tenant_id: c.tenant_id.to_string(),
+            slug: queue_domain::types::TenantSlug::DEFAULT.to_owned(),
+            name: None,
+        },
+        None => return Err(ApiError::internal("customer of a tenant with no stream")),
+    };
     Ok(Json(Me {
+        tenant,
         customer_id: c.customer_id.to_string(),
         email: c.email.to_string(),
         email_verified: c.email_verified(),

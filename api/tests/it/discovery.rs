@@ -153,6 +153,7 @@ async fn discovery_names_the_issuer_the_jwks_and_every_published_algorithm(pool:
             jti: "j".into(),
             roles: vec![],
             amr: vec!["webauthn".into()],
+            tid: "e02b51ee-91ce-59b2-8ff6-b3ef33a10a99".into(),
             auth_time: None,
         };
         let old_token = queue_api::auth::jwt::mint(&older, &claims).unwrap();

@@ -25,3 +25,4 @@ mod sessions;
 mod shedding;
 use queue_testkit::soft;
 mod stepup;
+mod tenants;

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use super::command::BACKUP_CODE_COUNT;
 use super::{CustomerCommand, CustomerError, CustomerEvent};
 use crate::types::{
-    Actor, CustomerId, DisplayName, Email, GrantId, LegacyId, Reason, Role, SecretHash, TicketId,
+    Actor, CustomerId, DisplayName, Email, GrantId, LegacyId, Reason, Role, SecretHash, TenantId,
+    TicketId,
 };
 
 /// The customer aggregate. Empty until registered or imported; read it
@@ -22,6 +23,8 @@ pub struct Customer {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CustomerState {
     pub customer_id: CustomerId,
+    /// The tenant the customer belongs to; never changes (issue 22).
+    pub tenant_id: TenantId,
     /// Set for customers backfilled from the legacy database.
     pub legacy_id: Option<LegacyId>,
     pub email: Email,
@@ -139,6 +142,7 @@ impl Customer {
                 None,
                 CustomerCommand::Register {
                     customer_id,
+                    tenant_id,
                     email,
                     display_name,
                     at,
@@ -149,6 +153,7 @@ impl Customer {
                 display_name,
                 default_role: Role::default_role(),
                 at,
+                tenant_id,
             }]),
             (
                 None,
@@ -170,6 +175,7 @@ impl Customer {
                 email_verified_at,
                 suspended,
                 created_at,
+                tenant_id: TenantId::DEFAULT,
             }]),
             (None, _) => Err(CustomerError::NotFound),
             (Some(state), command) => state.decide(command).map(|event| vec![event]),
@@ -503,16 +509,19 @@ impl Aggregate for Customer {
                     display_name,
                     default_role,
                     at,
+                    tenant_id,
                 },
             ) => {
-                self.state = Some(CustomerState::new(
+                let mut state = CustomerState::new(
                     customer_id,
                     None,
                     email,
                     Some(display_name),
                     default_role,
                     at,
-                ));
+                );
+                state.tenant_id = tenant_id;
+                self.state = Some(state);
             }
             (
                 None,
@@ -525,6 +534,7 @@ impl Aggregate for Customer {
                     email_verified_at,
                     suspended,
                     created_at,
+                    tenant_id,
                 },
             ) => {
                 let mut state = CustomerState::new(
@@ -535,6 +545,7 @@ impl Aggregate for Customer {
                     default_role,
                     created_at,
                 );
+                state.tenant_id = tenant_id;
                 state.email_verified_at = email_verified_at;
                 if suspended {
                     state.status = CustomerStatus::Suspended;
@@ -559,6 +570,7 @@ impl CustomerState {
     ) -> Self {
         Self {
             customer_id,
+            tenant_id: TenantId::DEFAULT,
             legacy_id,
             email,
             display_name,

@@ -1,7 +1,8 @@
 use chrono::{DateTime, Utc};
 
 use crate::types::{
-    Actor, CustomerId, DisplayName, Email, GrantId, LegacyId, Reason, Role, SecretHash, TicketId,
+    Actor, CustomerId, DisplayName, Email, GrantId, LegacyId, Reason, Role, SecretHash, TenantId,
+    TicketId,
 };
 
 /// How many backup codes make a set.
@@ -17,6 +18,9 @@ pub enum CustomerCommand {
     /// A new customer, with the default role.
     Register {
         customer_id: CustomerId,
+        /// The tenant the customer belongs to for good ([`TenantId::DEFAULT`]
+        /// for the public registration).
+        tenant_id: TenantId,
         email: Email,
         display_name: DisplayName,
         at: DateTime<Utc>,

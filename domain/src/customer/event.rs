@@ -3,7 +3,8 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
 use crate::types::{
-    Actor, CustomerId, DisplayName, Email, GrantId, LegacyId, Reason, Role, SecretHash, TicketId,
+    Actor, CustomerId, DisplayName, Email, GrantId, LegacyId, Reason, Role, SecretHash, TenantId,
+    TicketId,
 };
 
 /// What happened to a customer. Serialised externally tagged under the event
@@ -18,6 +19,14 @@ pub enum CustomerEvent {
         /// Recorded so replay does not depend on today's default.
         default_role: Role,
         at: DateTime<Utc>,
+        /// The customer's tenant; absent in stored events of the default
+        /// tenant, which read as [`TenantId::DEFAULT`] and are written
+        /// without it (ADR 0217: stored bytes unchanged).
+        #[serde(
+            default = "TenantId::default_tenant",
+            skip_serializing_if = "TenantId::is_default"
+        )]
+        tenant_id: TenantId,
     },
     #[serde(rename = "CustomerImported")]
     Imported {
@@ -29,6 +38,14 @@ pub enum CustomerEvent {
         email_verified_at: Option<DateTime<Utc>>,
         suspended: bool,
         created_at: DateTime<Utc>,
+        /// The customer's tenant; absent in stored events of the default
+        /// tenant, which read as [`TenantId::DEFAULT`] and are written
+        /// without it (ADR 0217: stored bytes unchanged).
+        #[serde(
+            default = "TenantId::default_tenant",
+            skip_serializing_if = "TenantId::is_default"
+        )]
+        tenant_id: TenantId,
     },
     EmailVerificationRequested {
         token_hash: SecretHash,

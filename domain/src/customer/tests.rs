@@ -25,6 +25,7 @@ fn role(name: &str) -> Role {
 
 fn registered() -> CustomerEvent {
     CustomerEvent::Registered {
+        tenant_id: crate::types::TenantId::DEFAULT,
         customer_id: customer_id(),
         email: email(),
         display_name: DisplayName::parse("Ada").unwrap(),
@@ -91,6 +92,7 @@ fn register_creates_a_customer_with_the_default_role() {
     CustomerTest::with(())
         .given_no_previous_events()
         .when(CustomerCommand::Register {
+            tenant_id: crate::types::TenantId::DEFAULT,
             customer_id: customer_id(),
             email: email(),
             display_name: DisplayName::parse("Ada").unwrap(),
@@ -111,6 +113,7 @@ fn register_twice_is_refused() {
     CustomerTest::with(())
         .given(vec![registered()])
         .when(CustomerCommand::Register {
+            tenant_id: crate::types::TenantId::DEFAULT,
             customer_id: customer_id(),
             email: email(),
             display_name: DisplayName::parse("Ada").unwrap(),
@@ -133,6 +136,7 @@ fn import_command(suspended: bool) -> CustomerCommand {
 
 fn imported(suspended: bool) -> CustomerEvent {
     CustomerEvent::Imported {
+        tenant_id: crate::types::TenantId::DEFAULT,
         customer_id: customer_id(),
         legacy_id: LegacyId::try_from(42).unwrap(),
         email: email(),
@@ -767,4 +771,51 @@ async fn handle_works_inside_a_tokio_runtime() {
         })
         .await
         .then_expect_events(vec![suspended()]);
+}
+
+// --- tenants (issue 22, ADR 0217/0218) ---
+
+#[test]
+fn a_default_tenant_registration_is_stored_without_tenant_id() {
+    let json = serde_json::to_value(registered()).unwrap();
+    assert!(json["CustomerRegistered"].get("tenant_id").is_none());
+    let back: CustomerEvent = serde_json::from_value(json).unwrap();
+    assert_eq!(back, registered());
+}
+
+#[test]
+fn a_stored_registration_without_tenant_id_reads_as_the_default_tenant() {
+    let stored = serde_json::json!({"CustomerRegistered": {
+        "customer_id": customer_id(), "email": "ada@example.com", "display_name": "Ada",
+        "default_role": "antlers-user", "at": t(0)
+    }});
+    let event: CustomerEvent = serde_json::from_value(stored).unwrap();
+    let CustomerEvent::Registered { tenant_id, .. } = event else {
+        panic!("not a registration: {event:?}");
+    };
+    assert_eq!(tenant_id, crate::types::TenantId::DEFAULT);
+}
+
+#[test]
+fn another_tenants_registration_carries_its_tenant_into_the_state() {
+    let acme = crate::types::TenantId::for_slug(&"acme".parse().unwrap());
+    let mut customer = Customer::default();
+    let events = customer
+        .decide(CustomerCommand::Register {
+            customer_id: customer_id(),
+            tenant_id: acme,
+            email: email(),
+            display_name: DisplayName::parse("Ada").unwrap(),
+            at: t(0),
+        })
+        .unwrap();
+    let json = serde_json::to_value(&events[0]).unwrap();
+    assert_eq!(
+        json["CustomerRegistered"]["tenant_id"],
+        serde_json::json!(acme.to_string())
+    );
+    for event in events {
+        customer.apply(event);
+    }
+    assert_eq!(customer.state().unwrap().tenant_id, acme);
 }

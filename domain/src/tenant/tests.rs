@@ -376,6 +376,7 @@ mod roles {
     fn customer(events: Vec<CustomerEvent>) -> Customer {
         let mut customer = Customer::default();
         customer.apply(CustomerEvent::Registered {
+            tenant_id: crate::types::TenantId::DEFAULT,
             customer_id: CustomerId::from_uuid(uuid::Uuid::from_u128(7)),
             email: Email::parse("ann@example.com").unwrap(),
             display_name: DisplayName::parse("Ann").unwrap(),

@@ -68,6 +68,7 @@ async fn replay_at_several_instants_matches_the_script(pool: PgPool) {
         .execute(
             &cid,
             CustomerCommand::Register {
+                tenant_id: queue_domain::types::TenantId::DEFAULT,
                 customer_id: customer,
                 email: "Ada@Example.com".parse().unwrap(),
                 display_name: "Ada".parse().unwrap(),

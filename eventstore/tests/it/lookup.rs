@@ -21,6 +21,9 @@ async fn indexes_used(pool: &PgPool, name: &str) -> Vec<String> {
     let query = sqlx::query_scalar::<Postgres, Value>(&explain);
     let query = match name {
         "customers_by_emails" => query.bind(vec!["ada@example.com".to_owned()]),
+        "customer_by_email" => query
+            .bind("ada@example.com")
+            .bind("e02b51ee-91ce-59b2-8ff6-b3ef33a10a99"),
         _ => query.bind("ada@example.com"),
     };
     let plan = query.fetch_one(&mut *conn).await.unwrap();

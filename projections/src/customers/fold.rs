@@ -45,6 +45,7 @@ impl CustomersFold {
                 display_name,
                 default_role,
                 at,
+                tenant_id,
             } => {
                 if *customer_id.as_uuid() != id {
                     return Err(meta.error("customer_id differs from the stream id"));
@@ -53,6 +54,7 @@ impl CustomersFold {
                     meta,
                     CustomerRow {
                         customer_id: id,
+                        tenant_id: *tenant_id.as_uuid(),
                         email: email.to_string(),
                         display_name: Some(display_name.to_string()),
                         email_verified: false,
@@ -80,6 +82,7 @@ impl CustomersFold {
                 email_verified_at,
                 suspended,
                 created_at,
+                tenant_id,
             } => {
                 if *customer_id.as_uuid() != id {
                     return Err(meta.error("customer_id differs from the stream id"));
@@ -88,6 +91,7 @@ impl CustomersFold {
                     meta,
                     CustomerRow {
                         customer_id: id,
+                        tenant_id: *tenant_id.as_uuid(),
                         email: email.to_string(),
                         display_name: display_name.as_ref().map(ToString::to_string),
                         email_verified: email_verified_at.is_some(),

@@ -58,6 +58,9 @@ crate::table_row! {
         /// Sequence of the last Customer event folded in (compare with the
         /// aggregate's version to know whether the row is current).
         pub last_sequence: i64,
+        /// The customer's tenant (issue 22; `TenantId::DEFAULT` for every
+        /// customer from before tenants).
+        pub tenant_id: Uuid,
     }
 }
 

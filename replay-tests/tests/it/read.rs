@@ -31,6 +31,7 @@ async fn read_functions_answer_what_the_api_asks(pool: PgPool) {
     fw.execute::<Customer>(
         &cid,
         CustomerCommand::Register {
+            tenant_id: queue_domain::types::TenantId::DEFAULT,
             customer_id: customer,
             email: Email::parse("Ada@Example.com").unwrap(),
             display_name: DisplayName::parse("Ada").unwrap(),
