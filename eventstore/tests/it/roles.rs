@@ -316,6 +316,10 @@ const EXPECTED_PRIVILEGES: &[(&str, &str, &str, &str)] = &[
     // The API's own working tables: single-use challenges (never updated),
     // the founders gate's counters.
     ("webauthn_challenges", "SELECT INSERT DELETE", "", ""),
+    // SAML (ADR 0218): outstanding AuthnRequests (single use) and the
+    // assertion-id replay cache, swept when expired; never updated.
+    ("saml_requests", "SELECT INSERT DELETE", "", ""),
+    ("saml_assertions", "SELECT INSERT DELETE", "", ""),
     ("founders_gate", "SELECT INSERT UPDATE", "", ""),
     // Mail: rows from the outbox runner (projector); the sender marks
     // delivery only, never a recipient, token or details.
