@@ -90,7 +90,21 @@ async fn serve_runs_end_to_end_as_the_restricted_roles() {
     let queue = Instance::start("queue-roles", &owner, &keys).await;
 
     // An audit write (the API, as queue_service) ...
-    let written = audit_write(&client(), &queue.base, "roles-e2e-1", Instant::now()).await;
+    // A fresh instance on a loaded machine may answer its first write 503
+    // + Retry-After (its pool still connecting); a client retries, as the
+    // contract says, with the same idempotency key.
+    let written = poll(
+        "the audit write to be accepted",
+        Duration::from_secs(60),
+        || async {
+            let outcome = audit_write(&client(), &queue.base, "roles-e2e-1", Instant::now()).await;
+            if outcome.status == 503 && outcome.retry_after {
+                return None;
+            }
+            Some(outcome)
+        },
+    )
+    .await;
     assert_eq!(written.status, 201, "{written:?}");
     let id = written.event_id.clone().unwrap();
     // ... sealed by the sealer (queue_sealer) ...
