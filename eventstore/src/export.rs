@@ -411,7 +411,11 @@ fn write_event_line(
     string(out, b"{\"aggregate_id\":", row.try_get(col::ID)?)?;
     string(out, b",\"aggregate_type\":", row.try_get(col::TYPE)?)?;
     string(out, b",\"event_type\":", row.try_get(col::EVENT_TYPE)?)?;
-    string(out, b",\"event_version\":", row.try_get(col::EVENT_VERSION)?)?;
+    string(
+        out,
+        b",\"event_version\":",
+        row.try_get(col::EVENT_VERSION)?,
+    )?;
     hash(out, b",\"hash\":", row.try_get(col::HASH)?);
     out.extend_from_slice(b",\"inclusion_proof\":[");
     for (i, node) in proof.iter().enumerate() {
@@ -429,11 +433,7 @@ fn write_event_line(
     out.extend_from_slice(b",\"payload\":");
     out.extend_from_slice(canonical);
     hash(out, b",\"prev_hash\":", row.try_get(col::PREV_HASH)?);
-    string(
-        out,
-        b",\"recorded_at\":",
-        &chain::format_time(&recorded_at),
-    )?;
+    string(out, b",\"recorded_at\":", &chain::format_time(&recorded_at))?;
     out.extend_from_slice(b",\"sequence\":");
     let sequence: i64 = row.try_get(col::SEQUENCE)?;
     out.extend_from_slice(sequence.to_string().as_bytes());
