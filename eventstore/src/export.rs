@@ -569,6 +569,13 @@ struct EventLine<'a> {
     hash: Option<&'a str>,
     #[serde(borrow)]
     inclusion_proof: Option<Vec<&'a str>>,
+    /// Not checked offline (the MAC keys are secret), but a known member.
+    #[serde(borrow)]
+    #[allow(dead_code)]
+    mac: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    #[allow(dead_code)]
+    mac_key_id: Option<Cow<'a, str>>,
     #[serde(default, deserialize_with = "strict_payload")]
     summary: Option<Value>,
 }
