@@ -935,6 +935,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_typed_reader_takes_every_member_of_an_exported_line() {
+        let h = "ab".repeat(32);
+        let line = format!(
+            "{{\"aggregate_id\":\"s-1\",\"aggregate_type\":\"Session\",\"event_type\":\"E\",\
+             \"event_version\":\"1.0\",\"hash\":\"{h}\",\"inclusion_proof\":[\"{h}\",\"{h}\"],\
+             \"ledger_seq\":7,\"mac\":\"{h}\",\"mac_key_id\":\"k1\",\"payload\":{{\"n\":1}},\
+             \"prev_hash\":\"{h}\",\"recorded_at\":\"2026-11-25T16:22:14.123456Z\",\"sequence\":2}}"
+        );
+        let typed: EventLine<'_> = serde_json::from_str(&line).unwrap();
+        let fields = typed.fields().unwrap();
+        assert_eq!((fields.seq, fields.sequence, fields.proof.len()), (7, 2, 2));
+        assert_eq!(fields.payload, &json!({"n": 1}));
+        // What it does not take goes to the general reader.
+        let unknown = line.replacen('{', "{\"extra\":1,", 1);
+        assert!(serde_json::from_str::<EventLine<'_>>(&unknown).is_err());
+        let duplicate = line.replacen('{', "{\"ledger_seq\":1,", 1);
+        assert!(serde_json::from_str::<EventLine<'_>>(&duplicate).is_err());
+        let nested = line.replace("{\"n\":1}", "{\"n\":1,\"n\":2}");
+        assert!(serde_json::from_str::<EventLine<'_>>(&nested).is_err());
+    }
+
+    #[test]
     fn blocked_proofs_equal_whole_tree_proofs() {
         for size in 1..70u64 {
             let leaves: Vec<Hash> = (0..size)
