@@ -1,6 +1,8 @@
-//! Compliance export and offline verify-export over a large ledger: rates in
-//! events/s and each process's peak RSS (the `queue` binary runs as a child;
-//! its VmHWM is sampled from /proc until it exits).
+//! `queue verify`, compliance export and offline verify-export over a large
+//! ledger: rates in events/s and each process's peak RSS (the `queue` binary
+//! runs as a child; its VmHWM is sampled from /proc until it exits), beside
+//! a bare ordered scan in SQL and, with `--baseline DIR`, the same commands
+//! of an older `queue` binary on the same store in the same run.
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -20,6 +22,10 @@ pub struct Args {
     /// Events in the ledger (all exported).
     #[arg(long, default_value_t = 1_000_000)]
     events: u64,
+    /// A directory holding an older `queue` binary to run the same commands
+    /// with, first (ratios printed against it).
+    #[arg(long)]
+    baseline: Option<std::path::PathBuf>,
 }
 
 struct ChildRun {
@@ -132,43 +138,85 @@ pub async fn run(args: Args) -> BenchResult<()> {
         .rsplit_once('/')
         .ok_or("DATABASE_URL has no database part")?;
     let url = format!("{server}/{}", scratch.name);
-    let file = std::env::temp_dir().join(format!("{}.jsonl", scratch.name));
-    let mut export = Command::new(&queue_bin);
-    export
-        .args(["export", "--no-seal", "--out"])
-        .arg(&file)
-        .env("DATABASE_URL", &url)
-        .env("QUEUE_MAC_KEYS", mac.to_spec())
-        .env("QUEUE_CHECKPOINT_KEY", signer.to_private_spec())
-        .env("QUEUE_LOG", "warn");
-    let exported = run_child(export)?;
-    let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-    println!(
-        "export: {} ({}), {:.1} s, {:.0} ev/s, peak RSS {} MiB, file {} MiB",
-        if exported.ok { "ok" } else { "FAILED" },
-        exported.stdout.trim(),
-        exported.secs,
-        rate(written, exported.secs),
-        exported.peak_rss_kib / 1024,
-        size / (1024 * 1024)
-    );
-    let mut verify = Command::new(&queue_bin);
-    verify
-        .arg("verify-export")
-        .arg(&file)
-        .args(["--checkpoint-key", &signer.verifier().to_string()])
-        .env_clear()
-        .env("QUEUE_LOG", "warn");
-    let verified = run_child(verify)?;
-    println!(
-        "verify-export: {} ({}), {:.1} s, {:.0} ev/s, peak RSS {} MiB",
-        if verified.ok { "ok" } else { "FAILED" },
-        verified.stdout.trim(),
-        verified.secs,
-        rate(written, verified.secs),
-        verified.peak_rss_kib / 1024
-    );
-    std::fs::remove_file(&file).ok();
+
+    let scan_at = Instant::now();
+    let scanned: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT * FROM events ORDER BY aggregate_type, aggregate_id, sequence) e",
+    )
+    .fetch_one(&pool)
+    .await?;
+    let scan_rate = rate(scanned as u64, scan_at.elapsed().as_secs_f64());
+    println!("bare ordered scan in SQL: {scan_rate:.0} ev/s");
+
+    let mut bins = Vec::new();
+    if let Some(dir) = &args.baseline {
+        bins.push(("baseline", dir.join("queue")));
+    }
+    bins.push(("this build", queue_bin));
+    let mut rates: Vec<[f64; 3]> = Vec::new();
+    for (label, bin) in &bins {
+        let env = |cmd: &mut Command| {
+            cmd.env("DATABASE_URL", &url)
+                .env("QUEUE_MAC_KEYS", mac.to_spec())
+                .env("QUEUE_CHECKPOINT_KEY", signer.to_private_spec())
+                .env("QUEUE_LOG", "warn");
+        };
+        let mut verify = Command::new(bin);
+        verify.arg("verify");
+        env(&mut verify);
+        let verified = run_child(verify)?;
+        let verify_rate = rate(written, verified.secs);
+        println!(
+            "[{label}] verify: {} ({}), {:.1} s, {verify_rate:.0} ev/s ({:.2}x the scan), peak RSS {} MiB",
+            if verified.ok { "ok" } else { "FAILED" },
+            verified.stdout.lines().next().unwrap_or("").trim(),
+            verified.secs,
+            verify_rate / scan_rate,
+            verified.peak_rss_kib / 1024
+        );
+
+        let file = std::env::temp_dir().join(format!("{}.jsonl", scratch.name));
+        let mut export = Command::new(bin);
+        export.args(["export", "--no-seal", "--out"]).arg(&file);
+        env(&mut export);
+        let exported = run_child(export)?;
+        let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        let export_rate = rate(written, exported.secs);
+        println!(
+            "[{label}] export: {} ({}), {:.1} s, {export_rate:.0} ev/s, peak RSS {} MiB, file {} MiB",
+            if exported.ok { "ok" } else { "FAILED" },
+            exported.stdout.trim(),
+            exported.secs,
+            exported.peak_rss_kib / 1024,
+            size / (1024 * 1024)
+        );
+        let mut check = Command::new(bin);
+        check
+            .arg("verify-export")
+            .arg(&file)
+            .args(["--checkpoint-key", &signer.verifier().to_string()])
+            .env_clear()
+            .env("QUEUE_LOG", "warn");
+        let checked = run_child(check)?;
+        let check_rate = rate(written, checked.secs);
+        println!(
+            "[{label}] verify-export: {} ({}), {:.1} s, {check_rate:.0} ev/s, peak RSS {} MiB",
+            if checked.ok { "ok" } else { "FAILED" },
+            checked.stdout.trim(),
+            checked.secs,
+            checked.peak_rss_kib / 1024
+        );
+        std::fs::remove_file(&file).ok();
+        rates.push([verify_rate, export_rate, check_rate]);
+    }
+    if let [before, after] = rates.as_slice() {
+        println!(
+            "this build / baseline: verify {:.2}x, export {:.2}x, verify-export {:.2}x",
+            after[0] / before[0],
+            after[1] / before[1],
+            after[2] / before[2]
+        );
+    }
     scratch.drop_db().await?;
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! tree split at powers of two are either inside one aligned block or whole
 //! blocks), and the checker keeps one (sequence, hash) per stream.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::time::Instant;
@@ -15,6 +16,7 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use serde::Serialize;
 use serde_json::{json, Value};
+use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
 
 use crate::chain::{self, EventRecord, Hash, ZERO_HASH};
@@ -54,6 +56,9 @@ struct BlockedTree {
     size: u64,
     block: u64,
     roots: Vec<Hash>,
+    /// Roots of runs of whole blocks already computed: every proof of the
+    /// export needs the same few (at most two per level above a block).
+    spans: HashMap<(usize, usize), Hash>,
 }
 
 /// One loaded block: every level of its perfect subtrees, plus a memo of the
@@ -115,7 +120,7 @@ impl LoadedBlock {
 
 impl BlockedTree {
     /// The root of one RFC 6962 subtree, from the loaded block or the block roots.
-    fn range_root(&self, (start, end): LeafRange, block: &mut LoadedBlock) -> Option<Hash> {
+    fn range_root(&mut self, (start, end): LeafRange, block: &mut LoadedBlock) -> Option<Hash> {
         if start >= block.start && end <= block.start + block.len() {
             return Some(block.root((start, end)));
         }
@@ -125,12 +130,17 @@ impl BlockedTree {
                 (start / self.block) as usize,
                 end.div_ceil(self.block) as usize,
             );
-            return self.roots.get(a..b).map(merkle::root_of);
+            if let Some(hash) = self.spans.get(&(a, b)) {
+                return Some(*hash);
+            }
+            let hash = self.roots.get(a..b).map(merkle::root_of)?;
+            self.spans.insert((a, b), hash);
+            return Some(hash);
         }
         None
     }
 
-    fn proof(&self, index: u64, block: &mut LoadedBlock) -> Option<Vec<Hash>> {
+    fn proof(&mut self, index: u64, block: &mut LoadedBlock) -> Option<Vec<Hash>> {
         merkle::inclusion_ranges(index, self.size)
             .into_iter()
             .map(|range| self.range_root(range, block))
@@ -159,7 +169,12 @@ async fn block_roots(pool: &PgPool, size: u64, block: u64) -> StoreResult<Blocke
     if frontier.size() > 0 {
         roots.push(frontier.root());
     }
-    Ok(BlockedTree { size, block, roots })
+    Ok(BlockedTree {
+        size,
+        block,
+        roots,
+        spans: HashMap::new(),
+    })
 }
 
 async fn block_leaves(pool: &PgPool, tree: &BlockedTree, block_no: u64) -> StoreResult<Vec<Hash>> {
@@ -255,7 +270,7 @@ pub async fn export(
         Checkpoint::signed_by(&note, verifier).unwrap_or_else(|| verifier.key_id())
     );
     progress.phase("tree", size);
-    let tree = block_roots(pool, size, BLOCK).await?;
+    let mut tree = block_roots(pool, size, BLOCK).await?;
     if tree.root() != checkpoint.root_hash {
         return Err(StoreError::Ledger(
             "the ledger does not match its latest checkpoint; run queue verify".into(),
@@ -298,7 +313,7 @@ pub async fn export(
     progress.phase("export", to.saturating_sub(from) + 1);
     let mut rows = sqlx::query(
         "SELECT l.seq, e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, e.event_version, \
-         e.payload, e.recorded_at, e.prev_hash, e.hash, e.mac, e.mac_key_id \
+         e.payload::text, e.recorded_at, e.prev_hash, e.hash, e.mac, e.mac_key_id \
          FROM ledger l JOIN events e USING (aggregate_type, aggregate_id, sequence) \
          WHERE l.seq >= $1 AND l.seq <= $2 \
          AND ($3::timestamptz IS NULL OR e.recorded_at >= $3) \
@@ -319,10 +334,12 @@ pub async fn export(
     .fetch(pool);
 
     let mut loaded: Option<(u64, LoadedBlock)> = None;
+    let mut line = Vec::with_capacity(4096);
+    let mut canonical = Vec::with_capacity(1024);
     let mut events = 0u64;
     let mut last_seq = from.saturating_sub(1);
     while let Some(row) = rows.try_next().await? {
-        let seq: i64 = row.try_get("seq")?;
+        let seq: i64 = row.try_get(col::SEQ)?;
         let seq = seq as u64;
         let index = seq - 1;
         let block_no = index / BLOCK;
@@ -338,24 +355,9 @@ pub async fn export(
         let proof = tree.proof(index, block).ok_or_else(|| {
             StoreError::Ledger(format!("cannot build the proof for ledger seq {seq}"))
         })?;
-        let recorded_at: DateTime<Utc> = row.try_get("recorded_at")?;
-        let line = json!({
-            "ledger_seq": seq,
-            "aggregate_type": row.try_get::<String, _>("aggregate_type")?,
-            "aggregate_id": row.try_get::<String, _>("aggregate_id")?,
-            "sequence": row.try_get::<i64, _>("sequence")?,
-            "event_type": row.try_get::<String, _>("event_type")?,
-            "event_version": row.try_get::<String, _>("event_version")?,
-            "recorded_at": chain::format_time(&recorded_at),
-            "payload": row.try_get::<Value, _>("payload")?,
-            "prev_hash": hex::encode(row.try_get::<Vec<u8>, _>("prev_hash")?),
-            "hash": hex::encode(row.try_get::<Vec<u8>, _>("hash")?),
-            "mac": hex::encode(row.try_get::<Vec<u8>, _>("mac")?),
-            "mac_key_id": row.try_get::<String, _>("mac_key_id")?,
-            "inclusion_proof": proof.iter().map(hex::encode).collect::<Vec<_>>(),
-        });
-        serde_json::to_writer(&mut *out, &line).map_err(|e| StoreError::Ledger(e.to_string()))?;
-        out.write_all(b"\n").map_err(io)?;
+        line.clear();
+        write_event_line(&row, seq, &proof, &mut line, &mut canonical)?;
+        out.write_all(&line).map_err(io)?;
         events += 1;
         progress.advance(seq - last_seq);
         last_seq = seq;
@@ -372,6 +374,96 @@ pub async fn export(
         elapsed_ms: elapsed.as_millis() as u64,
         events_per_second: (events as f64 / elapsed.as_secs_f64().max(1e-6)) as u64,
     })
+}
+
+/// One event line of the export, written straight from the row (every
+/// field borrowed from it): the same bytes `serde_json` wrote for the
+/// `json!` object this replaced (members in key order, compact), with the
+/// payload in its canonical form (what the hash covers; strictly checked on
+/// the way, like every payload verify reads).
+fn write_event_line(
+    row: &PgRow,
+    seq: u64,
+    proof: &[Hash],
+    out: &mut Vec<u8>,
+    canonical: &mut Vec<u8>,
+) -> StoreResult<()> {
+    let json = |e: serde_json::Error| StoreError::Ledger(format!("writing the export: {e}"));
+    let string = |out: &mut Vec<u8>, key: &[u8], text: &str| -> StoreResult<()> {
+        out.extend_from_slice(key);
+        serde_json::to_writer(&mut *out, text).map_err(json)
+    };
+    let hash = |out: &mut Vec<u8>, key: &[u8], bytes: &[u8]| {
+        out.extend_from_slice(key);
+        out.push(b'"');
+        push_hex(out, bytes);
+        out.push(b'"');
+    };
+    let recorded_at: DateTime<Utc> = row.try_get(col::RECORDED_AT)?;
+    let payload: &str = row.try_get(col::PAYLOAD)?;
+    canonical.clear();
+    if strict_json::canonicalise(payload, canonical).is_err() {
+        // A stored payload that breaks the rules (written around Queue):
+        // exported as stored, for verify-export to name its line.
+        canonical.clear();
+        canonical.extend_from_slice(payload.as_bytes());
+    }
+    string(out, b"{\"aggregate_id\":", row.try_get(col::ID)?)?;
+    string(out, b",\"aggregate_type\":", row.try_get(col::TYPE)?)?;
+    string(out, b",\"event_type\":", row.try_get(col::EVENT_TYPE)?)?;
+    string(
+        out,
+        b",\"event_version\":",
+        row.try_get(col::EVENT_VERSION)?,
+    )?;
+    hash(out, b",\"hash\":", row.try_get(col::HASH)?);
+    out.extend_from_slice(b",\"inclusion_proof\":[");
+    for (i, node) in proof.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        push_hex(out, node);
+        out.push(b'"');
+    }
+    out.extend_from_slice(b"],\"ledger_seq\":");
+    out.extend_from_slice(seq.to_string().as_bytes());
+    hash(out, b",\"mac\":", row.try_get(col::MAC)?);
+    string(out, b",\"mac_key_id\":", row.try_get(col::MAC_KEY_ID)?)?;
+    out.extend_from_slice(b",\"payload\":");
+    out.extend_from_slice(canonical);
+    hash(out, b",\"prev_hash\":", row.try_get(col::PREV_HASH)?);
+    string(out, b",\"recorded_at\":", &chain::format_time(&recorded_at))?;
+    out.extend_from_slice(b",\"sequence\":");
+    let sequence: i64 = row.try_get(col::SEQUENCE)?;
+    out.extend_from_slice(sequence.to_string().as_bytes());
+    out.extend_from_slice(b"}\n");
+    Ok(())
+}
+
+/// Lowercase hex, as `hex::encode` writes it.
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0x0f)]);
+    }
+}
+
+/// The columns of the export's row query, by position.
+mod col {
+    pub const SEQ: usize = 0;
+    pub const TYPE: usize = 1;
+    pub const ID: usize = 2;
+    pub const SEQUENCE: usize = 3;
+    pub const EVENT_TYPE: usize = 4;
+    pub const EVENT_VERSION: usize = 5;
+    pub const PAYLOAD: usize = 6;
+    pub const RECORDED_AT: usize = 7;
+    pub const PREV_HASH: usize = 8;
+    pub const HASH: usize = 9;
+    pub const MAC: usize = 10;
+    pub const MAC_KEY_ID: usize = 11;
 }
 
 /// The outcome of checking an export file offline.
@@ -426,7 +518,102 @@ struct ExportChecker {
     consistency_checked: bool,
     range: Option<(u64, u64)>,
     last_seq: u64,
-    streams: HashMap<(String, String), (i64, Hash)>,
+    /// (sequence, hash) of the last event of each stream, by stream key.
+    streams: HashMap<String, (i64, Hash)>,
+    /// Buffers reused line after line.
+    key: String,
+    canonical: Vec<u8>,
+}
+
+/// What an event line holds, however it was read.
+struct EventFields<'a> {
+    seq: u64,
+    aggregate_type: &'a str,
+    aggregate_id: &'a str,
+    sequence: i64,
+    recorded_at: &'a str,
+    event_type: &'a str,
+    event_version: &'a str,
+    payload: &'a Value,
+    prev_hash: Hash,
+    hash: Hash,
+    proof: Vec<Hash>,
+}
+
+/// An event line as the typed reader takes it: strings borrowed from the
+/// line where they hold no escapes, the payload read with the same strict
+/// rules as [`strict_json::parse`] (duplicate keys refused; so are
+/// members of the line itself), the proof as text. A line with a member it
+/// does not know goes to the general reader (which refuses duplicates of
+/// any member).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventLine<'a> {
+    ledger_seq: Option<u64>,
+    #[serde(borrow)]
+    aggregate_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    aggregate_id: Option<Cow<'a, str>>,
+    sequence: Option<i64>,
+    #[serde(borrow)]
+    recorded_at: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    event_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    event_version: Option<Cow<'a, str>>,
+    #[serde(default, deserialize_with = "strict_payload")]
+    payload: Option<Value>,
+    #[serde(borrow)]
+    prev_hash: Option<&'a str>,
+    #[serde(borrow)]
+    hash: Option<&'a str>,
+    #[serde(borrow)]
+    inclusion_proof: Option<Vec<&'a str>>,
+    /// Not checked offline (the MAC keys are secret), but a known member.
+    #[serde(borrow)]
+    #[allow(dead_code)]
+    mac: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    #[allow(dead_code)]
+    mac_key_id: Option<Cow<'a, str>>,
+    #[serde(default, deserialize_with = "strict_payload")]
+    summary: Option<Value>,
+}
+
+fn strict_payload<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    strict_json::strict_value(d).map(Some)
+}
+
+impl<'a> EventLine<'a> {
+    /// The fields, or `None` when one is missing or malformed (the general
+    /// reader then says which).
+    fn fields(&'a self) -> Option<EventFields<'a>> {
+        let hash32 = |s: &str| -> Option<Hash> {
+            let lower = s.len() == 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            let mut out = ZERO_HASH;
+            (lower && hex::decode_to_slice(s, &mut out).is_ok()).then_some(out)
+        };
+        Some(EventFields {
+            seq: self.ledger_seq?,
+            aggregate_type: self.aggregate_type.as_deref()?,
+            aggregate_id: self.aggregate_id.as_deref()?,
+            sequence: self.sequence?,
+            recorded_at: self.recorded_at.as_deref()?,
+            event_type: self.event_type.as_deref()?,
+            event_version: self.event_version.as_deref()?,
+            payload: self.payload.as_ref()?,
+            prev_hash: hash32(self.prev_hash?)?,
+            hash: hash32(self.hash?)?,
+            proof: self
+                .inclusion_proof
+                .as_ref()?
+                .iter()
+                .map(|s| hash32(s))
+                .collect::<Option<Vec<Hash>>>()?,
+        })
+    }
 }
 
 fn hex32(v: &Value, field: &str) -> Result<Hash, String> {
@@ -479,6 +666,21 @@ impl ExportChecker {
             let line = buf.trim_end_matches(['\n', '\r']);
             if summary_seen {
                 return Err(Bad(line_no, "content after the summary line".into()));
+            }
+            if line_no > 1 {
+                // Event lines go through the typed reader (no `Value`
+                // for the line, its proof or its strings); anything it does
+                // not take (a summary, a field of the wrong type, a
+                // duplicate key, broken JSON) goes the general way below,
+                // which gives the same verdict and names the problem.
+                if let Ok(fast) = serde_json::from_str::<EventLine<'_>>(line) {
+                    if fast.summary.is_none() {
+                        if let Some(fields) = fast.fields() {
+                            self.check_event(fields).map_err(|e| Bad(line_no, e))?;
+                            continue;
+                        }
+                    }
+                }
             }
             let value = strict_json::parse(line)
                 .map_err(|e| Bad(line_no, format!("not valid JSON: {e}")))?;
@@ -565,6 +767,23 @@ impl ExportChecker {
             .get("ledger_seq")
             .and_then(Value::as_u64)
             .ok_or("ledger_seq is missing")?;
+        self.check_event(EventFields {
+            seq,
+            aggregate_type: text(e, "aggregate_type")?,
+            aggregate_id: text(e, "aggregate_id")?,
+            sequence: int(e, "sequence")?,
+            recorded_at: text(e, "recorded_at")?,
+            event_type: text(e, "event_type")?,
+            event_version: text(e, "event_version")?,
+            payload: e.get("payload").ok_or("payload is missing")?,
+            prev_hash: hex32(e, "prev_hash")?,
+            hash: hex32(e, "hash")?,
+            proof: proof_hashes(e, "inclusion_proof")?,
+        })
+    }
+
+    fn check_event(&mut self, e: EventFields<'_>) -> Result<(), String> {
+        let seq = e.seq;
         if seq <= self.last_seq && !(self.events == 0 && self.range.is_none()) {
             return Err(format!(
                 "ledger_seq {seq} does not increase (previous {})",
@@ -588,10 +807,9 @@ impl ExportChecker {
                 return Err(format!("ledger_seq {seq} is beyond to_seq {to}"));
             }
         }
-        let aggregate_type = text(e, "aggregate_type")?;
-        let aggregate_id = text(e, "aggregate_id")?;
-        let sequence = int(e, "sequence")?;
-        let recorded_text = text(e, "recorded_at")?;
+        let (aggregate_type, aggregate_id, sequence) =
+            (e.aggregate_type, e.aggregate_id, e.sequence);
+        let recorded_text = e.recorded_at;
         let recorded_at = DateTime::parse_from_rfc3339(recorded_text)
             .map_err(|_| "recorded_at is not RFC 3339".to_string())?
             .with_timezone(&Utc);
@@ -600,20 +818,21 @@ impl ExportChecker {
                 "recorded_at is not in the canonical form (UTC, six fractional digits, Z)".into(),
             );
         }
-        let payload = e.get("payload").ok_or("payload is missing")?;
-        let prev_hash = hex32(e, "prev_hash")?;
-        let hash = hex32(e, "hash")?;
-        let canonical = chain::canonical_record(&EventRecord {
-            aggregate_type,
-            aggregate_id,
-            sequence,
-            event_type: text(e, "event_type")?,
-            event_version: text(e, "event_version")?,
-            recorded_at,
-            payload,
-        })
+        let (prev_hash, hash) = (e.prev_hash, e.hash);
+        chain::write_record(
+            &EventRecord {
+                aggregate_type,
+                aggregate_id,
+                sequence,
+                event_type: e.event_type,
+                event_version: e.event_version,
+                recorded_at,
+                payload: e.payload,
+            },
+            &mut self.canonical,
+        )
         .map_err(|err| format!("payload cannot be canonicalised: {err}"))?;
-        if chain::event_hash(&prev_hash, &canonical) != hash {
+        if chain::event_hash(&prev_hash, &self.canonical) != hash {
             return Err("hash does not match the event's fields".into());
         }
         if sequence < 1 {
@@ -622,27 +841,37 @@ impl ExportChecker {
         if sequence == 1 && prev_hash != ZERO_HASH {
             return Err("sequence 1 must have the zero prev_hash".into());
         }
-        let key = (aggregate_type.to_string(), aggregate_id.to_string());
-        if let Some((last_sequence, last_hash)) = self.streams.get(&key) {
-            if sequence <= *last_sequence {
-                return Err(format!(
-                    "sequence {sequence} of its stream comes after sequence {last_sequence}"
-                ));
+        // One key per stream, length-prefixed so that no two streams share it.
+        self.key.clear();
+        self.key.push_str(&aggregate_type.len().to_string());
+        self.key.push(':');
+        self.key.push_str(aggregate_type);
+        self.key.push_str(aggregate_id);
+        match self.streams.get_mut(self.key.as_str()) {
+            Some((last_sequence, last_hash)) => {
+                if sequence <= *last_sequence {
+                    return Err(format!(
+                        "sequence {sequence} of its stream comes after sequence {last_sequence}"
+                    ));
+                }
+                if sequence == *last_sequence + 1 && prev_hash != *last_hash {
+                    return Err(
+                        "prev_hash does not equal the hash of the stream's previous event in the file"
+                            .into(),
+                    );
+                }
+                *last_sequence = sequence;
+                *last_hash = hash;
             }
-            if sequence == last_sequence + 1 && prev_hash != *last_hash {
-                return Err(
-                    "prev_hash does not equal the hash of the stream's previous event in the file"
-                        .into(),
-                );
+            None => {
+                self.streams.insert(self.key.clone(), (sequence, hash));
             }
         }
-        self.streams.insert(key, (sequence, hash));
-        let proof = proof_hashes(e, "inclusion_proof")?;
         if !merkle::verify_inclusion(
             seq - 1,
             self.tree_size,
             &merkle::leaf_hash(&hash),
-            &proof,
+            &e.proof,
             &self.root,
         ) {
             return Err("the inclusion proof does not lead to the checkpoint's root".into());
@@ -706,6 +935,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_typed_reader_takes_every_member_of_an_exported_line() {
+        let h = "ab".repeat(32);
+        let line = format!(
+            "{{\"aggregate_id\":\"s-1\",\"aggregate_type\":\"Session\",\"event_type\":\"E\",\
+             \"event_version\":\"1.0\",\"hash\":\"{h}\",\"inclusion_proof\":[\"{h}\",\"{h}\"],\
+             \"ledger_seq\":7,\"mac\":\"{h}\",\"mac_key_id\":\"k1\",\"payload\":{{\"n\":1}},\
+             \"prev_hash\":\"{h}\",\"recorded_at\":\"2026-11-25T16:22:14.123456Z\",\"sequence\":2}}"
+        );
+        let typed: EventLine<'_> = serde_json::from_str(&line).unwrap();
+        let fields = typed.fields().unwrap();
+        assert_eq!((fields.seq, fields.sequence, fields.proof.len()), (7, 2, 2));
+        assert_eq!(fields.payload, &json!({"n": 1}));
+        // What it does not take goes to the general reader.
+        let unknown = line.replacen('{', "{\"extra\":1,", 1);
+        assert!(serde_json::from_str::<EventLine<'_>>(&unknown).is_err());
+        let duplicate = line.replacen('{', "{\"ledger_seq\":1,", 1);
+        assert!(serde_json::from_str::<EventLine<'_>>(&duplicate).is_err());
+        let nested = line.replace("{\"n\":1}", "{\"n\":1,\"n\":2}");
+        assert!(serde_json::from_str::<EventLine<'_>>(&nested).is_err());
+    }
+
+    #[test]
     fn blocked_proofs_equal_whole_tree_proofs() {
         for size in 1..70u64 {
             let leaves: Vec<Hash> = (0..size)
@@ -713,7 +964,12 @@ mod tests {
                 .collect();
             for block in [1u64, 2, 4, 8] {
                 let roots = leaves.chunks(block as usize).map(merkle::root_of).collect();
-                let tree = BlockedTree { size, block, roots };
+                let mut tree = BlockedTree {
+                    size,
+                    block,
+                    roots,
+                    spans: HashMap::new(),
+                };
                 assert_eq!(tree.root(), merkle::root_of(&leaves));
                 for index in 0..size {
                     let b = index / block;

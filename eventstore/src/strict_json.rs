@@ -14,6 +14,12 @@ pub fn parse(text: &str) -> Result<Value, serde_json::Error> {
 
 struct Strict(Value);
 
+/// [`parse`]'s checks for one field of a `#[derive(Deserialize)]` struct
+/// (`#[serde(deserialize_with = "strict_json::strict_value")]`).
+pub(crate) fn strict_value<'de, D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+    Strict::deserialize(d).map(|s| s.0)
+}
+
 impl<'de> Deserialize<'de> for Strict {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(StrictVisitor).map(Strict)

@@ -291,7 +291,7 @@ async fn missing_events(pool: &PgPool, size: u64, findings: &mut Findings) -> St
     Ok(())
 }
 
-/// The columns of the streams pass, by position (see `STREAMS_QUERY`).
+/// The columns of the streams pass, by position (see `streams_query`).
 mod col {
     pub const TYPE: usize = 0;
     pub const ID: usize = 1;
@@ -305,18 +305,50 @@ mod col {
     pub const MAC: usize = 9;
     pub const MAC_KEY_ID: usize = 10;
     pub const LEDGER_SEQ: usize = 11;
-    pub const COMMIT_XID: usize = 12;
-    pub const INSERT_ID: usize = 13;
-    pub const LEAF: usize = 14;
+    pub const LEAF: usize = 12;
+    pub const AT_OR_BEFORE_SEALER: usize = 13;
 }
 
-/// Every event with its ledger row(s), in stream order. The payload comes
-/// as JSON text and is canonicalised as it is read (no `Value` is built).
-const STREAMS_QUERY: &str = "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, \
-     e.event_version, e.payload::text, e.recorded_at, e.prev_hash, e.hash, e.mac, e.mac_key_id, \
-     l.seq, e.commit_xid, e.insert_id, l.event_hash \
-     FROM events e LEFT JOIN ledger l USING (aggregate_type, aggregate_id, sequence) \
-     ORDER BY e.aggregate_type, e.aggregate_id, e.sequence, l.seq";
+/// Every event of one key range with its ledger row(s), in stream order.
+/// The payload comes as JSON text and is canonicalised as it is read (no
+/// `Value` is built). Whether an unsealed event lies at or before the
+/// sealer's position (`$1`, `$2`) is computed by the server, so the two
+/// position columns do not travel. The range is `[lower, upper)` over
+/// (aggregate_type, aggregate_id), each bound present or not (bound as the
+/// next two parameters each, lower first): a stream
+/// lies wholly in one range. The bound is repeated on the ledger side (it
+/// holds for every joined row anyway) so that both index scans start at it.
+fn streams_query(lower: bool, upper: bool) -> String {
+    let mut on_events = Vec::new();
+    let mut on_ledger = String::new();
+    let mut next = 3;
+    for (present, op) in [(lower, ">="), (upper, "<")] {
+        if present {
+            let (a, b) = (next, next + 1);
+            next += 2;
+            on_events.push(format!(
+                "(e.aggregate_type, e.aggregate_id) {op} (${a}, ${b})"
+            ));
+            on_ledger.push_str(&format!(
+                " AND (l.aggregate_type, l.aggregate_id) {op} (${a}, ${b})"
+            ));
+        }
+    }
+    let filter = if on_events.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", on_events.join(" AND "))
+    };
+    format!(
+        "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.event_type, \
+         e.event_version, e.payload::text, e.recorded_at, e.prev_hash, e.hash, e.mac, e.mac_key_id, \
+         l.seq, l.event_hash, \
+         l.seq IS NULL AND (e.commit_xid, e.insert_id) <= ($1::bigint, $2::bigint) \
+         FROM events e LEFT JOIN ledger l ON l.aggregate_type = e.aggregate_type \
+           AND l.aggregate_id = e.aggregate_id AND l.sequence = e.sequence{on_ledger}{filter} \
+         ORDER BY e.aggregate_type, e.aggregate_id, e.sequence, l.seq"
+    )
+}
 
 type Computed = chain::RowCheck;
 
@@ -356,8 +388,8 @@ struct RowView<'r> {
     ledger_seq: Option<i64>,
     /// The ledger row's `event_hash`, when the event is sealed.
     leaf: Option<&'r [u8]>,
-    /// The event's place in the global order.
-    position: (i64, i64),
+    /// Unsealed and at or before the sealer's recorded position.
+    behind_sealer: bool,
 }
 
 impl<'r> RowView<'r> {
@@ -371,7 +403,7 @@ impl<'r> RowView<'r> {
             mac_key_id: row.try_get(col::MAC_KEY_ID)?,
             ledger_seq: row.try_get(col::LEDGER_SEQ)?,
             leaf: row.try_get(col::LEAF)?,
-            position: (row.try_get(col::COMMIT_XID)?, row.try_get(col::INSERT_ID)?),
+            behind_sealer: row.try_get(col::AT_OR_BEFORE_SEALER)?,
         })
     }
 
@@ -382,8 +414,6 @@ impl<'r> RowView<'r> {
 
 /// Walks events in (stream, sequence) order and checks each stream's chain.
 struct StreamChecker {
-    /// The sealer's recorded position: every event at or before it must be sealed.
-    sealer_position: (i64, i64),
     findings: Findings,
     events: u64,
     streams: u64,
@@ -401,9 +431,8 @@ struct StreamChecker {
 }
 
 impl StreamChecker {
-    fn new(sealer_position: (i64, i64)) -> Self {
+    fn new() -> Self {
         Self {
-            sealer_position,
             findings: Findings {
                 problems: Vec::new(),
                 count: 0,
@@ -419,6 +448,21 @@ impl StreamChecker {
             last_ledger: 0,
             seen_unsealed: false,
         }
+    }
+
+    /// Adds the counts and findings of the checker of the next key range
+    /// (no stream spans two ranges).
+    fn absorb(&mut self, next: StreamChecker) {
+        self.events += next.events;
+        self.streams += next.streams;
+        self.unsealed += next.unsealed;
+        self.ledger_joined += next.ledger_joined;
+        self.duplicates += next.duplicates;
+        self.findings.count += next.findings.count;
+        let room = (MAX_LISTED * 4).saturating_sub(self.findings.problems.len());
+        self.findings
+            .problems
+            .extend(next.findings.problems.into_iter().take(room));
     }
 
     fn check(&mut self, row: &RowView<'_>, computed: &Computed) {
@@ -546,7 +590,7 @@ impl StreamChecker {
             None => {
                 self.unsealed += 1;
                 self.seen_unsealed = true;
-                if row.position <= self.sealer_position {
+                if row.behind_sealer {
                     self.findings.add(Problem::at(
                         ProblemKind::SkippedBySealer,
                         key,
@@ -566,11 +610,45 @@ impl StreamChecker {
 /// Rows per batch handed to a worker.
 const BATCH: usize = 2048;
 
+/// Key ranges read at the same time, on as many connections.
+const MAX_RANGES: usize = 4;
+
+/// Bounds splitting the streams, by (aggregate_type, aggregate_id), into up
+/// to `ranges` ranges of about the same number of events: taken from a
+/// sample of the table (every row when it is small), so the split costs a
+/// few milliseconds however large the store is.
+async fn split_points(
+    pool: &PgPool,
+    total: u64,
+    ranges: usize,
+) -> StoreResult<Vec<(String, String)>> {
+    if ranges < 2 || total < 2 {
+        return Ok(Vec::new());
+    }
+    // About 20,000 sampled rows: plenty to balance the ranges.
+    let percent = (2_000_000.0 / total as f32).min(100.0);
+    let sample: Vec<(String, String)> = sqlx::query_as(
+        "SELECT aggregate_type, aggregate_id FROM events TABLESAMPLE SYSTEM ($1::real) REPEATABLE (21) \
+         ORDER BY aggregate_type, aggregate_id",
+    )
+    .bind(percent)
+    .fetch_all(pool)
+    .await?;
+    let mut points: Vec<(String, String)> = (1..ranges)
+        .filter_map(|k| sample.get(k * sample.len() / ranges).cloned())
+        .collect();
+    points.dedup();
+    Ok(points)
+}
+
 /// Pass 1: every stream's chain and MACs, and how each event sits in the
-/// ledger. A pipeline over both cores: this task reads rows off the
-/// connection (no decoding), worker threads canonicalise, hash and check
-/// MACs batch by batch, and the chain is walked in order as batches come
-/// back (each field borrowed from its row).
+/// ledger. The streams are split into key ranges read at the same time on
+/// their own connections (each range walked in stream order by its own
+/// checker); each is a pipeline: its task reads rows off the connection
+/// (no decoding), worker threads canonicalise, hash and check MACs batch
+/// by batch, and the chain is walked in order as batches come back (each
+/// field borrowed from its row). The checkers of the ranges are added up
+/// in key order.
 async fn verify_streams(
     pool: &PgPool,
     keys: &MacKeys,
@@ -578,20 +656,65 @@ async fn verify_streams(
     progress: &dyn VerifyProgress,
 ) -> StoreResult<StreamChecker> {
     progress.phase("streams", total);
-    let workers = std::thread::available_parallelism()
+    let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    // Batches being hashed while rows keep arriving.
-    let in_flight = workers + 1;
     let sealer_position: (i64, i64) =
         sqlx::query_as("SELECT last_xid, last_insert_id FROM sealer_state WHERE id = 1")
             .fetch_optional(pool)
             .await?
             .unwrap_or((0, 0));
-    let mut checker = StreamChecker::new(sealer_position);
+    let points = split_points(pool, total, cores.clamp(1, MAX_RANGES)).await?;
     let mac = Arc::new(chain::MacVerifier::new(keys));
+    let (advance, mut advanced) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let mut readers = Vec::new();
+    for k in 0..=points.len() {
+        let lower = k.checked_sub(1).and_then(|i| points.get(i)).cloned();
+        let upper = points.get(k).cloned();
+        readers.push(tokio::spawn(verify_range(
+            pool.clone(),
+            Arc::clone(&mac),
+            sealer_position,
+            (lower, upper),
+            cores + 1,
+            advance.clone(),
+        )));
+    }
+    drop(advance);
+    while let Some(n) = advanced.recv().await {
+        progress.advance(n);
+    }
+    let mut checker = StreamChecker::new();
+    for reader in readers {
+        let range = reader
+            .await
+            .map_err(|e| StoreError::Ledger(format!("verify reader failed: {e}")))??;
+        checker.absorb(range);
+    }
+    Ok(checker)
+}
+
+type Bound = Option<(String, String)>;
+
+/// One key range of pass 1, on its own connection.
+async fn verify_range(
+    pool: PgPool,
+    mac: Arc<chain::MacVerifier>,
+    sealer_position: (i64, i64),
+    (lower, upper): (Bound, Bound),
+    in_flight: usize,
+    advance: tokio::sync::mpsc::UnboundedSender<u64>,
+) -> StoreResult<StreamChecker> {
+    let mut checker = StreamChecker::new();
+    let sql = streams_query(lower.is_some(), upper.is_some());
+    let mut query = sqlx::query(&sql)
+        .bind(sealer_position.0)
+        .bind(sealer_position.1);
+    for (aggregate_type, aggregate_id) in [lower, upper].into_iter().flatten() {
+        query = query.bind(aggregate_type).bind(aggregate_id);
+    }
     let mut hashing = futures::stream::FuturesOrdered::new();
-    let mut rows = sqlx::query(STREAMS_QUERY).fetch(pool);
+    let mut rows = query.fetch(&pool);
     let spawn = |batch: Vec<PgRow>, mac: Arc<chain::MacVerifier>| {
         tokio::task::spawn_blocking(move || {
             let mut buf = Vec::with_capacity(1024);
@@ -610,7 +733,8 @@ async fn verify_streams(
             batch.push(row);
         }
         if batch.len() == BATCH || (done && !batch.is_empty()) {
-            progress.advance(batch.len() as u64);
+            // The receiver only goes away when verify itself is dropped.
+            let _ = advance.send(batch.len() as u64);
             let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
             hashing.push_back(spawn(full, Arc::clone(&mac)));
         }
