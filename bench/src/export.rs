@@ -139,13 +139,7 @@ pub async fn run(args: Args) -> BenchResult<()> {
         .ok_or("DATABASE_URL has no database part")?;
     let url = format!("{server}/{}", scratch.name);
 
-    let scan_at = Instant::now();
-    let scanned: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT * FROM events ORDER BY aggregate_type, aggregate_id, sequence) e",
-    )
-    .fetch_one(&pool)
-    .await?;
-    let scan_rate = rate(scanned as u64, scan_at.elapsed().as_secs_f64());
+    let scan_rate = crate::support::ordered_scan_rate(&pool).await?;
     println!("bare ordered scan in SQL: {scan_rate:.0} ev/s");
 
     let mut bins = Vec::new();

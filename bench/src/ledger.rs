@@ -206,13 +206,7 @@ pub async fn run(args: Args) -> BenchResult<()> {
     .await?;
     let seal_rate = rate(sealed.sealed, sealed_at.elapsed().as_secs_f64());
 
-    let scan_at = Instant::now();
-    let scanned: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT * FROM events ORDER BY aggregate_type, aggregate_id, sequence) e",
-    )
-    .fetch_one(&pool)
-    .await?;
-    let scan_rate = rate(scanned as u64, scan_at.elapsed().as_secs_f64());
+    let scan_rate = crate::support::ordered_scan_rate(&pool).await?;
     let verifier = signer.verifier();
     let report = verify_store(
         &pool,

@@ -9,6 +9,19 @@ pub fn rate(count: u64, secs: f64) -> f64 {
     count as f64 / secs.max(1e-9)
 }
 
+/// The baseline of the verify and export benches: events per second of a
+/// bare ordered scan of `events` inside PostgreSQL (stream order, nothing
+/// sent to the client).
+pub async fn ordered_scan_rate(pool: &sqlx::PgPool) -> BenchResult<f64> {
+    let started = std::time::Instant::now();
+    let scanned: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT * FROM events ORDER BY aggregate_type, aggregate_id, sequence) e",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(rate(scanned as u64, started.elapsed().as_secs_f64()))
+}
+
 /// CPU time used so far, in seconds: by this process (user + system), and by
 /// the PostgreSQL server on this host (every live `postgres` process plus
 /// what the postmaster has reaped from exited backends). Differences of two
