@@ -9,4 +9,5 @@ pub mod founders;
 pub mod login;
 pub mod queue_audit;
 pub mod register;
+pub mod saml;
 pub mod suspend;
