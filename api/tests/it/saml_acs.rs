@@ -15,9 +15,9 @@ use queue_saml::SpConfig;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::helpers::{Response, TestApp};
+use crate::helpers::{Response, TestApp, ORIGIN};
 use crate::service::{service_app, OPS};
-use crate::tenants::create_tenant;
+use crate::tenants::{create_tenant, jwt_claims};
 
 const IDP_ENTITY_ID: &str = "https://idp.example.test/metadata";
 const IDP_SSO_URL: &str = "https://idp.example.test/sso/redirect";
@@ -264,6 +264,34 @@ async fn a_first_sp_initiated_login_provisions_the_customer_and_grants_its_group
         .unwrap();
     assert_eq!(left, 0);
     assert!(refusals(&app).await.is_empty());
+
+    // The page refreshes with the cookie: a token of the tenant, amr saml,
+    // with the granted role.
+    let token = cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("queue_refresh=");
+    let refreshed = app
+        .send(
+            Request::builder()
+                .method(Method::POST)
+                .uri("/api/v1/auth/session/refresh")
+                .header("x-queue-page", "1")
+                .header(header::ORIGIN, ORIGIN)
+                .header("sec-fetch-site", "same-origin")
+                .header(header::COOKIE, format!("queue_refresh={token}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from("{}"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.text);
+    let claims = jwt_claims(refreshed.json["access_token"].as_str().unwrap());
+    assert_eq!(claims["amr"], json!(["saml"]));
+    assert_eq!(claims["tid"], tenant.to_string());
+    // Every customer's base role, and the one the group gives.
+    assert_eq!(claims["roles"], json!(["antlers-user", "support-agent"]));
 }
 
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
