@@ -110,6 +110,16 @@ impl Idp {
 /// A login of `email` in groups `eng`, for `audience_slug`'s SP, sent to
 /// acme's ACS.
 fn ask(base: &str, audience_slug: &str, in_response_to: &str, email: &str) -> Value {
+    ask_in(base, audience_slug, Some(in_response_to), email, &["eng"])
+}
+
+fn ask_in(
+    base: &str,
+    audience_slug: &str,
+    in_response_to: Option<&str>,
+    email: &str,
+    groups: &[&str],
+) -> Value {
     let audience = SpConfig::for_tenant(base, audience_slug).unwrap();
     let acme = SpConfig::for_tenant(base, "acme").unwrap();
     json!({
@@ -118,7 +128,7 @@ fn ask(base: &str, audience_slug: &str, in_response_to: &str, email: &str) -> Va
         "destination": acme.acs_url,
         "in_response_to": in_response_to,
         "name_id": email,
-        "attributes": {"mail": [email], "displayName": ["Ann Example"], "groups": ["eng"]},
+        "attributes": {"mail": [email], "displayName": ["Ann Example"], "groups": groups},
         "sign_response": false,
         "sign_assertion": true,
     })
@@ -341,4 +351,45 @@ async fn a_response_for_another_audience_is_refused_and_audited(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(left, 1);
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn a_later_login_without_the_group_revokes_the_saml_grant(pool: PgPool) {
+    let Setup { app, idp, base } = setup(pool).await;
+    let relay = start_login(&app, &format!("{base}/account")).await;
+    let (_, responses) = idp.issue(&[ask(&base, "acme", &relay, "ann@example.com")]);
+    let first = post_acs(&app, &responses[0], &relay).await;
+    assert_eq!(first.status, StatusCode::SEE_OTHER, "{}", first.text);
+
+    let relay = start_login(&app, &format!("{base}/account")).await;
+    let (_, responses) = idp.issue(&[ask_in(&base, "acme", Some(&relay), "ann@example.com", &[])]);
+    let second = post_acs(&app, &responses[0], &relay).await;
+    assert_eq!(second.status, StatusCode::SEE_OTHER, "{}", second.text);
+    // The same customer (no second registration), its SAML grant revoked.
+    let kinds: Vec<(String, Value)> = sqlx::query_as(
+        "SELECT event_type, payload FROM events WHERE aggregate_type = 'Customer' \
+         ORDER BY commit_xid, insert_id",
+    )
+    .fetch_all(&app.owner)
+    .await
+    .unwrap();
+    let names: Vec<&str> = kinds.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["CustomerRegistered", "RoleGranted", "RoleRevoked"]);
+    assert_eq!(kinds[2].1["RoleRevoked"]["actor"], "saml:acme");
+    assert_eq!(
+        kinds[2].1["RoleRevoked"]["grant_id"],
+        kinds[1].1["RoleGranted"]["grant_id"]
+    );
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn an_idp_initiated_login_is_refused_when_the_tenant_does_not_allow_it(pool: PgPool) {
+    let Setup { app, idp, base } = setup(pool).await;
+    let (_, responses) = idp.issue(&[ask_in(&base, "acme", None, "ann@example.com", &["eng"])]);
+    let before = app.event_count().await;
+    post_acs(&app, &responses[0], "")
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "saml_idp_initiated_not_allowed");
+    assert_eq!(app.event_count().await, before + 1);
+    assert_eq!(refusals(&app).await, ["saml_idp_initiated_not_allowed"]);
 }
