@@ -2,11 +2,12 @@
 //! and called by the handlers (which only parse, call a flow and shape the
 //! answer): signing in with a passkey and reauthenticating (`login`),
 //! registering a customer or a passkey (`register`) behind the founders gate
-//! (`founders`), suspension (`suspend`), and
+//! (`founders`), a SAML login at the ACS (`saml`), suspension (`suspend`), and
 //! Queue's own audit events (`queue_audit`).
 
 pub mod founders;
 pub mod login;
 pub mod queue_audit;
 pub mod register;
+pub mod saml;
 pub mod suspend;

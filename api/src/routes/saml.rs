@@ -1,18 +1,20 @@
 //! The SAML 2.0 service provider of each tenant (issue 22, ADRs 0216, 0218):
-//! `GET /saml/{tenant_slug}/metadata` and `GET /saml/{tenant_slug}/login`.
+//! `GET /saml/{tenant_slug}/metadata`, `GET /saml/{tenant_slug}/login` and
+//! the assertion consumer service `POST /saml/{tenant_slug}/acs`.
 //! Outside `/api/v1`: browsers and IdPs call these, not API clients.
 
+use axum::extract::rejection::FormRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use axum::routing::{get, post};
+use axum::{Form, Router};
 use chrono::Duration;
 use queue_domain::tenant::SamlConnection;
 use queue_domain::types::{TenantId, TenantSlug};
 use queue_domain::Tenant;
 use queue_eventstore::Loaded;
-use queue_saml::{IdpMetadata, SpConfig};
+use queue_saml::{IdpMetadata, SamlError, SpConfig};
 use serde::Deserialize;
 use url::Url;
 
@@ -28,6 +30,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/saml/{tenant_slug}/metadata", get(metadata))
         .route("/saml/{tenant_slug}/login", get(login))
+        .route("/saml/{tenant_slug}/acs", post(acs))
 }
 
 /// A tenant with an enabled SAML connection, as the SAML routes need it.
@@ -138,4 +141,57 @@ pub async fn login(
         ],
     )
         .into_response())
+}
+
+/// The HTTP-POST binding's form.
+#[derive(Debug, Deserialize)]
+pub struct AcsForm {
+    #[serde(rename = "SAMLResponse")]
+    pub saml_response: String,
+    #[serde(rename = "RelayState")]
+    pub relay_state: Option<String>,
+}
+
+/// The assertion consumer service: a verified login sets the hosted pages'
+/// refresh cookie and sends the browser (303) to the request's `return_to`,
+/// else the account page. Refusals answer their `saml_*` code.
+pub async fn acs(
+    State(state): State<AppState>,
+    Path(tenant_slug): Path<String>,
+    form: Result<Form<AcsForm>, FormRejection>,
+) -> Result<Response, ApiError> {
+    let tenant = saml_tenant(&state, &tenant_slug).await?;
+    let Form(form) = form.map_err(|_| {
+        ApiError::Saml(SamlError::ResponseMalformed(
+            "not a form with a SAMLResponse field",
+        ))
+    })?;
+    let done = crate::flows::saml::acs(
+        &state,
+        &tenant,
+        &form.saml_response,
+        form.relay_state.as_deref(),
+    )
+    .await?;
+    let secure = state
+        .config()
+        .rp_origins
+        .first()
+        .is_some_and(|o| o.scheme() == "https");
+    let cookie = crate::http::pages::refresh_cookie(
+        &done.refresh_token,
+        state.config().absolute_timeout_secs,
+        secure,
+    )
+    .ok_or_else(|| ApiError::internal("refresh token not fit for a cookie"))?;
+    let mut response = (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, done.return_to.as_str()),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+    )
+        .into_response();
+    response.headers_mut().append(header::SET_COOKIE, cookie);
+    Ok(response)
 }

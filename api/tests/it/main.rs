@@ -19,6 +19,7 @@ mod outage;
 mod pages;
 mod passkeys;
 mod ratelimit_redis;
+mod saml_acs;
 mod schema_conformance;
 mod service;
 mod sessions;

@@ -188,7 +188,7 @@ async fn an_admin_configures_a_tenants_saml_connection(pool: PgPool) {
     .assert_error(StatusCode::FORBIDDEN, "forbidden");
 }
 
-fn jwt_claims(access_token: &str) -> Value {
+pub fn jwt_claims(access_token: &str) -> Value {
     let payload = access_token.split('.').nth(1).unwrap();
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload)

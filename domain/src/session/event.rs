@@ -10,16 +10,21 @@ use crate::types::{CredentialId, CustomerId, LegacyId, SecretHash, SessionFamily
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AuthMethod {
-    Webauthn { credential_id: CredentialId },
+    Webauthn {
+        credential_id: CredentialId,
+    },
     BackupCode,
+    /// A SAML login through the customer's tenant IdP (ADR 0218).
+    Saml,
 }
 
 impl AuthMethod {
-    /// The JWT `amr` value: `webauthn` or `backup_code`.
+    /// The JWT `amr` value: `webauthn`, `backup_code` or `saml`.
     pub fn amr(&self) -> &'static str {
         match self {
             Self::Webauthn { .. } => "webauthn",
             Self::BackupCode => "backup_code",
+            Self::Saml => "saml",
         }
     }
 }

@@ -511,6 +511,11 @@ fn events_serialise_with_snake_case_reasons_and_methods() {
         serde_json::json!({"kind": "backup_code"})
     );
     assert_eq!(AuthMethod::BackupCode.amr(), "backup_code");
+    assert_eq!(
+        serde_json::to_value(AuthMethod::Saml).unwrap(),
+        serde_json::json!({"kind": "saml"})
+    );
+    assert_eq!(AuthMethod::Saml.amr(), "saml");
 }
 
 /// The whole path an API handler takes: execute through the framework, then

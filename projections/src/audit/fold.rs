@@ -274,7 +274,7 @@ impl AuditFold {
                     } => {
                         let credential_id = match method {
                             AuthMethod::Webauthn { credential_id } => Some(*credential_id),
-                            AuthMethod::BackupCode => None,
+                            AuthMethod::BackupCode | AuthMethod::Saml => None,
                         };
                         row(
                             id,

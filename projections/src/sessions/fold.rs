@@ -44,7 +44,7 @@ impl SessionsFold {
             } => {
                 let credential_id = match method {
                     AuthMethod::Webauthn { credential_id } => Some(*credential_id.as_uuid()),
-                    AuthMethod::BackupCode => None,
+                    AuthMethod::BackupCode | AuthMethod::Saml => None,
                 };
                 self.create(
                     meta,

@@ -149,7 +149,7 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-fn refresh_cookie(token: &str, max_age_secs: u32, secure: bool) -> Option<HeaderValue> {
+pub fn refresh_cookie(token: &str, max_age_secs: u32, secure: bool) -> Option<HeaderValue> {
     let secure = if secure { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
         "{REFRESH_COOKIE}={token}; Path={REFRESH_PATH}; Max-Age={max_age_secs}; HttpOnly; SameSite=Strict{secure}"
