@@ -1,8 +1,6 @@
 //! A JWT key file that turns unreadable leaves the last good keys in use and
 //! says so in /readyz and /metrics; a good file ends the degraded spell.
 
-use std::time::Duration;
-
 use axum::http::StatusCode;
 use sqlx::PgPool;
 
@@ -31,13 +29,13 @@ async fn a_failed_jwt_key_reload_keeps_the_last_good_keys_and_reports_degraded(p
     assert_eq!(ready.json["keys"], "ok");
     assert_eq!(ready.json["key_sets"]["jwt"], "ok");
 
-    // Give the listener a moment to subscribe, then break the file.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Break the file and announce it. The listener may not have subscribed
+    // yet, so the announcement is repeated until the reload shows.
     std::fs::write(&key_file, "first=not-a-key").unwrap();
-    queue_api::auth::jwt::notify_rotation(&app.state.pool)
-        .await
-        .unwrap();
     eventually("readyz to report degraded JWT keys", || async {
+        queue_api::auth::jwt::notify_rotation(&app.state.pool)
+            .await
+            .unwrap();
         let ready = app.get("/readyz").await;
         assert_eq!(ready.status, StatusCode::OK, "{}", ready.text);
         (ready.json["key_sets"]["jwt"] == "degraded" && ready.json["keys"] == "degraded")
