@@ -20,6 +20,7 @@ use url::Url;
 
 use crate::auth::tokens::random_bytes;
 use crate::http::error::ApiError;
+use crate::http::extract::ClientAddress;
 use crate::routes::tenants::saml_base_url;
 use crate::state::AppState;
 
@@ -108,9 +109,17 @@ pub fn allowed_return_to(state: &AppState, raw: Option<&str>) -> Result<String, 
 /// The RelayState is the request id: an opaque handle, never the URL.
 pub async fn login(
     State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
     Path(tenant_slug): Path<String>,
     Query(query): Query<LoginQuery>,
 ) -> Result<Response, ApiError> {
+    // Each call stores an outstanding request: limited per address, as
+    // passkey logins are (`QUEUE_RATE_LIMIT_PER_ADDRESS`).
+    state
+        .inner
+        .address_limiter
+        .check(&format!("saml:{address}"))
+        .await?;
     let tenant = saml_tenant(&state, &tenant_slug).await?;
     let return_to = allowed_return_to(&state, query.return_to.as_deref())?;
     let now = state.now();
@@ -157,9 +166,17 @@ pub struct AcsForm {
 /// else the account page. Refusals answer their `saml_*` code.
 pub async fn acs(
     State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
     Path(tenant_slug): Path<String>,
     form: Result<Form<AcsForm>, FormRejection>,
 ) -> Result<Response, ApiError> {
+    // Every response costs an XML signature check: limited per address
+    // before any of it, as passkey logins are.
+    state
+        .inner
+        .address_limiter
+        .check(&format!("saml:{address}"))
+        .await?;
     let tenant = saml_tenant(&state, &tenant_slug).await?;
     let Form(form) = form.map_err(|_| {
         ApiError::Saml(SamlError::ResponseMalformed(

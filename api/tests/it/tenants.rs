@@ -458,3 +458,44 @@ async fn saml_tenant_again(app: &TestApp, tenant_id: &str) {
     assert_eq!(put.status, StatusCode::OK, "{}", put.text);
     assert_eq!(put.json["saml"]["enabled"], true);
 }
+
+/// The SAML routes are limited per client address before any work (each
+/// login stores a request; each response costs a signature check): past
+/// `QUEUE_RATE_LIMIT_PER_ADDRESS` a minute they answer 429 `rate_limited`
+/// with Retry-After, and nothing more is stored.
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn the_saml_routes_are_rate_limited_per_address(pool: PgPool) {
+    let mut settings = crate::service::SERVICES.to_vec();
+    settings.push(("QUEUE_RATE_LIMIT_PER_ADDRESS", "3"));
+    let app = TestApp::with(pool, &settings).await;
+    saml_tenant(&app).await;
+    let form = |body: &str| {
+        axum::http::Request::builder()
+            .method(Method::POST)
+            .uri("/saml/acme/acs")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(axum::body::Body::from(body.to_owned()))
+            .unwrap()
+    };
+    // Three garbage responses are refused by the validator ...
+    for _ in 0..3 {
+        let refused = app.send(form("SAMLResponse=bm90IHhtbA%3D%3D")).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.text);
+    }
+    // ... the fourth request from the address, of either route, never
+    // reaches it.
+    let limited = app.send(form("SAMLResponse=bm90IHhtbA%3D%3D")).await;
+    limited.assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    assert!(limited.headers.contains_key("retry-after"));
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM saml_requests")
+        .fetch_one(&app.owner)
+        .await
+        .unwrap();
+    let login = app.get("/saml/acme/login").await;
+    login.assert_error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM saml_requests")
+        .fetch_one(&app.owner)
+        .await
+        .unwrap();
+    assert_eq!(stored, after, "a limited login stores no request");
+}
