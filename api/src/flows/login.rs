@@ -350,6 +350,30 @@ async fn record_use(
     }
 }
 
+/// Checks a guessable secret (a backup code, an email token) of `account`
+/// under the per-account limits: a used-up (account, address) bucket or
+/// account ceiling refuses before the check; only a wrong secret
+/// (`invalid_code`) charges them (issue 17).
+pub async fn check_guessable<T>(
+    state: &AppState,
+    scope: &str,
+    account: &str,
+    address: &str,
+    check: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    state
+        .inner
+        .account_limits
+        .refuse_if_exhausted(scope, account, address, true)
+        .await?;
+    match check.await {
+        Err(ApiError::InvalidCode) => {
+            Err(failed_verification(state, scope, account, address).await)
+        }
+        other => other,
+    }
+}
+
 /// Charges a failed verification to (account, address) and the account's
 /// ceiling; the answer is the failure, or 429 once a bucket is empty.
 pub async fn failed_verification(

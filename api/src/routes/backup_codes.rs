@@ -76,18 +76,15 @@ pub async fn redeem(
     // Codes can be guessed, so a used-up bucket refuses before the check,
     // the ceiling included; only a wrong code charges them (issue 17).
     let account = email.to_string();
-    state
-        .inner
-        .account_limits
-        .refuse_if_exhausted("redeem", &account, &address, true)
-        .await?;
-    match redeem_code(&state, &email, &request.code).await {
-        Err(ApiError::InvalidCode) => Err(crate::flows::login::failed_verification(
-            &state, "redeem", &account, &address,
-        )
-        .await),
-        other => other.map(Json),
-    }
+    crate::flows::login::check_guessable(
+        &state,
+        "redeem",
+        &account,
+        &address,
+        redeem_code(&state, &email, &request.code),
+    )
+    .await
+    .map(Json)
 }
 
 async fn redeem_code(

@@ -77,18 +77,15 @@ pub async fn verify(
     let customer_id = tokens::email_token_customer(&request.token).ok_or(ApiError::InvalidCode)?;
     // Only a wrong token charges the account's buckets (issue 17).
     let account = customer_id.to_string();
-    state
-        .inner
-        .account_limits
-        .refuse_if_exhausted("verify", &account, &address, true)
-        .await?;
-    match verify_token(&state, customer_id, &request.token).await {
-        Err(ApiError::InvalidCode) => Err(crate::flows::login::failed_verification(
-            &state, "verify", &account, &address,
-        )
-        .await),
-        other => other.map(Json),
-    }
+    crate::flows::login::check_guessable(
+        &state,
+        "verify",
+        &account,
+        &address,
+        verify_token(&state, customer_id, &request.token),
+    )
+    .await
+    .map(Json)
 }
 
 async fn verify_token(

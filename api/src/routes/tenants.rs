@@ -277,19 +277,29 @@ pub async fn configure_saml(
         jit_provisioning: request.jit_provisioning,
     };
     let actor = Actor::parse(caller.name.as_str())?;
-    let mut tenant = existing_tenant(&state, tenant_id).await?;
-    let events = tenant
-        .execute(TenantCommand::ConfigureSaml {
-            connection,
-            actor,
-            at: state.now(),
-        })
-        .await?;
+    let command = TenantCommand::ConfigureSaml {
+        connection,
+        actor,
+        at: state.now(),
+    };
+    let answer = change(&state, tenant_id, command).await?;
+    tracing::info!(tenant = %tenant_id, service = caller.name.as_str(), "SAML connection configured");
+    Ok(answer)
+}
+
+/// Runs one command on an existing tenant (404 otherwise), appends its
+/// events, and answers the tenant's new view.
+async fn change(
+    state: &AppState,
+    tenant_id: TenantId,
+    command: TenantCommand,
+) -> Result<Json<TenantView>, ApiError> {
+    let mut tenant = existing_tenant(state, tenant_id).await?;
+    let events = tenant.execute(command).await?;
     let mut batch = Batch::new();
     batch.add(&mut tenant, &events)?;
     state.store().append(batch).await?;
-    tracing::info!(tenant = %tenant_id, service = caller.name.as_str(), "SAML connection configured");
-    Ok(Json(view(&state, &tenant.aggregate)?))
+    Ok(Json(view(state, &tenant.aggregate)?))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -315,17 +325,12 @@ pub async fn disable_saml(
     let tenant_id = TenantId::from(parse_uuid("tenant_id", &tenant_id)?);
     let reason = queue_domain::types::Reason::parse(&request.reason)?;
     let actor = Actor::parse(caller.name.as_str())?;
-    let mut tenant = existing_tenant(&state, tenant_id).await?;
-    let events = tenant
-        .execute(TenantCommand::DisableSaml {
-            reason,
-            actor,
-            at: state.now(),
-        })
-        .await?;
-    let mut batch = Batch::new();
-    batch.add(&mut tenant, &events)?;
-    state.store().append(batch).await?;
+    let command = TenantCommand::DisableSaml {
+        reason,
+        actor,
+        at: state.now(),
+    };
+    let answer = change(&state, tenant_id, command).await?;
     tracing::info!(tenant = %tenant_id, service = caller.name.as_str(), "SAML connection disabled");
-    Ok(Json(view(&state, &tenant.aggregate)?))
+    Ok(answer)
 }
