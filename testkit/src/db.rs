@@ -135,7 +135,10 @@ impl TestDb {
 
     /// A new empty database: nothing has migrated it.
     pub async fn create_unmigrated(prefix: &str) -> Self {
-        let db = ScratchDb::create(prefix, 10)
+        // Small: a test's own checks need few connections, and the `queue
+        // serve` instances beside it (three pools each) share the server's
+        // max_connections with every other test running at the same time.
+        let db = ScratchDb::create(prefix, 3)
             .await
             .expect("create a scratch database");
         Self { db: Some(db) }
