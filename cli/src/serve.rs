@@ -147,6 +147,13 @@ pub async fn run(args: ServeArgs, env: Lookup<'_>) -> Result<(), CliError> {
     );
     // Fresh state: the cell is empty, so this cannot fail.
     let _ = state.inner.checkpoint_signer.set(shared_signer);
+    // The default tenant's stream (ADR 0219), once; a failure here is not a
+    // reason to refuse to serve (the next start tries again).
+    match queue_api::routes::tenants::ensure_default_tenant(&state).await {
+        Ok(true) => tracing::info!("default tenant created"),
+        Ok(false) => {}
+        Err(error) => tracing::warn!(%error, "could not create the default tenant's stream"),
+    }
     if let Some(path) = state.config().jwt_keys_file.clone() {
         tokio::spawn(queue_api::auth::jwt::run_key_reloader(
             pool.clone(),

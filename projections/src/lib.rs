@@ -30,6 +30,7 @@ pub mod row;
 pub mod runner;
 pub mod sessions;
 pub mod table;
+pub mod tenants;
 
 pub use error::{EventFailure, ProjectionError, ProjectionResult};
 pub use extract::{extract, ExtractKeys, ExtractOptions, ExtractReport};

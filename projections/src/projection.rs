@@ -160,3 +160,33 @@ pub(crate) fn stream_ids(events: &[Event], aggregate_type: &str) -> Vec<Uuid> {
         .collect();
     ids.into_iter().collect()
 }
+
+/// The customers a batch names: every Customer stream it continues and the
+/// owner named in the first event of a Credential or Session stream or in
+/// an external audit event; the batch's rows need their tenants.
+pub(crate) fn named_customers(events: &[Event]) -> BTreeSet<Uuid> {
+    use crate::events::Body;
+    use queue_domain::credential::CredentialEvent;
+    use queue_domain::session::SessionEvent;
+    use queue_domain::AuditEvent;
+    let mut out = BTreeSet::new();
+    for event in events {
+        let named = match &event.body {
+            Body::Customer(_) => Uuid::parse_str(&event.meta.aggregate_id).ok(),
+            Body::Credential(
+                CredentialEvent::Registered { customer_id, .. }
+                | CredentialEvent::Imported { customer_id, .. },
+            )
+            | Body::Session(
+                SessionEvent::Created { customer_id, .. }
+                | SessionEvent::Imported { customer_id, .. },
+            ) => Some(*customer_id.as_uuid()),
+            Body::Audit(AuditEvent::Recorded { customer_id, .. }) => {
+                customer_id.map(|c| *c.as_uuid())
+            }
+            _ => None,
+        };
+        out.extend(named);
+    }
+    out
+}

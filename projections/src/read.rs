@@ -16,3 +16,4 @@ pub use crate::customers::read::*;
 pub use crate::customers::{BackupCodeRow, CustomerRow, EmailVerificationRow, RoleRow};
 pub use crate::sessions::read::*;
 pub use crate::sessions::SessionRow;
+pub use crate::tenants::{bind_to_tenants, TENANTS_SETTING};

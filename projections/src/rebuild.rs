@@ -43,6 +43,7 @@ use crate::replay::{decode_rows, stream_order_sums, FullFold};
 use crate::row::{Columns, CopyRow, Row, COPY_BINARY_HEADER, COPY_BINARY_TRAILER};
 use crate::runner::LIVE_SCHEMA;
 use crate::table::{qualified, Table};
+use crate::tenants::CustomerTenants;
 
 /// Where shadow tables are built.
 pub const SHADOW_SCHEMA: &str = "queue_rebuild";
@@ -395,6 +396,10 @@ async fn replay_into_shadow(
     progress: &dyn Progress,
 ) -> ProjectionResult<(FullFold, StageWaits)> {
     let connect = (*pool.connect_options()).clone();
+    let tenants = {
+        let mut conn = pool.acquire().await?;
+        Arc::new(CustomerTenants::load_until(&mut conn, end).await?)
+    };
     let (event_tx, mut event_rx) = mpsc::channel::<Vec<Event>>(8);
     let (skipped_tx, skipped_rx) = tokio::sync::watch::channel(0u64);
     let reader_projections = projections.to_vec();
@@ -431,6 +436,7 @@ async fn replay_into_shadow(
     }
     let (audit_tx, audit_fold) = if with_audit {
         let (tx, mut rx) = mpsc::channel::<Arc<Vec<Event>>>(8);
+        let tenants = Arc::clone(&tenants);
         let fold = AbortOnDrop(tokio::task::spawn_blocking(move || {
             let mut fold = AuditFold::new();
             let mut buffer = Vec::with_capacity(COPY_BUFFER + 4096);
@@ -438,7 +444,7 @@ async fn replay_into_shadow(
             let mut copy_wait = Duration::ZERO;
             while let Some(chunk) = rx.blocking_recv() {
                 for event in chunk.iter() {
-                    if let Some(row) = fold.apply(event)? {
+                    if let Some(row) = fold.apply(event, &tenants)? {
                         let mut tuple = CopyRow::new(&mut buffer, AuditRow::COLUMNS.len());
                         row.copy_binary(&mut tuple);
                     }
@@ -478,8 +484,9 @@ async fn replay_into_shadow(
         }
         let (tx, mut rx) = mpsc::channel::<Arc<Vec<Event>>>(8);
         table_txs.push(tx);
+        let tenants = Arc::clone(&tenants);
         table_folds.push(AbortOnDrop(tokio::task::spawn_blocking(move || {
-            let mut fold = FullFold::new(&[projection]);
+            let mut fold = FullFold::new(&[projection], tenants);
             while let Some(chunk) = rx.blocking_recv() {
                 for event in chunk.iter() {
                     fold.apply(event)?;
@@ -538,7 +545,7 @@ async fn replay_into_shadow(
     for writer in writers {
         write_results.push(writer.join().await.map_err(joined("audit writer"))?);
     }
-    let mut fold = FullFold::new(&[]);
+    let mut fold = FullFold::new(&[], tenants);
     for result in table_results {
         let part = result?;
         fold.customers = fold.customers.or(part.customers);
@@ -853,7 +860,8 @@ async fn swap(
             sql.push_str(&format!(
                 "DROP TABLE {live}; ALTER TABLE {shadow} SET SCHEMA {LIVE_SCHEMA}; \
                  GRANT SELECT ON {live} TO queue_service; \
-                 GRANT SELECT, INSERT, UPDATE ON {live} TO queue_projector;",
+                 GRANT SELECT, INSERT, UPDATE ON {live} TO queue_projector; \
+                 SELECT queue_isolate_tenants('{live}'::regclass);",
                 live = qualified(LIVE_SCHEMA, table),
                 shadow = qualified(SHADOW_SCHEMA, table),
             ));

@@ -19,6 +19,7 @@ use crate::events::{raw_from_row, Decoder, Event, AGGREGATE_TYPE_COLUMN, EVENT_C
 use crate::projection::Projection;
 use crate::row::Row;
 use crate::sessions::SessionsFold;
+use crate::tenants::CustomerTenants;
 
 /// The selected projections folded over events held in memory.
 pub struct FullFold {
@@ -26,6 +27,8 @@ pub struct FullFold {
     pub credentials: Option<CredentialsFold>,
     pub sessions: Option<SessionsFold>,
     pub audit: Option<AuditFold>,
+    /// The tenant of every customer of the log (loaded before folding).
+    tenants: Arc<CustomerTenants>,
     /// Audit rows are not kept; their checksum is, when asked for.
     audit_sum: Option<(Mode, Sum)>,
     pub events: u64,
@@ -33,13 +36,16 @@ pub struct FullFold {
 }
 
 impl FullFold {
-    pub fn new(projections: &[Projection]) -> Self {
+    /// `tenants`: the tenant of every customer the folded events name
+    /// ([`CustomerTenants::load_until`] the fold's end).
+    pub fn new(projections: &[Projection], tenants: Arc<CustomerTenants>) -> Self {
         let has = |p| projections.contains(&p);
         Self {
             customers: has(Projection::Customers).then(|| CustomersFold::new(false)),
             credentials: has(Projection::Credentials).then(|| CredentialsFold::new(false)),
             sessions: has(Projection::Sessions).then(|| SessionsFold::new(false)),
             audit: has(Projection::Audit).then(AuditFold::new),
+            tenants,
             audit_sum: None,
             events: 0,
             last: Position::default(),
@@ -61,13 +67,13 @@ impl FullFold {
             fold.apply(event)?;
         }
         if let Some(fold) = &mut self.credentials {
-            fold.apply(event)?;
+            fold.apply(event, &self.tenants)?;
         }
         if let Some(fold) = &mut self.sessions {
-            fold.apply(event)?;
+            fold.apply(event, &self.tenants)?;
         }
         let row = match &mut self.audit {
-            Some(fold) => fold.apply(event)?,
+            Some(fold) => fold.apply(event, &self.tenants)?,
             None => None,
         };
         if let (Some((mode, sum)), Some(row)) = (&mut self.audit_sum, &row) {
@@ -107,10 +113,11 @@ pub async fn stream_order_sums(
 ) -> ProjectionResult<(u64, Sums)> {
     // Folding (and checksumming) on a thread of its own, beside the reading
     // and decoding.
+    let tenants = Arc::new(CustomerTenants::load_until(conn, end).await?);
     let (fold_tx, mut fold_rx) = mpsc::channel::<Vec<Event>>(8);
     let fold_projections = projections.to_vec();
     let folder = tokio::task::spawn_blocking(move || {
-        let mut fold = FullFold::new(&fold_projections).with_audit_sum(mode);
+        let mut fold = FullFold::new(&fold_projections, tenants).with_audit_sum(mode);
         while let Some(events) = fold_rx.blocking_recv() {
             for event in &events {
                 fold.apply(event)?;

@@ -3,6 +3,12 @@
 //! endpoints"), the [`ServiceCaller`] extractor, and the service routes that
 //! need nothing else (`/internal/customers/count`).
 //!
+//! `QUEUE_SERVICE_TENANTS_<NAME>` (issue 22, ADR 0219) limits a token to
+//! tenants (comma-separated slugs; unset or `*`: every tenant). A limited
+//! token that names a customer, grant or tenant of another tenant is
+//! answered 404 as if it did not exist, and its reads of the read tables run
+//! in a transaction bound to its tenants (row-level security, migration 0332).
+//!
 //! The service name (`<NAME>` lower-cased) is the actor recorded in every
 //! event a service causes. Tokens are compared in constant time, over their
 //! SHA-256 digests, against every configured service (no early exit).
@@ -13,7 +19,7 @@ use std::fmt;
 use axum::extract::{FromRequestParts, State};
 use axum::http::header;
 use axum::http::request::Parts;
-use queue_domain::types::ServiceName;
+use queue_domain::types::{ServiceName, TenantId, TenantSlug};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -29,6 +35,7 @@ pub const TOKEN_PREFIX: &str = "QUEUE_SERVICE_TOKEN_";
 /// The service name Queue records its own audit events under.
 pub const RESERVED_SERVICE: &str = "queue";
 pub const SCOPES_PREFIX: &str = "QUEUE_SERVICE_SCOPES_";
+pub const TENANTS_PREFIX: &str = "QUEUE_SERVICE_TENANTS_";
 /// Service tokens shorter than this are refused at startup.
 pub const MIN_TOKEN_LEN: usize = 16;
 
@@ -69,12 +76,60 @@ impl Scope {
     }
 }
 
-/// One configured service: its name, the digest of its token, its scopes.
+/// The tenants a service token may see (`QUEUE_SERVICE_TENANTS_<NAME>`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum TenantLimit {
+    /// Unset or `*`: every tenant.
+    #[default]
+    All,
+    /// Only these (never empty).
+    Only(BTreeSet<TenantId>),
+}
+
+impl TenantLimit {
+    /// Parses the variable's value: `*`, or comma-separated tenant slugs.
+    fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        if raw.is_empty() || raw == "*" {
+            return Ok(Self::All);
+        }
+        let mut tenants = BTreeSet::new();
+        for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let slug = TenantSlug::parse(part)
+                .map_err(|_| "expected `*` or comma-separated tenant slugs".to_owned())?;
+            tenants.insert(TenantId::for_slug(&slug));
+        }
+        if tenants.is_empty() {
+            return Err("expected `*` or comma-separated tenant slugs".into());
+        }
+        Ok(Self::Only(tenants))
+    }
+
+    /// Whether a caller with this limit may see `tenant`.
+    pub fn allows(&self, tenant: TenantId) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(tenants) => tenants.contains(&tenant),
+        }
+    }
+
+    /// The tenant ids a read is bound to; `None` for every tenant.
+    pub fn ids(&self) -> Option<Vec<uuid::Uuid>> {
+        match self {
+            Self::All => None,
+            Self::Only(tenants) => Some(tenants.iter().map(|t| *t.as_uuid()).collect()),
+        }
+    }
+}
+
+/// One configured service: its name, the digest of its token, its scopes,
+/// the tenants it may see.
 #[derive(Clone)]
 struct ServiceEntry {
     name: ServiceName,
     token_digest: [u8; 32],
     scopes: BTreeSet<Scope>,
+    tenants: TenantLimit,
 }
 
 /// Every configured service token (Debug shows names and scopes only).
@@ -88,7 +143,7 @@ impl fmt::Debug for ServiceTokens {
         let mut map = f.debug_map();
         for entry in &self.entries {
             let scopes: Vec<&str> = entry.scopes.iter().map(|s| s.as_str()).collect();
-            map.entry(&entry.name.as_str(), &scopes);
+            map.entry(&entry.name.as_str(), &(scopes, &entry.tenants));
         }
         map.finish()
     }
@@ -105,9 +160,10 @@ fn digest(token: &str) -> [u8; 32] {
 }
 
 impl ServiceTokens {
-    /// Reads `QUEUE_SERVICE_TOKEN_<NAME>` / `QUEUE_SERVICE_SCOPES_<NAME>` for
-    /// every variable name in `names` that has either prefix; values come
-    /// from `get`. Errors name the variable, never its value.
+    /// Reads `QUEUE_SERVICE_TOKEN_<NAME>` / `QUEUE_SERVICE_SCOPES_<NAME>` /
+    /// `QUEUE_SERVICE_TENANTS_<NAME>` for every variable name in `names`
+    /// that has one of the prefixes; values come from `get`. Errors name the
+    /// variable, never its value.
     pub fn from_lookup<'a>(
         get: &impl Fn(&str) -> Option<String>,
         names: impl IntoIterator<Item = &'a str>,
@@ -116,7 +172,8 @@ impl ServiceTokens {
         for name in names {
             let suffix = name
                 .strip_prefix(TOKEN_PREFIX)
-                .or_else(|| name.strip_prefix(SCOPES_PREFIX));
+                .or_else(|| name.strip_prefix(SCOPES_PREFIX))
+                .or_else(|| name.strip_prefix(TENANTS_PREFIX));
             if let Some(suffix) = suffix {
                 services.insert(suffix.to_owned(), ());
             }
@@ -125,6 +182,7 @@ impl ServiceTokens {
         for suffix in services.keys() {
             let token_var = static_var(format!("{TOKEN_PREFIX}{suffix}"));
             let scopes_var = static_var(format!("{SCOPES_PREFIX}{suffix}"));
+            let tenants_var = static_var(format!("{TENANTS_PREFIX}{suffix}"));
             let name = ServiceName::parse(&suffix.to_ascii_lowercase()).map_err(|_| {
                 ConfigError::Invalid {
                     var: token_var,
@@ -169,6 +227,13 @@ impl ServiceTokens {
                 })?;
                 scopes.insert(scope);
             }
+            let tenants = match get(tenants_var) {
+                Some(raw) => TenantLimit::parse(&raw).map_err(|why| ConfigError::Invalid {
+                    var: tenants_var,
+                    why,
+                })?,
+                None => TenantLimit::All,
+            };
             let token_digest = digest(&token);
             if entries
                 .iter()
@@ -183,6 +248,7 @@ impl ServiceTokens {
                 name,
                 token_digest,
                 scopes,
+                tenants,
             });
         }
         Ok(Self { entries })
@@ -215,6 +281,7 @@ impl ServiceTokens {
 pub struct ServiceCaller {
     pub name: ServiceName,
     scopes: BTreeSet<Scope>,
+    pub tenants: TenantLimit,
 }
 
 impl ServiceCaller {
@@ -229,6 +296,16 @@ impl ServiceCaller {
 
     pub fn has(&self, scope: Scope) -> bool {
         self.scopes.contains(&scope)
+    }
+
+    /// 404 not_found unless the caller may see `tenant`: to a limited
+    /// token, another tenant's customer, grant or tenant does not exist.
+    pub fn require_tenant(&self, tenant: TenantId) -> Result<(), ApiError> {
+        if self.tenants.allows(tenant) {
+            Ok(())
+        } else {
+            Err(ApiError::NotFound)
+        }
     }
 }
 
@@ -254,6 +331,7 @@ impl FromRequestParts<AppState> for ServiceCaller {
             return Ok(Self {
                 name: entry.name.clone(),
                 scopes: entry.scopes.clone(),
+                tenants: entry.tenants.clone(),
             });
         }
         let is_customer_jwt = jwt::verify(
@@ -278,7 +356,8 @@ pub struct CountResponse {
 }
 
 /// `GET /api/v1/internal/customers/count` (scope internal): customers
-/// registered or imported, suspended included, from the read table.
+/// registered or imported, suspended included, from the read table; a
+/// tenant-limited token counts its tenants' only.
 #[utoipa::path(get, path = "/api/v1/internal/customers/count", tag = "service",
     security(("bearer" = [])),
     responses((status = 200, body = CountResponse), (status = 401, body = crate::http::error::ErrorEnvelope), (status = 403, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)))]
@@ -287,7 +366,9 @@ pub async fn customer_count(
     caller: ServiceCaller,
 ) -> Result<Json<CountResponse>, ApiError> {
     caller.require(Scope::Internal)?;
-    let count = queue_projections::read::customer_count(&state.pool).await?;
+    let count =
+        queue_projections::read::customer_count(&state.pool, caller.tenants.ids().as_deref())
+            .await?;
     Ok(Json(CountResponse { count }))
 }
 
@@ -332,6 +413,48 @@ mod tests {
         assert!(err.starts_with("QUEUE_SERVICE_TOKEN_X"), "{err}");
         let err = tokens(&[("QUEUE_SERVICE_TOKEN_X", "0123456789abcdef")]).unwrap_err();
         assert_eq!(err, ConfigError::Missing("QUEUE_SERVICE_SCOPES_X"));
+    }
+
+    #[test]
+    fn a_token_may_be_limited_to_tenants() {
+        let t = tokens(&[
+            ("QUEUE_SERVICE_TOKEN_ACME", "acme-secret-00000001"),
+            ("QUEUE_SERVICE_SCOPES_ACME", "admin"),
+            ("QUEUE_SERVICE_TENANTS_ACME", "acme, acme-eu"),
+            ("QUEUE_SERVICE_TOKEN_OPS", "ops-secret-000000001"),
+            ("QUEUE_SERVICE_SCOPES_OPS", "admin"),
+            ("QUEUE_SERVICE_TOKEN_ALL", "all-secret-000000001"),
+            ("QUEUE_SERVICE_SCOPES_ALL", "admin"),
+            ("QUEUE_SERVICE_TENANTS_ALL", "*"),
+        ])
+        .unwrap();
+        let slug = |s: &str| TenantId::for_slug(&TenantSlug::parse(s).unwrap());
+        let acme = &t.find("acme-secret-00000001").unwrap().tenants;
+        assert!(acme.allows(slug("acme")) && acme.allows(slug("acme-eu")));
+        assert!(!acme.allows(slug("globex")) && !acme.allows(TenantId::DEFAULT));
+        assert_eq!(acme.ids().map(|ids| ids.len()), Some(2));
+        for name in ["ops-secret-000000001", "all-secret-000000001"] {
+            let all = &t.find(name).unwrap().tenants;
+            assert_eq!(*all, TenantLimit::All);
+            assert!(all.allows(slug("globex")) && all.ids().is_none());
+        }
+        // A bad slug, or nothing but commas: the variable is named.
+        for bad in ["Acme", " , ,", "acme,-x"] {
+            let err = tokens(&[
+                ("QUEUE_SERVICE_TOKEN_ACME", "acme-secret-00000001"),
+                ("QUEUE_SERVICE_SCOPES_ACME", "admin"),
+                ("QUEUE_SERVICE_TENANTS_ACME", bad),
+            ])
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.starts_with("QUEUE_SERVICE_TENANTS_ACME"),
+                "{bad}: {err}"
+            );
+        }
+        // Tenants without a token: the token is missing.
+        let err = tokens(&[("QUEUE_SERVICE_TENANTS_X", "acme")]).unwrap_err();
+        assert_eq!(err, ConfigError::Missing("QUEUE_SERVICE_TOKEN_X"));
     }
 
     #[test]

@@ -10,22 +10,25 @@ use queue_domain::types::{Actor, CustomerId, Reason};
 use queue_domain::Customer;
 use queue_eventstore::Batch;
 
+use crate::auth::service::TenantLimit;
 use crate::http::error::ApiError;
 use crate::state::AppState;
 
-/// Suspends the customer; returns how many live sessions it revoked.
+/// Suspends the customer; returns how many live sessions it revoked. A
+/// customer outside `tenants` is not found.
 pub async fn suspend(
     state: &AppState,
     customer_id: CustomerId,
     reason: Reason,
     actor: Actor,
+    tenants: &TenantLimit,
 ) -> Result<usize, ApiError> {
     // A session refreshed between our read and our append makes the append
     // fail on its version: read again and retry a few times.
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match suspend_once(state, customer_id, reason.clone(), actor.clone()).await {
+        match suspend_once(state, customer_id, reason.clone(), actor.clone(), tenants).await {
             Err(ApiError::Conflict) if attempt < 3 => continue,
             other => return other,
         }
@@ -40,6 +43,7 @@ async fn suspend_once(
     customer_id: CustomerId,
     reason: Reason,
     actor: Actor,
+    tenants: &TenantLimit,
 ) -> Result<usize, ApiError> {
     let now = state.now();
     let store = state.store();
@@ -49,7 +53,11 @@ async fn suspend_once(
         .load_many_in::<Customer>(&mut tx, &[customer_id.to_string()])
         .await?
         .pop()
-        .filter(|c| c.aggregate.state().is_some())
+        .filter(|c| {
+            c.aggregate
+                .state()
+                .is_some_and(|state| tenants.allows(state.tenant_id))
+        })
         .ok_or(ApiError::NotFound)?;
     let events = customer
         .execute(CustomerCommand::Suspend {

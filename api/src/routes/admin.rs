@@ -42,7 +42,8 @@ pub async fn suspend(
     let customer_id = CustomerId::from(parse_uuid("customer_id", &customer_id)?);
     let reason = Reason::parse(&request.reason)?;
     let actor = Actor::parse(caller.name.as_str())?;
-    let revoked = flows::suspend::suspend(&state, customer_id, reason, actor).await?;
+    let revoked =
+        flows::suspend::suspend(&state, customer_id, reason, actor, &caller.tenants).await?;
     tracing::info!(customer = %customer_id, service = caller.name.as_str(), sessions = revoked, "customer suspended");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -71,7 +72,7 @@ pub async fn reinstate(
     };
     let actor = Actor::parse(caller.name.as_str())?;
     let now = state.now();
-    let mut customer = existing_customer(&state, customer_id).await?;
+    let mut customer = existing_customer(&state, &caller, customer_id).await?;
     let events = customer
         .execute(CustomerCommand::Reinstate {
             reason,
@@ -114,7 +115,7 @@ pub async fn history(
             .map_err(|_| ApiError::invalid("at must be an RFC 3339 timestamp"))?,
         None => state.now(),
     };
-    existing_customer(&state, customer_id).await?;
+    existing_customer(&state, &caller, customer_id).await?;
     let history =
         queue_eventstore::history::customer_history(state.store(), &customer_id.to_string(), at)
             .await?;

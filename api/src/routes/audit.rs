@@ -110,7 +110,7 @@ async fn replay(
     request_body = AuditEventRequest,
     responses((status = 201, body = AuditEventCreated), (status = 200, description = "the idempotency key was used before: the original event", body = AuditEventCreated),
         (status = 400, body = crate::http::error::ErrorEnvelope), (status = 401, body = crate::http::error::ErrorEnvelope), (status = 403, body = crate::http::error::ErrorEnvelope),
-        (status = 413, body = crate::http::error::ErrorEnvelope), (status = 429, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)))]
+        (status = 404, body = crate::http::error::ErrorEnvelope), (status = 413, body = crate::http::error::ErrorEnvelope), (status = 429, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)))]
 pub async fn record(
     State(state): State<AppState>,
     caller: ServiceCaller,
@@ -151,6 +151,9 @@ pub async fn record(
         return Err(ApiError::MetadataTooLarge);
     }
     let idempotency_key = IdempotencyKey::parse(&request.idempotency_key)?;
+    if let Some(customer_id) = customer_id {
+        visible_customer(&state, &caller, customer_id).await?;
+    }
 
     let event_id =
         AuditEventId::for_idempotency_key(caller.name.as_str(), idempotency_key.as_str());
@@ -202,6 +205,26 @@ pub async fn record(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// To a tenant-limited token, a customer outside its tenants does not
+/// exist (404). Unlimited tokens may name any customer id, as before
+/// tenants: the audit log records what a service says.
+async fn visible_customer(
+    state: &AppState,
+    caller: &ServiceCaller,
+    customer_id: CustomerId,
+) -> Result<(), ApiError> {
+    if caller.tenants.ids().is_none() {
+        return Ok(());
+    }
+    let customer = state.store().customer(customer_id).await?;
+    let tenant = customer
+        .aggregate
+        .state()
+        .map(|c| c.tenant_id)
+        .ok_or(ApiError::NotFound)?;
+    caller.require_tenant(tenant)
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
@@ -229,7 +252,7 @@ pub struct AuditPageResponse {
     security(("bearer" = [])),
     params(AuditQuery),
     responses((status = 200, body = AuditPageResponse), (status = 400, body = crate::http::error::ErrorEnvelope),
-        (status = 401, body = crate::http::error::ErrorEnvelope), (status = 403, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)))]
+        (status = 401, body = crate::http::error::ErrorEnvelope), (status = 403, body = crate::http::error::ErrorEnvelope), (status = 404, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: ServiceCaller,
@@ -265,7 +288,11 @@ pub async fn list(
             other => other,
         },
         cursor: query.cursor,
+        tenant_ids: caller.tenants.ids(),
     };
+    if let Some(customer_id) = filter.customer_id {
+        visible_customer(&state, &caller, CustomerId::from(customer_id)).await?;
+    }
     // Read-your-writes: an audit event this service just wrote is found.
     let freshness = await_projection(&state, Projection::Audit).await?;
     let page = queue_projections::read::audit_events(&state.pool, &filter).await?;

@@ -76,12 +76,17 @@ pub(crate) fn parse_uuid(field: &str, raw: &str) -> Result<Uuid, ApiError> {
 /// A customer that exists, or 404.
 pub(crate) async fn existing_customer(
     state: &AppState,
+    caller: &ServiceCaller,
     customer_id: CustomerId,
 ) -> Result<Loaded<Customer>, ApiError> {
     let customer = state.store().customer(customer_id).await?;
-    if customer.aggregate.state().is_none() {
-        return Err(ApiError::NotFound);
-    }
+    let tenant = customer
+        .aggregate
+        .state()
+        .map(|c| c.tenant_id)
+        .ok_or(ApiError::NotFound)?;
+    // Another tenant's customer does not exist to a limited token.
+    caller.require_tenant(tenant)?;
     Ok(customer)
 }
 
@@ -116,7 +121,7 @@ pub async fn grant(
         None => None,
     };
     let actor = Actor::parse(caller.name.as_str())?;
-    let mut customer = existing_customer(&state, customer_id).await?;
+    let mut customer = existing_customer(&state, &caller, customer_id).await?;
     let grant_id = GrantId::from(Uuid::new_v4());
     let events = customer
         .execute(CustomerCommand::GrantRole {
@@ -162,7 +167,7 @@ pub async fn revoke(
         .customer_of_grant(grant_id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    let mut customer = existing_customer(&state, customer_id).await?;
+    let mut customer = existing_customer(&state, &caller, customer_id).await?;
     let events = customer
         .execute(CustomerCommand::RevokeRole {
             grant_id,
@@ -189,7 +194,7 @@ pub async fn roles(
 ) -> Result<Json<RolesResponse>, ApiError> {
     caller.require(Scope::RbacRead)?;
     let customer_id = CustomerId::from(parse_uuid("customer_id", &customer_id)?);
-    let customer = existing_customer(&state, customer_id).await?;
+    let customer = existing_customer(&state, &caller, customer_id).await?;
     let customer_state = customer.aggregate.state().ok_or(ApiError::NotFound)?;
     let now = state.now();
     let roles = customer_state

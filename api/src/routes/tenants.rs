@@ -180,6 +180,29 @@ pub async fn create(
     let slug = TenantSlug::parse(&request.slug)?;
     let name = TenantName::parse(&request.name)?;
     let actor = Actor::parse(caller.name.as_str())?;
+    // Creating another tenant is not a tenant admin's to do (ADR 0219):
+    // a limited token may create only a tenant it is limited to.
+    if !caller.tenants.allows(TenantId::for_slug(&slug)) {
+        return Err(ApiError::Forbidden);
+    }
+    let tenant_id = append_created(&state, slug, name, actor).await?;
+    tracing::info!(tenant = %tenant_id, service = caller.name.as_str(), "tenant created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedTenant {
+            tenant_id: tenant_id.to_string(),
+        }),
+    ))
+}
+
+/// Appends the tenant's `TenantCreated`; 409 tenant_exists when its stream
+/// exists (or a concurrent creation of the slug won).
+async fn append_created(
+    state: &AppState,
+    slug: TenantSlug,
+    name: TenantName,
+    actor: Actor,
+) -> Result<TenantId, ApiError> {
     let tenant_id = TenantId::for_slug(&slug);
     let mut tenant: Loaded<Tenant> = state.store().load(&tenant_id.to_string()).await?;
     let events = tenant
@@ -198,13 +221,22 @@ pub async fn create(
         queue_eventstore::StoreError::OptimisticLock => ApiError::TenantExists,
         other => other.into(),
     })?;
-    tracing::info!(tenant = %tenant_id, service = caller.name.as_str(), "tenant created");
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedTenant {
-            tenant_id: tenant_id.to_string(),
-        }),
-    ))
+    Ok(tenant_id)
+}
+
+/// The default tenant's stream, appended once by `queue serve` at start
+/// (actor `queue`): every customer from before tenants belongs to it, and
+/// with its stream `/auth/me` and `GET /api/v1/tenants/{id}` show it like
+/// any other tenant. True when this call created it.
+pub async fn ensure_default_tenant(state: &AppState) -> Result<bool, ApiError> {
+    let slug = TenantSlug::parse(TenantSlug::DEFAULT)?;
+    let name = TenantName::parse("Default")?;
+    let actor = Actor::parse(crate::auth::service::RESERVED_SERVICE)?;
+    match append_created(state, slug, name, actor).await {
+        Ok(_) => Ok(true),
+        Err(ApiError::TenantExists) => Ok(false),
+        Err(other) => Err(other),
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/tenants/{tenant_id}", tag = "service",
@@ -220,6 +252,7 @@ pub async fn get(
 ) -> Result<Json<TenantView>, ApiError> {
     caller.require(Scope::Admin)?;
     let tenant_id = TenantId::from(parse_uuid("tenant_id", &tenant_id)?);
+    caller.require_tenant(tenant_id)?;
     let tenant = existing_tenant(&state, tenant_id).await?;
     Ok(Json(view(&state, &tenant.aggregate)?))
 }
@@ -247,6 +280,7 @@ pub async fn configure_saml(
 ) -> Result<Json<TenantView>, ApiError> {
     caller.require(Scope::Admin)?;
     let tenant_id = TenantId::from(parse_uuid("tenant_id", &tenant_id)?);
+    caller.require_tenant(tenant_id)?;
     // Parsed once here, so a stored connection always parsed (ADR 0217).
     queue_saml::IdpMetadata::parse(&request.idp_metadata).map_err(ApiError::Saml)?;
     let mut group_roles: BTreeMap<SamlGroup, BTreeSet<Role>> = BTreeMap::new();
@@ -323,6 +357,7 @@ pub async fn disable_saml(
 ) -> Result<Json<TenantView>, ApiError> {
     caller.require(Scope::Admin)?;
     let tenant_id = TenantId::from(parse_uuid("tenant_id", &tenant_id)?);
+    caller.require_tenant(tenant_id)?;
     let reason = queue_domain::types::Reason::parse(&request.reason)?;
     let actor = Actor::parse(caller.name.as_str())?;
     let command = TenantCommand::DisableSaml {

@@ -12,6 +12,7 @@ mod errors;
 mod helpers;
 mod hostile;
 mod integrity;
+mod isolation;
 mod key_reload;
 mod mail;
 mod operations;

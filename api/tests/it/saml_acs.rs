@@ -31,7 +31,7 @@ fn repo_root() -> PathBuf {
 
 /// The pysaml2 IdP; its keys live in one directory for the whole test, so
 /// the metadata given to the tenant and the responses agree.
-struct Idp {
+pub struct Idp {
     dir: PathBuf,
     sp_metadata: Vec<String>,
 }
@@ -59,7 +59,7 @@ impl Idp {
     }
 
     /// The IdP's metadata and the responses (raw XML) it issued.
-    fn issue(&self, responses: &[Value]) -> (String, Vec<String>) {
+    pub fn issue(&self, responses: &[Value]) -> (String, Vec<String>) {
         let python = repo_root().join(".dev/saml/venv/bin/python");
         let ok = Command::new(&python)
             .args(["-c", "import saml2"])
@@ -109,7 +109,7 @@ impl Idp {
 
 /// A login of `email` in groups `eng`, for `audience_slug`'s SP, sent to
 /// acme's ACS.
-fn ask(base: &str, audience_slug: &str, in_response_to: &str, email: &str) -> Value {
+pub fn ask(base: &str, audience_slug: &str, in_response_to: &str, email: &str) -> Value {
     ask_in(base, audience_slug, Some(in_response_to), email, &["eng"])
 }
 
@@ -134,14 +134,14 @@ fn ask_in(
     })
 }
 
-struct Setup {
-    app: TestApp,
-    idp: Idp,
-    base: String,
+pub struct Setup {
+    pub app: TestApp,
+    pub idp: Idp,
+    pub base: String,
 }
 
 /// Tenant `acme` trusting the pysaml2 IdP, JIT on, group `eng` → support-agent.
-async fn setup(pool: PgPool) -> Setup {
+pub async fn setup(pool: PgPool) -> Setup {
     let app = service_app(pool).await;
     let base = app.state.config().rp_origins[0]
         .as_str()
@@ -170,7 +170,7 @@ async fn setup(pool: PgPool) -> Setup {
 }
 
 /// Starts an SP-initiated login; the RelayState (the request id).
-async fn start_login(app: &TestApp, return_to: &str) -> String {
+pub async fn start_login(app: &TestApp, return_to: &str) -> String {
     let got = app
         .get(&format!(
             "/saml/acme/login?return_to={}",
@@ -187,7 +187,7 @@ async fn start_login(app: &TestApp, return_to: &str) -> String {
 }
 
 /// The browser's auto-submitted form to the ACS.
-async fn post_acs(app: &TestApp, response_xml: &str, relay_state: &str) -> Response {
+pub async fn post_acs(app: &TestApp, response_xml: &str, relay_state: &str) -> Response {
     let body: String = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("SAMLResponse", &STANDARD.encode(response_xml))
         .append_pair("RelayState", relay_state)

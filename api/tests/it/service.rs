@@ -10,6 +10,8 @@ use crate::helpers::{bearer, Passkey, TestApp};
 pub const AUDITOR: &str = "auditor-token-0000000001";
 pub const OPS: &str = "ops-token-000000000000001";
 pub const READER: &str = "reader-token-00000000001";
+/// Every scope, limited to tenant `acme` (issue 22, ADR 0219).
+pub const ACME: &str = "acme-token-00000000000001";
 
 pub const SERVICES: &[(&str, &str)] = &[
     ("QUEUE_SERVICE_TOKEN_AUDITOR", AUDITOR),
@@ -21,6 +23,12 @@ pub const SERVICES: &[(&str, &str)] = &[
     ),
     ("QUEUE_SERVICE_TOKEN_READER", READER),
     ("QUEUE_SERVICE_SCOPES_READER", "audit:read,rbac:read"),
+    ("QUEUE_SERVICE_TOKEN_ACME", ACME),
+    (
+        "QUEUE_SERVICE_SCOPES_ACME",
+        "admin,internal,rbac:read,rbac:write,audit:read,audit:write",
+    ),
+    ("QUEUE_SERVICE_TENANTS_ACME", "acme"),
 ];
 
 pub async fn service_app(pool: PgPool) -> TestApp {

@@ -499,3 +499,41 @@ async fn the_saml_routes_are_rate_limited_per_address(pool: PgPool) {
         .unwrap();
     assert_eq!(stored, after, "a limited login stores no request");
 }
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn serve_creates_the_default_tenants_stream_once(pool: PgPool) {
+    let app = service_app(pool).await;
+    let tokens = app.register(&mut Passkey::new(), "ada@example.com").await;
+    // `queue serve` calls this at every start; only the first appends.
+    assert!(
+        queue_api::routes::tenants::ensure_default_tenant(&app.state)
+            .await
+            .unwrap()
+    );
+    let before = app.event_count().await;
+    assert!(
+        !queue_api::routes::tenants::ensure_default_tenant(&app.state)
+            .await
+            .unwrap()
+    );
+    assert_eq!(app.event_count().await, before);
+    let created: (String, Value) = sqlx::query_as(
+        "SELECT aggregate_id, payload FROM events WHERE event_type = 'TenantCreated'",
+    )
+    .fetch_one(&app.owner)
+    .await
+    .unwrap();
+    assert_eq!(created.0, DEFAULT_TENANT);
+    assert_eq!(created.1["TenantCreated"]["actor"], "queue");
+
+    let got = app
+        .get_auth(&format!("/api/v1/tenants/{DEFAULT_TENANT}"), OPS)
+        .await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    assert_eq!(got.json["slug"], "default");
+    assert_eq!(got.json["name"], "Default");
+    // A customer from before the stream existed is the default tenant's.
+    let me = app.get_auth("/api/v1/auth/me", &bearer(&tokens)).await;
+    assert_eq!(me.json["tenant"]["tenant_id"], DEFAULT_TENANT);
+    assert_eq!(me.json["tenant"]["name"], "Default");
+}

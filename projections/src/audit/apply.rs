@@ -6,8 +6,9 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::events::Event;
-use crate::projection::{stream_ids, BatchError};
+use crate::projection::{named_customers, stream_ids, BatchError};
 use crate::table::upsert;
+use crate::tenants::CustomerTenants;
 
 use super::{AuditFold, AuditRow};
 
@@ -18,6 +19,7 @@ pub(crate) async fn apply(
     events: &[Event],
 ) -> Result<(), BatchError> {
     let mut fold = AuditFold::new();
+    let mut customers = named_customers(events);
     // The owner of every Credential and Session stream the batch continues,
     // from the stream's first event in the log.
     for aggregate_type in ["Credential", "Session"] {
@@ -42,12 +44,15 @@ pub(crate) async fn apply(
         for (id, owner) in owners {
             if let Some(owner) = owner.and_then(|o| Uuid::parse_str(&o).ok()) {
                 fold.remember_owner(aggregate_type, &id, owner);
+                customers.insert(owner);
             }
         }
     }
+    let customers: Vec<Uuid> = customers.into_iter().collect();
+    let tenants = CustomerTenants::load(conn, &customers).await?;
     let mut rows: Vec<AuditRow> = Vec::with_capacity(events.len());
     for (index, event) in events.iter().enumerate() {
-        match fold.apply(event) {
+        match fold.apply(event, &tenants) {
             Ok(Some(row)) => rows.push(row),
             Ok(None) => {}
             Err(error) => return Err(BatchError::Event { index, error }),

@@ -16,6 +16,7 @@ use super::{audit_event_id, AuditRow};
 use crate::error::ProjectionResult;
 use crate::events::{Body, Event, Meta};
 use crate::table::{stream_uuid, t, Fast};
+use crate::tenants::CustomerTenants;
 use std::collections::HashMap;
 
 /// Projection `audit`: customer_audit_events. Rows are append-only; the
@@ -34,7 +35,12 @@ impl AuditFold {
     }
 
     /// The audit row of one event (`None` for aggregate types not audited).
-    pub fn apply(&mut self, event: &Event) -> ProjectionResult<Option<AuditRow>> {
+    /// `tenants` holds the tenant of every customer the event belongs to.
+    pub fn apply(
+        &mut self,
+        event: &Event,
+        tenants: &CustomerTenants,
+    ) -> ProjectionResult<Option<AuditRow>> {
         let meta = &event.meta;
         let stream_target = || {
             format!(
@@ -63,8 +69,9 @@ impl AuditFold {
             ticket_id,
             metadata,
             occurred_at: t(occurred_at),
+            tenant_id: None,
         };
-        let out = match &event.body {
+        let mut out = match &event.body {
             Body::Other => return Ok(None),
             Body::Customer(body) => {
                 let id = Some(stream_uuid(meta)?);
@@ -353,6 +360,14 @@ impl AuditFold {
                 audit.target = target.to_string();
                 audit
             }
+        };
+        // A customer's rows are its tenant's. An external event may name a
+        // customer id that never existed (the log records what a service
+        // says): no tenant, seen only by tokens not limited to tenants.
+        out.tenant_id = match (&event.body, out.customer_id) {
+            (_, None) => None,
+            (Body::Audit(_), Some(customer)) => tenants.get(customer),
+            (_, Some(customer)) => Some(tenants.of(meta, customer)?),
         };
         Ok(Some(out))
     }

@@ -48,6 +48,10 @@ crate::table_row! {
         /// A `json` column (migration 0301).
         pub metadata: serde_json::Value => json_text,
         pub occurred_at: DateTime<Utc>,
+        /// The tenant of the event's customer (issue 22, ADR 0219); `None`
+        /// for an event that names no customer (seen only by tokens not
+        /// limited to tenants).
+        pub tenant_id: Option<Uuid>,
     }
 }
 

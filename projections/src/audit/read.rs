@@ -5,15 +5,16 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{FromRow, PgPool, QueryBuilder, Row as _};
+use sqlx::{FromRow, PgConnection, PgPool, QueryBuilder, Row as _};
 use std::collections::HashMap;
 use uuid::Uuid;
 
 use crate::error::{ProjectionError, ProjectionResult};
-use crate::events::{raw_from_row, Decoder, EVENT_COLUMNS};
+use crate::events::{raw_from_row, Decoder, AGGREGATE_TYPE_COLUMN, EVENT_COLUMNS};
 
 use super::fold::AuditFold;
 use super::AuditRow;
+use crate::tenants::CustomerTenants;
 
 /// Most audit events returned in one page.
 pub const MAX_AUDIT_PAGE: i64 = 1000;
@@ -72,6 +73,10 @@ pub struct AuditFilter {
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// Only these tenants' entries (a tenant-limited caller, ADR 0219):
+    /// filtered here and, underneath, by row-level security bound to the
+    /// page's transaction. `None`: every entry.
+    pub tenant_ids: Option<Vec<Uuid>>,
 }
 
 /// The audit columns and their event's, for the audit rows `a` the query
@@ -160,15 +165,24 @@ pub async fn audit_events_with(
         None => None,
     };
     let want = limit + 1;
+    let mut tx = pool.begin().await?;
+    // One snapshot: a time-filtered page's steps split the log at a row
+    // the first step saw, and the page is served from the same events.
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    if let Some(tenants) = &filter.tenant_ids {
+        crate::tenants::bind_to_tenants(&mut tx, tenants).await?;
+    }
     let rows = if filter.since.is_none() && filter.until.is_none() {
         let mut query = QueryBuilder::new(AUDIT_COLUMNS);
         query.push(" FROM (SELECT * FROM customer_audit_events a WHERE TRUE");
         push_key_filters(&mut query, filter);
         push_after(&mut query, after, ">");
         push_page_end(&mut query, want);
-        query.build_query_as().fetch_all(pool).await?
+        query.build_query_as().fetch_all(&mut *tx).await?
     } else {
-        time_filtered_page(pool, filter, after, want, plan).await?
+        time_filtered_page(&mut tx, filter, after, want, plan).await?
     };
     let more = rows.len() as i64 > limit;
     let mut events = Vec::with_capacity(rows.len());
@@ -179,7 +193,8 @@ pub async fn audit_events_with(
         positions.push((row.commit_xid, row.insert_id));
         events.push(row.event);
     }
-    serve_from_the_log(pool, &mut events, &positions).await?;
+    serve_from_the_log(&mut tx, &mut events, &positions).await?;
+    tx.commit().await?;
     let next_cursor = match (more, last) {
         (true, Some((xid, id))) => Some(encode_cursor(xid, id)),
         _ => None,
@@ -192,18 +207,13 @@ pub async fn audit_events_with(
 
 /// The steps of [`audit_events_with`] for a page with `since` / `until`.
 async fn time_filtered_page(
-    pool: &PgPool,
+    tx: &mut PgConnection,
     filter: &AuditFilter,
     after: Option<(i64, i64)>,
     want: i64,
     plan: AuditTimePlan,
 ) -> ProjectionResult<Vec<AuditRowWithPosition>> {
     let walk = plan.walk.max(1);
-    let mut tx = pool.begin().await?;
-    // One snapshot: the steps split the log at a row the first step saw.
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
-        .await?;
 
     // 1. The first `walk` rows after the cursor, then the time filter.
     let mut query = QueryBuilder::new(AUDIT_COLUMNS);
@@ -218,7 +228,6 @@ async fn time_filtered_page(
     push_page_end(&mut query, want);
     let mut rows: Vec<AuditRowWithPosition> = query.build_query_as().fetch_all(&mut *tx).await?;
     if rows.len() as i64 >= want {
-        tx.commit().await?;
         return Ok(rows);
     }
 
@@ -234,7 +243,6 @@ async fn time_filtered_page(
         .push(" LIMIT 1");
     let boundary: Option<(i64, i64)> = query.build_query_as().fetch_optional(&mut *tx).await?;
     let Some(boundary) = boundary else {
-        tx.commit().await?;
         return Ok(rows);
     };
     let rest = want - rows.len() as i64;
@@ -273,7 +281,6 @@ async fn time_filtered_page(
         .push(" ORDER BY a.commit_xid, a.insert_id");
     let ranged: Vec<RangeRow> = query.build_query_as().fetch_all(&mut *tx).await?;
     if ranged.first().is_none_or(|r| r.range_rows <= range) {
-        tx.commit().await?;
         rows.extend(ranged.into_iter().map(|r| r.row));
         return Ok(rows);
     }
@@ -286,13 +293,18 @@ async fn time_filtered_page(
     push_after(&mut query, Some(boundary), ">=");
     push_page_end(&mut query, rest);
     let walked: Vec<AuditRowWithPosition> = query.build_query_as().fetch_all(&mut *tx).await?;
-    tx.commit().await?;
     rows.extend(walked);
     Ok(rows)
 }
 
-/// `customer_id` and `action` filters on the audit rows `a`.
+/// `customer_id`, `action` and tenant filters on the audit rows `a`.
 fn push_key_filters(query: &mut QueryBuilder<'_, sqlx::Postgres>, filter: &AuditFilter) {
+    if let Some(tenants) = &filter.tenant_ids {
+        query
+            .push(" AND a.tenant_id = ANY(")
+            .push_bind(tenants.clone())
+            .push(")");
+    }
     if let Some(customer_id) = filter.customer_id {
         query.push(" AND a.customer_id = ").push_bind(customer_id);
     }
@@ -353,7 +365,7 @@ struct RangeRow {
 /// counted (`queue_audit_rows_mismatched_total`): an edited projection row is
 /// never shown beside the event's valid MAC.
 async fn serve_from_the_log(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     entries: &mut [AuditEventRow],
     positions: &[(i64, i64)],
 ) -> ProjectionResult<()> {
@@ -379,8 +391,23 @@ async fn serve_from_the_log(
     let rows = sqlx::query(&sql)
         .bind(&xids)
         .bind(&ids)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await?;
+    // Every customer the events may belong to, whatever the rows say: the
+    // streams' owners, the Customer streams, the rows' customers.
+    let mut customers: Vec<Uuid> = entries.iter().filter_map(|e| e.customer_id).collect();
+    for row in &rows {
+        let owner: Option<String> = row.try_get("owner")?;
+        customers.extend(owner.and_then(|o| Uuid::parse_str(&o).ok()));
+        let aggregate_type: &str = row.try_get(AGGREGATE_TYPE_COLUMN)?;
+        if aggregate_type == "Customer" {
+            let id: &str = row.try_get(AGGREGATE_TYPE_COLUMN + 1)?;
+            customers.extend(Uuid::parse_str(id).ok());
+        }
+    }
+    customers.sort_unstable();
+    customers.dedup();
+    let tenants = CustomerTenants::load(conn, &customers).await?;
     let decoder = Decoder::new();
     let mut fold = AuditFold::new();
     let mut from_log: HashMap<(String, String, i64), AuditRow> = HashMap::new();
@@ -391,7 +418,7 @@ async fn serve_from_the_log(
             fold.remember_owner(&raw.meta.aggregate_type, &raw.meta.aggregate_id, owner);
         }
         let event = decoder.decode(raw)?;
-        if let Some(audit) = fold.apply(&event)? {
+        if let Some(audit) = fold.apply(&event, &tenants)? {
             from_log.insert(
                 (
                     audit.aggregate_type.clone(),

@@ -5,8 +5,9 @@
 use sqlx::PgConnection;
 
 use crate::events::Event;
-use crate::projection::{fold_all, stream_ids, BatchError};
+use crate::projection::{fold_all, named_customers, stream_ids, BatchError};
 use crate::table::{load, write};
+use crate::tenants::CustomerTenants;
 
 use super::CredentialsFold;
 
@@ -29,7 +30,9 @@ pub(crate) async fn apply(
         ids,
     )
     .await?;
-    fold_all(events, |e| fold.apply(e))?;
+    let named: Vec<_> = named_customers(events).into_iter().collect();
+    let tenants = CustomerTenants::load(conn, &named).await?;
+    fold_all(events, |e| fold.apply(e, &tenants))?;
     write(conn, schema, &fold.credentials).await?;
     Ok(())
 }

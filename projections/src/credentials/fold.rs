@@ -9,6 +9,7 @@ use super::CredentialRow;
 use crate::error::ProjectionResult;
 use crate::events::{Body, Event};
 use crate::table::{stream_uuid, t, Table};
+use crate::tenants::CustomerTenants;
 
 /// Projection `credentials`: queue_webauthn_credentials.
 #[derive(Debug)]
@@ -23,7 +24,9 @@ impl CredentialsFold {
         }
     }
 
-    pub fn apply(&mut self, event: &Event) -> ProjectionResult<()> {
+    /// Folds one event; `tenants` holds the tenant of every customer whose
+    /// credential the event registers or imports.
+    pub fn apply(&mut self, event: &Event, tenants: &CustomerTenants) -> ProjectionResult<()> {
         let Body::Credential(body) = &event.body else {
             return Ok(());
         };
@@ -59,6 +62,7 @@ impl CredentialsFold {
                 revoke_reason: None,
                 updated_at: t(at),
                 last_sequence: meta.sequence,
+                tenant_id: tenants.of(meta, *customer_id.as_uuid())?,
             }),
             CredentialEvent::Imported {
                 legacy_id,
@@ -91,6 +95,7 @@ impl CredentialsFold {
                 revoke_reason: None,
                 updated_at: t(created_at),
                 last_sequence: meta.sequence,
+                tenant_id: tenants.of(meta, *customer_id.as_uuid())?,
             }),
             _ => None,
         };

@@ -115,7 +115,9 @@ impl CustomersFold {
                 expires_at,
                 at,
             } => {
-                let pending = self.customer(meta, id, at)?.pending_verification_sequence;
+                let customer = self.customer(meta, id, at)?;
+                let (pending, tenant_id) =
+                    (customer.pending_verification_sequence, customer.tenant_id);
                 if let Some(seq) = pending {
                     let row = self
                         .verifications
@@ -133,6 +135,7 @@ impl CustomersFold {
                     status: "pending".into(),
                     verified_at: None,
                     superseded_at: None,
+                    tenant_id,
                 });
                 self.customer(meta, id, at)?.pending_verification_sequence = Some(meta.sequence);
                 Ok(())
@@ -161,7 +164,7 @@ impl CustomersFold {
                 expires_at,
                 at,
             } => {
-                self.customer(meta, id, at)?;
+                let tenant_id = self.customer(meta, id, at)?.tenant_id;
                 let inserted = self.roles.insert(RoleRow {
                     row_id: *grant_id.as_uuid(),
                     grant_id: Some(*grant_id.as_uuid()),
@@ -176,6 +179,7 @@ impl CustomersFold {
                     revoked_at: None,
                     revoked_by: None,
                     revoke_reason: None,
+                    tenant_id,
                 });
                 if inserted {
                     Ok(())
@@ -208,7 +212,8 @@ impl CustomersFold {
             } => {
                 let generation =
                     i32::try_from(*generation).map_err(|_| meta.error("generation too large"))?;
-                let previous = self.customer(meta, id, at)?.backup_codes_generation;
+                let customer = self.customer(meta, id, at)?;
+                let (previous, tenant_id) = (customer.backup_codes_generation, customer.tenant_id);
                 if let Some(previous) = previous {
                     let mut index = 0;
                     while let Some(code) = self.codes.get_mut(&(id, previous, index)) {
@@ -228,6 +233,7 @@ impl CustomersFold {
                         redeemed_at: None,
                         voided: false,
                         voided_at: None,
+                        tenant_id,
                     });
                     if !inserted {
                         return Err(meta.error(format!("generation {generation} already exists")));
@@ -292,6 +298,7 @@ impl CustomersFold {
             revoked_at: None,
             revoked_by: None,
             revoke_reason: None,
+            tenant_id: row.tenant_id,
         };
         if !self.customers.insert(row) || !self.roles.insert(role) {
             return Err(meta.error("the customer already exists"));

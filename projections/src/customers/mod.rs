@@ -97,6 +97,9 @@ crate::table_row! {
         pub revoked_at: Option<DateTime<Utc>>,
         pub revoked_by: Option<String>,
         pub revoke_reason: Option<String>,
+        /// The customer's tenant (issue 22, ADR 0219): row-level security
+        /// keys on it.
+        pub tenant_id: Uuid,
     }
 }
 
@@ -128,6 +131,9 @@ crate::table_row! {
         pub redeemed_at: Option<DateTime<Utc>>,
         pub voided: bool,
         pub voided_at: Option<DateTime<Utc>>,
+        /// The customer's tenant (issue 22, ADR 0219): row-level security
+        /// keys on it.
+        pub tenant_id: Uuid,
     }
 }
 
@@ -153,6 +159,9 @@ crate::table_row! {
         pub status: String,
         pub verified_at: Option<DateTime<Utc>>,
         pub superseded_at: Option<DateTime<Utc>>,
+        /// The customer's tenant (issue 22, ADR 0219): row-level security
+        /// keys on it.
+        pub tenant_id: Uuid,
     }
 }
 

@@ -30,11 +30,23 @@ pub async fn customer_by_email(
         .await?)
 }
 
-/// How many customers exist (registered or imported, suspended included).
-pub async fn customer_count(pool: &PgPool) -> ProjectionResult<i64> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM queue_customers")
-        .fetch_one(pool)
-        .await?)
+/// How many customers exist (registered or imported, suspended included);
+/// with `tenants`, only theirs (filtered, and bound by row-level security).
+pub async fn customer_count(pool: &PgPool, tenants: Option<&[Uuid]>) -> ProjectionResult<i64> {
+    let Some(tenants) = tenants else {
+        return Ok(sqlx::query_scalar("SELECT count(*) FROM queue_customers")
+            .fetch_one(pool)
+            .await?);
+    };
+    let mut tx = pool.begin().await?;
+    crate::tenants::bind_to_tenants(&mut tx, tenants).await?;
+    let count =
+        sqlx::query_scalar("SELECT count(*) FROM queue_customers WHERE tenant_id = ANY($1)")
+            .bind(tenants)
+            .fetch_one(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    Ok(count)
 }
 
 /// The customer's roles in force at `at`: the default role row plus every

@@ -8,8 +8,9 @@ use queue_domain::session::SessionEvent;
 use sqlx::PgConnection;
 
 use crate::events::{Body, Event};
-use crate::projection::{fold_all, stream_ids, BatchError};
+use crate::projection::{fold_all, named_customers, stream_ids, BatchError};
 use crate::table::{load, write};
+use crate::tenants::CustomerTenants;
 
 use super::SessionsFold;
 
@@ -59,7 +60,9 @@ pub(crate) async fn apply(
         hashes,
     )
     .await?;
-    fold_all(events, |e| fold.apply(e))?;
+    let named: Vec<_> = named_customers(events).into_iter().collect();
+    let tenants = CustomerTenants::load(conn, &named).await?;
+    fold_all(events, |e| fold.apply(e, &tenants))?;
     write(conn, schema, &fold.sessions).await?;
     write(conn, schema, &fold.tokens).await?;
     Ok(())

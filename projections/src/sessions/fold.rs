@@ -10,6 +10,7 @@ use super::{RefreshTokenRow, SessionRow};
 use crate::error::ProjectionResult;
 use crate::events::{Body, Event, Meta};
 use crate::table::{after_secs, stream_uuid, t, Table};
+use crate::tenants::CustomerTenants;
 
 /// Projection `sessions`: queue_sessions, queue_session_refresh_tokens.
 #[derive(Debug)]
@@ -26,7 +27,9 @@ impl SessionsFold {
         }
     }
 
-    pub fn apply(&mut self, event: &Event) -> ProjectionResult<()> {
+    /// Folds one event; `tenants` holds the tenant of every customer whose
+    /// session the event creates or imports.
+    pub fn apply(&mut self, event: &Event, tenants: &CustomerTenants) -> ProjectionResult<()> {
         let Body::Session(body) = &event.body else {
             return Ok(());
         };
@@ -66,6 +69,7 @@ impl SessionsFold {
                         revoke_reason: None,
                         updated_at: t(at),
                         last_sequence: meta.sequence,
+                        tenant_id: tenants.of(meta, *customer_id.as_uuid())?,
                     },
                     t(at),
                 )
@@ -99,6 +103,7 @@ impl SessionsFold {
                     revoke_reason: None,
                     updated_at: t(at),
                     last_sequence: meta.sequence,
+                    tenant_id: tenants.of(meta, *customer_id.as_uuid())?,
                 },
                 t(at),
             ),
@@ -117,7 +122,7 @@ impl SessionsFold {
                 row.refresh_count += 1;
                 row.updated_at = t(at);
                 row.last_sequence = meta.sequence;
-                let customer_id = row.customer_id;
+                let (customer_id, tenant_id) = (row.customer_id, row.tenant_id);
                 let old = self
                     .tokens
                     .get_mut(&retired)
@@ -129,6 +134,7 @@ impl SessionsFold {
                     customer_id,
                     issued_at: t(at),
                     retired_at: None,
+                    tenant_id,
                 });
                 if inserted {
                     Ok(())
@@ -173,6 +179,7 @@ impl SessionsFold {
             customer_id: row.customer_id,
             issued_at,
             retired_at: None,
+            tenant_id: row.tenant_id,
         };
         if !self.sessions.insert(row) {
             return Err(meta.error("the session already exists"));

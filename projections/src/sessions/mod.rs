@@ -41,6 +41,9 @@ crate::table_row! {
         pub revoke_reason: Option<String>,
         pub updated_at: DateTime<Utc>,
         pub last_sequence: i64,
+        /// The customer's tenant (issue 22, ADR 0219): row-level security
+        /// keys on it.
+        pub tenant_id: Uuid,
     }
 }
 
@@ -74,6 +77,9 @@ crate::table_row! {
         pub customer_id: Uuid,
         pub issued_at: DateTime<Utc>,
         pub retired_at: Option<DateTime<Utc>>,
+        /// The customer's tenant (issue 22, ADR 0219): row-level security
+        /// keys on it.
+        pub tenant_id: Uuid,
     }
 }
 

@@ -70,8 +70,8 @@ async fn extraction_into_a_second_database(source: PgPool) {
         &live_sums(&target.pool, Mode::Portable).await,
     );
     assert_eq!(
-        read::customer_count(&target.pool).await.unwrap(),
-        read::customer_count(&source).await.unwrap()
+        read::customer_count(&target.pool, None).await.unwrap(),
+        read::customer_count(&source, None).await.unwrap()
     );
 
     // More writes, then the cutover run: only the new events are copied.

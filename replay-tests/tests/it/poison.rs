@@ -14,7 +14,7 @@ use crate::helpers::*;
 async fn a_poison_event_stops_only_its_projections(pool: PgPool) {
     history(&pool, 20, 10).await;
     catch_up(&pool).await.unwrap();
-    let before = read::customer_count(&pool).await.unwrap();
+    let before = read::customer_count(&pool, None).await.unwrap();
 
     let poison_id = "0b5e7a2c-4d1f-4c3b-9a8e-6f5d4c3b2a10";
     repository(&pool)
@@ -46,7 +46,7 @@ async fn a_poison_event_stops_only_its_projections(pool: PgPool) {
         assert!(by_name(running).applied > 0);
     }
     // Stopped before the poison event: nothing after it is applied.
-    assert_eq!(read::customer_count(&pool).await.unwrap(), before);
+    assert_eq!(read::customer_count(&pool, None).await.unwrap(), before);
     let poison_position: (i64, i64) =
         sqlx::query_as("SELECT commit_xid, insert_id FROM events WHERE aggregate_id = $1")
             .bind(poison_id)
@@ -87,7 +87,7 @@ async fn a_poison_event_stops_only_its_projections(pool: PgPool) {
         .await
         .unwrap_err();
     assert!(err.to_string().contains(poison_id), "{err}");
-    assert_eq!(read::customer_count(&pool).await.unwrap(), before);
+    assert_eq!(read::customer_count(&pool, None).await.unwrap(), before);
     // The projections that do not read Customer events rebuild fine.
     let report = rebuild(
         &pool,

@@ -210,7 +210,7 @@ async fn read_functions_answer_what_the_api_asks(pool: PgPool) {
             .customer_id,
         uid
     );
-    assert_eq!(read::customer_count(&pool).await.unwrap(), 1);
+    assert_eq!(read::customer_count(&pool, None).await.unwrap(), 1);
 
     assert_eq!(
         read::role_names_of(&pool, uid, at).await.unwrap(),
