@@ -162,6 +162,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     http::openapi::add_shared_responses(&mut v1);
     let (_, mut doc) = OpenApiRouter::<AppState>::with_openapi(http::openapi::ApiDoc::openapi())
         .merge(operation_routes())
+        .merge(routes::saml::routes())
         .split_for_parts();
     doc.merge(v1);
     doc.paths.paths.insert(
@@ -218,7 +219,8 @@ pub fn app(state: AppState) -> Router {
         // The hosted pages only call /api/v1, so they share its flag.
         router = router.merge(http::pages::routes());
         // The tenants' SAML service providers (issue 22), beside the pages.
-        router = router.merge(routes::saml::routes());
+        let (saml, _) = routes::saml::routes().split_for_parts();
+        router = router.merge(saml);
         router = with_deadline(&state, router).merge(v1);
     } else {
         router = with_deadline(&state, router);

@@ -14,7 +14,8 @@ use utoipa::{Modify, OpenApi};
         (name = "backup codes"),
         (name = "email"),
         (name = "service", description = "Service-to-service routes (service tokens with scopes)"),
-        (name = "operations")
+        (name = "operations"),
+        (name = "saml", description = "Each tenant's SAML 2.0 service provider, for browsers and IdPs (outside /api/v1)")
     )
 )]
 pub struct ApiDoc;

@@ -7,8 +7,7 @@ use axum::extract::rejection::FormRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Form, Router};
+use axum::Form;
 use chrono::Duration;
 use queue_domain::tenant::SamlConnection;
 use queue_domain::types::{TenantId, TenantSlug};
@@ -17,6 +16,9 @@ use queue_eventstore::Loaded;
 use queue_saml::{IdpMetadata, SamlError, SpConfig};
 use serde::Deserialize;
 use url::Url;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::tokens::random_bytes;
 use crate::http::error::ApiError;
@@ -27,11 +29,13 @@ use crate::state::AppState;
 /// How long an AuthnRequest may stay unanswered.
 pub const REQUEST_TTL_SECS: i64 = 5 * 60;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/saml/{tenant_slug}/metadata", get(metadata))
-        .route("/saml/{tenant_slug}/login", get(login))
-        .route("/saml/{tenant_slug}/acs", post(acs))
+/// The SAML routes and their OpenAPI description (tag `saml`): `app`
+/// serves the router, `openapi()` documents them.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(metadata))
+        .routes(routes!(login))
+        .routes(routes!(acs))
 }
 
 /// A tenant with an enabled SAML connection, as the SAML routes need it.
@@ -66,6 +70,11 @@ pub async fn saml_tenant(state: &AppState, slug: &str) -> Result<SamlTenant, Api
 }
 
 /// The SP metadata to give the tenant's IdP.
+/// The tenant's SP metadata (entityID, ACS, NameID formats) for its IdP.
+#[utoipa::path(get, path = "/saml/{tenant_slug}/metadata", tag = "saml",
+    params(("tenant_slug" = String, Path, description = "the tenant's slug")),
+    responses((status = 200, description = "the SP EntityDescriptor", content_type = "application/samlmetadata+xml", body = String),
+        (status = 404, description = "no such tenant, or no enabled SAML connection", body = crate::http::error::ErrorEnvelope)))]
 pub async fn metadata(
     State(state): State<AppState>,
     Path(tenant_slug): Path<String>,
@@ -79,8 +88,11 @@ pub async fn metadata(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LoginQuery {
+    /// Where the browser lands after the login: an absolute URL on one of
+    /// QUEUE_RP_ORIGINS (default: the hosted `/account` page).
     pub return_to: Option<String>,
 }
 
@@ -107,6 +119,14 @@ pub fn allowed_return_to(state: &AppState, raw: Option<&str>) -> Result<String, 
 /// SP-initiated login: stores the AuthnRequest id (single use) with where
 /// to go afterwards, and redirects the browser to the IdP (HTTP-Redirect).
 /// The RelayState is the request id: an opaque handle, never the URL.
+/// SP-initiated login: a single-use AuthnRequest (5 minutes) and a 303 to
+/// the IdP's HTTP-Redirect SSO URL with `RelayState` = the request id.
+#[utoipa::path(get, path = "/saml/{tenant_slug}/login", tag = "saml",
+    params(("tenant_slug" = String, Path, description = "the tenant's slug"), LoginQuery),
+    responses((status = 303, description = "to the IdP (Location)"),
+        (status = 400, description = "return_to not on an allowed origin", body = crate::http::error::ErrorEnvelope),
+        (status = 404, description = "no such tenant, or no enabled SAML connection", body = crate::http::error::ErrorEnvelope),
+        (status = 429, description = "rate limited per client address", body = crate::http::error::ErrorEnvelope)))]
 pub async fn login(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
@@ -153,7 +173,8 @@ pub async fn login(
 }
 
 /// The HTTP-POST binding's form.
-#[derive(Debug, Deserialize)]
+/// The HTTP-POST binding's form.
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct AcsForm {
     #[serde(rename = "SAMLResponse")]
     pub saml_response: String,
@@ -164,6 +185,17 @@ pub struct AcsForm {
 /// The assertion consumer service: a verified login sets the hosted pages'
 /// refresh cookie and sends the browser (303) to the request's `return_to`,
 /// else the account page. Refusals answer their `saml_*` code.
+/// The assertion consumer service: a verified response becomes a session
+/// (303 with the hosted pages' refresh cookie); every refusal is audited.
+#[utoipa::path(post, path = "/saml/{tenant_slug}/acs", tag = "saml",
+    params(("tenant_slug" = String, Path, description = "the tenant's slug")),
+    request_body(content = AcsForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "logged in: to return_to (or /account) with the refresh cookie"),
+        (status = 401, description = "refused: a saml_* code", body = crate::http::error::ErrorEnvelope),
+        (status = 403, description = "not a customer here (no JIT), or suspended", body = crate::http::error::ErrorEnvelope),
+        (status = 404, description = "no such tenant, or no enabled SAML connection", body = crate::http::error::ErrorEnvelope),
+        (status = 413, description = "body over the limit", body = crate::http::error::ErrorEnvelope),
+        (status = 429, description = "rate limited per client address", body = crate::http::error::ErrorEnvelope)))]
 pub async fn acs(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,

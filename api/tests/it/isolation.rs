@@ -308,7 +308,9 @@ async fn a_tenant_limited_token_finds_nothing_of_another_tenant(pool: PgPool) {
     for entry in entries {
         assert_eq!(entry["customer_id"], json!(acme.customer), "{entry}");
     }
-    let all = app.get_auth("/api/v1/audit/events?limit=1000", OPS).await;
+    let all = app
+        .get_auth("/api/v1/audit/events?limit=1000", AUDITOR)
+        .await;
     assert!(all.json["events"].as_array().unwrap().len() > entries.len());
 
     // The same routes with the token's own ids work: the 404s above are the

@@ -190,6 +190,9 @@ async fn openapi_describes_every_contract_route(pool: PgPool) {
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/metrics", "get"),
+        ("/saml/{tenant_slug}/metadata", "get"),
+        ("/saml/{tenant_slug}/login", "get"),
+        ("/saml/{tenant_slug}/acs", "post"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
