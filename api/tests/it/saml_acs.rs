@@ -142,6 +142,12 @@ pub struct Setup {
 
 /// Tenant `acme` trusting the pysaml2 IdP, JIT on, group `eng` → support-agent.
 pub async fn setup(pool: PgPool) -> Setup {
+    setup_with(pool, json!({})).await
+}
+
+/// As [`setup`], with `extra` fields of the connection's settings (such as
+/// `allow_idp_initiated`) added.
+pub async fn setup_with(pool: PgPool, extra: Value) -> Setup {
     let app = service_app(pool).await;
     let base = app.state.config().rp_origins[0]
         .as_str()
@@ -150,23 +156,33 @@ pub async fn setup(pool: PgPool) -> Setup {
     let idp = Idp::new(&base);
     let (metadata, _) = idp.issue(&[]);
     let tenant_id = create_tenant(&app, "acme").await;
+    connect_idp(&app, &tenant_id, &metadata, extra).await;
+    Setup { app, idp, base }
+}
+
+/// Configures the tenant's SAML connection to trust the IdP of `metadata`
+/// (JIT on, group `eng` → support-agent, plus `extra` settings).
+async fn connect_idp(app: &TestApp, tenant_id: &str, metadata: &str, extra: Value) {
+    let mut settings = json!({
+        "idp_metadata": metadata,
+        "email_attribute": "urn:mace:dir:attribute-def:mail",
+        "display_name_attribute": "urn:mace:dir:attribute-def:displayName",
+        "groups_attribute": "groups",
+        "group_roles": {"eng": ["support-agent"]},
+        "jit_provisioning": true,
+    });
+    for (field, value) in extra.as_object().unwrap() {
+        settings[field] = value.clone();
+    }
     let put = app
         .request(
             Method::PUT,
             &format!("/api/v1/tenants/{tenant_id}/saml"),
-            Some(json!({
-                "idp_metadata": metadata,
-                "email_attribute": "urn:mace:dir:attribute-def:mail",
-                "display_name_attribute": "urn:mace:dir:attribute-def:displayName",
-                "groups_attribute": "groups",
-                "group_roles": {"eng": ["support-agent"]},
-                "jit_provisioning": true,
-            })),
+            Some(settings),
             Some(OPS),
         )
         .await;
     assert_eq!(put.status, StatusCode::OK, "{}", put.text);
-    Setup { app, idp, base }
 }
 
 /// Starts an SP-initiated login; the RelayState (the request id).
@@ -392,4 +408,527 @@ async fn an_idp_initiated_login_is_refused_when_the_tenant_does_not_allow_it(poo
         .assert_error(StatusCode::UNAUTHORIZED, "saml_idp_initiated_not_allowed");
     assert_eq!(app.event_count().await, before + 1);
     assert_eq!(refusals(&app).await, ["saml_idp_initiated_not_allowed"]);
+}
+
+// --- The attack corpus (issue 22) through the router --------------------
+
+/// An unknown request id (the IdP answers a request Queue never made).
+const UNKNOWN_REQUEST: &str = "_ffffffffffffffffffffffffffffffffffffffff";
+/// Another unknown request id, which the attacker also puts in RelayState.
+const FORGED_REQUEST: &str = "_eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
+
+/// The corpus's asks of acme's IdP: each a login answering its own
+/// outstanding request `relay`, changed as the variant `name` needs.
+fn corpus_ask(base: &str, name: &str, relay: &str) -> Value {
+    let globex = SpConfig::for_tenant(base, "globex").unwrap();
+    let email = format!("{}@example.com", name.replace(' ', "-"));
+    let mut ask = ask_in(base, "acme", Some(relay), &email, &["eng"]);
+    let changes = match name {
+        "unsigned" => json!({"sign_assertion": false}),
+        "other key" => json!({"key": "other"}),
+        "other key both signed" => json!({"key": "other", "sign_response": true}),
+        // The IdP vouches for ann@example.com.evil.test; the attack cuts it
+        // with a comment so a naive reader sees ann@example.com.
+        "comment" => json!({"name_id": "ann@example.com.evil.test"}),
+        // The base of the wrapping attacks: the evil assertion names admin.
+        "wrapping" => json!({"name_id": "ann@example.com"}),
+        "audience" => json!({"sp_entity_id": globex.entity_id}),
+        "destination" => json!({"destination": globex.acs_url, "sign_response": true}),
+        // Only the assertion signed: the envelope's Destination is removed
+        // by the attacker, the signed Recipient (globex's ACS) remains.
+        "recipient" => json!({"destination": globex.acs_url}),
+        "unknown request" => json!({"in_response_to": UNKNOWN_REQUEST}),
+        "forged relay" => json!({"in_response_to": FORGED_REQUEST}),
+        "idp initiated" => json!({"in_response_to": null}),
+        _ => json!({}),
+    };
+    for (field, value) in changes.as_object().unwrap() {
+        ask[field] = value.clone();
+    }
+    ask
+}
+
+/// The signed `<ns1:Assertion ...>...</ns1:Assertion>` of a pysaml2 response.
+fn assertion_of(xml: &str) -> &str {
+    let start = xml.find("<ns1:Assertion").unwrap();
+    let end = xml.find("</ns1:Assertion>").unwrap() + "</ns1:Assertion>".len();
+    &xml[start..end]
+}
+
+/// An attacker's assertion: the signed one with its signature cut out, a
+/// new id and admin's NameID (as saml/tests/it/response.rs builds it).
+fn evil_assertion(xml: &str, id: &str) -> String {
+    let assertion = assertion_of(xml);
+    let sig_start = assertion.find("<ns2:Signature").unwrap();
+    let sig_end = assertion.find("</ns2:Signature>").unwrap() + "</ns2:Signature>".len();
+    let unsigned = format!("{}{}", &assertion[..sig_start], &assertion[sig_end..]);
+    let old_id = {
+        let at = unsigned.find(" ID=\"").unwrap() + 5;
+        let end = unsigned[at..].find('"').unwrap();
+        unsigned[at..at + end].to_owned()
+    };
+    unsigned
+        .replacen(&format!("ID=\"{old_id}\""), &format!("ID=\"{id}\""), 1)
+        .replace("ann@example.com", "admin@example.com")
+}
+
+/// Every event: (aggregate type, aggregate id, sequence, event type, payload).
+type EventRow = (String, String, i64, String, Value);
+
+async fn all_events(app: &TestApp) -> Vec<EventRow> {
+    sqlx::query_as(
+        "SELECT aggregate_type, aggregate_id, sequence, event_type, payload FROM events \
+         ORDER BY commit_xid, insert_id",
+    )
+    .fetch_all(&app.owner)
+    .await
+    .unwrap()
+}
+
+/// Whether the outstanding request `id` is still in `saml_requests`.
+async fn outstanding(app: &TestApp, id: &str) -> bool {
+    sqlx::query_scalar("SELECT count(*) FROM saml_requests WHERE request_id = $1")
+        .bind(id)
+        .fetch_one(&app.owner)
+        .await
+        .map(|n: i64| n == 1)
+        .unwrap()
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(&app.owner).await.unwrap()
+}
+
+/// `attacked`, after checking that the surgery on `original` did something.
+#[track_caller]
+fn changed(original: &str, attacked: String) -> String {
+    assert_ne!(original, attacked, "the attack changed nothing");
+    attacked
+}
+
+/// One attack: the response posted to acme's ACS, and what Queue answers.
+struct Attack {
+    name: &'static str,
+    xml: String,
+    relay: String,
+    /// Seconds the service clock is moved for the post.
+    clock: i64,
+    code: &'static str,
+    /// The outstanding request the response answers, and whether it is
+    /// still outstanding after the refusal.
+    request: Option<(String, bool)>,
+}
+
+/// Issue 22's corpus, each response built by the real IdP (pysaml2 signing
+/// with xmlsec1) and the attacks by string surgery on its XML, posted to
+/// the ACS: 401 with the check's code, exactly one new event (Queue's
+/// `saml.login_refused` audit record with that code), nothing for a
+/// customer, no customer row.
+///
+/// The outstanding request: a refusal by `validate_response` (every
+/// variant but two) happens before the transaction, so the request stays
+/// outstanding (a legitimate answer may still come; it expires after 5
+/// minutes). An unknown request named by the RelayState passes validation
+/// (the RelayState is a candidate) and is refused when the transaction
+/// finds nothing to take: it rolls back, so not even the assertion id is
+/// recorded. The replay's request was taken by the first, accepted, use.
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn every_attack_of_the_corpus_is_refused_at_the_acs_with_nothing_appended(pool: PgPool) {
+    let Setup { app, idp, base } = setup(pool).await;
+    let acme_tenant = queue_domain::types::TenantId::for_slug(
+        &queue_domain::types::TenantSlug::parse("acme").unwrap(),
+    );
+
+    // One outstanding request per SP-initiated ask of acme's IdP, all
+    // issued in one run of the IdP.
+    let names = [
+        "unsigned",
+        "other key",
+        "other key both signed",
+        "wrapping",
+        "comment",
+        "audience",
+        "destination",
+        "recipient",
+        "expired",
+        "not yet valid",
+        "replay",
+        "unknown request",
+        "forged relay",
+        "idp initiated",
+    ];
+    let mut relays = std::collections::HashMap::new();
+    let mut asks = Vec::new();
+    for name in names {
+        let relay = start_login(&app, &format!("{base}/account")).await;
+        asks.push(corpus_ask(&base, name, &relay));
+        relays.insert(name, relay);
+    }
+    let (_, responses) = idp.issue(&asks);
+    let xml: std::collections::HashMap<&str, String> = names.into_iter().zip(responses).collect();
+
+    // Tenant globex trusts its own IdP: the same entityID (the worst case:
+    // the issuer check passes), its own keys. Its responses, whether for
+    // acme's SP or its own, answering acme's request.
+    let globex_idp = Idp::new(&base);
+    let cross_relay = start_login(&app, &format!("{base}/account")).await;
+    let own_relay = start_login(&app, &format!("{base}/account")).await;
+    let (globex_metadata, cross) = globex_idp.issue(&[
+        ask(&base, "acme", &cross_relay, "cross@example.com"),
+        ask(&base, "globex", &own_relay, "own@example.com"),
+    ]);
+    let globex_id = create_tenant(&app, "globex").await;
+    connect_idp(&app, &globex_id, &globex_metadata, json!({})).await;
+
+    // The replay's first use is accepted (its request taken).
+    let first = post_acs(&app, &xml["replay"], &relays["replay"]).await;
+    assert_eq!(first.status, StatusCode::SEE_OTHER, "{}", first.text);
+
+    let wrapped = &xml["wrapping"];
+    let signed = assertion_of(wrapped).to_owned();
+    let evil = evil_assertion(wrapped, "id-evil");
+    let signed_id = {
+        let at = signed.find(" ID=\"").unwrap() + 5;
+        let end = signed[at..].find('"').unwrap();
+        signed[at..at + end].to_owned()
+    };
+    let in_extensions = |xml: &str, assertion: &str| {
+        xml.replacen(
+            "<ns0:Status>",
+            &format!("<ns0:Extensions>{assertion}</ns0:Extensions><ns0:Status>"),
+            1,
+        )
+    };
+    let globex_acs = SpConfig::for_tenant(&base, "globex").unwrap().acs_url;
+    let sp = |name: &'static str, xml: String, code: &'static str| Attack {
+        name,
+        xml,
+        relay: relays[name].clone(),
+        clock: 0,
+        code,
+        request: Some((relays[name].clone(), true)),
+    };
+    let wrap = |name: &'static str, xml: String| Attack {
+        name,
+        xml: changed(wrapped, xml),
+        relay: relays["wrapping"].clone(),
+        clock: 0,
+        code: "saml_signature_wrapping",
+        request: Some((relays["wrapping"].clone(), true)),
+    };
+    let attacks = vec![
+        sp("unsigned", xml["unsigned"].clone(), "saml_unsigned"),
+        sp(
+            "other key",
+            xml["other key"].clone(),
+            "saml_signature_invalid",
+        ),
+        sp(
+            "other key both signed",
+            xml["other key both signed"].clone(),
+            "saml_signature_invalid",
+        ),
+        Attack {
+            code: "saml_signature_invalid",
+            ..wrap(
+                "tampered NameID",
+                wrapped.replacen(
+                    ">ann@example.com</ns1:NameID>",
+                    ">admin@example.com</ns1:NameID>",
+                    1,
+                ),
+            )
+        },
+        // An unsigned sibling assertion before the signed one.
+        wrap(
+            "wrapping: sibling",
+            wrapped.replacen(&signed, &format!("{evil}{signed}"), 1),
+        ),
+        // The signed assertion hidden in Extensions, the evil one in its place.
+        wrap(
+            "wrapping: extensions",
+            in_extensions(&wrapped.replacen(&signed, &evil, 1), &signed),
+        ),
+        // The evil assertion in a ds:Object of the signed one's signature.
+        wrap(
+            "wrapping: object",
+            wrapped.replacen(
+                "</ns2:KeyInfo></ns2:Signature><ns1:Subject>",
+                &format!(
+                    "</ns2:KeyInfo><ns2:Object>{evil}</ns2:Object></ns2:Signature><ns1:Subject>"
+                ),
+                1,
+            ),
+        ),
+        // A sibling reusing the signed assertion's ID.
+        wrap(
+            "wrapping: same id",
+            wrapped.replacen(
+                &signed,
+                &format!("{signed}{}", evil_assertion(wrapped, &signed_id)),
+                1,
+            ),
+        ),
+        // The only assertion moved into Extensions.
+        wrap(
+            "wrapping: moved",
+            in_extensions(&wrapped.replacen(&signed, "", 1), &signed),
+        ),
+        sp(
+            "comment",
+            changed(
+                &xml["comment"],
+                xml["comment"].replacen(
+                    ">ann@example.com.evil.test</ns1:NameID>",
+                    ">ann@example.com<!---->.evil.test</ns1:NameID>",
+                    1,
+                ),
+            ),
+            "saml_comment_injection",
+        ),
+        sp(
+            "audience",
+            xml["audience"].clone(),
+            "saml_audience_mismatch",
+        ),
+        sp(
+            "destination",
+            xml["destination"].clone(),
+            "saml_destination_mismatch",
+        ),
+        sp(
+            "recipient",
+            changed(
+                &xml["recipient"],
+                xml["recipient"].replacen(&format!(" Destination=\"{globex_acs}\""), "", 1),
+            ),
+            "saml_recipient_mismatch",
+        ),
+        // NotOnOrAfter is 5 minutes after issue (+ 60 s skew): an hour
+        // later. The request has expired too by then, but is not swept.
+        Attack {
+            clock: 3600,
+            ..sp("expired", xml["expired"].clone(), "saml_expired")
+        },
+        // NotBefore is the issue instant (- 60 s skew): ten minutes early.
+        Attack {
+            clock: -600,
+            ..sp(
+                "not yet valid",
+                xml["not yet valid"].clone(),
+                "saml_not_yet_valid",
+            )
+        },
+        Attack {
+            request: Some((relays["replay"].clone(), false)),
+            ..sp("replay", xml["replay"].clone(), "saml_assertion_replayed")
+        },
+        sp(
+            "unknown request",
+            xml["unknown request"].clone(),
+            "saml_in_response_to_mismatch",
+        ),
+        // The RelayState names the forged request too: validation takes it
+        // as a candidate, the transaction finds no such request. The
+        // request of this variant's login is untouched.
+        Attack {
+            relay: FORGED_REQUEST.to_owned(),
+            ..sp(
+                "forged relay",
+                xml["forged relay"].clone(),
+                "saml_in_response_to_mismatch",
+            )
+        },
+        // No InResponseTo, acme does not allow IdP-initiated login; posted
+        // as an IdP would, without RelayState.
+        Attack {
+            relay: String::new(),
+            ..sp(
+                "idp initiated",
+                xml["idp initiated"].clone(),
+                "saml_idp_initiated_not_allowed",
+            )
+        },
+        // Globex's IdP, its response made for acme (audience, destination,
+        // recipient, acme's request): acme trusts another key.
+        Attack {
+            name: "another tenant's IdP, for acme",
+            xml: cross[0].clone(),
+            relay: cross_relay.clone(),
+            clock: 0,
+            code: "saml_signature_invalid",
+            request: Some((cross_relay.clone(), true)),
+        },
+        // Globex's IdP, a login at globex's SP, replayed at acme's ACS.
+        Attack {
+            name: "another tenant's IdP, for globex",
+            xml: cross[1].clone(),
+            relay: own_relay.clone(),
+            clock: 0,
+            code: "saml_signature_invalid",
+            request: Some((own_relay.clone(), true)),
+        },
+    ];
+
+    let codes: Vec<&str> = attacks.iter().map(|attack| attack.code).collect();
+    app.catch_up().await;
+    let customers_before = count(&app, "SELECT count(*) FROM queue_customers").await;
+    assert_eq!(customers_before, 1, "the replay's first login");
+    for attack in attacks {
+        let name = attack.name;
+        let before = all_events(&app).await;
+        let assertions_before = count(&app, "SELECT count(*) FROM saml_assertions").await;
+        app.clock().advance(attack.clock);
+        let got = post_acs(&app, &attack.xml, &attack.relay).await;
+        app.clock().advance(-attack.clock);
+        assert_eq!(got.status, StatusCode::UNAUTHORIZED, "{name}: {}", got.text);
+        assert_eq!(
+            got.json["error"]["code"], attack.code,
+            "{name}: {}",
+            got.text
+        );
+        got.assert_error(StatusCode::UNAUTHORIZED, attack.code);
+        assert!(got.headers.get(header::SET_COOKIE).is_none(), "{name}");
+
+        // Exactly one new event: Queue's audit record of the refusal.
+        let new: Vec<EventRow> = all_events(&app)
+            .await
+            .into_iter()
+            .filter(|(kind, id, seq, _, _)| {
+                !before
+                    .iter()
+                    .any(|(k, i, s, _, _)| k == kind && i == id && s == seq)
+            })
+            .collect();
+        assert_eq!(new.len(), 1, "{name}: {new:?}");
+        let (kind, _, _, event_type, payload) = &new[0];
+        assert_eq!(
+            (kind.as_str(), event_type.as_str()),
+            ("Audit", "AuditRecorded"),
+            "{name}"
+        );
+        let recorded = &payload["AuditRecorded"];
+        assert_eq!(recorded["action"], "saml.login_refused", "{name}");
+        assert_eq!(
+            recorded["target"],
+            format!("tenant:{acme_tenant}"),
+            "{name}"
+        );
+        assert_eq!(recorded["metadata"]["reason"], attack.code, "{name}");
+        assert_eq!(recorded["metadata"]["tenant_slug"], "acme", "{name}");
+        assert!(recorded["customer_id"].is_null(), "{name}");
+        assert!(
+            !new.iter()
+                .any(|(k, ..)| ["Customer", "Session", "Credential"].contains(&k.as_str())),
+            "{name}"
+        );
+        // No assertion recorded as used (a refusal rolls back), no customer.
+        assert_eq!(
+            count(&app, "SELECT count(*) FROM saml_assertions").await,
+            assertions_before,
+            "{name}"
+        );
+        app.catch_up().await;
+        assert_eq!(
+            count(&app, "SELECT count(*) FROM queue_customers").await,
+            customers_before,
+            "{name}"
+        );
+        if let Some((request, kept)) = &attack.request {
+            assert_eq!(outstanding(&app, request).await, *kept, "{name}");
+        }
+    }
+    // Every refusal audited, in order; one customer (the replay's first,
+    // accepted, login) and one session.
+    assert_eq!(refusals(&app).await, codes);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT count(*) FROM events WHERE event_type = 'SessionCreated'"
+        )
+        .await,
+        1
+    );
+    let emails: Vec<String> = sqlx::query_scalar("SELECT email FROM queue_customers")
+        .fetch_all(&app.owner)
+        .await
+        .unwrap();
+    assert_eq!(emails, ["replay@example.com"]);
+}
+
+/// The claims of the access token the hosted page gets by refreshing with
+/// the `queue_refresh` cookie an ACS answer set.
+async fn refresh_with_cookie(app: &TestApp, set_cookie: &str) -> Value {
+    let token = set_cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("queue_refresh=");
+    let refreshed = app
+        .send(
+            Request::builder()
+                .method(Method::POST)
+                .uri("/api/v1/auth/session/refresh")
+                .header("x-queue-page", "1")
+                .header(header::ORIGIN, ORIGIN)
+                .header("sec-fetch-site", "same-origin")
+                .header(header::COOKIE, format!("queue_refresh={token}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from("{}"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.text);
+    jwt_claims(refreshed.json["access_token"].as_str().unwrap())
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn an_idp_initiated_login_signs_in_when_the_tenant_allows_it(pool: PgPool) {
+    let Setup { app, idp, base } = setup_with(pool, json!({"allow_idp_initiated": true})).await;
+    let (_, responses) = idp.issue(&[
+        ask_in(&base, "acme", None, "ann@example.com", &["eng"]),
+        ask_in(
+            &base,
+            "acme",
+            Some(UNKNOWN_REQUEST),
+            "bob@example.com",
+            &["eng"],
+        ),
+    ]);
+    // No InResponseTo and, as IdPs post it, no RelayState: the account page.
+    let got = post_acs(&app, &responses[0], "").await;
+    assert_eq!(got.status, StatusCode::SEE_OTHER, "{}", got.text);
+    assert_eq!(
+        got.headers[header::LOCATION],
+        format!("{base}/account").as_str()
+    );
+    let cookie = got.headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(cookie.starts_with("queue_refresh=qrt_"), "{cookie}");
+    let rows: Vec<(String, Value)> = sqlx::query_as(
+        "SELECT event_type, payload FROM events \
+         WHERE aggregate_type IN ('Customer', 'Session') ORDER BY commit_xid, insert_id",
+    )
+    .fetch_all(&app.owner)
+    .await
+    .unwrap();
+    let kinds: Vec<&str> = rows.iter().map(|(kind, _)| kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["CustomerRegistered", "RoleGranted", "SessionCreated"]
+    );
+    assert_eq!(rows[0].1["CustomerRegistered"]["email"], "ann@example.com");
+    assert_eq!(rows[2].1["SessionCreated"]["method"]["kind"], "saml");
+    assert!(refusals(&app).await.is_empty());
+    let claims = refresh_with_cookie(&app, cookie).await;
+    assert_eq!(claims["amr"], json!(["saml"]));
+    assert_eq!(claims["roles"], json!(["antlers-user", "support-agent"]));
+
+    // Allowing IdP-initiated login does not let a response to a request
+    // Queue never made through.
+    let before = app.event_count().await;
+    post_acs(&app, &responses[1], "")
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "saml_in_response_to_mismatch");
+    assert_eq!(app.event_count().await, before + 1);
+    assert_eq!(refusals(&app).await, ["saml_in_response_to_mismatch"]);
 }
