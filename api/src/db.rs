@@ -268,17 +268,21 @@ pub async fn outstanding_saml_requests(
 }
 
 /// Takes the outstanding request (single use) and returns its `return_to`;
-/// `None` when it was already used or never existed.
+/// `None` when it was already used, never existed or has expired (its TTL
+/// holds even before the sweeper deletes it).
 pub async fn take_saml_request(
     conn: &mut PgConnection,
     request_id: &str,
     tenant_id: Uuid,
+    now: DateTime<Utc>,
 ) -> Result<Option<Option<String>>, sqlx::Error> {
     sqlx::query_scalar(
-        "DELETE FROM saml_requests WHERE request_id = $1 AND tenant_id = $2 RETURNING return_to",
+        "DELETE FROM saml_requests WHERE request_id = $1 AND tenant_id = $2 AND expires_at > $3 \
+         RETURNING return_to",
     )
     .bind(request_id)
     .bind(tenant_id)
+    .bind(now)
     .fetch_optional(conn)
     .await
 }

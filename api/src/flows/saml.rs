@@ -153,7 +153,7 @@ async fn sign_in(
     }
     let return_to = match &login.in_response_to {
         Some(request_id) => {
-            match crate::db::take_saml_request(&mut tx, request_id, tenant_uuid).await? {
+            match crate::db::take_saml_request(&mut tx, request_id, tenant_uuid, now).await? {
                 Some(return_to) => return_to,
                 None => return Ok(Err(SamlError::InResponseToMismatch.into())),
             }

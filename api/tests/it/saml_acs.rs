@@ -932,3 +932,25 @@ async fn an_idp_initiated_login_signs_in_when_the_tenant_allows_it(pool: PgPool)
     assert_eq!(app.event_count().await, before + 1);
     assert_eq!(refusals(&app).await, ["saml_in_response_to_mismatch"]);
 }
+
+/// An outstanding request lives `REQUEST_TTL_SECS` (5 minutes): a response
+/// answering it later is refused even while its row still waits for the
+/// sweeper (the RelayState makes it a validation candidate; taking it checks
+/// the expiry).
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn a_response_to_an_expired_request_is_refused_before_the_sweeper_runs(pool: PgPool) {
+    let Setup { app, idp, base } = setup(pool).await;
+    let relay = start_login(&app, &format!("{base}/account")).await;
+    let (_, responses) = idp.issue(&[ask(&base, "acme", &relay, "ann@example.com")]);
+    // Past the request's 5 minutes (REQUEST_TTL_SECS), the response still
+    // within its own 5 minutes plus 60 s of skew; the request row is still
+    // there (no sweep ran).
+    app.clock().advance(301);
+    let before = app.event_count().await;
+    post_acs(&app, &responses[0], &relay)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "saml_in_response_to_mismatch");
+    assert_eq!(app.event_count().await, before + 1);
+    assert_eq!(refusals(&app).await, ["saml_in_response_to_mismatch"]);
+    assert!(outstanding(&app, &relay).await);
+}
