@@ -187,9 +187,14 @@ async fn connect_idp(app: &TestApp, tenant_id: &str, metadata: &str, extra: Valu
 
 /// Starts an SP-initiated login; the RelayState (the request id).
 pub async fn start_login(app: &TestApp, return_to: &str) -> String {
+    start_login_at(app, "acme", return_to).await
+}
+
+/// Starts an SP-initiated login at tenant `slug`; the RelayState.
+async fn start_login_at(app: &TestApp, slug: &str, return_to: &str) -> String {
     let got = app
         .get(&format!(
-            "/saml/acme/login?return_to={}",
+            "/saml/{slug}/login?return_to={}",
             url::form_urlencoded::byte_serialize(return_to.as_bytes()).collect::<String>()
         ))
         .await;
@@ -204,6 +209,11 @@ pub async fn start_login(app: &TestApp, return_to: &str) -> String {
 
 /// The browser's auto-submitted form to the ACS.
 pub async fn post_acs(app: &TestApp, response_xml: &str, relay_state: &str) -> Response {
+    post_acs_to(app, "acme", response_xml, relay_state).await
+}
+
+/// The form to tenant `slug`'s ACS.
+async fn post_acs_to(app: &TestApp, slug: &str, response_xml: &str, relay_state: &str) -> Response {
     let body: String = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("SAMLResponse", &STANDARD.encode(response_xml))
         .append_pair("RelayState", relay_state)
@@ -211,7 +221,7 @@ pub async fn post_acs(app: &TestApp, response_xml: &str, relay_state: &str) -> R
     app.send(
         Request::builder()
             .method(Method::POST)
-            .uri("/saml/acme/acs")
+            .uri(format!("/saml/{slug}/acs"))
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(Body::from(body))
             .unwrap(),
@@ -567,18 +577,25 @@ async fn every_attack_of_the_corpus_is_refused_at_the_acs_with_nothing_appended(
     let (_, responses) = idp.issue(&asks);
     let xml: std::collections::HashMap<&str, String> = names.into_iter().zip(responses).collect();
 
-    // Tenant globex trusts its own IdP: the same entityID (the worst case:
-    // the issuer check passes), its own keys. Its responses, whether for
-    // acme's SP or its own, answering acme's request.
+    // Tenant globex trusts its own IdP: the same entityID (so only the key
+    // tells them apart), its own keys. Its responses: one made for acme
+    // (acme's audience, ACS and request), and a genuine globex login
+    // (globex's audience, ACS and request), which globex accepts at the end.
     let globex_idp = Idp::new(&base);
-    let cross_relay = start_login(&app, &format!("{base}/account")).await;
-    let own_relay = start_login(&app, &format!("{base}/account")).await;
-    let (globex_metadata, cross) = globex_idp.issue(&[
-        ask(&base, "acme", &cross_relay, "cross@example.com"),
-        ask(&base, "globex", &own_relay, "own@example.com"),
-    ]);
     let globex_id = create_tenant(&app, "globex").await;
+    let cross_relay = start_login(&app, &format!("{base}/account")).await;
+    let (globex_metadata, _) = globex_idp.issue(&[]);
     connect_idp(&app, &globex_id, &globex_metadata, json!({})).await;
+    let own_relay = start_login_at(&app, "globex", &format!("{base}/account")).await;
+    let globex_ask = {
+        let mut ask = ask(&base, "globex", &own_relay, "own@example.com");
+        ask["destination"] = json!(SpConfig::for_tenant(&base, "globex").unwrap().acs_url);
+        ask
+    };
+    let (_, cross) = globex_idp.issue(&[
+        ask(&base, "acme", &cross_relay, "cross@example.com"),
+        globex_ask,
+    ]);
 
     // The replay's first use is accepted (its request taken).
     let first = post_acs(&app, &xml["replay"], &relays["replay"]).await;
@@ -759,10 +776,24 @@ async fn every_attack_of_the_corpus_is_refused_at_the_acs_with_nothing_appended(
             code: "saml_signature_invalid",
             request: Some((cross_relay.clone(), true)),
         },
-        // Globex's IdP, a login at globex's SP, replayed at acme's ACS.
+        // Globex's IdP, a login at globex's SP, posted to acme's ACS: its
+        // envelope names globex's ACS, checked before the signature.
         Attack {
             name: "another tenant's IdP, for globex",
             xml: cross[1].clone(),
+            relay: own_relay.clone(),
+            clock: 0,
+            code: "saml_destination_mismatch",
+            request: Some((own_relay.clone(), true)),
+        },
+        // The same without the envelope's Destination: acme trusts
+        // another key.
+        Attack {
+            name: "another tenant's IdP, for globex, no Destination",
+            xml: changed(
+                &cross[1],
+                cross[1].replacen(&format!(" Destination=\"{globex_acs}\""), "", 1),
+            ),
             relay: own_relay.clone(),
             clock: 0,
             code: "saml_signature_invalid",
@@ -854,6 +885,12 @@ async fn every_attack_of_the_corpus_is_refused_at_the_acs_with_nothing_appended(
         .await
         .unwrap();
     assert_eq!(emails, ["replay@example.com"]);
+
+    // Globex's own login was a good response, for globex: the refusal at
+    // acme was acme's trust, not a broken response.
+    let globex = post_acs_to(&app, "globex", &cross[1], &own_relay).await;
+    assert_eq!(globex.status, StatusCode::SEE_OTHER, "{}", globex.text);
+    assert!(!outstanding(&app, &own_relay).await);
 }
 
 /// The claims of the access token the hosted page gets by refreshing with
