@@ -447,12 +447,16 @@ mod tests {
     }
 
     /// Every operation of the OpenAPI document but the operations routes
-    /// (health, JWKS, discovery, metrics) has exactly one declared priority.
+    /// (health, JWKS, discovery, metrics) and the SAML routes (outside
+    /// /api/v1, limited per client address) has exactly one declared
+    /// priority.
     #[test]
     fn every_v1_operation_has_one_declared_priority() {
         let declared = crate::route_priorities();
         let (_, others) = crate::operation_routes().split_for_parts();
-        let others = crate::operations(&others);
+        let mut others = crate::operations(&others);
+        let (_, saml) = crate::routes::saml::routes().split_for_parts();
+        others.extend(crate::operations(&saml));
         let operations: Vec<(String, String)> = crate::operations(&crate::openapi())
             .into_iter()
             .filter(|(_, path)| path != "/metrics")

@@ -98,8 +98,18 @@ async fn rebuild_equals_live_projection_table_by_table(pool: PgPool) {
             "customer_audit_events_event_id_key",
             "customer_audit_events_occurred_at_idx",
             "customer_audit_events_pkey",
+            "customer_audit_events_tenant",
         ]
     );
+    // Row-level security came along too (ADR 0219): two policies a table.
+    let policies: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_policies WHERE schemaname = 'public' \
+         AND policyname IN ('tenant_reads', 'projector_all')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(policies, 16);
     // The primary key is the ledger position (migration 0300), also after the swap.
     let primary_key: String = sqlx::query_scalar(
         "SELECT pg_get_constraintdef(oid) FROM pg_constraint \
