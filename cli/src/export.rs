@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use clap::Args;
+use queue_domain::types::{TenantId, TenantSlug};
 use queue_eventstore::export::{self, ExportFilter};
 use queue_eventstore::{db, NoteVerifier, Sealer, SealerConfig, SharedMacKeys};
 
@@ -25,6 +26,10 @@ pub struct ExportArgs {
     /// Only the streams of this customer (its own, its passkeys', sessions', audit events).
     #[arg(long)]
     customer: Option<String>,
+    /// Only the streams of this tenant (its tenant stream, its customers' and theirs);
+    /// `default` is the tenant of every customer from before tenants.
+    #[arg(long, value_name = "SLUG")]
+    tenant: Option<TenantSlug>,
     /// Export the contiguous ledger range from this seq (inclusive); completeness is then provable.
     #[arg(long)]
     from_seq: Option<u64>,
@@ -73,6 +78,7 @@ pub async fn export(args: ExportArgs, json: bool, env: Lookup<'_>) -> Result<Exi
         since: args.since,
         until: args.until,
         customer_id: args.customer,
+        tenant_id: args.tenant.as_ref().map(TenantId::for_slug),
         from_seq: args.from_seq,
         to_seq: args.to_seq,
     };

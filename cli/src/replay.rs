@@ -121,6 +121,20 @@ fn print_history(h: &CustomerHistory) {
                     r.grant_id.as_deref().unwrap_or("default"),
                     r.ticket_id.as_deref().unwrap_or("-")
                 );
+                // Reasons are free text (line breaks allowed): quoted, escaped.
+                if let (Some(by), Some(at)) = (&r.granted_by, r.granted_at) {
+                    out!(
+                        "    granted {at} by {by}, reason {:?}",
+                        r.grant_reason.as_deref().unwrap_or("")
+                    );
+                }
+                if let Some(at) = r.revoked_at {
+                    out!(
+                        "    revoked {at} by {}, reason {:?}",
+                        r.revoked_by.as_deref().unwrap_or("-"),
+                        r.revoke_reason.as_deref().unwrap_or("")
+                    );
+                }
             }
             for p in &s.passkeys {
                 out!(

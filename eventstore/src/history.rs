@@ -36,12 +36,17 @@ pub struct RoleView {
     pub grant_id: Option<String>,
     pub role: String,
     pub ticket_id: Option<String>,
+    /// Who granted it (`None` for the default role) and why.
     pub granted_by: Option<String>,
+    pub grant_reason: Option<String>,
     pub granted_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
     /// Counts at the instant: not revoked and not expired.
     pub active: bool,
+    /// When, by whom and why it was revoked (by the instant).
     pub revoked_at: Option<DateTime<Utc>>,
+    pub revoked_by: Option<String>,
+    pub revoke_reason: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -255,20 +260,26 @@ fn view(
         role: state.default_role.to_string(),
         ticket_id: None,
         granted_by: None,
+        grant_reason: None,
         granted_at: Some(state.registered_at),
         expires_at: None,
         active: true,
         revoked_at: None,
+        revoked_by: None,
+        revoke_reason: None,
     }];
     roles.extend(state.grants.iter().map(|g| RoleView {
         grant_id: Some(g.grant_id.to_string()),
         role: g.role.to_string(),
         ticket_id: g.ticket_id.as_ref().map(ToString::to_string),
         granted_by: Some(g.actor.to_string()),
+        grant_reason: Some(g.reason.to_string()),
         granted_at: Some(g.granted_at),
         expires_at: g.expires_at,
         active: g.is_active(at),
         revoked_at: g.revocation.as_ref().map(|r| r.at),
+        revoked_by: g.revocation.as_ref().map(|r| r.actor.to_string()),
+        revoke_reason: g.revocation.as_ref().map(|r| r.reason.to_string()),
     }));
     let passkeys = credentials
         .iter()

@@ -3,6 +3,7 @@
 
 use chrono::Duration;
 use queue_backfill::legacy::Table;
+use queue_domain::types::TenantId;
 use queue_eventstore::verify::NoProgress;
 use queue_eventstore::{verify_store, CheckpointSigner, VerifyInput};
 use sqlx::PgPool;
@@ -96,6 +97,27 @@ async fn a_legacy_database_imports_completely_and_parity_agrees(pool: PgPool) {
     assert!(parity.agrees(), "{:#?}", parity.differences);
     let matched: Vec<u64> = parity.tables.iter().map(|t| t.matched).collect();
     assert_eq!(matched, vec![3, 6, 3, 2]);
+
+    // Legacy customers are the default tenant's (issue 22, ADR 0217): the
+    // read model says so, and their events are stored without `tenant_id`
+    // (the bytes of before tenants).
+    let tenants: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT DISTINCT tenant_id FROM queue_customers")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(tenants, [*TenantId::DEFAULT.as_uuid()]);
+    let imported: Vec<serde_json::Value> = sqlx::query_scalar(
+        "SELECT payload FROM events WHERE aggregate_type = 'Customer' AND sequence = 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(imported.len(), 3);
+    for payload in &imported {
+        let fields = payload["CustomerImported"].as_object().unwrap();
+        assert!(!fields.contains_key("tenant_id"), "{payload}");
+    }
 
     // Imported as the domain normalises: lower-case email, trimmed name,
     // suspension kept, the default role plus the grants.

@@ -72,3 +72,24 @@ fn closed_stdout_is_not_a_panic() {
     assert_eq!(out.status.code(), Some(141), "stderr: {err}");
     assert!(err.is_empty(), "nothing to say on stderr: {err}");
 }
+
+/// `--tenant` takes a slug; anything else is a usage error (exit 2) that
+/// says what is wrong with it, before any database or key is needed.
+#[test]
+fn a_bad_tenant_slug() {
+    for (slug, why) in [
+        ("Acme Corp", "may only contain a-z, 0-9 and -"),
+        ("a", "at least 2 characters"),
+        ("9lives", "must start with a letter"),
+    ] {
+        let out = queue(&["export", "--out", "/dev/null", "--tenant", slug], &[]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            err.contains(&format!("invalid value '{slug}' for '--tenant <SLUG>'"))
+                && err.contains(why),
+            "{err}"
+        );
+    }
+}

@@ -11,6 +11,7 @@ mod mail;
 mod pages;
 mod procs;
 mod recipes;
+mod replay;
 mod roles;
 mod verify;
 mod webdriver;
@@ -30,6 +31,14 @@ pub fn queue(args: &[&str], env: &[(&str, &str)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().unwrap()
+}
+
+/// The URL of a `#[sqlx::test]` database, for a `queue` process.
+pub fn url_of(pool: &sqlx::PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").unwrap();
+    let (server, _) = base.rsplit_once('/').unwrap();
+    let db = pool.connect_options().get_database().unwrap().to_string();
+    format!("{server}/{db}")
 }
 
 pub fn stderr(out: &Output) -> String {

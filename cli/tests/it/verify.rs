@@ -2,13 +2,6 @@ use sqlx::PgPool;
 
 use crate::*;
 
-fn url_of(pool: &PgPool) -> String {
-    let base = std::env::var("DATABASE_URL").unwrap();
-    let (server, _) = base.rsplit_once('/').unwrap();
-    let db = pool.connect_options().get_database().unwrap().to_string();
-    format!("{server}/{db}")
-}
-
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn verify_exits_zero_when_intact_and_one_naming_the_damage(pool: PgPool) {
     let url = url_of(&pool);
@@ -131,6 +124,126 @@ async fn export_then_verify_export_offline(pool: PgPool) {
     assert_eq!(tampered.status.code(), Some(1));
     let report: serde_json::Value = serde_json::from_slice(&tampered.stdout).unwrap();
     assert_eq!(report["first_bad_line"], 3);
+    std::fs::remove_file(&file).ok();
+}
+
+/// `queue export --tenant SLUG`: only that tenant's streams, and the file
+/// verifies offline like any other.
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn export_of_one_tenant_then_verify_export(pool: PgPool) {
+    use cqrs_es::Aggregate;
+    use queue_domain::types::{Actor, CustomerId, TenantId, TenantSlug};
+    use queue_domain::{Customer, CustomerCommand, Tenant, TenantCommand};
+    use queue_eventstore::{
+        Batch, ChainedEventRepository, EventStore, MacKeys, SharedMacKeys, SystemClock,
+    };
+    async fn run<A: Aggregate<Services = ()> + Clone + 'static>(
+        store: &EventStore,
+        id: &str,
+        command: A::Command,
+    ) {
+        let mut loaded = store.load::<A>(id).await.unwrap();
+        let events = loaded.execute(command).await.unwrap();
+        let mut batch = Batch::new();
+        batch.add(&mut loaded, &events).unwrap();
+        store.append(batch).await.unwrap();
+    }
+    let store = EventStore::new(ChainedEventRepository::new(
+        pool.clone(),
+        SharedMacKeys::new(MacKeys::parse(MAC).unwrap()),
+        std::sync::Arc::new(SystemClock),
+    ));
+    let now = chrono::Utc::now();
+    let mut expected = Vec::new();
+    for (n, slug) in [(1u128, "acme"), (2, "globex"), (3, "acme")] {
+        let tenant = TenantId::for_slug(&TenantSlug::parse(slug).unwrap());
+        if n < 3 {
+            run::<Tenant>(
+                &store,
+                &tenant.to_string(),
+                TenantCommand::Create {
+                    tenant_id: tenant,
+                    slug: TenantSlug::parse(slug).unwrap(),
+                    name: slug.parse().unwrap(),
+                    actor: Actor::parse("console").unwrap(),
+                    at: now,
+                },
+            )
+            .await;
+        }
+        let customer = CustomerId::from_uuid(uuid::Uuid::from_u128(n));
+        run::<Customer>(
+            &store,
+            &customer.to_string(),
+            CustomerCommand::Register {
+                customer_id: customer,
+                tenant_id: tenant,
+                email: format!("u{n}@example.com").parse().unwrap(),
+                display_name: "Ada".parse().unwrap(),
+                at: now,
+            },
+        )
+        .await;
+        if slug == "acme" {
+            if n == 1 {
+                expected.push(format!("Tenant/{tenant}"));
+            }
+            expected.push(format!("Customer/{customer}"));
+        }
+    }
+    let url = url_of(&pool);
+    let dir = std::env::temp_dir().join(format!("queue-export-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!(
+        "{}-tenant.jsonl",
+        pool.connect_options().get_database().unwrap()
+    ));
+    let path = file.display().to_string();
+    let (export, verified) = tokio::task::spawn_blocking(move || {
+        let env = [
+            ("DATABASE_URL", url.as_str()),
+            ("QUEUE_MAC_KEYS", MAC),
+            ("QUEUE_CHECKPOINT_KEY", CHECKPOINT_KEY),
+        ];
+        let export = queue(&["export", "--tenant", "acme", "--out", &path], &env);
+        let public = queue(&["keys", "public", "checkpoint"], &env);
+        let key = String::from_utf8(public.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .to_string();
+        let verified = queue(&["verify-export", &path, "--checkpoint-key", &key], &[]);
+        (export, verified)
+    })
+    .await
+    .unwrap();
+    assert!(export.status.success(), "{}", stderr(&export));
+    assert_eq!(
+        verified.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&verified.stdout)
+    );
+    assert!(String::from_utf8_lossy(&verified.stdout).contains("OK: 3 events"));
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let acme = TenantId::for_slug(&TenantSlug::parse("acme").unwrap());
+    assert_eq!(lines[0]["filters"]["tenant_id"], acme.to_string());
+    let streams: Vec<String> = lines[1..lines.len() - 1]
+        .iter()
+        .map(|l| {
+            format!(
+                "{}/{}",
+                l["aggregate_type"].as_str().unwrap(),
+                l["aggregate_id"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(streams, expected);
     std::fs::remove_file(&file).ok();
 }
 
