@@ -32,7 +32,11 @@ pg_bindir() {
 ensure_postgres() {
   local default_url="postgres://postgres@127.0.0.1:5432/postgres"
   if [ -n "${DATABASE_URL:-}" ]; then
-    if pg_answers "$DATABASE_URL"; then say "using DATABASE_URL from the environment"; return 0; fi
+    if pg_answers "$DATABASE_URL"; then
+      say "using DATABASE_URL from the environment"
+      create_url_database "$DATABASE_URL"
+      return 0
+    fi
     say "DATABASE_URL is set but the server does not answer; looking for another"
   fi
   if pg_answers "$default_url"; then
@@ -85,6 +89,20 @@ start_local_cluster() {
   "${run[@]}" "$bindir/pg_ctl" -D "$data" -l "$data/server.log" -w \
     -o "-p $port -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
   export DATABASE_URL="$url"
+}
+
+# The server answers, but the database the URL names may not exist yet (a
+# fresh machine): create it from the server's `postgres` database.
+create_url_database() { # URL
+  local url=$1 name query=""
+  command -v psql >/dev/null 2>&1 || return 0
+  psql "$url" -tAc 'select 1' >/dev/null 2>&1 && return 0
+  name=${url##*/}
+  case $name in *\?*) query="?${name#*\?}"; name=${name%%\?*} ;; esac
+  [ -n "$name" ] || return 0
+  if psql "${url%/*}/postgres$query" -qc "create database \"$name\"" >/dev/null 2>&1; then
+    say "created database $name (DATABASE_URL named it; it did not exist)"
+  fi
 }
 
 # Creates database NAME on the server of DATABASE_URL if missing; prints its URL.

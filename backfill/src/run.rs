@@ -493,24 +493,12 @@ impl Run<'_> {
         if emails.is_empty() {
             return Ok(HashMap::new());
         }
-        // The same expression as the unique index events_customer_email.
-        let rows = sqlx::query(
-            "SELECT lower(coalesce(payload->'CustomerRegistered'->>'email', payload->'CustomerImported'->>'email')), aggregate_id \
-             FROM events WHERE aggregate_type = 'Customer' \
-             AND event_type IN ('CustomerRegistered', 'CustomerImported') \
-             AND lower(coalesce(payload->'CustomerRegistered'->>'email', payload->'CustomerImported'->>'email')) = ANY($1)",
-        )
-        // Planned with the real ids every time: a plan cached while the
-        // events table was small would scan it whole for every page.
-        .persistent(false)
-        .bind(emails)
-        .fetch_all(self.repo.pool())
-        .await
-        .map_err(BackfillError::queue)?;
-        rows.iter()
-            .map(|r| Ok((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(BackfillError::queue)
+        // The default tenant's (legacy customers are imported there), by the
+        // unique index events_customer_email's own expressions.
+        let rows = queue_eventstore::lookup::customers_by_emails(self.repo.pool(), emails)
+            .await
+            .map_err(|e| BackfillError::Queue(e.to_string()))?;
+        Ok(rows.into_iter().collect())
     }
 
     /// Which legacy customers of a page have a Customer stream (imported

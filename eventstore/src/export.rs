@@ -48,7 +48,7 @@ pub struct ExportFilter {
 
 /// The streams of the tenant `$6` (its id as text; `$7` is the default
 /// tenant's id): its `Tenant` stream; every `Customer` stream whose first
-/// event puts the customer in it (a `CustomerRegistered`/`CustomerImported`
+/// event puts the customer in it (a `CustomerRegistered`/`CustomerProvisioned`/`CustomerImported`
 /// without `tenant_id` is the default tenant's, as in migration 0330); and
 /// every other stream whose first event names (`customer_id`) one of those
 /// customers, read the way the customer filter reads it.
@@ -64,6 +64,7 @@ WITH tenant_customers AS MATERIALIZED ( \
    SELECT m.aggregate_id FROM events m \
    WHERE m.aggregate_type = 'Customer' AND m.sequence = 1 \
      AND coalesce(m.payload->'CustomerRegistered'->>'tenant_id', \
+                  m.payload->'CustomerProvisioned'->>'tenant_id', \
                   m.payload->'CustomerImported'->>'tenant_id', $7::text) = $6::text), \
  tenant_streams AS ( \
    SELECT 'Tenant'::text AS aggregate_type, $6::text AS aggregate_id \

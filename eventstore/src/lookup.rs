@@ -25,24 +25,33 @@ pub const INDEXED: &[(&str, &str)] = &[
     ("customer_of_grant", "events_role_grant"),
 ];
 
-/// migrations/0330 `events_customer_email` (unique per tenant): the
-/// normalised email, then the tenant (absent = the default tenant, ADR 0217).
+/// migrations/0333 `events_customer_email` (unique per tenant): the
+/// normalised email of any creation event, then the tenant (absent = the
+/// default tenant, ADR 0217).
 pub const CUSTOMER_BY_EMAIL: &str = "SELECT aggregate_id FROM events \
-     WHERE aggregate_type = 'Customer' AND event_type IN ('CustomerRegistered', 'CustomerImported') \
+     WHERE aggregate_type = 'Customer' \
+     AND event_type IN ('CustomerRegistered', 'CustomerProvisioned', 'CustomerImported') \
      AND lower(coalesce(payload->'CustomerRegistered'->>'email', \
+                        payload->'CustomerProvisioned'->>'email', \
                         payload->'CustomerImported'->>'email')) = $1 \
      AND coalesce(payload->'CustomerRegistered'->>'tenant_id', \
+                  payload->'CustomerProvisioned'->>'tenant_id', \
                   payload->'CustomerImported'->>'tenant_id', \
                   'e02b51ee-91ce-59b2-8ff6-b3ef33a10a99') = $2";
 
-/// migrations/0330 `events_customer_email`, for many emails at once, in the
+/// migrations/0333 `events_customer_email`, for many emails at once, in the
 /// default tenant (the backfill's).
-pub const CUSTOMERS_BY_EMAILS: &str = "SELECT lower(coalesce(payload->'CustomerRegistered'->>'email', \
+pub const CUSTOMERS_BY_EMAILS: &str =
+    "SELECT lower(coalesce(payload->'CustomerRegistered'->>'email', \
+                        payload->'CustomerProvisioned'->>'email', \
                         payload->'CustomerImported'->>'email')), aggregate_id FROM events \
-     WHERE aggregate_type = 'Customer' AND event_type IN ('CustomerRegistered', 'CustomerImported') \
+     WHERE aggregate_type = 'Customer' \
+     AND event_type IN ('CustomerRegistered', 'CustomerProvisioned', 'CustomerImported') \
      AND lower(coalesce(payload->'CustomerRegistered'->>'email', \
+                        payload->'CustomerProvisioned'->>'email', \
                         payload->'CustomerImported'->>'email')) = ANY($1) \
      AND coalesce(payload->'CustomerRegistered'->>'tenant_id', \
+                  payload->'CustomerProvisioned'->>'tenant_id', \
                   payload->'CustomerImported'->>'tenant_id', \
                   'e02b51ee-91ce-59b2-8ff6-b3ef33a10a99') = 'e02b51ee-91ce-59b2-8ff6-b3ef33a10a99'";
 

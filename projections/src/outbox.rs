@@ -286,6 +286,10 @@ async fn customer_of(
         })
         | Some(Event {
             meta,
+            body: Body::Customer(CustomerEvent::Provisioned { email, .. }),
+        })
+        | Some(Event {
+            meta,
             body: Body::Customer(CustomerEvent::Imported { email, .. }),
         }) => Ok((email.as_str().to_owned(), meta.position.commit_xid)),
         _ => Err(event

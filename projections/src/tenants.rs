@@ -1,8 +1,8 @@
 //! Which tenant each customer belongs to (issue 22, ADR 0219): every read
 //! row carries its customer's `tenant_id`, so row-level security can key on
 //! it. A customer's tenant is named once, by the first event of its stream
-//! (`CustomerRegistered` / `CustomerImported`; absent means the default
-//! tenant) and never changes, so a Credential, Session or Audit row takes
+//! (`CustomerRegistered` / `CustomerProvisioned` / `CustomerImported`;
+//! absent means the default tenant) and never changes, so a Credential, Session or Audit row takes
 //! it from there. The folds stay pure: the caller loads the tenants of the
 //! customers a batch (or a whole log) names before folding, as the audit
 //! fold's stream owners are loaded.
@@ -21,7 +21,7 @@ use crate::table::Fast;
 /// The tenant of a Customer stream's first event, as SQL (a stored event
 /// without `tenant_id` is the default tenant's, as when it is decoded).
 const TENANT_OF_FIRST_EVENT: &str = "coalesce(payload->'CustomerRegistered'->>'tenant_id', \
-     payload->'CustomerImported'->>'tenant_id')";
+     payload->'CustomerProvisioned'->>'tenant_id', payload->'CustomerImported'->>'tenant_id')";
 
 /// Customer id → tenant id.
 #[derive(Clone, Debug, Default)]

@@ -11,6 +11,7 @@
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use queue_domain::customer::CustomerCommand;
+use queue_domain::customer::ProvisioningSource;
 use queue_domain::session::AuthMethod;
 use queue_domain::types::{Actor, CustomerId, DisplayName, Email, GrantId};
 use queue_domain::{Customer, CustomerEvent};
@@ -187,11 +188,13 @@ async fn sign_in(
                     .and_then(|name| DisplayName::parse(name).ok())
                     .map_or_else(|| DisplayName::parse(email.as_str()), Ok)?;
                 let registered = customer
-                    .execute(CustomerCommand::Register {
+                    .execute(CustomerCommand::Provision {
                         customer_id: id,
                         tenant_id: tenant.tenant_id,
                         email: email.clone(),
                         display_name,
+                        source: ProvisioningSource::Saml,
+                        actor: Actor::parse(&format!("saml:{}", tenant.slug.as_str()))?,
                         at: now,
                     })
                     .await?;

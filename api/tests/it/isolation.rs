@@ -61,8 +61,8 @@ async fn world(pool: PgPool) -> World {
     let acs = post_acs(&app, &responses[0], &relay).await;
     assert_eq!(acs.status, StatusCode::SEE_OTHER, "{}", acs.text);
     let acme_customer: String = sqlx::query_scalar(
-        "SELECT aggregate_id FROM events WHERE event_type = 'CustomerRegistered' \
-         AND payload->'CustomerRegistered'->>'email' = 'ann@example.com'",
+        "SELECT aggregate_id FROM events WHERE event_type = 'CustomerProvisioned' \
+         AND payload->'CustomerProvisioned'->>'email' = 'ann@example.com'",
     )
     .fetch_one(&app.owner)
     .await

@@ -274,12 +274,15 @@ async fn a_first_sp_initiated_login_provisions_the_customer_and_grants_its_group
     let kinds: Vec<&str> = rows.iter().map(|(_, kind, _)| kind.as_str()).collect();
     assert_eq!(
         kinds,
-        ["CustomerRegistered", "RoleGranted", "SessionCreated"],
+        ["CustomerProvisioned", "RoleGranted", "SessionCreated"],
         "{rows:?}"
     );
-    let registered = &rows[0].2["CustomerRegistered"];
-    assert_eq!(registered["email"], "ann@example.com");
-    assert_eq!(registered["tenant_id"], tenant.to_string());
+    // Provisioned by the IdP: source saml, the tenant's provider as actor.
+    let provisioned = &rows[0].2["CustomerProvisioned"];
+    assert_eq!(provisioned["email"], "ann@example.com");
+    assert_eq!(provisioned["tenant_id"], tenant.to_string());
+    assert_eq!(provisioned["source"], "saml");
+    assert_eq!(provisioned["actor"], "saml:acme");
     let granted = &rows[1].2["RoleGranted"];
     assert_eq!(granted["actor"], "saml:acme");
     assert_eq!(granted["role"], "support-agent");
@@ -400,7 +403,7 @@ async fn a_later_login_without_the_group_revokes_the_saml_grant(pool: PgPool) {
     .await
     .unwrap();
     let names: Vec<&str> = kinds.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(names, ["CustomerRegistered", "RoleGranted", "RoleRevoked"]);
+    assert_eq!(names, ["CustomerProvisioned", "RoleGranted", "RoleRevoked"]);
     assert_eq!(kinds[2].1["RoleRevoked"]["actor"], "saml:acme");
     assert_eq!(
         kinds[2].1["RoleRevoked"]["grant_id"],
@@ -951,9 +954,9 @@ async fn an_idp_initiated_login_signs_in_when_the_tenant_allows_it(pool: PgPool)
     let kinds: Vec<&str> = rows.iter().map(|(kind, _)| kind.as_str()).collect();
     assert_eq!(
         kinds,
-        ["CustomerRegistered", "RoleGranted", "SessionCreated"]
+        ["CustomerProvisioned", "RoleGranted", "SessionCreated"]
     );
-    assert_eq!(rows[0].1["CustomerRegistered"]["email"], "ann@example.com");
+    assert_eq!(rows[0].1["CustomerProvisioned"]["email"], "ann@example.com");
     assert_eq!(rows[2].1["SessionCreated"]["method"]["kind"], "saml");
     assert!(refusals(&app).await.is_empty());
     let claims = refresh_with_cookie(&app, cookie).await;

@@ -157,6 +157,27 @@ impl Customer {
             }]),
             (
                 None,
+                CustomerCommand::Provision {
+                    customer_id,
+                    tenant_id,
+                    email,
+                    display_name,
+                    source,
+                    actor,
+                    at,
+                },
+            ) => Ok(vec![CustomerEvent::Provisioned {
+                customer_id,
+                email,
+                display_name,
+                default_role: Role::default_role(),
+                source,
+                actor,
+                at,
+                tenant_id,
+            }]),
+            (
+                None,
                 CustomerCommand::Import {
                     customer_id,
                     legacy_id,
@@ -243,9 +264,9 @@ impl CustomerState {
 
     fn decide(&self, command: CustomerCommand) -> Result<CustomerEvent, CustomerError> {
         match command {
-            CustomerCommand::Register { .. } | CustomerCommand::Import { .. } => {
-                Err(CustomerError::AlreadyRegistered)
-            }
+            CustomerCommand::Register { .. }
+            | CustomerCommand::Provision { .. }
+            | CustomerCommand::Import { .. } => Err(CustomerError::AlreadyRegistered),
             CustomerCommand::RequestEmailVerification {
                 token_hash,
                 expires_at,
@@ -384,7 +405,9 @@ impl CustomerState {
         match event {
             // Creation events are handled by `Customer::apply`; a second one
             // cannot be decided, so there is nothing to change here.
-            CustomerEvent::Registered { .. } | CustomerEvent::Imported { .. } => {}
+            CustomerEvent::Registered { .. }
+            | CustomerEvent::Provisioned { .. }
+            | CustomerEvent::Imported { .. } => {}
             CustomerEvent::EmailVerificationRequested {
                 token_hash,
                 expires_at,
@@ -510,6 +533,29 @@ impl Aggregate for Customer {
                     default_role,
                     at,
                     tenant_id,
+                },
+            ) => {
+                let mut state = CustomerState::new(
+                    customer_id,
+                    None,
+                    email,
+                    Some(display_name),
+                    default_role,
+                    at,
+                );
+                state.tenant_id = tenant_id;
+                self.state = Some(state);
+            }
+            (
+                None,
+                CustomerEvent::Provisioned {
+                    customer_id,
+                    email,
+                    display_name,
+                    default_role,
+                    at,
+                    tenant_id,
+                    ..
                 },
             ) => {
                 let mut state = CustomerState::new(

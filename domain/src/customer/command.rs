@@ -1,5 +1,7 @@
 use chrono::{DateTime, Utc};
 
+use super::event::ProvisioningSource;
+
 use crate::types::{
     Actor, CustomerId, DisplayName, Email, GrantId, LegacyId, Reason, Role, SecretHash, TenantId,
     TicketId,
@@ -23,6 +25,18 @@ pub enum CustomerCommand {
         tenant_id: TenantId,
         email: Email,
         display_name: DisplayName,
+        at: DateTime<Utc>,
+    },
+    /// A customer created by an identity provider's first login (SAML JIT):
+    /// `CustomerProvisioned` in the tenant, with the default role.
+    Provision {
+        customer_id: CustomerId,
+        tenant_id: TenantId,
+        email: Email,
+        display_name: DisplayName,
+        source: ProvisioningSource,
+        /// `saml:<tenant slug>`, as on the roles the provider grants.
+        actor: Actor,
         at: DateTime<Utc>,
     },
     /// A customer backfilled from the legacy database. Whether this legacy id

@@ -47,6 +47,25 @@ pub enum CustomerEvent {
         )]
         tenant_id: TenantId,
     },
+    /// A customer created by an identity provider's first login (SAML
+    /// just-in-time provisioning, issue 22): what `Registered` records, and
+    /// who vouched for it (`source` `saml`, `actor` `saml:<tenant slug>`).
+    #[serde(rename = "CustomerProvisioned")]
+    Provisioned {
+        customer_id: CustomerId,
+        email: Email,
+        display_name: DisplayName,
+        default_role: Role,
+        source: ProvisioningSource,
+        actor: Actor,
+        at: DateTime<Utc>,
+        /// As on `Registered`: absent for the default tenant.
+        #[serde(
+            default = "TenantId::default_tenant",
+            skip_serializing_if = "TenantId::is_default"
+        )]
+        tenant_id: TenantId,
+    },
     EmailVerificationRequested {
         token_hash: SecretHash,
         expires_at: DateTime<Utc>,
@@ -103,11 +122,28 @@ pub enum CustomerEvent {
     },
 }
 
+/// Who created a provisioned customer (`CustomerProvisioned.source`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProvisioningSource {
+    /// A tenant's SAML identity provider (just-in-time provisioning).
+    Saml,
+}
+
+impl ProvisioningSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Saml => "saml",
+        }
+    }
+}
+
 impl DomainEvent for CustomerEvent {
     fn event_type(&self) -> String {
         match self {
             Self::Registered { .. } => "CustomerRegistered",
             Self::Imported { .. } => "CustomerImported",
+            Self::Provisioned { .. } => "CustomerProvisioned",
             Self::EmailVerificationRequested { .. } => "EmailVerificationRequested",
             Self::EmailVerified { .. } => "EmailVerified",
             Self::RoleGranted { .. } => "RoleGranted",

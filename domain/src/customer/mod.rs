@@ -13,4 +13,4 @@ pub use aggregate::{
 };
 pub use command::{CustomerCommand, BACKUP_CODE_COUNT, EMAIL_VERIFICATION_TTL_SECS};
 pub use error::CustomerError;
-pub use event::CustomerEvent;
+pub use event::{CustomerEvent, ProvisioningSource};

@@ -819,3 +819,60 @@ fn another_tenants_registration_carries_its_tenant_into_the_state() {
     }
     assert_eq!(customer.state().unwrap().tenant_id, acme);
 }
+
+fn provision_command(tenant_id: crate::types::TenantId) -> CustomerCommand {
+    CustomerCommand::Provision {
+        customer_id: customer_id(),
+        tenant_id,
+        email: email(),
+        display_name: DisplayName::parse("Ann Example").unwrap(),
+        source: ProvisioningSource::Saml,
+        actor: crate::types::Actor::parse("saml:acme").unwrap(),
+        at: t(0),
+    }
+}
+
+#[test]
+fn provision_creates_the_customer_in_its_tenant_with_the_provider_as_actor() {
+    let acme = crate::types::TenantId::for_slug(&"acme".parse().unwrap());
+    let provisioned = CustomerEvent::Provisioned {
+        customer_id: customer_id(),
+        email: email(),
+        display_name: DisplayName::parse("Ann Example").unwrap(),
+        default_role: Role::default_role(),
+        source: ProvisioningSource::Saml,
+        actor: crate::types::Actor::parse("saml:acme").unwrap(),
+        at: t(0),
+        tenant_id: acme,
+    };
+    CustomerTest::with(())
+        .given_no_previous_events()
+        .when(provision_command(acme))
+        .then_expect_events(vec![provisioned.clone()]);
+    // The stored form: the type name, the source and the provider, the tenant.
+    let json = serde_json::to_value(&provisioned).unwrap();
+    let body = &json["CustomerProvisioned"];
+    assert_eq!(body["source"], "saml");
+    assert_eq!(body["actor"], "saml:acme");
+    assert_eq!(body["tenant_id"], serde_json::json!(acme.to_string()));
+    assert_eq!(
+        serde_json::from_value::<CustomerEvent>(json).unwrap(),
+        provisioned
+    );
+
+    let customer = replay(vec![provisioned]);
+    let state = customer.state().unwrap();
+    assert_eq!(state.tenant_id, acme);
+    assert_eq!(state.status, CustomerStatus::Active);
+    assert!(!state.email_verified());
+    assert_eq!(customer.active_roles(t(0)), vec![Role::default_role()]);
+}
+
+#[test]
+fn provisioning_an_existing_customer_is_refused() {
+    let acme = crate::types::TenantId::for_slug(&"acme".parse().unwrap());
+    CustomerTest::with(())
+        .given(vec![registered()])
+        .when(provision_command(acme))
+        .then_expect_error(CustomerError::AlreadyRegistered);
+}

@@ -90,6 +90,23 @@ impl AuditFold {
                         json!({"email": email, "display_name": display_name, "default_role": default_role}),
                         at,
                     ),
+                    CustomerEvent::Provisioned {
+                        email,
+                        display_name,
+                        default_role,
+                        source,
+                        actor,
+                        at,
+                        ..
+                    } => row(
+                        id,
+                        "customer.provisioned",
+                        Some(actor.to_string()),
+                        None,
+                        json!({"email": email, "display_name": display_name,
+                               "default_role": default_role, "source": source.as_str()}),
+                        at,
+                    ),
                     CustomerEvent::Imported {
                         legacy_id,
                         email,
