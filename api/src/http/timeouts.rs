@@ -35,21 +35,35 @@ use crate::http::error::ApiError;
 use crate::state::AppState;
 use crate::BODY_LIMIT;
 
+/// The most a request may carry: [`BODY_LIMIT`], but for a SAML assertion
+/// consumer service, whose form holds a whole signed response (a
+/// `SAMLResponse` up to `queue_saml::MAX_RESPONSE_BYTES`, base64 and then
+/// form-encoded).
+pub fn body_limit_of(path: &str) -> usize {
+    let acs = path.starts_with("/saml/") && path.ends_with("/acs");
+    if acs {
+        crate::routes::saml::ACS_BODY_LIMIT
+    } else {
+        BODY_LIMIT
+    }
+}
+
 /// Reads the request body into memory within the body timeout; answers 408
 /// `request_timeout` when the client is too slow and 413 when it is too
-/// large. Requests without a body pass at once.
+/// large ([`body_limit_of`] its path). Requests without a body pass at once.
 pub async fn read_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let max = body_limit_of(request.uri().path());
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+    if declared.is_some_and(|n| n > max as u64) {
         return ApiError::PayloadTooLarge.into_response();
     }
     let (parts, body) = request.into_parts();
     let limit = state.config().timeouts.body;
-    let read = tokio::time::timeout(limit, Limited::new(body, BODY_LIMIT).collect()).await;
+    let read = tokio::time::timeout(limit, Limited::new(body, max).collect()).await;
     let bytes = match read {
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {

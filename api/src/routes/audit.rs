@@ -216,13 +216,8 @@ async fn visible_customer(
     if caller.tenants.ids().is_none() {
         return Ok(());
     }
-    let customer = state.store().customer(customer_id).await?;
-    let tenant = customer
-        .aggregate
-        .state()
-        .map(|c| c.tenant_id)
-        .ok_or(ApiError::NotFound)?;
-    caller.require_tenant(tenant)
+    crate::routes::rbac::existing_customer(state, caller, customer_id).await?;
+    Ok(())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

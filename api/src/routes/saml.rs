@@ -4,7 +4,7 @@
 //! Outside `/api/v1`: browsers and IdPs call these, not API clients.
 
 use axum::extract::rejection::FormRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Form;
@@ -26,6 +26,13 @@ use crate::http::extract::ClientAddress;
 use crate::routes::tenants::saml_base_url;
 use crate::state::AppState;
 
+/// The ACS's body limit: a `SAMLResponse` of up to
+/// `queue_saml::MAX_RESPONSE_BYTES` (256 KiB of XML) is 4/3 that in base64
+/// (342 KiB), and form encoding triples only `+`, `/` and `=` (about 1 in
+/// 32 characters): 512 KiB holds any response the crate would read. Every
+/// other route keeps the global 64 KiB (`crate::BODY_LIMIT`).
+pub const ACS_BODY_LIMIT: usize = 512 * 1024;
+
 /// How long an AuthnRequest may stay unanswered.
 pub const REQUEST_TTL_SECS: i64 = 5 * 60;
 
@@ -36,6 +43,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(metadata))
         .routes(routes!(login))
         .routes(routes!(acs))
+        // The form extractor's own limit, as `read_body`'s for this path.
+        .route_layer(DefaultBodyLimit::max(ACS_BODY_LIMIT))
 }
 
 /// A tenant with an enabled SAML connection, as the SAML routes need it.

@@ -994,3 +994,55 @@ async fn a_response_to_an_expired_request_is_refused_before_the_sweeper_runs(poo
     assert_eq!(refusals(&app).await, ["saml_in_response_to_mismatch"]);
     assert!(outstanding(&app, &relay).await);
 }
+
+/// The ACS reads a form up to 512 KiB (a large signed response with many
+/// groups does not fit in the global 64 KiB); past that, 413 before any
+/// work. A form of 200 KiB reaches the SAML checks (and is refused there).
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn the_acs_reads_forms_up_to_512_kib(pool: PgPool) {
+    let Setup { app, .. } = setup(pool).await;
+    let form = |bytes: usize| {
+        let filler = "A".repeat(bytes);
+        url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("SAMLResponse", &filler)
+            .append_pair("RelayState", "x")
+            .finish()
+    };
+    let send = |body: String| {
+        app.send(
+            Request::builder()
+                .method(Method::POST)
+                .uri("/saml/acme/acs")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+    };
+    let large = send(form(200 * 1024)).await;
+    assert_eq!(large.status, StatusCode::UNAUTHORIZED, "{}", large.text);
+    assert!(
+        large.json["error"]["code"]
+            .as_str()
+            .unwrap()
+            .starts_with("saml_"),
+        "{}",
+        large.text
+    );
+    send(form(600 * 1024))
+        .await
+        .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    // Every other route keeps the global limit.
+    app.send(
+        Request::builder()
+            .method(Method::POST)
+            .uri("/api/v1/auth/webauthn/login/begin")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(format!(
+                "{{\"email\":\"{}\"}}",
+                "a".repeat(100 * 1024)
+            )))
+            .unwrap(),
+    )
+    .await
+    .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+}

@@ -533,22 +533,8 @@ impl Aggregate for Customer {
                     default_role,
                     at,
                     tenant_id,
-                },
-            ) => {
-                let mut state = CustomerState::new(
-                    customer_id,
-                    None,
-                    email,
-                    Some(display_name),
-                    default_role,
-                    at,
-                );
-                state.tenant_id = tenant_id;
-                self.state = Some(state);
-            }
-            (
-                None,
-                CustomerEvent::Provisioned {
+                }
+                | CustomerEvent::Provisioned {
                     customer_id,
                     email,
                     display_name,

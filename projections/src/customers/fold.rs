@@ -46,34 +46,8 @@ impl CustomersFold {
                 default_role,
                 at,
                 tenant_id,
-            } => {
-                if *customer_id.as_uuid() != id {
-                    return Err(meta.error("customer_id differs from the stream id"));
-                }
-                self.create(
-                    meta,
-                    CustomerRow {
-                        customer_id: id,
-                        tenant_id: *tenant_id.as_uuid(),
-                        email: email.to_string(),
-                        display_name: Some(display_name.to_string()),
-                        email_verified: false,
-                        email_verified_at: None,
-                        status: "active".into(),
-                        status_reason: None,
-                        status_changed_at: None,
-                        status_changed_by: None,
-                        default_role: default_role.to_string(),
-                        legacy_id: None,
-                        backup_codes_generation: None,
-                        pending_verification_sequence: None,
-                        created_at: t(at),
-                        updated_at: t(at),
-                        last_sequence: meta.sequence,
-                    },
-                )
             }
-            CustomerEvent::Provisioned {
+            | CustomerEvent::Provisioned {
                 customer_id,
                 email,
                 display_name,
