@@ -223,31 +223,47 @@ pub async fn reauthenticate(
     if customer.aggregate.state().is_none_or(|c| c.is_suspended()) {
         return Err(ApiError::CustomerSuspended);
     }
-    let used = match record_use(
-        state,
-        &mut credential,
-        credential_id,
-        &assertion,
-        challenge_id,
-        auth.customer_id,
-    )
-    .await?
-    {
-        Ok(events) => events,
-        Err(why) => return Err(failed(why).await),
-    };
-    let reauthenticated = auth
-        .session
-        .execute(SessionCommand::Reauthenticate {
+    // As in a login: another login with this passkey, or a refresh of this
+    // session, may append first; read both streams again and let the
+    // aggregates decide once more, so a race answers 200 or 401, never 409.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let used = match record_use(
+            state,
+            &mut credential,
             credential_id,
-            at: now,
-        })
-        .await?;
-    let mut batch = Batch::new();
-    batch.add(&mut credential, &used)?;
-    batch.add(&mut auth.session, &reauthenticated)?;
-    store.append(batch).await?;
-    Ok(now)
+            &assertion,
+            challenge_id,
+            auth.customer_id,
+        )
+        .await?
+        {
+            Ok(events) => events,
+            Err(why) => return Err(failed(why).await),
+        };
+        let reauthenticated = auth
+            .session
+            .execute(SessionCommand::Reauthenticate {
+                credential_id,
+                at: now,
+            })
+            .await?;
+        let mut batch = Batch::new();
+        batch.add(&mut credential, &used)?;
+        batch.add(&mut auth.session, &reauthenticated)?;
+        match store.append(batch).await.map_err(ApiError::from) {
+            Ok(()) => return Ok(now),
+            Err(ApiError::Conflict) if attempt < MAX_LOGIN_ATTEMPTS => {
+                credential = store.credential(credential_id).await?;
+                if credential.aggregate.state().is_none_or(|s| s.is_revoked()) {
+                    return Err(failed("passkey revoked during the reauthentication").await);
+                }
+                auth.session = store.session(auth.session_id).await?;
+            }
+            Err(other) => return Err(other),
+        }
+    }
 }
 
 /// Whether the asserting passkey's owner is the customer the challenge was

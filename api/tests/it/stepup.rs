@@ -504,3 +504,39 @@ async fn every_factor_change_is_mailed_and_audited(pool: PgPool) {
         "{rows:?}"
     );
 }
+
+/// Reauthentications racing on one session and one passkey (each appends
+/// to both streams) are decided again after a lost append, as logins are:
+/// each answers 200 or 401 (its counter overtaken), never 409.
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn racing_reauthentications_never_answer_conflict(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let mut passkey = Passkey::new();
+    let tokens = app.register(&mut passkey, "ada@example.com").await;
+    let token = bearer(&tokens);
+    let mut assertions = Vec::new();
+    for _ in 0..8 {
+        let begin = app
+            .post_auth("/api/v1/auth/webauthn/reauth/begin", json!({}), &token)
+            .await;
+        assert_eq!(begin.status, StatusCode::OK, "{}", begin.text);
+        let credential = passkey.get(&begin.json["options"]);
+        assertions
+            .push(json!({"challenge_id": begin.json["challenge_id"], "credential": credential}));
+    }
+    let done = futures::future::join_all(
+        assertions
+            .into_iter()
+            .map(|body| app.post_auth("/api/v1/auth/webauthn/reauth/complete", body, &token)),
+    )
+    .await;
+    for reauth in &done {
+        assert!(
+            [StatusCode::OK, StatusCode::UNAUTHORIZED].contains(&reauth.status),
+            "{} {}",
+            reauth.status,
+            reauth.text
+        );
+    }
+    assert!(done.iter().any(|r| r.status == StatusCode::OK));
+}
