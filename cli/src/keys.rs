@@ -194,7 +194,7 @@ fn rotate(
             )
         }
         RotateKind::Mac => {
-            let new_id = format!("k{}", chrono::Utc::now().format("%Y%m%d%H%M%S%3f"));
+            let new_id = queue_eventstore::keys::new_key_id("k");
             (
                 "key_id",
                 queue_eventstore::rotation::rotate_mac_key_file(&path, &new_id)
@@ -204,7 +204,7 @@ fn rotate(
             )
         }
         RotateKind::BackupCode => {
-            let new_id = format!("b{}", chrono::Utc::now().format("%Y%m%d%H%M%S%3f"));
+            let new_id = queue_eventstore::keys::new_key_id("b");
             (
                 "key_id",
                 queue_eventstore::rotation::rotate_mac_key_file(&path, &new_id)
@@ -275,7 +275,7 @@ pub fn generate(dir: &Path, origin: &str) -> Result<bool, CliError> {
     fs::create_dir_all(dir).map_err(|e| CliError::Io(format!("{}: {e}", dir.display())))?;
     let mut mac = vec![0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut mac);
-    let key_id = format!("k{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
+    let key_id = queue_eventstore::keys::new_key_id("k");
     let mac_keys = MacKeys::single(&key_id, mac)?;
     let signer = CheckpointSigner::generate(origin)?;
     write_secret(&mac_path, &mac_keys.to_spec())?;
@@ -283,7 +283,7 @@ pub fn generate(dir: &Path, origin: &str) -> Result<bool, CliError> {
     Ok(true)
 }
 
-/// Creates a backup-code key file (`b<time>=<64 hex>`, ADR 0211) if
+/// Creates a backup-code key file (`b<time>-<random>=<64 hex>`, ADR 0211) if
 /// absent; returns whether it created it.
 pub fn generate_backup_code_keys(path: &Path) -> Result<bool, CliError> {
     if path.exists() {
@@ -294,12 +294,12 @@ pub fn generate_backup_code_keys(path: &Path) -> Result<bool, CliError> {
     }
     let mut key = vec![0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut key);
-    let key_id = format!("b{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
+    let key_id = queue_eventstore::keys::new_key_id("b");
     write_secret(path, &MacKeys::single(&key_id, key)?.to_spec())?;
     Ok(true)
 }
 
-/// Creates a JWT key file with one new key of `alg` (key id `<prefix><time>`)
+/// Creates a JWT key file with one new key of `alg` (key id `<prefix><time>-<random>`)
 /// if absent; returns whether it created it.
 pub fn generate_jwt(path: &Path, alg: JwtAlg, prefix: &str) -> Result<bool, CliError> {
     if path.exists() {
@@ -308,7 +308,7 @@ pub fn generate_jwt(path: &Path, alg: JwtAlg, prefix: &str) -> Result<bool, CliE
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(|e| CliError::Io(format!("{}: {e}", dir.display())))?;
     }
-    let kid = format!("{prefix}{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
+    let kid = queue_eventstore::keys::new_key_id(prefix);
     let keys = queue_api::auth::jwt::JwtKeySet::generate_with(&kid, alg).map_err(CliError::Io)?;
     write_secret(path, &keys.to_spec())?;
     Ok(true)

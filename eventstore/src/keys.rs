@@ -121,6 +121,21 @@ pub enum KeyFileWrite {
     Replace,
 }
 
+/// A new key id: `prefix`, the time to the millisecond (so ids sort by
+/// age), and 32 random bits, so two keys made in the same instant (two
+/// rotations, two instances) never share an id. Letters, digits and `-`:
+/// valid for MAC, backup-code and JWT key ids alike.
+pub fn new_key_id(prefix: &str) -> String {
+    use rand::RngCore;
+    let mut random = [0u8; 4];
+    rand::rngs::OsRng.fill_bytes(&mut random);
+    format!(
+        "{prefix}{}-{}",
+        chrono::Utc::now().format("%Y%m%d%H%M%S%3f"),
+        hex::encode(random)
+    )
+}
+
 /// Writes one line of key material to a file readable by its owner only.
 /// Errors name the path and the I/O error kind, never the contents.
 pub fn write_key_file(

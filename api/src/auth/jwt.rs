@@ -554,7 +554,7 @@ pub fn read_key_file(path: &std::path::Path) -> Result<JwtKeySet, String> {
 /// except that at most `keep` previous keys are kept. A missing file is
 /// created with the new key alone (a first install). Returns the new key id.
 pub fn rotate_key_file(path: &std::path::Path, keep: usize, alg: JwtAlg) -> Result<String, String> {
-    let kid = format!("k{}", Utc::now().format("%Y%m%d%H%M%S%3f"));
+    let kid = queue_eventstore::keys::new_key_id("k");
     let fresh = JwtKey::generate(&kid, alg)?;
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
