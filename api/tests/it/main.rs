@@ -21,6 +21,7 @@ mod pages;
 mod passkeys;
 mod ratelimit_redis;
 mod saml_acs;
+mod saml_http;
 mod schema_conformance;
 mod service;
 mod sessions;

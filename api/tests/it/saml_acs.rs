@@ -19,10 +19,10 @@ use crate::helpers::{Response, TestApp, ORIGIN};
 use crate::service::{service_app, OPS};
 use crate::tenants::{create_tenant, jwt_claims};
 
-const IDP_ENTITY_ID: &str = "https://idp.example.test/metadata";
+pub const IDP_ENTITY_ID: &str = "https://idp.example.test/metadata";
 const IDP_SSO_URL: &str = "https://idp.example.test/sso/redirect";
 
-fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
@@ -162,7 +162,7 @@ pub async fn setup_with(pool: PgPool, extra: Value) -> Setup {
 
 /// Configures the tenant's SAML connection to trust the IdP of `metadata`
 /// (JIT on, group `eng` → support-agent, plus `extra` settings).
-async fn connect_idp(app: &TestApp, tenant_id: &str, metadata: &str, extra: Value) {
+pub async fn connect_idp(app: &TestApp, tenant_id: &str, metadata: &str, extra: Value) {
     let mut settings = json!({
         "idp_metadata": metadata,
         "email_attribute": "urn:mace:dir:attribute-def:mail",

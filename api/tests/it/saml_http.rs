@@ -1,0 +1,252 @@
+//! SAML end to end over real HTTP (issue 22): Queue's router on a TCP port,
+//! pysaml2's IdP as an HTTP server on loopback (saml/tests/idp/idp_server.py,
+//! its own keys), and the test as the browser: it follows Queue's 303 to the
+//! IdP, which parses Queue's AuthnRequest as any deployed IdP would, takes
+//! the IdP's auto-submitting form and posts it to Queue's ACS. Then the same
+//! with an IdP-initiated response.
+
+use std::future::IntoFuture;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+
+use queue_domain::types::{TenantId, TenantSlug};
+use queue_saml::SpConfig;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::helpers::{TestApp, ORIGIN};
+use crate::saml_acs::{connect_idp, repo_root, IDP_ENTITY_ID};
+use crate::service::service_app;
+use crate::tenants::{create_tenant, jwt_claims};
+
+/// The IdP server process; killed when dropped.
+struct IdpServer {
+    child: Child,
+    base: String,
+    metadata: String,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    /// A directory removed when dropped.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl Drop for IdpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl IdpServer {
+    /// Starts the IdP for acme's SP, with one user: ann, in group `eng`.
+    fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "queue-saml-http-idp-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let python = repo_root().join(".dev/saml/venv/bin/python");
+        let script = repo_root().join("saml/tests/idp/idp_server.py");
+        let mut child = Command::new(&python)
+            .arg(&script)
+            .arg(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}; run scripts/saml-setup", python.display()));
+        let config = json!({
+            "idp_entity_id": IDP_ENTITY_ID,
+            "sp_metadata": [SpConfig::for_tenant(ORIGIN, "acme").unwrap().metadata_xml()],
+            "user": {
+                "name_id": "ann@example.com",
+                "attributes": {"mail": ["ann@example.com"], "displayName": ["Ann Example"],
+                               "groups": ["eng"]},
+            },
+        });
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(config.to_string().as_bytes()).unwrap();
+        drop(stdin);
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ready: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("the IdP did not start ({e}): {line:?}"));
+        Self {
+            base: format!("http://127.0.0.1:{}", ready["port"]),
+            metadata: ready["metadata"].as_str().unwrap().to_owned(),
+            child,
+            _dir: tempdir::Dir(dir),
+        }
+    }
+}
+
+/// An `<input name="…" value="…">` of the IdP's form, HTML entities undone.
+fn form_field(html: &str, name: &str) -> String {
+    let at = html
+        .find(&format!("name=\"{name}\""))
+        .unwrap_or_else(|| panic!("no {name} in {html}"));
+    let value = &html[at..];
+    let start = value.find("value=\"").unwrap() + "value=\"".len();
+    let end = start + value[start..].find('"').unwrap();
+    value[start..end]
+        .replace("&quot;", "\"")
+        .replace("&#x3D;", "=")
+        .replace("&#61;", "=")
+        .replace("&amp;", "&")
+}
+
+/// The form's action attribute.
+fn form_action(html: &str) -> String {
+    let start = html.find("action=\"").unwrap() + "action=\"".len();
+    let end = start + html[start..].find('"').unwrap();
+    html[start..end].replace("&amp;", "&")
+}
+
+/// Queue's router on a TCP port; its base URL.
+async fn serve(app: &TestApp) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        axum::serve(
+            listener,
+            queue_api::app(app.state.clone())
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .into_future(),
+    );
+    format!("http://{addr}")
+}
+
+/// Posts the IdP's form to the ACS it names (at Queue's TCP address: the
+/// public origin is the one the SP metadata names, as behind a proxy).
+async fn submit(http: &reqwest::Client, queue: &str, html: &str) -> reqwest::Response {
+    let action = form_action(html);
+    let path = action
+        .strip_prefix(ORIGIN)
+        .unwrap_or_else(|| panic!("the form posts to {action}, not Queue's ACS"));
+    assert_eq!(path, "/saml/acme/acs");
+    let mut fields = vec![("SAMLResponse", form_field(html, "SAMLResponse"))];
+    if html.contains("name=\"RelayState\"") {
+        fields.push(("RelayState", form_field(html, "RelayState")));
+    }
+    http.post(format!("{queue}{path}"))
+        .form(&fields)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn a_real_idp_over_http_signs_customers_in_sp_and_idp_initiated(pool: PgPool) {
+    let app = service_app(pool).await;
+    let idp = IdpServer::start();
+    let tenant_id = create_tenant(&app, "acme").await;
+    connect_idp(
+        &app,
+        &tenant_id,
+        &idp.metadata,
+        json!({"allow_idp_initiated": true}),
+    )
+    .await;
+    let queue = serve(&app).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    // SP-initiated: Queue sends the browser to the IdP.
+    let return_to = format!("{ORIGIN}/account?tab=roles");
+    let login = http
+        .get(format!("{queue}/saml/acme/login"))
+        .query(&[("return_to", &return_to)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303);
+    let to_idp = login.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        to_idp.starts_with(&format!("{}/sso/redirect?", idp.base)),
+        "{to_idp}"
+    );
+    // The IdP parses the AuthnRequest and answers with its form.
+    let at_idp = http.get(&to_idp).send().await.unwrap();
+    let status = at_idp.status();
+    let form = at_idp.text().await.unwrap();
+    assert_eq!(status, 200, "the IdP refused Queue's request: {form}");
+    let acs = submit(&http, &queue, &form).await;
+    assert_eq!(acs.status(), 303, "{:?}", acs.headers());
+    assert_eq!(acs.headers()["location"], return_to.as_str());
+    let cookie = acs.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.starts_with("queue_refresh=qrt_"), "{cookie}");
+
+    let kinds: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM events WHERE aggregate_type IN ('Customer', 'Session') \
+         ORDER BY commit_xid, insert_id",
+    )
+    .fetch_all(&app.owner)
+    .await
+    .unwrap();
+    assert_eq!(
+        kinds,
+        ["CustomerProvisioned", "RoleGranted", "SessionCreated"]
+    );
+    // The page's refresh with the cookie: a token of the tenant, amr saml,
+    // the group's role.
+    let token = cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("queue_refresh=");
+    let refreshed = http
+        .post(format!("{queue}/api/v1/auth/session/refresh"))
+        .header("x-queue-page", "1")
+        .header("origin", ORIGIN)
+        .header("sec-fetch-site", "same-origin")
+        .header("cookie", format!("queue_refresh={token}"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refreshed.status(), 200);
+    let body: Value = refreshed.json().await.unwrap();
+    let claims = jwt_claims(body["access_token"].as_str().unwrap());
+    assert_eq!(claims["amr"], json!(["saml"]));
+    let acme = TenantId::for_slug(&TenantSlug::parse("acme").unwrap());
+    assert_eq!(claims["tid"], acme.to_string());
+    assert_eq!(claims["roles"], json!(["antlers-user", "support-agent"]));
+
+    // IdP-initiated (allowed for this tenant): no request, lands on /account.
+    let sp = SpConfig::for_tenant(ORIGIN, "acme").unwrap();
+    let unsolicited = http
+        .get(format!("{}/idp-initiated", idp.base))
+        .query(&[("sp", sp.entity_id.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsolicited.status(), 200);
+    let form = unsolicited.text().await.unwrap();
+    let acs = submit(&http, &queue, &form).await;
+    assert_eq!(acs.status(), 303, "{:?}", acs.headers());
+    assert_eq!(
+        acs.headers()["location"],
+        format!("{ORIGIN}/account").as_str()
+    );
+    let sessions: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE event_type = 'SessionCreated' \
+         AND payload->'SessionCreated'->'method'->>'kind' = 'saml'",
+    )
+    .fetch_one(&app.owner)
+    .await
+    .unwrap();
+    assert_eq!(sessions, 2);
+}
