@@ -313,11 +313,15 @@ pub async fn export(
     }
     let io = |e: std::io::Error| StoreError::Ledger(format!("writing the export: {e}"));
     let range = filter.from_seq.is_some() || filter.to_seq.is_some();
-    // A tenant's streams are a selection: narrowed to them, a ledger range
-    // is no longer whole, so the header names the range among the filters
-    // instead of claiming it (top-level `from_seq`/`to_seq` make the
-    // verifier demand every seq of it).
-    let whole_range = range && filter.tenant_id.is_none();
+    // A tenant, a customer or a time window is a selection: narrowed to it,
+    // a ledger range is no longer whole, so the header names the range
+    // among the filters instead of claiming it (top-level
+    // `from_seq`/`to_seq` make the verifier demand every seq of it).
+    let selection = filter.tenant_id.is_some()
+        || filter.customer_id.is_some()
+        || filter.since.is_some()
+        || filter.until.is_some();
+    let whole_range = range && !selection;
     let mut header = json!({
         "format": EXPORT_FORMAT,
         "filters": {
@@ -340,10 +344,10 @@ pub async fn export(
     // byte what it was (readers ignore fields they do not know, §6).
     if let Some(tenant) = filter.tenant_id {
         header["filters"]["tenant_id"] = json!(tenant);
-        if range {
-            header["filters"]["from_seq"] = json!(from);
-            header["filters"]["to_seq"] = json!(to);
-        }
+    }
+    if range && selection {
+        header["filters"]["from_seq"] = json!(from);
+        header["filters"]["to_seq"] = json!(to);
     }
     if whole_range {
         header["from_seq"] = json!(from);
