@@ -67,6 +67,23 @@ pub struct Authenticated {
     pub session: Loaded<Session>,
 }
 
+impl Authenticated {
+    /// A transaction for reading the read tables on the customer's behalf,
+    /// bound by row-level security to its token's tenant (ADR 0219): the
+    /// customer's own rows are found as before; a query that forgot its
+    /// customer filter would still see no other tenant's.
+    pub async fn read_tx(
+        &self,
+        state: &AppState,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, ApiError> {
+        let tenant = uuid::Uuid::parse_str(&self.claims.tid)
+            .map_err(|_| ApiError::internal("an access token with a malformed tid"))?;
+        let mut tx = state.store().pool().begin().await?;
+        queue_projections::read::bind_to_tenants(&mut tx, &[tenant]).await?;
+        Ok(tx)
+    }
+}
+
 fn bearer_token(parts: &Parts) -> Option<Result<&str, ApiError>> {
     let value = parts.headers.get(header::AUTHORIZATION)?;
     let token = value

@@ -62,9 +62,10 @@ pub async fn list(
 ) -> Result<(ConsistencyHeader, Json<CredentialList>), ApiError> {
     // Read-your-writes: a passkey just added is listed.
     let freshness = await_projection(&state, Projection::Credentials).await?;
+    let mut tx = auth.read_tx(&state).await?;
     let rows =
-        queue_projections::read::credentials_of(state.store().pool(), Uuid::from(auth.customer_id))
-            .await?;
+        queue_projections::read::credentials_of(&mut *tx, Uuid::from(auth.customer_id)).await?;
+    tx.commit().await?;
     let credentials = rows
         .into_iter()
         .map(|row| CredentialView {

@@ -150,12 +150,10 @@ pub async fn list(
     // Read-your-writes: the session this login just created is listed.
     let freshness = await_projection(&state, Projection::Sessions).await?;
     let now = state.now();
-    let rows = queue_projections::read::sessions_of(
-        state.store().pool(),
-        Uuid::from(auth.customer_id),
-        now,
-    )
-    .await?;
+    let mut tx = auth.read_tx(&state).await?;
+    let rows =
+        queue_projections::read::sessions_of(&mut *tx, Uuid::from(auth.customer_id), now).await?;
+    tx.commit().await?;
     let current = Uuid::from(auth.session_id);
     let sessions = rows
         .into_iter()

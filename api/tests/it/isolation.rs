@@ -7,7 +7,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use axum::http::{Method, StatusCode};
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
 use queue_domain::types::{TenantId, TenantSlug};
 use queue_eventstore::roles::Role;
 use queue_projections::{rebuild, rebuild::NoProgress, RebuildOptions};
@@ -15,7 +16,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{connect_as, Passkey, TestApp};
+use crate::helpers::{connect_as, Passkey, TestApp, ORIGIN};
 use crate::saml_acs::{ask, post_acs, setup, start_login, Setup};
 use crate::service::{ACME, AUDITOR, OPS};
 use crate::tenants::{create_tenant, jwt_claims, IDP_METADATA};
@@ -41,6 +42,8 @@ struct Ids {
     customer: String,
     grant: String,
     tenant: String,
+    /// An access token of `customer`.
+    access: String,
 }
 
 struct World {
@@ -60,6 +63,29 @@ async fn world(pool: PgPool) -> World {
     let (_, responses) = idp.issue(&[ask(&base, "acme", &relay, "ann@example.com")]);
     let acs = post_acs(&app, &responses[0], &relay).await;
     assert_eq!(acs.status, StatusCode::SEE_OTHER, "{}", acs.text);
+    let cookie = acs.headers[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let refreshed = app
+        .send(
+            Request::builder()
+                .method(Method::POST)
+                .uri("/api/v1/auth/session/refresh")
+                .header("x-queue-page", "1")
+                .header(header::ORIGIN, ORIGIN)
+                .header("sec-fetch-site", "same-origin")
+                .header(header::COOKIE, cookie)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from("{}"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.text);
+    let acme_access = refreshed.json["access_token"].as_str().unwrap().to_owned();
     let acme_customer: String = sqlx::query_scalar(
         "SELECT aggregate_id FROM events WHERE event_type = 'CustomerProvisioned' \
          AND payload->'CustomerProvisioned'->>'email' = 'ann@example.com'",
@@ -71,6 +97,7 @@ async fn world(pool: PgPool) -> World {
     // The default tenant: a passkey customer with everything a customer has.
     let tokens = app.register(&mut Passkey::new(), "bob@example.com").await;
     let access = tokens["access_token"].as_str().unwrap();
+    let other_access = access.to_owned();
     let other_customer = jwt_claims(access)["sub"].as_str().unwrap().to_owned();
     let codes = app
         .post_auth("/api/v1/auth/backup-codes", json!({}), access)
@@ -127,11 +154,13 @@ async fn world(pool: PgPool) -> World {
             customer: acme_customer,
             grant: acme_grant,
             tenant: tenant("acme").to_string(),
+            access: acme_access,
         },
         other: Ids {
             customer: other_customer,
             grant: granted.json["grant_id"].as_str().unwrap().to_owned(),
             tenant: globex,
+            access: other_access,
         },
     }
 }
@@ -148,6 +177,7 @@ fn named_routes(ids: &Ids) -> Vec<(Method, String, Option<Value>)> {
         customer,
         grant,
         tenant,
+        ..
     } = ids;
     vec![
         (
@@ -422,7 +452,28 @@ async fn assert_bound(owner: &PgPool, service: &PgPool, when: &str) {
 
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn row_level_security_binds_a_query_without_a_tenant_filter(pool: PgPool) {
-    let World { app, .. } = world(pool).await;
+    let World { app, acme, other } = world(pool).await;
+    // A customer's own lists read in a transaction bound to its token's
+    // tenant (`tid`): each still finds its rows (bound to the wrong tenant
+    // they would come back empty).
+    for (ids, passkeys) in [(&acme, 0), (&other, 1)] {
+        let sessions = app.get_auth("/api/v1/auth/sessions", &ids.access).await;
+        assert_eq!(sessions.status, StatusCode::OK, "{}", sessions.text);
+        assert_eq!(
+            sessions.json["sessions"].as_array().unwrap().len(),
+            1,
+            "{}",
+            sessions.text
+        );
+        let credentials = app.get_auth("/api/v1/auth/credentials", &ids.access).await;
+        assert_eq!(credentials.status, StatusCode::OK, "{}", credentials.text);
+        assert_eq!(
+            credentials.json["credentials"].as_array().unwrap().len(),
+            passkeys,
+            "{}",
+            credentials.text
+        );
+    }
     let service = connect_as(&app.owner, Role::Service).await;
     assert_bound(&app.owner, &service, "live").await;
 

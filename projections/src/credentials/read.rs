@@ -1,7 +1,7 @@
 //! Typed reads of this projection's tables, for the API (see
 //! [`crate::read`] for what the tables promise: they trail the log).
 
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 use super::CredentialRow;
@@ -9,18 +9,15 @@ use crate::error::ProjectionResult;
 use crate::row::select;
 
 /// The customer's passkeys that are not revoked, oldest first.
-pub async fn credentials_of(
-    pool: &PgPool,
+pub async fn credentials_of<'e>(
+    db: impl PgExecutor<'e>,
     customer_id: Uuid,
 ) -> ProjectionResult<Vec<CredentialRow>> {
     let sql = select::<CredentialRow>(
         "\
          WHERE customer_id = $1 AND revoked_at IS NULL ORDER BY created_at, credential_id",
     );
-    Ok(sqlx::query_as(&sql)
-        .bind(customer_id)
-        .fetch_all(pool)
-        .await?)
+    Ok(sqlx::query_as(&sql).bind(customer_id).fetch_all(db).await?)
 }
 
 /// Every passkey the customer ever registered, revoked ones included, oldest first.

@@ -2,7 +2,7 @@
 //! [`crate::read`] for what the tables promise: they trail the log).
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 use super::SessionRow;
@@ -11,8 +11,8 @@ use crate::row::{select_as, select_list};
 
 /// The customer's sessions that are active at `at` (not revoked, before
 /// both expiries), newest first.
-pub async fn sessions_of(
-    pool: &PgPool,
+pub async fn sessions_of<'e>(
+    db: impl PgExecutor<'e>,
     customer_id: Uuid,
     at: DateTime<Utc>,
 ) -> ProjectionResult<Vec<SessionRow>> {
@@ -25,7 +25,7 @@ pub async fn sessions_of(
     Ok(sqlx::query_as(&sql)
         .bind(customer_id)
         .bind(at)
-        .fetch_all(pool)
+        .fetch_all(db)
         .await?)
 }
 
