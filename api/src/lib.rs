@@ -84,7 +84,7 @@ fn v1_groups() -> [(Priority, OpenApiRouter<AppState>); 4] {
         .routes(routes!(routes::backup_codes::generate))
         .routes(routes!(auth::service::customer_count))
         .routes(routes!(routes::rbac::roles))
-        .routes(routes!(routes::tenants::get));
+        .routes(routes!(routes::tenants::get, routes::tenants::rename));
     // Exports and history.
     let low = OpenApiRouter::new()
         .routes(routes!(routes::audit::list))

@@ -330,10 +330,50 @@ async fn change(
 ) -> Result<Json<TenantView>, ApiError> {
     let mut tenant = existing_tenant(state, tenant_id).await?;
     let events = tenant.execute(command).await?;
-    let mut batch = Batch::new();
-    batch.add(&mut tenant, &events)?;
-    state.store().append(batch).await?;
+    if !events.is_empty() {
+        let mut batch = Batch::new();
+        batch.add(&mut tenant, &events)?;
+        state.store().append(batch).await?;
+    }
     Ok(Json(view(state, &tenant.aggregate)?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenameTenantRequest {
+    pub name: String,
+}
+
+/// `PATCH /api/v1/tenants/{tenant_id}` (scope admin): a new display name
+/// (`TenantRenamed`; the slug and id never change). The same name again
+/// appends nothing.
+#[utoipa::path(patch, path = "/api/v1/tenants/{tenant_id}", tag = "service",
+    security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path)),
+    request_body = RenameTenantRequest,
+    responses((status = 200, body = TenantView), (status = 400, body = crate::http::error::ErrorEnvelope),
+        (status = 401, body = crate::http::error::ErrorEnvelope), (status = 403, body = crate::http::error::ErrorEnvelope),
+        (status = 404, body = crate::http::error::ErrorEnvelope), (status = 409, body = crate::http::error::ErrorEnvelope),
+        (status = 503, body = crate::http::error::ErrorEnvelope)))]
+pub async fn rename(
+    State(state): State<AppState>,
+    caller: ServiceCaller,
+    Path(tenant_id): Path<String>,
+    Json(request): Json<RenameTenantRequest>,
+) -> Result<Json<TenantView>, ApiError> {
+    caller.require(Scope::Admin)?;
+    let tenant_id = TenantId::from(parse_uuid("tenant_id", &tenant_id)?);
+    caller.require_tenant(tenant_id)?;
+    let name = TenantName::parse(&request.name)?;
+    let actor = Actor::parse(caller.name.as_str())?;
+    let command = TenantCommand::Rename {
+        name,
+        actor,
+        at: state.now(),
+    };
+    let answer = change(&state, tenant_id, command).await?;
+    tracing::info!(tenant = %tenant_id, service = caller.name.as_str(), "tenant renamed");
+    Ok(answer)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -225,6 +225,11 @@ fn named_routes(ids: &Ids) -> Vec<(Method, String, Option<Value>)> {
         ),
         (Method::GET, format!("/api/v1/tenants/{tenant}"), None),
         (
+            Method::PATCH,
+            format!("/api/v1/tenants/{tenant}"),
+            Some(json!({"name": "Renamed Inc."})),
+        ),
+        (
             Method::PUT,
             format!("/api/v1/tenants/{tenant}/saml"),
             Some(saml_settings()),
@@ -266,6 +271,7 @@ fn service_operations() -> BTreeSet<(String, String)> {
             ("GET", &item.get),
             ("POST", &item.post),
             ("PUT", &item.put),
+            ("PATCH", &item.patch),
             ("DELETE", &item.delete),
         ];
         for (method, op) in ops {

@@ -537,3 +537,57 @@ async fn serve_creates_the_default_tenants_stream_once(pool: PgPool) {
     assert_eq!(me.json["tenant"]["tenant_id"], DEFAULT_TENANT);
     assert_eq!(me.json["tenant"]["name"], "Default");
 }
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn an_admin_renames_a_tenant(pool: PgPool) {
+    let app = service_app(pool).await;
+    let tenant_id = create_tenant(&app, "acme").await;
+    let path = format!("/api/v1/tenants/{tenant_id}");
+    let renamed = app
+        .request(
+            Method::PATCH,
+            &path,
+            Some(json!({"name": "Acme Europe"})),
+            Some(OPS),
+        )
+        .await;
+    assert_eq!(renamed.status, StatusCode::OK, "{}", renamed.text);
+    assert_eq!(renamed.json["name"], "Acme Europe");
+    assert_eq!(renamed.json["slug"], "acme");
+    assert_eq!(app.get_auth(&path, OPS).await.json["name"], "Acme Europe");
+    let renames: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE event_type = 'TenantRenamed' \
+         AND payload->'TenantRenamed'->>'actor' = 'ops'",
+    )
+    .fetch_one(&app.owner)
+    .await
+    .unwrap();
+    assert_eq!(renames, 1);
+    // The same name again appends nothing; an empty name, an unknown field
+    // or an unknown tenant: refused, nothing appended.
+    let before = app.event_count().await;
+    let again = app
+        .request(
+            Method::PATCH,
+            &path,
+            Some(json!({"name": "Acme Europe"})),
+            Some(OPS),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    for body in [json!({"name": ""}), json!({"name": "x", "slug": "other"})] {
+        app.request(Method::PATCH, &path, Some(body), Some(OPS))
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    let unknown = TenantId::for_slug(&TenantSlug::parse("nobody").unwrap());
+    app.request(
+        Method::PATCH,
+        &format!("/api/v1/tenants/{unknown}"),
+        Some(json!({"name": "x"})),
+        Some(OPS),
+    )
+    .await
+    .assert_error(StatusCode::NOT_FOUND, "not_found");
+    assert_eq!(app.event_count().await, before);
+}
