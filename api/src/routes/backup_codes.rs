@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use queue_domain::customer::{CustomerCommand, CustomerError};
 use queue_domain::session::{AuthMethod, FactorChange};
-use queue_domain::types::Email;
+use queue_domain::types::{Email, TenantId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -27,6 +27,9 @@ pub struct BackupCodes {
 pub struct RedeemRequest {
     pub email: String,
     pub code: String,
+    /// The slug of the email's tenant (issue 22); omit for the default tenant.
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 #[utoipa::path(post, path = "/api/v1/auth/backup-codes", tag = "backup codes",
@@ -73,15 +76,22 @@ pub async fn redeem(
         .check(&format!("redeem:{address}"))
         .await?;
     let email = Email::parse(&request.email)?;
+    let tenant = crate::routes::tenants::tenant_by_slug(request.tenant.as_deref())?;
     // Codes can be guessed, so a used-up bucket refuses before the check,
-    // the ceiling included; only a wrong code charges them (issue 17).
-    let account = email.to_string();
+    // the ceiling included; only a wrong code charges them (issue 17). The
+    // account is the email within its tenant (the default tenant's keep
+    // their old keys).
+    let account = if tenant.is_default() {
+        email.to_string()
+    } else {
+        format!("{tenant}:{email}")
+    };
     crate::flows::login::check_guessable(
         &state,
         "redeem",
         &account,
         &address,
-        redeem_code(&state, &email, &request.code),
+        redeem_code(&state, tenant, &email, &request.code),
     )
     .await
     .map(Json)
@@ -89,12 +99,13 @@ pub async fn redeem(
 
 async fn redeem_code(
     state: &AppState,
+    tenant: TenantId,
     email: &Email,
     code: &str,
 ) -> Result<TokenResponse, ApiError> {
     let now = state.now();
     let store = state.store();
-    let Some(customer_id) = store.customer_by_email(email).await? else {
+    let Some(customer_id) = store.customer_by_email_in(tenant, email).await? else {
         return Err(ApiError::InvalidCode);
     };
     let mut customer = store.customer(customer_id).await?;

@@ -66,6 +66,11 @@ pub struct CredentialCreated {
 pub struct LoginBeginRequest {
     /// Omit for a discoverable (usernameless) login.
     pub email: Option<String>,
+    /// The slug of the email's tenant (issue 22): emails are unique per
+    /// tenant; omit for the default tenant. Unused without `email` (a
+    /// discoverable passkey names its customer).
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -272,6 +277,7 @@ pub async fn login_begin(
         .await?;
     let store = state.store();
     let email = request.email.as_deref().map(Email::parse).transpose()?;
+    let tenant = crate::routes::tenants::tenant_by_slug(request.tenant.as_deref())?;
     let webauthn = &state.inner.webauthn;
     let builder = webauthn
         .new_challenge_authenticate_builder(Vec::new(), Some(UserVerificationPolicy::Required))
@@ -286,7 +292,7 @@ pub async fn login_begin(
             // No per-account charge here: nothing is verified yet (issue 17).
             // The same queries for an unknown email as for a known one: the
             // credentials of an id no customer has are looked up.
-            let customer_id = store.customer_by_email(email).await?;
+            let customer_id = store.customer_by_email_in(tenant, email).await?;
             let lookup = customer_id.unwrap_or_else(|| CustomerId::from(Uuid::nil()));
             let mut conn = store.pool().acquire().await?;
             let mut ids: Vec<Vec<u8>> = store

@@ -195,6 +195,16 @@ pub async fn create(
     ))
 }
 
+/// The tenant a pre-login request names by slug (`"tenant"` beside an
+/// email, issue 22); absent: the default tenant, as before tenants. Emails
+/// are unique per tenant, so an email alone means the default tenant's.
+pub fn tenant_by_slug(raw: Option<&str>) -> Result<TenantId, ApiError> {
+    match raw {
+        None => Ok(TenantId::DEFAULT),
+        Some(raw) => Ok(TenantId::for_slug(&TenantSlug::parse(raw)?)),
+    }
+}
+
 /// Appends the tenant's `TenantCreated`; 409 tenant_exists when its stream
 /// exists (or a concurrent creation of the slug won).
 async fn append_created(

@@ -7,8 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use axum::body::Body;
-use axum::http::{header, Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use queue_domain::types::{TenantId, TenantSlug};
 use queue_eventstore::roles::Role;
 use queue_projections::{rebuild, rebuild::NoProgress, RebuildOptions};
@@ -16,8 +15,8 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{connect_as, Passkey, TestApp, ORIGIN};
-use crate::saml_acs::{ask, post_acs, setup, start_login, Setup};
+use crate::helpers::{connect_as, Passkey, TestApp};
+use crate::saml_acs::{ask, page_refresh, post_acs, setup, start_login, Setup};
 use crate::service::{ACME, AUDITOR, OPS};
 use crate::tenants::{create_tenant, jwt_claims, IDP_METADATA};
 
@@ -63,29 +62,7 @@ async fn world(pool: PgPool) -> World {
     let (_, responses) = idp.issue(&[ask(&base, "acme", &relay, "ann@example.com")]);
     let acs = post_acs(&app, &responses[0], &relay).await;
     assert_eq!(acs.status, StatusCode::SEE_OTHER, "{}", acs.text);
-    let cookie = acs.headers[header::SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let refreshed = app
-        .send(
-            Request::builder()
-                .method(Method::POST)
-                .uri("/api/v1/auth/session/refresh")
-                .header("x-queue-page", "1")
-                .header(header::ORIGIN, ORIGIN)
-                .header("sec-fetch-site", "same-origin")
-                .header(header::COOKIE, cookie)
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from("{}"))
-                .unwrap(),
-        )
-        .await;
-    assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.text);
-    let acme_access = refreshed.json["access_token"].as_str().unwrap().to_owned();
+    let acme_access = page_refresh(&app, &acs).await;
     let acme_customer: String = sqlx::query_scalar(
         "SELECT aggregate_id FROM events WHERE event_type = 'CustomerProvisioned' \
          AND payload->'CustomerProvisioned'->>'email' = 'ann@example.com'",

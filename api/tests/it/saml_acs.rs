@@ -229,6 +229,130 @@ async fn post_acs_to(app: &TestApp, slug: &str, response_xml: &str, relay_state:
     .await
 }
 
+/// What the hosted page does after the ACS's 303: refreshes with the
+/// cookie the ACS set; the access token.
+pub async fn page_refresh(app: &TestApp, acs: &Response) -> String {
+    let cookie = acs.headers[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let refreshed = app
+        .send(
+            Request::builder()
+                .method(Method::POST)
+                .uri("/api/v1/auth/session/refresh")
+                .header("x-queue-page", "1")
+                .header(header::ORIGIN, ORIGIN)
+                .header("sec-fetch-site", "same-origin")
+                .header(header::COOKIE, cookie)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from("{}"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.text);
+    refreshed.json["access_token"].as_str().unwrap().to_owned()
+}
+
+/// The ids a login/begin allows (base64url).
+fn allowed_ids(begin: &Value) -> Vec<String> {
+    begin["options"]["publicKey"]["allowCredentials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Emails are unique per tenant: a customer provisioned by SAML in acme
+/// adds a passkey and logs in by email naming acme; the default tenant's
+/// customer with the same email is another person, found without it.
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn a_saml_customer_adds_a_passkey_and_logs_in_by_email_in_its_tenant(pool: PgPool) {
+    let Setup { app, idp, base } = setup(pool).await;
+    let relay = start_login(&app, &format!("{base}/account")).await;
+    let (_, responses) = idp.issue(&[ask(&base, "acme", &relay, "ann@example.com")]);
+    let acs = post_acs(&app, &responses[0], &relay).await;
+    assert_eq!(acs.status, StatusCode::SEE_OTHER, "{}", acs.text);
+    let access = page_refresh(&app, &acs).await;
+
+    // In her fresh SAML session, ann adds a passkey.
+    let mut passkey = crate::helpers::Passkey::new();
+    let begin = app
+        .post_auth("/api/v1/auth/webauthn/register/begin", json!({}), &access)
+        .await;
+    assert_eq!(begin.status, StatusCode::OK, "{}", begin.text);
+    let credential = passkey.create(&begin.json["options"]);
+    let added = app
+        .post_auth(
+            "/api/v1/auth/webauthn/register/complete",
+            json!({"challenge_id": begin.json["challenge_id"], "credential": credential, "name": "laptop"}),
+            &access,
+        )
+        .await;
+    assert!(added.status.is_success(), "{}", added.text);
+    let acme_ids = allowed_ids(
+        &app.post(
+            "/api/v1/auth/webauthn/login/begin",
+            json!({"email": "ann@example.com", "tenant": "acme"}),
+        )
+        .await
+        .json,
+    );
+    assert_eq!(acme_ids.len(), 1);
+
+    // Another ann, in the default tenant.
+    let mut other = crate::helpers::Passkey::new();
+    app.register(&mut other, "ann@example.com").await;
+    let default_ids = allowed_ids(&app.login_begin(Some("ann@example.com")).await);
+    assert_eq!(default_ids.len(), 1);
+    assert_ne!(default_ids, acme_ids);
+
+    // By email in acme: acme's ann, a token of acme.
+    let begin = app
+        .post(
+            "/api/v1/auth/webauthn/login/begin",
+            json!({"email": "ann@example.com", "tenant": "acme"}),
+        )
+        .await;
+    assert_eq!(allowed_ids(&begin.json), acme_ids);
+    let credential = passkey.get(&begin.json["options"]);
+    let login = app
+        .login_complete(&begin.json["challenge_id"], credential)
+        .await;
+    assert_eq!(login.status, StatusCode::OK, "{}", login.text);
+    let claims = jwt_claims(login.json["access_token"].as_str().unwrap());
+    let acme = queue_domain::types::TenantId::for_slug(
+        &queue_domain::types::TenantSlug::parse("acme").unwrap(),
+    );
+    assert_eq!(claims["tid"], acme.to_string());
+    assert_eq!(claims["amr"], json!(["webauthn"]));
+    // acme's passkey answering a default-tenant challenge for ann: refused.
+    let begin = app.login_begin(Some("ann@example.com")).await;
+    let wrong = app
+        .login_complete(
+            &begin["challenge_id"],
+            passkey.get(&json!({"publicKey": {
+                "challenge": begin["options"]["publicKey"]["challenge"],
+                "rpId": begin["options"]["publicKey"]["rpId"],
+                "allowCredentials": [],
+                "userVerification": "required",
+            }})),
+        )
+        .await;
+    wrong.assert_error(StatusCode::UNAUTHORIZED, "webauthn_failed");
+    // A malformed tenant slug: 400.
+    app.post(
+        "/api/v1/auth/webauthn/login/begin",
+        json!({"email": "ann@example.com", "tenant": "Not A Slug"}),
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, "invalid_request");
+}
+
 /// The `reason` of every SAML refusal Queue audited.
 async fn refusals(app: &TestApp) -> Vec<String> {
     sqlx::query_scalar(
