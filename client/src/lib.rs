@@ -90,4 +90,4 @@ pub use founders::{FoundersGate, GateDecision};
 pub use ids::{CustomerId, GrantId};
 pub use rbac::{CustomerHistory, CustomerRoles, Grant, GrantRole};
 pub use service::{AuditWrite, AuditWritten, RetryPolicy, ServiceClient};
-pub use verify::{Claims, TokenVerifier, VerifierStats};
+pub use verify::{Claims, Clock, TokenVerifier, VerifierStats};

@@ -56,6 +56,9 @@ struct Inner {
     issuer: String,
     audience: String,
     min_refresh_interval: Duration,
+    /// The monotonic clock the refresh interval is measured on
+    /// ([`Instant::now`] unless [`TokenVerifier::with_clock`]).
+    now: Clock,
     keys: RwLock<HashMap<String, Arc<Key>>>,
     /// When the last fetch was attempted; held while fetching, so
     /// concurrent misses make one request.
@@ -63,6 +66,9 @@ struct Inner {
     fetches: AtomicU64,
     failed_fetches: AtomicU64,
 }
+
+/// A monotonic clock: [`Instant::now`], or a test's.
+pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
 
 /// Cheap to clone; clones share the cache.
 #[derive(Clone)]
@@ -95,6 +101,24 @@ impl TokenVerifier {
         audience: &str,
         min_refresh_interval: Duration,
     ) -> Result<Self, ClientError> {
+        Self::with_clock(
+            jwks_url,
+            issuer,
+            audience,
+            min_refresh_interval,
+            Arc::new(Instant::now),
+        )
+    }
+
+    /// [`TokenVerifier::with_refresh_interval`] measuring the interval on
+    /// `now` (tests move time on instead of sleeping through it).
+    pub fn with_clock(
+        jwks_url: &str,
+        issuer: &str,
+        audience: &str,
+        min_refresh_interval: Duration,
+        now: Clock,
+    ) -> Result<Self, ClientError> {
         reqwest::Url::parse(jwks_url)
             .map_err(|_| ClientError::Config("jwks_url is not a URL".into()))?;
         let http = reqwest::Client::builder()
@@ -109,6 +133,7 @@ impl TokenVerifier {
                 issuer: issuer.to_owned(),
                 audience: audience.to_owned(),
                 min_refresh_interval,
+                now,
                 keys: RwLock::new(HashMap::new()),
                 last_fetch: Mutex::new(None),
                 fetches: AtomicU64::new(0),
@@ -158,10 +183,13 @@ impl TokenVerifier {
     /// interval. A failure keeps the keys we have.
     async fn refresh(&self) {
         let mut last = self.inner.last_fetch.lock().await;
-        if last.is_some_and(|at| at.elapsed() < self.inner.min_refresh_interval) {
+        let now = (self.inner.now)();
+        if last
+            .is_some_and(|at| now.saturating_duration_since(at) < self.inner.min_refresh_interval)
+        {
             return;
         }
-        *last = Some(Instant::now());
+        *last = Some(now);
         self.inner.fetches.fetch_add(1, Ordering::Relaxed);
         match self.fetch().await {
             Ok(keys) => {

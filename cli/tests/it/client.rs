@@ -43,6 +43,36 @@ fn with_kid(token: &str, kid: &str) -> String {
     )
 }
 
+/// A clock the test moves on: the verifier's refresh interval passes
+/// without sleeping through it.
+#[derive(Clone)]
+struct TestClock {
+    start: std::time::Instant,
+    offset_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl TestClock {
+    fn new() -> Self {
+        Self {
+            start: std::time::Instant::now(),
+            offset_ms: Default::default(),
+        }
+    }
+
+    fn advance(&self, by: Duration) {
+        self.offset_ms
+            .fetch_add(by.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn clock(&self) -> queue_client::Clock {
+        let this = self.clone();
+        std::sync::Arc::new(move || {
+            this.start
+                + Duration::from_millis(this.offset_ms.load(std::sync::atomic::Ordering::SeqCst))
+        })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_verify_through_a_rotation_and_a_queue_outage() {
     let db = TestDb::create("client_verify").await;
@@ -50,11 +80,13 @@ async fn tokens_verify_through_a_rotation_and_a_queue_outage() {
     let mut queue = Instance::start("queue-client", &db.url("queue-client"), &keys).await;
     let tokens = register_as(&queue.base, "ada@example.com").await;
     let old = tokens["access_token"].as_str().unwrap().to_owned();
-    let verifier = TokenVerifier::with_refresh_interval(
+    let time = TestClock::new();
+    let verifier = TokenVerifier::with_clock(
         &format!("{}/.well-known/jwks.json", queue.base),
         ISSUER,
         AUDIENCE,
         Duration::from_millis(500),
+        time.clock(),
     )
     .unwrap();
 
@@ -111,7 +143,7 @@ async fn tokens_verify_through_a_rotation_and_a_queue_outage() {
     let new = refreshed["access_token"].as_str().unwrap().to_owned();
     // Refreshes are rate limited (here one per 500 ms; 30 s by default, as
     // jose's cooldown): past the interval, the unknown kid makes one fetch.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    time.advance(Duration::from_millis(600));
     verifier.verify(&new).await.unwrap();
     verifier.verify(&old).await.unwrap();
     assert_eq!(
@@ -135,16 +167,18 @@ async fn an_unknown_kid_during_an_outage_costs_one_failed_fetch() {
     let mut queue = Instance::start("queue-client", &db.url("queue-client"), &keys).await;
     let tokens = register_as(&queue.base, "ada@example.com").await;
     let token = tokens["access_token"].as_str().unwrap().to_owned();
-    let verifier = TokenVerifier::with_refresh_interval(
+    let time = TestClock::new();
+    let verifier = TokenVerifier::with_clock(
         &format!("{}/.well-known/jwks.json", queue.base),
         ISSUER,
         AUDIENCE,
         Duration::from_secs(3),
+        time.clock(),
     )
     .unwrap();
     verifier.verify(&token).await.unwrap();
     queue.kill9();
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+    time.advance(Duration::from_millis(3100));
     for kid in ["nope-1", "nope-2", "nope-3"] {
         assert!(matches!(
             verifier.verify(&with_kid(&token, kid)).await,
