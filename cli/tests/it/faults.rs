@@ -282,7 +282,16 @@ async fn postgres_cut_under_load_gives_prompt_503s_and_no_accepted_write_is_lost
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    poll(
+        "/readyz reporting the breaker open",
+        Duration::from_secs(15),
+        || async {
+            let r = client.get(format!("{}/readyz", c.base)).send().await.ok()?;
+            let body: serde_json::Value = r.json().await.ok()?;
+            (body["breaker"] == "open").then_some(())
+        },
+    )
+    .await;
     let restored_at = t0.elapsed();
     proxy.restore();
     // Recovery: the breaker's half-open probe (after its open period) closes it.

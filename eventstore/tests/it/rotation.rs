@@ -3,7 +3,7 @@
 //! leaves the last good keys in place.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use queue_eventstore::rotation::{
     notify_checkpoint_rotation, notify_mac_rotation, read_checkpoint_key_file, read_mac_key_file,
@@ -20,16 +20,26 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::helpers::*;
+use queue_testkit::poll::{eventually, eventually_within};
 
-async fn current_id_becomes(keys: &SharedMacKeys, id: &str) {
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while keys.current().current_id() != id {
-        assert!(
-            Instant::now() < deadline,
-            "the reloader did not pick up {id} within 1 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// Sends the rotation notice until the instance shows `reloaded`: the
+/// reloader may not have subscribed yet when the first notice goes out
+/// (NOTIFY reaches only listeners already listening), and a repeated notice
+/// only reloads the same file again.
+async fn notify_until(
+    pool: &PgPool,
+    what: &str,
+    notify: impl AsyncFn(&PgPool) -> Result<(), sqlx::Error>,
+    reloaded: impl Fn() -> bool,
+) {
+    eventually(what, || async {
+        if reloaded() {
+            return Some(());
+        }
+        notify(pool).await.unwrap();
+        None
+    })
+    .await;
 }
 
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
@@ -55,11 +65,15 @@ async fn rotation_is_picked_up_and_old_events_still_verify(pool: PgPool) {
         .await
         .unwrap();
 
-    // Give the listener a moment to subscribe, then rotate as `queue keys rotate --kind mac` does.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Rotate as `queue keys rotate --kind mac` does.
     rotate_mac_key_file(&file, "k2").unwrap();
-    notify_mac_rotation(&pool).await.unwrap();
-    current_id_becomes(&keys, "k2").await;
+    notify_until(
+        &pool,
+        "the MAC reloader to pick up k2",
+        notify_mac_rotation,
+        || keys.current().current_id() == "k2",
+    )
+    .await;
     assert!(!keys.is_degraded());
     repo.append(&[ev("T", "a", 2, json!({"n": 2}))])
         .await
@@ -105,10 +119,14 @@ async fn rotation_is_picked_up_and_old_events_still_verify(pool: PgPool) {
 
     // A broken file: the instance keeps the last good keys.
     std::fs::write(&file, "garbage").unwrap();
-    notify_mac_rotation(&pool).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    notify_until(
+        &pool,
+        "a failed reload to be reported",
+        notify_mac_rotation,
+        || keys.is_degraded(),
+    )
+    .await;
     assert_eq!(keys.current().current_id(), "k2");
-    assert!(keys.is_degraded(), "a failed reload is reported");
     repo.append(&[ev("T", "a", 3, json!({"n": 3}))])
         .await
         .unwrap();
@@ -133,24 +151,21 @@ fn signing_key_id(note: &str) -> u32 {
 /// sealer waits for the cluster-wide snapshot horizon, which other tests'
 /// transactions on this shared server hold back: allow a minute.
 async fn checkpoint_at(pool: &PgPool, tree_size: i64) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let note: Option<String> = sqlx::query_scalar(
-            "SELECT note FROM checkpoints WHERE tree_size >= $1 ORDER BY tree_size DESC LIMIT 1",
-        )
-        .bind(tree_size)
-        .fetch_optional(pool)
-        .await
-        .unwrap();
-        if let Some(note) = note {
-            return note;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no checkpoint at {tree_size} within 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_within(
+        &format!("a checkpoint at {tree_size}"),
+        Duration::from_secs(60),
+        || async {
+            sqlx::query_scalar(
+                "SELECT note FROM checkpoints WHERE tree_size >= $1 \
+                 ORDER BY tree_size DESC LIMIT 1",
+            )
+            .bind(tree_size)
+            .fetch_optional(pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await
 }
 
 async fn verify_checkpoints(
@@ -213,17 +228,14 @@ async fn checkpoint_rotation_reaches_a_running_sealer_and_the_whole_ledger_verif
     assert_eq!(signing_key_id(&first), old_id);
 
     // Rotate as `queue keys rotate --kind checkpoint` does.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let new_id = rotate_checkpoint_key_file(&file).unwrap();
-    notify_checkpoint_rotation(&pool).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while format!("{:08x}", shared.current().key_id()) != new_id {
-        assert!(
-            Instant::now() < deadline,
-            "the reloader did not pick up {new_id} within 1 s"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    notify_until(
+        &pool,
+        "the checkpoint reloader to pick up the new key",
+        notify_checkpoint_rotation,
+        || format!("{:08x}", shared.current().key_id()) == new_id,
+    )
+    .await;
     assert!(!shared.is_degraded());
     // The file keeps the old public key (and only the new private key).
     let contents = std::fs::read_to_string(&file).unwrap();
@@ -264,13 +276,15 @@ async fn checkpoint_rotation_reaches_a_running_sealer_and_the_whole_ledger_verif
     assert!(!verify_checkpoints(&pool, &signer().verifier()).await.ok);
 
     // A broken file: the sealer keeps signing with the last good key.
+    let good = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, "garbage").unwrap();
-    notify_checkpoint_rotation(&pool).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while !shared.is_degraded() {
-        assert!(Instant::now() < deadline, "a failed reload is reported");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    notify_until(
+        &pool,
+        "a failed reload to be reported",
+        notify_checkpoint_rotation,
+        || shared.is_degraded(),
+    )
+    .await;
     assert_eq!(shared.current().key_id(), new_key.key_id());
     for n in 11..=15 {
         repo.append(&[ev("T", "a", n, json!({"n": n}))])
@@ -282,11 +296,25 @@ async fn checkpoint_rotation_reaches_a_running_sealer_and_the_whole_ledger_verif
 
     // A key for another log is refused the same way.
     let other = queue_eventstore::CheckpointSigner::from_seed("other/log", [9u8; 32]).unwrap();
+    // (The good file back first, so that the refusal below is this
+    // reload's and not the garbage file's flag still standing.)
+    std::fs::write(&file, &good).unwrap();
+    notify_until(
+        &pool,
+        "the good key file to reload",
+        notify_checkpoint_rotation,
+        || !shared.is_degraded(),
+    )
+    .await;
     std::fs::write(&file, other.to_private_spec()).unwrap();
-    notify_checkpoint_rotation(&pool).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    notify_until(
+        &pool,
+        "the other log's key to be refused",
+        notify_checkpoint_rotation,
+        || shared.is_degraded(),
+    )
+    .await;
     assert_eq!(shared.current().key_id(), new_key.key_id());
-    assert!(shared.is_degraded());
 
     stop.send(true).unwrap();
     running.await.unwrap();
