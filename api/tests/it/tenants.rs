@@ -589,5 +589,55 @@ async fn an_admin_renames_a_tenant(pool: PgPool) {
     )
     .await
     .assert_error(StatusCode::NOT_FOUND, "not_found");
+    // Without the admin scope 403, without a token 401, a path id that is
+    // not a UUID 400.
+    app.request(
+        Method::PATCH,
+        &path,
+        Some(json!({"name": "x"})),
+        Some(READER),
+    )
+    .await
+    .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    app.request(Method::PATCH, &path, Some(json!({"name": "x"})), None)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    app.request(
+        Method::PATCH,
+        "/api/v1/tenants/acme",
+        Some(json!({"name": "x"})),
+        Some(OPS),
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, "invalid_request");
     assert_eq!(app.event_count().await, before);
+}
+
+/// The `tenant` of a login by email or a code redeem is a slug: anything
+/// else is 400 before any lookup.
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn a_malformed_tenant_in_a_login_or_redeem_is_invalid(pool: PgPool) {
+    let app = service_app(pool).await;
+    for (path, body) in [
+        (
+            "/api/v1/auth/webauthn/login/begin",
+            json!({"email": "ann@example.com", "tenant": "Not A Slug"}),
+        ),
+        (
+            "/api/v1/auth/backup-codes/redeem",
+            json!({"email": "ann@example.com", "code": "abcd-efgh", "tenant": "-x"}),
+        ),
+    ] {
+        app.post(path, body)
+            .await
+            .assert_error(StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    // An unknown (well-formed) tenant is just no customer: the redeem's
+    // usual invalid_code.
+    app.post(
+        "/api/v1/auth/backup-codes/redeem",
+        json!({"email": "ann@example.com", "code": "abcd-efgh", "tenant": "nobody"}),
+    )
+    .await
+    .assert_error(StatusCode::UNAUTHORIZED, "invalid_code");
 }
