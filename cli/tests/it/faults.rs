@@ -254,6 +254,9 @@ async fn kill_9_of_the_sealer_leader_hands_sealing_to_the_other_and_the_ledger_s
     );
 }
 
+/// How long the cut test keeps the database away, at least.
+const MIN_OUTAGE: Duration = Duration::from_secs(1);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_cut_under_load_gives_prompt_503s_and_no_accepted_write_is_lost() {
     let db = TestDb::create("cut").await;
@@ -292,6 +295,13 @@ async fn postgres_cut_under_load_gives_prompt_503s_and_no_accepted_write_is_lost
         },
     )
     .await;
+    // An outage of at least a second, so the writers meet it with requests
+    // of their own, not only the probes above (the breaker can open within
+    // milliseconds of the cut).
+    let held = t0.elapsed() - cut_at;
+    if held < MIN_OUTAGE {
+        tokio::time::sleep(MIN_OUTAGE - held).await;
+    }
     let restored_at = t0.elapsed();
     proxy.restore();
     // Recovery: the breaker's half-open probe (after its open period) closes it.
@@ -316,9 +326,10 @@ async fn postgres_cut_under_load_gives_prompt_503s_and_no_accepted_write_is_lost
     let mut outcomes = join_all(writers).await;
     outcomes.push(recovered);
 
+    // The outage as callers see it lasts until the breaker closes again.
     let during: Vec<&Outcome> = outcomes
         .iter()
-        .filter(|o| o.sent >= cut_at && o.sent < restored_at)
+        .filter(|o| o.sent >= cut_at && o.sent < recovered_at)
         .collect();
     let unavailable: Vec<&Outcome> = outcomes.iter().filter(|o| o.status == 503).collect();
     let max_latency = outcomes.iter().map(|o| o.latency).max().unwrap_or_default();
