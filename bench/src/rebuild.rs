@@ -443,6 +443,7 @@ fn customer_events(n: u64) -> BenchResult<Vec<SerializedEvent>> {
         metadata: json!({"amount_cents": n % 100_000, "currency": "EUR"}),
         idempotency_key: IdempotencyKey::parse(&key)?,
         at: at(base, 400),
+        tenant_id: None,
     };
     let audit_id = AuditEventId::for_idempotency_key(service.as_str(), &key).to_string();
     out.push(serialized("Audit", &audit_id, 1, &audit)?);

@@ -229,6 +229,7 @@ fn audit_events() -> Vec<AuditEvent> {
         metadata: json!({"attempt": 3}),
         idempotency_key: IdempotencyKey::parse("k").unwrap(),
         at: t(1),
+        tenant_id: None,
     }]
 }
 

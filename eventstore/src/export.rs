@@ -51,7 +51,8 @@ pub struct ExportFilter {
 /// event puts the customer in it (a `CustomerRegistered`/`CustomerProvisioned`/`CustomerImported`
 /// without `tenant_id` is the default tenant's, as in migration 0330); and
 /// every other stream whose first event names (`customer_id`) one of those
-/// customers, read the way the customer filter reads it.
+/// customers, read the way the customer filter reads it; and every audit
+/// entry about no customer that names the tenant itself (`tenant_id`).
 ///
 /// Joined to the rows rather than tested with `$n IS NULL OR … IN (…)` like
 /// the other filters: under the `OR` the planner rescanned the materialised
@@ -74,7 +75,10 @@ WITH tenant_customers AS MATERIALIZED ( \
        CASE WHEN jsonb_typeof(s.payload) = 'object' THEN s.payload END) p \
      WHERE s.sequence = 1 AND s.aggregate_type NOT IN ('Customer', 'Tenant') \
        AND jsonb_typeof(p.value) = 'object' \
-       AND p.value->>'customer_id' IN (SELECT c.aggregate_id FROM tenant_customers c)) ";
+       AND p.value->>'customer_id' IN (SELECT c.aggregate_id FROM tenant_customers c) \
+   UNION SELECT 'Audit', a.aggregate_id FROM events a \
+     WHERE a.aggregate_type = 'Audit' AND a.sequence = 1 \
+       AND a.payload->'AuditRecorded'->>'tenant_id' = $6::text) ";
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ExportSummary {

@@ -488,6 +488,7 @@ async fn customer_history(fw: &Frameworks, seed: u64, index: usize) -> Result<Ge
             metadata: json!({"amount_cents": rng.gen_range(0..100_000), "note": "a\tb\\c\n\"d\"", "tags": ["x", "y"]}),
             idempotency_key: IdempotencyKey::parse(&key)?,
             at: occurred,
+            tenant_id: None,
         };
         tally.outcome(fw.execute::<Audit>(&event_id.to_string(), command).await)?;
     }

@@ -113,6 +113,14 @@ impl TenantLimit {
         }
     }
 
+    /// The one tenant of a token limited to exactly one.
+    pub fn only_one(&self) -> Option<TenantId> {
+        match self {
+            Self::Only(tenants) if tenants.len() == 1 => tenants.first().copied(),
+            _ => None,
+        }
+    }
+
     /// The tenant ids a read is bound to; `None` for every tenant.
     pub fn ids(&self) -> Option<Vec<uuid::Uuid>> {
         match self {

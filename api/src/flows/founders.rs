@@ -115,6 +115,8 @@ pub async fn append_registration(
                     action: "founders.gate.rejected",
                     target: "registration",
                     customer_id: None,
+                    // The public registration is the default tenant's.
+                    tenant_id: Some(queue_domain::types::TenantId::DEFAULT),
                     metadata: serde_json::json!({
                         "threshold": threshold,
                         "customer_id": customer_id.to_string(),
@@ -133,6 +135,7 @@ pub async fn append_registration(
                     action: "founders.gate.check_failed",
                     target: &format!("customer:{customer_id}"),
                     customer_id: Some(customer_id),
+                    tenant_id: None,
                     metadata: serde_json::json!({ "threshold": threshold }),
                 },
                 now,

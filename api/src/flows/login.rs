@@ -348,6 +348,7 @@ async fn record_use(
                     action: "credential.counter_regression",
                     target: &format!("credential:{credential_id}"),
                     customer_id: Some(customer_id),
+                    tenant_id: None,
                     metadata: json!({
                         "credential_id": credential_id.to_string(),
                         "stored_sign_count": stored,

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use queue_domain::audit::{AuditCommand, AuditEvent};
 use queue_domain::types::{
     Actor, AuditAction, AuditEventId, AuditTarget, CustomerId, IdempotencyKey, ServiceName,
+    TenantId,
 };
 use queue_domain::Audit;
 use queue_eventstore::{Batch, Loaded};
@@ -22,6 +23,9 @@ pub struct QueueAudit<'a> {
     pub action: &'a str,
     pub target: &'a str,
     pub customer_id: Option<CustomerId>,
+    /// The tenant of a fact about no customer (a SAML login refused at a
+    /// tenant's ACS), so that tenant's limited tokens read it.
+    pub tenant_id: Option<TenantId>,
     pub metadata: Value,
 }
 
@@ -47,6 +51,7 @@ pub async fn event(
             metadata: audit.metadata,
             idempotency_key: key,
             at: now,
+            tenant_id: audit.tenant_id,
         })
         .await
         .map_err(|e| ApiError::internal(format!("audit: {e}")))?;

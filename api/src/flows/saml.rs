@@ -77,6 +77,7 @@ pub async fn acs(
                     action: "saml.login_refused",
                     target: &format!("tenant:{}", tenant.tenant_id),
                     customer_id: None,
+                    tenant_id: Some(tenant.tenant_id),
                     metadata: json!({
                         "tenant_id": tenant.tenant_id.to_string(),
                         "tenant_slug": tenant.slug.as_str(),

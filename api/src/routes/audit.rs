@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use queue_domain::audit::{AuditCommand, AuditError, AuditRecord};
 use queue_domain::types::{
-    Actor, AuditAction, AuditEventId, AuditTarget, CustomerId, IdempotencyKey, TicketId,
+    Actor, AuditAction, AuditEventId, AuditTarget, CustomerId, IdempotencyKey, TenantId, TicketId,
 };
 use queue_domain::Audit;
 use queue_eventstore::StoreError;
@@ -48,6 +48,14 @@ pub struct AuditEventRequest {
     #[schema(value_type = Object)]
     pub metadata: Option<Value>,
     pub idempotency_key: String,
+    /// The slug of the tenant an entry without `customer_id` belongs to (a
+    /// customer's entry is its customer's tenant's; naming both is 400).
+    /// A token limited to one tenant may leave it out: the entry is that
+    /// tenant's. One limited to several must name it, and only one of
+    /// its own (404 otherwise, as for an unknown tenant). Without it an
+    /// unlimited token's entry has no tenant: only unlimited tokens read it.
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -151,6 +159,7 @@ pub async fn record(
         return Err(ApiError::MetadataTooLarge);
     }
     let idempotency_key = IdempotencyKey::parse(&request.idempotency_key)?;
+    let tenant_id = entry_tenant(&state, &caller, customer_id, request.tenant.as_deref()).await?;
     if let Some(customer_id) = customer_id {
         visible_customer(&state, &caller, customer_id).await?;
     }
@@ -173,11 +182,13 @@ pub async fn record(
             metadata,
             idempotency_key,
             at: now,
+            tenant_id,
         })
         .await
         .map_err(|e| match e {
             AuditError::InvalidMetadata(why) => ApiError::invalid(format!("metadata: {why}")),
             AuditError::AlreadyRecorded => ApiError::Conflict,
+            AuditError::CustomerAndTenant => ApiError::invalid(CUSTOMER_AND_TENANT),
         })?;
     let mut batch = Batch::new();
     batch.add(&mut audit, &events)?;
@@ -203,6 +214,43 @@ pub async fn record(
         event: None,
     };
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+const CUSTOMER_AND_TENANT: &str =
+    "name customer_id or tenant, not both: a customer's entry is its tenant's";
+
+/// The tenant an entry without a customer is recorded in (see
+/// [`AuditEventRequest::tenant`]); `None` for a customer's entry, and for
+/// an unlimited token's entry that names no tenant.
+async fn entry_tenant(
+    state: &AppState,
+    caller: &ServiceCaller,
+    customer_id: Option<CustomerId>,
+    tenant: Option<&str>,
+) -> Result<Option<TenantId>, ApiError> {
+    let named = match tenant {
+        Some(raw) => Some(crate::routes::tenants::tenant_by_slug(Some(raw))?),
+        None => None,
+    };
+    if customer_id.is_some() {
+        return match named {
+            Some(_) => Err(ApiError::invalid(CUSTOMER_AND_TENANT)),
+            None => Ok(None),
+        };
+    }
+    let tenant_id = match (named, caller.tenants.only_one()) {
+        (Some(tenant_id), _) => tenant_id,
+        (None, Some(tenant_id)) => tenant_id,
+        (None, None) if caller.tenants.ids().is_none() => return Ok(None),
+        (None, None) => {
+            return Err(ApiError::invalid(
+                "a token limited to several tenants names the entry's tenant (or customer_id)",
+            ))
+        }
+    };
+    caller.require_tenant(tenant_id)?;
+    crate::routes::tenants::existing_tenant(state, tenant_id).await?;
+    Ok(Some(tenant_id))
 }
 
 /// To a tenant-limited token, a customer outside its tenants does not

@@ -493,3 +493,171 @@ async fn row_level_security_binds_a_query_without_a_tenant_filter(pool: PgPool) 
     assert_eq!(policies, 2 * READ_TABLES.len() as i64);
     service.close().await;
 }
+
+/// Limited to `acme` and `globex` (audit scopes).
+const PAIR: &str = "pair-token-0000000000001";
+/// Limited to `globex` (audit scopes).
+const GLOBEX: &str = "globex-token-00000000001";
+
+/// The targets of the audit entries `token` reads, oldest first.
+async fn audit_targets(app: &TestApp, token: &str) -> Vec<String> {
+    let page = app
+        .get_auth("/api/v1/audit/events?action=ticket.viewed", token)
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    page.json["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["target"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn an_audit_entry_about_no_customer_belongs_to_the_tenant_it_names(pool: PgPool) {
+    let mut services = crate::service::SERVICES.to_vec();
+    services.extend([
+        ("QUEUE_SERVICE_TOKEN_PAIR", PAIR),
+        ("QUEUE_SERVICE_SCOPES_PAIR", "audit:write,audit:read"),
+        ("QUEUE_SERVICE_TENANTS_PAIR", "acme,globex"),
+        ("QUEUE_SERVICE_TOKEN_GLOBEX", GLOBEX),
+        ("QUEUE_SERVICE_SCOPES_GLOBEX", "audit:write,audit:read"),
+        ("QUEUE_SERVICE_TENANTS_GLOBEX", "globex"),
+    ]);
+    let app = TestApp::with(pool, &services).await;
+    create_tenant(&app, "acme").await;
+    create_tenant(&app, "globex").await;
+    let entry = |target: &str, extra: Value| {
+        let mut body = json!({"actor": "agent:7", "action": "ticket.viewed",
+                              "target": target, "idempotency_key": target});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        body
+    };
+
+    // A token of one tenant records in it without saying so.
+    let got = app
+        .post_auth("/api/v1/audit/events", entry("ticket:a", json!({})), ACME)
+        .await;
+    assert_eq!(got.status, StatusCode::CREATED, "{}", got.text);
+    // A token of several names which one; only its own (404 otherwise, as
+    // for a tenant that does not exist), and not beside a customer.
+    let refusals = [
+        (PAIR, json!({}), StatusCode::BAD_REQUEST, "invalid_request"),
+        (
+            PAIR,
+            json!({"tenant": "initech"}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            ACME,
+            json!({"tenant": "globex"}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            AUDITOR,
+            json!({"tenant": "initech"}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            AUDITOR,
+            json!({"tenant": "Not A Slug!"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            AUDITOR,
+            json!({"tenant": "acme", "customer_id": Uuid::new_v4()}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+    ];
+    for (i, (token, extra, status, code)) in refusals.into_iter().enumerate() {
+        let before = app.event_count().await;
+        app.post_auth(
+            "/api/v1/audit/events",
+            entry(&format!("ticket:refused-{i}"), extra.clone()),
+            token,
+        )
+        .await
+        .assert_error(status, code);
+        assert_eq!(app.event_count().await, before, "{extra}");
+    }
+    let got = app
+        .post_auth(
+            "/api/v1/audit/events",
+            entry("ticket:g", json!({"tenant": "globex"})),
+            PAIR,
+        )
+        .await;
+    assert_eq!(got.status, StatusCode::CREATED, "{}", got.text);
+    // An unlimited token's entry names a tenant if it says one, else none.
+    for (target, extra) in [
+        ("ticket:u-acme", json!({"tenant": "acme"})),
+        ("ticket:u", json!({})),
+    ] {
+        let got = app
+            .post_auth("/api/v1/audit/events", entry(target, extra), AUDITOR)
+            .await;
+        assert_eq!(got.status, StatusCode::CREATED, "{}", got.text);
+    }
+    app.catch_up().await;
+
+    // Each token reads its tenants' entries back; one without a tenant only
+    // an unlimited token reads.
+    assert_eq!(
+        audit_targets(&app, ACME).await,
+        ["ticket:a", "ticket:u-acme"]
+    );
+    assert_eq!(audit_targets(&app, GLOBEX).await, ["ticket:g"]);
+    assert_eq!(
+        audit_targets(&app, PAIR).await,
+        ["ticket:a", "ticket:g", "ticket:u-acme"]
+    );
+    assert_eq!(
+        audit_targets(&app, AUDITOR).await,
+        ["ticket:a", "ticket:g", "ticket:u-acme", "ticket:u"]
+    );
+    // The log says it: the tenant is in the event, absent when none.
+    let logged: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT payload->'AuditRecorded'->>'target', payload->'AuditRecorded'->>'tenant_id' \
+         FROM events WHERE aggregate_type = 'Audit' ORDER BY commit_xid, insert_id",
+    )
+    .fetch_all(&app.owner)
+    .await
+    .unwrap();
+    let acme = tenant("acme").to_string();
+    let globex = tenant("globex").to_string();
+    assert_eq!(
+        logged,
+        [
+            ("ticket:a".to_owned(), Some(acme.clone())),
+            ("ticket:g".to_owned(), Some(globex)),
+            ("ticket:u-acme".to_owned(), Some(acme)),
+            ("ticket:u".to_owned(), None),
+        ]
+    );
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn a_tenant_limited_token_reads_the_saml_refusals_at_its_tenant(pool: PgPool) {
+    let Setup { app, idp, base } = setup(pool).await;
+    // A response to a request Queue never made: refused and audited.
+    let (_, responses) = idp.issue(&[ask(&base, "acme", "_never-asked", "ann@example.com")]);
+    let refused = post_acs(&app, &responses[0], "").await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.text);
+    app.catch_up().await;
+    for token in [ACME, AUDITOR] {
+        let page = app
+            .get_auth("/api/v1/audit/events?action=saml.login_refused", token)
+            .await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+        let events = page.json["events"].as_array().unwrap();
+        assert_eq!(events.len(), 1, "{token}: {}", page.text);
+        assert_eq!(events[0]["metadata"]["tenant_slug"], "acme");
+    }
+}

@@ -146,6 +146,57 @@ async fn submit(http: &reqwest::Client, queue: &str, html: &str) -> reqwest::Res
         .unwrap()
 }
 
+/// An SP-initiated login as a browser makes it: Queue's 303 to the IdP, the
+/// IdP's form (it parses Queue's AuthnRequest), that form posted to the ACS.
+/// Queue's answer to the post.
+async fn sp_initiated_login(
+    http: &reqwest::Client,
+    queue: &str,
+    idp: &IdpServer,
+    return_to: &str,
+) -> reqwest::Response {
+    let login = http
+        .get(format!("{queue}/saml/acme/login"))
+        .query(&[("return_to", return_to)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303);
+    let to_idp = login.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        to_idp.starts_with(&format!("{}/sso/redirect?", idp.base)),
+        "{to_idp}"
+    );
+    let at_idp = http.get(&to_idp).send().await.unwrap();
+    let status = at_idp.status();
+    let form = at_idp.text().await.unwrap();
+    assert_eq!(status, 200, "the IdP refused Queue's request: {form}");
+    submit(http, queue, &form).await
+}
+
+/// The access token a page gets by refreshing with the `queue_refresh`
+/// cookie Queue set.
+async fn page_token(http: &reqwest::Client, queue: &str, set_cookie: &str) -> Value {
+    let token = set_cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("queue_refresh=");
+    let refreshed = http
+        .post(format!("{queue}/api/v1/auth/session/refresh"))
+        .header("x-queue-page", "1")
+        .header("origin", ORIGIN)
+        .header("sec-fetch-site", "same-origin")
+        .header("cookie", format!("queue_refresh={token}"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refreshed.status(), 200);
+    let body: Value = refreshed.json().await.unwrap();
+    jwt_claims(body["access_token"].as_str().unwrap())
+}
+
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn a_real_idp_over_http_signs_customers_in_sp_and_idp_initiated(pool: PgPool) {
     let app = service_app(pool).await;
@@ -166,24 +217,7 @@ async fn a_real_idp_over_http_signs_customers_in_sp_and_idp_initiated(pool: PgPo
 
     // SP-initiated: Queue sends the browser to the IdP.
     let return_to = format!("{ORIGIN}/account?tab=roles");
-    let login = http
-        .get(format!("{queue}/saml/acme/login"))
-        .query(&[("return_to", &return_to)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(login.status(), 303);
-    let to_idp = login.headers()["location"].to_str().unwrap().to_owned();
-    assert!(
-        to_idp.starts_with(&format!("{}/sso/redirect?", idp.base)),
-        "{to_idp}"
-    );
-    // The IdP parses the AuthnRequest and answers with its form.
-    let at_idp = http.get(&to_idp).send().await.unwrap();
-    let status = at_idp.status();
-    let form = at_idp.text().await.unwrap();
-    assert_eq!(status, 200, "the IdP refused Queue's request: {form}");
-    let acs = submit(&http, &queue, &form).await;
+    let acs = sp_initiated_login(&http, &queue, &idp, &return_to).await;
     assert_eq!(acs.status(), 303, "{:?}", acs.headers());
     assert_eq!(acs.headers()["location"], return_to.as_str());
     let cookie = acs.headers()["set-cookie"].to_str().unwrap().to_owned();
@@ -202,24 +236,7 @@ async fn a_real_idp_over_http_signs_customers_in_sp_and_idp_initiated(pool: PgPo
     );
     // The page's refresh with the cookie: a token of the tenant, amr saml,
     // the group's role.
-    let token = cookie
-        .split(';')
-        .next()
-        .unwrap()
-        .trim_start_matches("queue_refresh=");
-    let refreshed = http
-        .post(format!("{queue}/api/v1/auth/session/refresh"))
-        .header("x-queue-page", "1")
-        .header("origin", ORIGIN)
-        .header("sec-fetch-site", "same-origin")
-        .header("cookie", format!("queue_refresh={token}"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(refreshed.status(), 200);
-    let body: Value = refreshed.json().await.unwrap();
-    let claims = jwt_claims(body["access_token"].as_str().unwrap());
+    let claims = page_token(&http, &queue, &cookie).await;
     assert_eq!(claims["amr"], json!(["saml"]));
     let acme = TenantId::for_slug(&TenantSlug::parse("acme").unwrap());
     assert_eq!(claims["tid"], acme.to_string());
@@ -249,4 +266,33 @@ async fn a_real_idp_over_http_signs_customers_in_sp_and_idp_initiated(pool: PgPo
     .await
     .unwrap();
     assert_eq!(sessions, 2);
+
+    // The IdP's administrator takes ann out of `eng`: her next login
+    // revokes the role the group gave, by `saml:acme` with the reason, and
+    // her new token no longer carries it.
+    let moved = http
+        .put(format!("{}/user/groups", idp.base))
+        .json(&json!([]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status(), 204);
+    let acs = sp_initiated_login(&http, &queue, &idp, &return_to).await;
+    assert_eq!(acs.status(), 303, "{:?}", acs.headers());
+    let cookie = acs.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let revoked: Vec<(String, String)> = sqlx::query_as(
+        "SELECT payload->'RoleRevoked'->>'actor', payload->'RoleRevoked'->>'reason' \
+         FROM events WHERE event_type = 'RoleRevoked'",
+    )
+    .fetch_all(&app.owner)
+    .await
+    .unwrap();
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    assert_eq!(revoked[0].0, "saml:acme");
+    assert_eq!(
+        revoked[0].1,
+        "no SAML group of the customer gives support-agent any more"
+    );
+    let claims = page_token(&http, &queue, &cookie).await;
+    assert_eq!(claims["roles"], json!(["antlers-user"]));
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::{AuditCommand, AuditError, AuditEvent};
 use crate::types::{
     check_ledger_json, Actor, AuditAction, AuditEventId, AuditTarget, CustomerId, IdempotencyKey,
-    ServiceName, TicketId,
+    ServiceName, TenantId, TicketId,
 };
 
 /// One audit event. Empty until recorded; read it through [`Audit::record`].
@@ -28,6 +28,9 @@ pub struct AuditRecord {
     pub metadata: serde_json::Value,
     pub idempotency_key: IdempotencyKey,
     pub recorded_at: DateTime<Utc>,
+    /// The tenant of an entry without a customer, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<TenantId>,
 }
 
 impl AuditRecord {
@@ -58,7 +61,11 @@ impl Audit {
             metadata,
             idempotency_key,
             at,
+            tenant_id,
         } = command;
+        if customer_id.is_some() && tenant_id.is_some() {
+            return Err(AuditError::CustomerAndTenant);
+        }
         if !metadata.is_object() {
             return Err(AuditError::InvalidMetadata("must be a JSON object"));
         }
@@ -74,6 +81,7 @@ impl Audit {
             metadata,
             idempotency_key,
             at,
+            tenant_id,
         }])
     }
 }
@@ -109,6 +117,7 @@ impl Aggregate for Audit {
             metadata,
             idempotency_key,
             at,
+            tenant_id,
         } = event;
         // One event per stream: a second one cannot be decided, keep the first.
         if self.record.is_none() {
@@ -123,6 +132,7 @@ impl Aggregate for Audit {
                 metadata,
                 idempotency_key,
                 recorded_at: at,
+                tenant_id,
             });
         }
     }

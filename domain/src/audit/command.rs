@@ -1,7 +1,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::types::{
-    Actor, AuditAction, AuditTarget, CustomerId, IdempotencyKey, ServiceName, TicketId,
+    Actor, AuditAction, AuditTarget, CustomerId, IdempotencyKey, ServiceName, TenantId, TicketId,
 };
 
 /// The stream id must be
@@ -25,5 +25,9 @@ pub enum AuditCommand {
         idempotency_key: IdempotencyKey,
         /// When Queue accepted it.
         at: DateTime<Utc>,
+        /// The tenant of an entry that names no customer; with a
+        /// `customer_id` the entry is that customer's tenant's, and naming
+        /// both is refused.
+        tenant_id: Option<TenantId>,
     },
 }

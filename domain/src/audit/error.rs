@@ -7,4 +7,8 @@ pub enum AuditError {
     AlreadyRecorded,
     #[error("invalid metadata: {0}")]
     InvalidMetadata(&'static str),
+    /// An entry with a customer is that customer's tenant's: it names one
+    /// or the other.
+    #[error("an audit event names its customer or its tenant, not both")]
+    CustomerAndTenant,
 }

@@ -3,7 +3,7 @@ use cqrs_es::DomainEvent;
 use serde::{Deserialize, Serialize};
 
 use crate::types::{
-    Actor, AuditAction, AuditTarget, CustomerId, IdempotencyKey, ServiceName, TicketId,
+    Actor, AuditAction, AuditTarget, CustomerId, IdempotencyKey, ServiceName, TenantId, TicketId,
 };
 
 /// What happened in an audit stream, externally tagged under the event type name.
@@ -21,6 +21,11 @@ pub enum AuditEvent {
         metadata: serde_json::Value,
         idempotency_key: IdempotencyKey,
         at: DateTime<Utc>,
+        /// The tenant of an entry that names no customer (a customer's
+        /// entry is its customer's tenant's); absent when it has none, and
+        /// in every event stored before tenants (bytes unchanged).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tenant_id: Option<TenantId>,
     },
 }
 

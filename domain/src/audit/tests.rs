@@ -4,7 +4,10 @@ use serde_json::json;
 
 use super::*;
 use crate::test_support::{actor, t};
-use crate::types::{AuditAction, AuditEventId, AuditTarget, IdempotencyKey, ServiceName, TicketId};
+use crate::types::{
+    AuditAction, AuditEventId, AuditTarget, CustomerId, IdempotencyKey, ServiceName, TenantId,
+    TenantSlug, TicketId,
+};
 
 type AuditTest = TestFramework<Audit>;
 
@@ -20,6 +23,7 @@ fn record_command(metadata: serde_json::Value) -> AuditCommand {
         metadata,
         idempotency_key: IdempotencyKey::parse("k-1").unwrap(),
         at: t(0),
+        tenant_id: None,
     }
 }
 
@@ -35,6 +39,7 @@ fn recorded() -> AuditEvent {
         metadata: json!({"cohort": 500, "seats": [1, 2]}),
         idempotency_key: IdempotencyKey::parse("k-1").unwrap(),
         at: t(0),
+        tenant_id: None,
     }
 }
 
@@ -54,6 +59,52 @@ fn record_an_audit_event() {
         record.event_id(),
         AuditEventId::for_idempotency_key("founders", "k-1")
     );
+}
+
+#[test]
+fn an_entry_without_a_customer_may_name_its_tenant() {
+    let acme = TenantId::for_slug(&TenantSlug::parse("acme").unwrap());
+    let mut command = record_command(json!({"cohort": 500, "seats": [1, 2]}));
+    let AuditCommand::Record { tenant_id, .. } = &mut command;
+    *tenant_id = Some(acme);
+    let mut expected = recorded();
+    let AuditEvent::Recorded { tenant_id, .. } = &mut expected;
+    *tenant_id = Some(acme);
+    AuditTest::with(())
+        .given_no_previous_events()
+        .when(command)
+        .then_expect_events(vec![expected.clone()]);
+    let mut audit = Audit::default();
+    audit.apply(expected);
+    assert_eq!(audit.record().unwrap().tenant_id, Some(acme));
+}
+
+#[test]
+fn an_entry_names_its_customer_or_its_tenant_not_both() {
+    let mut command = record_command(json!({}));
+    let AuditCommand::Record {
+        tenant_id,
+        customer_id,
+        ..
+    } = &mut command;
+    *tenant_id = Some(TenantId::DEFAULT);
+    *customer_id = Some(CustomerId::from(uuid::Uuid::from_u128(7)));
+    AuditTest::with(())
+        .given_no_previous_events()
+        .when(command)
+        .then_expect_error(AuditError::CustomerAndTenant);
+}
+
+#[test]
+fn a_stored_entry_without_tenant_id_reads_as_none_and_is_written_back_the_same() {
+    let stored = serde_json::to_value(recorded()).unwrap();
+    assert!(
+        stored["AuditRecorded"].get("tenant_id").is_none(),
+        "{stored}"
+    );
+    let read: AuditEvent = serde_json::from_value(stored.clone()).unwrap();
+    assert_eq!(read, recorded());
+    assert_eq!(serde_json::to_value(read).unwrap(), stored);
 }
 
 #[test]

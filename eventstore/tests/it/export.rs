@@ -380,7 +380,7 @@ mod tenants {
             },
         )
         .await;
-        let audit = audit(store, Some(customer), &format!("k-{n}")).await;
+        let audit = audit(store, Some(customer), None, &format!("k-{n}")).await;
         [
             ("Customer", cid),
             ("Credential", credential.to_string()),
@@ -395,6 +395,7 @@ mod tenants {
     async fn audit(
         store: &EventStore,
         customer: Option<CustomerId>,
+        tenant: Option<TenantId>,
         key: &str,
     ) -> (&'static str, String) {
         let id = AuditEventId::for_idempotency_key("billing", key).to_string();
@@ -412,6 +413,7 @@ mod tenants {
                 metadata: json!({}),
                 idempotency_key: IdempotencyKey::parse(key).unwrap(),
                 at: at(),
+                tenant_id: tenant,
             },
         )
         .await;
@@ -493,8 +495,11 @@ mod tenants {
             },
         )
         .await;
-        // An audit event naming no customer is no tenant's.
-        audit(&store, None, "nobody").await;
+        // An audit event naming no customer is no tenant's, unless it
+        // names the tenant itself.
+        audit(&store, None, None, "nobody").await;
+        let (kind, id) = audit(&store, None, Some(tenant_id("acme")), "acme-desk").await;
+        acme.insert((kind.to_owned(), id));
         sealer().seal_pending(&pool).await.unwrap();
         let without_tenant: Vec<String> = sqlx::query_scalar(
             "SELECT aggregate_id FROM events WHERE event_type = 'CustomerRegistered' \
@@ -515,8 +520,8 @@ mod tenants {
         assert_eq!(check(&text, None).events, events_of(&pool, &acme).await);
         assert_eq!(
             acme.len(),
-            9,
-            "tenant, 2 × (customer, passkey, session, audit)"
+            10,
+            "tenant, 2 × (customer, passkey, session, audit), its own audit entry"
         );
         let h = header(&text);
         assert_eq!(h["filters"]["tenant_id"], tenant_id("acme").to_string());

@@ -380,8 +380,12 @@ impl AuditFold {
         };
         // A customer's rows are its tenant's. An external event may name a
         // customer id that never existed (the log records what a service
-        // says): no tenant, seen only by tokens not limited to tenants.
+        // says): no tenant, seen only by tokens not limited to tenants. An
+        // audit entry about no customer may name its tenant itself.
         out.tenant_id = match (&event.body, out.customer_id) {
+            (Body::Audit(AuditEvent::Recorded { tenant_id, .. }), None) => {
+                tenant_id.map(|t| *t.as_uuid())
+            }
             (_, None) => None,
             (Body::Audit(_), Some(customer)) => tenants.get(customer),
             (_, Some(customer)) => Some(tenants.of(meta, customer)?),

@@ -49,8 +49,9 @@ pub struct AuditEventRow {
     /// The event's MAC (hex) and key id, shown once sealed.
     pub mac: Option<String>,
     pub mac_key_id: Option<String>,
-    /// The tenant of the event's customer, as the log says (not shown:
-    /// it decides who may see the entry, ADR 0219).
+    /// The tenant of the event's customer, or the one an entry about no
+    /// customer names, as the log says (not shown: it decides who may see
+    /// the entry, ADR 0219).
     #[serde(skip_serializing)]
     pub tenant_id: Option<Uuid>,
 }

@@ -189,6 +189,7 @@ async fn read_functions_answer_what_the_api_asks(pool: PgPool) {
                 metadata: json!({"n": n}),
                 idempotency_key: IdempotencyKey::parse(&key).unwrap(),
                 at: t0,
+                tenant_id: None,
             },
         )
         .await

@@ -16,6 +16,8 @@ then serves until killed:
   GET /sso/redirect?SAMLRequest=…&RelayState=…  SP-initiated: the form
       answering that request (InResponseTo = its ID, Destination = its ACS).
   GET /idp-initiated?sp=<SP entity id>          an unsolicited response.
+  PUT /user/groups  body: a JSON list           the IdP's administrator
+      moves the user to these groups; later responses carry them.
 A request the IdP cannot parse (unknown SP, bad encoding, not for this IdP)
 answers 400 with the reason.
 """
@@ -49,6 +51,21 @@ def make_handler(idp, user):
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+
+        def do_PUT(self):
+            if urlparse(self.path).path != "/user/groups":
+                self.answer(404, "not found")
+                return
+            length = int(self.headers.get("Content-Length", "0"))
+            try:
+                groups = json.loads(self.rfile.read(length))
+                if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+                    raise ValueError("a JSON list of group names")
+            except ValueError as error:
+                self.answer(400, str(error))
+                return
+            user.setdefault("attributes", {})["groups"] = groups
+            self.answer(204, "")
 
         def do_GET(self):
             url = urlparse(self.path)
