@@ -231,24 +231,36 @@ pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
 /// Stores an outstanding AuthnRequest (single use, until `expires_at`).
 pub async fn insert_saml_request(
     pool: &PgPool,
-    request_id: &str,
+    request: &SamlRequestRow,
     tenant_id: Uuid,
-    return_to: Option<&str>,
-    created_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO saml_requests (request_id, tenant_id, return_to, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO saml_requests (request_id, tenant_id, return_to, created_at, expires_at, \
+         session_id, customer_id) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
-    .bind(request_id)
+    .bind(&request.request_id)
     .bind(tenant_id)
-    .bind(return_to)
-    .bind(created_at)
+    .bind(&request.return_to)
+    .bind(request.created_at)
     .bind(expires_at)
+    .bind(request.session_id)
+    .bind(request.customer_id)
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// An outstanding AuthnRequest (migrations 0331, 0334).
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct SamlRequestRow {
+    pub request_id: String,
+    pub return_to: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// A step-up's request: the session (of `customer_id`) its answer
+    /// reauthenticates. `None` for a login's.
+    pub session_id: Option<Uuid>,
+    pub customer_id: Option<Uuid>,
 }
 
 /// The tenant's outstanding request ids that have not expired at `now`.
@@ -267,18 +279,18 @@ pub async fn outstanding_saml_requests(
     .await
 }
 
-/// Takes the outstanding request (single use) and returns its `return_to`;
-/// `None` when it was already used, never existed or has expired (its TTL
-/// holds even before the sweeper deletes it).
+/// Takes the outstanding request (single use); `None` when it was already
+/// used, never existed or has expired (its TTL holds even before the
+/// sweeper deletes it).
 pub async fn take_saml_request(
     conn: &mut PgConnection,
     request_id: &str,
     tenant_id: Uuid,
     now: DateTime<Utc>,
-) -> Result<Option<Option<String>>, sqlx::Error> {
-    sqlx::query_scalar(
+) -> Result<Option<SamlRequestRow>, sqlx::Error> {
+    sqlx::query_as(
         "DELETE FROM saml_requests WHERE request_id = $1 AND tenant_id = $2 AND expires_at > $3 \
-         RETURNING return_to",
+         RETURNING request_id, return_to, created_at, session_id, customer_id",
     )
     .bind(request_id)
     .bind(tenant_id)

@@ -52,6 +52,7 @@ fn v1_groups() -> [(Priority, OpenApiRouter<AppState>); 4] {
         .routes(routes!(routes::passkeys::login_complete))
         .routes(routes!(routes::reauth::begin))
         .routes(routes!(routes::reauth::complete))
+        .routes(routes!(routes::saml::reauth))
         .routes(routes!(routes::sessions::refresh))
         .routes(routes!(routes::sessions::logout))
         .routes(routes!(routes::backup_codes::redeem))

@@ -214,6 +214,10 @@ fn session_events() -> Vec<SessionEvent> {
             credential_id: CredentialId::for_raw_id(&[8; 16]),
             at: t(4),
         },
+        SessionEvent::SamlReauthenticated {
+            authn_instant: t(4),
+            at: t(5),
+        },
     ]
 }
 
@@ -309,6 +313,7 @@ fn every_session_event_is_ledger_safe_and_secret_free() {
             "SessionRevoked",
             "SessionReauthenticated",
             "SessionPasskeyAdded",
+            "SessionSamlReauthenticated",
         ])
     );
 }

@@ -69,6 +69,13 @@ pub enum SamlError {
     AuthnStatementMissing,
     #[error("the assertion was already used")]
     AssertionReplayed,
+    /// A step-up's answer names another person than the session's customer.
+    #[error("the assertion's subject is not the customer of the session that asked")]
+    ReauthSubjectMismatch,
+    /// A step-up's answer whose `AuthnInstant` is from before the request:
+    /// the IdP did not authenticate anew (it ignored `ForceAuthn`).
+    #[error("the identity provider did not authenticate anew")]
+    ReauthStale,
 }
 
 impl SamlError {
@@ -100,6 +107,8 @@ impl SamlError {
             Self::NameIdMissing => "saml_name_id_missing",
             Self::AuthnStatementMissing => "saml_authn_statement_missing",
             Self::AssertionReplayed => "saml_assertion_replayed",
+            Self::ReauthSubjectMismatch => "saml_reauth_subject_mismatch",
+            Self::ReauthStale => "saml_reauth_stale",
         }
     }
 }

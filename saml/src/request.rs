@@ -42,13 +42,17 @@ pub struct RedirectRequest {
 /// Builds the AuthnRequest for `idp`, issued at `issue_instant` with id
 /// `request_id` (see [`request_id_from_random`]), and encodes it for the
 /// HTTP-Redirect binding: raw DEFLATE, base64, URL parameter. Unsigned:
-/// the SP metadata says `AuthnRequestsSigned="false"`.
+/// the SP metadata says `AuthnRequestsSigned="false"`. `force_authn` asks
+/// the IdP to authenticate the user anew rather than answer from its own
+/// session (`ForceAuthn="true"`, a step-up); whether it did is read from
+/// the assertion's `AuthnInstant` ([`crate::SamlLogin::authn_instant`]).
 pub fn authn_request_redirect(
     sp: &SpConfig,
     idp: &IdpMetadata,
     request_id: &str,
     issue_instant: DateTime<Utc>,
     relay_state: Option<&str>,
+    force_authn: bool,
 ) -> Result<RedirectRequest, SamlError> {
     check_request_id(request_id)?;
     if relay_state.is_some_and(|state| state.len() > MAX_RELAY_STATE_BYTES) {
@@ -58,7 +62,7 @@ pub fn authn_request_redirect(
         concat!(
             "<samlp:AuthnRequest xmlns:samlp=\"{samlp}\" xmlns:saml=\"{saml}\" ID=\"{id}\" ",
             "Version=\"2.0\" IssueInstant=\"{instant}\" Destination=\"{destination}\" ",
-            "ProtocolBinding=\"{post}\" AssertionConsumerServiceURL=\"{acs}\">",
+            "ProtocolBinding=\"{post}\" AssertionConsumerServiceURL=\"{acs}\"{force}>",
             "<saml:Issuer>{issuer}</saml:Issuer>",
             "<samlp:NameIDPolicy AllowCreate=\"true\"/>",
             "</samlp:AuthnRequest>"
@@ -71,6 +75,11 @@ pub fn authn_request_redirect(
         post = xml::BINDING_HTTP_POST,
         acs = xml::escape(&sp.acs_url),
         issuer = xml::escape(&sp.entity_id),
+        force = if force_authn {
+            " ForceAuthn=\"true\""
+        } else {
+            ""
+        },
     );
     let mut encoder = DeflateEncoder::new(Vec::new(), Compression::default());
     encoder

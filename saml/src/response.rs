@@ -68,6 +68,10 @@ pub struct SamlLogin {
     /// The request this answers; `None` for an IdP-initiated login.
     pub in_response_to: Option<String>,
     pub session_index: Option<String>,
+    /// When the IdP authenticated the user (`AuthnStatement/@AuthnInstant`,
+    /// required by the schema): a step-up checks it is from after its
+    /// ForceAuthn request.
+    pub authn_instant: DateTime<Utc>,
     pub email: Option<String>,
     pub display_name: Option<String>,
     pub groups: Vec<String>,
@@ -346,6 +350,8 @@ fn check_assertion(
         }
     }
     let session_index = authn.attribute("SessionIndex").map(str::to_owned);
+    let authn_instant =
+        required_time(authn, "AuthnInstant")?.ok_or(SamlError::AuthnStatementMissing)?;
 
     let values = |name: &Option<String>| -> Vec<String> {
         let Some(name) = name else {
@@ -377,6 +383,7 @@ fn check_assertion(
         name_id_format: name_id_node.attribute("Format").map(str::to_owned),
         in_response_to,
         session_index,
+        authn_instant,
         email,
         display_name,
         groups,

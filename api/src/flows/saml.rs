@@ -12,9 +12,9 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use queue_domain::customer::CustomerCommand;
 use queue_domain::customer::ProvisioningSource;
-use queue_domain::session::AuthMethod;
-use queue_domain::types::{Actor, CustomerId, DisplayName, Email, GrantId};
-use queue_domain::{Customer, CustomerEvent};
+use queue_domain::session::{AuthMethod, SessionCommand, SessionError};
+use queue_domain::types::{Actor, CustomerId, DisplayName, Email, GrantId, SessionId};
+use queue_domain::{Customer, CustomerEvent, Session};
 use queue_eventstore::{Batch, Loaded};
 use queue_saml::{AttributeNames, SamlError, ValidationContext};
 use serde_json::json;
@@ -26,13 +26,20 @@ use crate::http::error::ApiError;
 use crate::routes::saml::{allowed_return_to, SamlTenant};
 use crate::state::AppState;
 
-/// A completed SAML login: the session's refresh token and where to send
-/// the browser.
+/// A completed SAML login: the new session's refresh token (`None` for a
+/// step-up, which reauthenticated the session that asked) and where to
+/// send the browser.
 pub struct SamlSignIn {
     pub customer_id: CustomerId,
-    pub refresh_token: String,
+    pub refresh_token: Option<String>,
     pub return_to: String,
 }
+
+/// How often a response is decided again when its append lost a race on a
+/// stream (a page refreshing the session a step-up reauthenticates, two
+/// first logins of one customer): nothing of a lost attempt is kept, not
+/// even its assertion id, so the next attempt sees the winner's events.
+const ATTEMPTS: usize = 3;
 
 /// Why a SAML login was refused: the API error and the code the audit
 /// event records.
@@ -59,7 +66,14 @@ pub async fn acs(
     relay_state: Option<&str>,
 ) -> Result<SamlSignIn, ApiError> {
     let now = state.now();
-    match sign_in(state, tenant, saml_response, relay_state, now).await {
+    let mut outcome = sign_in(state, tenant, saml_response, relay_state, now).await;
+    for _ in 1..ATTEMPTS {
+        if !matches!(outcome, Err(ApiError::Conflict)) {
+            break;
+        }
+        outcome = sign_in(state, tenant, saml_response, relay_state, now).await;
+    }
+    match outcome {
         Ok(Ok(done)) => {
             tracing::info!(tenant = tenant.slug.as_str(), "SAML login");
             Ok(done)
@@ -153,16 +167,17 @@ async fn sign_in(
     if !fresh {
         return Ok(Err(SamlError::AssertionReplayed.into()));
     }
-    let return_to = match &login.in_response_to {
+    let request = match &login.in_response_to {
         Some(request_id) => {
             match crate::db::take_saml_request(&mut tx, request_id, tenant_uuid, now).await? {
-                Some(return_to) => return_to,
+                Some(request) => Some(request),
                 None => return Ok(Err(SamlError::InResponseToMismatch.into())),
             }
         }
         None => None,
     };
-    let return_to = match return_to {
+    let step_up = request.as_ref().and_then(StepUp::of);
+    let return_to = match request.and_then(|r| r.return_to) {
         Some(url) => url,
         None => allowed_return_to(state, None)?,
     };
@@ -177,39 +192,45 @@ async fn sign_in(
     };
     let mut batch = Batch::new();
     let mut events: Vec<CustomerEvent> = Vec::new();
-    let (customer_id, mut customer): (CustomerId, Loaded<Customer>) =
-        match store.customer_by_email_in(tenant.tenant_id, &email).await? {
-            Some(id) => (id, store.customer(id).await?),
-            None if connection.jit_provisioning => {
-                let id = CustomerId::from(Uuid::now_v7());
-                let mut customer: Loaded<Customer> = Loaded::new_stream(id.to_string());
-                let display_name = login
-                    .display_name
-                    .as_deref()
-                    .and_then(|name| DisplayName::parse(name).ok())
-                    .map_or_else(|| DisplayName::parse(email.as_str()), Ok)?;
-                let registered = customer
-                    .execute(CustomerCommand::Provision {
-                        customer_id: id,
-                        tenant_id: tenant.tenant_id,
-                        email: email.clone(),
-                        display_name,
-                        source: ProvisioningSource::Saml,
-                        actor: Actor::parse(&format!("saml:{}", tenant.slug.as_str()))?,
-                        at: now,
-                    })
-                    .await?;
-                apply(&mut customer, &registered);
-                events.extend(registered);
-                (id, customer)
-            }
-            None => {
-                return Ok(Err(Refusal {
-                    error: ApiError::Forbidden,
-                    code: "saml_customer_unknown",
-                }))
-            }
-        };
+    let found = store.customer_by_email_in(tenant.tenant_id, &email).await?;
+    // A step-up's answer is the session's customer's, or nobody's.
+    if let Some(step_up) = &step_up {
+        if found != Some(step_up.customer_id) {
+            return Ok(Err(SamlError::ReauthSubjectMismatch.into()));
+        }
+    }
+    let (customer_id, mut customer): (CustomerId, Loaded<Customer>) = match found {
+        Some(id) => (id, store.customer(id).await?),
+        None if connection.jit_provisioning => {
+            let id = CustomerId::from(Uuid::now_v7());
+            let mut customer: Loaded<Customer> = Loaded::new_stream(id.to_string());
+            let display_name = login
+                .display_name
+                .as_deref()
+                .and_then(|name| DisplayName::parse(name).ok())
+                .map_or_else(|| DisplayName::parse(email.as_str()), Ok)?;
+            let registered = customer
+                .execute(CustomerCommand::Provision {
+                    customer_id: id,
+                    tenant_id: tenant.tenant_id,
+                    email: email.clone(),
+                    display_name,
+                    source: ProvisioningSource::Saml,
+                    actor: Actor::parse(&format!("saml:{}", tenant.slug.as_str()))?,
+                    at: now,
+                })
+                .await?;
+            apply(&mut customer, &registered);
+            events.extend(registered);
+            (id, customer)
+        }
+        None => {
+            return Ok(Err(Refusal {
+                error: ApiError::Forbidden,
+                code: "saml_customer_unknown",
+            }))
+        }
+    };
     let Some(customer_state) = customer.aggregate.state().cloned() else {
         return Err(ApiError::internal("customer of the email has no state"));
     };
@@ -253,8 +274,38 @@ async fn sign_in(
         events.extend(granted);
     }
     batch.add(&mut customer, &events)?;
-    let session =
-        tokens::create_session(state, &mut batch, customer_id, AuthMethod::Saml, now).await?;
+    let refresh_token = match &step_up {
+        None => Some(
+            tokens::create_session(state, &mut batch, customer_id, AuthMethod::Saml, now)
+                .await?
+                .refresh_token,
+        ),
+        Some(step_up) => {
+            let mut session: Loaded<Session> = store.load(&step_up.session_id.to_string()).await?;
+            let reauthenticated = session
+                .execute(SessionCommand::ReauthenticateWithSaml {
+                    authn_instant: login.authn_instant,
+                    requested_at: step_up.requested_at,
+                    at: now,
+                })
+                .await;
+            match reauthenticated {
+                Ok(events) => batch.add(&mut session, &events)?,
+                Err(SessionError::StaleAuthentication) => {
+                    return Ok(Err(SamlError::ReauthStale.into()))
+                }
+                // Signed out (or expired) while at the IdP.
+                Err(SessionError::NotActive) => {
+                    return Ok(Err(Refusal {
+                        error: ApiError::Unauthorized,
+                        code: "session_not_active",
+                    }))
+                }
+                Err(other) => return Err(other.into()),
+            }
+            None
+        }
+    };
 
     // The assertion, the request and the login commit together, under the
     // customer's shared lock (a login racing a suspension sees it).
@@ -280,9 +331,26 @@ async fn sign_in(
     tx.commit().await?;
     Ok(Ok(SamlSignIn {
         customer_id,
-        refresh_token: session.refresh_token,
+        refresh_token,
         return_to,
     }))
+}
+
+/// What a step-up's request says (see `crate::db::SamlRequestRow`).
+struct StepUp {
+    session_id: SessionId,
+    customer_id: CustomerId,
+    requested_at: DateTime<Utc>,
+}
+
+impl StepUp {
+    fn of(request: &crate::db::SamlRequestRow) -> Option<Self> {
+        Some(Self {
+            session_id: SessionId::from(request.session_id?),
+            customer_id: CustomerId::from(request.customer_id?),
+            requested_at: request.created_at,
+        })
+    }
 }
 
 /// Folds events the aggregate just decided into it, so the next command

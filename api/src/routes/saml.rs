@@ -14,15 +14,16 @@ use queue_domain::types::{TenantId, TenantSlug};
 use queue_domain::Tenant;
 use queue_eventstore::Loaded;
 use queue_saml::{IdpMetadata, SamlError, SpConfig};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use url::Url;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::tokens::random_bytes;
+use crate::db::SamlRequestRow;
 use crate::http::error::ApiError;
-use crate::http::extract::ClientAddress;
+use crate::http::extract::{Authenticated, ClientAddress, Json};
 use crate::routes::tenants::saml_base_url;
 use crate::state::AppState;
 
@@ -78,7 +79,6 @@ pub async fn saml_tenant(state: &AppState, slug: &str) -> Result<SamlTenant, Api
     })
 }
 
-/// The SP metadata to give the tenant's IdP.
 /// The tenant's SP metadata (entityID, ACS, NameID formats) for its IdP.
 #[utoipa::path(get, path = "/saml/{tenant_slug}/metadata", tag = "saml",
     params(("tenant_slug" = String, Path, description = "the tenant's slug")),
@@ -125,9 +125,6 @@ pub fn allowed_return_to(state: &AppState, raw: Option<&str>) -> Result<String, 
     Ok(url.to_string())
 }
 
-/// SP-initiated login: stores the AuthnRequest id (single use) with where
-/// to go afterwards, and redirects the browser to the IdP (HTTP-Redirect).
-/// The RelayState is the request id: an opaque handle, never the URL.
 /// SP-initiated login: a single-use AuthnRequest (5 minutes) and a 303 to
 /// the IdP's HTTP-Redirect SSO URL with `RelayState` = the request id.
 #[utoipa::path(get, path = "/saml/{tenant_slug}/login", tag = "saml",
@@ -159,14 +156,19 @@ pub async fn login(
         &request_id,
         now,
         Some(&request_id),
+        false,
     )
     .map_err(ApiError::Saml)?;
     crate::db::insert_saml_request(
         state.store().pool(),
-        &redirect.request_id,
+        &SamlRequestRow {
+            request_id: redirect.request_id,
+            return_to: Some(return_to),
+            created_at: now,
+            session_id: None,
+            customer_id: None,
+        },
         *tenant.tenant_id.as_uuid(),
-        Some(&return_to),
-        now,
         now + Duration::seconds(REQUEST_TTL_SECS),
     )
     .await?;
@@ -182,7 +184,6 @@ pub async fn login(
 }
 
 /// The HTTP-POST binding's form.
-/// The HTTP-POST binding's form.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct AcsForm {
     #[serde(rename = "SAMLResponse")]
@@ -191,9 +192,6 @@ pub struct AcsForm {
     pub relay_state: Option<String>,
 }
 
-/// The assertion consumer service: a verified login sets the hosted pages'
-/// refresh cookie and sends the browser (303) to the request's `return_to`,
-/// else the account page. Refusals answer their `saml_*` code.
 /// The assertion consumer service: a verified response becomes a session
 /// (303 with the hosted pages' refresh cookie); every refusal is audited.
 #[utoipa::path(post, path = "/saml/{tenant_slug}/acs", tag = "saml",
@@ -231,17 +229,6 @@ pub async fn acs(
         form.relay_state.as_deref(),
     )
     .await?;
-    let secure = state
-        .config()
-        .rp_origins
-        .first()
-        .is_some_and(|o| o.scheme() == "https");
-    let cookie = crate::http::pages::refresh_cookie(
-        &done.refresh_token,
-        state.config().absolute_timeout_secs,
-        secure,
-    )
-    .ok_or_else(|| ApiError::internal("refresh token not fit for a cookie"))?;
     let mut response = (
         StatusCode::SEE_OTHER,
         [
@@ -250,6 +237,107 @@ pub async fn acs(
         ],
     )
         .into_response();
-    response.headers_mut().append(header::SET_COOKIE, cookie);
+    // A step-up keeps the session (and the cookie) it reauthenticated.
+    if let Some(refresh_token) = &done.refresh_token {
+        let secure = state
+            .config()
+            .rp_origins
+            .first()
+            .is_some_and(|o| o.scheme() == "https");
+        let cookie = crate::http::pages::refresh_cookie(
+            refresh_token,
+            state.config().absolute_timeout_secs,
+            secure,
+        )
+        .ok_or_else(|| ApiError::internal("refresh token not fit for a cookie"))?;
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
     Ok(response)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SamlReauthRequest {
+    /// Where the browser lands after the IdP: an absolute URL on one of
+    /// QUEUE_RP_ORIGINS (default: the hosted `/account` page).
+    #[serde(default)]
+    pub return_to: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SamlReauthStarted {
+    /// The IdP's SSO URL with a `ForceAuthn` AuthnRequest: send the browser
+    /// there. Its answer at the ACS reauthenticates this session (303 to
+    /// `return_to`, no new cookie).
+    pub redirect_url: String,
+}
+
+/// Step-up for a customer of a tenant with SAML (ADR 0220): a single-use
+/// `ForceAuthn` AuthnRequest bound to the caller's session (5 minutes).
+/// The IdP must authenticate anew: an answer whose `AuthnInstant` is from
+/// before the request is refused (`saml_reauth_stale`), as is one naming
+/// another person (`saml_reauth_subject_mismatch`).
+#[utoipa::path(post, path = "/api/v1/auth/saml/reauth", tag = "saml",
+    request_body = SamlReauthRequest,
+    responses((status = 200, body = SamlReauthStarted),
+        (status = 400, description = "return_to not on an allowed origin", body = crate::http::error::ErrorEnvelope),
+        (status = 401, body = crate::http::error::ErrorEnvelope),
+        (status = 403, description = "the customer is suspended", body = crate::http::error::ErrorEnvelope),
+        (status = 404, description = "the customer's tenant has no enabled SAML connection", body = crate::http::error::ErrorEnvelope),
+        (status = 429, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)),
+    security(("bearer" = [])))]
+pub async fn reauth(
+    State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
+    auth: Authenticated,
+    Json(request): Json<SamlReauthRequest>,
+) -> Result<Json<SamlReauthStarted>, ApiError> {
+    state
+        .inner
+        .address_limiter
+        .check(&format!("saml:{address}"))
+        .await?;
+    let return_to = allowed_return_to(&state, request.return_to.as_deref())?;
+    let customer = state.store().customer(auth.customer_id).await?;
+    let customer_state = customer.aggregate.state().ok_or(ApiError::Unauthorized)?;
+    if customer_state.is_suspended() {
+        return Err(ApiError::CustomerSuspended);
+    }
+    let tenant: Loaded<Tenant> = state
+        .store()
+        .load(&customer_state.tenant_id.to_string())
+        .await?;
+    let slug = tenant
+        .aggregate
+        .state()
+        .map(|t| t.slug.clone())
+        .ok_or(ApiError::NotFound)?;
+    let tenant = saml_tenant(&state, slug.as_str()).await?;
+    let now = state.now();
+    let request_id = queue_saml::request_id_from_random(random_bytes::<20>());
+    let redirect = queue_saml::authn_request_redirect(
+        &tenant.sp,
+        &tenant.idp,
+        &request_id,
+        now,
+        Some(&request_id),
+        true,
+    )
+    .map_err(ApiError::Saml)?;
+    crate::db::insert_saml_request(
+        state.store().pool(),
+        &SamlRequestRow {
+            request_id: redirect.request_id,
+            return_to: Some(return_to),
+            created_at: now,
+            session_id: Some(*auth.session_id.as_uuid()),
+            customer_id: Some(*auth.customer_id.as_uuid()),
+        },
+        *tenant.tenant_id.as_uuid(),
+        now + Duration::seconds(REQUEST_TTL_SECS),
+    )
+    .await?;
+    tracing::info!(tenant = tenant.slug.as_str(), "SAML step-up started");
+    Ok(Json(SamlReauthStarted {
+        redirect_url: redirect.url,
+    }))
 }

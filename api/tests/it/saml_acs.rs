@@ -15,7 +15,7 @@ use queue_saml::SpConfig;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::helpers::{Response, TestApp, ORIGIN};
+use crate::helpers::{Passkey, Response, TestApp, ORIGIN};
 use crate::service::{service_app, OPS};
 use crate::tenants::{create_tenant, jwt_claims};
 
@@ -1169,4 +1169,99 @@ async fn the_acs_reads_forms_up_to_512_kib(pool: PgPool) {
     )
     .await
     .assert_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+}
+
+/// Starts a step-up at the IdP for the session of `access`; the RelayState
+/// (the ForceAuthn request's id).
+async fn start_step_up(app: &TestApp, access: &str) -> String {
+    let started = app
+        .post_auth("/api/v1/auth/saml/reauth", json!({}), access)
+        .await;
+    assert_eq!(started.status, StatusCode::OK, "{}", started.text);
+    let url = url::Url::parse(started.json["redirect_url"].as_str().unwrap()).unwrap();
+    url.query_pairs()
+        .find(|(k, _)| k == "RelayState")
+        .map(|(_, v)| v.into_owned())
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn a_step_up_answered_for_another_person_is_refused(pool: PgPool) {
+    let Setup { app, idp, base } = setup(pool).await;
+    // ann and eve are both acme's.
+    let mut access = Vec::new();
+    for email in ["ann@example.com", "eve@example.com"] {
+        let relay = start_login(&app, &format!("{base}/account")).await;
+        let (_, responses) = idp.issue(&[ask(&base, "acme", &relay, email)]);
+        let acs = post_acs(&app, &responses[0], &relay).await;
+        assert_eq!(acs.status, StatusCode::SEE_OTHER, "{}", acs.text);
+        access.push(page_refresh(&app, &acs).await);
+    }
+    // ann's step-up, answered with eve's assertion: refused with its own
+    // code and audited; no session of either is reauthenticated, no new
+    // session, no cookie.
+    let relay = start_step_up(&app, &access[0]).await;
+    let (_, responses) = idp.issue(&[ask(&base, "acme", &relay, "eve@example.com")]);
+    let before = app.event_count().await;
+    post_acs(&app, &responses[0], &relay)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "saml_reauth_subject_mismatch");
+    assert_eq!(app.event_count().await, before + 1, "only the audit event");
+    assert_eq!(
+        refusals(&app).await.last().map(String::as_str),
+        Some("saml_reauth_subject_mismatch")
+    );
+    // A refusal appends nothing, and leaves the request to its session (as
+    // a login's): ann's own answer to it reauthenticates her session and
+    // creates none.
+    let (_, responses) = idp.issue(&[ask(&base, "acme", &relay, "ann@example.com")]);
+    let done = post_acs(&app, &responses[0], &relay).await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.text);
+    assert!(!done.headers.contains_key(header::SET_COOKIE));
+    let kinds: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM events WHERE aggregate_type = 'Session' \
+         ORDER BY commit_xid, insert_id",
+    )
+    .fetch_all(&app.owner)
+    .await
+    .unwrap();
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| k.as_str() != "SessionRefreshed")
+            .collect::<Vec<_>>(),
+        [
+            "SessionCreated",
+            "SessionCreated",
+            "SessionSamlReauthenticated"
+        ]
+    );
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn a_step_up_at_the_idp_needs_a_tenant_with_saml_and_a_session(pool: PgPool) {
+    let Setup { app, .. } = setup(pool).await;
+    // The default tenant's passkey customer: no IdP to step up at.
+    let tokens = app.register(&mut Passkey::new(), "bob@example.com").await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let before = app.event_count().await;
+    app.post_auth("/api/v1/auth/saml/reauth", json!({}), access)
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    // No token, or a service token (no customer's session): 401.
+    app.post("/api/v1/auth/saml/reauth", json!({}))
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    app.post_auth("/api/v1/auth/saml/reauth", json!({}), OPS)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    // return_to off the allowed origins: 400.
+    app.post_auth(
+        "/api/v1/auth/saml/reauth",
+        json!({"return_to": "https://evil.example/"}),
+        access,
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, "invalid_request");
+    assert_eq!(app.event_count().await, before);
 }

@@ -9,7 +9,10 @@ use std::future::IntoFuture;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 
-use queue_domain::types::{TenantId, TenantSlug};
+use queue_api::auth::tokens::create_session;
+use queue_domain::session::AuthMethod;
+use queue_domain::types::{CustomerId, TenantId, TenantSlug};
+use queue_eventstore::Batch;
 use queue_saml::SpConfig;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -175,8 +178,12 @@ async fn sp_initiated_login(
 }
 
 /// The access token a page gets by refreshing with the `queue_refresh`
-/// cookie Queue set.
-async fn page_token(http: &reqwest::Client, queue: &str, set_cookie: &str) -> Value {
+/// cookie Queue set, its claims, and the rotated cookie.
+async fn page_access(
+    http: &reqwest::Client,
+    queue: &str,
+    set_cookie: &str,
+) -> (String, Value, String) {
     let token = set_cookie
         .split(';')
         .next()
@@ -193,8 +200,19 @@ async fn page_token(http: &reqwest::Client, queue: &str, set_cookie: &str) -> Va
         .await
         .unwrap();
     assert_eq!(refreshed.status(), 200);
+    let rotated = refreshed.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let body: Value = refreshed.json().await.unwrap();
-    jwt_claims(body["access_token"].as_str().unwrap())
+    let access = body["access_token"].as_str().unwrap().to_owned();
+    let claims = jwt_claims(&access);
+    (access, claims, rotated)
+}
+
+/// The claims of the access token a page gets with the cookie.
+async fn page_token(http: &reqwest::Client, queue: &str, set_cookie: &str) -> Value {
+    page_access(http, queue, set_cookie).await.1
 }
 
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
@@ -295,4 +313,163 @@ async fn a_real_idp_over_http_signs_customers_in_sp_and_idp_initiated(pool: PgPo
     );
     let claims = page_token(&http, &queue, &cookie).await;
     assert_eq!(claims["roles"], json!(["antlers-user"]));
+}
+
+impl IdpServer {
+    /// The IdP administrator's controls (`PUT /user/groups`, `PUT /sso`).
+    async fn put(&self, http: &reqwest::Client, path: &str, body: Value) {
+        let answer = http
+            .put(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 204, "{path}");
+    }
+}
+
+/// A step-up at the IdP: Queue's ForceAuthn request for the session of
+/// `access`, the IdP's form, posted to the ACS. Queue's answer to the post.
+async fn saml_step_up(
+    http: &reqwest::Client,
+    queue: &str,
+    idp: &IdpServer,
+    access: &str,
+    return_to: &str,
+) -> reqwest::Response {
+    let started = http
+        .post(format!("{queue}/api/v1/auth/saml/reauth"))
+        .bearer_auth(access)
+        .json(&json!({"return_to": return_to}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 200);
+    let started: Value = started.json().await.unwrap();
+    let to_idp = started["redirect_url"].as_str().unwrap();
+    assert!(
+        to_idp.starts_with(&format!("{}/sso/redirect?", idp.base)),
+        "{to_idp}"
+    );
+    let at_idp = http.get(to_idp).send().await.unwrap();
+    let status = at_idp.status();
+    let form = at_idp.text().await.unwrap();
+    assert_eq!(status, 200, "the IdP refused Queue's request: {form}");
+    submit(http, queue, &form).await
+}
+
+/// A factor change (new backup codes) with `access`: its status and code.
+async fn regenerate_codes(http: &reqwest::Client, queue: &str, access: &str) -> (u16, Value) {
+    let answer = http
+        .post(format!("{queue}/api/v1/auth/backup-codes"))
+        .bearer_auth(access)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status().as_u16();
+    let body: Value = answer.json().await.unwrap_or(Value::Null);
+    (status, body["error"]["code"].clone())
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn a_saml_customer_steps_up_at_the_idp_which_must_authenticate_anew(pool: PgPool) {
+    let app = service_app(pool).await;
+    let idp = IdpServer::start();
+    let tenant_id = create_tenant(&app, "acme").await;
+    connect_idp(&app, &tenant_id, &idp.metadata, json!({})).await;
+    let queue = serve(&app).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // The IdP's own session of ann began an hour ago.
+    let hour_ago = chrono::Utc::now().timestamp() - 3600;
+    idp.put(&http, "/sso", json!({"started_at": hour_ago}))
+        .await;
+    let account = format!("{ORIGIN}/account");
+    let acs = sp_initiated_login(&http, &queue, &idp, &account).await;
+    assert_eq!(acs.status(), 303, "{:?}", acs.headers());
+    let customer: String = sqlx::query_scalar(
+        "SELECT aggregate_id FROM events WHERE event_type = 'CustomerProvisioned'",
+    )
+    .fetch_one(&app.owner)
+    .await
+    .unwrap();
+    let customer = CustomerId::from(uuid::Uuid::parse_str(&customer).unwrap());
+
+    // A session of hers that signed in ten minutes ago.
+    app.clock().advance(-600);
+    let mut batch = Batch::new();
+    let old = create_session(
+        &app.state,
+        &mut batch,
+        customer,
+        AuthMethod::Saml,
+        app.clock().now(),
+    )
+    .await
+    .unwrap();
+    app.state.store().append(batch).await.unwrap();
+    app.clock().advance(600);
+    let (access, _, cookie) = page_access(
+        &http,
+        &queue,
+        &format!("queue_refresh={}", old.refresh_token),
+    )
+    .await;
+    assert_eq!(
+        regenerate_codes(&http, &queue, &access).await,
+        (401, json!("reauth_required"))
+    );
+    let reauthenticated = || async {
+        sqlx::query_scalar::<_, Value>(
+            "SELECT payload FROM events WHERE event_type = 'SessionSamlReauthenticated' \
+             AND aggregate_id = $1",
+        )
+        .bind(old.session_id.to_string())
+        .fetch_all(&app.owner)
+        .await
+        .unwrap()
+    };
+
+    // An IdP that ignores ForceAuthn answers from its hour-old session:
+    // refused, audited, the session not reauthenticated.
+    idp.put(&http, "/sso", json!({"honor_force_authn": false}))
+        .await;
+    let refused = saml_step_up(&http, &queue, &idp, &access, &account).await;
+    assert_eq!(refused.status(), 401);
+    assert!(refused.headers().get("set-cookie").is_none());
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "saml_reauth_stale");
+    assert!(reauthenticated().await.is_empty());
+    assert_eq!(
+        regenerate_codes(&http, &queue, &access).await,
+        (401, json!("reauth_required"))
+    );
+
+    // One that honours it authenticates her anew: the same session is
+    // reauthenticated (no new cookie), and the factor change goes through.
+    idp.put(&http, "/sso", json!({"honor_force_authn": true}))
+        .await;
+    let return_to = format!("{ORIGIN}/account?tab=security");
+    let done = saml_step_up(&http, &queue, &idp, &access, &return_to).await;
+    assert_eq!(done.status(), 303, "{:?}", done.headers());
+    assert_eq!(done.headers()["location"], return_to.as_str());
+    assert!(done.headers().get("set-cookie").is_none());
+    let events = reauthenticated().await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let authn_instant = events[0]["SessionSamlReauthenticated"]["authn_instant"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let authn_instant = chrono::DateTime::parse_from_rfc3339(&authn_instant).unwrap();
+    assert!(
+        authn_instant.timestamp() > hour_ago + 3000,
+        "{authn_instant}"
+    );
+    assert_eq!(regenerate_codes(&http, &queue, &access).await.0, 201);
+    // Her refreshed token says when: `auth_time` is the IdP's AuthnInstant.
+    let (_, claims, _) = page_access(&http, &queue, &cookie).await;
+    assert_eq!(claims["auth_time"], authn_instant.timestamp());
 }

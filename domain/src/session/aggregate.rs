@@ -3,7 +3,7 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 
-use super::command::{MAX_REFRESH_GRACE_SECS, STEP_UP_MAX_AGE_SECS};
+use super::command::{MAX_REFRESH_GRACE_SECS, SAML_REAUTH_SKEW_SECS, STEP_UP_MAX_AGE_SECS};
 use super::{AuthMethod, RevokeReason, SessionCommand, SessionError, SessionEvent};
 use crate::types::{CustomerId, LegacyId, SecretHash, SessionFamilyId};
 
@@ -369,6 +369,26 @@ impl Session {
                 }
                 SessionEvent::Reauthenticated { credential_id, at }
             }
+            (
+                Some(state),
+                SessionCommand::ReauthenticateWithSaml {
+                    authn_instant,
+                    requested_at,
+                    at,
+                },
+            ) => {
+                if !state.is_active(at) {
+                    return Err(SessionError::NotActive);
+                }
+                let skew = Duration::seconds(SAML_REAUTH_SKEW_SECS);
+                if authn_instant < requested_at - skew || authn_instant > at + skew {
+                    return Err(SessionError::StaleAuthentication);
+                }
+                SessionEvent::SamlReauthenticated {
+                    authn_instant: authn_instant.min(at),
+                    at,
+                }
+            }
             (Some(state), SessionCommand::RecordPasskeyAdded { credential_id, at }) => {
                 if !state.is_active(at) {
                     return Err(SessionError::NotActive);
@@ -501,6 +521,9 @@ impl Aggregate for Session {
             }
             (Some(state), SessionEvent::Reauthenticated { at, .. }) => {
                 state.auth_time = Some(at);
+            }
+            (Some(state), SessionEvent::SamlReauthenticated { authn_instant, .. }) => {
+                state.auth_time = Some(authn_instant);
             }
             (Some(state), SessionEvent::PasskeyAdded { .. }) => {
                 state.passkeys_added = state.passkeys_added.saturating_add(1);

@@ -9,6 +9,9 @@ pub const DEFAULT_IDLE_TIMEOUT_SECS: u32 = 30 * 60;
 pub const DEFAULT_ABSOLUTE_TIMEOUT_SECS: u32 = 12 * 60 * 60;
 /// How old a session's `auth_time` may be for a factor change (5 minutes).
 pub const STEP_UP_MAX_AGE_SECS: u32 = 5 * 60;
+/// How far an IdP's `AuthnInstant` may lie before the reauthentication
+/// request it answers (clock skew, as the SAML checks allow), or after now.
+pub const SAML_REAUTH_SKEW_SECS: i64 = 60;
 /// The longest window in which the previous refresh token may be retried once.
 pub const MAX_REFRESH_GRACE_SECS: u32 = 60;
 
@@ -75,6 +78,18 @@ pub enum SessionCommand {
     /// (`NotActive`) for a revoked or expired session.
     Reauthenticate {
         credential_id: CredentialId,
+        at: DateTime<Utc>,
+    },
+    /// A SAML assertion of the session's customer answering a ForceAuthn
+    /// request this session made at `requested_at`, checked by the caller
+    /// (signature, audience, subject): the session's `auth_time` becomes
+    /// the IdP's `authn_instant` (at most `at`). Refused (`NotActive`) for a
+    /// revoked or expired session, and (`StaleAuthentication`) when the IdP
+    /// did not authenticate anew: `authn_instant` more than
+    /// [`SAML_REAUTH_SKEW_SECS`] before `requested_at` or after `at`.
+    ReauthenticateWithSaml {
+        authn_instant: DateTime<Utc>,
+        requested_at: DateTime<Utc>,
         at: DateTime<Utc>,
     },
     /// This session added a passkey. Refused (`StepUp`) unless

@@ -27,6 +27,11 @@ pub enum SessionError {
     /// A factor change this session may not make now (ADR 0211).
     #[error("step-up refused: {0}")]
     StepUp(StepUpRefusal),
+    /// A SAML reauthentication whose `AuthnInstant` is not from after the
+    /// request: the IdP answered from its own session instead of
+    /// authenticating anew (ForceAuthn ignored).
+    #[error("the identity provider did not authenticate anew")]
+    StaleAuthentication,
     #[error("refresh grace period of {grace_secs} s is over the maximum of 60 s")]
     InvalidGracePeriod { grace_secs: u32 },
 }

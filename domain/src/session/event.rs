@@ -102,6 +102,15 @@ pub enum SessionEvent {
         credential_id: CredentialId,
         at: DateTime<Utc>,
     },
+    /// The customer authenticated anew at the tenant's identity provider
+    /// (at `authn_instant`, as the signed assertion says), answering this
+    /// session's ForceAuthn request: its `auth_time` is now `authn_instant`
+    /// (step-up for SAML customers, ADR 0220).
+    #[serde(rename = "SessionSamlReauthenticated")]
+    SamlReauthenticated {
+        authn_instant: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
     /// This session added the passkey `credential_id` (a backup-code
     /// session may add one, ADR 0211).
     #[serde(rename = "SessionPasskeyAdded")]
@@ -119,6 +128,7 @@ impl DomainEvent for SessionEvent {
             Self::Refreshed { .. } => "SessionRefreshed",
             Self::Revoked { .. } => "SessionRevoked",
             Self::Reauthenticated { .. } => "SessionReauthenticated",
+            Self::SamlReauthenticated { .. } => "SessionSamlReauthenticated",
             Self::PasskeyAdded { .. } => "SessionPasskeyAdded",
         }
         .to_owned()

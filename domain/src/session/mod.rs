@@ -14,7 +14,7 @@ pub use aggregate::{
 };
 pub use command::{
     SessionCommand, DEFAULT_ABSOLUTE_TIMEOUT_SECS, DEFAULT_IDLE_TIMEOUT_SECS,
-    MAX_REFRESH_GRACE_SECS, STEP_UP_MAX_AGE_SECS,
+    MAX_REFRESH_GRACE_SECS, SAML_REAUTH_SKEW_SECS, STEP_UP_MAX_AGE_SECS,
 };
 pub use error::SessionError;
 pub use event::{AuthMethod, RevokeReason, SessionEvent};

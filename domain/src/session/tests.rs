@@ -634,6 +634,89 @@ fn reauth_needs_an_active_session() {
         }]);
 }
 
+fn saml_created() -> SessionEvent {
+    SessionEvent::Created {
+        customer_id: customer_id(),
+        method: AuthMethod::Saml,
+        refresh_hash: h("r1"),
+        family_id: family_id(),
+        idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+        absolute_timeout_secs: DEFAULT_ABSOLUTE_TIMEOUT_SECS,
+        at: t(0),
+    }
+}
+
+fn saml_reauth(authn_instant: i64, requested_at: i64, at: i64) -> SessionCommand {
+    SessionCommand::ReauthenticateWithSaml {
+        authn_instant: t(authn_instant),
+        requested_at: t(requested_at),
+        at: t(at),
+    }
+}
+
+#[test]
+fn a_saml_reauthentication_moves_auth_time_to_the_idps_authn_instant() {
+    // The IdP authenticated at 1003, after the request of 1000: fresh.
+    SessionTest::with(())
+        .given(vec![saml_created()])
+        .when(saml_reauth(1003, 1000, 1010))
+        .then_expect_events(vec![SessionEvent::SamlReauthenticated {
+            authn_instant: t(1003),
+            at: t(1010),
+        }]);
+    let session = state_of(vec![
+        saml_created(),
+        SessionEvent::SamlReauthenticated {
+            authn_instant: t(1003),
+            at: t(1010),
+        },
+    ]);
+    assert_eq!(session.auth_time, Some(t(1003)));
+    assert_eq!(
+        session.step_up(FactorChange::DeletePasskey, t(1003 + WINDOW)),
+        Ok(())
+    );
+    assert_eq!(
+        session.step_up(FactorChange::DeletePasskey, t(1004 + WINDOW)),
+        Err(StepUpRefusal::ReauthRequired)
+    );
+    // An IdP clock a little ahead: auth_time is never later than Queue's now.
+    SessionTest::with(())
+        .given(vec![saml_created()])
+        .when(saml_reauth(1030, 1000, 1010))
+        .then_expect_events(vec![SessionEvent::SamlReauthenticated {
+            authn_instant: t(1010),
+            at: t(1010),
+        }]);
+}
+
+#[test]
+fn a_saml_reauthentication_must_be_anew_and_in_an_active_session() {
+    let skew = SAML_REAUTH_SKEW_SECS;
+    // The IdP answered from its own older session (ForceAuthn ignored).
+    SessionTest::with(())
+        .given(vec![saml_created()])
+        .when(saml_reauth(1000 - skew - 1, 1000, 1010))
+        .then_expect_error(SessionError::StaleAuthentication);
+    // Within the skew before the request: accepted.
+    SessionTest::with(())
+        .given(vec![saml_created()])
+        .when(saml_reauth(1000 - skew, 1000, 1010))
+        .then_expect_events(vec![SessionEvent::SamlReauthenticated {
+            authn_instant: t(1000 - skew),
+            at: t(1010),
+        }]);
+    // An AuthnInstant from the future beyond the skew.
+    SessionTest::with(())
+        .given(vec![saml_created()])
+        .when(saml_reauth(1010 + skew + 1, 1000, 1010))
+        .then_expect_error(SessionError::StaleAuthentication);
+    SessionTest::with(())
+        .given(vec![saml_created(), revoked(RevokeReason::Logout, 5)])
+        .when(saml_reauth(1003, 1000, 1010))
+        .then_expect_error(SessionError::NotActive);
+}
+
 #[test]
 fn a_backup_code_session_adds_one_passkey_and_never_deletes() {
     let added = SessionEvent::PasskeyAdded {

@@ -343,6 +343,14 @@ impl AuditFold {
                         json!({"credential_id": credential_id}),
                         at,
                     ),
+                    SessionEvent::SamlReauthenticated { authn_instant, at } => row(
+                        id,
+                        "session.reauthenticated",
+                        None,
+                        None,
+                        json!({"method": "saml", "authn_instant": authn_instant}),
+                        at,
+                    ),
                     SessionEvent::PasskeyAdded { credential_id, at } => row(
                         id,
                         "session.passkey_added",

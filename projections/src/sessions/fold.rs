@@ -155,7 +155,9 @@ impl SessionsFold {
             }
             // Step-up facts (ADR 0211): nothing the sessions table shows,
             // but the row has seen the event.
-            SessionEvent::Reauthenticated { at, .. } | SessionEvent::PasskeyAdded { at, .. } => {
+            SessionEvent::Reauthenticated { at, .. }
+            | SessionEvent::SamlReauthenticated { at, .. }
+            | SessionEvent::PasskeyAdded { at, .. } => {
                 let row = self
                     .sessions
                     .get_mut(&id)

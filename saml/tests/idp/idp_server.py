@@ -18,6 +18,11 @@ then serves until killed:
   GET /idp-initiated?sp=<SP entity id>          an unsolicited response.
   PUT /user/groups  body: a JSON list           the IdP's administrator
       moves the user to these groups; later responses carry them.
+  PUT /sso  body: {"started_at"?: epoch secs, "honor_force_authn"?: bool}
+      the IdP's own session of the user: a response's AuthnInstant is
+      when it started (a login answered from it), unless the request says
+      ForceAuthn="true" and the IdP honours it (default): then the user
+      authenticates anew and the session starts now.
 A request the IdP cannot parse (unknown SP, bad encoding, not for this IdP)
 answers 400 with the reason.
 """
@@ -26,6 +31,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -37,7 +43,7 @@ from saml2.metadata import entity_descriptor  # noqa: E402
 from saml2.saml import AUTHN_PASSWORD_PROTECTED, NAMEID_FORMAT_EMAILADDRESS, NameID  # noqa: E402
 
 
-def make_handler(idp, user):
+def make_handler(idp, user, sso):
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args):
             pass
@@ -53,18 +59,27 @@ def make_handler(idp, user):
             self.wfile.write(data)
 
         def do_PUT(self):
-            if urlparse(self.path).path != "/user/groups":
-                self.answer(404, "not found")
-                return
+            path = urlparse(self.path).path
             length = int(self.headers.get("Content-Length", "0"))
             try:
-                groups = json.loads(self.rfile.read(length))
-                if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
-                    raise ValueError("a JSON list of group names")
+                body = json.loads(self.rfile.read(length))
+                if path == "/user/groups":
+                    if not isinstance(body, list) or not all(isinstance(g, str) for g in body):
+                        raise ValueError("a JSON list of group names")
+                    user.setdefault("attributes", {})["groups"] = body
+                elif path == "/sso":
+                    if not isinstance(body, dict):
+                        raise ValueError("a JSON object")
+                    if "started_at" in body:
+                        sso["started_at"] = int(body["started_at"])
+                    if "honor_force_authn" in body:
+                        sso["honor_force_authn"] = bool(body["honor_force_authn"])
+                else:
+                    self.answer(404, "not found")
+                    return
             except ValueError as error:
                 self.answer(400, str(error))
                 return
-            user.setdefault("attributes", {})["groups"] = groups
             self.answer(204, "")
 
         def do_GET(self):
@@ -78,6 +93,9 @@ def make_handler(idp, user):
                     in_response_to = request.id
                     relay_state = query.get("RelayState", [""])[0]
                     destination = request.assertion_consumer_service_url
+                    forced = str(request.force_authn).lower() in ("true", "1")
+                    if forced and sso["honor_force_authn"]:
+                        sso["started_at"] = int(time.time())
                 elif url.path == "/idp-initiated":
                     sp = query["sp"][0]
                     in_response_to = None
@@ -95,7 +113,10 @@ def make_handler(idp, user):
                     destination=destination,
                     sp_entity_id=sp,
                     name_id=NameID(format=NAMEID_FORMAT_EMAILADDRESS, text=user["name_id"]),
-                    authn={"class_ref": AUTHN_PASSWORD_PROTECTED},
+                    authn={
+                        "class_ref": AUTHN_PASSWORD_PROTECTED,
+                        "authn_instant": sso["started_at"],
+                    },
                     sign_response=False,
                     sign_assertion=True,
                     sign_alg=xmldsig.SIG_RSA_SHA256,
@@ -130,7 +151,8 @@ def main():
             "sso_url": "http://127.0.0.1:%d/sso/redirect" % port,
         }
         idp_config, idp = server(request, directory, "idp", sp_files)
-        httpd.RequestHandlerClass = make_handler(idp, config["user"])
+        sso = {"started_at": int(time.time()), "honor_force_authn": True}
+        httpd.RequestHandlerClass = make_handler(idp, config["user"], sso)
         print(json.dumps({"port": port, "metadata": str(entity_descriptor(idp_config))}), flush=True)
         httpd.serve_forever()
 

@@ -21,7 +21,7 @@ fn the_redirect_carries_a_deflated_authn_request_and_the_relay_state() {
     let id = request_id_from_random([7; 20]);
     assert_eq!(id, format!("_{}", "07".repeat(20)));
     let at = Utc.with_ymd_and_hms(2026, 12, 6, 3, 0, 0).unwrap();
-    let request = authn_request_redirect(&sp(), &idp, &id, at, Some("r-123")).unwrap();
+    let request = authn_request_redirect(&sp(), &idp, &id, at, Some("r-123"), false).unwrap();
     assert_eq!(request.request_id, id);
 
     let url = Url::parse(&request.url).unwrap();
@@ -49,6 +49,23 @@ fn the_redirect_carries_a_deflated_authn_request_and_the_relay_state() {
     assert!(
         doc.contains("<saml:Issuer>https://queue.example.test/saml/acme/metadata</saml:Issuer>")
     );
+    assert!(
+        !doc.contains("ForceAuthn"),
+        "a login lets the IdP use its session"
+    );
+}
+
+#[test]
+fn a_step_up_request_asks_the_idp_to_authenticate_anew() {
+    let id = request_id_from_random([9; 20]);
+    let request = authn_request_redirect(&sp(), &idp(), &id, Utc::now(), None, true).unwrap();
+    assert!(
+        request
+            .xml
+            .contains("AssertionConsumerServiceURL=\"https://queue.example.test/saml/acme/acs\" ForceAuthn=\"true\">"),
+        "{}",
+        request.xml
+    );
 }
 
 #[test]
@@ -56,7 +73,7 @@ fn an_sso_url_with_a_query_keeps_it() {
     let mut idp = idp();
     idp.sso_redirect_url = "https://idp.example.test/sso?tenant=acme".to_owned();
     let id = request_id_from_random([1; 20]);
-    let request = authn_request_redirect(&sp(), &idp, &id, Utc::now(), None).unwrap();
+    let request = authn_request_redirect(&sp(), &idp, &id, Utc::now(), None, false).unwrap();
     let url = Url::parse(&request.url).unwrap();
     let names: Vec<String> = url
         .query_pairs()
@@ -75,12 +92,12 @@ fn bad_request_ids_and_long_relay_states_are_refused() {
         "_abcdefabcdefabcdef\"x",
         &format!("_{}", "a".repeat(200)),
     ] {
-        let error = authn_request_redirect(&sp(), &idp, id, Utc::now(), None).unwrap_err();
+        let error = authn_request_redirect(&sp(), &idp, id, Utc::now(), None, false).unwrap_err();
         assert_eq!(error.code(), "saml_request_id_invalid", "{id}");
     }
     let id = request_id_from_random([2; 20]);
-    let error =
-        authn_request_redirect(&sp(), &idp, &id, Utc::now(), Some(&"r".repeat(81))).unwrap_err();
+    let error = authn_request_redirect(&sp(), &idp, &id, Utc::now(), Some(&"r".repeat(81)), false)
+        .unwrap_err();
     assert_eq!(error, SamlError::RelayStateTooLong);
     assert_eq!(error.code(), "saml_relay_state_too_long");
 }

@@ -222,7 +222,28 @@
     return credentialJSON(cred);
   }
 
+  // The access token's `amr`, read from its payload (not verified here: it
+  // only picks the ceremony; the server decides).
+  function signedInWith() {
+    try {
+      const payload = access.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+      return JSON.parse(atob(payload)).amr || [];
+    } catch (_) {
+      return [];
+    }
+  }
+
   async function reauthenticate() {
+    if (signedInWith().includes('saml')) {
+      // Step-up at the organisation's identity provider (ADR 0220): the
+      // browser leaves and comes back here reauthenticated; the action is
+      // then done again by the customer.
+      const started = await request('POST', API + '/saml/reauth', {
+        return_to: window.location.href,
+      });
+      window.location.assign(started.redirect_url);
+      return new Promise(() => {});
+    }
     const begin = await request('POST', API + '/webauthn/reauth/begin', {});
     const credential = await getPasskey(begin.options);
     await request('POST', API + '/webauthn/reauth/complete', {
