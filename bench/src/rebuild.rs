@@ -411,6 +411,7 @@ fn customer_events(n: u64) -> BenchResult<Vec<SerializedEvent>> {
             idle_timeout_secs: 1_800,
             absolute_timeout_secs: 43_200,
             at: at(base, 200),
+            authn_instant: None,
         }];
         for r in 1..=3u32 {
             events.push(SessionEvent::Refreshed {

@@ -185,6 +185,7 @@ fn session_events() -> Vec<SessionEvent> {
             idle_timeout_secs: u32::MAX,
             absolute_timeout_secs: u32::MAX,
             at: t(0),
+            authn_instant: None,
         },
         SessionEvent::Imported {
             legacy_id: LegacyId::try_from(crate::types::MAX_LEDGER_INTEGER).unwrap(),

@@ -82,6 +82,7 @@ proptest! {
             idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
             absolute_timeout_secs: DEFAULT_ABSOLUTE_TIMEOUT_SECS,
             at: t(0),
+            authn_instant: None,
         });
         let mut grace_retries_since_rotation = 0;
 

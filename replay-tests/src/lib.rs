@@ -407,6 +407,7 @@ async fn customer_history(fw: &Frameworks, seed: u64, index: usize) -> Result<Ge
             idle_timeout_secs: 1800,
             absolute_timeout_secs: 43_200,
             at: created,
+            authn_instant: None,
         };
         if !tally.outcome(fw.execute::<Session>(&sid, command).await)? {
             continue;

@@ -183,12 +183,28 @@ pub struct NewSession {
     pub refresh_token: String,
 }
 
+/// A session of a customer who proved presence now (a passkey, a backup
+/// code): its `auth_time` is `now`.
 pub async fn create_session(
     state: &AppState,
     batch: &mut Batch,
     customer_id: CustomerId,
     method: AuthMethod,
     now: DateTime<Utc>,
+) -> Result<NewSession, ApiError> {
+    create_session_authenticated_at(state, batch, customer_id, method, now, None).await
+}
+
+/// A session whose customer authenticated at `authn_instant` when that is
+/// before `now` (a SAML login answered from the IdP's own session): its
+/// `auth_time`, so step-up asks for a fresh authentication.
+pub async fn create_session_authenticated_at(
+    state: &AppState,
+    batch: &mut Batch,
+    customer_id: CustomerId,
+    method: AuthMethod,
+    now: DateTime<Utc>,
+    authn_instant: Option<DateTime<Utc>>,
 ) -> Result<NewSession, ApiError> {
     let session_id = SessionId::from(Uuid::now_v7());
     let refresh_token = new_refresh_token(session_id);
@@ -202,6 +218,7 @@ pub async fn create_session(
             idle_timeout_secs: state.config().idle_timeout_secs,
             absolute_timeout_secs: state.config().absolute_timeout_secs,
             at: now,
+            authn_instant,
         })
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;

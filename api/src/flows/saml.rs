@@ -276,9 +276,16 @@ async fn sign_in(
     batch.add(&mut customer, &events)?;
     let refresh_token = match &step_up {
         None => Some(
-            tokens::create_session(state, &mut batch, customer_id, AuthMethod::Saml, now)
-                .await?
-                .refresh_token,
+            tokens::create_session_authenticated_at(
+                state,
+                &mut batch,
+                customer_id,
+                AuthMethod::Saml,
+                now,
+                Some(login.authn_instant),
+            )
+            .await?
+            .refresh_token,
         ),
         Some(step_up) => {
             let mut session: Loaded<Session> = store.load(&step_up.session_id.to_string()).await?;

@@ -9,10 +9,7 @@ use std::future::IntoFuture;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 
-use queue_api::auth::tokens::create_session;
-use queue_domain::session::AuthMethod;
-use queue_domain::types::{CustomerId, TenantId, TenantSlug};
-use queue_eventstore::Batch;
+use queue_domain::types::{TenantId, TenantSlug};
 use queue_saml::SpConfig;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -390,34 +387,12 @@ async fn a_saml_customer_steps_up_at_the_idp_which_must_authenticate_anew(pool: 
     let account = format!("{ORIGIN}/account");
     let acs = sp_initiated_login(&http, &queue, &idp, &account).await;
     assert_eq!(acs.status(), 303, "{:?}", acs.headers());
-    let customer: String = sqlx::query_scalar(
-        "SELECT aggregate_id FROM events WHERE event_type = 'CustomerProvisioned'",
-    )
-    .fetch_one(&app.owner)
-    .await
-    .unwrap();
-    let customer = CustomerId::from(uuid::Uuid::parse_str(&customer).unwrap());
-
-    // A session of hers that signed in ten minutes ago.
-    app.clock().advance(-600);
-    let mut batch = Batch::new();
-    let old = create_session(
-        &app.state,
-        &mut batch,
-        customer,
-        AuthMethod::Saml,
-        app.clock().now(),
-    )
-    .await
-    .unwrap();
-    app.state.store().append(batch).await.unwrap();
-    app.clock().advance(600);
-    let (access, _, cookie) = page_access(
-        &http,
-        &queue,
-        &format!("queue_refresh={}", old.refresh_token),
-    )
-    .await;
+    // Her Queue session is new, but she proved presence an hour ago: a
+    // factor change needs a fresh authentication.
+    let login_cookie = acs.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let (access, claims, cookie) = page_access(&http, &queue, &login_cookie).await;
+    assert_eq!(claims["auth_time"], hour_ago);
+    let session_id = claims["sid"].as_str().unwrap().to_owned();
     assert_eq!(
         regenerate_codes(&http, &queue, &access).await,
         (401, json!("reauth_required"))
@@ -427,7 +402,7 @@ async fn a_saml_customer_steps_up_at_the_idp_which_must_authenticate_anew(pool: 
             "SELECT payload FROM events WHERE event_type = 'SessionSamlReauthenticated' \
              AND aggregate_id = $1",
         )
-        .bind(old.session_id.to_string())
+        .bind(&session_id)
         .fetch_all(&app.owner)
         .await
         .unwrap()

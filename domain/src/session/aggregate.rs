@@ -300,6 +300,7 @@ impl Session {
                     idle_timeout_secs,
                     absolute_timeout_secs,
                     at,
+                    authn_instant,
                 },
             ) => {
                 if idle_timeout_secs == 0 {
@@ -320,6 +321,7 @@ impl Session {
                     idle_timeout_secs,
                     absolute_timeout_secs,
                     at,
+                    authn_instant: authn_instant.filter(|instant| *instant < at),
                 }
             }
             (
@@ -442,6 +444,7 @@ impl Aggregate for Session {
                     idle_timeout_secs,
                     absolute_timeout_secs,
                     at,
+                    authn_instant,
                 },
             ) => {
                 self.state = Some(SessionState {
@@ -458,7 +461,7 @@ impl Aggregate for Session {
                     grace_used: false,
                     retired_refresh_hashes: Vec::new(),
                     revocation: None,
-                    auth_time: Some(at),
+                    auth_time: Some(authn_instant.unwrap_or(at)),
                     passkeys_added: 0,
                 });
             }

@@ -28,6 +28,10 @@ pub enum SessionCommand {
         /// Usually [`DEFAULT_ABSOLUTE_TIMEOUT_SECS`].
         absolute_timeout_secs: u32,
         at: DateTime<Utc>,
+        /// When the customer authenticated, as the IdP of a SAML login
+        /// says (`AuthnInstant`); `None` when it is `at` (a passkey or a
+        /// backup code proves presence now). Later than `at` counts as `at`.
+        authn_instant: Option<DateTime<Utc>>,
     },
     /// A live legacy session (`revoked_at IS NULL`) backfilled with its refresh
     /// token hash, so the client's token keeps working.

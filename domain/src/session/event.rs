@@ -69,6 +69,12 @@ pub enum SessionEvent {
         idle_timeout_secs: u32,
         absolute_timeout_secs: u32,
         at: DateTime<Utc>,
+        /// When the customer last proved presence, if before `at`: a SAML
+        /// login answered from the IdP's own session (its `AuthnInstant`).
+        /// The session's `auth_time` (step-up) is this, else `at`. Absent in
+        /// every other event (stored bytes unchanged, ADR 0220).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        authn_instant: Option<DateTime<Utc>>,
     },
     #[serde(rename = "SessionImported")]
     Imported {

@@ -33,6 +33,7 @@ fn create_command(idle: u32, absolute: u32) -> SessionCommand {
         idle_timeout_secs: idle,
         absolute_timeout_secs: absolute,
         at: t(0),
+        authn_instant: None,
     }
 }
 
@@ -45,6 +46,7 @@ fn created() -> SessionEvent {
         idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
         absolute_timeout_secs: DEFAULT_ABSOLUTE_TIMEOUT_SECS,
         at: t(0),
+        authn_instant: None,
     }
 }
 
@@ -564,6 +566,7 @@ fn backup_created() -> SessionEvent {
         idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
         absolute_timeout_secs: DEFAULT_ABSOLUTE_TIMEOUT_SECS,
         at: t(0),
+        authn_instant: None,
     }
 }
 
@@ -643,6 +646,7 @@ fn saml_created() -> SessionEvent {
         idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
         absolute_timeout_secs: DEFAULT_ABSOLUTE_TIMEOUT_SECS,
         at: t(0),
+        authn_instant: None,
     }
 }
 
@@ -688,6 +692,50 @@ fn a_saml_reauthentication_moves_auth_time_to_the_idps_authn_instant() {
             authn_instant: t(1010),
             at: t(1010),
         }]);
+}
+
+#[test]
+fn a_saml_login_from_the_idps_older_session_is_not_a_fresh_authentication() {
+    let create = |authn_instant: i64| SessionCommand::Create {
+        customer_id: customer_id(),
+        method: AuthMethod::Saml,
+        refresh_hash: h("r1"),
+        family_id: family_id(),
+        idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+        absolute_timeout_secs: DEFAULT_ABSOLUTE_TIMEOUT_SECS,
+        at: t(1000),
+        authn_instant: Some(t(authn_instant)),
+    };
+    let created = |authn_instant: Option<i64>| SessionEvent::Created {
+        customer_id: customer_id(),
+        method: AuthMethod::Saml,
+        refresh_hash: h("r1"),
+        family_id: family_id(),
+        idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+        absolute_timeout_secs: DEFAULT_ABSOLUTE_TIMEOUT_SECS,
+        at: t(1000),
+        authn_instant: authn_instant.map(t),
+    };
+    // The IdP authenticated her an hour before the login: that is her
+    // auth_time, and a factor change needs a step-up at once.
+    SessionTest::with(())
+        .given_no_previous_events()
+        .when(create(1000 - 3600))
+        .then_expect_events(vec![created(Some(1000 - 3600))]);
+    let session = state_of(vec![created(Some(1000 - 3600))]);
+    assert_eq!(session.auth_time, Some(t(1000 - 3600)));
+    assert_eq!(
+        session.step_up(FactorChange::AddPasskey, t(1000)),
+        Err(StepUpRefusal::ReauthRequired)
+    );
+    // An instant at or after the login (an IdP clock ahead) is the login's.
+    for later in [1000, 1030] {
+        SessionTest::with(())
+            .given_no_previous_events()
+            .when(create(later))
+            .then_expect_events(vec![created(None)]);
+    }
+    assert_eq!(state_of(vec![created(None)]).auth_time, Some(t(1000)));
 }
 
 #[test]

@@ -377,6 +377,7 @@ mod tenants {
                 idle_timeout_secs: 1800,
                 absolute_timeout_secs: 43200,
                 at: at(),
+                authn_instant: None,
             },
         )
         .await;

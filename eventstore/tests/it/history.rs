@@ -137,6 +137,7 @@ async fn replay_at_several_instants_matches_the_script(pool: PgPool) {
                 idle_timeout_secs: 1800,
                 absolute_timeout_secs: 43200,
                 at: t(3),
+                authn_instant: None,
             },
         )
         .await

@@ -44,6 +44,7 @@ impl SessionsFold {
                 idle_timeout_secs,
                 absolute_timeout_secs,
                 at,
+                ..
             } => {
                 let credential_id = match method {
                     AuthMethod::Webauthn { credential_id } => Some(*credential_id.as_uuid()),

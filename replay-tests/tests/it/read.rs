@@ -133,6 +133,7 @@ async fn read_functions_answer_what_the_api_asks(pool: PgPool) {
             idle_timeout_secs: 1800,
             absolute_timeout_secs: 43_200,
             at: t0,
+            authn_instant: None,
         },
     )
     .await
@@ -159,6 +160,7 @@ async fn read_functions_answer_what_the_api_asks(pool: PgPool) {
             idle_timeout_secs: 1800,
             absolute_timeout_secs: 43_200,
             at: t0,
+            authn_instant: None,
         },
     )
     .await
