@@ -148,6 +148,28 @@ pub async fn login(
         .await?;
     let tenant = saml_tenant(&state, &tenant_slug).await?;
     let return_to = allowed_return_to(&state, query.return_to.as_deref())?;
+    let url = send_to_idp(&state, &tenant, return_to, None).await?;
+    tracing::info!(tenant = tenant.slug.as_str(), "SAML login started");
+    Ok((
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, url.as_str()),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+    )
+        .into_response())
+}
+
+/// Stores a single-use AuthnRequest (5 minutes) and returns the IdP URL
+/// that carries it, with the request id as `RelayState`. `step_up`: the
+/// (session, customer) a ForceAuthn request reauthenticates; `None` for a
+/// login.
+async fn send_to_idp(
+    state: &AppState,
+    tenant: &SamlTenant,
+    return_to: String,
+    step_up: Option<(uuid::Uuid, uuid::Uuid)>,
+) -> Result<String, ApiError> {
     let now = state.now();
     let request_id = queue_saml::request_id_from_random(random_bytes::<20>());
     let redirect = queue_saml::authn_request_redirect(
@@ -156,7 +178,7 @@ pub async fn login(
         &request_id,
         now,
         Some(&request_id),
-        false,
+        step_up.is_some(),
     )
     .map_err(ApiError::Saml)?;
     crate::db::insert_saml_request(
@@ -165,22 +187,14 @@ pub async fn login(
             request_id: redirect.request_id,
             return_to: Some(return_to),
             created_at: now,
-            session_id: None,
-            customer_id: None,
+            session_id: step_up.map(|(session, _)| session),
+            customer_id: step_up.map(|(_, customer)| customer),
         },
         *tenant.tenant_id.as_uuid(),
         now + Duration::seconds(REQUEST_TTL_SECS),
     )
     .await?;
-    tracing::info!(tenant = tenant.slug.as_str(), "SAML login started");
-    Ok((
-        StatusCode::SEE_OTHER,
-        [
-            (header::LOCATION, redirect.url.as_str()),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-    )
-        .into_response())
+    Ok(redirect.url)
 }
 
 /// The HTTP-POST binding's form.
@@ -312,32 +326,8 @@ pub async fn reauth(
         .map(|t| t.slug.clone())
         .ok_or(ApiError::NotFound)?;
     let tenant = saml_tenant(&state, slug.as_str()).await?;
-    let now = state.now();
-    let request_id = queue_saml::request_id_from_random(random_bytes::<20>());
-    let redirect = queue_saml::authn_request_redirect(
-        &tenant.sp,
-        &tenant.idp,
-        &request_id,
-        now,
-        Some(&request_id),
-        true,
-    )
-    .map_err(ApiError::Saml)?;
-    crate::db::insert_saml_request(
-        state.store().pool(),
-        &SamlRequestRow {
-            request_id: redirect.request_id,
-            return_to: Some(return_to),
-            created_at: now,
-            session_id: Some(*auth.session_id.as_uuid()),
-            customer_id: Some(*auth.customer_id.as_uuid()),
-        },
-        *tenant.tenant_id.as_uuid(),
-        now + Duration::seconds(REQUEST_TTL_SECS),
-    )
-    .await?;
+    let step_up = (*auth.session_id.as_uuid(), *auth.customer_id.as_uuid());
+    let redirect_url = send_to_idp(&state, &tenant, return_to, Some(step_up)).await?;
     tracing::info!(tenant = tenant.slug.as_str(), "SAML step-up started");
-    Ok(Json(SamlReauthStarted {
-        redirect_url: redirect.url,
-    }))
+    Ok(Json(SamlReauthStarted { redirect_url }))
 }
