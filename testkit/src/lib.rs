@@ -3,7 +3,8 @@
 //! router under test ([`app`]), software passkeys ([`passkey`] for ES256
 //! through webauthn-authenticator-rs, [`soft`] for every COSE algorithm and
 //! attestation format), polling with a deadline ([`poll`]), test key
-//! material ([`keys`]) and a TCP proxy a test can cut ([`proxy`]).
+//! material ([`keys`]), a TCP proxy a test can cut ([`proxy`]) and a real
+//! SAML identity provider over HTTP ([`saml_idp`]).
 //!
 //! Dev-only: a dev-dependency of the crates' tests and a dependency of
 //! `bench/`, never of a shipped crate. Like test code, it fails loudly
@@ -23,4 +24,5 @@ pub mod keys;
 pub mod passkey;
 pub mod poll;
 pub mod proxy;
+pub mod saml_idp;
 pub mod soft;

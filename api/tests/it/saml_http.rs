@@ -6,8 +6,6 @@
 //! with an IdP-initiated response.
 
 use std::future::IntoFuture;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
 
 use queue_domain::types::{TenantId, TenantSlug};
 use queue_saml::SpConfig;
@@ -15,79 +13,22 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::helpers::{TestApp, ORIGIN};
-use crate::saml_acs::{connect_idp, repo_root, IDP_ENTITY_ID};
+use crate::saml_acs::{connect_idp, IDP_ENTITY_ID};
 use crate::service::service_app;
 use crate::tenants::{create_tenant, jwt_claims};
+use queue_testkit::saml_idp::IdpServer;
 
-/// The IdP server process; killed when dropped.
-struct IdpServer {
-    child: Child,
-    base: String,
-    metadata: String,
-    _dir: tempdir::Dir,
-}
-
-mod tempdir {
-    /// A directory removed when dropped.
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-impl Drop for IdpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl IdpServer {
-    /// Starts the IdP for acme's SP, with one user: ann, in group `eng`.
-    fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "queue-saml-http-idp-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let python = repo_root().join(".dev/saml/venv/bin/python");
-        let script = repo_root().join("saml/tests/idp/idp_server.py");
-        let mut child = Command::new(&python)
-            .arg(&script)
-            .arg(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e}; run scripts/saml-setup", python.display()));
-        let config = json!({
-            "idp_entity_id": IDP_ENTITY_ID,
-            "sp_metadata": [SpConfig::for_tenant(ORIGIN, "acme").unwrap().metadata_xml()],
-            "user": {
-                "name_id": "ann@example.com",
-                "attributes": {"mail": ["ann@example.com"], "displayName": ["Ann Example"],
-                               "groups": ["eng"]},
-            },
-        });
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(config.to_string().as_bytes()).unwrap();
-        drop(stdin);
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let ready: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("the IdP did not start ({e}): {line:?}"));
-        Self {
-            base: format!("http://127.0.0.1:{}", ready["port"]),
-            metadata: ready["metadata"].as_str().unwrap().to_owned(),
-            child,
-            _dir: tempdir::Dir(dir),
-        }
-    }
+/// The IdP for acme's SP, with one user: ann, in group `eng`.
+fn start_idp() -> IdpServer {
+    IdpServer::start(
+        IDP_ENTITY_ID,
+        &[SpConfig::for_tenant(ORIGIN, "acme").unwrap().metadata_xml()],
+        json!({
+            "name_id": "ann@example.com",
+            "attributes": {"mail": ["ann@example.com"], "displayName": ["Ann Example"],
+                           "groups": ["eng"]},
+        }),
+    )
 }
 
 /// An `<input name="…" value="…">` of the IdP's form, HTML entities undone.
@@ -215,7 +156,7 @@ async fn page_token(http: &reqwest::Client, queue: &str, set_cookie: &str) -> Va
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn a_real_idp_over_http_signs_customers_in_sp_and_idp_initiated(pool: PgPool) {
     let app = service_app(pool).await;
-    let idp = IdpServer::start();
+    let idp = start_idp();
     let tenant_id = create_tenant(&app, "acme").await;
     connect_idp(
         &app,
@@ -285,13 +226,7 @@ async fn a_real_idp_over_http_signs_customers_in_sp_and_idp_initiated(pool: PgPo
     // The IdP's administrator takes ann out of `eng`: her next login
     // revokes the role the group gave, by `saml:acme` with the reason, and
     // her new token no longer carries it.
-    let moved = http
-        .put(format!("{}/user/groups", idp.base))
-        .json(&json!([]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(moved.status(), 204);
+    idp.put("/user/groups", json!([])).await;
     let acs = sp_initiated_login(&http, &queue, &idp, &return_to).await;
     assert_eq!(acs.status(), 303, "{:?}", acs.headers());
     let cookie = acs.headers()["set-cookie"].to_str().unwrap().to_owned();
@@ -310,19 +245,6 @@ async fn a_real_idp_over_http_signs_customers_in_sp_and_idp_initiated(pool: PgPo
     );
     let claims = page_token(&http, &queue, &cookie).await;
     assert_eq!(claims["roles"], json!(["antlers-user"]));
-}
-
-impl IdpServer {
-    /// The IdP administrator's controls (`PUT /user/groups`, `PUT /sso`).
-    async fn put(&self, http: &reqwest::Client, path: &str, body: Value) {
-        let answer = http
-            .put(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(answer.status(), 204, "{path}");
-    }
 }
 
 /// A step-up at the IdP: Queue's ForceAuthn request for the session of
@@ -372,7 +294,7 @@ async fn regenerate_codes(http: &reqwest::Client, queue: &str, access: &str) -> 
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn a_saml_customer_steps_up_at_the_idp_which_must_authenticate_anew(pool: PgPool) {
     let app = service_app(pool).await;
-    let idp = IdpServer::start();
+    let idp = start_idp();
     let tenant_id = create_tenant(&app, "acme").await;
     connect_idp(&app, &tenant_id, &idp.metadata, json!({})).await;
     let queue = serve(&app).await;
@@ -382,8 +304,7 @@ async fn a_saml_customer_steps_up_at_the_idp_which_must_authenticate_anew(pool: 
         .unwrap();
     // The IdP's own session of ann began an hour ago.
     let hour_ago = chrono::Utc::now().timestamp() - 3600;
-    idp.put(&http, "/sso", json!({"started_at": hour_ago}))
-        .await;
+    idp.put("/sso", json!({"started_at": hour_ago})).await;
     let account = format!("{ORIGIN}/account");
     let acs = sp_initiated_login(&http, &queue, &idp, &account).await;
     assert_eq!(acs.status(), 303, "{:?}", acs.headers());
@@ -410,8 +331,7 @@ async fn a_saml_customer_steps_up_at_the_idp_which_must_authenticate_anew(pool: 
 
     // An IdP that ignores ForceAuthn answers from its hour-old session:
     // refused, audited, the session not reauthenticated.
-    idp.put(&http, "/sso", json!({"honor_force_authn": false}))
-        .await;
+    idp.put("/sso", json!({"honor_force_authn": false})).await;
     let refused = saml_step_up(&http, &queue, &idp, &access, &account).await;
     assert_eq!(refused.status(), 401);
     assert!(refused.headers().get("set-cookie").is_none());
@@ -425,8 +345,7 @@ async fn a_saml_customer_steps_up_at_the_idp_which_must_authenticate_anew(pool: 
 
     // One that honours it authenticates her anew: the same session is
     // reauthenticated (no new cookie), and the factor change goes through.
-    idp.put(&http, "/sso", json!({"honor_force_authn": true}))
-        .await;
+    idp.put("/sso", json!({"honor_force_authn": true})).await;
     let return_to = format!("{ORIGIN}/account?tab=security");
     let done = saml_step_up(&http, &queue, &idp, &access, &return_to).await;
     assert_eq!(done.status(), 303, "{:?}", done.headers());

@@ -2,10 +2,15 @@
 //! `chromium-driver`, installed by scripts/browser-setup) against a real
 //! `queue serve`, with WebDriver virtual authenticators doing the WebAuthn
 //! ceremonies: every step a person takes, through the page ids the contract
-//! names (docs/api-contract.md, "Hosted pages"; ADR 0209).
+//! names (docs/api-contract.md, "Hosted pages"; ADR 0209). And a SAML
+//! customer's sign-in and step-up through pysaml2's IdP on another site,
+//! its auto-posting forms submitted by the browser (ADRs 0218, 0220).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use queue_testkit::poll::eventually_within;
+use queue_testkit::saml_idp::IdpServer;
 use serde_json::{json, Value};
 
 use crate::procs::{client, Instance, Keys, TestDb};
@@ -16,21 +21,22 @@ const EMAIL: &str = "ada@example.com";
 /// `queue serve` whose WebAuthn origin is the page's (`http://localhost:PORT`
 /// is a secure context, so WebAuthn works over plain HTTP there).
 async fn serve(tag: &str) -> (TestDb, Keys, Instance, String) {
+    serve_with(tag, &[]).await
+}
+
+/// As [`serve`], with `extra` settings.
+async fn serve_with(tag: &str, extra: &[(&str, &str)]) -> (TestDb, Keys, Instance, String) {
     let db = TestDb::create(tag).await;
     let keys = Keys::new(tag);
-    let instance = Instance::start_with(
-        tag,
-        &db.url(tag),
-        &keys,
-        &[
-            ("QUEUE_RP_ID", "localhost"),
-            ("QUEUE_RP_ORIGIN", "http://localhost:{port}"),
-            ("QUEUE_ISSUER", "http://localhost:{port}"),
-            ("QUEUE_RATE_LIMIT_PER_ADDRESS", "1000"),
-            ("QUEUE_RATE_LIMIT_PER_ACCOUNT", "1000"),
-        ],
-    )
-    .await;
+    let mut settings = vec![
+        ("QUEUE_RP_ID", "localhost"),
+        ("QUEUE_RP_ORIGIN", "http://localhost:{port}"),
+        ("QUEUE_ISSUER", "http://localhost:{port}"),
+        ("QUEUE_RATE_LIMIT_PER_ADDRESS", "1000"),
+        ("QUEUE_RATE_LIMIT_PER_ACCOUNT", "1000"),
+    ];
+    settings.extend_from_slice(extra);
+    let instance = Instance::start_with(tag, &db.url(tag), &keys, &settings).await;
     let origin = instance.base.replace("127.0.0.1", "localhost");
     (db, keys, instance, origin)
 }
@@ -475,4 +481,125 @@ async fn every_page_is_served_with_a_strict_policy() {
             assert!(!body.contains("://"), "{path}: {body}");
         }
     }
+}
+
+/// A tenant admin's token for the SAML test.
+const ADMIN: &str = "admin-token-pages-000001";
+
+#[tokio::test]
+async fn a_saml_customer_signs_in_and_steps_up_at_the_idp_in_a_real_browser() {
+    let (db, _keys, instance, origin) = serve_with(
+        "pages_saml",
+        &[
+            ("QUEUE_SERVICE_TOKEN_ADMIN", ADMIN),
+            ("QUEUE_SERVICE_SCOPES_ADMIN", "admin"),
+        ],
+    )
+    .await;
+    // pysaml2's IdP on its own origin, knowing acme's SP at the page's.
+    let sp = queue_saml::SpConfig::for_tenant(&origin, "acme").unwrap();
+    let idp = IdpServer::start(
+        "https://idp.example.test/idp",
+        &[sp.metadata_xml()],
+        json!({"name_id": "ann@example.com",
+               "attributes": {"mail": ["ann@example.com"], "displayName": ["Ann Example"]}}),
+    );
+    // Her IdP session began an hour ago: her login is not a fresh proof.
+    let hour_ago = epoch_secs() - 3600;
+    idp.put("/sso", json!({"started_at": hour_ago})).await;
+    let http = client();
+    let created = http
+        .post(format!("{}/api/v1/tenants", instance.base))
+        .bearer_auth(ADMIN)
+        .json(&json!({"slug": "acme", "name": "Acme Inc."}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let tenant: Value = created.json().await.unwrap();
+    let configured = http
+        .put(format!(
+            "{}/api/v1/tenants/{}/saml",
+            instance.base,
+            tenant["tenant_id"].as_str().unwrap()
+        ))
+        .bearer_auth(ADMIN)
+        .json(
+            &json!({"idp_metadata": idp.metadata, "email_attribute": "mail",
+                      "display_name_attribute": "displayName", "jit_provisioning": true}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        configured.status(),
+        200,
+        "{}",
+        configured.text().await.unwrap()
+    );
+
+    // The browser goes to acme's login, through the IdP (its auto-posting
+    // form, from another site), and lands on the account page signed in.
+    let browser = Browser::start().await;
+    browser.goto(&format!("{origin}/saml/acme/login")).await;
+    browser.wait_path("/account").await;
+    browser
+        .wait_for("ul#sessions > li[data-current=\"true\"]")
+        .await;
+    assert_eq!(
+        browser.text_of("#me").await.as_deref(),
+        Some("ann@example.com")
+    );
+    assert_refresh_token_hidden(&browser).await;
+
+    // New backup codes need a fresh authentication: the page sends her to
+    // the IdP with ForceAuthn, and she comes back to a new load of this page
+    // (the mark set on this one is gone).
+    browser
+        .js("window.queueTestMark = true; return null;", json!([]))
+        .await;
+    browser.click("#backup-codes").await;
+    eventually_within("the page to come back from the IdP", Duration::from_secs(15), || async {
+        let fresh = browser
+            .js("return typeof window.queueTestMark === 'undefined' && document.readyState === 'complete';", json!([]))
+            .await;
+        (fresh == json!(true)).then_some(())
+    })
+    .await;
+    browser.wait_path("/account").await;
+    browser
+        .wait_for("ul#sessions > li[data-current=\"true\"]")
+        .await;
+    let reauthenticated: Vec<String> = sqlx::query_scalar(
+        "SELECT aggregate_id FROM events WHERE event_type = 'SessionSamlReauthenticated'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(reauthenticated.len(), 1, "one step-up at the IdP");
+    // Now the same click gives the codes.
+    browser.click("#backup-codes").await;
+    browser
+        .wait_for_count("ul#codes > li", |n| n == 10, "to be ten")
+        .await;
+    // One session all along: the step-up reauthenticated it.
+    let sessions: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'SessionCreated'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(sessions, 1);
+    assert_clean_console(&browser).await;
+
+    drop(browser);
+    let log = instance.log_text();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// Seconds since the epoch.
+fn epoch_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
