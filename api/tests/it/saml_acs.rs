@@ -1265,3 +1265,30 @@ async fn a_step_up_at_the_idp_needs_a_tenant_with_saml_and_a_session(pool: PgPoo
     .assert_error(StatusCode::BAD_REQUEST, "invalid_request");
     assert_eq!(app.event_count().await, before);
 }
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn a_step_up_answered_after_the_session_ended_is_refused(pool: PgPool) {
+    let Setup { app, idp, base } = setup(pool).await;
+    let relay = start_login(&app, &format!("{base}/account")).await;
+    let (_, responses) = idp.issue(&[ask(&base, "acme", &relay, "ann@example.com")]);
+    let acs = post_acs(&app, &responses[0], &relay).await;
+    assert_eq!(acs.status, StatusCode::SEE_OTHER, "{}", acs.text);
+    let access = page_refresh(&app, &acs).await;
+    // She starts a step-up, then signs out (another tab) while at the IdP.
+    let relay = start_step_up(&app, &access).await;
+    let logout = app
+        .post_auth("/api/v1/auth/logout", json!({}), &access)
+        .await;
+    assert_eq!(logout.status, StatusCode::NO_CONTENT, "{}", logout.text);
+    let (_, responses) = idp.issue(&[ask(&base, "acme", &relay, "ann@example.com")]);
+    let before = app.event_count().await;
+    post_acs(&app, &responses[0], &relay)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    // Only the refusal's audit event; no session comes back to life.
+    assert_eq!(app.event_count().await, before + 1);
+    assert_eq!(
+        refusals(&app).await.last().map(String::as_str),
+        Some("session_not_active")
+    );
+}
