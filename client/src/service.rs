@@ -67,6 +67,11 @@ pub struct AuditWrite {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Value>,
     pub idempotency_key: String,
+    /// The slug of the tenant an entry without `customer_id` belongs to
+    /// (a token limited to several tenants must name one; see
+    /// [`AuditWrite::in_tenant`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 impl AuditWrite {
@@ -85,7 +90,16 @@ impl AuditWrite {
             occurred_at: None,
             metadata: None,
             idempotency_key: uuid::Uuid::new_v4().to_string(),
+            tenant: None,
         }
+    }
+
+    /// An entry about no customer, in the tenant `slug`: the tenant's
+    /// limited tokens read it back. Naming a customer as well is refused
+    /// (400): a customer's entry is its tenant's.
+    pub fn in_tenant(mut self, slug: impl Into<String>) -> Self {
+        self.tenant = Some(slug.into());
+        self
     }
 
     /// The same write under a key of the caller's (e.g. derived from its own

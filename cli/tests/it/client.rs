@@ -260,6 +260,33 @@ async fn an_audit_write_is_retried_across_503s_and_stays_idempotent() {
         matches!(bad, Err(ClientError::Api { status: 401, .. })),
         "{bad:?}"
     );
+
+    // An entry about no customer, in a tenant: the default one (`queue
+    // serve` creates its stream); a tenant that does not exist is 404.
+    let in_default =
+        AuditWrite::new("billing", "invoice.voided", "invoice:43").in_tenant("default");
+    let written = service.write_audit(&in_default).await.unwrap();
+    let tenant: Option<String> = sqlx::query_scalar(
+        "SELECT payload->'AuditRecorded'->>'tenant_id' FROM events \
+         WHERE aggregate_type = 'Audit' AND aggregate_id = $1",
+    )
+    .bind(&written.event_id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        tenant.as_deref(),
+        Some("e02b51ee-91ce-59b2-8ff6-b3ef33a10a99")
+    );
+    let nowhere = service
+        .write_audit(
+            &AuditWrite::new("billing", "invoice.voided", "invoice:44").in_tenant("initech"),
+        )
+        .await;
+    assert!(
+        matches!(nowhere, Err(ClientError::Api { status: 404, .. })),
+        "{nowhere:?}"
+    );
 }
 
 /// A service with every scope the RBAC, admin and gate calls need.
