@@ -98,6 +98,14 @@ fn v1_groups() -> [(Priority, OpenApiRouter<AppState>); 4] {
     ]
 }
 
+/// Every priority group: `/api/v1`'s and the tenants' SAML routes (issue
+/// 22), which browsers and IdPs call outside `/api/v1` but which sign
+/// people in and are shed, refused while draining and behind the breaker
+/// like a passkey login.
+fn priority_groups() -> impl Iterator<Item = (Priority, OpenApiRouter<AppState>)> {
+    v1_groups().into_iter().chain(routes::saml::groups())
+}
+
 /// The v1 routes and their OpenAPI description: each priority group
 /// wrapped in `resilience` (the layers only `/api/v1` runs inside:
 /// draining, shedding, breaker, deadline) and, outside that, its priority
@@ -105,18 +113,15 @@ fn v1_groups() -> [(Priority, OpenApiRouter<AppState>); 4] {
 /// answers 500 (`resilience::shedding::guard`; a test sends every operation of the
 /// document through the app), so none is silently NORMAL.
 fn v1_routes(resilience: Resilience<'_>) -> OpenApiRouter<AppState> {
-    v1_groups()
-        .into_iter()
-        .fold(OpenApiRouter::new(), |v1, (priority, routes)| {
-            v1.merge(resilience(routes).route_layer(Extension(priority)))
-        })
+    priority_groups().fold(OpenApiRouter::new(), |v1, (priority, routes)| {
+        v1.merge(resilience(routes).route_layer(Extension(priority)))
+    })
 }
 
 /// Every `/api/v1` operation with its declared priority: `(method, path,
 /// priority)`, the method lowercase and the path as in the OpenAPI document.
 pub fn route_priorities() -> Vec<(String, String, Priority)> {
-    let mut out: Vec<(String, String, Priority)> = v1_groups()
-        .into_iter()
+    let mut out: Vec<(String, String, Priority)> = priority_groups()
         .flat_map(|(priority, routes)| {
             let (_, doc) = routes.split_for_parts();
             operations(&doc)
@@ -163,7 +168,6 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     http::openapi::add_shared_responses(&mut v1);
     let (_, mut doc) = OpenApiRouter::<AppState>::with_openapi(http::openapi::ApiDoc::openapi())
         .merge(operation_routes())
-        .merge(routes::saml::routes())
         .split_for_parts();
     doc.merge(v1);
     doc.paths.paths.insert(
@@ -219,9 +223,6 @@ pub fn app(state: AppState) -> Router {
         let (v1, _) = v1_routes(&resilience).split_for_parts();
         // The hosted pages only call /api/v1, so they share its flag.
         router = router.merge(http::pages::routes());
-        // The tenants' SAML service providers (issue 22), beside the pages.
-        let (saml, _) = routes::saml::routes().split_for_parts();
-        router = router.merge(saml);
         router = with_deadline(&state, router).merge(v1);
     } else {
         router = with_deadline(&state, router);

@@ -71,7 +71,14 @@ pub fn add_shared_responses(doc: &mut utoipa::openapi::OpenApi) {
             &mut item.patch,
         ];
         for operation in operations.into_iter().flatten() {
-            let has_body = operation.request_body.is_some();
+            // A JSON body's refusals; the ACS's form documents its own.
+            let has_body = operation
+                .request_body
+                .as_ref()
+                .is_some_and(|body| match body {
+                    RefOr::T(body) => body.content.contains_key("application/json"),
+                    RefOr::Ref(_) => true,
+                });
             let responses = &mut operation.responses.responses;
             let mut add = |status: &str, description: &str, retry_after: bool| {
                 let response = responses

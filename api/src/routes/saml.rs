@@ -24,6 +24,7 @@ use crate::auth::tokens::random_bytes;
 use crate::db::SamlRequestRow;
 use crate::http::error::ApiError;
 use crate::http::extract::{Authenticated, ClientAddress, Json};
+use crate::resilience::shedding::Priority;
 use crate::routes::tenants::saml_base_url;
 use crate::state::AppState;
 
@@ -37,15 +38,25 @@ pub const ACS_BODY_LIMIT: usize = 512 * 1024;
 /// How long an AuthnRequest may stay unanswered.
 pub const REQUEST_TTL_SECS: i64 = 5 * 60;
 
-/// The SAML routes and their OpenAPI description (tag `saml`): `app`
-/// serves the router, `openapi()` documents them.
-pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(metadata))
+/// The SAML routes and their OpenAPI description (tag `saml`), by
+/// load-shedding priority: signing in (`login`, `acs`) is CRITICAL, as a
+/// passkey login is; the metadata NORMAL. `app` serves them inside the
+/// same draining, shedding, breaker and deadline layers as `/api/v1`.
+pub fn groups() -> [(Priority, OpenApiRouter<AppState>); 2] {
+    let sign_in = OpenApiRouter::new()
         .routes(routes!(login))
         .routes(routes!(acs))
         // The form extractor's own limit, as `read_body`'s for this path.
-        .route_layer(DefaultBodyLimit::max(ACS_BODY_LIMIT))
+        .route_layer(DefaultBodyLimit::max(ACS_BODY_LIMIT));
+    let metadata = OpenApiRouter::new().routes(routes!(metadata));
+    [(Priority::Critical, sign_in), (Priority::Normal, metadata)]
+}
+
+/// The SAML routes as one router (for the OpenAPI document).
+pub fn routes() -> OpenApiRouter<AppState> {
+    groups()
+        .into_iter()
+        .fold(OpenApiRouter::new(), |all, (_, routes)| all.merge(routes))
 }
 
 /// A tenant with an enabled SAML connection, as the SAML routes need it.

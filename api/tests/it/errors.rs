@@ -169,6 +169,16 @@ async fn while_draining_api_requests_answer_shutting_down(pool: PgPool) {
         .await;
     r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down");
     assert!(r.headers.contains_key("retry-after"));
+    // SAML sign-ins too (outside /api/v1, inside the same layers), before
+    // any work: not even the tenant is looked up.
+    for (method, path) in [
+        (Method::GET, "/saml/acme/login"),
+        (Method::POST, "/saml/acme/acs"),
+    ] {
+        app.request(method, path, None, None)
+            .await
+            .assert_error(StatusCode::SERVICE_UNAVAILABLE, "shutting_down");
+    }
     let health = app.get("/healthz").await;
     assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(health.json, json!({"status": "shutting_down"}));
