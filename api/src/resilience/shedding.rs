@@ -8,7 +8,7 @@
 //! | LOW      | exports and history: audit log reads, customer history   | 1/4 of the limit, or more than `QUEUE_SHED_LOW_PAST_URGENT` CRITICAL/HIGH in flight |
 //! | NORMAL   | everything else (reads, renames, backup-code generation) | 1/2 of the limit, or more than `QUEUE_SHED_NORMAL_PAST_URGENT` CRITICAL/HIGH in flight |
 //! | HIGH     | registration, email verification, admin and RBAC writes  | 3/4 of the limit    |
-//! | CRITICAL | login begin/complete, refresh, logout, backup-code redeem, audit writes | the limit (`QUEUE_MAX_IN_FLIGHT`) |
+//! | CRITICAL | login begin/complete, reauth, refresh, logout, backup-code redeem, audit writes, SAML login and ACS | the limit (`QUEUE_MAX_IN_FLIGHT`) |
 //!
 //! The second condition is priority-aware admission: LOW and NORMAL work is
 //! not started while more urgent (CRITICAL or HIGH) work beyond a small level
