@@ -71,7 +71,8 @@ fn v1_groups() -> [(Priority, OpenApiRouter<AppState>); 4] {
         .routes(routes!(
             routes::tenants::configure_saml,
             routes::tenants::disable_saml
-        ));
+        ))
+        .routes(routes!(routes::tenants::revoke_sessions));
     // Reads, renames, backup-code generation.
     let normal = OpenApiRouter::new()
         .routes(routes!(routes::credentials::list))

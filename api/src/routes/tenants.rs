@@ -419,3 +419,53 @@ pub async fn disable_saml(
     tracing::info!(tenant = %tenant_id, service = caller.name.as_str(), "SAML connection disabled");
     Ok(answer)
 }
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RevokeSessionsRequest {
+    pub reason: String,
+    /// Only the sessions a SAML login created (passkey and backup-code
+    /// sessions stay).
+    #[serde(default)]
+    pub saml_only: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionsRevoked {
+    /// How many live sessions were ended.
+    pub revoked: usize,
+}
+
+/// Ends every live session of the tenant's customers (with `saml_only`,
+/// those a SAML login created): `SessionRevoked` (reason `admin`) on each,
+/// and one `tenant.sessions_revoked` audit event with the reason. For an
+/// incident (a leaked IdP key, a connection being replaced). Idempotent:
+/// again, it ends what has come since.
+#[utoipa::path(post, path = "/api/v1/tenants/{tenant_id}/sessions/revoke", tag = "service",
+    security(("bearer" = [])),
+    params(("tenant_id" = uuid::Uuid, Path)),
+    request_body = RevokeSessionsRequest,
+    responses((status = 200, body = SessionsRevoked), (status = 400, body = crate::http::error::ErrorEnvelope),
+        (status = 401, body = crate::http::error::ErrorEnvelope), (status = 403, body = crate::http::error::ErrorEnvelope),
+        (status = 404, body = crate::http::error::ErrorEnvelope), (status = 503, body = crate::http::error::ErrorEnvelope)))]
+pub async fn revoke_sessions(
+    State(state): State<AppState>,
+    caller: ServiceCaller,
+    Path(tenant_id): Path<String>,
+    Json(request): Json<RevokeSessionsRequest>,
+) -> Result<Json<SessionsRevoked>, ApiError> {
+    caller.require(Scope::Admin)?;
+    let tenant_id = TenantId::from(parse_uuid("tenant_id", &tenant_id)?);
+    caller.require_tenant(tenant_id)?;
+    let reason = queue_domain::types::Reason::parse(&request.reason)?;
+    existing_tenant(&state, tenant_id).await?;
+    let revoked = crate::flows::tenant_sessions::end_sessions(
+        &state,
+        tenant_id,
+        request.saml_only,
+        &reason,
+        &caller.name,
+    )
+    .await?;
+    tracing::info!(tenant = %tenant_id, service = caller.name.as_str(), revoked, saml_only = request.saml_only, "tenant sessions revoked");
+    Ok(Json(SessionsRevoked { revoked }))
+}

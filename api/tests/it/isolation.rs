@@ -202,6 +202,11 @@ fn named_routes(ids: &Ids) -> Vec<(Method, String, Option<Value>)> {
         ),
         (Method::GET, format!("/api/v1/tenants/{tenant}"), None),
         (
+            Method::POST,
+            format!("/api/v1/tenants/{tenant}/sessions/revoke"),
+            Some(json!({"reason": "IdP key rotation", "saml_only": true})),
+        ),
+        (
             Method::PATCH,
             format!("/api/v1/tenants/{tenant}"),
             Some(json!({"name": "Renamed Inc."})),

@@ -11,12 +11,13 @@ use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use queue_domain::types::{TenantId, TenantSlug};
 use queue_saml::SpConfig;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::helpers::{Passkey, Response, TestApp, ORIGIN};
-use crate::service::{service_app, OPS};
+use crate::service::{service_app, ACME, OPS};
 use crate::tenants::{create_tenant, jwt_claims};
 
 pub const IDP_ENTITY_ID: &str = "https://idp.example.test/metadata";
@@ -1291,4 +1292,111 @@ async fn a_step_up_answered_after_the_session_ended_is_refused(pool: PgPool) {
         refusals(&app).await.last().map(String::as_str),
         Some("session_not_active")
     );
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn an_admin_ends_a_tenants_saml_sessions_decided_on_the_log(pool: PgPool) {
+    let Setup { app, idp, base } = setup(pool).await;
+    let tenant_id = TenantId::for_slug(&TenantSlug::parse("acme").unwrap()).to_string();
+    // SAML sessions of ann in acme; bob's passkey session in the default
+    // tenant.
+    let sign_in = || async {
+        let relay = start_login(&app, &format!("{base}/account")).await;
+        let (_, responses) = idp.issue(&[ask(&base, "acme", &relay, "ann@example.com")]);
+        let acs = post_acs(&app, &responses[0], &relay).await;
+        assert_eq!(acs.status, StatusCode::SEE_OTHER, "{}", acs.text);
+        page_refresh(&app, &acs).await
+    };
+    let mut ann = vec![sign_in().await, sign_in().await];
+    let bob = app.register(&mut Passkey::new(), "bob@example.com").await;
+    let bob = bob["access_token"].as_str().unwrap().to_owned();
+    app.catch_up().await;
+    // A read row edited to look like one of acme's SAML sessions: the rows
+    // only nominate; bob's session stays (its customer is not acme's).
+    let bob_session = jwt_claims(&bob)["sid"].as_str().unwrap().to_owned();
+    let forged =
+        sqlx::query("UPDATE queue_sessions SET tenant_id = $1, amr = 'saml' WHERE session_id = $2")
+            .bind(uuid::Uuid::parse_str(&tenant_id).unwrap())
+            .bind(uuid::Uuid::parse_str(&bob_session).unwrap())
+            .execute(&app.owner)
+            .await
+            .unwrap()
+            .rows_affected();
+    assert_eq!(forged, 1);
+    // A third session the projector has not folded yet: the log names it.
+    ann.push(sign_in().await);
+    let folded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM queue_sessions WHERE customer_id <> $1")
+            .bind(uuid::Uuid::parse_str(jwt_claims(&bob)["sub"].as_str().unwrap()).unwrap())
+            .fetch_one(&app.owner)
+            .await
+            .unwrap();
+    assert_eq!(folded, 2, "the third session is not in the read table yet");
+
+    let path = format!("/api/v1/tenants/{tenant_id}/sessions/revoke");
+    let ended = app
+        .post_auth(
+            &path,
+            json!({"reason": "IdP key leaked", "saml_only": true}),
+            OPS,
+        )
+        .await;
+    assert_eq!(ended.status, StatusCode::OK, "{}", ended.text);
+    assert_eq!(ended.json, json!({"revoked": 3}));
+    for access in &ann {
+        app.get_auth("/api/v1/auth/me", access)
+            .await
+            .assert_error(StatusCode::UNAUTHORIZED, "session_revoked");
+    }
+    assert_eq!(
+        app.get_auth("/api/v1/auth/me", &bob).await.status,
+        StatusCode::OK
+    );
+    let reasons: Vec<String> = sqlx::query_scalar(
+        "SELECT payload->'SessionRevoked'->>'reason' FROM events WHERE event_type = 'SessionRevoked'",
+    )
+    .fetch_all(&app.owner)
+    .await
+    .unwrap();
+    assert_eq!(reasons, ["admin", "admin", "admin"]);
+    // One audit event with the reason, the caller and the count, in acme:
+    // acme's own limited token reads it.
+    app.catch_up().await;
+    let page = app
+        .get_auth("/api/v1/audit/events?action=tenant.sessions_revoked", ACME)
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    let events = page.json["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{}", page.text);
+    assert_eq!(
+        events[0]["metadata"],
+        json!({"reason": "IdP key leaked", "service": "ops", "saml_only": true, "revoked": 3})
+    );
+    // Again: nothing left to end.
+    let again = app
+        .post_auth(
+            &path,
+            json!({"reason": "IdP key leaked", "saml_only": true}),
+            OPS,
+        )
+        .await;
+    assert_eq!(again.json, json!({"revoked": 0}));
+    // Refusals: no reason 400; another tenant's token 404; unknown tenant
+    // 404; no admin scope 403. Nothing appended.
+    let before = app.event_count().await;
+    app.post_auth(&path, json!({"saml_only": true}), OPS)
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_request");
+    let nobody = TenantId::for_slug(&TenantSlug::parse("initech").unwrap());
+    app.post_auth(
+        &format!("/api/v1/tenants/{nobody}/sessions/revoke"),
+        json!({"reason": "x"}),
+        OPS,
+    )
+    .await
+    .assert_error(StatusCode::NOT_FOUND, "not_found");
+    app.post_auth(&path, json!({"reason": "x"}), crate::service::AUDITOR)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    assert_eq!(app.event_count().await, before);
 }
