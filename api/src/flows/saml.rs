@@ -76,9 +76,14 @@ pub async fn acs(
     match outcome {
         Ok(Ok(done)) => {
             tracing::info!(tenant = tenant.slug.as_str(), "SAML login");
+            crate::http::metrics::saml_login(match done.refresh_token {
+                Some(_) => "success",
+                None => "step_up",
+            });
             Ok(done)
         }
         Ok(Err(refusal)) => {
+            crate::http::metrics::saml_login(refusal.code);
             tracing::info!(
                 tenant = tenant.slug.as_str(),
                 code = refusal.code,
@@ -103,7 +108,10 @@ pub async fn acs(
             .await?;
             Err(refusal.error)
         }
-        Err(other) => Err(other),
+        Err(other) => {
+            crate::http::metrics::saml_login("error");
+            Err(other)
+        }
     }
 }
 

@@ -64,6 +64,14 @@ pub fn login(outcome: &'static str) {
     metrics::counter!("queue_logins_total", "outcome" => outcome).increment(1);
 }
 
+/// A SAML response's result at an ACS, for
+/// `queue_saml_logins_total{outcome}`: `success`, `step_up`, the refusal's
+/// `saml_*` (or other stable) code, or `error` (Queue's own failure). No
+/// tenant label: one series per outcome, whatever the number of tenants.
+pub fn saml_login(outcome: &'static str) {
+    metrics::counter!("queue_saml_logins_total", "outcome" => outcome).increment(1);
+}
+
 /// Counts and times every request by route template (never the raw path).
 pub async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();

@@ -1237,6 +1237,14 @@ async fn a_step_up_answered_for_another_person_is_refused(pool: PgPool) {
             "SessionSamlReauthenticated"
         ]
     );
+    // Operators see each outcome as its own series (no tenant label).
+    let metrics = app.get("/metrics").await.text;
+    for outcome in ["success", "step_up", "saml_reauth_subject_mismatch"] {
+        assert!(
+            metrics.contains(&format!("queue_saml_logins_total{{outcome=\"{outcome}\"}}")),
+            "{outcome}: {metrics}"
+        );
+    }
 }
 
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
