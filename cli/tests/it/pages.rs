@@ -550,6 +550,11 @@ async fn a_saml_customer_signs_in_and_steps_up_at_the_idp_in_a_real_browser() {
         browser.text_of("#me").await.as_deref(),
         Some("ann@example.com")
     );
+    let current = browser
+        .text_of("ul#sessions > li[data-current=\"true\"] .name")
+        .await
+        .unwrap_or_default();
+    assert!(current.ends_with("single sign-on"), "{current}");
     assert_refresh_token_hidden(&browser).await;
 
     // New backup codes need a fresh authentication: the page sends her to

@@ -427,7 +427,9 @@
       if (s.current) attrs['data-current'] = 'true';
       const li = element('li', attrs);
       const text = element('div', { class: 'item-text' });
-      const how = (s.amr || []).includes('backup_code') ? 'backup code' : 'passkey';
+      const amr = s.amr || [];
+      const how = amr.includes('backup_code') ? 'backup code'
+        : amr.includes('saml') ? 'single sign-on' : 'passkey';
       text.append(element('span', { class: 'name' }, (s.current ? 'This session' : 'Session') + ' · ' + how));
       text.append(element('span', { class: 'meta' },
         'Started ' + formatTime(s.created_at) + ' · active ' + formatTime(s.last_seen_at)));
