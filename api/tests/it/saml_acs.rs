@@ -1408,3 +1408,51 @@ async fn an_admin_ends_a_tenants_saml_sessions_decided_on_the_log(pool: PgPool) 
         .assert_error(StatusCode::FORBIDDEN, "forbidden");
     assert_eq!(app.event_count().await, before);
 }
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn a_step_up_whose_append_loses_a_race_is_decided_again(pool: PgPool) {
+    let Setup { app, idp, base } = setup(pool).await;
+    let relay = start_login(&app, &format!("{base}/account")).await;
+    let (_, responses) = idp.issue(&[ask(&base, "acme", &relay, "ann@example.com")]);
+    let acs = post_acs(&app, &responses[0], &relay).await;
+    assert_eq!(acs.status, StatusCode::SEE_OTHER, "{}", acs.text);
+    let access = page_refresh(&app, &acs).await;
+    // The first append of the step-up meets another writer's row on the
+    // stream (as when the page refreshes the session at that moment): the
+    // store reports the lost race once, as Postgres would. (A sequence
+    // counts the attempts: nextval survives the rollback.)
+    sqlx::raw_sql(
+        "CREATE SEQUENCE step_up_appends; \
+         CREATE FUNCTION lose_once() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ \
+         BEGIN \
+           IF NEW.event_type = 'SessionSamlReauthenticated' \
+              AND nextval('step_up_appends') = 1 THEN \
+             RAISE unique_violation USING CONSTRAINT = 'events_pkey'; \
+           END IF; \
+           RETURN NEW; \
+         END $$; \
+         CREATE TRIGGER lose_once BEFORE INSERT ON events \
+           FOR EACH ROW EXECUTE FUNCTION lose_once();",
+    )
+    .execute(&app.owner)
+    .await
+    .unwrap();
+    let relay = start_step_up(&app, &access).await;
+    let (_, responses) = idp.issue(&[ask(&base, "acme", &relay, "ann@example.com")]);
+    let done = post_acs(&app, &responses[0], &relay).await;
+    // Decided again: reauthenticated, not 409 (nor a replay of its own
+    // assertion: the lost attempt kept nothing).
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.text);
+    let attempts: i64 = sqlx::query_scalar("SELECT last_value FROM step_up_appends")
+        .fetch_one(&app.owner)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 2, "lost once, then appended");
+    let reauthenticated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE event_type = 'SessionSamlReauthenticated'",
+    )
+    .fetch_one(&app.owner)
+    .await
+    .unwrap();
+    assert_eq!(reauthenticated, 1);
+}
