@@ -55,7 +55,7 @@ pub struct Args {
 
 pub(crate) const ORIGIN: &str = "http://localhost:8080";
 
-struct Stats {
+pub(crate) struct Stats {
     count: usize,
     secs: f64,
     p50: Duration,
@@ -63,7 +63,7 @@ struct Stats {
 }
 
 impl Stats {
-    fn from(mut latencies: Vec<Duration>, secs: f64) -> Self {
+    pub(crate) fn from(mut latencies: Vec<Duration>, secs: f64) -> Self {
         latencies.sort();
         let at = |q: f64| {
             let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
@@ -77,11 +77,11 @@ impl Stats {
         }
     }
 
-    fn rps(&self) -> f64 {
+    pub(crate) fn rps(&self) -> f64 {
         rate(self.count as u64, self.secs)
     }
 
-    fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         format!(
             "{:>5} req  {:>8.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
             self.count,
@@ -93,7 +93,7 @@ impl Stats {
 }
 
 /// POSTs every body to `url` with `concurrency` in flight; all must answer `expect`.
-async fn drive(
+pub(crate) async fn drive(
     client: &reqwest::Client,
     url: &str,
     bodies: Vec<Value>,
@@ -264,7 +264,12 @@ pub async fn run(args: Args) -> BenchResult<()> {
     result
 }
 
-async fn run_in(args: &Args, pool: &PgPool) -> BenchResult<()> {
+/// The service under test on `pool` (migrated here), with rate limits out
+/// of the way and `extra` settings; its MAC keys.
+pub(crate) async fn queue_state(
+    pool: &PgPool,
+    extra: &[(&str, String)],
+) -> BenchResult<(AppState, SharedMacKeys)> {
     queue_eventstore::MIGRATOR.run(pool).await?;
     let mail_dir = std::env::temp_dir().join(format!(
         "queue-bench-mail-{}",
@@ -286,8 +291,10 @@ async fn run_in(args: &Args, pool: &PgPool) -> BenchResult<()> {
         ("QUEUE_RATE_LIMIT_REGISTER_PER_EMAIL", "1000000".to_owned()),
     ]
     .into_iter()
+    .chain(extra.iter().cloned())
     .collect();
-    let config = Config::from_lookup(|k| settings.get(k).cloned())?;
+    let names: Vec<&str> = settings.keys().copied().collect();
+    let config = Config::from_lookup_with_names(|k| settings.get(k).cloned(), names)?;
     let mac_keys = SharedMacKeys::new(MacKeys::single("bench", vec![9u8; 32])?);
     let state = AppState::with_parts(
         pool.clone(),
@@ -296,6 +303,11 @@ async fn run_in(args: &Args, pool: &PgPool) -> BenchResult<()> {
         ServiceClock::new(),
         Arc::new(LogMailer::new(mail_dir)),
     )?;
+    Ok((state, mac_keys))
+}
+
+async fn run_in(args: &Args, pool: &PgPool) -> BenchResult<()> {
+    let (state, mac_keys) = queue_state(pool, &[]).await?;
     let (base, queue_server) = serve(queue_api::app(state)).await?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency * 2)

@@ -9,6 +9,7 @@ mod ledger;
 mod load;
 mod ratelimit;
 mod rebuild;
+mod saml;
 mod support;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +37,8 @@ enum Bench {
     Ratelimit(ratelimit::Args),
     /// Mixed CRITICAL + LOW load, shedding off and on, and a 2x overload phase.
     Load(load::Args),
+    /// SAML sign-in at the ACS (first and returning) vs passkey login/complete.
+    Saml(saml::Args),
 }
 
 #[tokio::main]
@@ -49,6 +52,7 @@ async fn main() -> std::process::ExitCode {
         Bench::Load(args) => load::run(args).await,
         Bench::Backfill(args) => backfill::run(args).await,
         Bench::Ratelimit(args) => ratelimit::run(args).await,
+        Bench::Saml(args) => saml::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
