@@ -224,6 +224,31 @@ pub(crate) async fn assertion(
     Ok(json!({"challenge_id": begin["challenge_id"], "credential": response}))
 }
 
+/// `count` passkey logins (one new customer each; registering and signing
+/// untimed), `concurrency` in flight: their stats and token answers.
+pub(crate) async fn passkey_logins(
+    client: &reqwest::Client,
+    base: &str,
+    count: usize,
+    concurrency: usize,
+) -> BenchResult<(Stats, Vec<Value>)> {
+    eprintln!("registering {count} customers…");
+    let mut customers = register_all(client, base, count, concurrency).await?;
+    eprintln!("preparing {count} signed assertions…");
+    let mut bodies = Vec::with_capacity(customers.len());
+    for customer in &mut customers {
+        bodies.push(assertion(client, base, customer).await?);
+    }
+    drive(
+        client,
+        &format!("{base}/api/v1/auth/webauthn/login/complete"),
+        bodies,
+        concurrency,
+        200,
+    )
+    .await
+}
+
 async fn baseline_insert(
     State(pool): State<PgPool>,
     Path(rows): Path<usize>,
@@ -320,22 +345,7 @@ async fn run_in(args: &Args, pool: &PgPool) -> BenchResult<()> {
         return Ok(());
     }
 
-    eprintln!("registering {} customers…", args.logins);
-    let mut customers = register_all(&client, &base, args.logins, args.concurrency).await?;
-    eprintln!("preparing {} signed assertions…", args.logins);
-    let mut bodies = Vec::with_capacity(customers.len());
-    for customer in &mut customers {
-        bodies.push(assertion(&client, &base, customer).await?);
-    }
-
-    let (login, sessions) = drive(
-        &client,
-        &format!("{base}/api/v1/auth/webauthn/login/complete"),
-        bodies,
-        args.concurrency,
-        200,
-    )
-    .await?;
+    let (login, sessions) = passkey_logins(&client, &base, args.logins, args.concurrency).await?;
     let refresh_bodies = sessions
         .iter()
         .map(|tokens| json!({"refresh_token": tokens["refresh_token"]}))

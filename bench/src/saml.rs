@@ -21,7 +21,7 @@ use queue_saml::SpConfig;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::http::{assertion, drive, queue_state, register_all, serve, Stats, ORIGIN};
+use crate::http::{passkey_logins, queue_state, serve, Stats, ORIGIN};
 use crate::support::{BenchResult, ScratchDb};
 
 #[derive(clap::Args)]
@@ -177,20 +177,7 @@ async fn run_in(args: &Args, pool: &PgPool) -> BenchResult<()> {
     let first = drive_acs(&client, &acs, responses, args.concurrency).await?;
     let again = drive_acs(&client, &acs, returning, args.concurrency).await?;
 
-    eprintln!("registering {} passkey customers…", args.logins);
-    let mut customers = register_all(&client, &base, args.logins, args.concurrency).await?;
-    let mut bodies = Vec::with_capacity(customers.len());
-    for customer in &mut customers {
-        bodies.push(assertion(&client, &base, customer).await?);
-    }
-    let (passkey, _) = drive(
-        &client,
-        &format!("{base}/api/v1/auth/webauthn/login/complete"),
-        bodies,
-        args.concurrency,
-        200,
-    )
-    .await?;
+    let (passkey, _) = passkey_logins(&client, &base, args.logins, args.concurrency).await?;
     server.abort();
 
     println!(

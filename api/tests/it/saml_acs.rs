@@ -274,11 +274,7 @@ fn allowed_ids(begin: &Value) -> Vec<String> {
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn a_saml_customer_adds_a_passkey_and_logs_in_by_email_in_its_tenant(pool: PgPool) {
     let Setup { app, idp, base } = setup(pool).await;
-    let relay = start_login(&app, &format!("{base}/account")).await;
-    let (_, responses) = idp.issue(&[ask(&base, "acme", &relay, "ann@example.com")]);
-    let acs = post_acs(&app, &responses[0], &relay).await;
-    assert_eq!(acs.status, StatusCode::SEE_OTHER, "{}", acs.text);
-    let access = page_refresh(&app, &acs).await;
+    let access = sign_in(&app, &idp, &base, "ann@example.com").await;
 
     // In her fresh SAML session, ann adds a passkey.
     let mut passkey = crate::helpers::Passkey::new();
@@ -1186,17 +1182,23 @@ async fn start_step_up(app: &TestApp, access: &str) -> String {
         .unwrap()
 }
 
+/// An SP-initiated login of `email` at acme (JIT on a first one): the
+/// page's access token afterwards.
+async fn sign_in(app: &TestApp, idp: &Idp, base: &str, email: &str) -> String {
+    let relay = start_login(app, &format!("{base}/account")).await;
+    let (_, responses) = idp.issue(&[ask(base, "acme", &relay, email)]);
+    let acs = post_acs(app, &responses[0], &relay).await;
+    assert_eq!(acs.status, StatusCode::SEE_OTHER, "{}", acs.text);
+    page_refresh(app, &acs).await
+}
+
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn a_step_up_answered_for_another_person_is_refused(pool: PgPool) {
     let Setup { app, idp, base } = setup(pool).await;
     // ann and eve are both acme's.
     let mut access = Vec::new();
     for email in ["ann@example.com", "eve@example.com"] {
-        let relay = start_login(&app, &format!("{base}/account")).await;
-        let (_, responses) = idp.issue(&[ask(&base, "acme", &relay, email)]);
-        let acs = post_acs(&app, &responses[0], &relay).await;
-        assert_eq!(acs.status, StatusCode::SEE_OTHER, "{}", acs.text);
-        access.push(page_refresh(&app, &acs).await);
+        access.push(sign_in(&app, &idp, &base, email).await);
     }
     // ann's step-up, answered with eve's assertion: refused with its own
     // code and audited; no session of either is reauthenticated, no new
@@ -1278,11 +1280,7 @@ async fn a_step_up_at_the_idp_needs_a_tenant_with_saml_and_a_session(pool: PgPoo
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn a_step_up_answered_after_the_session_ended_is_refused(pool: PgPool) {
     let Setup { app, idp, base } = setup(pool).await;
-    let relay = start_login(&app, &format!("{base}/account")).await;
-    let (_, responses) = idp.issue(&[ask(&base, "acme", &relay, "ann@example.com")]);
-    let acs = post_acs(&app, &responses[0], &relay).await;
-    assert_eq!(acs.status, StatusCode::SEE_OTHER, "{}", acs.text);
-    let access = page_refresh(&app, &acs).await;
+    let access = sign_in(&app, &idp, &base, "ann@example.com").await;
     // She starts a step-up, then signs out (another tab) while at the IdP.
     let relay = start_step_up(&app, &access).await;
     let logout = app
@@ -1308,14 +1306,10 @@ async fn an_admin_ends_a_tenants_saml_sessions_decided_on_the_log(pool: PgPool) 
     let tenant_id = TenantId::for_slug(&TenantSlug::parse("acme").unwrap()).to_string();
     // SAML sessions of ann in acme; bob's passkey session in the default
     // tenant.
-    let sign_in = || async {
-        let relay = start_login(&app, &format!("{base}/account")).await;
-        let (_, responses) = idp.issue(&[ask(&base, "acme", &relay, "ann@example.com")]);
-        let acs = post_acs(&app, &responses[0], &relay).await;
-        assert_eq!(acs.status, StatusCode::SEE_OTHER, "{}", acs.text);
-        page_refresh(&app, &acs).await
-    };
-    let mut ann = vec![sign_in().await, sign_in().await];
+    let mut ann = Vec::new();
+    for _ in 0..2 {
+        ann.push(sign_in(&app, &idp, &base, "ann@example.com").await);
+    }
     let bob = app.register(&mut Passkey::new(), "bob@example.com").await;
     let bob = bob["access_token"].as_str().unwrap().to_owned();
     app.catch_up().await;
@@ -1332,7 +1326,7 @@ async fn an_admin_ends_a_tenants_saml_sessions_decided_on_the_log(pool: PgPool) 
             .rows_affected();
     assert_eq!(forged, 1);
     // A third session the projector has not folded yet: the log names it.
-    ann.push(sign_in().await);
+    ann.push(sign_in(&app, &idp, &base, "ann@example.com").await);
     let folded: i64 =
         sqlx::query_scalar("SELECT count(*) FROM queue_sessions WHERE customer_id <> $1")
             .bind(uuid::Uuid::parse_str(jwt_claims(&bob)["sub"].as_str().unwrap()).unwrap())
@@ -1412,11 +1406,7 @@ async fn an_admin_ends_a_tenants_saml_sessions_decided_on_the_log(pool: PgPool) 
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn a_step_up_whose_append_loses_a_race_is_decided_again(pool: PgPool) {
     let Setup { app, idp, base } = setup(pool).await;
-    let relay = start_login(&app, &format!("{base}/account")).await;
-    let (_, responses) = idp.issue(&[ask(&base, "acme", &relay, "ann@example.com")]);
-    let acs = post_acs(&app, &responses[0], &relay).await;
-    assert_eq!(acs.status, StatusCode::SEE_OTHER, "{}", acs.text);
-    let access = page_refresh(&app, &acs).await;
+    let access = sign_in(&app, &idp, &base, "ann@example.com").await;
     // The first append of the step-up meets another writer's row on the
     // stream (as when the page refreshes the session at that moment): the
     // store reports the lost race once, as Postgres would. (A sequence
