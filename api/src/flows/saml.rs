@@ -185,9 +185,17 @@ async fn sign_in(
         None => None,
     };
     let step_up = request.as_ref().and_then(StepUp::of);
-    let return_to = match request.and_then(|r| r.return_to) {
-        Some(url) => url,
-        None => allowed_return_to(state, None)?,
+    let return_to = match request {
+        Some(request) => match request.return_to {
+            Some(url) => url,
+            None => allowed_return_to(state, None)?,
+        },
+        // IdP-initiated: a portal's deep link in RelayState is followed
+        // when it is an allowed URL (QUEUE_RP_ORIGINS), else ignored (never
+        // an open redirect, never a reason to refuse the login).
+        None => relay_state
+            .and_then(|relay| allowed_return_to(state, Some(relay)).ok())
+            .map_or_else(|| allowed_return_to(state, None), Ok)?,
     };
 
     // Without an email attribute the NameID must be the email (ADR 0216).

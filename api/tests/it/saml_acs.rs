@@ -1092,6 +1092,20 @@ async fn an_idp_initiated_login_signs_in_when_the_tenant_allows_it(pool: PgPool)
         .assert_error(StatusCode::UNAUTHORIZED, "saml_in_response_to_mismatch");
     assert_eq!(app.event_count().await, before + 1);
     assert_eq!(refusals(&app).await, ["saml_in_response_to_mismatch"]);
+
+    // A portal's deep link in RelayState: followed when it is on an allowed
+    // origin; ignored otherwise (the account page, not an open redirect).
+    let deep = format!("{base}/account?tab=roles");
+    for (relay, lands) in [
+        (deep.as_str(), deep.clone()),
+        ("https://evil.example/phish", format!("{base}/account")),
+        ("not a url", format!("{base}/account")),
+    ] {
+        let (_, responses) = idp.issue(&[ask_in(&base, "acme", None, "ann@example.com", &["eng"])]);
+        let got = post_acs(&app, &responses[0], relay).await;
+        assert_eq!(got.status, StatusCode::SEE_OTHER, "{relay}: {}", got.text);
+        assert_eq!(got.headers[header::LOCATION], lands.as_str(), "{relay}");
+    }
 }
 
 /// An outstanding request lives `REQUEST_TTL_SECS` (5 minutes): a response
