@@ -19,14 +19,28 @@ pub async fn eventually<T, F: Future<Output = Option<T>>>(
 pub async fn eventually_within<T, F: Future<Output = Option<T>>>(
     what: &str,
     timeout: Duration,
-    mut probe: impl FnMut() -> F,
+    probe: impl FnMut() -> F,
 ) -> T {
+    match poll_until(timeout, probe).await {
+        Some(v) => v,
+        None => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// Polls until `probe` returns `Some`; `None` once `timeout` has passed
+/// (for a caller that cleans up, or says more, before it fails).
+pub async fn poll_until<T, F: Future<Output = Option<T>>>(
+    timeout: Duration,
+    mut probe: impl FnMut() -> F,
+) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = probe().await {
-            return v;
+            return Some(v);
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            return None;
+        }
         tokio::time::sleep(INTERVAL).await;
     }
 }

@@ -35,12 +35,6 @@ pub struct SamlSignIn {
     pub return_to: String,
 }
 
-/// How often a response is decided again when its append lost a race on a
-/// stream (a page refreshing the session a step-up reauthenticates, two
-/// first logins of one customer): nothing of a lost attempt is kept, not
-/// even its assertion id, so the next attempt sees the winner's events.
-const ATTEMPTS: usize = 3;
-
 /// Why a SAML login was refused: the API error and the code the audit
 /// event records.
 struct Refusal {
@@ -66,13 +60,11 @@ pub async fn acs(
     relay_state: Option<&str>,
 ) -> Result<SamlSignIn, ApiError> {
     let now = state.now();
-    let mut outcome = sign_in(state, tenant, saml_response, relay_state, now).await;
-    for _ in 1..ATTEMPTS {
-        if !matches!(outcome, Err(ApiError::Conflict)) {
-            break;
-        }
-        outcome = sign_in(state, tenant, saml_response, relay_state, now).await;
-    }
+    // A lost race (a page refreshing the session a step-up reauthenticates,
+    // two first logins of one customer) is decided again: nothing of the
+    // lost attempt is kept, not even its assertion id.
+    let outcome =
+        super::again_on_conflict(|| sign_in(state, tenant, saml_response, relay_state, now)).await;
     match outcome {
         Ok(Ok(done)) => {
             tracing::info!(tenant = tenant.slug.as_str(), "SAML login");

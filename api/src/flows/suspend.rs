@@ -24,15 +24,11 @@ pub async fn suspend(
     tenants: &TenantLimit,
 ) -> Result<usize, ApiError> {
     // A session refreshed between our read and our append makes the append
-    // fail on its version: read again and retry a few times.
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match suspend_once(state, customer_id, reason.clone(), actor.clone(), tenants).await {
-            Err(ApiError::Conflict) if attempt < 3 => continue,
-            other => return other,
-        }
-    }
+    // fail on its version: read again and decide again.
+    super::again_on_conflict(|| {
+        suspend_once(state, customer_id, reason.clone(), actor.clone(), tenants)
+    })
+    .await
 }
 
 /// One suspension attempt in one transaction: the customer and its

@@ -23,8 +23,6 @@ use crate::state::AppState;
 
 /// Sessions revoked per transaction.
 const CHUNK: usize = 100;
-/// Attempts at a chunk whose append lost a race with a refresh.
-const ATTEMPTS: usize = 3;
 
 /// Revokes the tenant's live sessions (only SAML ones with `saml_only`);
 /// returns how many.
@@ -45,13 +43,9 @@ pub async fn end_sessions(
     .await?;
     let mut revoked = 0;
     for chunk in candidates.chunks(CHUNK) {
-        let mut attempt = 1;
-        revoked += loop {
-            match end_chunk(state, tenant_id, chunk, saml_only, now).await {
-                Err(ApiError::Conflict) if attempt < ATTEMPTS => attempt += 1,
-                other => break other?,
-            }
-        };
+        // A session refreshed meanwhile: the chunk is read and decided again.
+        revoked +=
+            super::again_on_conflict(|| end_chunk(state, tenant_id, chunk, saml_only, now)).await?;
     }
     queue_audit::record(
         state,

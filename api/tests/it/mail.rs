@@ -178,24 +178,19 @@ async fn request_verification(app: &TestApp) {
     assert_eq!(sent.status, StatusCode::ACCEPTED, "{}", sent.text);
 }
 
-/// Delivery rounds until `done` holds for the rows (2 s at most).
+/// Delivery rounds until `done` holds for the rows (5 s at most).
 async fn drive_until(
     app: &TestApp,
     what: &str,
     done: impl Fn(&[(String, String, i32, Option<String>)]) -> bool,
 ) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    let reached = queue_testkit::poll::poll_until(Duration::from_secs(5), || async {
         app.deliver_mail().await;
-        let rows = outbox_rows(app).await;
-        if done(&rows) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}: {rows:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        done(&outbox_rows(app).await).then_some(())
+    })
+    .await;
+    if reached.is_none() {
+        panic!("timed out waiting for {what}: {:?}", outbox_rows(app).await);
     }
 }
 

@@ -14,7 +14,7 @@ use crate::helpers::{bearer, Passkey, Response, TestApp, ORIGIN};
 const REFRESH: &str = "/api/v1/auth/session/refresh";
 
 /// A request as page script sends it: marker header and the page's Origin.
-fn page_request(
+pub(crate) fn page_request(
     method: Method,
     path: &str,
     body: Option<Value>,

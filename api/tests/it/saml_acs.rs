@@ -16,7 +16,8 @@ use queue_saml::SpConfig;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::helpers::{Passkey, Response, TestApp, ORIGIN};
+use crate::helpers::{Passkey, Response, TestApp};
+use crate::pages::page_request;
 use crate::service::{service_app, ACME, OPS};
 use crate::tenants::{create_tenant, jwt_claims};
 
@@ -233,29 +234,7 @@ async fn post_acs_to(app: &TestApp, slug: &str, response_xml: &str, relay_state:
 /// What the hosted page does after the ACS's 303: refreshes with the
 /// cookie the ACS set; the access token.
 pub async fn page_refresh(app: &TestApp, acs: &Response) -> String {
-    let cookie = acs.headers[header::SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
-    let refreshed = app
-        .send(
-            Request::builder()
-                .method(Method::POST)
-                .uri("/api/v1/auth/session/refresh")
-                .header("x-queue-page", "1")
-                .header(header::ORIGIN, ORIGIN)
-                .header("sec-fetch-site", "same-origin")
-                .header(header::COOKIE, cookie)
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from("{}"))
-                .unwrap(),
-        )
-        .await;
-    assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.text);
-    refreshed.json["access_token"].as_str().unwrap().to_owned()
+    refresh_with_cookie(app, acs.headers[header::SET_COOKIE].to_str().unwrap()).await
 }
 
 /// The ids a login/begin allows (base64url).
@@ -427,27 +406,7 @@ async fn a_first_sp_initiated_login_provisions_the_customer_and_grants_its_group
 
     // The page refreshes with the cookie: a token of the tenant, amr saml,
     // with the granted role.
-    let token = cookie
-        .split(';')
-        .next()
-        .unwrap()
-        .trim_start_matches("queue_refresh=");
-    let refreshed = app
-        .send(
-            Request::builder()
-                .method(Method::POST)
-                .uri("/api/v1/auth/session/refresh")
-                .header("x-queue-page", "1")
-                .header(header::ORIGIN, ORIGIN)
-                .header("sec-fetch-site", "same-origin")
-                .header(header::COOKIE, format!("queue_refresh={token}"))
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from("{}"))
-                .unwrap(),
-        )
-        .await;
-    assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.text);
-    let claims = jwt_claims(refreshed.json["access_token"].as_str().unwrap());
+    let claims = jwt_claims(&refresh_with_cookie(&app, cookie).await);
     assert_eq!(claims["amr"], json!(["saml"]));
     assert_eq!(claims["tid"], tenant.to_string());
     // Every customer's base role, and the one the group gives.
@@ -1017,30 +976,20 @@ async fn every_attack_of_the_corpus_is_refused_at_the_acs_with_nothing_appended(
     assert!(!outstanding(&app, &own_relay).await);
 }
 
-/// The claims of the access token the hosted page gets by refreshing with
-/// the `queue_refresh` cookie an ACS answer set.
-async fn refresh_with_cookie(app: &TestApp, set_cookie: &str) -> Value {
-    let token = set_cookie
-        .split(';')
-        .next()
-        .unwrap()
-        .trim_start_matches("queue_refresh=");
+/// The access token the hosted page gets by refreshing, as page script
+/// does, with the `queue_refresh` cookie of `set_cookie` (a `Set-Cookie`).
+async fn refresh_with_cookie(app: &TestApp, set_cookie: &str) -> String {
+    let cookie = set_cookie.split(';').next().unwrap();
     let refreshed = app
-        .send(
-            Request::builder()
-                .method(Method::POST)
-                .uri("/api/v1/auth/session/refresh")
-                .header("x-queue-page", "1")
-                .header(header::ORIGIN, ORIGIN)
-                .header("sec-fetch-site", "same-origin")
-                .header(header::COOKIE, format!("queue_refresh={token}"))
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from("{}"))
-                .unwrap(),
-        )
+        .send(page_request(
+            Method::POST,
+            "/api/v1/auth/session/refresh",
+            Some(json!({})),
+            &[("cookie", cookie)],
+        ))
         .await;
     assert_eq!(refreshed.status, StatusCode::OK, "{}", refreshed.text);
-    jwt_claims(refreshed.json["access_token"].as_str().unwrap())
+    refreshed.json["access_token"].as_str().unwrap().to_owned()
 }
 
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
@@ -1080,7 +1029,7 @@ async fn an_idp_initiated_login_signs_in_when_the_tenant_allows_it(pool: PgPool)
     assert_eq!(rows[0].1["CustomerProvisioned"]["email"], "ann@example.com");
     assert_eq!(rows[2].1["SessionCreated"]["method"]["kind"], "saml");
     assert!(refusals(&app).await.is_empty());
-    let claims = refresh_with_cookie(&app, cookie).await;
+    let claims = jwt_claims(&refresh_with_cookie(&app, cookie).await);
     assert_eq!(claims["amr"], json!(["saml"]));
     assert_eq!(claims["roles"], json!(["antlers-user", "support-agent"]));
 

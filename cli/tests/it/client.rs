@@ -226,6 +226,7 @@ async fn an_audit_write_is_retried_across_503s_and_stays_idempotent() {
         .unwrap();
     assert_eq!(raw.status().as_u16(), 503);
     let restore = tokio::spawn(async move {
+        // The outage's length (the client retries through it), not a wait.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         proxy.restore();
         proxy

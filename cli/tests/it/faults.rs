@@ -314,14 +314,21 @@ async fn postgres_cut_under_load_gives_prompt_503s_and_no_accepted_write_is_lost
             if (200..300).contains(&o.status) {
                 return Some(o);
             }
+            // Paces the probe's own writes (not a wait for an effect).
             tokio::time::sleep(Duration::from_millis(200)).await;
             None
         },
     )
     .await;
     let recovered_at = t0.elapsed();
-    // A little more load after recovery, then stop.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The writers' load goes on after recovery until more of it is sealed.
+    let sealed = db.sealed_audit_ids().await.len();
+    poll(
+        "writes after the recovery",
+        Duration::from_secs(15),
+        || async { (db.sealed_audit_ids().await.len() >= sealed + 10).then_some(()) },
+    )
+    .await;
     stop.store(true, Ordering::SeqCst);
     let mut outcomes = join_all(writers).await;
     outcomes.push(recovered);

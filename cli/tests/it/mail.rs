@@ -371,6 +371,8 @@ async fn a_restart_between_enqueue_and_delivery_loses_nothing() {
         || async { (rows(&db).await[0].1 == "sent").then_some(()) },
     )
     .await;
+    // An absence window (nothing to poll for): no second instance sends it
+    // again.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(received(&inbox).len(), 1);
     drop(second);

@@ -342,21 +342,25 @@ impl Instance {
             .unwrap()
     }
 
+    /// Whether `/healthz` answered 200 within `within` (false as soon as
+    /// the process exits).
     async fn wait_healthy(&mut self, within: Duration) -> bool {
         let client = client();
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return false;
-            }
-            if let Ok(r) = client.get(format!("{}/healthz", self.base)).send().await {
-                if r.status().as_u16() == 200 {
-                    return true;
+        let healthz = format!("{}/healthz", self.base);
+        let child = &mut self.child;
+        queue_testkit::poll::poll_until(within, || {
+            let exited = matches!(child.try_wait(), Ok(Some(_)));
+            let probe = client.get(&healthz).send();
+            async move {
+                if exited {
+                    return Some(false);
                 }
+                let healthy = probe.await.is_ok_and(|r| r.status().as_u16() == 200);
+                healthy.then_some(true)
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
+        })
+        .await
+        .unwrap_or(false)
     }
 
     pub fn log_text(&self) -> String {

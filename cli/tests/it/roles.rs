@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use queue_eventstore::roles::{dev_login, ensure_dev_logins, Role};
+use queue_testkit::poll::poll_until;
 
 use crate::procs::{as_role, audit_write, client, free_port, poll, Instance, Keys, TestDb};
 
@@ -14,12 +15,14 @@ use crate::procs::{as_role, audit_write, client, free_port, poll, Instance, Keys
 async fn serve_exit(url: &str, keys: &Keys, tag: &str) -> (Option<i32>, String) {
     let log = keys.dir.join(format!("{tag}.log"));
     let mut child = Instance::spawn(free_port(), url, keys, &log, &[]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return (status.code(), std::fs::read_to_string(&log).unwrap());
-        }
-        if Instant::now() > deadline {
+    let exited = poll_until(Duration::from_secs(60), || {
+        let status = child.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    match exited {
+        Some(status) => (status.code(), std::fs::read_to_string(&log).unwrap()),
+        None => {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
@@ -27,7 +30,6 @@ async fn serve_exit(url: &str, keys: &Keys, tag: &str) -> (Option<i32>, String) 
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -7,10 +7,14 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
+use queue_testkit::poll::{eventually_within, poll_until};
 use serde_json::{json, Value};
+
+/// How long a page wait (`wait_for`, `wait_path`, `wait_error`) may take.
+const WAIT: Duration = Duration::from_secs(20);
 
 /// The W3C key of an element reference.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -80,23 +84,15 @@ impl Browser {
             driver,
             profile,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let ready = browser
-                .http
-                .get(format!("{}/status", browser.base))
-                .send()
-                .await
-                .ok();
-            if let Some(r) = ready {
-                let v: Value = r.json().await.unwrap_or_default();
-                if v["value"]["ready"] == true {
-                    break;
-                }
+        let status = format!("{}/status", browser.base);
+        eventually_within("chromedriver to start", Duration::from_secs(20), || {
+            let probe = browser.http.get(&status).send();
+            async move {
+                let v: Value = probe.await.ok()?.json().await.ok()?;
+                (v["value"]["ready"] == true).then_some(())
             }
-            assert!(Instant::now() < deadline, "chromedriver did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await;
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "webauthn:virtualAuthenticators": true,
@@ -228,56 +224,51 @@ impl Browser {
 
     /// Waits (20 s at most) until the number of matches passes `ok`.
     pub async fn wait_for_count(&self, css: &str, ok: impl Fn(usize) -> bool, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let n = self.count(css).await;
-            if ok(n) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {css} {what} (matches: {n}) on {}; #error: {:?}",
+        let ok = &ok;
+        let met = poll_until(
+            WAIT,
+            || async move { ok(self.count(css).await).then_some(()) },
+        )
+        .await;
+        if met.is_none() {
+            panic!(
+                "timed out waiting for {css} {what} (matches: {}) on {}; #error: {:?}",
+                self.count(css).await,
                 self.url().await,
                 self.text_of("#error").await
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     /// Waits (20 s at most) until the page's path is `path`.
     pub async fn wait_path(&self, path: &str) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        let there = poll_until(WAIT, || async move {
             let url = self.url().await;
             let here = url::Url::parse(&url)
                 .map(|u| u.path().to_owned())
                 .unwrap_or_default();
-            if here == path && self.js("return document.readyState", json!([])).await == "complete"
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {path}; at {url}; #error: {:?}",
+            let loaded = self.js("return document.readyState", json!([])).await == "complete";
+            (here == path && loaded).then_some(())
+        })
+        .await;
+        if there.is_none() {
+            panic!(
+                "timed out waiting for {path}; at {}; #error: {:?}",
+                self.url().await,
                 self.text_of("#error").await
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     /// Waits (20 s at most) for `#error` to say something; returns it.
     pub async fn wait_error(&self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(text) = self.text_of("#error").await.filter(|t| !t.is_empty()) {
-                return text;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for #error on {}",
-                self.url().await
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let error = poll_until(WAIT, || async move {
+            self.text_of("#error").await.filter(|t| !t.is_empty())
+        })
+        .await;
+        match error {
+            Some(text) => text,
+            None => panic!("timed out waiting for #error on {}", self.url().await),
         }
     }
 

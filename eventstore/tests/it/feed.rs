@@ -34,18 +34,16 @@ async fn every_reader_sees_the_same_commit_order(pool: PgPool) {
     // The watermark is cluster-wide: wait (with a deadline) until every
     // transaction open now elsewhere has finished.
     let horizon = feed::horizon(&mut conn).await.unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let below = loop {
-        let below = feed::watermark(&mut conn).await.unwrap();
-        if below >= horizon {
-            break below;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "watermark stuck below {horizon}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    };
+    let below = queue_testkit::poll::eventually_within(
+        &format!("the watermark to reach {horizon}"),
+        std::time::Duration::from_secs(60),
+        || async {
+            let mut conn = pool.acquire().await.unwrap();
+            let below = feed::watermark(&mut conn).await.unwrap();
+            (below >= horizon).then_some(below)
+        },
+    )
+    .await;
     let end = feed::end(&mut conn).await.unwrap();
     assert_eq!(feed::newest(&mut conn).await.unwrap(), Some(end));
 
