@@ -30,7 +30,6 @@ use crate::state::AppState;
 /// step-up, which reauthenticated the session that asked) and where to
 /// send the browser.
 pub struct SamlSignIn {
-    pub customer_id: CustomerId,
     pub refresh_token: Option<String>,
     pub return_to: String,
 }
@@ -345,7 +344,6 @@ async fn sign_in(
     store.append_in(&mut tx, batch).await?;
     tx.commit().await?;
     Ok(Ok(SamlSignIn {
-        customer_id,
         refresh_token,
         return_to,
     }))

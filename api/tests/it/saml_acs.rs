@@ -1241,6 +1241,34 @@ async fn a_step_up_at_the_idp_needs_a_tenant_with_saml_and_a_session(pool: PgPoo
 }
 
 #[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
+async fn a_suspended_customer_cannot_start_a_step_up(pool: PgPool) {
+    let Setup { app, idp, base } = setup(pool).await;
+    let access = sign_in(&app, &idp, &base, "ann@example.com").await;
+    let customer = jwt_claims(&access)["sub"].as_str().unwrap().to_owned();
+    let suspended = app
+        .post_auth(
+            &format!("/api/v1/admin/customers/{customer}/suspend"),
+            json!({"reason": "fraud check"}),
+            OPS,
+        )
+        .await;
+    assert!(suspended.status.is_success(), "{}", suspended.text);
+    let before = app.event_count().await;
+    // Suspension ended her session in the same transaction: the step-up
+    // is refused before it stores a request.
+    app.post_auth("/api/v1/auth/saml/reauth", json!({}), &access)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "session_revoked");
+    assert_eq!(app.event_count().await, before);
+    let requests: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM saml_requests WHERE session_id IS NOT NULL")
+            .fetch_one(&app.owner)
+            .await
+            .unwrap();
+    assert_eq!(requests, 0);
+}
+
+#[sqlx::test(migrator = "queue_eventstore::MIGRATOR")]
 async fn a_step_up_answered_after_the_session_ended_is_refused(pool: PgPool) {
     let Setup { app, idp, base } = setup(pool).await;
     let access = sign_in(&app, &idp, &base, "ann@example.com").await;
@@ -1361,6 +1389,13 @@ async fn an_admin_ends_a_tenants_saml_sessions_decided_on_the_log(pool: PgPool) 
     .await
     .assert_error(StatusCode::NOT_FOUND, "not_found");
     app.post_auth(&path, json!({"reason": "x"}), crate::service::AUDITOR)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "forbidden");
+    app.post(&path, json!({"reason": "x"}))
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
+    // A customer's token is no service's: 403.
+    app.post_auth(&path, json!({"reason": "x"}), &bob)
         .await
         .assert_error(StatusCode::FORBIDDEN, "forbidden");
     assert_eq!(app.event_count().await, before);

@@ -99,17 +99,23 @@ def server(request, directory, key_name, sp_files):
     return config, Server(config=config)
 
 
+def write_sp_files(directory, metadata):
+    """The SPs' metadata XML as files in `directory`, as pysaml2 reads them."""
+    paths = []
+    for i, xml in enumerate(metadata):
+        path = os.path.join(directory, "sp%d.xml" % i)
+        with open(path, "w") as f:
+            f.write(xml)
+        paths.append(path)
+    return paths
+
+
 def main():
     directory = sys.argv[1]
     os.makedirs(directory, exist_ok=True)
     request = json.load(sys.stdin)
     with tempfile.TemporaryDirectory() as tmp:
-        sp_files = []
-        for i, xml in enumerate(request["sp_metadata"]):
-            path = os.path.join(tmp, "sp%d.xml" % i)
-            with open(path, "w") as f:
-                f.write(xml)
-            sp_files.append(path)
+        sp_files = write_sp_files(tmp, request["sp_metadata"])
         ensure_key(directory, "other")
         config, _ = server(request, directory, "idp", sp_files)
         with open(os.path.join(directory, "other.crt"), "rb") as f:

@@ -37,7 +37,7 @@ from urllib.parse import parse_qs, urlparse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from idp import server  # noqa: E402
+from idp import server, write_sp_files  # noqa: E402
 from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT, xmldsig  # noqa: E402
 from saml2.metadata import entity_descriptor  # noqa: E402
 from saml2.saml import AUTHN_PASSWORD_PROTECTED, NAMEID_FORMAT_EMAILADDRESS, NameID  # noqa: E402
@@ -138,12 +138,7 @@ def main():
     os.makedirs(directory, exist_ok=True)
     config = json.load(sys.stdin)
     with tempfile.TemporaryDirectory() as tmp:
-        sp_files = []
-        for i, xml in enumerate(config["sp_metadata"]):
-            path = os.path.join(tmp, "sp%d.xml" % i)
-            with open(path, "w") as f:
-                f.write(xml)
-            sp_files.append(path)
+        sp_files = write_sp_files(tmp, config["sp_metadata"])
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), None)
         port = httpd.server_address[1]
         request = {
